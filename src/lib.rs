@@ -1,0 +1,1 @@
+//! vhu-conform
