@@ -1,1 +1,3 @@
+//! The vhu-conform command line (wired up by the engine).
+
 fn main() {}

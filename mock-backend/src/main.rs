@@ -1,1 +1,3 @@
+//! vhu-mock-backend (under construction).
+
 fn main() {}
