@@ -1,0 +1,198 @@
+//! virtio-blk requests through a driver queue (virtio 1.2 section 5.2): each request's buffers
+//! are surrounded by canary bytes, so a device that writes outside its writable buffers is caught,
+//! and the used length is compared with what the device had to write.
+
+use std::time::Duration;
+
+use vhu_protocol::virtio::{BlkReqHeader, blk};
+use zerocopy::IntoBytes;
+
+use crate::memory::GuestMemory;
+use crate::vring::{Buffer, DriverQueue, WaitError};
+
+/// Bytes of canary on each side of every buffer.
+const GUARD: u64 = 64;
+/// The canary byte.
+const CANARY: u8 = 0xc5;
+
+/// What one request came back with.
+#[derive(Clone, Debug)]
+pub struct BlkOutcome {
+    /// The status byte the device wrote.
+    pub status: u8,
+    /// The used length the device reported.
+    pub used_len: u32,
+    /// The used length a correct device reports (bytes it had to write).
+    pub expected_used_len: u32,
+    /// Data read (for reads and GET_ID).
+    pub data: Vec<u8>,
+    /// Whether every canary byte around the buffers is intact.
+    pub canary_intact: bool,
+    /// Whether a driver-readable buffer was changed by the device.
+    pub readonly_intact: bool,
+}
+
+struct Guarded {
+    gpa: u64,
+    len: u64,
+}
+
+fn guarded(mem: &mut GuestMemory, len: u64) -> Result<Guarded, WaitError> {
+    let base = mem.alloc(len + 2 * GUARD, 16)?;
+    mem.fill(base, len + 2 * GUARD, CANARY)?;
+    Ok(Guarded {
+        gpa: base + GUARD,
+        len,
+    })
+}
+
+fn guards_intact(mem: &GuestMemory, g: &Guarded) -> bool {
+    let mut before = vec![0u8; GUARD as usize];
+    let mut after = vec![0u8; GUARD as usize];
+    mem.read(g.gpa - GUARD, &mut before).is_ok()
+        && mem.read(g.gpa + g.len, &mut after).is_ok()
+        && before.iter().chain(&after).all(|&b| b == CANARY)
+}
+
+/// Sends one request and waits for it: header, optional data out, optional data in, status.
+pub fn blk_request(
+    q: &mut DriverQueue,
+    mem: &mut GuestMemory,
+    kind: u32,
+    sector: u64,
+    data_out: Option<&[u8]>,
+    data_in_len: u32,
+    timeout: Duration,
+) -> Result<BlkOutcome, WaitError> {
+    let mark = mem.mark();
+    let result = request_inner(q, mem, kind, sector, data_out, data_in_len, timeout);
+    mem.release(mark);
+    result
+}
+
+fn request_inner(
+    q: &mut DriverQueue,
+    mem: &mut GuestMemory,
+    kind: u32,
+    sector: u64,
+    data_out: Option<&[u8]>,
+    data_in_len: u32,
+    timeout: Duration,
+) -> Result<BlkOutcome, WaitError> {
+    let header = BlkReqHeader {
+        kind,
+        reserved: 0,
+        sector,
+    };
+    let hdr = guarded(mem, 16)?;
+    mem.write(hdr.gpa, header.as_bytes())?;
+    let mut bufs = vec![Buffer {
+        gpa: hdr.gpa,
+        len: 16,
+        writable: false,
+    }];
+    let mut areas = vec![hdr];
+    if let Some(d) = data_out {
+        let g = guarded(mem, d.len() as u64)?;
+        mem.write(g.gpa, d)?;
+        bufs.push(Buffer {
+            gpa: g.gpa,
+            len: d.len() as u32,
+            writable: false,
+        });
+        areas.push(g);
+    }
+    let data_in = if data_in_len > 0 {
+        let g = guarded(mem, data_in_len.into())?;
+        mem.fill(g.gpa, data_in_len.into(), 0)?;
+        bufs.push(Buffer {
+            gpa: g.gpa,
+            len: data_in_len,
+            writable: true,
+        });
+        Some(g.gpa)
+    } else {
+        None
+    };
+    if let Some(gpa) = data_in {
+        areas.push(Guarded {
+            gpa,
+            len: data_in_len.into(),
+        });
+    }
+    let status = guarded(mem, 1)?;
+    mem.write(status.gpa, &[0xff])?;
+    bufs.push(Buffer {
+        gpa: status.gpa,
+        len: 1,
+        writable: true,
+    });
+    let status_gpa = status.gpa;
+    areas.push(status);
+
+    q.add_chain(mem, &bufs)?;
+    q.publish(mem)?;
+    q.kick();
+    let used = q.wait_used(mem, 1, timeout)?;
+    let mut status_byte = [0u8];
+    mem.read(status_gpa, &mut status_byte)?;
+    let mut data = vec![0u8; data_in_len as usize];
+    if let Some(gpa) = data_in {
+        mem.read(gpa, &mut data)?;
+    }
+    let readonly_intact = readonly_unchanged(mem, &areas[0], header.as_bytes())
+        && data_out.is_none_or(|d| readonly_unchanged(mem, &areas[1], d));
+    Ok(BlkOutcome {
+        status: status_byte[0],
+        used_len: used[0].len,
+        expected_used_len: data_in_len + 1,
+        data,
+        canary_intact: areas.iter().all(|g| guards_intact(mem, g)),
+        readonly_intact,
+    })
+}
+
+fn readonly_unchanged(mem: &GuestMemory, g: &Guarded, expected: &[u8]) -> bool {
+    let mut now = vec![0u8; g.len as usize];
+    mem.read(g.gpa, &mut now).is_ok() && now == expected
+}
+
+/// Writes `data` (a multiple of 512 bytes) at `sector`.
+pub fn blk_write(
+    q: &mut DriverQueue,
+    mem: &mut GuestMemory,
+    sector: u64,
+    data: &[u8],
+    timeout: Duration,
+) -> Result<BlkOutcome, WaitError> {
+    blk_request(q, mem, blk::T_OUT, sector, Some(data), 0, timeout)
+}
+
+/// Reads `len` bytes at `sector`.
+pub fn blk_read(
+    q: &mut DriverQueue,
+    mem: &mut GuestMemory,
+    sector: u64,
+    len: u32,
+    timeout: Duration,
+) -> Result<BlkOutcome, WaitError> {
+    blk_request(q, mem, blk::T_IN, sector, None, len, timeout)
+}
+
+/// Flushes the write cache.
+pub fn blk_flush(
+    q: &mut DriverQueue,
+    mem: &mut GuestMemory,
+    timeout: Duration,
+) -> Result<BlkOutcome, WaitError> {
+    blk_request(q, mem, blk::T_FLUSH, 0, None, 0, timeout)
+}
+
+/// Reads the 20-byte device id.
+pub fn blk_get_id(
+    q: &mut DriverQueue,
+    mem: &mut GuestMemory,
+    timeout: Duration,
+) -> Result<BlkOutcome, WaitError> {
+    blk_request(q, mem, blk::T_GET_ID, 0, None, blk::ID_BYTES, timeout)
+}

@@ -1,0 +1,773 @@
+//! A vhost-user session from the front-end's side (spec "Communication", "Feature negotiation",
+//! checklist Appendix A): it sends requests, sets NEED_REPLY where REPLY_ACK is negotiated,
+//! checks every reply's framing (R-WIRE-02/03/05), tracks what was negotiated and records a
+//! transcript. A back-end's misbehaviour comes back as a [`SessionError`] that says so.
+
+use std::os::fd::BorrowedFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use vhu_protocol::wire::ReplyKind;
+use vhu_protocol::wire::payload::{
+    Body, ConfigHeader, DeviceStateParams, MemRegion, VringAddr, VringState, vring_fd_word,
+};
+use vhu_protocol::{
+    ConnError, Connection, FrontendReq, Header, Message, ProtocolFeatures, RawMessage,
+    VirtioFeatures,
+};
+
+use crate::channel::BackendChannel;
+use crate::memory::{GuestMemory, GuestRegion, MemoryError};
+use crate::transcript::{Channel, Direction, Transcript};
+
+/// How the session behaves.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// How long to wait for each reply.
+    pub reply_timeout: Duration,
+    /// Set NEED_REPLY on ack-only requests once REPLY_ACK is negotiated (as QEMU does).
+    pub auto_need_reply: bool,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            reply_timeout: Duration::from_secs(2),
+            auto_need_reply: true,
+        }
+    }
+}
+
+/// The outcome of an ack-only request.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Ack {
+    /// No ack was asked for.
+    NotRequested,
+    /// Acked 0: success.
+    Ok,
+    /// Acked non-zero: the back-end reports failure.
+    Failed(u64),
+}
+
+/// What the front-end wants to negotiate; the session takes the intersection with the offer.
+#[derive(Copy, Clone, Debug)]
+pub struct Wanted {
+    /// Virtio feature bits.
+    pub features: u64,
+    /// Protocol feature bits.
+    pub protocol: u64,
+}
+
+impl Wanted {
+    /// Everything the harness drives: device bits, indirect descriptors, EVENT_IDX, VERSION_1
+    /// and bit 30; no dirty logging, IOMMU, packed ring or in-order (not driven yet). Protocol
+    /// bits that change message semantics (in-band notifications, Xen regions, GPA addresses,
+    /// postcopy) are left out unless a scenario asks for them.
+    pub fn all() -> Self {
+        let virtio_excluded = VirtioFeatures::LOG_ALL
+            | VirtioFeatures::ACCESS_PLATFORM
+            | VirtioFeatures::RING_PACKED
+            | VirtioFeatures::IN_ORDER;
+        let protocol = ProtocolFeatures::MQ
+            | ProtocolFeatures::REPLY_ACK
+            | ProtocolFeatures::BACKEND_REQ
+            | ProtocolFeatures::CONFIG
+            | ProtocolFeatures::BACKEND_SEND_FD
+            | ProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | ProtocolFeatures::RESET_DEVICE
+            | ProtocolFeatures::DEVICE_STATE
+            | ProtocolFeatures::SHMEM;
+        Self {
+            features: !virtio_excluded.bits(),
+            protocol: protocol.bits(),
+        }
+    }
+}
+
+/// What was negotiated.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Negotiated {
+    /// Virtio features acked with SET_FEATURES.
+    pub features: u64,
+    /// Protocol features acked with SET_PROTOCOL_FEATURES (0 without bit 30).
+    pub protocol: u64,
+    /// GET_QUEUE_NUM's answer, when MQ was negotiated.
+    pub queue_num: Option<u64>,
+    /// GET_MAX_MEM_SLOTS's answer, when CONFIGURE_MEM_SLOTS was negotiated.
+    pub max_mem_slots: Option<u64>,
+}
+
+/// Why a request did not complete.
+#[derive(Debug, Error)]
+pub enum SessionError {
+    /// The back-end's reply breaks the wire rules (wrong code, flags, version or size).
+    #[error("bad reply to {}: {reason}", during.spec_name())]
+    BadReply {
+        /// The request answered.
+        during: FrontendReq,
+        /// What is wrong with it.
+        reason: String,
+        /// The reply as received.
+        message: Box<Message>,
+    },
+    /// The back-end closed the connection.
+    #[error("back-end closed the connection during {}", during.map_or("the session", FrontendReq::spec_name))]
+    Closed {
+        /// The request in flight, if any.
+        during: Option<FrontendReq>,
+    },
+    /// A local resource failed: not the back-end's fault.
+    #[error("{what}")]
+    Local {
+        /// What failed.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Guest memory failed: not the back-end's fault.
+    #[error("guest memory")]
+    Memory(#[from] MemoryError),
+    /// The back-end acked a request with a non-zero value.
+    #[error("back-end acked {} with {value} (failure)", during.spec_name())]
+    Nack {
+        /// The request.
+        during: FrontendReq,
+        /// The ack value.
+        value: u64,
+    },
+    /// No reply within the timeout.
+    #[error("no reply to {} within {waited:?}", during.spec_name())]
+    Timeout {
+        /// The request.
+        during: FrontendReq,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// A message arrived that nobody asked for.
+    #[error("unexpected message from the back-end: code {} flags {:#x}", message.header.request, message.header.flags)]
+    UnexpectedMessage {
+        /// The message.
+        message: Box<Message>,
+    },
+}
+
+impl SessionError {
+    /// Whether the back-end caused it (a finding), as opposed to the harness (an error).
+    pub fn is_backend_fault(&self) -> bool {
+        !matches!(self, Self::Local { .. } | Self::Memory(_))
+    }
+
+    /// The request in flight when it happened.
+    pub fn during(&self) -> Option<FrontendReq> {
+        match self {
+            Self::BadReply { during, .. }
+            | Self::Nack { during, .. }
+            | Self::Timeout { during, .. } => Some(*during),
+            Self::Closed { during } => *during,
+            _ => None,
+        }
+    }
+}
+
+/// A front-end session over one connection.
+#[derive(Debug)]
+pub struct Session {
+    conn: Connection,
+    opts: SessionOptions,
+    transcript: Transcript,
+    start: Instant,
+    offered_features: Option<u64>,
+    offered_protocol: Option<u64>,
+    acked_features: Option<u64>,
+    acked_protocol: Option<u64>,
+    channel: Option<BackendChannel>,
+}
+
+impl Session {
+    /// A session over a connected socket.
+    pub fn new(conn: Connection, opts: SessionOptions) -> Self {
+        Self {
+            conn,
+            opts,
+            transcript: Transcript::default(),
+            start: Instant::now(),
+            offered_features: None,
+            offered_protocol: None,
+            acked_features: None,
+            acked_protocol: None,
+            channel: None,
+        }
+    }
+
+    /// Connects to a listening back-end.
+    pub fn connect(path: &Path, opts: SessionOptions) -> Result<Self, SessionError> {
+        let stream = UnixStream::connect(path).map_err(|source| SessionError::Local {
+            what: format!("cannot connect to {}", path.display()),
+            source,
+        })?;
+        Ok(Self::new(
+            Connection::new(stream, Some(opts.reply_timeout)),
+            opts,
+        ))
+    }
+
+    /// Every message so far (the back-end channel's included).
+    pub fn transcript(&self) -> Transcript {
+        let mut t = self.transcript.clone();
+        if let Some(ch) = &self.channel {
+            t.entries.extend(ch.transcript().entries);
+            t.entries.sort_by_key(|e| e.at_us);
+            t.entries
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, e)| e.seq = i as u64);
+        }
+        t
+    }
+
+    /// The options.
+    pub fn options(&self) -> &SessionOptions {
+        &self.opts
+    }
+
+    /// GET_FEATURES's last answer.
+    pub fn offered_features(&self) -> Option<u64> {
+        self.offered_features
+    }
+
+    /// GET_PROTOCOL_FEATURES's last answer.
+    pub fn offered_protocol(&self) -> Option<u64> {
+        self.offered_protocol
+    }
+
+    /// What SET_FEATURES last acked.
+    pub fn acked_features(&self) -> Option<u64> {
+        self.acked_features
+    }
+
+    /// What SET_PROTOCOL_FEATURES last acked.
+    pub fn acked_protocol(&self) -> Option<u64> {
+        self.acked_protocol
+    }
+
+    /// Whether a protocol feature was acked.
+    pub fn has_protocol(&self, f: ProtocolFeatures) -> bool {
+        self.acked_protocol
+            .is_some_and(|p| ProtocolFeatures::from_bits_retain(p).contains(f))
+    }
+
+    /// Whether REPLY_ACK is negotiated.
+    pub fn reply_ack(&self) -> bool {
+        self.has_protocol(ProtocolFeatures::REPLY_ACK)
+    }
+
+    /// The back-end request channel, once SET_BACKEND_REQ_FD was sent.
+    pub fn channel(&self) -> Option<&BackendChannel> {
+        self.channel.as_ref()
+    }
+
+    fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    fn record_sent(&mut self, header: &Header, payload: &[u8], fds: usize) {
+        let at = self.now_us();
+        self.transcript.record(
+            at,
+            Channel::Main,
+            Direction::ToBackend,
+            header,
+            payload,
+            fds,
+        );
+    }
+
+    fn record_received(&mut self, msg: &Message) {
+        let at = self.now_us();
+        self.transcript.record(
+            at,
+            Channel::Main,
+            Direction::FromBackend,
+            &msg.header,
+            &msg.payload,
+            msg.fds.len(),
+        );
+    }
+
+    /// Sends a request and, when one is due, receives and checks its reply. `need_reply` forces
+    /// the NEED_REPLY flag; `None` follows the policy (ack-only requests once REPLY_ACK is on).
+    pub fn request(
+        &mut self,
+        req: FrontendReq,
+        body: &Body,
+        fds: &[BorrowedFd<'_>],
+        need_reply: Option<bool>,
+    ) -> Result<Option<Message>, SessionError> {
+        let ack_only = req.reply_kind() == ReplyKind::AckOnly;
+        let need = need_reply.unwrap_or(self.opts.auto_need_reply && ack_only && self.reply_ack());
+        let payload = body.encode();
+        let header = Header::request(req as u32, payload.len() as u32, need);
+        self.record_sent(&header, &payload, fds.len());
+        self.conn
+            .send(header, &payload, fds)
+            .map_err(|e| self.conn_error(Some(req), e))?;
+        self.track(req, body);
+        if !ack_only || need {
+            return self.receive_reply(req, ack_only).map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Bookkeeping of what was negotiated.
+    fn track(&mut self, req: FrontendReq, body: &Body) {
+        match (req, body) {
+            (FrontendReq::SetFeatures, Body::U64(v)) => self.acked_features = Some(*v),
+            (FrontendReq::SetProtocolFeatures, Body::U64(v)) => self.acked_protocol = Some(*v),
+            _ => {}
+        }
+    }
+
+    fn receive_reply(&mut self, req: FrontendReq, ack_only: bool) -> Result<Message, SessionError> {
+        let msg = match self.conn.recv_reply(req as u32) {
+            Ok(m) => m,
+            Err(ConnError::UnexpectedReply { message, .. }) => {
+                self.record_received(&message);
+                let reason = if message.header.is_reply() {
+                    format!(
+                        "reply carries request code {}, not {}",
+                        message.header.request, req as u32
+                    )
+                } else {
+                    format!(
+                        "message without the REPLY flag (flags {:#x})",
+                        message.header.flags
+                    )
+                };
+                return Err(SessionError::BadReply {
+                    during: req,
+                    reason,
+                    message,
+                });
+            }
+            Err(e) => return Err(self.conn_error(Some(req), e)),
+        };
+        self.record_received(&msg);
+        let expected = if ack_only {
+            Some(8)
+        } else {
+            req.reply_body().fixed_size()
+        };
+        if let Some(size) = expected.filter(|&s| s != msg.payload.len()) {
+            let reason = format!(
+                "payload is {} bytes, {} must be {size}",
+                msg.payload.len(),
+                if ack_only { "an ack" } else { "this reply" }
+            );
+            return Err(SessionError::BadReply {
+                during: req,
+                reason,
+                message: Box::new(msg),
+            });
+        }
+        match req {
+            FrontendReq::GetFeatures => self.offered_features = msg.u64(),
+            FrontendReq::GetProtocolFeatures => self.offered_protocol = msg.u64(),
+            _ => {}
+        }
+        Ok(msg)
+    }
+
+    fn conn_error(&mut self, during: Option<FrontendReq>, e: ConnError) -> SessionError {
+        let req = during.unwrap_or(FrontendReq::GetFeatures);
+        match e {
+            ConnError::Timeout { waited, .. } => SessionError::Timeout {
+                during: req,
+                waited,
+            },
+            e if e.is_peer_gone() => SessionError::Closed { during },
+            ConnError::BadVersion { header } => SessionError::BadReply {
+                during: req,
+                reason: format!(
+                    "version {} in flags {:#x}, not 1 (R-WIRE-03)",
+                    header.flags & 3,
+                    header.flags
+                ),
+                message: Box::new(Message {
+                    header,
+                    payload: vec![],
+                    fds: vec![],
+                }),
+            },
+            ConnError::OversizedPayload { header, max } => SessionError::BadReply {
+                during: req,
+                reason: format!(
+                    "reply announces {} payload bytes (bound {max})",
+                    header.size
+                ),
+                message: Box::new(Message {
+                    header,
+                    payload: vec![],
+                    fds: vec![],
+                }),
+            },
+            ConnError::TooManyFds { got, header, .. } => SessionError::BadReply {
+                during: req,
+                reason: format!("reply carries {got} fds"),
+                message: Box::new(Message {
+                    header,
+                    payload: vec![],
+                    fds: vec![],
+                }),
+            },
+            ConnError::UnexpectedReply { message, .. } => {
+                SessionError::UnexpectedMessage { message }
+            }
+            other => SessionError::Local {
+                what: format!("socket error: {other}"),
+                source: std::io::Error::other(other.to_string()),
+            },
+        }
+    }
+
+    /// Sends raw bytes, unvalidated.
+    pub fn send_raw(
+        &mut self,
+        raw: &RawMessage,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), SessionError> {
+        let header = Header::from_bytes(&raw.header);
+        self.record_sent(&header, &raw.body, fds.len());
+        self.conn
+            .send_raw(raw, fds)
+            .map_err(|e| self.conn_error(None, e))
+    }
+
+    /// Receives whatever comes next within `timeout`.
+    pub fn recv_any(&mut self, timeout: Duration) -> Result<Message, SessionError> {
+        let old = self.conn.timeout();
+        self.conn.set_timeout(Some(timeout));
+        let r = self.conn.recv_unchecked();
+        self.conn.set_timeout(old);
+        let msg = r.map_err(|e| self.conn_error(None, e))?;
+        self.record_received(&msg);
+        Ok(msg)
+    }
+
+    /// Checks that nothing arrives within `window`.
+    pub fn expect_silence(&mut self, window: Duration) -> Result<(), SessionError> {
+        match self.recv_any(window) {
+            Ok(message) => Err(SessionError::UnexpectedMessage {
+                message: Box::new(message),
+            }),
+            Err(SessionError::Timeout { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn ack(
+        &mut self,
+        req: FrontendReq,
+        body: &Body,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Ack, SessionError> {
+        Ok(match self.request(req, body, fds, None)? {
+            None => Ack::NotRequested,
+            Some(m) => match m.u64() {
+                Some(0) => Ack::Ok,
+                Some(v) => Ack::Failed(v),
+                None => Ack::Failed(u64::MAX),
+            },
+        })
+    }
+
+    fn u64_reply(&mut self, req: FrontendReq) -> Result<u64, SessionError> {
+        let m = self
+            .request(req, &Body::Empty, &[], None)?
+            .expect("explicit-reply request");
+        Ok(m.u64().unwrap_or_default())
+    }
+
+    /// GET_FEATURES.
+    pub fn get_features(&mut self) -> Result<u64, SessionError> {
+        self.u64_reply(FrontendReq::GetFeatures)
+    }
+
+    /// SET_FEATURES.
+    pub fn set_features(&mut self, f: u64) -> Result<Ack, SessionError> {
+        self.ack(FrontendReq::SetFeatures, &Body::U64(f), &[])
+    }
+
+    /// GET_PROTOCOL_FEATURES.
+    pub fn get_protocol_features(&mut self) -> Result<u64, SessionError> {
+        self.u64_reply(FrontendReq::GetProtocolFeatures)
+    }
+
+    /// SET_PROTOCOL_FEATURES.
+    pub fn set_protocol_features(&mut self, f: u64) -> Result<Ack, SessionError> {
+        self.ack(FrontendReq::SetProtocolFeatures, &Body::U64(f), &[])
+    }
+
+    /// SET_OWNER.
+    pub fn set_owner(&mut self) -> Result<Ack, SessionError> {
+        self.ack(FrontendReq::SetOwner, &Body::Empty, &[])
+    }
+
+    /// RESET_OWNER.
+    pub fn reset_owner(&mut self) -> Result<Ack, SessionError> {
+        self.ack(FrontendReq::ResetOwner, &Body::Empty, &[])
+    }
+
+    /// GET_QUEUE_NUM.
+    pub fn get_queue_num(&mut self) -> Result<u64, SessionError> {
+        self.u64_reply(FrontendReq::GetQueueNum)
+    }
+
+    /// GET_MAX_MEM_SLOTS.
+    pub fn get_max_mem_slots(&mut self) -> Result<u64, SessionError> {
+        self.u64_reply(FrontendReq::GetMaxMemSlots)
+    }
+
+    /// SET_MEM_TABLE with every region of `mem`, one fd each, in order.
+    pub fn set_mem_table(&mut self, mem: &GuestMemory) -> Result<Ack, SessionError> {
+        let fds: Vec<BorrowedFd<'_>> = mem.regions().iter().map(GuestRegion::fd).collect();
+        self.ack(
+            FrontendReq::SetMemTable,
+            &Body::MemTable(mem.mem_regions()),
+            &fds,
+        )
+    }
+
+    /// ADD_MEM_REG of one region with its fd.
+    pub fn add_mem_reg(&mut self, region: &GuestRegion) -> Result<Ack, SessionError> {
+        self.ack(
+            FrontendReq::AddMemReg,
+            &Body::SingleRegion(region.mem_region()),
+            &[region.fd()],
+        )
+    }
+
+    /// REM_MEM_REG, no fd (R-MEM-13).
+    pub fn rem_mem_reg(&mut self, region: MemRegion) -> Result<Ack, SessionError> {
+        self.ack(FrontendReq::RemMemReg, &Body::SingleRegion(region), &[])
+    }
+
+    fn vring_state(&mut self, req: FrontendReq, index: u32, num: u32) -> Result<Ack, SessionError> {
+        self.ack(req, &Body::VringState(VringState { index, num }), &[])
+    }
+
+    /// SET_VRING_NUM.
+    pub fn set_vring_num(&mut self, index: u32, num: u32) -> Result<Ack, SessionError> {
+        self.vring_state(FrontendReq::SetVringNum, index, num)
+    }
+
+    /// SET_VRING_BASE.
+    pub fn set_vring_base(&mut self, index: u32, base: u32) -> Result<Ack, SessionError> {
+        self.vring_state(FrontendReq::SetVringBase, index, base)
+    }
+
+    /// SET_VRING_ENABLE.
+    pub fn set_vring_enable(&mut self, index: u32, enable: bool) -> Result<Ack, SessionError> {
+        self.vring_state(FrontendReq::SetVringEnable, index, enable.into())
+    }
+
+    /// GET_VRING_BASE: stops the ring, returns its state.
+    pub fn get_vring_base(&mut self, index: u32) -> Result<VringState, SessionError> {
+        let req = FrontendReq::GetVringBase;
+        let m = self
+            .request(
+                req,
+                &Body::VringState(VringState { index, num: 0 }),
+                &[],
+                None,
+            )?
+            .expect("explicit reply");
+        match m.body(req.reply_body()) {
+            Ok(Body::VringState(s)) => Ok(s),
+            _ => Err(SessionError::BadReply {
+                during: req,
+                reason: "not a vring state".into(),
+                message: Box::new(m),
+            }),
+        }
+    }
+
+    /// SET_VRING_ADDR.
+    pub fn set_vring_addr(&mut self, addr: &VringAddr) -> Result<Ack, SessionError> {
+        self.ack(FrontendReq::SetVringAddr, &Body::VringAddr(*addr), &[])
+    }
+
+    fn vring_fd(
+        &mut self,
+        req: FrontendReq,
+        index: u8,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<Ack, SessionError> {
+        let word = vring_fd_word(index, fd.is_none());
+        let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
+        self.ack(req, &Body::U64(word), &fds)
+    }
+
+    /// SET_VRING_KICK (None: bit 8, polling mode).
+    pub fn set_vring_kick(
+        &mut self,
+        index: u8,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<Ack, SessionError> {
+        self.vring_fd(FrontendReq::SetVringKick, index, fd)
+    }
+
+    /// SET_VRING_CALL (None: bit 8).
+    pub fn set_vring_call(
+        &mut self,
+        index: u8,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<Ack, SessionError> {
+        self.vring_fd(FrontendReq::SetVringCall, index, fd)
+    }
+
+    /// SET_VRING_ERR (None: bit 8).
+    pub fn set_vring_err(
+        &mut self,
+        index: u8,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<Ack, SessionError> {
+        self.vring_fd(FrontendReq::SetVringErr, index, fd)
+    }
+
+    /// GET_CONFIG: the raw reply, for the engine to judge (R-CFG-01/02).
+    pub fn get_config(&mut self, offset: u32, size: u32) -> Result<Message, SessionError> {
+        let body = Body::Config(
+            ConfigHeader {
+                offset,
+                size,
+                flags: 0,
+            },
+            vec![0; size as usize],
+        );
+        Ok(self
+            .request(FrontendReq::GetConfig, &body, &[], None)?
+            .expect("explicit reply"))
+    }
+
+    /// SET_CONFIG.
+    pub fn set_config(
+        &mut self,
+        offset: u32,
+        flags: u32,
+        data: &[u8],
+    ) -> Result<Ack, SessionError> {
+        let body = Body::Config(
+            ConfigHeader {
+                offset,
+                size: data.len() as u32,
+                flags,
+            },
+            data.to_vec(),
+        );
+        self.ack(FrontendReq::SetConfig, &body, &[])
+    }
+
+    /// SET_STATUS.
+    pub fn set_status(&mut self, status: u8) -> Result<Ack, SessionError> {
+        self.ack(FrontendReq::SetStatus, &Body::U64(status.into()), &[])
+    }
+
+    /// GET_STATUS.
+    pub fn get_status(&mut self) -> Result<u64, SessionError> {
+        self.u64_reply(FrontendReq::GetStatus)
+    }
+
+    /// RESET_DEVICE.
+    pub fn reset_device(&mut self) -> Result<Ack, SessionError> {
+        self.ack(FrontendReq::ResetDevice, &Body::Empty, &[])
+    }
+
+    /// GET_SHMEM_CONFIG: the raw reply.
+    pub fn get_shmem_config(&mut self) -> Result<Message, SessionError> {
+        Ok(self
+            .request(FrontendReq::GetShmemConfig, &Body::Empty, &[], None)?
+            .expect("explicit reply"))
+    }
+
+    /// SET_DEVICE_STATE_FD: the raw reply (u64 result, maybe an fd).
+    pub fn set_device_state_fd(
+        &mut self,
+        direction: u32,
+        fd: BorrowedFd<'_>,
+    ) -> Result<Message, SessionError> {
+        let body = Body::DeviceState(DeviceStateParams {
+            direction,
+            phase: 0,
+        });
+        Ok(self
+            .request(FrontendReq::SetDeviceStateFd, &body, &[fd], None)?
+            .expect("explicit reply"))
+    }
+
+    /// CHECK_DEVICE_STATE.
+    pub fn check_device_state(&mut self) -> Result<u64, SessionError> {
+        self.u64_reply(FrontendReq::CheckDeviceState)
+    }
+
+    /// SET_BACKEND_REQ_FD: creates the channel's socketpair, starts serving it, hands one end over.
+    pub fn set_backend_req_fd(&mut self) -> Result<Ack, SessionError> {
+        let (ours, theirs) = UnixStream::pair().map_err(|source| SessionError::Local {
+            what: "cannot create the back-end channel socketpair".into(),
+            source,
+        })?;
+        let channel =
+            BackendChannel::start(ours, self.start, self.reply_ack()).map_err(|source| {
+                SessionError::Local {
+                    what: "cannot start the back-end channel".into(),
+                    source,
+                }
+            })?;
+        self.channel = Some(channel);
+        let fd = std::os::fd::AsFd::as_fd(&theirs);
+        self.ack(FrontendReq::SetBackendReqFd, &Body::Empty, &[fd])
+    }
+
+    /// Appendix A steps 1-5: features, protocol features, queue and slot counts, the back-end
+    /// channel, SET_OWNER, SET_FEATURES. A non-zero ack is an error.
+    pub fn negotiate(&mut self, wanted: &Wanted) -> Result<Negotiated, SessionError> {
+        let offered = self.get_features()?;
+        let mut n = Negotiated::default();
+        let bit30 = VirtioFeatures::PROTOCOL_FEATURES.bits();
+        if offered & bit30 != 0 {
+            let offered_pf = self.get_protocol_features()?;
+            n.protocol = offered_pf & wanted.protocol & ProtocolFeatures::all().bits();
+            self.checked(FrontendReq::SetProtocolFeatures, |s| {
+                s.set_protocol_features(n.protocol)
+            })?;
+            let has = |f: ProtocolFeatures| n.protocol & f.bits() != 0;
+            if has(ProtocolFeatures::MQ) {
+                n.queue_num = Some(self.get_queue_num()?);
+            }
+            if has(ProtocolFeatures::BACKEND_REQ) {
+                self.checked(FrontendReq::SetBackendReqFd, Session::set_backend_req_fd)?;
+            }
+            if has(ProtocolFeatures::CONFIGURE_MEM_SLOTS) {
+                n.max_mem_slots = Some(self.get_max_mem_slots()?);
+            }
+        }
+        self.checked(FrontendReq::SetOwner, Session::set_owner)?;
+        n.features = (offered & wanted.features) | (offered & bit30);
+        self.checked(FrontendReq::SetFeatures, |s| s.set_features(n.features))?;
+        Ok(n)
+    }
+
+    /// Runs an ack-only request and turns a non-zero ack into [`SessionError::Nack`].
+    pub fn checked(
+        &mut self,
+        req: FrontendReq,
+        f: impl FnOnce(&mut Self) -> Result<Ack, SessionError>,
+    ) -> Result<(), SessionError> {
+        match f(self)? {
+            Ack::Failed(value) => Err(SessionError::Nack { during: req, value }),
+            _ => Ok(()),
+        }
+    }
+}
