@@ -1,1 +1,13 @@
-//! vhu-conform
+//! vhu-conform: a conformance and robustness harness for vhost-user back-ends.
+//!
+//! Layers, dependencies pointing down: [`cli`] → [`engine`] (scenarios, verdicts) and [`report`]
+//! (consumers of the engine's events) → [`target`] (reaching a back-end) and the mock front-end
+//! crate (the session) → the protocol crate (the wire).
+
+pub mod cli;
+pub mod engine;
+pub mod exit_code;
+pub mod features;
+pub mod report;
+pub mod scenario;
+pub mod target;

@@ -1,3 +1,5 @@
-//! The vhu-conform command line (wired up by the engine).
+//! The `vhu-conform` command.
 
-fn main() {}
+fn main() -> std::process::ExitCode {
+    vhu_conform::cli::run()
+}

@@ -1,0 +1,198 @@
+//! The `vhu-conform` command line: parses options, loads and selects scenarios, reaches the
+//! back-end, runs the suite, writes reports and returns a documented exit code.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::engine::{self, Outcome, RunOptions};
+use crate::exit_code;
+use crate::report::{self, Human};
+use crate::scenario;
+use crate::target::TargetSpec;
+
+/// Output format on stdout.
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum Format {
+    /// Progress lines and a recap.
+    Human,
+    /// The JSON report.
+    Json,
+}
+
+/// A conformance and robustness harness for vhost-user back-ends.
+#[derive(Debug, Parser)]
+#[command(name = "vhu-conform", version, about, after_help = EXIT_CODES)]
+pub struct Args {
+    /// Connect to a back-end listening on this Unix socket.
+    #[arg(long, value_name = "PATH", group = "target")]
+    pub backend: Option<PathBuf>,
+    /// Start a fresh back-end per scenario; `{socket}` is replaced by a socket path it must listen on.
+    #[arg(long, value_name = "CMD", group = "target")]
+    pub spawn: Option<String>,
+    /// Listen on this Unix socket for a back-end that connects.
+    #[arg(long, value_name = "PATH", group = "target")]
+    pub listen: Option<PathBuf>,
+    /// Scenario id globs to run (`memory/*`, `*rem*`, or an area such as `vring`).
+    pub filters: Vec<String>,
+    /// Also load scenario files from this directory (repeatable).
+    #[arg(long = "scenarios", value_name = "DIR")]
+    pub scenario_dirs: Vec<PathBuf>,
+    /// List the scenarios with their rules (and, with a target, whether each would run).
+    #[arg(long)]
+    pub list: bool,
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value = "human")]
+    pub format: Format,
+    /// Write a JUnit XML report to this file.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Write the JSON report to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json_report: Option<PathBuf>,
+    /// Timeout per reply and per data-path completion, in milliseconds.
+    #[arg(long, default_value_t = 2000, value_name = "MS")]
+    pub step_timeout_ms: u64,
+    /// Default deadline per scenario, in milliseconds.
+    #[arg(long, default_value_t = 30000, value_name = "MS")]
+    pub scenario_timeout_ms: u64,
+    /// How long to wait for a back-end's socket or connection, in milliseconds.
+    #[arg(long, default_value_t = 10000, value_name = "MS")]
+    pub connect_timeout_ms: u64,
+    /// SHOULD-level and robustness findings fail instead of warn.
+    #[arg(long)]
+    pub strict: bool,
+    /// Show transcripts of warnings too.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+const EXIT_CODES: &str = "Exit codes: 0 all applicable scenarios passed; 1 failures; 2 usage or scenario-file error; \
+3 setup error (back-end not reached); 4 no scenario ran; 5 harness error";
+
+/// Parses the process's arguments and runs.
+pub fn run() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit_code::USAGE
+            } else {
+                exit_code::ALL_PASSED
+            });
+        }
+    };
+    ExitCode::from(run_with(&args))
+}
+
+fn target(args: &Args) -> Option<TargetSpec> {
+    if let Some(p) = &args.backend {
+        return Some(TargetSpec::Connect(p.clone()));
+    }
+    if let Some(p) = &args.listen {
+        return Some(TargetSpec::Listen(p.clone()));
+    }
+    args.spawn.clone().map(TargetSpec::Spawn)
+}
+
+/// Runs with parsed arguments; returns the exit code.
+pub fn run_with(args: &Args) -> u8 {
+    let all = match scenario::load_all(&args.scenario_dirs) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("vhu-conform: {}", engine::chain(&e));
+            return exit_code::USAGE;
+        }
+    };
+    let selected = scenario::select(all, &args.filters);
+    if selected.is_empty() {
+        eprintln!("vhu-conform: no scenario matches {:?}", args.filters);
+        return exit_code::NOTHING_RAN;
+    }
+    let opts = RunOptions {
+        step_timeout: Duration::from_millis(args.step_timeout_ms),
+        scenario_timeout: Duration::from_millis(args.scenario_timeout_ms),
+        connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+        strict: args.strict,
+    };
+    let Some(spec) = target(args) else {
+        if args.list {
+            list(&selected, None);
+            return exit_code::ALL_PASSED;
+        }
+        eprintln!(
+            "vhu-conform: no back-end given: use --backend PATH, --spawn 'CMD {{socket}}' or --listen PATH"
+        );
+        return exit_code::USAGE;
+    };
+    let offer = match engine::preflight(&spec, &opts) {
+        Ok(o) => o,
+        Err(why) => {
+            eprintln!("vhu-conform: cannot judge the back-end: {why}");
+            return exit_code::SETUP;
+        }
+    };
+    if args.list {
+        list(&selected, Some(&offer));
+        return exit_code::ALL_PASSED;
+    }
+    let mut human = Human::new(std::io::stdout(), args.verbose);
+    let show_progress = matches!(args.format, Format::Human);
+    let results = engine::run_suite(&selected, &spec, &offer, &opts, &mut |e| {
+        if show_progress {
+            human.event(&e);
+        }
+    });
+    match args.format {
+        Format::Human => human.recap(&results),
+        Format::Json => println!("{}", report::json(&results, &offer)),
+    }
+    if let Some(p) = &args.junit {
+        if let Err(e) = std::fs::write(p, report::junit(&results)) {
+            eprintln!("vhu-conform: cannot write {}: {e}", p.display());
+            return exit_code::USAGE;
+        }
+    }
+    if let Some(p) = &args.json_report {
+        if let Err(e) = std::fs::write(p, report::json(&results, &offer)) {
+            eprintln!("vhu-conform: cannot write {}: {e}", p.display());
+            return exit_code::USAGE;
+        }
+    }
+    exit_for(&results)
+}
+
+/// The exit code a set of results earns.
+pub fn exit_for(results: &[engine::ScenarioResult]) -> u8 {
+    let t = report::Totals::of(results);
+    if t.fail > 0 {
+        exit_code::FAILURES
+    } else if t.error > 0 {
+        exit_code::HARNESS_ERROR
+    } else if t.pass + t.warn == 0 {
+        exit_code::NOTHING_RAN
+    } else {
+        exit_code::ALL_PASSED
+    }
+}
+
+fn list(selected: &[scenario::Scenario], offer: Option<&engine::Offer>) {
+    for s in selected {
+        let runs = match offer.map(|o| engine::skip_reason(s, o)) {
+            None => String::new(),
+            Some(None) => "  [would run]".into(),
+            Some(Some(why)) => format!("  [skip: {why}]"),
+        };
+        println!(
+            "{:<45} {:<7} {}{runs}",
+            s.spec.id,
+            format!("{:?}", s.spec.level).to_lowercase(),
+            s.spec.rules.join(",")
+        );
+        println!("    {}", s.spec.title);
+    }
+    let _ = Outcome::Pass;
+}

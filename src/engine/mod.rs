@@ -1,0 +1,301 @@
+//! The conformance engine: runs scenarios against a target under deadlines, derives skips from
+//! the back-end's offered features, and turns what the back-end did into findings that cite
+//! rules. It reaches the back-end only through the mock front-end's session.
+
+mod steps;
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use vhu_mock_frontend::transcript::Entry;
+use vhu_mock_frontend::{Session, SessionOptions};
+use vhu_protocol::{Connection, VirtioFeatures};
+
+use crate::features::{describe_missing, protocol_bit, virtio_bit};
+use crate::scenario::{Level, Scenario};
+use crate::target::{Instance, ProcessState, TargetError, TargetSpec};
+
+/// Timeouts and policy of a run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Per reply / per data-path completion.
+    pub step_timeout: Duration,
+    /// Default deadline per scenario.
+    pub scenario_timeout: Duration,
+    /// Waiting for a spawned back-end's socket, or for a back-end to connect.
+    pub connect_timeout: Duration,
+    /// SHOULD/ROB findings fail instead of warn.
+    pub strict: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            step_timeout: Duration::from_secs(2),
+            scenario_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            strict: false,
+        }
+    }
+}
+
+/// A departure from the spec, tied to a rule and to what was exchanged.
+#[derive(Clone, Debug, Serialize)]
+pub struct Finding {
+    /// The rule (`R-MEM-11`).
+    pub rule: String,
+    /// The rule's weight in this scenario.
+    pub level: Level,
+    /// One line.
+    pub summary: String,
+    /// What was sent.
+    pub sent: String,
+    /// What came back.
+    pub received: String,
+    /// What the rule wanted.
+    pub expected: String,
+}
+
+/// A scenario's verdict.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "lowercase")]
+pub enum Outcome {
+    /// Every check held.
+    Pass,
+    /// A MUST-level check failed (or any, under --strict).
+    Fail,
+    /// Only SHOULD or robustness checks failed.
+    Warn,
+    /// Not applicable to this back-end.
+    Skip {
+        /// Why.
+        reason: String,
+    },
+    /// The harness could not judge; not the back-end's fault.
+    Error {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Everything known about one scenario's run.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScenarioResult {
+    /// Scenario id.
+    pub id: String,
+    /// Its title.
+    pub title: String,
+    /// Its rules.
+    pub rules: Vec<String>,
+    /// The verdict.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// Departures found.
+    pub findings: Vec<Finding>,
+    /// Notes (info-level observations).
+    pub notes: Vec<String>,
+    /// Wall time.
+    pub duration_ms: u64,
+    /// Every message exchanged.
+    pub transcript: Vec<Entry>,
+}
+
+/// What the back-end offered, read once per run.
+#[derive(Copy, Clone, Debug, Default, Serialize)]
+pub struct Offer {
+    /// GET_FEATURES.
+    pub features: u64,
+    /// GET_PROTOCOL_FEATURES (0 without bit 30).
+    pub protocol: u64,
+}
+
+/// Events the engine emits while it runs; reporters consume them.
+#[derive(Debug)]
+pub enum RunEvent<'a> {
+    /// The run starts.
+    Started {
+        /// Scenarios selected.
+        total: usize,
+        /// What the back-end offered.
+        offer: &'a Offer,
+    },
+    /// A scenario finished.
+    Finished(&'a ScenarioResult),
+}
+
+/// Reads what the back-end offers on a first connection.
+pub fn preflight(spec: &TargetSpec, opts: &RunOptions) -> Result<Offer, String> {
+    let mut inst = Instance::start(spec, opts.connect_timeout).map_err(|e| chain(&e))?;
+    let stream = inst.connect().map_err(|e| chain(&e))?;
+    let sopts = SessionOptions {
+        reply_timeout: opts.step_timeout,
+        auto_need_reply: true,
+    };
+    let mut s = Session::new(Connection::new(stream, Some(opts.step_timeout)), sopts);
+    let features = s
+        .get_features()
+        .map_err(|e| format!("the back-end did not answer GET_FEATURES (R-NEG-01): {e}"))?;
+    let mut offer = Offer {
+        features,
+        protocol: 0,
+    };
+    if features & VirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+        offer.protocol = s.get_protocol_features().map_err(|e| {
+            format!("the back-end did not answer GET_PROTOCOL_FEATURES (R-NEG-02): {e}")
+        })?;
+    }
+    Ok(offer)
+}
+
+/// The error and its causes on one line.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// Why a scenario does not apply, if it does not.
+pub fn skip_reason(s: &Scenario, offer: &Offer) -> Option<String> {
+    let need_v: u64 = s
+        .spec
+        .requires
+        .virtio
+        .iter()
+        .filter_map(|n| virtio_bit(n))
+        .fold(0, |a, b| a | b);
+    let need_p: u64 = s
+        .spec
+        .requires
+        .protocol
+        .iter()
+        .filter_map(|n| protocol_bit(n))
+        .fold(0, |a, b| a | b);
+    let need_v = if need_p != 0 {
+        need_v | VirtioFeatures::PROTOCOL_FEATURES.bits()
+    } else {
+        need_v
+    };
+    let missing_v = need_v & !offer.features;
+    let missing_p = need_p & !offer.protocol;
+    let mut parts = Vec::new();
+    if missing_v != 0 {
+        parts.push(describe_missing("virtio", missing_v));
+    }
+    if missing_p != 0 {
+        parts.push(describe_missing("protocol", missing_p));
+    }
+    (!parts.is_empty()).then(|| format!("back-end does not offer {}", parts.join(", ")))
+}
+
+/// Runs one scenario on its own target instance (spawn mode) or the shared one.
+pub fn run_scenario(
+    s: &Scenario,
+    spec: &TargetSpec,
+    shared: Option<&mut Instance>,
+    offer: &Offer,
+    opts: &RunOptions,
+) -> ScenarioResult {
+    let start = Instant::now();
+    let mut result = ScenarioResult {
+        id: s.spec.id.clone(),
+        title: s.spec.title.clone(),
+        rules: s.spec.rules.clone(),
+        outcome: Outcome::Pass,
+        findings: vec![],
+        notes: vec![],
+        duration_ms: 0,
+        transcript: vec![],
+    };
+    if let Some(reason) = skip_reason(s, offer) {
+        result.outcome = Outcome::Skip { reason };
+        return result;
+    }
+    let mut own;
+    let inst = match shared {
+        Some(i) => i,
+        None => match Instance::start(spec, opts.connect_timeout) {
+            Ok(i) => {
+                own = i;
+                &mut own
+            }
+            Err(e) => return errored(result, &e, start),
+        },
+    };
+    let deadline = start
+        + s.spec
+            .timeout_ms
+            .map_or(opts.scenario_timeout, Duration::from_millis);
+    let mut ctx = steps::Ctx::new(s, inst, opts, deadline);
+    let run = ctx.run_all();
+    let (findings, notes, transcript) = ctx.finish();
+    result.findings = findings;
+    result.notes = notes;
+    result.transcript = transcript;
+    if let Err(reason) = run {
+        result.outcome = Outcome::Error { reason };
+    } else {
+        result.outcome = verdict(&result.findings, opts.strict);
+    }
+    result.duration_ms = start.elapsed().as_millis() as u64;
+    result
+}
+
+fn errored(mut r: ScenarioResult, e: &TargetError, start: Instant) -> ScenarioResult {
+    r.outcome = Outcome::Error { reason: chain(e) };
+    r.duration_ms = start.elapsed().as_millis() as u64;
+    r
+}
+
+fn verdict(findings: &[Finding], strict: bool) -> Outcome {
+    let worst = findings.iter().map(|f| f.level).max();
+    match worst {
+        None | Some(Level::Info) => Outcome::Pass,
+        Some(Level::Must) => Outcome::Fail,
+        Some(_) if strict => Outcome::Fail,
+        Some(_) => Outcome::Warn,
+    }
+}
+
+/// Runs every scenario, emitting events. Spawn mode: a fresh process per scenario. Otherwise one
+/// target for all, and a hint when the back-end stops serving after a disconnect.
+pub fn run_suite(
+    scenarios: &[Scenario],
+    spec: &TargetSpec,
+    offer: &Offer,
+    opts: &RunOptions,
+    emit: &mut dyn FnMut(RunEvent<'_>),
+) -> Vec<ScenarioResult> {
+    emit(RunEvent::Started {
+        total: scenarios.len(),
+        offer,
+    });
+    let mut shared = match spec {
+        TargetSpec::Spawn(_) => None,
+        _ => Instance::start(spec, opts.connect_timeout).ok(),
+    };
+    let mut results = Vec::new();
+    for s in scenarios {
+        let r = match (spec, &mut shared) {
+            (TargetSpec::Spawn(_), _) => run_scenario(s, spec, None, offer, opts),
+            (_, Some(inst)) => run_scenario(s, spec, Some(inst), offer, opts),
+            (_, None) => run_scenario(s, spec, None, offer, opts),
+        };
+        emit(RunEvent::Finished(&r));
+        results.push(r);
+    }
+    results
+}
+
+/// Describes the process state for a finding.
+pub(crate) fn describe_exit(state: &ProcessState, stderr_tail: &str) -> String {
+    if stderr_tail.is_empty() {
+        format!("back-end process {state}")
+    } else {
+        format!("back-end process {state}; stderr: {stderr_tail}")
+    }
+}

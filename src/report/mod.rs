@@ -1,0 +1,236 @@
+//! Reporters consume the engine's events and results; they never decide verdicts.
+//! Human output (progress and recap), JSON (versioned schema) and JUnit XML.
+
+use std::fmt::Write as _;
+use std::io::Write;
+
+use serde::Serialize;
+use vhu_mock_frontend::transcript::render;
+
+use crate::engine::{Offer, Outcome, RunEvent, ScenarioResult};
+
+/// Version of the JSON report's schema; bumped on incompatible changes.
+pub const JSON_SCHEMA_VERSION: u32 = 1;
+
+/// Counts per outcome.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Totals {
+    /// Passed.
+    pub pass: usize,
+    /// Failed.
+    pub fail: usize,
+    /// Passed with warnings.
+    pub warn: usize,
+    /// Skipped.
+    pub skip: usize,
+    /// Harness errors.
+    pub error: usize,
+}
+
+impl Totals {
+    /// Counts the results.
+    pub fn of(results: &[ScenarioResult]) -> Self {
+        let mut t = Self::default();
+        for r in results {
+            match r.outcome {
+                Outcome::Pass => t.pass += 1,
+                Outcome::Fail => t.fail += 1,
+                Outcome::Warn => t.warn += 1,
+                Outcome::Skip { .. } => t.skip += 1,
+                Outcome::Error { .. } => t.error += 1,
+            }
+        }
+        t
+    }
+}
+
+fn label(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Pass => "PASS",
+        Outcome::Fail => "FAIL",
+        Outcome::Warn => "WARN",
+        Outcome::Skip { .. } => "SKIP",
+        Outcome::Error { .. } => "ERROR",
+    }
+}
+
+/// Human output: one progress line per scenario, details of failures, a recap.
+pub struct Human<W: Write> {
+    out: W,
+    done: usize,
+    total: usize,
+    verbose: bool,
+}
+
+impl<W: Write> Human<W> {
+    /// Writes to `out`; `verbose` shows transcripts of warnings too.
+    pub fn new(out: W, verbose: bool) -> Self {
+        Self {
+            out,
+            done: 0,
+            total: 0,
+            verbose,
+        }
+    }
+
+    /// Consumes one event.
+    pub fn event(&mut self, e: &RunEvent<'_>) {
+        match e {
+            RunEvent::Started { total, offer } => {
+                self.total = *total;
+                let _ = writeln!(
+                    self.out,
+                    "vhu-conform: {total} scenarios; back-end offers features {:#x}, protocol features {:#x}",
+                    offer.features, offer.protocol
+                );
+            }
+            RunEvent::Finished(r) => {
+                self.done += 1;
+                let _ = writeln!(
+                    self.out,
+                    "[{:>3}/{}] {:<5} {} ({} ms)",
+                    self.done,
+                    self.total,
+                    label(&r.outcome),
+                    r.id,
+                    r.duration_ms
+                );
+                let detail = details(r, self.verbose);
+                if !detail.is_empty() {
+                    let _ = write!(self.out, "{detail}");
+                }
+            }
+        }
+    }
+
+    /// The recap after the run.
+    pub fn recap(&mut self, results: &[ScenarioResult]) {
+        let t = Totals::of(results);
+        let _ = writeln!(
+            self.out,
+            "\n{} passed, {} failed, {} warned, {} skipped, {} errors",
+            t.pass, t.fail, t.warn, t.skip, t.error
+        );
+        for r in results.iter().filter(|r| {
+            matches!(
+                r.outcome,
+                Outcome::Fail | Outcome::Warn | Outcome::Error { .. }
+            )
+        }) {
+            let rules: Vec<&str> = r.findings.iter().map(|f| f.rule.as_str()).collect();
+            let _ = writeln!(
+                self.out,
+                "  {:<5} {} {}",
+                label(&r.outcome),
+                r.id,
+                rules.join(" ")
+            );
+        }
+    }
+}
+
+/// What to show under a scenario's progress line.
+pub fn details(r: &ScenarioResult, verbose: bool) -> String {
+    let mut s = String::new();
+    match &r.outcome {
+        Outcome::Skip { reason } => {
+            let _ = writeln!(s, "        skipped: {reason}");
+        }
+        Outcome::Error { reason } => {
+            let _ = writeln!(
+                s,
+                "        harness error (not the back-end's fault): {reason}"
+            );
+        }
+        _ => {}
+    }
+    for f in &r.findings {
+        let _ = writeln!(s, "        {} [{:?}] {}", f.rule, f.level, f.summary);
+        let _ = writeln!(s, "          sent:     {}", f.sent);
+        let _ = writeln!(s, "          received: {}", f.received);
+        let _ = writeln!(s, "          expected: {}", f.expected);
+    }
+    for n in &r.notes {
+        let _ = writeln!(s, "        note: {n}");
+    }
+    let show = matches!(r.outcome, Outcome::Fail) || (verbose && !r.findings.is_empty());
+    if show && !r.transcript.is_empty() {
+        let tail = &r.transcript[r.transcript.len().saturating_sub(12)..];
+        let _ = writeln!(s, "        transcript (last {} messages):", tail.len());
+        for line in render(tail).lines() {
+            let _ = writeln!(s, "          {line}");
+        }
+    }
+    s
+}
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    schema_version: u32,
+    tool: &'static str,
+    version: &'static str,
+    offer: &'a Offer,
+    totals: Totals,
+    results: &'a [ScenarioResult],
+}
+
+/// The JSON report.
+pub fn json(results: &[ScenarioResult], offer: &Offer) -> String {
+    let r = JsonReport {
+        schema_version: JSON_SCHEMA_VERSION,
+        tool: "vhu-conform",
+        version: env!("CARGO_PKG_VERSION"),
+        offer,
+        totals: Totals::of(results),
+        results,
+    };
+    serde_json::to_string_pretty(&r).expect("results serialize")
+}
+
+/// The JUnit XML report: one test case per scenario, grouped by area.
+pub fn junit(results: &[ScenarioResult]) -> String {
+    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    let mut report = Report::new("vhu-conform");
+    let mut suites: Vec<TestSuite> = Vec::new();
+    for r in results {
+        let area = r.id.split('/').next().unwrap_or("scenarios").to_string();
+        let status = match &r.outcome {
+            Outcome::Pass | Outcome::Warn => TestCaseStatus::success(),
+            Outcome::Skip { reason } => {
+                let mut s = TestCaseStatus::skipped();
+                s.set_message(reason.clone());
+                s
+            }
+            Outcome::Fail | Outcome::Error { .. } => {
+                let kind = if matches!(r.outcome, Outcome::Fail) {
+                    NonSuccessKind::Failure
+                } else {
+                    NonSuccessKind::Error
+                };
+                let mut s = TestCaseStatus::non_success(kind);
+                let msg = r.findings.first().map_or_else(
+                    || format!("{:?}", r.outcome),
+                    |f| format!("{} {}", f.rule, f.summary),
+                );
+                s.set_message(msg);
+                s.set_description(details(r, true));
+                s
+            }
+        };
+        let mut case = TestCase::new(r.id.clone(), status);
+        case.set_classname(format!("vhu-conform.{area}"));
+        case.set_time(std::time::Duration::from_millis(r.duration_ms));
+        match suites.iter_mut().find(|s| s.name.as_str() == area) {
+            Some(s) => {
+                s.add_test_case(case);
+            }
+            None => {
+                let mut s = TestSuite::new(area);
+                s.add_test_case(case);
+                suites.push(s);
+            }
+        }
+    }
+    report.add_test_suites(suites);
+    report.to_string().expect("junit serializes")
+}

@@ -1,0 +1,291 @@
+//! Scenarios: the file format ([`model`]), loading and checking files (embedded in the binary and
+//! from user directories), and selection by id glob.
+
+pub mod model;
+
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+pub use model::{Action, Expect, Level, ScenarioFile, Step};
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/embedded_scenarios.rs"));
+}
+
+/// A scenario ready to run.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// The file's contents.
+    pub spec: ScenarioFile,
+    /// Where it came from.
+    pub source: String,
+}
+
+/// What is wrong with a scenario file.
+#[derive(Debug, Error)]
+pub enum LoadErrorKind {
+    /// The directory or file cannot be read.
+    #[error("cannot read it")]
+    Io(#[source] std::io::Error),
+    /// TOML syntax or a field of the wrong type or name.
+    #[error("{0}")]
+    Syntax(String),
+    /// A rule id not of the form R-AREA-NN.
+    #[error("rule id {0:?} is not of the form R-AREA-NN")]
+    BadRule(String),
+    /// Two scenarios share an id.
+    #[error("id {0:?} is already used by {1}")]
+    DuplicateId(String, String),
+    /// A step lacks a field its action needs.
+    #[error("step {step} ({action:?}) needs the field `{field}`")]
+    MissingField {
+        /// 1-based step number.
+        step: usize,
+        /// The action.
+        action: Action,
+        /// The field.
+        field: &'static str,
+    },
+    /// A feature name no table knows.
+    #[error("unknown {kind} feature name {name:?}")]
+    UnknownFeature {
+        /// "virtio" or "protocol".
+        kind: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// No rule listed.
+    #[error("a scenario must cite at least one rule")]
+    NoRules,
+}
+
+/// A scenario file that cannot be used: which file, which line, what is wrong.
+#[derive(Debug, Error)]
+#[error("{}{}: {kind}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ScenarioLoadError {
+    /// The file.
+    pub path: PathBuf,
+    /// The line, when known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    #[source]
+    pub kind: LoadErrorKind,
+}
+
+/// Parses and checks one scenario file's text.
+pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioLoadError> {
+    let err = |line, kind| ScenarioLoadError {
+        path: path.to_path_buf(),
+        line,
+        kind,
+    };
+    let spec: ScenarioFile = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| text[..s.start].lines().count().max(1));
+        err(line, LoadErrorKind::Syntax(e.message().to_string()))
+    })?;
+    check(&spec).map_err(|kind| err(None, kind))?;
+    Ok(Scenario {
+        spec,
+        source: path.display().to_string(),
+    })
+}
+
+fn check(spec: &ScenarioFile) -> Result<(), LoadErrorKind> {
+    if spec.rules.is_empty() {
+        return Err(LoadErrorKind::NoRules);
+    }
+    for r in spec
+        .rules
+        .iter()
+        .chain(spec.steps.iter().filter_map(|s| s.rule.as_ref()))
+    {
+        if !is_rule_id(r) {
+            return Err(LoadErrorKind::BadRule(r.clone()));
+        }
+    }
+    for name in &spec.requires.virtio {
+        crate::features::virtio_bit(name).ok_or_else(|| LoadErrorKind::UnknownFeature {
+            kind: "virtio",
+            name: name.clone(),
+        })?;
+    }
+    for name in &spec.requires.protocol {
+        crate::features::protocol_bit(name).ok_or_else(|| LoadErrorKind::UnknownFeature {
+            kind: "protocol",
+            name: name.clone(),
+        })?;
+    }
+    for (i, s) in spec.steps.iter().enumerate() {
+        let missing = |field| LoadErrorKind::MissingField {
+            step: i + 1,
+            action: s.action,
+            field,
+        };
+        match s.action {
+            Action::Send | Action::Raw if s.request.is_none() => return Err(missing("request")),
+            Action::AddMemReg | Action::RemMemReg
+                if s.region.is_none() && s.action == Action::AddMemReg =>
+            {
+                return Err(missing("region"));
+            }
+            Action::RemMemReg if s.region.is_none() => return Err(missing("region")),
+            Action::Sleep if s.ms.is_none() => return Err(missing("ms")),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn is_rule_id(r: &str) -> bool {
+    let mut parts = r.split('-');
+    matches!(
+        (parts.next(), parts.next(), parts.next(), parts.next()),
+        (Some("R"), Some(area), Some(num), None)
+            if !area.is_empty() && area.chars().all(|c| c.is_ascii_uppercase())
+                && !num.is_empty() && num.chars().all(|c| c.is_ascii_digit())
+    )
+}
+
+/// Loads the embedded suite and every `*.toml` under `dirs`; ids must be unique.
+pub fn load_all(dirs: &[PathBuf]) -> Result<Vec<Scenario>, ScenarioLoadError> {
+    let mut all = Vec::new();
+    for (path, text) in embedded::EMBEDDED {
+        all.push(parse(Path::new(path), text)?);
+    }
+    for dir in dirs {
+        let mut files = Vec::new();
+        collect(dir, &mut files).map_err(|e| ScenarioLoadError {
+            path: dir.clone(),
+            line: None,
+            kind: LoadErrorKind::Io(e),
+        })?;
+        files.sort();
+        for f in files {
+            let text = std::fs::read_to_string(&f).map_err(|e| ScenarioLoadError {
+                path: f.clone(),
+                line: None,
+                kind: LoadErrorKind::Io(e),
+            })?;
+            all.push(parse(&f, &text)?);
+        }
+    }
+    for (i, s) in all.iter().enumerate() {
+        if let Some(prev) = all[..i].iter().find(|p| p.spec.id == s.spec.id) {
+            return Err(ScenarioLoadError {
+                path: PathBuf::from(&s.source),
+                line: None,
+                kind: LoadErrorKind::DuplicateId(s.spec.id.clone(), prev.source.clone()),
+            });
+        }
+    }
+    all.sort_by(|a, b| (a.spec.fresh_process, &a.spec.id).cmp(&(b.spec.fresh_process, &b.spec.id)));
+    Ok(all)
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            collect(&p, out)?;
+        } else if p.extension().is_some_and(|x| x == "toml") {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// Whether `id` matches the glob `pattern` (`*` any run of characters, `?` one character).
+pub fn glob_match(pattern: &str, id: &str) -> bool {
+    fn go(p: &[u8], s: &[u8]) -> bool {
+        match (p.first(), s.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => go(&p[1..], s) || (!s.is_empty() && go(p, &s[1..])),
+            (Some(b'?'), Some(_)) => go(&p[1..], &s[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &s[1..]),
+            _ => false,
+        }
+    }
+    go(pattern.as_bytes(), id.as_bytes())
+}
+
+/// Keeps the scenarios matching any of the globs (all when there are none). A bare prefix such
+/// as `memory` selects `memory/*`.
+pub fn select(all: Vec<Scenario>, filters: &[String]) -> Vec<Scenario> {
+    if filters.is_empty() {
+        return all;
+    }
+    all.into_iter()
+        .filter(|s| {
+            filters
+                .iter()
+                .any(|f| glob_match(f, &s.spec.id) || glob_match(&format!("{f}/*"), &s.spec.id))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_suite_loads() {
+        let all = load_all(&[]).unwrap();
+        assert!(all.len() >= 25, "{} scenarios", all.len());
+    }
+
+    #[test]
+    fn a_malformed_file_names_file_line_and_problem() {
+        let text =
+            "id = \"x/y\"\ntitle = \"t\"\nrules = [\"R-MEM-01\"]\n\n[[step]]\ndo = \"teleport\"\n";
+        let e = parse(Path::new("mine/bad.toml"), text).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("mine/bad.toml:6: "), "{msg}");
+        assert!(msg.contains("teleport"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_fields_rule_ids_and_feature_names_are_refused() {
+        let base = "id = \"x/y\"\ntitle = \"t\"\n";
+        let e = parse(
+            Path::new("a.toml"),
+            &format!("{base}rules = [\"MEM-01\"]\n"),
+        )
+        .unwrap_err();
+        assert!(matches!(e.kind, LoadErrorKind::BadRule(_)));
+        let e = parse(
+            Path::new("a.toml"),
+            &format!("{base}rules = [\"R-MEM-01\"]\ncolour = 1\n"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+        let e = parse(
+            Path::new("a.toml"),
+            &format!("{base}rules = [\"R-MEM-01\"]\nrequires = {{ protocol = [\"TELEPATHY\"] }}\n"),
+        )
+        .unwrap_err();
+        assert!(matches!(e.kind, LoadErrorKind::UnknownFeature { .. }));
+        let e = parse(
+            Path::new("a.toml"),
+            &format!("{base}rules = [\"R-MEM-01\"]\n[[step]]\ndo = \"send\"\n"),
+        )
+        .unwrap_err();
+        assert!(matches!(
+            e.kind,
+            LoadErrorKind::MissingField {
+                field: "request",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn globs_select_by_id() {
+        assert!(glob_match("memory/*", "memory/add-rem-region"));
+        assert!(glob_match("*rem*", "memory/add-rem-region"));
+        assert!(!glob_match("vring/*", "memory/add-rem-region"));
+        let all = load_all(&[]).unwrap();
+        let mem = select(all, &["memory".to_string()]);
+        assert!(!mem.is_empty() && mem.iter().all(|s| s.spec.id.starts_with("memory/")));
+    }
+}

@@ -1,0 +1,246 @@
+//! The scenario file format (TOML): metadata tying a scenario to the checklist's rules, the
+//! features it needs, and steps with expectations. README "Writing a scenario" documents it.
+
+use serde::{Deserialize, Serialize};
+
+/// How much a failed check of this scenario weighs (checklist legend).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Informative: recorded, never a failure.
+    Info,
+    /// Robustness rule the spec is silent on: a warning (a failure under `--strict`).
+    Rob,
+    /// SHOULD: a warning (a failure under `--strict`).
+    Should,
+    /// MUST: a failure.
+    #[default]
+    Must,
+}
+
+/// Features a scenario needs; it is skipped when the back-end does not offer them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requires {
+    /// Virtio feature names (`PROTOCOL_FEATURES`, `EVENT_IDX`, ...) or `bit:N`.
+    #[serde(default)]
+    pub virtio: Vec<String>,
+    /// Protocol feature names (`REPLY_ACK`, `CONFIGURE_MEM_SLOTS`, ...) or `bit:N`.
+    #[serde(default)]
+    pub protocol: Vec<String>,
+}
+
+/// A scenario as written in a file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioFile {
+    /// Stable id, path-like (`memory/add-rem-region`).
+    pub id: String,
+    /// One line saying what is checked.
+    pub title: String,
+    /// Checklist rule ids (`R-MEM-08`).
+    pub rules: Vec<String>,
+    /// Weight of a failed check.
+    #[serde(default)]
+    pub level: Level,
+    /// Needed features.
+    #[serde(default)]
+    pub requires: Requires,
+    /// Needs a fresh back-end process (crash risk).
+    #[serde(default)]
+    pub fresh_process: bool,
+    /// Deadline for the whole scenario, in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Longer explanation.
+    #[serde(default)]
+    pub description: String,
+    /// The steps.
+    #[serde(rename = "step", default)]
+    pub steps: Vec<Step>,
+}
+
+/// What a step does.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Appendix A negotiation.
+    Negotiate,
+    /// Create guest memory and announce it.
+    Memory,
+    /// ADD_MEM_REG of one region of the current layout.
+    AddMemReg,
+    /// REM_MEM_REG of one region, optionally with fields changed.
+    RemMemReg,
+    /// Set up a queue (NUM, BASE, ADDR, CALL, ERR, KICK, ENABLE).
+    Vring,
+    /// SET_VRING_ENABLE.
+    Enable,
+    /// virtio-blk write.
+    BlkWrite,
+    /// virtio-blk read, checked against a pattern.
+    BlkRead,
+    /// virtio-blk flush.
+    BlkFlush,
+    /// virtio-blk GET_ID.
+    BlkGetId,
+    /// GET_VRING_BASE, checked.
+    GetVringBase,
+    /// Any front-end request with a body.
+    Send,
+    /// Raw header and payload bytes, unvalidated.
+    Raw,
+    /// Liveness probe: a GET_FEATURES round trip.
+    Probe,
+    /// Close the connection.
+    Disconnect,
+    /// Open a new connection to the same back-end.
+    Reconnect,
+    /// Wait.
+    Sleep,
+}
+
+/// What a step expects of the back-end.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expect {
+    /// The request succeeded; an ack, if any, is 0.
+    #[default]
+    Ok,
+    /// An ack of 0 (when REPLY_ACK is negotiated; otherwise as `ok`).
+    AckOk,
+    /// A non-zero ack, or the connection closed.
+    AckFail,
+    /// A reply.
+    Reply,
+    /// Nothing arrives within the window.
+    NoReply,
+    /// The back-end closes the connection.
+    Closed,
+    /// A non-zero ack or a closed connection, and the process survives.
+    Rejected,
+    /// Anything but a crash or a hang: the next probe answers.
+    Alive,
+}
+
+/// A number or the word `all` / `reached`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum NumOrWord {
+    /// A number.
+    Num(u64),
+    /// A word.
+    Word(String),
+}
+
+/// A request named by spec name, CamelCase name or code.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RequestName {
+    /// A code.
+    Code(u32),
+    /// A name.
+    Name(String),
+}
+
+/// Field overrides for REM_MEM_REG.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tweak {
+    /// Guest address.
+    pub guest_addr: Option<u64>,
+    /// Size.
+    pub size: Option<u64>,
+    /// User address.
+    pub user_addr: Option<u64>,
+    /// Mmap offset.
+    pub mmap_offset: Option<u64>,
+}
+
+/// One step; which fields apply depends on `do`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// The action.
+    #[serde(rename = "do")]
+    pub action: Action,
+    /// negotiate: virtio features ("all" or names).
+    pub features: Option<NumOrWordList>,
+    /// negotiate: protocol features ("all" or names).
+    pub protocol: Option<NumOrWordList>,
+    /// negotiate: protocol features to leave out.
+    pub exclude_protocol: Option<Vec<String>>,
+    /// memory: "default" or "single".
+    pub layout: Option<String>,
+    /// memory: explicit regions.
+    pub regions: Option<Vec<vhu_mock_frontend::RegionSpec>>,
+    /// memory: "table" (SET_MEM_TABLE) or "add_mem_reg".
+    pub via: Option<String>,
+    /// add/rem_mem_reg: region index.
+    pub region: Option<usize>,
+    /// rem_mem_reg: field overrides.
+    pub tweak: Option<Tweak>,
+    /// vring and blk steps: queue index or "all".
+    pub queue: Option<NumOrWord>,
+    /// vring: queue size; raw: the header's size field.
+    pub size: Option<u64>,
+    /// vring: starting base.
+    pub base: Option<u16>,
+    /// vring: send SET_VRING_ENABLE(1) when bit 30 is negotiated.
+    pub enable: Option<bool>,
+    /// vring: inject a kick after SET_VRING_KICK.
+    pub kick: Option<bool>,
+    /// enable: on or off.
+    pub on: Option<bool>,
+    /// blk: start sector.
+    pub sector: Option<u64>,
+    /// blk: number of 512-byte sectors.
+    pub sectors: Option<u32>,
+    /// blk: data byte written / expected.
+    pub pattern: Option<u8>,
+    /// get_vring_base: expected num, or "reached".
+    pub num: Option<NumOrWord>,
+    /// send/raw: the request.
+    pub request: Option<RequestName>,
+    /// send: the body's fields.
+    pub body: Option<toml::Table>,
+    /// send/raw: payload bytes in hex.
+    pub payload_hex: Option<String>,
+    /// send: force NEED_REPLY on or off.
+    pub need_reply: Option<bool>,
+    /// send/raw: number of extra fds to attach.
+    pub fds: Option<usize>,
+    /// send/raw: kind of fd attached ("eventfd", "memfd", "pipe").
+    pub fd_kind: Option<String>,
+    /// raw: the header's flags.
+    pub flags: Option<u32>,
+    /// sleep: milliseconds.
+    pub ms: Option<u64>,
+    /// What the back-end must do.
+    pub expect: Option<Expect>,
+    /// The rule a failed expectation cites (default: the scenario's first rule).
+    pub rule: Option<String>,
+    /// no_reply: how long to listen, in milliseconds.
+    pub window_ms: Option<u64>,
+    /// The reply's u64 value must equal this.
+    pub value: Option<u64>,
+    /// These bits must be set in the reply's u64.
+    pub value_mask: Option<u64>,
+    /// The reply's u64 must be non-zero.
+    pub nonzero: Option<bool>,
+    /// The reply's payload size.
+    pub reply_size: Option<u32>,
+    /// The reply's flags.
+    pub reply_flags: Option<u32>,
+    /// The attached pipe fd must be closed by the back-end (fd-closure probe).
+    pub fd_closed: Option<bool>,
+}
+
+/// `"all"` or a list of names.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum NumOrWordList {
+    /// A single word (`"all"`).
+    Word(String),
+    /// Names.
+    List(Vec<String>),
+}

@@ -1,0 +1,368 @@
+//! How to reach a back-end: connect to a listening socket, listen for one that connects, or spawn
+//! a fresh process per scenario. Spawned processes are watched: exit code, signal, stderr tail,
+//! and `/proc/<pid>` for hygiene checks. Every wait is bounded.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+/// Where the back-end is.
+#[derive(Clone, Debug)]
+pub enum TargetSpec {
+    /// A back-end listening on this socket.
+    Connect(PathBuf),
+    /// Listen on this socket for a back-end that connects.
+    Listen(PathBuf),
+    /// Start this command per scenario; `{socket}` is replaced by a fresh socket path.
+    Spawn(String),
+}
+
+/// Why the back-end could not be reached: the back-end was never judged.
+#[derive(Debug, Error)]
+pub enum TargetError {
+    /// Connecting failed.
+    #[error("cannot connect to {path}{}", hint.map(|h| format!(" ({h})")).unwrap_or_default())]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// A hint for the user.
+        hint: Option<&'static str>,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Listening or accepting failed or timed out.
+    #[error("no back-end connected to {path} within {waited:?}")]
+    Accept {
+        /// The socket.
+        path: PathBuf,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// The program could not be started.
+    #[error("cannot start `{command}`")]
+    Spawn {
+        /// The command.
+        command: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The spawned program exited before its socket appeared.
+    #[error(
+        "`{command}` exited ({status}) before creating its socket{}",
+        tail_suffix(stderr_tail)
+    )]
+    ExitedEarly {
+        /// The command.
+        command: String,
+        /// How it ended.
+        status: String,
+        /// The end of its stderr.
+        stderr_tail: String,
+    },
+    /// The spawned program is alive but never created its socket.
+    #[error(
+        "`{command}` did not create {socket} within {waited:?} (it may connect instead of listening: use --listen)"
+    )]
+    NoSocket {
+        /// The command.
+        command: String,
+        /// The socket expected.
+        socket: PathBuf,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// A temporary directory could not be made.
+    #[error("cannot create a temporary directory")]
+    TempDir(#[source] std::io::Error),
+}
+
+fn tail_suffix(t: &str) -> String {
+    if t.is_empty() {
+        String::new()
+    } else {
+        format!("; stderr: {t}")
+    }
+}
+
+/// How a spawned process stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProcessState {
+    /// Still running.
+    Running,
+    /// Exited with a code.
+    Exited(i32),
+    /// Killed by a signal.
+    Signaled(i32),
+    /// Not a spawned process (connect or listen mode).
+    Unknown,
+}
+
+impl std::fmt::Display for ProcessState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Running => write!(f, "running"),
+            Self::Exited(c) => write!(f, "exited with code {c}"),
+            Self::Signaled(s) => {
+                let name = nix::sys::signal::Signal::try_from(*s)
+                    .map(|s| s.as_str())
+                    .unwrap_or("?");
+                write!(f, "killed by signal {s} ({name})")
+            }
+            Self::Unknown => write!(f, "not watched"),
+        }
+    }
+}
+
+/// One reachable back-end: for spawn mode, one process with its own socket.
+#[derive(Debug)]
+pub struct Instance {
+    spec: TargetSpec,
+    socket: PathBuf,
+    listener: Option<UnixListener>,
+    child: Option<Child>,
+    stderr: Option<File>,
+    _dir: Option<tempfile::TempDir>,
+    connect_timeout: Duration,
+    /// Whether a connection was made before (for the "stopped listening" hint).
+    connected_before: bool,
+}
+
+fn shell_quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
+}
+
+impl Instance {
+    /// Prepares the target: spawns the process (spawn mode) or binds the socket (listen mode).
+    pub fn start(spec: &TargetSpec, connect_timeout: Duration) -> Result<Self, TargetError> {
+        let mut inst = Self {
+            spec: spec.clone(),
+            socket: PathBuf::new(),
+            listener: None,
+            child: None,
+            stderr: None,
+            _dir: None,
+            connect_timeout,
+            connected_before: false,
+        };
+        match spec {
+            TargetSpec::Connect(p) => inst.socket = p.clone(),
+            TargetSpec::Listen(p) => {
+                let _ = std::fs::remove_file(p);
+                let l = UnixListener::bind(p).map_err(|source| TargetError::Connect {
+                    path: p.clone(),
+                    hint: None,
+                    source,
+                })?;
+                l.set_nonblocking(true)
+                    .map_err(|source| TargetError::Connect {
+                        path: p.clone(),
+                        hint: None,
+                        source,
+                    })?;
+                inst.socket = p.clone();
+                inst.listener = Some(l);
+            }
+            TargetSpec::Spawn(cmd) => inst.spawn(cmd)?,
+        }
+        Ok(inst)
+    }
+
+    fn spawn(&mut self, template: &str) -> Result<(), TargetError> {
+        let dir = tempfile::Builder::new()
+            .prefix("vhu-")
+            .tempdir()
+            .map_err(TargetError::TempDir)?;
+        self.socket = dir.path().join("backend.sock");
+        let command = template.replace("{socket}", &shell_quote(&self.socket));
+        let err_path = dir.path().join("stderr");
+        let err_file = File::create(&err_path).map_err(TargetError::TempDir)?;
+        let child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("exec {command}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err_file)
+            .process_group(0)
+            .spawn()
+            .map_err(|source| TargetError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
+        self.child = Some(child);
+        self.stderr = File::open(&err_path).ok();
+        self._dir = Some(dir);
+        let deadline = Instant::now() + self.connect_timeout;
+        while !self.socket.exists() {
+            if let ProcessState::Exited(_) | ProcessState::Signaled(_) = self.state() {
+                return Err(TargetError::ExitedEarly {
+                    command,
+                    status: self.state().to_string(),
+                    stderr_tail: self.stderr_tail(400),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(TargetError::NoSocket {
+                    command,
+                    socket: self.socket.clone(),
+                    waited: self.connect_timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// A new connection to the back-end.
+    pub fn connect(&mut self) -> Result<UnixStream, TargetError> {
+        if let Some(l) = &self.listener {
+            let deadline = Instant::now() + self.connect_timeout;
+            loop {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        return Ok(s);
+                    }
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            && Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(_) => {
+                        return Err(TargetError::Accept {
+                            path: self.socket.clone(),
+                            waited: self.connect_timeout,
+                        });
+                    }
+                }
+            }
+        }
+        let deadline = Instant::now() + self.connect_timeout.min(Duration::from_secs(2));
+        loop {
+            match UnixStream::connect(&self.socket) {
+                Ok(s) => {
+                    self.connected_before = true;
+                    return Ok(s);
+                }
+                Err(source)
+                    if Instant::now() >= deadline
+                        || self.state() != ProcessState::Running && self.child.is_some() =>
+                {
+                    let hint = match (&self.spec, self.connected_before) {
+                        (TargetSpec::Connect(_), true) => Some(
+                            "the back-end stopped listening after a front-end disconnected; use --spawn",
+                        ),
+                        (TargetSpec::Connect(_), false) => {
+                            Some("is the back-end running and listening there? or use --spawn")
+                        }
+                        _ => None,
+                    };
+                    return Err(TargetError::Connect {
+                        path: self.socket.clone(),
+                        hint,
+                        source,
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// The process's state (spawn mode).
+    pub fn state(&mut self) -> ProcessState {
+        let Some(child) = &mut self.child else {
+            return ProcessState::Unknown;
+        };
+        match child.try_wait() {
+            Ok(None) => ProcessState::Running,
+            Ok(Some(st)) => st.code().map_or_else(
+                || ProcessState::Signaled(st.signal().unwrap_or(0)),
+                ProcessState::Exited,
+            ),
+            Err(_) => ProcessState::Unknown,
+        }
+    }
+
+    /// Waits up to `within` for the process to leave the running state.
+    pub fn wait_exit(&mut self, within: Duration) -> ProcessState {
+        let deadline = Instant::now() + within;
+        loop {
+            let st = self.state();
+            if st != ProcessState::Running || Instant::now() >= deadline {
+                return st;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The process id (spawn mode).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether each scenario gets its own process.
+    pub fn is_spawned(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The last `max` bytes of the process's stderr, on one line.
+    pub fn stderr_tail(&mut self, max: u64) -> String {
+        let Some(f) = &mut self.stderr else {
+            return String::new();
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
+        let mut s = String::new();
+        let _ = f.read_to_string(&mut s);
+        s.trim().replace('\n', " | ")
+    }
+
+    /// Number of open fds of the process (`/proc/<pid>/fd`).
+    pub fn fd_count(&self) -> Option<usize> {
+        Some(
+            std::fs::read_dir(format!("/proc/{}/fd", self.pid()?))
+                .ok()?
+                .count(),
+        )
+    }
+
+    /// Number of mappings of the process (`/proc/<pid>/maps`).
+    pub fn map_count(&self) -> Option<usize> {
+        Some(
+            std::fs::read_to_string(format!("/proc/{}/maps", self.pid()?))
+                .ok()?
+                .lines()
+                .count(),
+        )
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            if let Ok(None) = child.try_wait() {
+                // SIGTERM the whole group (the back-end may sit behind a wrapper script), then
+                // SIGKILL after a grace period (checklist 6.1).
+                let pgid = nix::unistd::Pid::from_raw(-(child.id() as i32));
+                let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGTERM);
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
+            }
+            let _ = child.wait();
+        }
+        if matches!(self.spec, TargetSpec::Listen(_)) {
+            let _ = std::fs::remove_file(&self.socket);
+        }
+    }
+}
