@@ -126,7 +126,10 @@ impl<'a> Ctx<'a> {
     fn check_process(&mut self) {
         let st = self.inst.state();
         if matches!(st, ProcessState::Exited(_) | ProcessState::Signaled(_))
-            && !self.findings.iter().any(|f| f.summary.contains("process"))
+            && !self
+                .findings
+                .iter()
+                .any(|f| f.summary.contains("process") || f.received.contains("process"))
         {
             let tail = self.inst.stderr_tail(400);
             let rule = self.scenario.spec.rules[0].clone();

@@ -1,0 +1,63 @@
+//! The command line's exit codes, as documented.
+
+use std::process::Command;
+
+fn vhu(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vhu-conform"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn a_bad_option_is_a_usage_error() {
+    assert_eq!(vhu(&["--no-such-option"]).0, Some(2));
+}
+
+#[test]
+fn an_unreachable_backend_is_a_setup_error_with_a_hint() {
+    let (code, text) = vhu(&[
+        "--backend",
+        "/nonexistent/vhu.sock",
+        "--connect-timeout-ms",
+        "200",
+    ]);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains("use --spawn"), "{text}");
+}
+
+#[test]
+fn a_filter_that_matches_nothing_means_nothing_ran() {
+    assert_eq!(vhu(&["no-such-area/*"]).0, Some(4));
+}
+
+#[test]
+fn list_shows_every_scenario_with_its_rules() {
+    let (code, text) = vhu(&["--list"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        text.contains("memory/add-rem-region") && text.contains("R-MEM-11"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_broken_user_scenario_file_is_a_usage_error_naming_file_and_line() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("bad.toml"),
+        "id = \"mine/x\"\ntitle = \"t\"\nrules = [\"R-NEG-01\"]\n[[step]]\ndo = \"fly\"\n",
+    )
+    .unwrap();
+    let (code, text) = vhu(&["--list", "--scenarios", d.path().to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("bad.toml:5"), "{text}");
+}
