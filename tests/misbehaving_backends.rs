@@ -133,3 +133,33 @@ fn a_back_end_that_crashes_fails_citing_the_signal_and_the_message() {
     );
     assert!(start.elapsed() < Duration::from_secs(10));
 }
+
+/// Serves GET_FEATURES forever; `keep` decides whether received fds are kept (leaked) or closed.
+fn serve_features(listener: UnixListener, keep: bool) {
+    std::thread::spawn(move || {
+        let mut leaked = Vec::new();
+        for stream in listener.incoming().flatten() {
+            let conn = Connection::new(stream, Some(Duration::from_secs(30)));
+            while let Ok(msg) = conn.recv() {
+                if keep {
+                    leaked.extend(msg.fds);
+                }
+                let _ = conn.send_reply(msg.header.request, &Body::U64(1 << 32), &[]);
+            }
+        }
+    });
+}
+
+#[test]
+fn the_fd_closure_probe_passes_a_back_end_that_closes_and_flags_one_that_keeps() {
+    let (_d1, closing) = socket_dir();
+    serve_features(UnixListener::bind(&closing).unwrap(), false);
+    let r = run(&TargetSpec::Connect(closing), "robustness/fd-on-get-features");
+    assert_eq!(r.outcome, Outcome::Pass, "{r:?}");
+
+    let (_d2, keeping) = socket_dir();
+    serve_features(UnixListener::bind(&keeping).unwrap(), true);
+    let r = run(&TargetSpec::Connect(keeping), "robustness/fd-on-get-features");
+    assert_eq!(r.outcome, Outcome::Warn, "{r:?}");
+    assert_eq!(r.findings[0].rule, "R-WIRE-09");
+}
