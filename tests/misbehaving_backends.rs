@@ -154,12 +154,18 @@ fn serve_features(listener: UnixListener, keep: bool) {
 fn the_fd_closure_probe_passes_a_back_end_that_closes_and_flags_one_that_keeps() {
     let (_d1, closing) = socket_dir();
     serve_features(UnixListener::bind(&closing).unwrap(), false);
-    let r = run(&TargetSpec::Connect(closing), "robustness/fd-on-get-features");
+    let r = run(
+        &TargetSpec::Connect(closing),
+        "robustness/fd-on-get-features",
+    );
     assert_eq!(r.outcome, Outcome::Pass, "{r:?}");
 
     let (_d2, keeping) = socket_dir();
     serve_features(UnixListener::bind(&keeping).unwrap(), true);
-    let r = run(&TargetSpec::Connect(keeping), "robustness/fd-on-get-features");
+    let r = run(
+        &TargetSpec::Connect(keeping),
+        "robustness/fd-on-get-features",
+    );
     assert_eq!(r.outcome, Outcome::Warn, "{r:?}");
     assert_eq!(r.findings[0].rule, "R-WIRE-09");
 }

@@ -1,3 +1,5 @@
-//! vhu-mock-backend (under construction).
+//! The `vhu-mock-backend` program.
 
-fn main() {}
+fn main() -> std::process::ExitCode {
+    vhu_mock_backend::run_from_args(std::env::args_os())
+}

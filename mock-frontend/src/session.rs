@@ -184,6 +184,9 @@ pub struct Session {
     acked_features: Option<u64>,
     acked_protocol: Option<u64>,
     channel: Option<BackendChannel>,
+    /// The last ack-only request sent without NEED_REPLY: a reply carrying its code is an
+    /// unrequested ack (R-ACK-03).
+    last_unacked: Option<u32>,
 }
 
 impl Session {
@@ -199,6 +202,7 @@ impl Session {
             acked_features: None,
             acked_protocol: None,
             channel: None,
+            last_unacked: None,
         }
     }
 
@@ -316,8 +320,11 @@ impl Session {
             .map_err(|e| self.conn_error(Some(req), e))?;
         self.track(req, body);
         if !ack_only || need {
-            return self.receive_reply(req, ack_only).map(Some);
+            let r = self.receive_reply(req, ack_only).map(Some);
+            self.last_unacked = None;
+            return r;
         }
+        self.last_unacked = Some(req as u32);
         Ok(None)
     }
 
@@ -335,7 +342,14 @@ impl Session {
             Ok(m) => m,
             Err(ConnError::UnexpectedReply { message, .. }) => {
                 self.record_received(&message);
-                let reason = if message.header.is_reply() {
+                let reason = if message.header.is_reply()
+                    && Some(message.header.request) == self.last_unacked
+                {
+                    format!(
+                        "an unrequested ack of request {} that was sent without NEED_REPLY (R-ACK-03)",
+                        message.header.request
+                    )
+                } else if message.header.is_reply() {
                     format!(
                         "reply carries request code {}, not {}",
                         message.header.request, req as u32

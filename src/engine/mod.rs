@@ -123,10 +123,26 @@ pub enum RunEvent<'a> {
     Finished(&'a ScenarioResult),
 }
 
+/// Why the preflight could not read the offer.
+#[derive(Debug)]
+pub enum PreflightError {
+    /// The back-end could not be reached or started: it cannot be judged at all.
+    Unreachable(String),
+    /// The back-end answered, but not properly: scenarios still run (and show where).
+    Misbehaved(String),
+}
+
 /// Reads what the back-end offers on a first connection.
-pub fn preflight(spec: &TargetSpec, opts: &RunOptions) -> Result<Offer, String> {
-    let mut inst = Instance::start(spec, opts.connect_timeout).map_err(|e| chain(&e))?;
-    let stream = inst.connect().map_err(|e| chain(&e))?;
+pub fn preflight(spec: &TargetSpec, opts: &RunOptions) -> Result<Offer, PreflightError> {
+    let mut inst = Instance::start(spec, opts.connect_timeout)
+        .map_err(|e| PreflightError::Unreachable(chain(&e)))?;
+    let stream = inst
+        .connect()
+        .map_err(|e| PreflightError::Unreachable(chain(&e)))?;
+    read_offer(stream, opts).map_err(PreflightError::Misbehaved)
+}
+
+fn read_offer(stream: std::os::unix::net::UnixStream, opts: &RunOptions) -> Result<Offer, String> {
     let sopts = SessionOptions {
         reply_timeout: opts.step_timeout,
         auto_need_reply: true,

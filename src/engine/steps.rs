@@ -842,6 +842,9 @@ impl<'a> Ctx<'a> {
 /// The wire rule a framing error breaks.
 fn wire_rule(e: &SessionError) -> Option<&'static str> {
     match e {
+        SessionError::BadReply { reason, .. } if reason.contains("unrequested ack") => {
+            Some("R-ACK-03")
+        }
         SessionError::BadReply { reason, .. } if reason.contains("version") => Some("R-WIRE-03"),
         SessionError::BadReply { reason, .. } if reason.contains("REPLY flag") => Some("R-WIRE-02"),
         SessionError::BadReply { reason, .. } if reason.contains("code") => Some("R-WIRE-05"),

@@ -1,0 +1,251 @@
+//! The device side: a split virtqueue consumer (virtio 1.2 section 2.7) and a virtio-blk device on
+//! a RAM disk (section 5.2). Every descriptor is validated; a malformed chain is completed with an
+//! error status when a status byte can be written, and never makes the process panic.
+
+use std::sync::atomic::{Ordering, fence};
+
+use vhu_protocol::virtio::{
+    BlkReqHeader, SplitDesc, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, blk,
+};
+use zerocopy::FromBytes;
+
+use crate::memory::Memory;
+
+/// A guest buffer of a chain.
+#[derive(Copy, Clone, Debug)]
+struct Segment {
+    gpa: u64,
+    len: u32,
+    writable: bool,
+}
+
+/// Where a started ring lives (guest addresses) and where it stands.
+#[derive(Copy, Clone, Debug)]
+pub struct SplitRing {
+    /// Queue size.
+    pub size: u16,
+    /// Descriptor table.
+    pub desc: u64,
+    /// Avail ring.
+    pub avail: u64,
+    /// Used ring.
+    pub used: u64,
+    /// Next avail index to process (the GET_VRING_BASE value).
+    pub next_avail: u16,
+    /// Next used index to write.
+    pub next_used: u16,
+}
+
+/// Deliberate data-path faults.
+#[derive(Copy, Clone, Debug, Default)]
+pub struct DataFaults {
+    /// Report used length + 1.
+    pub wrong_used_len: bool,
+    /// Write 16 bytes past the last writable data buffer.
+    pub write_past: bool,
+}
+
+/// A virtio-blk device on a RAM disk.
+#[derive(Debug)]
+pub struct Blk {
+    disk: Vec<u8>,
+    /// The `writeback` config byte.
+    pub wce: u8,
+    /// Number of queues.
+    pub num_queues: u16,
+}
+
+impl Blk {
+    /// A zeroed disk of `capacity` bytes.
+    pub fn new(capacity: u64, num_queues: u16) -> Self {
+        Self {
+            disk: vec![0; capacity as usize],
+            wce: 1,
+            num_queues,
+        }
+    }
+
+    /// virtio_blk_config: capacity @0, seg_max @12, blk_size @20, writeback @32, num_queues @34.
+    pub fn config(&self) -> Vec<u8> {
+        let mut c = vec![0u8; 60];
+        c[0..8].copy_from_slice(&(self.disk.len() as u64 / blk::SECTOR_SIZE).to_le_bytes());
+        c[12..16].copy_from_slice(&126u32.to_le_bytes());
+        c[20..24].copy_from_slice(&512u32.to_le_bytes());
+        c[32] = self.wce;
+        c[34..36].copy_from_slice(&self.num_queues.to_le_bytes());
+        c
+    }
+
+    /// Device feature bits: SEG_MAX, BLK_SIZE, FLUSH, CONFIG_WCE, MQ.
+    pub fn features(&self) -> u64 {
+        blk::F_SEG_MAX
+            | blk::F_BLK_SIZE
+            | blk::F_FLUSH
+            | blk::F_CONFIG_WCE
+            | if self.num_queues > 1 { blk::F_MQ } else { 0 }
+    }
+
+    /// Processes every newly available chain; returns how many completed.
+    pub fn process(
+        &mut self,
+        mem: &Memory,
+        ring: &mut SplitRing,
+        faults: DataFaults,
+    ) -> Result<usize, String> {
+        let avail_idx = mem.read_u16(ring.avail + 2)?;
+        fence(Ordering::Acquire);
+        let mut done = 0;
+        while ring.next_avail != avail_idx {
+            let slot = ring.avail + 4 + 2 * u64::from(ring.next_avail % ring.size);
+            let head = mem.read_u16(slot)?;
+            let used_len = match chain(mem, ring, head) {
+                Ok(segs) => self.execute(mem, &segs, faults),
+                Err(_) => 0,
+            };
+            let elem_gpa = ring.used + 4 + 8 * u64::from(ring.next_used % ring.size);
+            let mut elem = [0u8; 8];
+            elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+            elem[4..].copy_from_slice(&(used_len + u32::from(faults.wrong_used_len)).to_le_bytes());
+            mem.write(elem_gpa, &elem)?;
+            ring.next_avail = ring.next_avail.wrapping_add(1);
+            ring.next_used = ring.next_used.wrapping_add(1);
+            fence(Ordering::Release);
+            mem.write_u16(ring.used + 2, ring.next_used)?;
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    /// Executes one request; returns the bytes written into writable buffers.
+    fn execute(&mut self, mem: &Memory, segs: &[Segment], faults: DataFaults) -> u32 {
+        let Some((status, body)) = segs.split_last().filter(|(s, _)| s.writable && s.len >= 1)
+        else {
+            return 0;
+        };
+        let status_gpa = status.gpa + u64::from(status.len) - 1;
+        let (code, written) = match body.split_first() {
+            Some((h, data)) if !h.writable && h.len as usize >= size_of::<BlkReqHeader>() => {
+                self.request(mem, h, data, faults)
+            }
+            _ => (blk::S_IOERR, 0),
+        };
+        if mem.write(status_gpa, &[code]).is_err() {
+            return written;
+        }
+        written + 1
+    }
+
+    fn request(
+        &mut self,
+        mem: &Memory,
+        h: &Segment,
+        data: &[Segment],
+        faults: DataFaults,
+    ) -> (u8, u32) {
+        let mut raw = [0u8; 16];
+        if mem.read(h.gpa, &mut raw).is_err() {
+            return (blk::S_IOERR, 0);
+        }
+        let hdr = BlkReqHeader::read_from_bytes(&raw).expect("16 bytes");
+        let total: u64 = data.iter().map(|s| u64::from(s.len)).sum();
+        let start = hdr.sector.saturating_mul(blk::SECTOR_SIZE);
+        let in_range = start
+            .checked_add(total)
+            .is_some_and(|end| end <= self.disk.len() as u64);
+        match hdr.kind {
+            blk::T_IN if in_range && data.iter().all(|s| s.writable) => {
+                let mut off = start as usize;
+                for s in data {
+                    let chunk = &self.disk[off..off + s.len as usize];
+                    if mem.write(s.gpa, chunk).is_err() {
+                        return (blk::S_IOERR, 0);
+                    }
+                    off += s.len as usize;
+                }
+                if faults.write_past {
+                    if let Some(last) = data.last() {
+                        let _ = mem.write(last.gpa + u64::from(last.len), &[0xee; 16]);
+                    }
+                }
+                (blk::S_OK, total as u32)
+            }
+            blk::T_OUT if in_range && data.iter().all(|s| !s.writable) => {
+                let mut off = start as usize;
+                for s in data {
+                    if mem
+                        .read(s.gpa, &mut self.disk[off..off + s.len as usize])
+                        .is_err()
+                    {
+                        return (blk::S_IOERR, 0);
+                    }
+                    off += s.len as usize;
+                }
+                (blk::S_OK, 0)
+            }
+            blk::T_FLUSH => (blk::S_OK, 0),
+            blk::T_GET_ID => match data.first().filter(|s| s.writable) {
+                Some(s) => {
+                    let mut id = [0u8; blk::ID_BYTES as usize];
+                    id[..16].copy_from_slice(b"vhu-mock-backend");
+                    let n = s.len.min(blk::ID_BYTES);
+                    if mem.write(s.gpa, &id[..n as usize]).is_err() {
+                        return (blk::S_IOERR, 0);
+                    }
+                    (blk::S_OK, n)
+                }
+                None => (blk::S_IOERR, 0),
+            },
+            blk::T_IN | blk::T_OUT => (blk::S_IOERR, 0),
+            _ => (blk::S_UNSUPP, 0),
+        }
+    }
+}
+
+fn read_desc(mem: &Memory, table: u64, i: u16) -> Result<SplitDesc, String> {
+    let mut raw = [0u8; 16];
+    mem.read(table + 16 * u64::from(i), &mut raw)?;
+    Ok(SplitDesc::read_from_bytes(&raw).expect("16 bytes"))
+}
+
+/// Walks a chain (direct or through one indirect table), validating every step.
+fn chain(mem: &Memory, ring: &SplitRing, head: u16) -> Result<Vec<Segment>, String> {
+    if head >= ring.size {
+        return Err(format!("head {head} out of range"));
+    }
+    walk(mem, ring, head)
+}
+
+fn walk(mem: &Memory, ring: &SplitRing, head: u16) -> Result<Vec<Segment>, String> {
+    let first = read_desc(mem, ring.desc, head)?;
+    let (table, limit, mut i) = if first.flags & VIRTQ_DESC_F_INDIRECT != 0 {
+        if first.len == 0 || first.len % 16 != 0 {
+            return Err("bad indirect table length".into());
+        }
+        (first.addr, (first.len / 16) as u16, 0u16)
+    } else {
+        (ring.desc, ring.size, head)
+    };
+    let indirect = table != ring.desc;
+    let mut segs = Vec::new();
+    loop {
+        if i >= limit || segs.len() >= usize::from(limit) {
+            return Err("descriptor index out of range or chain loops".into());
+        }
+        let d = read_desc(mem, table, i)?;
+        if indirect && d.flags & VIRTQ_DESC_F_INDIRECT != 0 {
+            return Err("nested indirect table".into());
+        }
+        d.addr
+            .checked_add(u64::from(d.len))
+            .ok_or("descriptor range overflows")?;
+        segs.push(Segment {
+            gpa: d.addr,
+            len: d.len,
+            writable: d.flags & VIRTQ_DESC_F_WRITE != 0,
+        });
+        if d.flags & VIRTQ_DESC_F_NEXT == 0 {
+            return Ok(segs);
+        }
+        i = d.next;
+    }
+}

@@ -1,0 +1,175 @@
+//! Named fault modes: each breaks one rule on purpose, so every check of the harness is shown to
+//! catch what it claims to catch. `--list-faults` prints them with the rule they break.
+
+/// A deliberate departure from the spec.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Replies carry the request code + 1.
+    WrongReplyCode,
+    /// Replies echo NEED_REPLY (flags 0xD).
+    ReplyFlagsNeedReply,
+    /// Replies carry version 2.
+    BadReplyVersion,
+    /// NEED_REPLY is ignored: no ack.
+    NoAck,
+    /// Ack-only messages are acked even without NEED_REPLY.
+    UnrequestedAck,
+    /// SET_VRING_NUM is acked 1 although valid.
+    NackValid,
+    /// GET_QUEUE_NUM is never answered.
+    NoReplyGetQueueNum,
+    /// REM_MEM_REG matches guest address and size only (ignores the user address) and acks 0
+    /// for regions that do not exist.
+    LaxRemMemReg,
+    /// GET_VRING_BASE returns the base SET_VRING_BASE gave, not the index reached.
+    StaleVringBase,
+    /// Used lengths are one more than the bytes written.
+    WrongUsedLen,
+    /// Reads write 16 bytes past the end of the last writable data buffer.
+    WritePastDescriptor,
+    /// fds on messages that take none are kept open.
+    LeakFds,
+    /// The process exits when the front-end disconnects.
+    ExitOnDisconnect,
+    /// An unknown request code aborts the process.
+    CrashOnUnknownCode,
+    /// SET_MEM_TABLE is never answered (the session hangs).
+    HangSetMemTable,
+    /// GET_CONFIG answers 4 bytes more than asked.
+    ConfigWrongSize,
+    /// GET_MAX_MEM_SLOTS answers 0.
+    MaxMemSlotsZero,
+}
+
+/// Every fault: name, the rule it breaks, what it does.
+pub const ALL: &[(Fault, &str, &str, &str)] = &[
+    (
+        Fault::WrongReplyCode,
+        "wrong-reply-code",
+        "R-WIRE-05",
+        "replies carry the request code + 1",
+    ),
+    (
+        Fault::ReplyFlagsNeedReply,
+        "reply-flags-need-reply",
+        "R-WIRE-04",
+        "replies echo NEED_REPLY (flags 0xd)",
+    ),
+    (
+        Fault::BadReplyVersion,
+        "bad-reply-version",
+        "R-WIRE-03",
+        "replies carry version 2",
+    ),
+    (
+        Fault::NoAck,
+        "no-ack",
+        "R-ACK-01",
+        "NEED_REPLY is ignored: no ack",
+    ),
+    (
+        Fault::UnrequestedAck,
+        "unrequested-ack",
+        "R-ACK-03",
+        "ack-only messages are acked without NEED_REPLY",
+    ),
+    (
+        Fault::NackValid,
+        "nack-valid",
+        "R-ACK-01",
+        "a valid SET_VRING_NUM is acked 1",
+    ),
+    (
+        Fault::NoReplyGetQueueNum,
+        "no-reply-get-queue-num",
+        "R-MQ-01",
+        "GET_QUEUE_NUM is never answered",
+    ),
+    (
+        Fault::LaxRemMemReg,
+        "lax-rem-mem-reg",
+        "R-MEM-11",
+        "REM_MEM_REG ignores the user address and acks 0 for unknown regions",
+    ),
+    (
+        Fault::StaleVringBase,
+        "stale-vring-base",
+        "R-VRING-08",
+        "GET_VRING_BASE returns the initial base",
+    ),
+    (
+        Fault::WrongUsedLen,
+        "wrong-used-len",
+        "R-RING-07",
+        "used lengths are one too large",
+    ),
+    (
+        Fault::WritePastDescriptor,
+        "write-past-descriptor",
+        "R-RING-07",
+        "reads write 16 bytes past the last writable buffer",
+    ),
+    (
+        Fault::LeakFds,
+        "leak-fds",
+        "R-WIRE-09",
+        "fds on messages that take none are kept",
+    ),
+    (
+        Fault::ExitOnDisconnect,
+        "exit-on-disconnect",
+        "R-ROB-09",
+        "the process exits when the front-end disconnects",
+    ),
+    (
+        Fault::CrashOnUnknownCode,
+        "crash-on-unknown-code",
+        "R-ROB-01",
+        "an unknown request code aborts the process",
+    ),
+    (
+        Fault::HangSetMemTable,
+        "hang-set-mem-table",
+        "R-MEM-01",
+        "SET_MEM_TABLE is never answered",
+    ),
+    (
+        Fault::ConfigWrongSize,
+        "config-wrong-size",
+        "R-CFG-01",
+        "GET_CONFIG answers 4 bytes more than asked",
+    ),
+    (
+        Fault::MaxMemSlotsZero,
+        "max-mem-slots-zero",
+        "R-MEM-07",
+        "GET_MAX_MEM_SLOTS answers 0",
+    ),
+];
+
+/// Parses a fault name.
+pub fn parse(name: &str) -> Result<Fault, String> {
+    ALL.iter()
+        .find(|f| f.1 == name)
+        .map(|f| f.0)
+        .ok_or_else(|| {
+            let names: Vec<&str> = ALL.iter().map(|f| f.1).collect();
+            format!("unknown fault {name:?}; known: {}", names.join(", "))
+        })
+}
+
+/// The set of active faults.
+#[derive(Clone, Debug, Default)]
+pub struct Faults(Vec<Fault>);
+
+impl Faults {
+    /// From parsed faults.
+    pub fn new(f: Vec<Fault>) -> Self {
+        Self(f)
+    }
+
+    /// Whether a fault is active.
+    pub fn has(&self, f: Fault) -> bool {
+        self.0.contains(&f)
+    }
+}
