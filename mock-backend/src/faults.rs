@@ -39,6 +39,12 @@ pub enum Fault {
     ConfigWrongSize,
     /// GET_MAX_MEM_SLOTS answers 0.
     MaxMemSlotsZero,
+    /// A ring index past the last queue aborts the process.
+    CrashOnBadIndex,
+    /// SET_FEATURES accepts bits that were not offered.
+    AcceptUnofferedFeatures,
+    /// SET_VRING_KICK/CALL/ERR accept bit 8 and the fd count disagreeing.
+    IgnoreNoFdFlag,
 }
 
 /// Every fault: name, the rule it breaks, what it does.
@@ -144,6 +150,24 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "max-mem-slots-zero",
         "R-MEM-07",
         "GET_MAX_MEM_SLOTS answers 0",
+    ),
+    (
+        Fault::CrashOnBadIndex,
+        "crash-on-bad-index",
+        "R-VRING-17",
+        "a ring index past the last queue aborts the process",
+    ),
+    (
+        Fault::AcceptUnofferedFeatures,
+        "accept-unoffered-features",
+        "R-NEG-06",
+        "SET_FEATURES accepts bits that were not offered",
+    ),
+    (
+        Fault::IgnoreNoFdFlag,
+        "ignore-no-fd-flag",
+        "R-VRING-11",
+        "KICK/CALL/ERR accept bit 8 disagreeing with the fds",
     ),
 ];
 

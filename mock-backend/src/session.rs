@@ -277,7 +277,7 @@ impl<'a> Session<'a> {
     }
 
     fn set_features(&mut self, v: u64) -> Outcome {
-        if v & !self.offered_features() != 0 {
+        if v & !self.offered_features() != 0 && !self.faults.has(Fault::AcceptUnofferedFeatures) {
             return Outcome::Failed; // R-NEG-06: bits that were not offered.
         }
         self.features = v;
@@ -358,6 +358,9 @@ impl<'a> Session<'a> {
     }
 
     fn queue(&mut self, index: u32) -> Option<&mut Queue> {
+        if index as usize >= self.queues.len() && self.faults.has(Fault::CrashOnBadIndex) {
+            std::process::abort();
+        }
         self.queues.get_mut(index as usize)
     }
 
@@ -420,7 +423,8 @@ impl<'a> Session<'a> {
     fn set_vring_fd(&mut self, req: FrontendReq, word: u64, mut fds: Vec<OwnedFd>) -> Outcome {
         let index = (word & VRING_IDX_MASK) as u32;
         let no_fd = word & VRING_NOFD_MASK != 0;
-        if no_fd != fds.is_empty() || self.queue(index).is_none() {
+        let mismatch = no_fd != fds.is_empty() && !self.faults.has(Fault::IgnoreNoFdFlag);
+        if mismatch || self.queue(index).is_none() {
             return Outcome::Failed; // R-VRING-11
         }
         let fd = fds.pop();
