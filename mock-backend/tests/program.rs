@@ -14,7 +14,8 @@ use vhu_protocol::{Connection, FrontendReq, Header, ProtocolFeatures, RawMessage
 const EXE: &str = env!("CARGO_BIN_EXE_vhu-mock-backend");
 const T: Option<Duration> = Some(Duration::from_secs(2));
 
-struct Backend(Child, PathBuf, tempfile::TempDir);
+/// The process, its socket, and the directory that holds the socket (kept alive).
+struct Backend(Child, PathBuf, #[allow(dead_code)] tempfile::TempDir);
 
 impl Drop for Backend {
     fn drop(&mut self) {
