@@ -177,20 +177,11 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 
 /// Why a scenario does not apply, if it does not.
 pub fn skip_reason(s: &Scenario, offer: &Offer) -> Option<String> {
-    let need_v: u64 = s
-        .spec
-        .requires
-        .virtio
-        .iter()
-        .filter_map(|n| virtio_bit(n))
-        .fold(0, |a, b| a | b);
-    let need_p: u64 = s
-        .spec
-        .requires
-        .protocol
-        .iter()
-        .filter_map(|n| protocol_bit(n))
-        .fold(0, |a, b| a | b);
+    let bits = |names: &[String], lookup: fn(&str) -> Option<u64>| {
+        names.iter().filter_map(|n| lookup(n)).fold(0, |a, b| a | b)
+    };
+    let need_v = bits(&s.spec.requires.virtio, virtio_bit);
+    let need_p = bits(&s.spec.requires.protocol, protocol_bit);
     let need_v = if need_p != 0 {
         need_v | VirtioFeatures::PROTOCOL_FEATURES.bits()
     } else {

@@ -232,17 +232,30 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// A session over a new connection, with this run's timeouts.
+    fn new_session(&self, stream: std::os::unix::net::UnixStream) -> Session {
+        let sopts = SessionOptions {
+            reply_timeout: self.opts.step_timeout,
+            auto_need_reply: true,
+        };
+        Session::new(Connection::new(stream, Some(self.opts.step_timeout)), sopts)
+    }
+
+    /// A finding if the back-end process has died (spawn mode); returns whether it had.
+    fn died(&mut self, step: &Step, summary: &str, expected: &str) -> bool {
+        let st = self.inst.wait_exit(Duration::from_millis(200));
+        if !matches!(st, ProcessState::Exited(_) | ProcessState::Signaled(_)) {
+            return false;
+        }
+        let tail = self.inst.stderr_tail(400);
+        self.finding(step, summary, expected, describe_exit(&st, &tail));
+        true
+    }
+
     fn session(&mut self) -> Result<&mut Session, Stop> {
         if self.session.is_none() {
             let stream = self.inst.connect().map_err(|e| Stop::Harness(chain(&e)))?;
-            let sopts = SessionOptions {
-                reply_timeout: self.opts.step_timeout,
-                auto_need_reply: true,
-            };
-            self.session = Some(Session::new(
-                Connection::new(stream, Some(self.opts.step_timeout)),
-                sopts,
-            ));
+            self.session = Some(self.new_session(stream));
         }
         Ok(self.session.as_mut().expect("just set"))
     }
@@ -549,14 +562,7 @@ impl<'a> Ctx<'a> {
         self.archive_session();
         match self.inst.connect() {
             Ok(stream) => {
-                let sopts = SessionOptions {
-                    reply_timeout: self.opts.step_timeout,
-                    auto_need_reply: true,
-                };
-                self.session = Some(Session::new(
-                    Connection::new(stream, Some(self.opts.step_timeout)),
-                    sopts,
-                ));
+                self.session = Some(self.new_session(stream));
                 Ok(())
             }
             Err(e) => {
@@ -734,25 +740,16 @@ impl<'a> Ctx<'a> {
             return Ok(());
         }
         self.archive_session();
-        let st = self.inst.wait_exit(Duration::from_millis(200));
-        if matches!(st, ProcessState::Exited(_) | ProcessState::Signaled(_)) {
-            let tail = self.inst.stderr_tail(400);
-            self.finding(
-                step,
-                "the back-end process died",
-                "the back-end rejects or ignores the message and keeps running",
-                describe_exit(&st, &tail),
-            );
+        if self.died(
+            step,
+            "the back-end process died",
+            "the back-end rejects or ignores the message and keeps running",
+        ) {
             return Err(Stop::Finding);
         }
         let probe = match self.inst.connect() {
             Ok(stream) => {
-                let sopts = SessionOptions {
-                    reply_timeout: self.opts.step_timeout,
-                    auto_need_reply: true,
-                };
-                let mut s =
-                    Session::new(Connection::new(stream, Some(self.opts.step_timeout)), sopts);
+                let mut s = self.new_session(stream);
                 let r = s.get_features();
                 self.session = Some(s);
                 r.map(drop).map_err(|e| e.to_string())
@@ -814,17 +811,13 @@ impl<'a> Ctx<'a> {
             }
             Ok(_) => Ok(()),
             Err(SessionError::Closed { .. }) if wants_failure || expect == Expect::Alive => {
-                let st = self.inst.wait_exit(Duration::from_millis(200));
-                if matches!(st, ProcessState::Exited(_) | ProcessState::Signaled(_))
-                    && self.inst.is_spawned()
-                {
-                    let tail = self.inst.stderr_tail(400);
-                    self.finding(
+                let died = self.inst.is_spawned()
+                    && self.died(
                         step,
                         "the back-end process died instead of rejecting the message",
                         "a non-zero ack or a closed connection, the process alive",
-                        describe_exit(&st, &tail),
                     );
+                if died {
                     return Err(Stop::Finding);
                 }
                 self.archive_session();
