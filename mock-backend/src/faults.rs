@@ -45,6 +45,10 @@ pub enum Fault {
     AcceptUnofferedFeatures,
     /// SET_VRING_KICK/CALL/ERR accept bit 8 and the fd count disagreeing.
     IgnoreNoFdFlag,
+    /// Started rings are processed even while disabled.
+    IgnoreVringEnable,
+    /// GET_VRING_BASE does not stop the ring.
+    ProcessAfterStop,
 }
 
 /// Every fault: name, the rule it breaks, what it does.
@@ -168,6 +172,18 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "ignore-no-fd-flag",
         "R-VRING-11",
         "KICK/CALL/ERR accept bit 8 disagreeing with the fds",
+    ),
+    (
+        Fault::IgnoreVringEnable,
+        "ignore-vring-enable",
+        "R-RING-10",
+        "started rings are processed while disabled",
+    ),
+    (
+        Fault::ProcessAfterStop,
+        "process-after-stop",
+        "R-RING-11",
+        "GET_VRING_BASE replies but the ring keeps running",
     ),
 ];
 

@@ -138,8 +138,9 @@ impl<'a> Session<'a> {
             wrong_used_len: self.faults.has(Fault::WrongUsedLen),
             write_past: self.faults.has(Fault::WritePastDescriptor),
         };
+        let ignore_enable = self.faults.has(Fault::IgnoreVringEnable);
         let q = &mut self.queues[i];
-        let Some(ring) = q.ring.as_mut().filter(|_| q.enabled) else {
+        let Some(ring) = q.ring.as_mut().filter(|_| q.enabled || ignore_enable) else {
             return;
         };
         match self.dev.process(&self.mem, ring, faults) {
@@ -401,6 +402,15 @@ impl<'a> Session<'a> {
 
     fn get_vring_base(&mut self, s: VringState) -> Outcome {
         let stale = self.faults.has(Fault::StaleVringBase);
+        if self.faults.has(Fault::ProcessAfterStop) {
+            let num = self
+                .queue(s.index)
+                .map(|q| q.ring.map_or(q.base, |r| r.next_avail));
+            return Outcome::Reply(Body::VringState(VringState {
+                index: s.index,
+                num: num.unwrap_or(0).into(),
+            }));
+        }
         let Some(q) = self.queue(s.index) else {
             return Outcome::Failed;
         };

@@ -32,6 +32,7 @@ pub struct BlkOutcome {
     pub readonly_intact: bool,
 }
 
+#[derive(Debug)]
 struct Guarded {
     gpa: u64,
     len: u64,
@@ -54,6 +55,19 @@ fn guards_intact(mem: &GuestMemory, g: &Guarded) -> bool {
         && before.iter().chain(&after).all(|&b| b == CANARY)
 }
 
+/// A request made available to the device and not yet completed. Complete pending requests in
+/// the order they were submitted: completing one gives back the guest memory of every request
+/// submitted after it.
+#[derive(Debug)]
+pub struct Pending {
+    mark: (usize, u64),
+    areas: Vec<Guarded>,
+    header: Vec<u8>,
+    data_out: Option<Vec<u8>>,
+    data_in: Option<(u64, u32)>,
+    status_gpa: u64,
+}
+
 /// Sends one request and waits for it: header, optional data out, optional data in, status.
 pub fn blk_request(
     q: &mut DriverQueue,
@@ -64,21 +78,36 @@ pub fn blk_request(
     data_in_len: u32,
     timeout: Duration,
 ) -> Result<BlkOutcome, WaitError> {
-    let mark = mem.mark();
-    let result = request_inner(q, mem, kind, sector, data_out, data_in_len, timeout);
-    mem.release(mark);
-    result
+    let pending = blk_submit(q, mem, kind, sector, data_out, data_in_len)?;
+    blk_complete(q, mem, pending, timeout)
 }
 
-fn request_inner(
+/// Builds one request in guest memory, makes it available and kicks; does not wait.
+pub fn blk_submit(
     q: &mut DriverQueue,
     mem: &mut GuestMemory,
     kind: u32,
     sector: u64,
     data_out: Option<&[u8]>,
     data_in_len: u32,
-    timeout: Duration,
-) -> Result<BlkOutcome, WaitError> {
+) -> Result<Pending, WaitError> {
+    let mark = mem.mark();
+    let r = build(q, mem, kind, sector, data_out, data_in_len, mark);
+    if r.is_err() {
+        mem.release(mark);
+    }
+    r
+}
+
+fn build(
+    q: &mut DriverQueue,
+    mem: &mut GuestMemory,
+    kind: u32,
+    sector: u64,
+    data_out: Option<&[u8]>,
+    data_in_len: u32,
+    mark: (usize, u64),
+) -> Result<Pending, WaitError> {
     let header = BlkReqHeader {
         kind,
         reserved: 0,
@@ -102,7 +131,8 @@ fn request_inner(
         });
         areas.push(g);
     }
-    let data_in = if data_in_len > 0 {
+    let mut data_in = None;
+    if data_in_len > 0 {
         let g = guarded(mem, data_in_len.into())?;
         mem.fill(g.gpa, data_in_len.into(), 0)?;
         bufs.push(Buffer {
@@ -110,15 +140,8 @@ fn request_inner(
             len: data_in_len,
             writable: true,
         });
-        Some(g.gpa)
-    } else {
-        None
-    };
-    if let Some(gpa) = data_in {
-        areas.push(Guarded {
-            gpa,
-            len: data_in_len.into(),
-        });
+        data_in = Some((g.gpa, data_in_len));
+        areas.push(g);
     }
     let status = guarded(mem, 1)?;
     mem.write(status.gpa, &[0xff])?;
@@ -129,25 +152,75 @@ fn request_inner(
     });
     let status_gpa = status.gpa;
     areas.push(status);
-
     q.add_chain(mem, &bufs)?;
     q.publish(mem)?;
     q.kick();
+    Ok(Pending {
+        mark,
+        areas,
+        header: header.as_bytes().to_vec(),
+        data_out: data_out.map(<[u8]>::to_vec),
+        data_in,
+        status_gpa,
+    })
+}
+
+/// Waits for a submitted request and checks what the device did. On a timeout the request stays
+/// pending in the ring and its memory stays allocated, so it can be completed later.
+pub fn blk_complete(
+    q: &mut DriverQueue,
+    mem: &mut GuestMemory,
+    pending: Pending,
+    timeout: Duration,
+) -> Result<BlkOutcome, WaitError> {
     let used = q.wait_used(mem, 1, timeout)?;
-    let mut status_byte = [0u8];
-    mem.read(status_gpa, &mut status_byte)?;
-    let mut data = vec![0u8; data_in_len as usize];
-    if let Some(gpa) = data_in {
-        mem.read(gpa, &mut data)?;
+    let outcome = outcome_of(mem, &pending, used[0].len);
+    mem.release(pending.mark);
+    outcome
+}
+
+/// Waits up to `timeout` for a submitted request: `None` if it did not complete, in which case
+/// it stays pending (in the ring, its memory allocated). Release it with [`blk_release`] once
+/// completed.
+pub fn blk_wait(
+    q: &mut DriverQueue,
+    mem: &GuestMemory,
+    pending: &Pending,
+    timeout: Duration,
+) -> Result<Option<BlkOutcome>, WaitError> {
+    match q.wait_used(mem, 1, timeout) {
+        Ok(used) => outcome_of(mem, pending, used[0].len).map(Some),
+        Err(WaitError::Timeout { .. }) => Ok(None),
+        Err(e) => Err(e),
     }
-    let readonly_intact = readonly_unchanged(mem, &areas[0], header.as_bytes())
-        && data_out.is_none_or(|d| readonly_unchanged(mem, &areas[1], d));
+}
+
+/// Gives back the guest memory of a completed request (and of every later one).
+pub fn blk_release(mem: &mut GuestMemory, pending: Pending) {
+    mem.release(pending.mark);
+}
+
+fn outcome_of(mem: &GuestMemory, p: &Pending, used_len: u32) -> Result<BlkOutcome, WaitError> {
+    let mut status_byte = [0u8];
+    mem.read(p.status_gpa, &mut status_byte)?;
+    let (data, expected) = match p.data_in {
+        Some((gpa, len)) => {
+            let mut d = vec![0u8; len as usize];
+            mem.read(gpa, &mut d)?;
+            (d, len + 1)
+        }
+        None => (vec![], 1),
+    };
+    let readonly_intact = readonly_unchanged(mem, &p.areas[0], &p.header)
+        && p.data_out
+            .as_deref()
+            .is_none_or(|d| readonly_unchanged(mem, &p.areas[1], d));
     Ok(BlkOutcome {
         status: status_byte[0],
-        used_len: used[0].len,
-        expected_used_len: data_in_len + 1,
+        used_len,
+        expected_used_len: expected,
         data,
-        canary_intact: areas.iter().all(|g| guards_intact(mem, g)),
+        canary_intact: p.areas.iter().all(|g| guards_intact(mem, g)),
         readonly_intact,
     })
 }

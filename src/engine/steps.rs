@@ -45,6 +45,8 @@ pub(super) struct Ctx<'a> {
     session: Option<Session>,
     mem: Option<GuestMemory>,
     queues: BTreeMap<u16, DriverQueue>,
+    /// Requests that must not have completed yet (blk steps with `expect = "no_reply"`).
+    pending: BTreeMap<u16, blk::Pending>,
     features: u64,
     protocol: u64,
     queue_num: u64,
@@ -69,6 +71,7 @@ impl<'a> Ctx<'a> {
             session: None,
             mem: None,
             queues: BTreeMap::new(),
+            pending: BTreeMap::new(),
             features: 0,
             protocol: 0,
             queue_num: 1,
@@ -113,6 +116,7 @@ impl<'a> Ctx<'a> {
 
     fn archive_session(&mut self) {
         self.queues.clear();
+        self.pending.clear();
         if let Some(s) = self.session.take() {
             let base = self.archive.len() as u64;
             self.archive
@@ -271,6 +275,7 @@ impl<'a> Ctx<'a> {
             Action::BlkWrite | Action::BlkRead | Action::BlkFlush | Action::BlkGetId => {
                 self.blk(step)
             }
+            Action::BlkComplete => self.blk_complete(step),
             Action::GetVringBase => self.get_vring_base(step),
             Action::Send => self.send(step),
             Action::Raw => self.raw(step),
@@ -434,21 +439,106 @@ impl<'a> Ctx<'a> {
                 .mem
                 .take()
                 .ok_or_else(|| Stop::Harness("no memory".into()))?;
-            let t = self.opts.step_timeout;
             let sector = step.sector.unwrap_or(0);
             let len = step.sectors.unwrap_or(8) * 512;
             let pattern = step.pattern.unwrap_or(0x5a);
-            let r = match step.action {
-                Action::BlkWrite => {
-                    blk::blk_write(&mut q, &mut mem, sector, &vec![pattern; len as usize], t)
-                }
-                Action::BlkRead => blk::blk_read(&mut q, &mut mem, sector, len, t),
-                Action::BlkFlush => blk::blk_flush(&mut q, &mut mem, t),
-                _ => blk::blk_get_id(&mut q, &mut mem, t),
+            let data = vec![pattern; len as usize];
+            let (kind, out, in_len) = match step.action {
+                Action::BlkWrite => (vhu_protocol::virtio::blk::T_OUT, Some(&data[..]), 0),
+                Action::BlkRead => (vhu_protocol::virtio::blk::T_IN, None, len),
+                Action::BlkFlush => (vhu_protocol::virtio::blk::T_FLUSH, None, 0),
+                _ => (
+                    vhu_protocol::virtio::blk::T_GET_ID,
+                    None,
+                    vhu_protocol::virtio::blk::ID_BYTES,
+                ),
+            };
+            let r = if step.expect == Some(Expect::NoReply) {
+                self.blk_must_wait(step, idx, &mut q, &mut mem, kind, sector, in_len)
+            } else {
+                let r = blk::blk_request(
+                    &mut q,
+                    &mut mem,
+                    kind,
+                    sector,
+                    out,
+                    in_len,
+                    self.opts.step_timeout,
+                );
+                Ok(Some(r))
             };
             self.mem = Some(mem);
             self.queues.insert(idx, q);
-            self.judge_blk(step, idx, r, pattern)?;
+            if let Some(r) = r? {
+                self.judge_blk(step, idx, r, pattern)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Submits a request that the back-end must not complete (ring disabled or stopped); it
+    /// stays pending for a later `blk_complete`.
+    #[allow(clippy::too_many_arguments)]
+    fn blk_must_wait(
+        &mut self,
+        step: &Step,
+        idx: u16,
+        q: &mut DriverQueue,
+        mem: &mut GuestMemory,
+        kind: u32,
+        sector: u64,
+        in_len: u32,
+    ) -> Result<Option<Result<BlkOutcome, WaitError>>, Stop> {
+        let pending = blk::blk_submit(q, mem, kind, sector, None, in_len)
+            .map_err(|e| Stop::Harness(chain(&e)))?;
+        let window = Duration::from_millis(step.window_ms.unwrap_or(300));
+        match blk::blk_wait(q, mem, &pending, window) {
+            Ok(None) => {
+                self.pending.insert(idx, pending);
+                Ok(None)
+            }
+            Ok(Some(o)) => {
+                blk::blk_release(mem, pending);
+                self.finding(
+                    step,
+                    &format!(
+                        "{:?} on queue {idx} was processed although the ring must not be",
+                        step.action
+                    ),
+                    "no used buffer and no call while the ring is stopped or disabled",
+                    format!("{o:?}"),
+                );
+                Err(Stop::Finding)
+            }
+            Err(e) => Err(Stop::Harness(chain(&e))),
+        }
+    }
+
+    fn blk_complete(&mut self, step: &Step) -> StepResult {
+        for idx in self.queue_indices(step) {
+            let pending = self.pending.remove(&idx).ok_or_else(|| Stop::Harness(format!("no pending request on queue {idx}: use a blk step with expect = \"no_reply\" first")))?;
+            let mut q = self
+                .queues
+                .remove(&idx)
+                .ok_or_else(|| Stop::Harness(format!("queue {idx} is not set up")))?;
+            let mut mem = self
+                .mem
+                .take()
+                .ok_or_else(|| Stop::Harness("no memory".into()))?;
+            let r = blk::blk_wait(&mut q, &mem, &pending, self.opts.step_timeout);
+            blk::blk_release(&mut mem, pending);
+            self.mem = Some(mem);
+            self.queues.insert(idx, q);
+            let r = match r {
+                Ok(Some(o)) => Ok(o),
+                Ok(None) => Err(WaitError::Timeout {
+                    got: 0,
+                    wanted: 1,
+                    waited: self.opts.step_timeout,
+                }),
+                Err(e) => Err(e),
+            };
+            self.judge_blk(step, idx, r, 0)?;
         }
         Ok(())
     }

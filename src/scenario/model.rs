@@ -83,6 +83,8 @@ pub enum Action {
     BlkFlush,
     /// virtio-blk GET_ID.
     BlkGetId,
+    /// Wait for the request a blk step left pending (`expect = "no_reply"`) to complete now.
+    BlkComplete,
     /// GET_VRING_BASE, checked.
     GetVringBase,
     /// Any front-end request with a body.
