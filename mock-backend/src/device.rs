@@ -34,6 +34,8 @@ pub struct SplitRing {
     pub next_avail: u16,
     /// Next used index to write.
     pub next_used: u16,
+    /// VIRTIO_RING_F_EVENT_IDX negotiated: notifications follow used_event / avail_event.
+    pub event_idx: bool,
 }
 
 /// Deliberate data-path faults.
@@ -85,8 +87,34 @@ impl Blk {
             | if self.num_queues > 1 { blk::F_MQ } else { 0 }
     }
 
-    /// Processes every newly available chain; returns how many completed.
+    /// Processes every newly available chain; returns whether the driver wants a notification
+    /// for what completed (virtio 2.7.7: NO_INTERRUPT, or EVENT_IDX's used_event).
     pub fn process(
+        &mut self,
+        mem: &Memory,
+        ring: &mut SplitRing,
+        faults: DataFaults,
+    ) -> Result<bool, String> {
+        let old_used = ring.next_used;
+        let done = self.process_available(mem, ring, faults)?;
+        let size = u64::from(ring.size);
+        if ring.event_idx {
+            // avail_event: ask for a kick as soon as the driver adds anything.
+            mem.write_u16(ring.used + 4 + 8 * size, ring.next_avail)?;
+        }
+        if done == 0 {
+            return Ok(false);
+        }
+        if ring.event_idx {
+            let used_event = mem.read_u16(ring.avail + 4 + 2 * size)?;
+            // vring_need_event: notify if used_event lies in [old_used, next_used).
+            return Ok(ring.next_used.wrapping_sub(used_event).wrapping_sub(1)
+                < ring.next_used.wrapping_sub(old_used));
+        }
+        Ok(mem.read_u16(ring.avail)? & vhu_protocol::virtio::VIRTQ_AVAIL_F_NO_INTERRUPT == 0)
+    }
+
+    fn process_available(
         &mut self,
         mem: &Memory,
         ring: &mut SplitRing,

@@ -49,6 +49,8 @@ pub enum Fault {
     IgnoreVringEnable,
     /// GET_VRING_BASE does not stop the ring.
     ProcessAfterStop,
+    /// Completions are never signalled on the call eventfd.
+    NoCall,
 }
 
 /// Every fault: name, the rule it breaks, what it does.
@@ -184,6 +186,12 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "process-after-stop",
         "R-RING-11",
         "GET_VRING_BASE replies but the ring keeps running",
+    ),
+    (
+        Fault::NoCall,
+        "no-call",
+        "R-RING-07",
+        "completions are never signalled on the call eventfd",
     ),
 ];
 

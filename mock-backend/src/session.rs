@@ -139,13 +139,15 @@ impl<'a> Session<'a> {
             write_past: self.faults.has(Fault::WritePastDescriptor),
         };
         let ignore_enable = self.faults.has(Fault::IgnoreVringEnable);
+        let no_call = self.faults.has(Fault::NoCall);
         let q = &mut self.queues[i];
         let Some(ring) = q.ring.as_mut().filter(|_| q.enabled || ignore_enable) else {
             return;
         };
         match self.dev.process(&self.mem, ring, faults) {
-            Ok(0) => {}
-            Ok(_) => {
+            Ok(false) => {}
+            Ok(true) if no_call => {}
+            Ok(true) => {
                 if let Some(call) = &q.call {
                     let _ = nix::unistd::write(call, &1u64.to_ne_bytes());
                 }
@@ -476,6 +478,7 @@ impl<'a> Session<'a> {
             .or_else(|| self.mem.read_u16(used + 2).ok())?;
         let next_avail = q.ring.map_or(q.base, |r| r.next_avail);
         Some(SplitRing {
+            event_idx: self.features & VirtioFeatures::EVENT_IDX.bits() != 0,
             size: q.size,
             desc: self.mem.ua_to_gpa(a.desc)?,
             avail: self.mem.ua_to_gpa(a.avail)?,

@@ -30,6 +30,8 @@ pub struct BlkOutcome {
     pub canary_intact: bool,
     /// Whether a driver-readable buffer was changed by the device.
     pub readonly_intact: bool,
+    /// Whether the call eventfd was signalled for the completion.
+    pub notified: bool,
 }
 
 #[derive(Debug)]
@@ -66,6 +68,7 @@ pub struct Pending {
     data_out: Option<Vec<u8>>,
     data_in: Option<(u64, u32)>,
     status_gpa: u64,
+    calls_before: u64,
 }
 
 /// Sends one request and waits for it: header, optional data out, optional data in, status.
@@ -152,10 +155,12 @@ fn build(
     });
     let status_gpa = status.gpa;
     areas.push(status);
+    let calls_before = q.calls;
     q.add_chain(mem, &bufs)?;
     q.publish(mem)?;
     q.kick();
     Ok(Pending {
+        calls_before,
         mark,
         areas,
         header: header.as_bytes().to_vec(),
@@ -174,7 +179,7 @@ pub fn blk_complete(
     timeout: Duration,
 ) -> Result<BlkOutcome, WaitError> {
     let used = q.wait_used(mem, 1, timeout)?;
-    let outcome = outcome_of(mem, &pending, used[0].len);
+    let outcome = outcome_of(mem, &pending, used[0].len, q.calls > pending.calls_before);
     mem.release(pending.mark);
     outcome
 }
@@ -189,7 +194,7 @@ pub fn blk_wait(
     timeout: Duration,
 ) -> Result<Option<BlkOutcome>, WaitError> {
     match q.wait_used(mem, 1, timeout) {
-        Ok(used) => outcome_of(mem, pending, used[0].len).map(Some),
+        Ok(used) => outcome_of(mem, pending, used[0].len, q.calls > pending.calls_before).map(Some),
         Err(WaitError::Timeout { .. }) => Ok(None),
         Err(e) => Err(e),
     }
@@ -200,7 +205,12 @@ pub fn blk_release(mem: &mut GuestMemory, pending: Pending) {
     mem.release(pending.mark);
 }
 
-fn outcome_of(mem: &GuestMemory, p: &Pending, used_len: u32) -> Result<BlkOutcome, WaitError> {
+fn outcome_of(
+    mem: &GuestMemory,
+    p: &Pending,
+    used_len: u32,
+    notified: bool,
+) -> Result<BlkOutcome, WaitError> {
     let mut status_byte = [0u8];
     mem.read(p.status_gpa, &mut status_byte)?;
     let (data, expected) = match p.data_in {
@@ -222,6 +232,7 @@ fn outcome_of(mem: &GuestMemory, p: &Pending, used_len: u32) -> Result<BlkOutcom
         data,
         canary_intact: p.areas.iter().all(|g| guards_intact(mem, g)),
         readonly_intact,
+        notified,
     })
 }
 

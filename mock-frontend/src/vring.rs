@@ -87,6 +87,8 @@ pub struct DriverQueue {
     last_used: u16,
     /// Whether to inject one kick after SET_VRING_KICK (R-RING-05).
     pub inject_kick: bool,
+    /// Notifications read from the call eventfd so far.
+    pub calls: u64,
 }
 
 fn eventfd() -> Result<EventFd, MemoryError> {
@@ -125,6 +127,7 @@ impl DriverQueue {
             next_avail: 0,
             last_used: 0,
             inject_kick: true,
+            calls: 0,
         })
     }
 
@@ -303,11 +306,17 @@ impl DriverQueue {
         timeout: Duration,
     ) -> Result<Vec<UsedElem>, WaitError> {
         let start = Instant::now();
+        let calls_before = self.calls;
         loop {
             let used = self.used_idx(mem);
             fence(Ordering::Acquire);
             let ready = usize::from(used.wrapping_sub(self.last_used));
             if ready >= count {
+                if self.calls == calls_before {
+                    // The device publishes the used index before it signals: give the call a
+                    // moment to arrive, so a missing notification is told from a late one.
+                    self.read_call(Duration::from_millis(200));
+                }
                 return self.collect(mem, count);
             }
             if start.elapsed() >= timeout {
@@ -317,9 +326,17 @@ impl DriverQueue {
                     waited: start.elapsed(),
                 });
             }
-            let mut pfd = [PollFd::new(self.call.as_fd(), PollFlags::POLLIN)];
-            let _ = poll(&mut pfd, PollTimeout::from(10u8));
-            let _ = self.call.read();
+            self.read_call(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits up to `timeout` for the call eventfd and counts what it carried.
+    fn read_call(&mut self, timeout: Duration) {
+        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        let mut pfd = [PollFd::new(self.call.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut pfd, PollTimeout::from(ms));
+        if let Ok(n) = self.call.read() {
+            self.calls += n;
         }
     }
 

@@ -588,6 +588,9 @@ impl<'a> Ctx<'a> {
                     .into(),
             );
         }
+        if !o.notified {
+            problems.push("the completion was not signalled on the call eventfd".into());
+        }
         if !o.readonly_intact {
             problems.push("a driver-readable buffer was written".into());
         }
