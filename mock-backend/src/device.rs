@@ -19,6 +19,16 @@ struct Segment {
     writable: bool,
 }
 
+/// Start of a saved device state.
+const STATE_MAGIC: &[u8] = b"VHUMOCK1";
+
+/// FNV-1a: enough to detect a truncated or damaged state stream.
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 /// Where a started ring lives (guest addresses) and where it stands.
 #[derive(Copy, Clone, Debug)]
 pub struct SplitRing {
@@ -76,6 +86,54 @@ impl Blk {
         c[32] = self.wce;
         c[34..36].copy_from_slice(&self.num_queues.to_le_bytes());
         c
+    }
+
+    /// The device's state for a transfer: magic, config, ring bases, disk, checksum.
+    pub fn save(&self, bases: &[u16], corrupt: bool) -> Vec<u8> {
+        let mut out = STATE_MAGIC.to_vec();
+        out.push(self.wce);
+        out.extend_from_slice(&(bases.len() as u16).to_le_bytes());
+        bases
+            .iter()
+            .for_each(|b| out.extend_from_slice(&b.to_le_bytes()));
+        out.extend_from_slice(&(self.disk.len() as u64).to_le_bytes());
+        out.extend_from_slice(&self.disk);
+        let sum = checksum(&out) ^ u64::from(corrupt);
+        out.extend_from_slice(&sum.to_le_bytes());
+        out
+    }
+
+    /// Loads a saved state; returns the ring bases. The state is checked whole before anything
+    /// changes: a truncated or corrupt stream leaves the device as it was.
+    pub fn load(&mut self, state: &[u8]) -> Result<Vec<u16>, String> {
+        let (body, sum) = state
+            .split_at_checked(state.len().saturating_sub(8))
+            .ok_or("state too short")?;
+        if sum.len() != 8 || checksum(body) != u64::from_le_bytes(sum.try_into().expect("8 bytes"))
+        {
+            return Err("state checksum mismatch (truncated or corrupt)".into());
+        }
+        let rest = body
+            .strip_prefix(STATE_MAGIC)
+            .ok_or("not a vhu-mock-backend state")?;
+        let (&wce, rest) = rest.split_first().ok_or("state too short")?;
+        let (n, mut rest) = rest.split_at_checked(2).ok_or("state too short")?;
+        let n = u16::from_le_bytes(n.try_into().expect("2 bytes"));
+        let mut bases = Vec::new();
+        for _ in 0..n {
+            let (b, r) = rest.split_at_checked(2).ok_or("state too short")?;
+            bases.push(u16::from_le_bytes(b.try_into().expect("2 bytes")));
+            rest = r;
+        }
+        let (len, disk) = rest.split_at_checked(8).ok_or("state too short")?;
+        if u64::from_le_bytes(len.try_into().expect("8 bytes")) != disk.len() as u64
+            || disk.len() != self.disk.len()
+        {
+            return Err("disk size in the state does not match this device".into());
+        }
+        self.disk.copy_from_slice(disk);
+        self.wce = wce;
+        Ok(bases)
     }
 
     /// Device feature bits: SEG_MAX, BLK_SIZE, FLUSH, CONFIG_WCE, MQ.

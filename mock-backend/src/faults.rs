@@ -51,6 +51,8 @@ pub enum Fault {
     ProcessAfterStop,
     /// Completions are never signalled on the call eventfd.
     NoCall,
+    /// Saved device state carries a wrong checksum, so it does not load.
+    BadDeviceState,
 }
 
 /// Every fault: name, the rule it breaks, what it does.
@@ -192,6 +194,12 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "no-call",
         "R-RING-07",
         "completions are never signalled on the call eventfd",
+    ),
+    (
+        Fault::BadDeviceState,
+        "bad-device-state",
+        "R-MIG-11",
+        "saved device state does not load into another process",
     ),
 ];
 

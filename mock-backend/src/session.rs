@@ -50,6 +50,8 @@ pub struct Session<'a> {
     leaked: Vec<OwnedFd>,
     backend_channel: Option<OwnedFd>,
     status: u64,
+    /// A device state transfer in progress: the thread moving the bytes (a load returns them).
+    transfer: Option<std::thread::JoinHandle<Result<Option<Vec<u8>>, String>>>,
 }
 
 /// Memory slots offered with CONFIGURE_MEM_SLOTS.
@@ -65,7 +67,8 @@ impl<'a> Session<'a> {
             | ProtocolFeatures::CONFIG
             | ProtocolFeatures::CONFIGURE_MEM_SLOTS
             | ProtocolFeatures::RESET_DEVICE
-            | ProtocolFeatures::STATUS)
+            | ProtocolFeatures::STATUS
+            | ProtocolFeatures::DEVICE_STATE)
             .bits();
         Self {
             conn,
@@ -79,6 +82,7 @@ impl<'a> Session<'a> {
             leaked: vec![],
             backend_channel: None,
             status: 0,
+            transfer: None,
         }
     }
 
@@ -189,7 +193,12 @@ impl<'a> Session<'a> {
             Outcome::Reply(b) => Some(b),
             // A request that must be answered but failed: an empty payload says "error" for
             // GET_CONFIG (R-CFG-02); for the others it is the closest thing to a refusal.
-            _ if always => Some(Body::Empty),
+            // A request that must be answered but failed: a u64 reply carries a non-zero value;
+            // other replies are empty ("error" for GET_CONFIG, R-CFG-02).
+            _ if always => Some(match req.map(FrontendReq::reply_body) {
+                Some(vhu_protocol::wire::payload::BodyKind::U64) => Body::U64(1),
+                _ => Body::Empty,
+            }),
             Outcome::Done | Outcome::Failed if self.faults.has(Fault::NoAck) => None,
             Outcome::Done
                 if reply_ack && (h.need_reply() || self.faults.has(Fault::UnrequestedAck)) =>
@@ -275,6 +284,8 @@ impl<'a> Session<'a> {
                 Outcome::Done
             }
             (GetStatus, _) => Outcome::Reply(Body::U64(self.status)),
+            (SetDeviceStateFd, Body::DeviceState(p)) => self.set_device_state_fd(p.direction, fds),
+            (CheckDeviceState, _) => self.check_device_state(),
             _ => Outcome::Failed,
         }
     }
@@ -555,6 +566,51 @@ impl<'a> Session<'a> {
         }
         self.status = 0;
         Outcome::Done
+    }
+
+    /// Starts a device state transfer over the front-end's pipe (R-MIG-02..07): a thread writes
+    /// (save) or reads (load) the bytes while the main socket keeps being served. Refused while a
+    /// ring is started (R-MIG-03). The reply's bit 8 says no fd of ours is returned.
+    fn set_device_state_fd(&mut self, direction: u32, mut fds: Vec<OwnedFd>) -> Outcome {
+        let running = self.queues.iter().any(|q| q.ring.is_some());
+        let Some(fd) = fds.pop().filter(|_| !running && self.transfer.is_none()) else {
+            return Outcome::Reply(Body::U64(1));
+        };
+        let mut file = std::fs::File::from(fd);
+        let handle = if direction == 0 {
+            let bases: Vec<u16> = self.queues.iter().map(|q| q.base).collect();
+            let state = self
+                .dev
+                .save(&bases, self.faults.has(Fault::BadDeviceState));
+            std::thread::spawn(move || {
+                std::io::Write::write_all(&mut file, &state)
+                    .map(|()| None)
+                    .map_err(|e| e.to_string())
+            })
+        } else {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut file, &mut buf)
+                    .map(|_| Some(buf))
+                    .map_err(|e| e.to_string())
+            })
+        };
+        self.transfer = Some(handle);
+        Outcome::Reply(Body::U64(VRING_NOFD_MASK))
+    }
+
+    /// CHECK_DEVICE_STATE: 0 once the transfer completed and (for a load) the state applied.
+    fn check_device_state(&mut self) -> Outcome {
+        let result = match self.transfer.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(Ok(None))) => Ok(()),
+            Some(Ok(Ok(Some(state)))) => self.dev.load(&state).map(|bases| {
+                for (q, b) in self.queues.iter_mut().zip(bases) {
+                    q.base = b;
+                }
+            }),
+            _ => Err("no transfer, or it failed".to_string()),
+        };
+        Outcome::Reply(Body::U64(u64::from(result.is_err())))
     }
 
     /// Whether the process must exit after this connection (fault mode).
