@@ -4,6 +4,7 @@
 //! (consumers of the engine's events) → [`target`] (reaching a back-end) and the mock front-end
 //! crate (the session) → the protocol crate (the wire).
 
+pub mod builtin;
 pub mod cli;
 pub mod engine;
 pub mod exit_code;

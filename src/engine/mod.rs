@@ -4,6 +4,8 @@
 
 mod steps;
 
+pub use steps::{Ctx, StepError};
+
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -237,17 +239,20 @@ pub fn run_scenario(
         + s.spec
             .timeout_ms
             .map_or(opts.scenario_timeout, Duration::from_millis);
-    let mut ctx = steps::Ctx::new(s, inst, opts, deadline);
+    let mut ctx = steps::Ctx::new(s, inst, spec, opts, deadline);
     let run = ctx.run_all();
     let (findings, notes, transcript) = ctx.finish();
     result.findings = findings;
     result.notes = notes;
     result.transcript = transcript;
-    if let Err(reason) = run {
-        result.outcome = Outcome::Error { reason };
-    } else {
-        result.outcome = verdict(&result.findings, opts.strict);
-    }
+    result.outcome = match run {
+        Ok(()) => verdict(&result.findings, opts.strict),
+        Err(StepError::NotApplicable(reason)) if result.findings.is_empty() => {
+            Outcome::Skip { reason }
+        }
+        Err(StepError::Harness(reason)) => Outcome::Error { reason },
+        Err(_) => verdict(&result.findings, opts.strict),
+    };
     result.duration_ms = start.elapsed().as_millis() as u64;
     result
 }

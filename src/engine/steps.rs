@@ -26,20 +26,30 @@ use crate::target::{Instance, ProcessState};
 /// Guest memory size of the named layouts.
 const LAYOUT_BYTES: u64 = 16 << 20;
 
-/// Why the scenario stopped early.
-enum Stop {
+/// Why a step (or a built-in scenario) stopped the scenario early.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepError {
     /// A finding was recorded; the scenario cannot go on meaningfully.
     Finding,
-    /// The harness could not judge.
+    /// The harness could not judge (a local failure, never the back-end's fault).
     Harness(String),
+    /// The scenario does not apply to this target (e.g. a hygiene check without a process to
+    /// inspect); the scenario is skipped with this reason.
+    NotApplicable(String),
 }
 
-type StepResult = Result<(), Stop>;
+type StepResult = Result<(), StepError>;
 
-/// The state of one scenario's run.
-pub(super) struct Ctx<'a> {
+/// The state of one scenario's run: the session, guest memory, queues and findings. The step
+/// interpreter and built-in scenarios ([`crate::builtin`]) drive it through the same helpers.
+pub struct Ctx<'a> {
     scenario: &'a Scenario,
     inst: &'a mut Instance,
+    /// A fresh back-end process started by a `new_process` step (spawn mode).
+    fresh: Option<Instance>,
+    spec: &'a crate::target::TargetSpec,
+    /// Device state captured by `save_state`.
+    saved_state: Option<Vec<u8>>,
     opts: &'a RunOptions,
     deadline: Instant,
     session: Option<Session>,
@@ -60,12 +70,16 @@ impl<'a> Ctx<'a> {
     pub(super) fn new(
         scenario: &'a Scenario,
         inst: &'a mut Instance,
+        spec: &'a crate::target::TargetSpec,
         opts: &'a RunOptions,
         deadline: Instant,
     ) -> Self {
         Self {
             scenario,
             inst,
+            fresh: None,
+            spec,
+            saved_state: None,
             opts,
             deadline,
             session: None,
@@ -82,8 +96,17 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// Runs every step; `Err` is a harness error.
-    pub(super) fn run_all(&mut self) -> Result<(), String> {
+    /// Runs the scenario (its file steps, or its built-in body); `Err` is a harness error or
+    /// a scenario that does not apply.
+    pub(super) fn run_all(&mut self) -> Result<(), StepError> {
+        if let Some(b) = self.scenario.builtin {
+            let r = b.run(self);
+            self.check_process();
+            return match r {
+                Ok(()) | Err(StepError::Finding) => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
         let steps = self.scenario.spec.steps.clone();
         for (i, step) in steps.iter().enumerate() {
             self.step_no = i + 1;
@@ -96,12 +119,17 @@ impl<'a> Ctx<'a> {
                 );
                 break;
             }
-            match self.step(step) {
+            match self.step_inner(step) {
                 Ok(()) => {}
-                Err(Stop::Finding) => break,
-                Err(Stop::Harness(why)) => {
-                    return Err(format!("step {} ({:?}): {why}", i + 1, step.action));
+                Err(StepError::Finding) => break,
+                Err(StepError::Harness(why)) => {
+                    return Err(StepError::Harness(format!(
+                        "step {} ({:?}): {why}",
+                        i + 1,
+                        step.action
+                    )));
                 }
+                Err(e @ StepError::NotApplicable(_)) => return Err(e),
             }
         }
         self.check_process();
@@ -112,6 +140,51 @@ impl<'a> Ctx<'a> {
     pub(super) fn finish(mut self) -> (Vec<Finding>, Vec<String>, Vec<Entry>) {
         self.archive_session();
         (self.findings, self.notes, self.archive)
+    }
+
+    /// Records a finding citing `rule` at the scenario's level; returns [`StepError::Finding`]
+    /// so a built-in scenario can `return Err(ctx.fail(..))`.
+    pub fn fail(
+        &mut self,
+        rule: &str,
+        summary: &str,
+        expected: &str,
+        received: String,
+    ) -> StepError {
+        self.finding_with(rule.to_string(), summary, expected, received);
+        StepError::Finding
+    }
+
+    /// Records an informative note (never a finding).
+    pub fn note(&mut self, note: String) {
+        self.notes.push(note);
+    }
+
+    /// The session, connecting first when there is none.
+    pub fn session_mut(&mut self) -> Result<&mut Session, StepError> {
+        self.session()
+    }
+
+    /// Turns a session error into a finding citing `rule` (a back-end fault) or a harness error.
+    pub fn session_error(&mut self, rule: &str, e: SessionError) -> StepError {
+        let mut step = Step::new(Action::Probe);
+        step.rule = Some(rule.to_string());
+        self.session_failed(&step, e)
+    }
+
+    /// The target instance: process state, stderr, `/proc/<pid>` sampling.
+    pub fn target(&mut self) -> &mut Instance {
+        self.inst
+    }
+
+    /// The scenario's deadline.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// The per-step timeout of this run.
+    pub fn step_timeout(&self) -> Duration {
+        self.opts.step_timeout
     }
 
     fn archive_session(&mut self) {
@@ -128,14 +201,14 @@ impl<'a> Ctx<'a> {
     }
 
     fn check_process(&mut self) {
-        let st = self.inst.state();
+        let st = self.inst().state();
         if matches!(st, ProcessState::Exited(_) | ProcessState::Signaled(_))
             && !self
                 .findings
                 .iter()
                 .any(|f| f.summary.contains("process") || f.received.contains("process"))
         {
-            let tail = self.inst.stderr_tail(400);
+            let tail = self.inst().stderr_tail(400);
             let rule = self.scenario.spec.rules[0].clone();
             let sent = self.last_sent();
             self.findings.push(Finding {
@@ -190,9 +263,9 @@ impl<'a> Ctx<'a> {
     }
 
     /// Turns a session error into a finding (back-end fault) or a harness error.
-    fn session_failed(&mut self, step: &Step, e: SessionError) -> Stop {
+    fn session_failed(&mut self, step: &Step, e: SessionError) -> StepError {
         if !e.is_backend_fault() {
-            return Stop::Harness(chain(&e));
+            return StepError::Harness(chain(&e));
         }
         let rule = step
             .rule
@@ -206,11 +279,11 @@ impl<'a> Ctx<'a> {
             _ => "a well-formed reply to the request",
         };
         self.finding_with(rule, &e.to_string(), expected, received);
-        Stop::Finding
+        StepError::Finding
     }
 
     fn describe_failure(&mut self, e: &SessionError) -> String {
-        let st = self.inst.wait_exit(Duration::from_millis(
+        let st = self.inst().wait_exit(Duration::from_millis(
             if matches!(e, SessionError::Closed { .. }) {
                 200
             } else {
@@ -229,10 +302,18 @@ impl<'a> Ctx<'a> {
         };
         match st {
             ProcessState::Exited(_) | ProcessState::Signaled(_) => {
-                let tail = self.inst.stderr_tail(400);
+                let tail = self.inst().stderr_tail(400);
                 format!("{base}; {}", describe_exit(&st, &tail))
             }
             _ => base,
+        }
+    }
+
+    /// The back-end being judged: the fresh process if a `new_process` step started one.
+    fn inst(&mut self) -> &mut Instance {
+        match &mut self.fresh {
+            Some(i) => i,
+            None => self.inst,
         }
     }
 
@@ -247,24 +328,33 @@ impl<'a> Ctx<'a> {
 
     /// A finding if the back-end process has died (spawn mode); returns whether it had.
     fn died(&mut self, step: &Step, summary: &str, expected: &str) -> bool {
-        let st = self.inst.wait_exit(Duration::from_millis(200));
+        let st = self.inst().wait_exit(Duration::from_millis(200));
         if !matches!(st, ProcessState::Exited(_) | ProcessState::Signaled(_)) {
             return false;
         }
-        let tail = self.inst.stderr_tail(400);
+        let tail = self.inst().stderr_tail(400);
         self.finding(step, summary, expected, describe_exit(&st, &tail));
         true
     }
 
-    fn session(&mut self) -> Result<&mut Session, Stop> {
+    fn session(&mut self) -> Result<&mut Session, StepError> {
         if self.session.is_none() {
-            let stream = self.inst.connect().map_err(|e| Stop::Harness(chain(&e)))?;
+            let stream = self
+                .inst()
+                .connect()
+                .map_err(|e| StepError::Harness(chain(&e)))?;
             self.session = Some(self.new_session(stream));
         }
         Ok(self.session.as_mut().expect("just set"))
     }
 
-    fn step(&mut self, step: &Step) -> StepResult {
+    /// Performs one step and judges it, exactly as a scenario file's step.
+    pub fn step(&mut self, step: &Step) -> StepResult {
+        self.step_no += 1;
+        self.step_inner(step)
+    }
+
+    fn step_inner(&mut self, step: &Step) -> StepResult {
         match step.action {
             Action::Negotiate => self.negotiate(step),
             Action::Memory => self.memory(step),
@@ -276,6 +366,9 @@ impl<'a> Ctx<'a> {
                 self.blk(step)
             }
             Action::BlkComplete => self.blk_complete(step),
+            Action::SaveState => self.save_state(step),
+            Action::LoadState => self.load_state(step),
+            Action::NewProcess => self.new_process(),
             Action::GetVringBase => self.get_vring_base(step),
             Action::Send => self.send(step),
             Action::Raw => self.raw(step),
@@ -323,12 +416,12 @@ impl<'a> Ctx<'a> {
             (None, Some("single")) => GuestMemory::single_layout(LAYOUT_BYTES),
             (None, Some("default") | None) => GuestMemory::default_layout(LAYOUT_BYTES),
             (None, Some(other)) => {
-                return Err(Stop::Harness(format!(
+                return Err(StepError::Harness(format!(
                     "unknown memory layout {other:?} (default, single)"
                 )));
             }
         };
-        let mem = GuestMemory::new(&specs).map_err(|e| Stop::Harness(chain(&e)))?;
+        let mem = GuestMemory::new(&specs).map_err(|e| StepError::Harness(chain(&e)))?;
         self.queues.clear();
         let via_add = step.via.as_deref() == Some("add_mem_reg");
         let session = self.session()?;
@@ -348,15 +441,15 @@ impl<'a> Ctx<'a> {
         self.judge_ack(step, r, Expect::Ok)
     }
 
-    fn region(&self, step: &Step) -> Result<vhu_protocol::wire::payload::MemRegion, Stop> {
+    fn region(&self, step: &Step) -> Result<vhu_protocol::wire::payload::MemRegion, StepError> {
         let mem = self.mem.as_ref().ok_or_else(|| {
-            Stop::Harness("no memory layout yet: add a `memory` step first".into())
+            StepError::Harness("no memory layout yet: add a `memory` step first".into())
         })?;
         let i = step.region.unwrap_or(0);
         mem.regions()
             .get(i)
             .map(|r| r.mem_region())
-            .ok_or_else(|| Stop::Harness(format!("the layout has no region {i}")))
+            .ok_or_else(|| StepError::Harness(format!("the layout has no region {i}")))
     }
 
     fn add_mem_reg(&mut self, step: &Step) -> StepResult {
@@ -394,14 +487,14 @@ impl<'a> Ctx<'a> {
         let bit30 = self.features & VirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
         for idx in self.queue_indices(step) {
             let mut mem = self.mem.take().ok_or_else(|| {
-                Stop::Harness("no memory yet: add a `memory` step before `vring`".into())
+                StepError::Harness("no memory yet: add a `memory` step before `vring`".into())
             })?;
             let q = DriverQueue::new(&mut mem, idx, size, RingLayout::Split, event_idx);
             let mut q = match q {
                 Ok(q) => q,
                 Err(e) => {
                     self.mem = Some(mem);
-                    return Err(Stop::Harness(chain(&e)));
+                    return Err(StepError::Harness(chain(&e)));
                 }
             };
             q.inject_kick = step.kick.unwrap_or(true);
@@ -433,12 +526,12 @@ impl<'a> Ctx<'a> {
     fn blk(&mut self, step: &Step) -> StepResult {
         for idx in self.queue_indices(step) {
             let mut q = self.queues.remove(&idx).ok_or_else(|| {
-                Stop::Harness(format!("queue {idx} is not set up: add a `vring` step"))
+                StepError::Harness(format!("queue {idx} is not set up: add a `vring` step"))
             })?;
             let mut mem = self
                 .mem
                 .take()
-                .ok_or_else(|| Stop::Harness("no memory".into()))?;
+                .ok_or_else(|| StepError::Harness("no memory".into()))?;
             let sector = step.sector.unwrap_or(0);
             let len = step.sectors.unwrap_or(8) * 512;
             let pattern = step.pattern.unwrap_or(0x5a);
@@ -488,9 +581,9 @@ impl<'a> Ctx<'a> {
         kind: u32,
         sector: u64,
         in_len: u32,
-    ) -> Result<Option<Result<BlkOutcome, WaitError>>, Stop> {
+    ) -> Result<Option<Result<BlkOutcome, WaitError>>, StepError> {
         let pending = blk::blk_submit(q, mem, kind, sector, None, in_len)
-            .map_err(|e| Stop::Harness(chain(&e)))?;
+            .map_err(|e| StepError::Harness(chain(&e)))?;
         let window = Duration::from_millis(step.window_ms.unwrap_or(300));
         match blk::blk_wait(q, mem, &pending, window) {
             Ok(None) => {
@@ -508,23 +601,23 @@ impl<'a> Ctx<'a> {
                     "no used buffer and no call while the ring is stopped or disabled",
                     format!("{o:?}"),
                 );
-                Err(Stop::Finding)
+                Err(StepError::Finding)
             }
-            Err(e) => Err(Stop::Harness(chain(&e))),
+            Err(e) => Err(StepError::Harness(chain(&e))),
         }
     }
 
     fn blk_complete(&mut self, step: &Step) -> StepResult {
         for idx in self.queue_indices(step) {
-            let pending = self.pending.remove(&idx).ok_or_else(|| Stop::Harness(format!("no pending request on queue {idx}: use a blk step with expect = \"no_reply\" first")))?;
+            let pending = self.pending.remove(&idx).ok_or_else(|| StepError::Harness(format!("no pending request on queue {idx}: use a blk step with expect = \"no_reply\" first")))?;
             let mut q = self
                 .queues
                 .remove(&idx)
-                .ok_or_else(|| Stop::Harness(format!("queue {idx} is not set up")))?;
+                .ok_or_else(|| StepError::Harness(format!("queue {idx} is not set up")))?;
             let mut mem = self
                 .mem
                 .take()
-                .ok_or_else(|| Stop::Harness("no memory".into()))?;
+                .ok_or_else(|| StepError::Harness("no memory".into()))?;
             let r = blk::blk_wait(&mut q, &mem, &pending, self.opts.step_timeout);
             blk::blk_release(&mut mem, pending);
             self.mem = Some(mem);
@@ -553,14 +646,14 @@ impl<'a> Ctx<'a> {
         let what = format!("{:?} on queue {idx}", step.action);
         let o = match r {
             Ok(o) => o,
-            Err(WaitError::Memory(e)) => return Err(Stop::Harness(chain(&e))),
+            Err(WaitError::Memory(e)) => return Err(StepError::Harness(chain(&e))),
             Err(e) => {
                 let mut received = e.to_string();
-                let st = self.inst.state();
+                let st = self.inst().state();
                 if matches!(st, ProcessState::Exited(_) | ProcessState::Signaled(_)) {
                     received = format!(
                         "{received}; {}",
-                        describe_exit(&st, &self.inst.stderr_tail(400))
+                        describe_exit(&st, &self.inst().stderr_tail(400))
                     );
                 }
                 self.finding(
@@ -569,7 +662,7 @@ impl<'a> Ctx<'a> {
                     "the request completes (used ring entry and a call)",
                     received,
                 );
-                return Err(Stop::Finding);
+                return Err(StepError::Finding);
             }
         };
         let mut problems = Vec::new();
@@ -605,7 +698,7 @@ impl<'a> Ctx<'a> {
             return Ok(());
         }
         self.finding(step, &format!("{what}: {}", problems.join("; ")), "status OK, used length = bytes written, only writable buffers touched, the data written", format!("{o:?}"));
-        Err(Stop::Finding)
+        Err(StepError::Finding)
     }
 
     fn get_vring_base(&mut self, step: &Step) -> StepResult {
@@ -629,7 +722,7 @@ impl<'a> Ctx<'a> {
                 "the reply's index equals the requested ring",
                 format!("{state:?}"),
             );
-            return Err(Stop::Finding);
+            return Err(StepError::Finding);
         }
         if let Some(w) = want.filter(|&w| w != state.num) {
             self.finding(
@@ -641,7 +734,109 @@ impl<'a> Ctx<'a> {
                 &format!("num = {w}, the next avail index the back-end would process"),
                 format!("{state:?}"),
             );
-            return Err(Stop::Finding);
+            return Err(StepError::Finding);
+        }
+        Ok(())
+    }
+
+    /// SET_DEVICE_STATE_FD(save) over a pipe, read to EOF, then CHECK_DEVICE_STATE = 0
+    /// (R-MIG-04, R-MIG-06, R-MIG-08).
+    fn save_state(&mut self, step: &Step) -> StepResult {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| StepError::Harness(format!("pipe: {e}")))?;
+        let reply = self.session()?.set_device_state_fd(0, w.as_fd());
+        drop(w);
+        let reply = reply.map_err(|e| self.session_failed(step, e))?;
+        self.check_transfer_reply(step, &reply)?;
+        let timeout = self.opts.step_timeout;
+        let reader = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::fs::File::from(r), &mut buf).map(|_| buf)
+        });
+        let deadline = Instant::now() + timeout;
+        while !reader.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if !reader.is_finished() {
+            self.finding(
+                step,
+                "the saved state never ended (no EOF on the pipe)",
+                "the back-end writes its state and closes its end (R-MIG-06)",
+                format!("no EOF within {timeout:?}"),
+            );
+            return Err(StepError::Finding);
+        }
+        let state = reader
+            .join()
+            .map_err(|_| StepError::Harness("pipe reader panicked".into()))?
+            .map_err(|e| StepError::Harness(format!("reading the state: {e}")))?;
+        self.check_state_result(step, "save")?;
+        self.saved_state = Some(state);
+        Ok(())
+    }
+
+    /// SET_DEVICE_STATE_FD(load), write the saved state, close, then CHECK_DEVICE_STATE = 0
+    /// (R-MIG-07, R-MIG-08, R-MIG-11).
+    fn load_state(&mut self, step: &Step) -> StepResult {
+        let state = self.saved_state.clone().ok_or_else(|| {
+            StepError::Harness("no saved state: add a `save_state` step first".into())
+        })?;
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| StepError::Harness(format!("pipe: {e}")))?;
+        let reply = self.session()?.set_device_state_fd(1, r.as_fd());
+        drop(r);
+        let reply = reply.map_err(|e| self.session_failed(step, e))?;
+        self.check_transfer_reply(step, &reply)?;
+        // The writer may block if the back-end never reads; a thread keeps the step bounded.
+        std::thread::spawn(move || std::io::Write::write_all(&mut std::fs::File::from(w), &state));
+        self.check_state_result(step, "load")
+    }
+
+    fn check_transfer_reply(&mut self, step: &Step, reply: &Message) -> StepResult {
+        let v = reply.u64().unwrap_or(u64::MAX);
+        if v & 0xff != 0 || (v & 0x100 == 0) != (reply.fds.len() == 1) {
+            self.finding_with(
+                step.rule.clone().unwrap_or_else(|| "R-MIG-04".into()),
+                "SET_DEVICE_STATE_FD was refused or its reply is inconsistent",
+                "bits 0-7 = 0, and bit 8 set exactly when no fd is returned",
+                format!("value {v:#x} with {} fds", reply.fds.len()),
+            );
+            return Err(StepError::Finding);
+        }
+        Ok(())
+    }
+
+    fn check_state_result(&mut self, step: &Step, what: &str) -> StepResult {
+        let r = self.session()?.check_device_state();
+        match r {
+            Ok(0) => Ok(()),
+            Ok(v) => {
+                self.finding(
+                    step,
+                    &format!("CHECK_DEVICE_STATE after the {what} reports failure ({v})"),
+                    "0: the transfer and its processing succeeded",
+                    format!("{v}"),
+                );
+                Err(StepError::Finding)
+            }
+            Err(e) => Err(self.session_failed(step, e)),
+        }
+    }
+
+    /// Starts a fresh back-end process (spawn mode) and connects to it; with other targets the
+    /// same back-end is used again.
+    fn new_process(&mut self) -> StepResult {
+        self.archive_session();
+        self.mem = None;
+        if matches!(self.spec, crate::target::TargetSpec::Spawn(_)) {
+            let inst = Instance::start(self.spec, self.opts.connect_timeout)
+                .map_err(|e| StepError::Harness(chain(&e)))?;
+            self.fresh = Some(inst);
+        } else {
+            self.notes.push(format!(
+                "step {}: not in spawn mode, so the same back-end process is used",
+                self.step_no
+            ));
         }
         Ok(())
     }
@@ -653,17 +848,17 @@ impl<'a> Ctx<'a> {
 
     fn reconnect(&mut self, step: &Step) -> StepResult {
         self.archive_session();
-        match self.inst.connect() {
+        match self.inst().connect() {
             Ok(stream) => {
                 self.session = Some(self.new_session(stream));
                 Ok(())
             }
             Err(e) => {
-                let st = self.inst.state();
+                let st = self.inst().state();
                 let received = format!(
                     "{}; {}",
                     chain(&e),
-                    describe_exit(&st, &self.inst.stderr_tail(400))
+                    describe_exit(&st, &self.inst().stderr_tail(400))
                 );
                 self.finding(
                     step,
@@ -671,7 +866,7 @@ impl<'a> Ctx<'a> {
                     "a new front-end connection is served",
                     received,
                 );
-                Err(Stop::Finding)
+                Err(StepError::Finding)
             }
         }
     }
@@ -692,13 +887,13 @@ impl<'a> Ctx<'a> {
         let expect = step.expect.unwrap_or(default);
         match (expect, r) {
             (Expect::Reply, Ok(Some(m))) => self.check_value(step, &m)?,
-            (Expect::Reply, Ok(None)) => return Err(Stop::Harness("expect = \"reply\" on a request sent without NEED_REPLY that has no reply of its own".into())),
+            (Expect::Reply, Ok(None)) => return Err(StepError::Harness("expect = \"reply\" on a request sent without NEED_REPLY that has no reply of its own".into())),
             (Expect::NoReply, Ok(None)) => {
                 let window = Duration::from_millis(step.window_ms.unwrap_or(300));
                 let r = self.session()?.expect_silence(window);
                 if let Err(e) = r {
                     self.finding(step, "a message arrived although no reply was due", "no reply at all without NEED_REPLY", e.to_string());
-                    return Err(Stop::Finding);
+                    return Err(StepError::Finding);
                 }
             }
             (_, Ok(m)) => {
@@ -753,7 +948,7 @@ impl<'a> Ctx<'a> {
             "the reply the rule describes",
             format!("header {:?}, payload {:02x?}", m.header, m.payload),
         );
-        Err(Stop::Finding)
+        Err(StepError::Finding)
     }
 
     fn check_fd_closed(&mut self, step: &Step, read_end: &OwnedFd) -> StepResult {
@@ -775,7 +970,7 @@ impl<'a> Ctx<'a> {
                     "the fd is closed (EOF on our pipe's read end)",
                     format!("no EOF within {:?}", self.opts.step_timeout),
                 );
-                return Err(Stop::Finding);
+                return Err(StepError::Finding);
             }
         }
     }
@@ -838,9 +1033,9 @@ impl<'a> Ctx<'a> {
             "the back-end process died",
             "the back-end rejects or ignores the message and keeps running",
         ) {
-            return Err(Stop::Finding);
+            return Err(StepError::Finding);
         }
-        let probe = match self.inst.connect() {
+        let probe = match self.inst().connect() {
             Ok(stream) => {
                 let mut s = self.new_session(stream);
                 let r = s.get_features();
@@ -856,7 +1051,7 @@ impl<'a> Ctx<'a> {
                 "a GET_FEATURES round trip answers after the message",
                 why,
             );
-            Stop::Finding
+            StepError::Finding
         })
     }
 
@@ -877,7 +1072,7 @@ impl<'a> Ctx<'a> {
                     "a non-zero ack, or the connection closed",
                     "ack 0".into(),
                 );
-                Err(Stop::Finding)
+                Err(StepError::Finding)
             }
             Ok(Ack::Failed(v)) if !wants_failure && expect != Expect::Alive => {
                 self.finding(
@@ -886,7 +1081,7 @@ impl<'a> Ctx<'a> {
                     "an ack of 0",
                     format!("ack {v}"),
                 );
-                Err(Stop::Finding)
+                Err(StepError::Finding)
             }
             Ok(Ack::NotRequested) if wants_failure => {
                 self.notes.push(format!("step {}: no ack could be asked for (REPLY_ACK not negotiated); rejection not observable", self.step_no));
@@ -900,18 +1095,18 @@ impl<'a> Ctx<'a> {
                     "the back-end closes the connection",
                     "an ack".into(),
                 );
-                Err(Stop::Finding)
+                Err(StepError::Finding)
             }
             Ok(_) => Ok(()),
             Err(SessionError::Closed { .. }) if wants_failure || expect == Expect::Alive => {
-                let died = self.inst.is_spawned()
+                let died = self.inst().is_spawned()
                     && self.died(
                         step,
                         "the back-end process died instead of rejecting the message",
                         "a non-zero ack or a closed connection, the process alive",
                     );
                 if died {
-                    return Err(Stop::Finding);
+                    return Err(StepError::Finding);
                 }
                 self.archive_session();
                 if expect == Expect::Alive {
@@ -954,10 +1149,10 @@ fn select_bits(sel: &NumOrWordList, lookup: fn(&str) -> Option<u64>, all: u64) -
 }
 
 /// A request by code, spec name (with or without `VHOST_USER_`) or CamelCase name.
-fn resolve_request(name: Option<&RequestName>) -> Result<FrontendReq, Stop> {
+fn resolve_request(name: Option<&RequestName>) -> Result<FrontendReq, StepError> {
     match name {
         Some(RequestName::Code(c)) => {
-            FrontendReq::from_code(*c).map_err(|e| Stop::Harness(e.to_string()))
+            FrontendReq::from_code(*c).map_err(|e| StepError::Harness(e.to_string()))
         }
         Some(RequestName::Name(n)) => {
             let up = n.trim_start_matches("VHOST_USER_").to_ascii_uppercase();
@@ -966,16 +1161,16 @@ fn resolve_request(name: Option<&RequestName>) -> Result<FrontendReq, Stop> {
                     r.spec_name().trim_start_matches("VHOST_USER_") == up
                         || format!("{r:?}").eq_ignore_ascii_case(n)
                 })
-                .ok_or_else(|| Stop::Harness(format!("unknown request name {n:?}")))
+                .ok_or_else(|| StepError::Harness(format!("unknown request name {n:?}")))
         }
-        None => Err(Stop::Harness("step needs `request`".into())),
+        None => Err(StepError::Harness("step needs `request`".into())),
     }
 }
 
 /// The typed body of a `send` step, from its `body` table (the payload struct's field names).
-fn build_body(req: FrontendReq, step: &Step) -> Result<Body, Stop> {
+fn build_body(req: FrontendReq, step: &Step) -> Result<Body, StepError> {
     let table = step.body.clone().unwrap_or_default();
-    let bad = |e: toml::de::Error| Stop::Harness(format!("body of {}: {e}", req.spec_name()));
+    let bad = |e: toml::de::Error| StepError::Harness(format!("body of {}: {e}", req.spec_name()));
     let v = toml::Value::Table(table);
     Ok(match req.request_body() {
         BodyKind::Empty => Body::Empty,
@@ -998,7 +1193,7 @@ fn build_body(req: FrontendReq, step: &Step) -> Result<Body, Stop> {
         }
         BodyKind::MemTable => Body::MemTable(vec![]),
         other => {
-            return Err(Stop::Harness(format!(
+            return Err(StepError::Harness(format!(
                 "a `send` body of kind {other:?} is not supported; use a `raw` step"
             )));
         }
@@ -1010,14 +1205,15 @@ struct ExtraFds {
     pipe_read: Option<OwnedFd>,
 }
 
-fn make_fds(step: &Step) -> Result<ExtraFds, Stop> {
+fn make_fds(step: &Step) -> Result<ExtraFds, StepError> {
     let n = step.fds.unwrap_or(0);
     let mut out = ExtraFds {
         sent: vec![],
         pipe_read: None,
     };
-    let local =
-        |what: &str, e: &dyn std::fmt::Display| Stop::Harness(format!("cannot create {what}: {e}"));
+    let local = |what: &str, e: &dyn std::fmt::Display| {
+        StepError::Harness(format!("cannot create {what}: {e}"))
+    };
     for _ in 0..n {
         match step.fd_kind.as_deref().unwrap_or("eventfd") {
             "pipe" => {
@@ -1042,10 +1238,10 @@ fn make_fds(step: &Step) -> Result<ExtraFds, Stop> {
     Ok(out)
 }
 
-fn parse_hex(s: &str) -> Result<Vec<u8>, Stop> {
+fn parse_hex(s: &str) -> Result<Vec<u8>, StepError> {
     let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
     if s.len() % 2 != 0 {
-        return Err(Stop::Harness(
+        return Err(StepError::Harness(
             "payload_hex has an odd number of digits".into(),
         ));
     }
@@ -1053,7 +1249,7 @@ fn parse_hex(s: &str) -> Result<Vec<u8>, Stop> {
         .step_by(2)
         .map(|i| {
             u8::from_str_radix(&s[i..i + 2], 16)
-                .map_err(|e| Stop::Harness(format!("payload_hex: {e}")))
+                .map_err(|e| StepError::Harness(format!("payload_hex: {e}")))
         })
         .collect()
 }

@@ -18,8 +18,10 @@ mod embedded {
 pub struct Scenario {
     /// The file's contents.
     pub spec: ScenarioFile,
-    /// Where it came from.
+    /// Where it came from (a file path, or `builtin:<module>`).
     pub source: String,
+    /// The Rust body of a built-in scenario; `None` for a file scenario (its steps run).
+    pub builtin: Option<&'static dyn crate::builtin::Builtin>,
 }
 
 /// What is wrong with a scenario file.
@@ -88,6 +90,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioLoadError> {
     Ok(Scenario {
         spec,
         source: path.display().to_string(),
+        builtin: None,
     })
 }
 
@@ -147,9 +150,19 @@ fn is_rule_id(r: &str) -> bool {
     )
 }
 
-/// Loads the embedded suite and every `*.toml` under `dirs`; ids must be unique.
+/// Loads the built-in Rust scenarios, the embedded suite and every `*.toml` under `dirs`; ids
+/// must be unique across all of them.
 pub fn load_all(dirs: &[PathBuf]) -> Result<Vec<Scenario>, ScenarioLoadError> {
     let mut all = Vec::new();
+    for b in crate::builtin::all() {
+        let s = crate::builtin::to_scenario(*b);
+        check(&s.spec).map_err(|kind| ScenarioLoadError {
+            path: PathBuf::from(&s.source),
+            line: None,
+            kind,
+        })?;
+        all.push(s);
+    }
     for (path, text) in embedded::EMBEDDED {
         all.push(parse(Path::new(path), text)?);
     }
@@ -277,6 +290,17 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn built_in_scenarios_are_listed_and_selected_like_files() {
+        let all = load_all(&[]).unwrap();
+        let b: Vec<_> = all.iter().filter(|s| s.builtin.is_some()).collect();
+        assert!(b.len() >= 3, "{} built-in scenarios", b.len());
+        assert!(b.iter().all(|s| s.source.starts_with("builtin:")));
+        let sel = select(all, &["robustness/call-fd-flood".to_string()]);
+        assert_eq!(sel.len(), 1);
+        assert!(sel[0].builtin.is_some());
     }
 
     #[test]

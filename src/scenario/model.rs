@@ -85,6 +85,12 @@ pub enum Action {
     BlkGetId,
     /// Wait for the request a blk step left pending (`expect = "no_reply"`) to complete now.
     BlkComplete,
+    /// Save the device state (SET_DEVICE_STATE_FD direction 0, CHECK_DEVICE_STATE).
+    SaveState,
+    /// Load the saved device state (direction 1, CHECK_DEVICE_STATE).
+    LoadState,
+    /// Continue with a fresh back-end process (spawn mode).
+    NewProcess,
     /// GET_VRING_BASE, checked.
     GetVringBase,
     /// Any front-end request with a body.
@@ -235,6 +241,50 @@ pub struct Step {
     pub reply_flags: Option<u32>,
     /// The attached pipe fd must be closed by the back-end (fd-closure probe).
     pub fd_closed: Option<bool>,
+}
+
+impl Step {
+    /// A step doing `action` with every optional field unset (for built-in scenarios).
+    pub fn new(action: Action) -> Self {
+        Self {
+            action,
+            features: None,
+            protocol: None,
+            exclude_protocol: None,
+            layout: None,
+            regions: None,
+            via: None,
+            region: None,
+            tweak: None,
+            queue: None,
+            size: None,
+            base: None,
+            enable: None,
+            kick: None,
+            on: None,
+            sector: None,
+            sectors: None,
+            pattern: None,
+            num: None,
+            request: None,
+            body: None,
+            payload_hex: None,
+            need_reply: None,
+            fds: None,
+            fd_kind: None,
+            flags: None,
+            ms: None,
+            expect: None,
+            rule: None,
+            window_ms: None,
+            value: None,
+            value_mask: None,
+            nonzero: None,
+            reply_size: None,
+            reply_flags: None,
+            fd_closed: None,
+        }
+    }
 }
 
 /// `"all"` or a list of names.

@@ -1,0 +1,56 @@
+//! virtio-blk data path over several requests (checklist R-RING-07, R-MEM-03): distinct
+//! patterns at scattered sectors and sizes, each read back.
+
+use super::{Builtin, clean_session};
+use crate::engine::{Ctx, StepError};
+use crate::scenario::model::NumOrWord;
+use crate::scenario::{Action, Step};
+
+/// Writes distinct patterns to non-overlapping extents, then reads every extent back.
+#[derive(Debug)]
+pub struct ScatteredPatterns;
+
+/// (first sector, sectors, pattern): non-overlapping extents of different sizes.
+const EXTENTS: [(u64, u32, u8); 4] = [
+    (0, 1, 0x11),
+    (7, 3, 0x2c),
+    (1000, 8, 0xd3),
+    (4096, 32, 0x6e),
+];
+
+fn blk_step(action: Action, (sector, sectors, pattern): (u64, u32, u8)) -> Step {
+    let mut s = Step::new(action);
+    s.queue = Some(NumOrWord::Num(0));
+    s.sector = Some(sector);
+    s.sectors = Some(sectors);
+    s.pattern = Some(pattern);
+    s.rule = Some("R-RING-07".into());
+    s
+}
+
+impl Builtin for ScatteredPatterns {
+    fn id(&self) -> &'static str {
+        "blk/scattered-patterns"
+    }
+    fn title(&self) -> &'static str {
+        "virtio-blk: several writes of different sizes and patterns each read back intact"
+    }
+    fn rules(&self) -> &'static [&'static str] {
+        &["R-RING-07", "R-MEM-03"]
+    }
+    fn description(&self) -> &'static str {
+        "Four writes (1, 3, 8 and 32 sectors, distinct patterns) at scattered sectors on queue 0, \
+then four reads of the same extents: each must return its own pattern, with the used length and \
+canaries checked on every request; a mix-up between extents or requests shows as a wrong pattern."
+    }
+    fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+        clean_session(ctx, true)?;
+        for e in EXTENTS {
+            ctx.step(&blk_step(Action::BlkWrite, e))?;
+        }
+        for e in EXTENTS.iter().rev() {
+            ctx.step(&blk_step(Action::BlkRead, *e))?;
+        }
+        Ok(())
+    }
+}

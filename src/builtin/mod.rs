@@ -1,0 +1,119 @@
+//! Built-in scenarios: procedures too involved for the file format (a data path over several
+//! requests, `/proc/<pid>` hygiene sampling), written in Rust against the same step helpers
+//! ([`Ctx::step`]) the file interpreter uses. They carry the same metadata as a scenario file
+//! (checklist section 4 rule ids, level, required features) and are listed, filtered, run and
+//! reported exactly like file scenarios.
+
+mod blk;
+mod memory;
+mod robustness;
+
+use crate::engine::{Ctx, StepError};
+use crate::scenario::model::{Requires, ScenarioFile};
+use crate::scenario::{Level, Scenario};
+
+/// A scenario written in Rust.
+pub trait Builtin: Sync + std::fmt::Debug {
+    /// Stable, path-like id (`robustness/call-fd-flood`).
+    fn id(&self) -> &'static str;
+    /// One line saying what is checked.
+    fn title(&self) -> &'static str;
+    /// Checklist rule ids; every finding cites one of them.
+    fn rules(&self) -> &'static [&'static str];
+    /// Weight of a failed check.
+    fn level(&self) -> Level {
+        Level::Must
+    }
+    /// Protocol feature names the back-end must offer.
+    fn requires_protocol(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Virtio feature names the back-end must offer.
+    fn requires_virtio(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Needs its own back-end process (crash risk).
+    fn fresh_process(&self) -> bool {
+        false
+    }
+    /// Longer explanation, shown by `--list -v`.
+    fn description(&self) -> &'static str {
+        ""
+    }
+    /// The procedure. Findings are recorded on `ctx`; `Err(StepError::Finding)` stops early.
+    fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError>;
+}
+
+/// Every built-in scenario.
+pub fn all() -> &'static [&'static dyn Builtin] {
+    &[
+        &blk::ScatteredPatterns,
+        &memory::TableReplaceUnmaps,
+        &robustness::CallFdFlood,
+    ]
+}
+
+/// The scenario a built-in stands for: its metadata as a scenario file without steps.
+pub fn to_scenario(b: &'static dyn Builtin) -> Scenario {
+    let names = |v: &[&str]| v.iter().map(|s| (*s).to_string()).collect::<Vec<_>>();
+    Scenario {
+        spec: ScenarioFile {
+            id: b.id().to_string(),
+            title: b.title().to_string(),
+            rules: names(b.rules()),
+            level: b.level(),
+            requires: Requires {
+                virtio: names(b.requires_virtio()),
+                protocol: names(b.requires_protocol()),
+            },
+            fresh_process: b.fresh_process(),
+            timeout_ms: None,
+            description: b.description().to_string(),
+            steps: vec![],
+        },
+        source: format!("builtin:{}", b.id()),
+        builtin: Some(b),
+    }
+}
+
+/// The usual opening: negotiation, the default two-region memory layout, and (when `queue` is
+/// set) queue 0 set up and enabled.
+fn clean_session(ctx: &mut Ctx<'_>, queue: bool) -> Result<(), StepError> {
+    use crate::scenario::{Action, Step};
+    ctx.step(&Step::new(Action::Negotiate))?;
+    ctx.step(&Step::new(Action::Memory))?;
+    if queue {
+        ctx.step(&Step::new(Action::Vring))?;
+    }
+    Ok(())
+}
+
+/// Samples a `/proc/<pid>` count until it settles at or below `bound`, for up to `within`
+/// (a back-end may close or unmap asynchronously); returns the last sample.
+fn settle(
+    ctx: &mut Ctx<'_>,
+    sample: fn(&crate::target::Instance) -> Option<usize>,
+    bound: usize,
+    within: std::time::Duration,
+) -> Option<usize> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let n = sample(ctx.target())?;
+        if n <= bound || std::time::Instant::now() >= deadline {
+            return Some(n);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The reason a hygiene scenario does not apply outside spawn mode.
+fn needs_process(ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+    let t = ctx.target();
+    if t.is_spawned() && t.fd_count().is_some() && t.map_count().is_some() {
+        Ok(())
+    } else {
+        Err(StepError::NotApplicable(
+            "needs a spawned back-end (--spawn) whose /proc/<pid> can be sampled".into(),
+        ))
+    }
+}
