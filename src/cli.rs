@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::engine::{self, Outcome, RunOptions};
+use crate::engine::{self, RunOptions};
 use crate::exit_code;
-use crate::report::{self, Human};
+use crate::report::{self, Human, JsonReporter, JunitReporter, Reporter};
 use crate::scenario;
 use crate::target::TargetSpec;
 
@@ -64,7 +64,7 @@ pub struct Args {
     /// SHOULD-level and robustness findings fail instead of warn.
     #[arg(long)]
     pub strict: bool,
-    /// Show transcripts of warnings too.
+    /// Show transcripts of warnings too; with --list, each scenario's source and description.
     #[arg(long, short)]
     pub verbose: bool,
 }
@@ -127,6 +127,14 @@ pub fn run_with(args: &Args) -> u8 {
         eprintln!("vhu-conform: no scenario matches {:?}", args.filters);
         return exit_code::NOTHING_RAN;
     }
+    let mut reporters = match reporters(args) {
+        Ok(r) if !args.list => r,
+        Ok(_) => Vec::new(),
+        Err(why) => {
+            eprintln!("vhu-conform: {why}");
+            return exit_code::USAGE;
+        }
+    };
     let opts = RunOptions {
         step_timeout: Duration::from_millis(args.step_timeout_ms),
         scenario_timeout: Duration::from_millis(args.scenario_timeout_ms),
@@ -158,33 +166,42 @@ pub fn run_with(args: &Args) -> u8 {
         }
     };
     if args.list {
-        list(&selected, Some(&offer));
+        list(&selected, Some(&offer), args.verbose);
         return exit_code::ALL_PASSED;
     }
-    let mut human = Human::new(std::io::stdout(), args.verbose);
-    let show_progress = matches!(args.format, Format::Human);
     let results = engine::run_suite(&selected, &spec, &offer, &opts, &mut |e| {
-        if show_progress {
-            human.event(&e);
+        for r in &mut reporters {
+            r.event(&e);
         }
     });
-    match args.format {
-        Format::Human => human.recap(&results),
-        Format::Json => println!("{}", report::json(&results, &offer)),
-    }
-    if let Some(p) = &args.junit {
-        if let Err(e) = std::fs::write(p, report::junit(&results)) {
-            eprintln!("vhu-conform: cannot write {}: {e}", p.display());
-            return exit_code::USAGE;
-        }
-    }
-    if let Some(p) = &args.json_report {
-        if let Err(e) = std::fs::write(p, report::json(&results, &offer)) {
-            eprintln!("vhu-conform: cannot write {}: {e}", p.display());
+    for r in &mut reporters {
+        if let Err(e) = r.finish(&results, &offer) {
+            eprintln!("vhu-conform: cannot write a report: {e}");
             return exit_code::USAGE;
         }
     }
     exit_for(&results)
+}
+
+/// The reporters the options ask for; report files are created before the run so a bad path
+/// is a usage error before any back-end is judged.
+fn reporters(args: &Args) -> Result<Vec<Box<dyn Reporter>>, String> {
+    let create = |p: &PathBuf| {
+        std::fs::File::create(p)
+            .map(std::io::BufWriter::new)
+            .map_err(|e| format!("cannot write {}: {e}", p.display()))
+    };
+    let mut out: Vec<Box<dyn Reporter>> = vec![match args.format {
+        Format::Human => Box::new(Human::new(std::io::stdout(), args.verbose)),
+        Format::Json => Box::new(JsonReporter::new(std::io::stdout())),
+    }];
+    if let Some(p) = &args.junit {
+        out.push(Box::new(JunitReporter::new(create(p)?)));
+    }
+    if let Some(p) = &args.json_report {
+        out.push(Box::new(JsonReporter::new(create(p)?)));
+    }
+    Ok(out)
 }
 
 /// The exit code a set of results earns.
@@ -201,7 +218,7 @@ pub fn exit_for(results: &[engine::ScenarioResult]) -> u8 {
     }
 }
 
-fn list(selected: &[scenario::Scenario], offer: Option<&engine::Offer>) {
+fn list(selected: &[scenario::Scenario], offer: Option<&engine::Offer>, verbose: bool) {
     for s in selected {
         let runs = match offer.map(|o| engine::skip_reason(s, o)) {
             None => String::new(),
@@ -215,6 +232,16 @@ fn list(selected: &[scenario::Scenario], offer: Option<&engine::Offer>) {
             s.spec.rules.join(",")
         );
         println!("    {}", s.spec.title);
+        if verbose {
+            let kind = if s.builtin.is_some() {
+                "built-in"
+            } else {
+                "file"
+            };
+            println!("    source: {} ({kind})", s.source);
+            for line in s.spec.description.lines().filter(|l| !l.trim().is_empty()) {
+                println!("    | {}", line.trim());
+            }
+        }
     }
-    let _ = Outcome::Pass;
 }

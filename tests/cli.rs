@@ -61,3 +61,29 @@ fn a_broken_user_scenario_file_is_a_usage_error_naming_file_and_line() {
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("bad.toml:5"), "{text}");
 }
+
+#[test]
+fn list_verbose_shows_built_in_scenarios_with_their_description() {
+    let (code, text) = vhu(&["--list", "-v", "robustness/call-fd-flood"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("R-ROB-07"), "{text}");
+    assert!(
+        text.contains("builtin:robustness/call-fd-flood (built-in)"),
+        "{text}"
+    );
+    assert!(text.contains("| Spawn mode only."), "{text}");
+}
+
+#[test]
+fn an_unwritable_report_file_is_a_usage_error_before_anything_runs() {
+    let (code, text) = vhu(&[
+        "--junit",
+        "/nonexistent/dir/junit.xml",
+        "negotiation/full-session",
+    ]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("cannot write /nonexistent/dir/junit.xml"),
+        "{text}"
+    );
+}

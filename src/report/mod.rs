@@ -9,6 +9,15 @@ use vhu_mock_frontend::transcript::render;
 
 use crate::engine::{Offer, Outcome, RunEvent, ScenarioResult};
 
+/// A consumer of the engine's events: shows progress while the run goes and writes its report
+/// at the end. Reporters never decide verdicts; they render the engine's.
+pub trait Reporter {
+    /// One event of the run, as it happens.
+    fn event(&mut self, e: &RunEvent<'_>);
+    /// The run is over: write the report.
+    fn finish(&mut self, results: &[ScenarioResult], offer: &Offer) -> std::io::Result<()>;
+}
+
 /// Version of the JSON report's schema; bumped on incompatible changes.
 pub const JSON_SCHEMA_VERSION: u32 = 1;
 
@@ -126,6 +135,59 @@ impl<W: Write> Human<W> {
                 rules.join(" ")
             );
         }
+    }
+}
+
+impl<W: Write> Reporter for Human<W> {
+    fn event(&mut self, e: &RunEvent<'_>) {
+        Human::event(self, e);
+    }
+
+    fn finish(&mut self, results: &[ScenarioResult], _offer: &Offer) -> std::io::Result<()> {
+        self.recap(results);
+        self.out.flush()
+    }
+}
+
+/// The JSON report ([`json`]) written to `out` at the end of the run.
+pub struct JsonReporter<W: Write> {
+    out: W,
+}
+
+impl<W: Write> JsonReporter<W> {
+    /// Writes the report to `out` (stdout or a file).
+    pub fn new(out: W) -> Self {
+        Self { out }
+    }
+}
+
+impl<W: Write> Reporter for JsonReporter<W> {
+    fn event(&mut self, _e: &RunEvent<'_>) {}
+
+    fn finish(&mut self, results: &[ScenarioResult], offer: &Offer) -> std::io::Result<()> {
+        writeln!(self.out, "{}", json(results, offer))?;
+        self.out.flush()
+    }
+}
+
+/// The JUnit XML report ([`junit`]) written to `out` at the end of the run.
+pub struct JunitReporter<W: Write> {
+    out: W,
+}
+
+impl<W: Write> JunitReporter<W> {
+    /// Writes the report to `out`.
+    pub fn new(out: W) -> Self {
+        Self { out }
+    }
+}
+
+impl<W: Write> Reporter for JunitReporter<W> {
+    fn event(&mut self, _e: &RunEvent<'_>) {}
+
+    fn finish(&mut self, results: &[ScenarioResult], _offer: &Offer) -> std::io::Result<()> {
+        self.out.write_all(junit(results).as_bytes())?;
+        self.out.flush()
     }
 }
 
