@@ -1127,6 +1127,9 @@ fn wire_rule(e: &SessionError) -> Option<&'static str> {
             Some("R-ACK-03")
         }
         SessionError::BadReply { reason, .. } if reason.contains("version") => Some("R-WIRE-03"),
+        SessionError::BadReply { reason, .. } if reason.contains("shmem nregions") => {
+            Some("R-SHM-02")
+        }
         SessionError::BadReply { reason, .. } if reason.contains("REPLY flag") => Some("R-WIRE-02"),
         SessionError::BadReply { reason, .. } if reason.contains("code") => Some("R-WIRE-05"),
         SessionError::BadReply { reason, .. } if reason.contains("an ack") => Some("R-ACK-01"),
@@ -1150,21 +1153,9 @@ fn select_bits(sel: &NumOrWordList, lookup: fn(&str) -> Option<u64>, all: u64) -
 
 /// A request by code, spec name (with or without `VHOST_USER_`) or CamelCase name.
 fn resolve_request(name: Option<&RequestName>) -> Result<FrontendReq, StepError> {
-    match name {
-        Some(RequestName::Code(c)) => {
-            FrontendReq::from_code(*c).map_err(|e| StepError::Harness(e.to_string()))
-        }
-        Some(RequestName::Name(n)) => {
-            let up = n.trim_start_matches("VHOST_USER_").to_ascii_uppercase();
-            FrontendReq::all()
-                .find(|r| {
-                    r.spec_name().trim_start_matches("VHOST_USER_") == up
-                        || format!("{r:?}").eq_ignore_ascii_case(n)
-                })
-                .ok_or_else(|| StepError::Harness(format!("unknown request name {n:?}")))
-        }
-        None => Err(StepError::Harness("step needs `request`".into())),
-    }
+    name.ok_or_else(|| StepError::Harness("step needs `request`".into()))?
+        .resolve()
+        .map_err(StepError::Harness)
 }
 
 /// The typed body of a `send` step, from its `body` table (the payload struct's field names).

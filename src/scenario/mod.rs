@@ -60,6 +60,44 @@ pub enum LoadErrorKind {
     /// No rule listed.
     #[error("a scenario must cite at least one rule")]
     NoRules,
+    /// A step field has a value its action does not accept.
+    #[error("step {step} ({action:?}): `{field}` {why}")]
+    BadValue {
+        /// 1-based step number.
+        step: usize,
+        /// The action.
+        action: Action,
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+impl LoadErrorKind {
+    /// The 1-based line in `text` this problem is about, when it can be found: the step's
+    /// `[[step]]` header, or the line quoting the offending name.
+    fn line_in(&self, text: &str) -> Option<usize> {
+        let quoted = |name: &str| {
+            let q = format!("\"{name}\"");
+            text.lines().position(|l| l.contains(&q)).map(|i| i + 1)
+        };
+        match self {
+            Self::BadRule(r) => quoted(r),
+            Self::UnknownFeature { name, .. } => quoted(name),
+            Self::MissingField { step, .. } | Self::BadValue { step, .. } => text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| l.trim_start().starts_with("[[step]]"))
+                .nth(step - 1)
+                .map(|(i, _)| i + 1),
+            Self::NoRules => text
+                .lines()
+                .position(|l| l.trim_start().starts_with("rules"))
+                .map(|i| i + 1),
+            _ => None,
+        }
+    }
 }
 
 /// A scenario file that cannot be used: which file, which line, what is wrong.
@@ -86,7 +124,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioLoadError> {
         let line = e.span().map(|s| text[..s.start].lines().count().max(1));
         err(line, LoadErrorKind::Syntax(e.message().to_string()))
     })?;
-    check(&spec).map_err(|kind| err(None, kind))?;
+    check(&spec).map_err(|kind| err(kind.line_in(text), kind))?;
     Ok(Scenario {
         spec,
         source: path.display().to_string(),
@@ -120,6 +158,7 @@ fn check(spec: &ScenarioFile) -> Result<(), LoadErrorKind> {
         })?;
     }
     for (i, s) in spec.steps.iter().enumerate() {
+        check_values(i + 1, s)?;
         let missing = |field| LoadErrorKind::MissingField {
             step: i + 1,
             action: s.action,
@@ -137,6 +176,83 @@ fn check(spec: &ScenarioFile) -> Result<(), LoadErrorKind> {
             _ => {}
         }
     }
+    Ok(())
+}
+
+/// Values the interpreter would otherwise only refuse at run time (as a harness error).
+fn check_values(step: usize, s: &Step) -> Result<(), LoadErrorKind> {
+    let bad = |field, why: String| LoadErrorKind::BadValue {
+        step,
+        action: s.action,
+        field,
+        why,
+    };
+    let one_of = |field, v: &Option<String>, allowed: &[&str]| match v {
+        Some(v) if !allowed.contains(&v.as_str()) => {
+            Err(bad(field, format!("is {v:?}, not one of {allowed:?}")))
+        }
+        _ => Ok(()),
+    };
+    one_of("layout", &s.layout, &["default", "single"])?;
+    one_of("via", &s.via, &["table", "add_mem_reg"])?;
+    one_of("fd_kind", &s.fd_kind, &["eventfd", "memfd", "pipe"])?;
+    if let Some(model::NumOrWord::Word(w)) = &s.queue {
+        if w != "all" {
+            return Err(bad("queue", format!("is {w:?}: a number or \"all\"")));
+        }
+    }
+    if let Some(model::NumOrWord::Word(w)) = &s.num {
+        if w != "reached" {
+            return Err(bad("num", format!("is {w:?}: a number or \"reached\"")));
+        }
+    }
+    if let (Action::Send, Some(r)) = (s.action, &s.request) {
+        r.resolve().map_err(|why| bad("request", why))?;
+    }
+    if let (Action::Raw, Some(model::RequestName::Name(_))) = (s.action, &s.request) {
+        s.request
+            .as_ref()
+            .map(model::RequestName::resolve)
+            .transpose()
+            .map_err(|why| bad("request", why))?;
+    }
+    if let Some(h) = &s.payload_hex {
+        let digits: String = h.chars().filter(|c| !c.is_whitespace()).collect();
+        if digits.len() % 2 != 0 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(bad(
+                "payload_hex",
+                "is not an even number of hex digits".into(),
+            ));
+        }
+    }
+    let names = |field, sel: Option<&[String]>, lookup: fn(&str) -> Option<u64>| {
+        for n in sel.unwrap_or_default() {
+            if lookup(n).is_none() {
+                return Err(bad(field, format!("names an unknown feature {n:?}")));
+            }
+        }
+        Ok(())
+    };
+    let list = |l: &Option<model::NumOrWordList>| match l {
+        Some(model::NumOrWordList::List(v)) => Some(v.clone()),
+        Some(model::NumOrWordList::Word(w)) if w != "all" => Some(vec![w.clone()]),
+        _ => None,
+    };
+    names(
+        "features",
+        list(&s.features).as_deref(),
+        crate::features::virtio_bit,
+    )?;
+    names(
+        "protocol",
+        list(&s.protocol).as_deref(),
+        crate::features::protocol_bit,
+    )?;
+    names(
+        "exclude_protocol",
+        s.exclude_protocol.as_deref(),
+        crate::features::protocol_bit,
+    )?;
     Ok(())
 }
 
@@ -301,6 +417,47 @@ mod tests {
         let sel = select(all, &["robustness/call-fd-flood".to_string()]);
         assert_eq!(sel.len(), 1);
         assert!(sel[0].builtin.is_some());
+    }
+
+    fn load_err(body: &str) -> ScenarioLoadError {
+        let text = format!("id = \"x/y\"\ntitle = \"t\"\nrules = [\"R-MEM-01\"]\n{body}");
+        parse(Path::new("s.toml"), &text).unwrap_err()
+    }
+
+    #[test]
+    fn semantic_errors_name_the_line_of_the_offending_step() {
+        let e = load_err("[[step]]\ndo = \"probe\"\n\n[[step]]\ndo = \"send\"\n");
+        assert_eq!(e.line, Some(7), "{e}");
+        assert!(e.to_string().starts_with("s.toml:7: step 2 (Send)"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_rule_id_names_its_line() {
+        let text = "id = \"x/y\"\ntitle = \"t\"\nrules = [\"R-MEM-01\"]\n[[step]]\ndo = \"probe\"\nrule = \"MEM-1\"\n";
+        let e = parse(Path::new("s.toml"), text).unwrap_err();
+        assert!(matches!(e.kind, LoadErrorKind::BadRule(_)));
+        assert_eq!(e.line, Some(6), "{e}");
+    }
+
+    #[test]
+    fn unknown_request_names_and_values_are_refused_at_load_time() {
+        let e = load_err("[[step]]\ndo = \"send\"\nrequest = \"SET_VRING_NUMB\"\n");
+        assert!(e.to_string().contains("unknown request name"), "{e}");
+        let e = load_err("[[step]]\ndo = \"memory\"\nlayout = \"huge\"\n");
+        assert!(e.to_string().contains("`layout` is \"huge\""), "{e}");
+        let e = load_err("[[step]]\ndo = \"raw\"\nrequest = 1\npayload_hex = \"0g\"\n");
+        assert!(e.to_string().contains("payload_hex"), "{e}");
+        let e = load_err("[[step]]\ndo = \"negotiate\"\nprotocol = [\"REPLY_ACK\", \"NOPE\"]\n");
+        assert!(e.to_string().contains("\"NOPE\""), "{e}");
+        let e = load_err("[[step]]\ndo = \"vring\"\nqueue = \"every\"\n");
+        assert!(e.to_string().contains("`queue`"), "{e}");
+        // Names that resolve are accepted in every spelling.
+        for name in ["SET_VRING_NUM", "VHOST_USER_SET_VRING_NUM", "SetVringNum"] {
+            let text = format!(
+                "id = \"x/y\"\ntitle = \"t\"\nrules = [\"R-MEM-01\"]\n[[step]]\ndo = \"send\"\nrequest = \"{name}\"\n"
+            );
+            parse(Path::new("s.toml"), &text).unwrap();
+        }
     }
 
     #[test]

@@ -150,6 +150,26 @@ pub enum RequestName {
     Name(String),
 }
 
+impl RequestName {
+    /// The front-end request: by code, spec name (with or without `VHOST_USER_`) or CamelCase
+    /// name (`SET_VRING_NUM`, `VHOST_USER_SET_VRING_NUM`, `SetVringNum`).
+    pub fn resolve(&self) -> Result<vhu_protocol::FrontendReq, String> {
+        use vhu_protocol::FrontendReq;
+        match self {
+            Self::Code(c) => FrontendReq::from_code(*c).map_err(|e| e.to_string()),
+            Self::Name(n) => {
+                let up = n.trim_start_matches("VHOST_USER_").to_ascii_uppercase();
+                FrontendReq::all()
+                    .find(|r| {
+                        r.spec_name().trim_start_matches("VHOST_USER_") == up
+                            || format!("{r:?}").eq_ignore_ascii_case(n)
+                    })
+                    .ok_or_else(|| format!("unknown request name {n:?}"))
+            }
+        }
+    }
+}
+
 /// Field overrides for REM_MEM_REG.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
