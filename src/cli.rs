@@ -109,7 +109,7 @@ fn bundled_backend() -> Option<TargetSpec> {
     let exe = std::env::current_exe().ok()?;
     let quoted = format!("'{}'", exe.display().to_string().replace('\'', r"'\''"));
     Some(TargetSpec::Spawn(format!(
-        "{quoted} mock-backend --socket-path {{socket}}"
+        "{quoted} mock-backend --socket-path {{socket}} --shmem 0:0x100000"
     )))
 }
 

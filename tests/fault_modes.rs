@@ -13,7 +13,7 @@ fn run_suite(fault: Option<&str>) -> (Option<i32>, serde_json::Value, String) {
     let out = Command::new(exe)
         .arg("--spawn")
         .arg(format!(
-            "'{exe}' mock-backend --socket-path {{socket}}{fault_arg}"
+            "'{exe}' mock-backend --socket-path {{socket}} --shmem 0:0x100000{fault_arg}"
         ))
         .args([
             "--step-timeout-ms",

@@ -65,6 +65,8 @@ pub struct Blk {
     pub wce: u8,
     /// Number of queues.
     pub num_queues: u16,
+    /// Declared shared memory regions: (shmid, size).
+    pub shmem: Vec<(u8, u64)>,
 }
 
 impl Blk {
@@ -74,6 +76,7 @@ impl Blk {
             disk: vec![0; capacity as usize],
             wce: 1,
             num_queues,
+            shmem: vec![],
         }
     }
 

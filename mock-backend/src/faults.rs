@@ -53,6 +53,8 @@ pub enum Fault {
     NoCall,
     /// Saved device state carries a wrong checksum, so it does not load.
     BadDeviceState,
+    /// GET_SHMEM_CONFIG's nregions does not count the non-zero sizes.
+    ShmemConfigCount,
 }
 
 /// Every fault: name, the rule it breaks, what it does.
@@ -200,6 +202,12 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "bad-device-state",
         "R-MIG-11",
         "saved device state does not load into another process",
+    ),
+    (
+        Fault::ShmemConfigCount,
+        "shmem-config-count",
+        "R-SHM-02",
+        "GET_SHMEM_CONFIG's nregions is one more than the regions declared",
     ),
 ];
 

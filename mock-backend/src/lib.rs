@@ -39,12 +39,30 @@ pub struct Args {
     /// RAM disk size in bytes.
     #[arg(long, default_value_t = 16 << 20)]
     pub capacity: u64,
+    /// Declare a shared memory region (repeatable): `ID:SIZE`, SIZE a multiple of 4096 (hex
+    /// with 0x allowed). Offers the SHMEM protocol feature and answers GET_SHMEM_CONFIG.
+    #[arg(long = "shmem", value_name = "ID:SIZE", value_parser = parse_shmem)]
+    pub shmem: Vec<(u8, u64)>,
     /// Break one rule on purpose (repeatable); see --list-faults.
     #[arg(long = "fault", value_name = "NAME")]
     pub faults: Vec<String>,
     /// List the fault modes with the rule each breaks.
     #[arg(long)]
     pub list_faults: bool,
+}
+
+fn parse_shmem(s: &str) -> Result<(u8, u64), String> {
+    let (id, size) = s.split_once(':').ok_or("expected ID:SIZE")?;
+    let id: u8 = id.parse().map_err(|e| format!("shmem id: {e}"))?;
+    let size = match size.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => size.parse(),
+    }
+    .map_err(|e| format!("shmem size: {e}"))?;
+    if size == 0 || size % 4096 != 0 {
+        return Err("shmem size must be a non-zero multiple of 4096 (R-SHM-03)".into());
+    }
+    Ok((id, size))
 }
 
 /// Parses `args` (argv[0] included) and runs the back-end.
@@ -90,6 +108,7 @@ fn run(args: &Args) -> Result<(), String> {
         return Err("--queues must be 1 to 64".into());
     }
     let mut dev = device::Blk::new(args.capacity, args.queues);
+    dev.shmem = args.shmem.clone();
     match (&args.socket_path, args.fd) {
         (Some(path), None) => {
             let _ = std::fs::remove_file(path);

@@ -61,6 +61,11 @@ impl<'a> Session<'a> {
     /// A session over an accepted connection.
     pub fn new(conn: Connection, dev: &'a mut Blk, faults: &'a Faults) -> Self {
         let n = dev.num_queues;
+        let shmem = if dev.shmem.is_empty() {
+            0
+        } else {
+            ProtocolFeatures::SHMEM.bits()
+        };
         let offered_protocol = (ProtocolFeatures::MQ
             | ProtocolFeatures::REPLY_ACK
             | ProtocolFeatures::BACKEND_REQ
@@ -69,7 +74,8 @@ impl<'a> Session<'a> {
             | ProtocolFeatures::RESET_DEVICE
             | ProtocolFeatures::STATUS
             | ProtocolFeatures::DEVICE_STATE)
-            .bits();
+            .bits()
+            | shmem;
         Self {
             conn,
             dev,
@@ -286,6 +292,7 @@ impl<'a> Session<'a> {
             (GetStatus, _) => Outcome::Reply(Body::U64(self.status)),
             (SetDeviceStateFd, Body::DeviceState(p)) => self.set_device_state_fd(p.direction, fds),
             (CheckDeviceState, _) => self.check_device_state(),
+            (GetShmemConfig, _) => self.get_shmem_config(),
             _ => Outcome::Failed,
         }
     }
@@ -611,6 +618,20 @@ impl<'a> Session<'a> {
             _ => Err("no transfer, or it failed".to_string()),
         };
         Outcome::Reply(Body::U64(u64::from(result.is_err())))
+    }
+
+    /// GET_SHMEM_CONFIG (R-SHM-02): sizes indexed by shmid, nregions counting the non-zero ones.
+    fn get_shmem_config(&mut self) -> Outcome {
+        if self.protocol & ProtocolFeatures::SHMEM.bits() == 0 {
+            return Outcome::Failed; // R-NEG-11: not negotiated.
+        }
+        let mut c = vhu_protocol::wire::payload::ShmemConfig::default();
+        for &(id, size) in &self.dev.shmem {
+            c.sizes[usize::from(id)] = size;
+        }
+        c.nregions = c.sizes.iter().filter(|&&s| s != 0).count() as u32
+            + u32::from(self.faults.has(Fault::ShmemConfigCount));
+        Outcome::Reply(Body::ShmemConfig(Box::new(c)))
     }
 
     /// Whether the process must exit after this connection (fault mode).

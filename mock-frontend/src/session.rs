@@ -386,6 +386,20 @@ impl Session {
                 message: Box::new(msg),
             });
         }
+        let config_error = req == FrontendReq::GetConfig && msg.payload.is_empty();
+        if !ack_only && !config_error {
+            // An empty GET_CONFIG reply is that request's defined error form (R-CFG-02). Otherwise
+            // the reply's own syntax (counts, reserved bits): a reply that breaks its layout is
+            // the back-end's departure, not something to interpret.
+            if let Err(v) = msg.body(req.reply_body()).and_then(|b| b.validate()) {
+                let reason = format!("reply payload: {v}");
+                return Err(SessionError::BadReply {
+                    during: req,
+                    reason,
+                    message: Box::new(msg),
+                });
+            }
+        }
         match req {
             FrontendReq::GetFeatures => self.offered_features = msg.u64(),
             FrontendReq::GetProtocolFeatures => self.offered_protocol = msg.u64(),
