@@ -89,6 +89,10 @@ pub struct ScenarioResult {
     pub title: String,
     /// Its rules.
     pub rules: Vec<String>,
+    /// Its level (the weight of its findings).
+    pub level: Level,
+    /// Where it came from: a scenario file's path, or `builtin:<id>`.
+    pub source: String,
     /// The verdict.
     #[serde(flatten)]
     pub outcome: Outcome,
@@ -214,6 +218,8 @@ pub fn run_scenario(
         id: s.spec.id.clone(),
         title: s.spec.title.clone(),
         rules: s.spec.rules.clone(),
+        level: s.spec.level,
+        source: s.source.clone(),
         outcome: Outcome::Pass,
         findings: vec![],
         notes: vec![],

@@ -282,6 +282,10 @@ pub fn junit(results: &[ScenarioResult]) -> String {
         let mut case = TestCase::new(r.id.clone(), status);
         case.set_classname(format!("vhu-conform.{area}"));
         case.set_time(std::time::Duration::from_millis(r.duration_ms));
+        if matches!(r.outcome, Outcome::Warn) {
+            // Warnings pass in JUnit terms; their findings still travel with the case.
+            case.set_system_out(details(r, true));
+        }
         match suites.iter_mut().find(|s| s.name.as_str() == area) {
             Some(s) => {
                 s.add_test_case(case);
@@ -295,4 +299,129 @@ pub fn junit(results: &[ScenarioResult]) -> String {
     }
     report.add_test_suites(suites);
     report.to_string().expect("junit serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use vhu_mock_frontend::transcript::{Channel, Direction, Entry};
+
+    use super::*;
+    use crate::engine::Finding;
+    use crate::scenario::Level;
+
+    fn result(id: &str, outcome: Outcome, messages: usize) -> ScenarioResult {
+        let transcript = (0..messages as u64)
+            .map(|seq| Entry {
+                seq,
+                at_us: seq,
+                channel: Channel::Main,
+                direction: Direction::ToBackend,
+                code: 1,
+                name: format!("MSG_{seq}"),
+                flags: 1,
+                size: 0,
+                fds: 0,
+                decoded: String::new(),
+            })
+            .collect();
+        let findings = match outcome {
+            Outcome::Fail | Outcome::Warn => vec![Finding {
+                rule: "R-MEM-11".into(),
+                level: Level::Must,
+                summary: "step 3: ack 0 for a region that does not exist".into(),
+                sent: "REM_MEM_REG".into(),
+                received: "ack 0".into(),
+                expected: "a non-zero ack".into(),
+            }],
+            _ => vec![],
+        };
+        ScenarioResult {
+            id: id.into(),
+            title: "t".into(),
+            rules: vec!["R-MEM-11".into()],
+            level: Level::Must,
+            source: "scenarios/x.toml".into(),
+            outcome,
+            findings,
+            notes: vec![],
+            duration_ms: 3,
+            transcript,
+        }
+    }
+
+    #[test]
+    fn a_failure_shows_its_finding_and_the_last_twelve_messages() {
+        let text = details(&result("memory/x", Outcome::Fail, 30), false);
+        assert!(text.contains("R-MEM-11") && text.contains("expected: a non-zero ack"));
+        assert!(text.contains("transcript (last 12 messages)"), "{text}");
+        assert!(
+            text.contains("MSG_29") && !text.contains("MSG_17 "),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_json_report_is_versioned_and_keeps_whole_transcripts() {
+        let results = [
+            result("a/pass", Outcome::Pass, 2),
+            result("a/fail", Outcome::Fail, 30),
+        ];
+        let v: serde_json::Value =
+            serde_json::from_str(&json(&results, &Offer::default())).unwrap();
+        assert_eq!(v["schema_version"], JSON_SCHEMA_VERSION);
+        assert_eq!(v["totals"]["fail"], 1);
+        assert_eq!(v["results"][1]["outcome"], "fail");
+        assert_eq!(v["results"][1]["level"], "must");
+        assert_eq!(v["results"][1]["transcript"].as_array().unwrap().len(), 30);
+    }
+
+    #[test]
+    fn junit_marks_failures_and_errors_and_keeps_warning_findings() {
+        let results = [
+            result("a/fail", Outcome::Fail, 1),
+            result("a/warn", Outcome::Warn, 1),
+            result(
+                "b/err",
+                Outcome::Error {
+                    reason: "no memfd".into(),
+                },
+                0,
+            ),
+            result(
+                "b/skip",
+                Outcome::Skip {
+                    reason: "back-end does not offer protocol bit 15".into(),
+                },
+                0,
+            ),
+        ];
+        let xml = junit(&results);
+        assert!(
+            xml.contains("<failure") && xml.contains("R-MEM-11"),
+            "{xml}"
+        );
+        assert!(xml.contains("<error"), "{xml}");
+        assert!(
+            xml.contains("<skipped") && xml.contains("protocol bit 15"),
+            "{xml}"
+        );
+        assert!(xml.contains("<system-out>"), "{xml}");
+    }
+
+    #[test]
+    fn the_human_recap_counts_every_outcome() {
+        let mut out = Vec::new();
+        let mut h = Human::new(&mut out, false);
+        let results = [
+            result("a/pass", Outcome::Pass, 0),
+            result("a/fail", Outcome::Fail, 0),
+        ];
+        Reporter::finish(&mut h, &results, &Offer::default()).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("1 passed, 1 failed, 0 warned, 0 skipped, 0 errors"),
+            "{text}"
+        );
+        assert!(text.contains("FAIL  a/fail R-MEM-11"), "{text}");
+    }
 }
