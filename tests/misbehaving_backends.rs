@@ -169,3 +169,47 @@ fn the_fd_closure_probe_passes_a_back_end_that_closes_and_flags_one_that_keeps()
     assert_eq!(r.outcome, Outcome::Warn, "{r:?}");
     assert_eq!(r.findings[0].rule, "R-WIRE-09");
 }
+
+#[test]
+fn a_slow_back_end_is_stopped_by_the_scenario_deadline() {
+    let (_d, path) = socket_dir();
+    let listener = UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let conn = Connection::new(stream, Some(Duration::from_secs(30)));
+            while let Ok(msg) = conn.recv() {
+                // Each answer comes in time for the step timeout, but slowly.
+                std::thread::sleep(Duration::from_millis(250));
+                let _ = conn.send_reply(msg.header.request, &Body::U64(1 << 32), &[]);
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let probes = "[[step]]\ndo = \"probe\"\n".repeat(20);
+    std::fs::write(
+        dir.path().join("slow.toml"),
+        format!(
+            "id = \"mine/slow\"\ntitle = \"t\"\nrules = [\"R-NEG-01\"]\ntimeout_ms = 1000\n{probes}"
+        ),
+    )
+    .unwrap();
+    let spec = TargetSpec::Connect(path);
+    let s = scenario::select(
+        scenario::load_all(&[dir.path().to_path_buf()]).unwrap(),
+        &["mine/slow".to_string()],
+    );
+    let offer = engine::preflight(&spec, &opts()).unwrap();
+    let start = Instant::now();
+    let r = engine::run_suite(&s, &spec, &offer, &opts(), &mut |_| {}).remove(0);
+    assert_eq!(r.outcome, Outcome::Fail, "{r:?}");
+    assert!(
+        r.findings[0].summary.contains("deadline"),
+        "{:?}",
+        r.findings
+    );
+    assert!(
+        start.elapsed() < Duration::from_millis(2500),
+        "took {:?}",
+        start.elapsed()
+    );
+}
