@@ -63,10 +63,18 @@ fn double(leak: bool) -> TargetSpec {
 #[test]
 fn a_back_end_keeping_replaced_call_fds_is_flagged_under_r_rob_07() {
     let r = run(&double(true), "robustness/call-fd-flood");
-    assert_eq!(r.outcome, Outcome::Warn, "a robustness finding warns: {r:?}");
+    assert_eq!(
+        r.outcome,
+        Outcome::Warn,
+        "a robustness finding warns: {r:?}"
+    );
     assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
     assert_eq!(r.findings[0].rule, "R-ROB-07");
-    assert!(r.findings[0].summary.contains("fds grew"), "{:?}", r.findings);
+    assert!(
+        r.findings[0].summary.contains("fds grew"),
+        "{:?}",
+        r.findings
+    );
 }
 
 #[test]
