@@ -50,21 +50,40 @@ fn the_reference_back_end_passes_everything() {
 
 #[test]
 fn every_fault_mode_is_caught_by_a_scenario_citing_its_rule() {
-    let mut missed = Vec::new();
-    for (_, name, rule, _) in vhu_mock_backend::faults::ALL {
-        let (_, report, text) = run_suite(Some(name));
-        let caught = report["results"].as_array().unwrap().iter().any(|r| {
-            matches!(r["outcome"].as_str(), Some("fail" | "warn"))
-                && r["findings"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|f| f["rule"] == *rule)
-        });
-        if !caught {
-            missed.push(format!("{name} ({rule}):\n{text}"));
-        }
-    }
+    // Two suites at a time: the machine has two cores and each run mostly waits on timeouts.
+    let faults: Vec<_> = vhu_mock_backend::faults::ALL
+        .iter()
+        .map(|f| (f.1, f.2))
+        .collect();
+    let missed: Vec<String> = std::thread::scope(|scope| {
+        let workers: Vec<_> = faults
+            .chunks(faults.len().div_ceil(2))
+            .map(|chunk| {
+                scope.spawn(move || {
+                    let mut missed = Vec::new();
+                    for &(name, rule) in chunk {
+                        let (_, report, text) = run_suite(Some(name));
+                        let caught = report["results"].as_array().unwrap().iter().any(|r| {
+                            matches!(r["outcome"].as_str(), Some("fail" | "warn"))
+                                && r["findings"]
+                                    .as_array()
+                                    .unwrap()
+                                    .iter()
+                                    .any(|f| f["rule"] == rule)
+                        });
+                        if !caught {
+                            missed.push(format!("{name} ({rule}):\n{text}"));
+                        }
+                    }
+                    missed
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
     assert!(
         missed.is_empty(),
         "fault modes not caught with their rule:\n{}",
