@@ -71,17 +71,28 @@ pub struct Pending {
     calls_before: u64,
 }
 
+/// What one request asks of the device: header type and sector, the data it carries to the
+/// device, and how many bytes it expects back (before the status byte).
+#[derive(Clone, Copy, Debug)]
+pub struct BlkReq<'a> {
+    /// `VIRTIO_BLK_T_*`.
+    pub kind: u32,
+    /// Start sector.
+    pub sector: u64,
+    /// Data for the device (a write).
+    pub data_out: Option<&'a [u8]>,
+    /// Bytes the device writes back (a read, GET_ID).
+    pub data_in_len: u32,
+}
+
 /// Sends one request and waits for it: header, optional data out, optional data in, status.
 pub fn blk_request(
     q: &mut DriverQueue,
     mem: &mut GuestMemory,
-    kind: u32,
-    sector: u64,
-    data_out: Option<&[u8]>,
-    data_in_len: u32,
+    req: BlkReq<'_>,
     timeout: Duration,
 ) -> Result<BlkOutcome, WaitError> {
-    let pending = blk_submit(q, mem, kind, sector, data_out, data_in_len)?;
+    let pending = blk_submit(q, mem, req)?;
     blk_complete(q, mem, pending, timeout)
 }
 
@@ -89,13 +100,10 @@ pub fn blk_request(
 pub fn blk_submit(
     q: &mut DriverQueue,
     mem: &mut GuestMemory,
-    kind: u32,
-    sector: u64,
-    data_out: Option<&[u8]>,
-    data_in_len: u32,
+    req: BlkReq<'_>,
 ) -> Result<Pending, WaitError> {
     let mark = mem.mark();
-    let r = build(q, mem, kind, sector, data_out, data_in_len, mark);
+    let r = build(q, mem, req, mark);
     if r.is_err() {
         mem.release(mark);
     }
@@ -105,12 +113,15 @@ pub fn blk_submit(
 fn build(
     q: &mut DriverQueue,
     mem: &mut GuestMemory,
-    kind: u32,
-    sector: u64,
-    data_out: Option<&[u8]>,
-    data_in_len: u32,
+    req: BlkReq<'_>,
     mark: (usize, u64),
 ) -> Result<Pending, WaitError> {
+    let BlkReq {
+        kind,
+        sector,
+        data_out,
+        data_in_len,
+    } = req;
     let header = BlkReqHeader {
         kind,
         reserved: 0,
@@ -249,7 +260,17 @@ pub fn blk_write(
     data: &[u8],
     timeout: Duration,
 ) -> Result<BlkOutcome, WaitError> {
-    blk_request(q, mem, blk::T_OUT, sector, Some(data), 0, timeout)
+    blk_request(
+        q,
+        mem,
+        BlkReq {
+            kind: blk::T_OUT,
+            sector,
+            data_out: Some(data),
+            data_in_len: 0,
+        },
+        timeout,
+    )
 }
 
 /// Reads `len` bytes at `sector`.
@@ -260,7 +281,17 @@ pub fn blk_read(
     len: u32,
     timeout: Duration,
 ) -> Result<BlkOutcome, WaitError> {
-    blk_request(q, mem, blk::T_IN, sector, None, len, timeout)
+    blk_request(
+        q,
+        mem,
+        BlkReq {
+            kind: blk::T_IN,
+            sector,
+            data_out: None,
+            data_in_len: len,
+        },
+        timeout,
+    )
 }
 
 /// Flushes the write cache.
@@ -269,7 +300,17 @@ pub fn blk_flush(
     mem: &mut GuestMemory,
     timeout: Duration,
 ) -> Result<BlkOutcome, WaitError> {
-    blk_request(q, mem, blk::T_FLUSH, 0, None, 0, timeout)
+    blk_request(
+        q,
+        mem,
+        BlkReq {
+            kind: blk::T_FLUSH,
+            sector: 0,
+            data_out: None,
+            data_in_len: 0,
+        },
+        timeout,
+    )
 }
 
 /// Reads the 20-byte device id.
@@ -278,5 +319,15 @@ pub fn blk_get_id(
     mem: &mut GuestMemory,
     timeout: Duration,
 ) -> Result<BlkOutcome, WaitError> {
-    blk_request(q, mem, blk::T_GET_ID, 0, None, blk::ID_BYTES, timeout)
+    blk_request(
+        q,
+        mem,
+        BlkReq {
+            kind: blk::T_GET_ID,
+            sector: 0,
+            data_out: None,
+            data_in_len: blk::ID_BYTES,
+        },
+        timeout,
+    )
 }

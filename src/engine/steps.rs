@@ -546,19 +546,21 @@ impl<'a> Ctx<'a> {
                     vhu_protocol::virtio::blk::ID_BYTES,
                 ),
             };
+            let req = blk::BlkReq {
+                kind,
+                sector,
+                data_out: out,
+                data_in_len: in_len,
+            };
             let r = if step.expect == Some(Expect::NoReply) {
-                self.blk_must_wait(step, idx, &mut q, &mut mem, kind, sector, in_len)
+                self.blk_must_wait(step, idx, &mut q, &mut mem, req)
             } else {
-                let r = blk::blk_request(
+                Ok(Some(blk::blk_request(
                     &mut q,
                     &mut mem,
-                    kind,
-                    sector,
-                    out,
-                    in_len,
+                    req,
                     self.opts.step_timeout,
-                );
-                Ok(Some(r))
+                )))
             };
             self.mem = Some(mem);
             self.queues.insert(idx, q);
@@ -571,19 +573,15 @@ impl<'a> Ctx<'a> {
 
     /// Submits a request that the back-end must not complete (ring disabled or stopped); it
     /// stays pending for a later `blk_complete`.
-    #[allow(clippy::too_many_arguments)]
     fn blk_must_wait(
         &mut self,
         step: &Step,
         idx: u16,
         q: &mut DriverQueue,
         mem: &mut GuestMemory,
-        kind: u32,
-        sector: u64,
-        in_len: u32,
+        req: blk::BlkReq<'_>,
     ) -> Result<Option<Result<BlkOutcome, WaitError>>, StepError> {
-        let pending = blk::blk_submit(q, mem, kind, sector, None, in_len)
-            .map_err(|e| StepError::Harness(chain(&e)))?;
+        let pending = blk::blk_submit(q, mem, req).map_err(|e| StepError::Harness(chain(&e)))?;
         let window = Duration::from_millis(step.window_ms.unwrap_or(300));
         match blk::blk_wait(q, mem, &pending, window) {
             Ok(None) => {
