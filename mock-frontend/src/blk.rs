@@ -252,6 +252,48 @@ fn readonly_unchanged(mem: &GuestMemory, g: &Guarded, expected: &[u8]) -> bool {
     mem.read(g.gpa, &mut now).is_ok() && now == expected
 }
 
+impl<'a> BlkReq<'a> {
+    /// Write `data` (a multiple of 512 bytes) at `sector`.
+    pub fn write(sector: u64, data: &'a [u8]) -> Self {
+        Self {
+            kind: blk::T_OUT,
+            sector,
+            data_out: Some(data),
+            data_in_len: 0,
+        }
+    }
+
+    /// Read `len` bytes at `sector`.
+    pub fn read(sector: u64, len: u32) -> Self {
+        Self {
+            kind: blk::T_IN,
+            sector,
+            data_out: None,
+            data_in_len: len,
+        }
+    }
+
+    /// Flush the write cache.
+    pub fn flush() -> Self {
+        Self {
+            kind: blk::T_FLUSH,
+            sector: 0,
+            data_out: None,
+            data_in_len: 0,
+        }
+    }
+
+    /// Read the 20-byte device id.
+    pub fn get_id() -> Self {
+        Self {
+            kind: blk::T_GET_ID,
+            sector: 0,
+            data_out: None,
+            data_in_len: blk::ID_BYTES,
+        }
+    }
+}
+
 /// Writes `data` (a multiple of 512 bytes) at `sector`.
 pub fn blk_write(
     q: &mut DriverQueue,
@@ -260,17 +302,7 @@ pub fn blk_write(
     data: &[u8],
     timeout: Duration,
 ) -> Result<BlkOutcome, WaitError> {
-    blk_request(
-        q,
-        mem,
-        BlkReq {
-            kind: blk::T_OUT,
-            sector,
-            data_out: Some(data),
-            data_in_len: 0,
-        },
-        timeout,
-    )
+    blk_request(q, mem, BlkReq::write(sector, data), timeout)
 }
 
 /// Reads `len` bytes at `sector`.
@@ -281,17 +313,7 @@ pub fn blk_read(
     len: u32,
     timeout: Duration,
 ) -> Result<BlkOutcome, WaitError> {
-    blk_request(
-        q,
-        mem,
-        BlkReq {
-            kind: blk::T_IN,
-            sector,
-            data_out: None,
-            data_in_len: len,
-        },
-        timeout,
-    )
+    blk_request(q, mem, BlkReq::read(sector, len), timeout)
 }
 
 /// Flushes the write cache.
@@ -300,17 +322,7 @@ pub fn blk_flush(
     mem: &mut GuestMemory,
     timeout: Duration,
 ) -> Result<BlkOutcome, WaitError> {
-    blk_request(
-        q,
-        mem,
-        BlkReq {
-            kind: blk::T_FLUSH,
-            sector: 0,
-            data_out: None,
-            data_in_len: 0,
-        },
-        timeout,
-    )
+    blk_request(q, mem, BlkReq::flush(), timeout)
 }
 
 /// Reads the 20-byte device id.
@@ -319,15 +331,5 @@ pub fn blk_get_id(
     mem: &mut GuestMemory,
     timeout: Duration,
 ) -> Result<BlkOutcome, WaitError> {
-    blk_request(
-        q,
-        mem,
-        BlkReq {
-            kind: blk::T_GET_ID,
-            sector: 0,
-            data_out: None,
-            data_in_len: blk::ID_BYTES,
-        },
-        timeout,
-    )
+    blk_request(q, mem, BlkReq::get_id(), timeout)
 }

@@ -536,21 +536,11 @@ impl<'a> Ctx<'a> {
             let len = step.sectors.unwrap_or(8) * 512;
             let pattern = step.pattern.unwrap_or(0x5a);
             let data = vec![pattern; len as usize];
-            let (kind, out, in_len) = match step.action {
-                Action::BlkWrite => (vhu_protocol::virtio::blk::T_OUT, Some(&data[..]), 0),
-                Action::BlkRead => (vhu_protocol::virtio::blk::T_IN, None, len),
-                Action::BlkFlush => (vhu_protocol::virtio::blk::T_FLUSH, None, 0),
-                _ => (
-                    vhu_protocol::virtio::blk::T_GET_ID,
-                    None,
-                    vhu_protocol::virtio::blk::ID_BYTES,
-                ),
-            };
-            let req = blk::BlkReq {
-                kind,
-                sector,
-                data_out: out,
-                data_in_len: in_len,
+            let req = match step.action {
+                Action::BlkWrite => blk::BlkReq::write(sector, &data),
+                Action::BlkRead => blk::BlkReq::read(sector, len),
+                Action::BlkFlush => blk::BlkReq::flush(),
+                _ => blk::BlkReq::get_id(),
             };
             let r = if step.expect == Some(Expect::NoReply) {
                 self.blk_must_wait(step, idx, &mut q, &mut mem, req)
