@@ -20,6 +20,8 @@ use crate::memory::{Memory, Region};
 /// The answer of a handler: a reply of its own, or success / failure for the ack.
 enum Outcome {
     Reply(Body),
+    /// A reply that carries one fd (GET_INFLIGHT_FD).
+    ReplyWithFd(Body, OwnedFd),
     Done,
     Failed,
 }
@@ -50,6 +52,8 @@ pub struct Session<'a> {
     leaked: Vec<OwnedFd>,
     backend_channel: Option<OwnedFd>,
     status: u64,
+    /// The inflight tracking area handed out or handed back (R-INFL-01, R-INFL-03).
+    inflight: Option<OwnedFd>,
     /// A device state transfer in progress: the thread moving the bytes (a load returns them).
     transfer: Option<std::thread::JoinHandle<Result<Option<Vec<u8>>, String>>>,
 }
@@ -73,7 +77,8 @@ impl<'a> Session<'a> {
             | ProtocolFeatures::CONFIGURE_MEM_SLOTS
             | ProtocolFeatures::RESET_DEVICE
             | ProtocolFeatures::STATUS
-            | ProtocolFeatures::DEVICE_STATE)
+            | ProtocolFeatures::DEVICE_STATE
+            | ProtocolFeatures::INFLIGHT_SHMFD)
             .bits()
             | shmem;
         Self {
@@ -89,6 +94,7 @@ impl<'a> Session<'a> {
             backend_channel: None,
             status: 0,
             transfer: None,
+            inflight: None,
         }
     }
 
@@ -195,10 +201,13 @@ impl<'a> Session<'a> {
     fn finish(&mut self, h: Header, req: Option<FrontendReq>, outcome: Outcome) -> bool {
         let reply_ack = self.protocol & ProtocolFeatures::REPLY_ACK.bits() != 0;
         let always = req.is_some_and(|r| r.reply_kind() == ReplyKind::Always);
+        let mut fd = None;
         let body = match outcome {
             Outcome::Reply(b) => Some(b),
-            // A request that must be answered but failed: an empty payload says "error" for
-            // GET_CONFIG (R-CFG-02); for the others it is the closest thing to a refusal.
+            Outcome::ReplyWithFd(b, f) => {
+                fd = Some(f);
+                Some(b)
+            }
             // A request that must be answered but failed: a u64 reply carries a non-zero value;
             // other replies are empty ("error" for GET_CONFIG, R-CFG-02).
             _ if always => Some(match req.map(FrontendReq::reply_body) {
@@ -226,7 +235,8 @@ impl<'a> Session<'a> {
         if self.faults.has(Fault::BadReplyVersion) {
             reply.flags = (reply.flags & !3) | 2;
         }
-        self.conn.send(reply, &payload, &[]).is_ok()
+        let fds: Vec<_> = fd.iter().map(AsFd::as_fd).collect();
+        self.conn.send(reply, &payload, &fds).is_ok()
     }
 
     /// Closes fds the request does not take (R-WIRE-09), unless the fault keeps them.
@@ -293,6 +303,8 @@ impl<'a> Session<'a> {
             (SetDeviceStateFd, Body::DeviceState(p)) => self.set_device_state_fd(p.direction, fds),
             (CheckDeviceState, _) => self.check_device_state(),
             (GetShmemConfig, _) => self.get_shmem_config(),
+            (GetInflightFd, Body::Inflight(d)) => self.get_inflight_fd(d),
+            (SetInflightFd, Body::Inflight(d)) => self.set_inflight_fd(d, fds),
             _ => Outcome::Failed,
         }
     }
@@ -618,6 +630,62 @@ impl<'a> Session<'a> {
             _ => Err("no transfer, or it failed".to_string()),
         };
         Outcome::Reply(Body::U64(u64::from(result.is_err())))
+    }
+
+    /// GET_INFLIGHT_FD (R-INFL-01): a zeroed memfd (every region's version 0, "not yet used")
+    /// sized for the queues asked for, per-queue regions of a 16-byte header and 16-byte
+    /// descriptor entries aligned to 64 bytes, as libvhost-user and DPDK lay them out.
+    fn get_inflight_fd(&mut self, d: vhu_protocol::wire::payload::InflightDesc) -> Outcome {
+        let Some(size) = self.inflight_size(d.num_queues, d.queue_size) else {
+            return Outcome::Failed;
+        };
+        let Ok(m) = memfd::MemfdOptions::default()
+            .close_on_exec(true)
+            .create("vhu-inflight")
+        else {
+            return Outcome::Failed;
+        };
+        let file = m.into_file();
+        if file.set_len(size).is_err() {
+            return Outcome::Failed;
+        }
+        let fd = OwnedFd::from(file);
+        let Ok(ours) = fd.try_clone() else {
+            return Outcome::Failed;
+        };
+        self.inflight = Some(ours);
+        let reply = vhu_protocol::wire::payload::InflightDesc {
+            mmap_size: size,
+            mmap_offset: 0,
+            ..d
+        };
+        Outcome::ReplyWithFd(Body::Inflight(reply), fd)
+    }
+
+    /// SET_INFLIGHT_FD (R-INFL-03): the area must fit the queues it claims (BUG-11: a
+    /// num_queues past the device's queues is refused, never walked).
+    fn set_inflight_fd(
+        &mut self,
+        d: vhu_protocol::wire::payload::InflightDesc,
+        mut fds: Vec<OwnedFd>,
+    ) -> Outcome {
+        let needed = self.inflight_size(d.num_queues, d.queue_size);
+        match (fds.pop(), needed) {
+            (Some(fd), Some(n)) if d.mmap_size >= n => {
+                self.inflight = Some(fd);
+                Outcome::Done
+            }
+            _ => Outcome::Failed,
+        }
+    }
+
+    fn inflight_size(&self, num_queues: u16, queue_size: u16) -> Option<u64> {
+        // R-NEG-11: only once INFLIGHT_SHMFD is negotiated.
+        let negotiated = self.protocol & ProtocolFeatures::INFLIGHT_SHMFD.bits() != 0;
+        let ok = negotiated
+            && (1..=self.queues.len() as u16).contains(&num_queues)
+            && (1..=32768).contains(&queue_size);
+        ok.then(|| u64::from(num_queues) * (16 + 16 * u64::from(queue_size)).next_multiple_of(64))
     }
 
     /// GET_SHMEM_CONFIG (R-SHM-02): sizes indexed by shmid, nregions counting the non-zero ones.

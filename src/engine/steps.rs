@@ -911,6 +911,9 @@ impl<'a> Ctx<'a> {
                 m.payload.len()
             ));
         }
+        if let Some(n) = step.reply_fds.filter(|&n| n != m.fds.len()) {
+            problems.push(format!("reply carries {} fds, wanted {n}", m.fds.len()));
+        }
         if let Some(flags) = step.reply_flags.filter(|&f| f != m.header.flags) {
             problems.push(format!(
                 "reply flags are {:#x}, wanted exactly {flags:#x}",

@@ -259,6 +259,8 @@ pub struct Step {
     pub reply_size: Option<u32>,
     /// The reply's flags.
     pub reply_flags: Option<u32>,
+    /// The number of fds the reply carries.
+    pub reply_fds: Option<usize>,
     /// The attached pipe fd must be closed by the back-end (fd-closure probe).
     pub fd_closed: Option<bool>,
 }
@@ -302,6 +304,7 @@ impl Step {
             nonzero: None,
             reply_size: None,
             reply_flags: None,
+            reply_fds: None,
             fd_closed: None,
         }
     }
