@@ -19,6 +19,39 @@ struct Segment {
     writable: bool,
 }
 
+/// Vendor request type: map a memfd into a shared memory region (see the crate docs).
+pub const T_SHMEM_MAP: u32 = 0x8000_0001;
+/// Vendor request type: unmap a range mapped with [`T_SHMEM_MAP`].
+pub const T_SHMEM_UNMAP: u32 = 0x8000_0002;
+
+/// A SHMEM device request, decoded from its 24-byte body.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct ShmemReq {
+    /// Map (true) or unmap.
+    pub map: bool,
+    /// The shared memory region.
+    pub shmid: u8,
+    /// Offset into the region.
+    pub offset: u64,
+    /// Length.
+    pub len: u64,
+}
+
+impl ShmemReq {
+    fn decode(map: bool, body: &[u8; 24]) -> Self {
+        let word = |i: usize| u64::from_ne_bytes(body[i..i + 8].try_into().expect("8 bytes"));
+        Self {
+            map,
+            shmid: body[0],
+            offset: word(8),
+            len: word(16),
+        }
+    }
+}
+
+/// What the device asks of the session for a SHMEM request; true when it succeeded.
+pub type ShmemHook<'h> = &'h mut dyn FnMut(ShmemReq) -> bool;
+
 /// Start of a saved device state.
 const STATE_MAGIC: &[u8] = b"VHUMOCK1";
 
@@ -65,8 +98,6 @@ pub struct Blk {
     pub wce: u8,
     /// Number of queues.
     pub num_queues: u16,
-    /// Declared shared memory regions: (shmid, size).
-    pub shmem: Vec<(u8, u64)>,
 }
 
 impl Blk {
@@ -76,7 +107,6 @@ impl Blk {
             disk: vec![0; capacity as usize],
             wce: 1,
             num_queues,
-            shmem: vec![],
         }
     }
 
@@ -155,9 +185,10 @@ impl Blk {
         mem: &Memory,
         ring: &mut SplitRing,
         faults: DataFaults,
+        shmem: ShmemHook<'_>,
     ) -> Result<bool, String> {
         let old_used = ring.next_used;
-        let done = self.process_available(mem, ring, faults)?;
+        let done = self.process_available(mem, ring, faults, shmem)?;
         let size = u64::from(ring.size);
         if ring.event_idx {
             // avail_event: ask for a kick as soon as the driver adds anything.
@@ -180,6 +211,7 @@ impl Blk {
         mem: &Memory,
         ring: &mut SplitRing,
         faults: DataFaults,
+        shmem: ShmemHook<'_>,
     ) -> Result<usize, String> {
         let avail_idx = mem.read_u16(ring.avail + 2)?;
         fence(Ordering::Acquire);
@@ -188,7 +220,7 @@ impl Blk {
             let slot = ring.avail + 4 + 2 * u64::from(ring.next_avail % ring.size);
             let head = mem.read_u16(slot)?;
             let used_len = match chain(mem, ring, head) {
-                Ok(segs) => self.execute(mem, &segs, faults),
+                Ok(segs) => self.execute(mem, &segs, faults, &mut *shmem),
                 Err(_) => 0,
             };
             let elem_gpa = ring.used + 4 + 8 * u64::from(ring.next_used % ring.size);
@@ -206,7 +238,13 @@ impl Blk {
     }
 
     /// Executes one request; returns the bytes written into writable buffers.
-    fn execute(&mut self, mem: &Memory, segs: &[Segment], faults: DataFaults) -> u32 {
+    fn execute(
+        &mut self,
+        mem: &Memory,
+        segs: &[Segment],
+        faults: DataFaults,
+        shmem: ShmemHook<'_>,
+    ) -> u32 {
         let Some((status, body)) = segs.split_last().filter(|(s, _)| s.writable && s.len >= 1)
         else {
             return 0;
@@ -214,7 +252,7 @@ impl Blk {
         let status_gpa = status.gpa + u64::from(status.len) - 1;
         let (code, written) = match body.split_first() {
             Some((h, data)) if !h.writable && h.len as usize >= size_of::<BlkReqHeader>() => {
-                self.request(mem, h, data, faults)
+                self.request(mem, h, data, faults, shmem)
             }
             _ => (blk::S_IOERR, 0),
         };
@@ -230,6 +268,7 @@ impl Blk {
         h: &Segment,
         data: &[Segment],
         faults: DataFaults,
+        shmem: ShmemHook<'_>,
     ) -> (u8, u32) {
         let mut raw = [0u8; 16];
         if mem.read(h.gpa, &mut raw).is_err() {
@@ -284,9 +323,24 @@ impl Blk {
                 }
                 None => (blk::S_IOERR, 0),
             },
+            T_SHMEM_MAP | T_SHMEM_UNMAP => (shmem_request(mem, hdr.kind, data, shmem), 0),
             blk::T_IN | blk::T_OUT => (blk::S_IOERR, 0),
             _ => (blk::S_UNSUPP, 0),
         }
+    }
+}
+
+/// A SHMEM vendor request: one 24-byte driver-readable body (see the crate docs).
+fn shmem_request(mem: &Memory, kind: u32, data: &[Segment], hook: ShmemHook<'_>) -> u8 {
+    let mut body = [0u8; 24];
+    let ok = match data {
+        [s] if !s.writable && s.len == 24 => mem.read(s.gpa, &mut body).is_ok(),
+        _ => false,
+    };
+    if ok && hook(ShmemReq::decode(kind == T_SHMEM_MAP, &body)) {
+        blk::S_OK
+    } else {
+        blk::S_IOERR
     }
 }
 

@@ -55,6 +55,14 @@ pub enum Fault {
     BadDeviceState,
     /// GET_SHMEM_CONFIG's nregions does not count the non-zero sizes.
     ShmemConfigCount,
+    /// GET_FEATURES is never answered.
+    NoReplyGetFeatures,
+    /// REM_MEM_REG acks 0 but keeps the mapping and its fd.
+    IgnoreRemMemReg,
+    /// SET_VRING_ENABLE(1) processes a ring that SET_VRING_KICK has not started.
+    ProcessBeforeKick,
+    /// The SHMEM map device request maps one region size past the requested offset.
+    ShmemOutOfRange,
 }
 
 /// Every fault: name, the rule it breaks, what it does.
@@ -209,9 +217,36 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "R-SHM-02",
         "GET_SHMEM_CONFIG's nregions is one more than the regions declared",
     ),
+    (
+        Fault::NoReplyGetFeatures,
+        "no-reply-get-features",
+        "R-NEG-01",
+        "GET_FEATURES is never answered",
+    ),
+    (
+        Fault::IgnoreRemMemReg,
+        "ignore-rem-mem-reg",
+        "R-MEM-11",
+        "REM_MEM_REG acks 0 but keeps the mapping and its fd",
+    ),
+    (
+        Fault::ProcessBeforeKick,
+        "process-before-kick",
+        "R-RING-02",
+        "SET_VRING_ENABLE processes a ring SET_VRING_KICK has not started",
+    ),
+    (
+        Fault::ShmemOutOfRange,
+        "shmem-out-of-range",
+        "R-SHM-05",
+        "the SHMEM map device request maps outside the declared region",
+    ),
 ];
 
 /// Parses a fault name.
+///
+/// # Errors
+/// An unknown name, with the list of known ones.
 pub fn parse(name: &str) -> Result<Fault, String> {
     ALL.iter()
         .find(|f| f.1 == name)
@@ -235,5 +270,28 @@ impl Faults {
     /// Whether a fault is active.
     pub fn has(&self, f: Fault) -> bool {
         self.0.contains(&f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_fault_has_a_unique_kebab_case_name_and_a_rule_id() {
+        let mut names: Vec<&str> = ALL.iter().map(|f| f.1).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len());
+        assert!(ALL.len() >= 20);
+        for (fault, name, rule, what) in ALL {
+            assert_eq!(parse(name), Ok(*fault));
+            assert!(
+                name.chars().all(|c| c.is_ascii_lowercase() || c == '-'),
+                "{name}"
+            );
+            assert!(rule.starts_with("R-") && !what.is_empty(), "{name}");
+        }
+        assert!(parse("no-such-fault").is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! The guest memory the front-end shares: each region's fd mapped here, translation of guest and
-//! user addresses, and bounds-checked copies (spec "Memory access"; R-MEM-01, R-MEM-03).
+//! user addresses, and bounds-checked volatile copies (spec "Memory access", checklist 4.5;
+//! R-MEM-01, R-MEM-03). Also the dirty log area of SET_LOG_BASE (checklist 4.17, R-LOG-02).
 
 use std::num::NonZeroUsize;
 use std::os::fd::OwnedFd;
@@ -8,28 +9,23 @@ use std::ptr::NonNull;
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 use vhu_protocol::wire::payload::MemRegion;
 
-/// One mapped region. Dropping it unmaps it and closes its fd.
+/// A shared read-write mapping of `len` bytes of an fd from offset 0. Dropping it unmaps it and
+/// closes the fd.
 #[derive(Debug)]
-pub struct Region {
-    /// The region as the front-end described it.
-    pub desc: MemRegion,
+pub struct Mapping {
     map: NonNull<u8>,
-    map_len: usize,
+    len: usize,
     _fd: OwnedFd,
 }
 
 // SAFETY: the mapping is owned by this struct and accessed only through bounds-checked copies.
-unsafe impl Send for Region {}
+unsafe impl Send for Mapping {}
 
-impl Region {
-    /// Maps `desc.size` bytes of `fd` at `desc.mmap_offset`.
-    pub fn map(desc: MemRegion, fd: OwnedFd) -> Result<Self, String> {
-        desc.validate().map_err(|v| v.to_string())?;
-        let len = desc
-            .mmap_offset
-            .checked_add(desc.size)
-            .ok_or("region offset + size overflows")? as usize;
-        let nz = NonZeroUsize::new(len).ok_or("empty region")?;
+impl Mapping {
+    /// Maps the first `len` bytes of `fd`.
+    pub fn new(fd: OwnedFd, len: u64) -> Result<Self, String> {
+        let len = usize::try_from(len).map_err(|_| "mapping too large")?;
+        let nz = NonZeroUsize::new(len).ok_or("empty mapping")?;
         // SAFETY: a new shared mapping of an fd we own; the kernel picks the address. Mapping from
         // 0 keeps the offset page-alignment rule out of the way; bounds are checked on access.
         let map = unsafe {
@@ -44,30 +40,67 @@ impl Region {
         }
         .map_err(|e| format!("mmap failed: {e}"))?;
         Ok(Self {
-            desc,
             map: map.cast(),
-            map_len: len,
+            len,
             _fd: fd,
+        })
+    }
+
+    /// A pointer to `len` bytes at `offset`, if they lie inside the mapping.
+    fn ptr(&self, offset: u64, len: u64) -> Option<*mut u8> {
+        let end = offset.checked_add(len)?;
+        (end <= self.len as u64).then(|| {
+            // SAFETY: offset + len <= the mapping's length, checked just above.
+            unsafe { self.map.as_ptr().add(offset as usize) }
+        })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made in `new` with this length and is no longer used.
+        let _ = unsafe { munmap(self.map.cast(), self.len) };
+    }
+}
+
+/// One mapped region. Dropping it unmaps it and closes its fd (R-MEM-11).
+#[derive(Debug)]
+pub struct Region {
+    /// The region as the front-end described it.
+    pub desc: MemRegion,
+    map: Mapping,
+}
+
+impl Region {
+    /// Maps `desc.size` bytes of `fd` at `desc.mmap_offset`.
+    pub fn map(desc: MemRegion, fd: OwnedFd) -> Result<Self, String> {
+        desc.validate().map_err(|v| v.to_string())?;
+        let len = desc
+            .mmap_offset
+            .checked_add(desc.size)
+            .ok_or("region offset + size overflows")?;
+        Ok(Self {
+            desc,
+            map: Mapping::new(fd, len)?,
         })
     }
 
     fn ptr(&self, offset: u64, len: u64) -> Option<*mut u8> {
         let end = offset.checked_add(len)?;
-        (end <= self.desc.size).then(|| {
-            // SAFETY: mmap_offset + end <= map_len by construction.
-            unsafe {
-                self.map
-                    .as_ptr()
-                    .add((self.desc.mmap_offset + offset) as usize)
-            }
-        })
+        if end > self.desc.size {
+            return None;
+        }
+        self.map.ptr(self.desc.mmap_offset + offset, len)
     }
-}
 
-impl Drop for Region {
-    fn drop(&mut self) {
-        // SAFETY: the mapping was made in `map` with this length and is no longer used.
-        let _ = unsafe { munmap(self.map.cast(), self.map_len) };
+    /// Whether this region overlaps `r` in guest or user address space (R-MEM-10).
+    pub fn overlaps(&self, r: &MemRegion) -> bool {
+        let d = &self.desc;
+        let gpa = r.guest_addr < d.guest_addr.saturating_add(d.size)
+            && d.guest_addr < r.guest_addr.saturating_add(r.size);
+        let ua = r.user_addr < d.user_addr.saturating_add(d.size)
+            && d.user_addr < r.user_addr.saturating_add(r.size);
+        gpa || ua
     }
 }
 
@@ -98,8 +131,11 @@ impl Memory {
         let p = self
             .find_gpa(gpa, buf.len() as u64)
             .ok_or_else(|| format!("guest range {gpa:#x}+{:#x} is not mapped", buf.len()))?;
-        // SAFETY: `p` addresses buf.len() mapped bytes.
-        unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), buf.len()) };
+        for (i, b) in buf.iter_mut().enumerate() {
+            // SAFETY: `p` addresses buf.len() mapped bytes; volatile because the driver may write
+            // them concurrently.
+            *b = unsafe { std::ptr::read_volatile(p.add(i)) };
+        }
         Ok(())
     }
 
@@ -108,8 +144,10 @@ impl Memory {
         let p = self
             .find_gpa(gpa, data.len() as u64)
             .ok_or_else(|| format!("guest range {gpa:#x}+{:#x} is not mapped", data.len()))?;
-        // SAFETY: as in `read`.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
+        for (i, b) in data.iter().enumerate() {
+            // SAFETY: as in `read`.
+            unsafe { std::ptr::write_volatile(p.add(i), *b) };
+        }
         Ok(())
     }
 
@@ -134,5 +172,48 @@ impl Memory {
         // SAFETY: as in `read_u16`.
         unsafe { std::ptr::write_volatile(p.cast::<u16>(), v.to_le()) };
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memfd(len: u64) -> OwnedFd {
+        let m = memfd::MemfdOptions::default().create("t").unwrap();
+        m.as_file().set_len(len).unwrap();
+        OwnedFd::from(m.into_file())
+    }
+
+    fn region(gpa: u64, size: u64, ua: u64, off: u64) -> Region {
+        let desc = MemRegion {
+            guest_addr: gpa,
+            size,
+            user_addr: ua,
+            mmap_offset: off,
+        };
+        Region::map(desc, memfd(size + off)).unwrap()
+    }
+
+    #[test]
+    fn accesses_past_a_region_end_are_refused() {
+        let mem = Memory {
+            regions: vec![region(0x10000, 0x1000, 0x7000_0000, 0x1000)],
+        };
+        let mut b = [0u8; 16];
+        assert!(mem.read(0x10000 + 0x1000 - 8, &mut b).is_err());
+        assert!(mem.write(0xfff8, &[1; 16]).is_err());
+        assert!(mem.write(0x10ff0, &[7; 16]).is_ok());
+        mem.read(0x10ff0, &mut b).unwrap();
+        assert_eq!(b, [7; 16]);
+    }
+
+    #[test]
+    fn user_addresses_translate_through_the_region_table() {
+        let mem = Memory {
+            regions: vec![region(0x10000, 0x1000, 0x7000_0000, 0)],
+        };
+        assert_eq!(mem.ua_to_gpa(0x7000_0010), Some(0x10010));
+        assert_eq!(mem.ua_to_gpa(0x7000_1000), None);
     }
 }

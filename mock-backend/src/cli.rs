@@ -1,0 +1,113 @@
+//! The command line (spec "Backend program conventions", checklist 6.1 and R-PROG-01..05):
+//! `--socket-path`, `--fd`, `--print-capabilities`, plus the device's shape and the fault modes.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Command line of the mock back-end.
+#[derive(Debug, Parser)]
+#[command(
+    name = "vhu-mock-backend",
+    about = "Reference vhost-user-blk back-end of vhu-conform, with fault modes"
+)]
+pub struct Args {
+    /// Listen on this Unix socket; keep serving front-ends one after another.
+    #[arg(long, value_name = "PATH", conflicts_with = "fd")]
+    pub socket_path: Option<PathBuf>,
+    /// Serve the already-connected socket inherited as this fd, then exit.
+    #[arg(long, value_name = "FDNUM")]
+    pub fd: Option<i32>,
+    /// Print the capabilities as JSON and exit (R-PROG-04).
+    #[arg(long)]
+    pub print_capabilities: bool,
+    /// Number of queues (1 to 64).
+    #[arg(long, default_value_t = 2)]
+    pub queues: u16,
+    /// Largest ring size SET_VRING_NUM accepts (a power of two, at most 32768).
+    #[arg(long, default_value_t = 32768)]
+    pub queue_size_max: u32,
+    /// RAM disk size in bytes (a multiple of 512).
+    #[arg(long, default_value_t = 64 << 20)]
+    pub capacity: u64,
+    /// Declare a shared memory region (repeatable): `ID:SIZE`, SIZE a multiple of 4096 (hex
+    /// with 0x allowed). Offers the SHMEM protocol feature and answers GET_SHMEM_CONFIG.
+    #[arg(long = "shmem", value_name = "ID:SIZE", value_parser = parse_shmem)]
+    pub shmem: Vec<(u8, u64)>,
+    /// Break one rule on purpose (repeatable); see --list-faults.
+    #[arg(long = "fault", value_name = "NAME")]
+    pub faults: Vec<String>,
+    /// List the fault modes with the rule each breaks.
+    #[arg(long)]
+    pub list_faults: bool,
+}
+
+/// The `--print-capabilities` JSON: a block device with no optional feature (R-PROG-05).
+pub const CAPABILITIES: &str = r#"{"type":"block","features":[]}"#;
+
+fn parse_shmem(s: &str) -> Result<(u8, u64), String> {
+    let (id, size) = s.split_once(':').ok_or("expected ID:SIZE")?;
+    let id: u8 = id.parse().map_err(|e| format!("shmem id: {e}"))?;
+    let size = match size.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => size.parse(),
+    }
+    .map_err(|e| format!("shmem size: {e}"))?;
+    if size == 0 || size % 4096 != 0 {
+        return Err("shmem size must be a non-zero multiple of 4096 (R-SHM-03)".into());
+    }
+    Ok((id, size))
+}
+
+impl Args {
+    /// Checks the values clap cannot.
+    ///
+    /// # Errors
+    /// A value out of range, or a shmem id given twice.
+    pub fn check(&self) -> Result<(), String> {
+        if self.queues == 0 || self.queues > 64 {
+            return Err("--queues must be 1 to 64".into());
+        }
+        if !self.queue_size_max.is_power_of_two() || self.queue_size_max > 32768 {
+            return Err("--queue-size-max must be a power of two up to 32768".into());
+        }
+        if self.capacity % 512 != 0 {
+            return Err("--capacity must be a multiple of 512".into());
+        }
+        let mut ids: Vec<u8> = self.shmem.iter().map(|s| s.0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.shmem.len() {
+            return Err("a shmem id is declared twice".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shmem_sizes_must_be_page_multiples() {
+        assert_eq!(parse_shmem("0:0x100000"), Ok((0, 0x10_0000)));
+        assert_eq!(parse_shmem("3:8192"), Ok((3, 8192)));
+        assert!(parse_shmem("0:100").is_err());
+        assert!(parse_shmem("0:0").is_err());
+        assert!(parse_shmem("256:4096").is_err());
+        assert!(parse_shmem("4096").is_err());
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        let args = |a: &[&str]| Args::try_parse_from([&["x"], a].concat()).unwrap();
+        assert!(args(&["--queues", "0"]).check().is_err());
+        assert!(args(&["--queue-size-max", "100"]).check().is_err());
+        assert!(
+            args(&["--shmem", "1:4096", "--shmem", "1:8192"])
+                .check()
+                .is_err()
+        );
+        assert!(args(&[]).check().is_ok());
+    }
+}

@@ -1,0 +1,90 @@
+//! Serving front-ends (spec "Backend program conventions", R-PROG-01/02/07, R-ROB-09): listen on
+//! `--socket-path` and serve one front-end at a time, keeping on after each disconnects, or serve
+//! the socket inherited with `--fd`. SIGTERM removes the socket file and exits 0 at once.
+
+use std::ffi::CString;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use vhu_protocol::Connection;
+
+use crate::device::Blk;
+use crate::faults::Faults;
+use crate::session::{Limits, Session};
+
+/// How long one read or write on the main socket may take once a message has begun; an idle
+/// front-end is never timed out (the poll loop waits), a stalled half-message is.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The socket file to remove on SIGTERM.
+static SOCKET_PATH: OnceLock<CString> = OnceLock::new();
+
+extern "C" fn on_sigterm(_: libc::c_int) {
+    if let Some(path) = SOCKET_PATH.get() {
+        // SAFETY: unlink is async-signal-safe and `path` is a valid C string that lives forever.
+        unsafe { libc::unlink(path.as_ptr()) };
+    }
+    // SAFETY: _exit is async-signal-safe; nothing needs flushing.
+    unsafe { libc::_exit(0) };
+}
+
+fn install_sigterm(path: Option<&Path>) {
+    if let Some(c) = path.and_then(|p| CString::new(p.as_os_str().as_bytes()).ok()) {
+        let _ = SOCKET_PATH.set(c);
+    }
+    let action = SigAction::new(
+        SigHandler::Handler(on_sigterm),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only calls async-signal-safe functions.
+    let _ = unsafe { sigaction(Signal::SIGTERM, &action) };
+}
+
+/// Listens on `path` and serves front-ends one after another until a fault mode ends it.
+///
+/// # Errors
+/// The socket cannot be bound, or accepting fails.
+pub fn listen(path: &Path, dev: &mut Blk, faults: &Faults, limits: &Limits) -> Result<(), String> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)
+        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    install_sigterm(Some(path));
+    for stream in listener.incoming() {
+        let stream = stream.map_err(|e| format!("accept failed: {e}"))?;
+        if !serve(stream, dev, faults, limits) {
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(path);
+    Ok(())
+}
+
+/// Serves the connected socket inherited as `fd` until the front-end leaves.
+///
+/// # Errors
+/// `fd` is not an open socket.
+pub fn inherited(fd: i32, dev: &mut Blk, faults: &Faults, limits: &Limits) -> Result<(), String> {
+    if nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(fd).is_err() {
+        return Err(format!("--fd {fd} is not an open Unix socket"));
+    }
+    install_sigterm(None);
+    // SAFETY: the convention hands this process an open, connected socket as `fd` (checked just
+    // above to be a Unix socket), owned by nobody else here.
+    let stream = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    serve(stream, dev, faults, limits);
+    Ok(())
+}
+
+/// Serves one front-end; false when the process must stop listening (fault mode).
+fn serve(stream: UnixStream, dev: &mut Blk, faults: &Faults, limits: &Limits) -> bool {
+    let conn = Connection::new(stream, Some(IO_TIMEOUT));
+    let mut session = Session::new(conn, dev, faults, limits);
+    session.serve();
+    !session.exit_after()
+}
