@@ -59,7 +59,7 @@ pub enum Fault {
     NoReplyGetFeatures,
     /// REM_MEM_REG acks 0 but keeps the mapping and its fd.
     IgnoreRemMemReg,
-    /// SET_VRING_ENABLE(1) processes a ring that SET_VRING_KICK has not started.
+    /// SET_VRING_ENABLE(1) starts a stopped ring (polled) without SET_VRING_KICK.
     ProcessBeforeKick,
     /// The SHMEM map device request maps one region size past the requested offset.
     ShmemOutOfRange,
@@ -233,7 +233,7 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         Fault::ProcessBeforeKick,
         "process-before-kick",
         "R-RING-02",
-        "SET_VRING_ENABLE processes a ring SET_VRING_KICK has not started",
+        "SET_VRING_ENABLE(1) starts a stopped ring (polled) without SET_VRING_KICK",
     ),
     (
         Fault::ShmemOutOfRange,

@@ -308,6 +308,8 @@ impl Session<'_> {
         };
         q.enabled = s.num == 1;
         if early && q.enabled && !q.started() {
+            // The fault: the ring starts, polled, without SET_VRING_KICK.
+            q.polling = true;
             let _ = self.start_ring(s.index as usize);
             return Outcome::Done;
         }
