@@ -1,0 +1,332 @@
+//! Test double of a front-end, written by hand over `vhu_protocol::Connection`: the
+//! `vhu-mock-backend` process on a temp socket, one memfd of guest memory, and a split-ring
+//! driver that writes descriptors into the memfd itself.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use vhu_protocol::virtio::{VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, blk};
+use vhu_protocol::wire::payload::{Body, MemRegion, VringAddr, VringState, vring_fd_word};
+use vhu_protocol::{Connection, FrontendReq, ProtocolFeatures, VirtioFeatures};
+
+/// Every wait of the tests.
+pub const T: Duration = Duration::from_secs(2);
+/// Guest memory: one region at GPA 0.
+pub const MEM_SIZE: u64 = 1 << 20;
+/// The front-end's user address of GPA 0 (≠ GPA, so translation is exercised).
+pub const UA_BASE: u64 = 0x7f00_0000_0000;
+/// Ring size.
+pub const QSIZE: u16 = 16;
+const DESC: u64 = 0x0;
+const AVAIL: u64 = 0x1000;
+const USED: u64 = 0x2000;
+
+/// The back-end process with its socket in a temp dir; killed on drop.
+pub struct Backend {
+    pub child: Child,
+    pub sock: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `vhu-mock-backend --socket-path TMP ARGS` and waits for the socket.
+pub fn start(args: &[&str]) -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("be.sock");
+    let child = Command::new(env!("CARGO_BIN_EXE_vhu-mock-backend"))
+        .arg("--socket-path")
+        .arg(&sock)
+        .args(args)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "no socket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Backend {
+        child,
+        sock,
+        _dir: dir,
+    }
+}
+
+/// A connection to `path`.
+pub fn connect(path: &Path) -> Connection {
+    Connection::new(UnixStream::connect(path).unwrap(), Some(T))
+}
+
+/// Sends an ack-only request with NEED_REPLY and returns the ack.
+pub fn ack(c: &Connection, req: FrontendReq, body: &Body, fds: &[BorrowedFd<'_>]) -> u64 {
+    c.send_request(req as u32, body, true, fds).unwrap();
+    c.recv_reply(req as u32).unwrap().u64().unwrap()
+}
+
+/// Sends a request that is always answered and returns the reply's u64.
+pub fn get_u64(c: &Connection, req: FrontendReq) -> u64 {
+    c.send_request(req as u32, &Body::Empty, false, &[])
+        .unwrap();
+    c.recv_reply(req as u32).unwrap().u64().unwrap()
+}
+
+/// Negotiates bit 30 + VERSION_1 and `protocol` (REPLY_ACK should be among them).
+pub fn negotiate(c: &Connection, protocol: ProtocolFeatures) {
+    let offered = get_u64(c, FrontendReq::GetFeatures);
+    let want = (VirtioFeatures::PROTOCOL_FEATURES | VirtioFeatures::VERSION_1).bits();
+    assert_eq!(offered & want, want);
+    get_u64(c, FrontendReq::GetProtocolFeatures);
+    c.send_request(
+        FrontendReq::SetProtocolFeatures as u32,
+        &Body::U64(protocol.bits()),
+        false,
+        &[],
+    )
+    .unwrap();
+    assert_eq!(ack(c, FrontendReq::SetFeatures, &Body::U64(want), &[]), 0);
+}
+
+/// One memfd of guest memory, written and read with pwrite/pread (the back-end maps the same
+/// pages).
+pub struct Guest {
+    pub file: File,
+    next: u64,
+}
+
+impl Guest {
+    pub fn new() -> Self {
+        let m = memfd::MemfdOptions::default().create("guest").unwrap();
+        m.as_file().set_len(MEM_SIZE).unwrap();
+        Self {
+            file: m.into_file(),
+            next: 0x10000,
+        }
+    }
+
+    pub fn region(&self) -> MemRegion {
+        MemRegion {
+            guest_addr: 0,
+            size: MEM_SIZE,
+            user_addr: UA_BASE,
+            mmap_offset: 0,
+        }
+    }
+
+    pub fn write(&self, gpa: u64, data: &[u8]) {
+        self.file.write_all_at(data, gpa).unwrap();
+    }
+
+    pub fn read(&self, gpa: u64, len: usize) -> Vec<u8> {
+        let mut b = vec![0; len];
+        self.file.read_exact_at(&mut b, gpa).unwrap();
+        b
+    }
+
+    fn u16_at(&self, gpa: u64) -> u16 {
+        u16::from_le_bytes(self.read(gpa, 2).try_into().unwrap())
+    }
+
+    /// Where the next buffer will be allocated.
+    pub fn peek(&self) -> u64 {
+        self.next
+    }
+
+    /// A fresh buffer of `len` bytes (never reused).
+    pub fn alloc(&mut self, len: u64) -> u64 {
+        let at = self.next;
+        self.next = (at + len).next_multiple_of(64);
+        at
+    }
+}
+
+/// The driver side of ring 0.
+pub struct Ring {
+    pub call: EventFd,
+    pub kick: EventFd,
+    avail_idx: u16,
+    next_desc: u16,
+}
+
+/// SET_MEM_TABLE, then ring 0 set up (NUM, BASE, ADDR, CALL, KICK, ENABLE), every ack 0.
+pub fn setup_ring(c: &Connection, g: &Guest) -> Ring {
+    let r = prepare_ring(c, g);
+    r.start(c);
+    r
+}
+
+/// SET_MEM_TABLE, then ring 0's NUM, BASE, ADDR and CALL: everything but starting it.
+pub fn prepare_ring(c: &Connection, g: &Guest) -> Ring {
+    let fd = g.file.as_fd();
+    assert_eq!(
+        ack(
+            c,
+            FrontendReq::SetMemTable,
+            &Body::MemTable(vec![g.region()]),
+            &[fd]
+        ),
+        0
+    );
+    let state = |num| Body::VringState(VringState { index: 0, num });
+    assert_eq!(
+        ack(c, FrontendReq::SetVringNum, &state(QSIZE.into()), &[]),
+        0
+    );
+    assert_eq!(ack(c, FrontendReq::SetVringBase, &state(0), &[]), 0);
+    let addr = VringAddr {
+        index: 0,
+        flags: 0,
+        desc: UA_BASE + DESC,
+        used: UA_BASE + USED,
+        avail: UA_BASE + AVAIL,
+        log: 0,
+    };
+    assert_eq!(
+        ack(c, FrontendReq::SetVringAddr, &Body::VringAddr(addr), &[]),
+        0
+    );
+    let ring = Ring {
+        call: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK).unwrap(),
+        kick: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK).unwrap(),
+        avail_idx: 0,
+        next_desc: 0,
+    };
+    let word = Body::U64(vring_fd_word(0, false));
+    assert_eq!(
+        ack(c, FrontendReq::SetVringCall, &word, &[ring.call.as_fd()]),
+        0
+    );
+    ring
+}
+
+/// One buffer of a chain: guest address, length, device-writable.
+pub type Buf = (u64, u32, bool);
+
+impl Ring {
+    /// SET_VRING_KICK then SET_VRING_ENABLE(1), both acked 0.
+    pub fn start(&self, c: &Connection) {
+        let word = Body::U64(vring_fd_word(0, false));
+        assert_eq!(
+            ack(c, FrontendReq::SetVringKick, &word, &[self.kick.as_fd()]),
+            0
+        );
+        let on = Body::VringState(VringState { index: 0, num: 1 });
+        assert_eq!(ack(c, FrontendReq::SetVringEnable, &on, &[]), 0);
+    }
+
+    /// Writes the chain's descriptors and makes it available; does not kick.
+    pub fn submit(&mut self, g: &Guest, bufs: &[Buf]) -> u16 {
+        let head = self.next_desc;
+        for (i, &(gpa, len, writable)) in bufs.iter().enumerate() {
+            let me = (head + i as u16) % QSIZE;
+            let last = i + 1 == bufs.len();
+            let flags = if writable { VIRTQ_DESC_F_WRITE } else { 0 }
+                | if last { 0 } else { VIRTQ_DESC_F_NEXT };
+            let mut d = gpa.to_le_bytes().to_vec();
+            d.extend_from_slice(&len.to_le_bytes());
+            d.extend_from_slice(&flags.to_le_bytes());
+            d.extend_from_slice(&((me + 1) % QSIZE).to_le_bytes());
+            g.write(DESC + 16 * u64::from(me), &d);
+        }
+        self.next_desc = (head + bufs.len() as u16) % QSIZE;
+        let slot = AVAIL + 4 + 2 * u64::from(self.avail_idx % QSIZE);
+        g.write(slot, &head.to_le_bytes());
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        g.write(AVAIL + 2, &self.avail_idx.to_le_bytes());
+        head
+    }
+
+    pub fn kick(&self) {
+        self.kick.write(1).unwrap();
+    }
+
+    /// Waits until the used index reaches the avail index; the used element's length.
+    pub fn wait_used(&self, g: &Guest) -> Option<u32> {
+        let deadline = Instant::now() + T;
+        while g.u16_at(USED + 2) != self.avail_idx {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let i = u64::from(self.avail_idx.wrapping_sub(1) % QSIZE);
+        Some(u32::from_le_bytes(
+            g.read(USED + 4 + 8 * i + 4, 4).try_into().unwrap(),
+        ))
+    }
+
+    /// The used index the back-end wrote.
+    pub fn used_idx(&self, g: &Guest) -> u16 {
+        g.u16_at(USED + 2)
+    }
+
+    /// Whether the call eventfd fires within `T` (and drains it).
+    pub fn called(&self) -> bool {
+        let mut fds = [PollFd::new(self.call.as_fd(), PollFlags::POLLIN)];
+        let ms = PollTimeout::try_from(T).unwrap();
+        let ready = poll(&mut fds, ms).unwrap() == 1;
+        if ready {
+            let _ = self.call.read();
+        }
+        ready
+    }
+}
+
+/// A virtio-blk request: header, optional data buffer, status; returns (status, used length).
+pub fn blk_request(
+    g: &mut Guest,
+    r: &mut Ring,
+    kind: u32,
+    sector: u64,
+    data: Option<(&[u8], bool)>,
+) -> (u8, Option<u32>) {
+    let hdr = g.alloc(16);
+    let mut h = kind.to_le_bytes().to_vec();
+    h.extend_from_slice(&0u32.to_le_bytes());
+    h.extend_from_slice(&sector.to_le_bytes());
+    g.write(hdr, &h);
+    let mut bufs = vec![(hdr, 16, false)];
+    if let Some((bytes, writable)) = data {
+        let at = g.alloc(bytes.len() as u64);
+        g.write(at, bytes);
+        bufs.push((at, bytes.len() as u32, writable));
+    }
+    let status = g.alloc(1);
+    g.write(status, &[0xff]);
+    bufs.push((status, 1, true));
+    r.submit(g, &bufs);
+    r.kick();
+    let used = r.wait_used(g);
+    (g.read(status, 1)[0], used)
+}
+
+/// Reads `len` bytes at `sector`; (status, data).
+pub fn blk_read(g: &mut Guest, r: &mut Ring, sector: u64, len: usize) -> (u8, Vec<u8>) {
+    let buf = vec![0u8; len];
+    let hdr_next = g.next;
+    let (status, _) = blk_request(g, r, blk::T_IN, sector, Some((&buf, true)));
+    (status, g.read(hdr_next + 64, len))
+}
+
+/// The fds of `pid` whose link names a memfd called `name`.
+pub fn memfds(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy().contains(&format!("memfd:{name}")))
+        .count()
+}
