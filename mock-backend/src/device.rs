@@ -1,5 +1,5 @@
-//! The device side: a split virtqueue consumer (virtio 1.2 section 2.7) and a virtio-blk device on
-//! a RAM disk (section 5.2). Every descriptor is validated; a malformed chain is completed with an
+//! The device side: a split virtqueue consumer (virtio 1.2 section 2.7; packed rings are in
+//! `packed`) and a virtio-blk device on a RAM disk (section 5.2). Every descriptor is validated; a malformed chain is completed with an
 //! error status when a status byte can be written, and never makes the process panic.
 
 use std::sync::atomic::{Ordering, fence};
@@ -10,13 +10,36 @@ use vhu_protocol::virtio::{
 use zerocopy::FromBytes;
 
 use crate::memory::Memory;
+use crate::packed::PackedRing;
 
 /// A guest buffer of a chain.
 #[derive(Copy, Clone, Debug)]
-struct Segment {
-    gpa: u64,
-    len: u32,
-    writable: bool,
+pub struct Segment {
+    /// Guest address.
+    pub gpa: u64,
+    /// Length.
+    pub len: u32,
+    /// Device-writable.
+    pub writable: bool,
+}
+
+/// A started ring of either layout.
+#[derive(Copy, Clone, Debug)]
+pub enum Ring {
+    /// Split layout (virtio 2.7).
+    Split(SplitRing),
+    /// Packed layout (virtio 2.8).
+    Packed(PackedRing),
+}
+
+impl Ring {
+    /// The GET_VRING_BASE value: the next avail index (split) or the packed base word.
+    pub fn base(&self) -> u32 {
+        match self {
+            Self::Split(r) => r.next_avail.into(),
+            Self::Packed(r) => r.base(),
+        }
+    }
 }
 
 /// Vendor request type: map a memfd into a shared memory region (see the crate docs).
@@ -53,7 +76,7 @@ impl ShmemReq {
 pub type ShmemHook<'h> = &'h mut dyn FnMut(ShmemReq) -> bool;
 
 /// Start of a saved device state.
-const STATE_MAGIC: &[u8] = b"VHUMOCK1";
+const STATE_MAGIC: &[u8] = b"VHUMOCK2";
 
 /// FNV-1a: enough to detect a truncated or damaged state stream.
 fn checksum(bytes: &[u8]) -> u64 {
@@ -122,7 +145,7 @@ impl Blk {
     }
 
     /// The device's state for a transfer: magic, config, ring bases, disk, checksum.
-    pub fn save(&self, bases: &[u16], corrupt: bool) -> Vec<u8> {
+    pub fn save(&self, bases: &[u32], corrupt: bool) -> Vec<u8> {
         let mut out = STATE_MAGIC.to_vec();
         out.push(self.wce);
         out.extend_from_slice(&(bases.len() as u16).to_le_bytes());
@@ -138,7 +161,7 @@ impl Blk {
 
     /// Loads a saved state; returns the ring bases. The state is checked whole before anything
     /// changes: a truncated or corrupt stream leaves the device as it was.
-    pub fn load(&mut self, state: &[u8]) -> Result<Vec<u16>, String> {
+    pub fn load(&mut self, state: &[u8]) -> Result<Vec<u32>, String> {
         let (body, sum) = state
             .split_at_checked(state.len().saturating_sub(8))
             .ok_or("state too short")?;
@@ -154,8 +177,8 @@ impl Blk {
         let n = u16::from_le_bytes(n.try_into().expect("2 bytes"));
         let mut bases = Vec::new();
         for _ in 0..n {
-            let (b, r) = rest.split_at_checked(2).ok_or("state too short")?;
-            bases.push(u16::from_le_bytes(b.try_into().expect("2 bytes")));
+            let (b, r) = rest.split_at_checked(4).ok_or("state too short")?;
+            bases.push(u32::from_le_bytes(b.try_into().expect("4 bytes")));
             rest = r;
         }
         let (len, disk) = rest.split_at_checked(8).ok_or("state too short")?;
@@ -181,6 +204,19 @@ impl Blk {
     /// Processes every newly available chain; returns whether the driver wants a notification
     /// for what completed (virtio 2.7.7: NO_INTERRUPT, or EVENT_IDX's used_event).
     pub fn process(
+        &mut self,
+        mem: &Memory,
+        ring: &mut Ring,
+        faults: DataFaults,
+        shmem: ShmemHook<'_>,
+    ) -> Result<bool, String> {
+        match ring {
+            Ring::Split(r) => self.process_split(mem, r, faults, shmem),
+            Ring::Packed(r) => crate::packed::process(self, mem, r, faults, shmem),
+        }
+    }
+
+    fn process_split(
         &mut self,
         mem: &Memory,
         ring: &mut SplitRing,
@@ -238,7 +274,7 @@ impl Blk {
     }
 
     /// Executes one request; returns the bytes written into writable buffers.
-    fn execute(
+    pub fn execute(
         &mut self,
         mem: &Memory,
         segs: &[Segment],

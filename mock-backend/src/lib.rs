@@ -28,6 +28,7 @@ mod device;
 pub mod faults;
 mod inflight;
 mod memory;
+mod packed;
 mod rings;
 mod server;
 mod session;

@@ -13,8 +13,9 @@ use vhu_protocol::wire::payload::{Body, VRING_IDX_MASK, VRING_NOFD_MASK, VringAd
 use vhu_protocol::{BackendReq, FrontendReq, ProtocolFeatures, VirtioFeatures};
 
 use crate::channel::ShmemCtx;
-use crate::device::{DataFaults, SplitRing};
+use crate::device::{DataFaults, Ring, SplitRing};
 use crate::faults::Fault;
+use crate::packed::PackedRing;
 use crate::session::{Outcome, Session};
 
 /// Tick of the event loop: the polling interval of bit-8 rings.
@@ -24,7 +25,8 @@ const TICK_MS: u8 = 20;
 #[derive(Debug, Default)]
 pub struct Queue {
     size: u16,
-    base: u16,
+    /// The base set or saved: a split next avail index, or a packed base word.
+    base: u32,
     addr: Option<VringAddr>,
     kick: Option<OwnedFd>,
     call: Option<OwnedFd>,
@@ -37,7 +39,7 @@ pub struct Queue {
     /// Enabled (SET_VRING_ENABLE 1, or SET_FEATURES without bit 30).
     pub enabled: bool,
     /// Started: the translated ring and where it stands.
-    ring: Option<SplitRing>,
+    ring: Option<Ring>,
 }
 
 impl Queue {
@@ -47,12 +49,12 @@ impl Queue {
     }
 
     /// The base to save: where the ring stands, or the base it was given.
-    pub fn saved_base(&self) -> u16 {
-        self.ring.map_or(self.base, |r| r.next_avail)
+    pub fn saved_base(&self) -> u32 {
+        self.ring.map_or(self.base, |r| r.base())
     }
 
     /// Sets the base a stopped ring restarts from (device state load).
-    pub fn set_base(&mut self, base: u16) {
+    pub fn set_base(&mut self, base: u32) {
         self.base = base;
     }
 }
@@ -154,10 +156,12 @@ impl Session<'_> {
         self.queues.get_mut(index as usize)
     }
 
-    /// SET_VRING_NUM (R-VRING-02, R-VRING-17): a power of two within the limit, on a stopped ring.
+    /// SET_VRING_NUM (R-VRING-02, R-VRING-17): within the limit, and a power of two for a
+    /// split ring.
     pub(crate) fn set_vring_num(&mut self, s: VringState) -> Outcome {
         let nack = self.has(Fault::NackValid);
-        let ok = s.num.is_power_of_two() && s.num <= self.limits.queue_size_max;
+        let shape = self.packed() || s.num.is_power_of_two();
+        let ok = shape && (1..=self.limits.queue_size_max).contains(&s.num);
         match self.queue(s.index) {
             Some(q) if ok && !nack => {
                 q.size = s.num as u16;
@@ -167,11 +171,13 @@ impl Session<'_> {
         }
     }
 
-    /// SET_VRING_BASE (checklist 1.5 split base): bits 16-31 must be 0.
+    /// SET_VRING_BASE (checklist 1.5): a split base has bits 16-31 clear; a packed base is the
+    /// whole word.
     pub(crate) fn set_vring_base(&mut self, s: VringState) -> Outcome {
+        let ok = self.packed() || s.num >> 16 == 0;
         match self.queue(s.index) {
-            Some(q) if s.num >> 16 == 0 => {
-                q.base = s.num as u16;
+            Some(q) if ok => {
+                q.base = s.num;
                 Outcome::Done
             }
             _ => Outcome::Failed,
@@ -211,7 +217,7 @@ impl Session<'_> {
         }
         Outcome::Reply(Body::VringState(VringState {
             index: s.index,
-            num: num.into(),
+            num,
         }))
     }
 
@@ -268,27 +274,50 @@ impl Session<'_> {
         Outcome::Done
     }
 
-    fn translate(&self, i: usize) -> Option<SplitRing> {
+    fn packed(&self) -> bool {
+        self.features & VirtioFeatures::RING_PACKED.bits() != 0
+    }
+
+    /// The ring's guest addresses and position; a started ring keeps its position (R-MEM-05).
+    fn translate(&self, i: usize) -> Option<Ring> {
         let q = &self.queues[i];
         let a = q.addr?;
         if q.size == 0 {
             return None;
         }
+        let event_idx = self.features & VirtioFeatures::EVENT_IDX.bits() != 0;
+        let desc = self.mem.ua_to_gpa(a.desc)?;
+        let avail = self.mem.ua_to_gpa(a.avail)?;
         let used = self.mem.ua_to_gpa(a.used)?;
+        if self.packed() {
+            let mut r = PackedRing {
+                size: q.size,
+                desc,
+                driver: avail,
+                device: used,
+                next_avail: 0,
+                avail_wrap: true,
+                next_used: 0,
+                used_wrap: true,
+                event_idx,
+            };
+            r.set_base(q.saved_base());
+            return Some(Ring::Packed(r));
+        }
         // R-VRING-06: the used index is read from the ring in memory.
-        let next_used = q
-            .ring
-            .map(|r| r.next_used)
-            .or_else(|| self.mem.read_u16(used + 2).ok())?;
-        Some(SplitRing {
-            event_idx: self.features & VirtioFeatures::EVENT_IDX.bits() != 0,
+        let next_used = match q.ring {
+            Some(Ring::Split(r)) => r.next_used,
+            _ => self.mem.read_u16(used + 2).ok()?,
+        };
+        Some(Ring::Split(SplitRing {
+            event_idx,
             size: q.size,
-            desc: self.mem.ua_to_gpa(a.desc)?,
-            avail: self.mem.ua_to_gpa(a.avail)?,
+            desc,
+            avail,
             used,
-            next_avail: q.saved_base(),
+            next_avail: q.saved_base() as u16,
             next_used,
-        })
+        }))
     }
 
     /// After a memory table change, started rings are translated again (R-MEM-05).

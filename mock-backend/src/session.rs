@@ -121,6 +121,7 @@ impl<'a> Session<'a> {
         self.dev.features()
             | (VirtioFeatures::INDIRECT_DESC
                 | VirtioFeatures::EVENT_IDX
+                | VirtioFeatures::RING_PACKED
                 | VirtioFeatures::PROTOCOL_FEATURES
                 | VirtioFeatures::VERSION_1)
                 .bits()

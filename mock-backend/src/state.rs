@@ -29,7 +29,7 @@ impl Session<'_> {
         };
         let file = std::fs::File::from(fd);
         let spawned = if direction == SAVE {
-            let bases: Vec<u16> = self.queues.iter().map(|q| q.saved_base()).collect();
+            let bases: Vec<u32> = self.queues.iter().map(|q| q.saved_base()).collect();
             let state = self.dev.save(&bases, self.has(Fault::BadDeviceState));
             std::thread::Builder::new().spawn(move || write_state(file, &state))
         } else {

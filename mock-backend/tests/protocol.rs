@@ -277,3 +277,31 @@ fn sigterm_ends_the_process_at_once_with_status_0_and_removes_the_socket() {
     assert_eq!(status.code(), Some(0));
     assert!(!be.sock.exists());
 }
+
+#[test]
+fn a_packed_ring_completes_a_write_and_a_read_and_get_vring_base_returns_the_packed_word() {
+    let be = start(&[]);
+    let c = connect(&be.sock);
+    let mut g = Guest::new();
+    let mut r = setup_packed(&c, &g, basic());
+    let data: Vec<u8> = (0..2048u32).map(|i| (i % 251) as u8).collect();
+    let (status, used) = blk_request(&mut g, &mut r, blk::T_OUT, 40, Some((&data, false)));
+    assert_eq!((status, used), (blk::S_OK, Some(1)));
+    let mut fds = [nix::poll::PollFd::new(
+        r.call.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    assert_eq!(nix::poll::poll(&mut fds, 2000u16).unwrap(), 1, "no call");
+    // Enough requests (3 slots each) to wrap the 16-slot ring twice.
+    for _ in 0..10 {
+        let (status, back) = blk_read(&mut g, &mut r, 40, 2048);
+        assert_eq!(status, blk::S_OK);
+        assert_eq!(back, data);
+    }
+    let q0 = Body::VringState(VringState { index: 0, num: 0 });
+    c.send_request(FrontendReq::GetVringBase as u32, &q0, false, &[])
+        .unwrap();
+    let m = c.recv_reply(FrontendReq::GetVringBase as u32).unwrap();
+    // 11 chains of 3 slots: 33 slots = two wraps of 16 (wrap counters back to 1), then slot 1.
+    assert_eq!(m.payload[4..8], 0x8001_8001u32.to_ne_bytes());
+}

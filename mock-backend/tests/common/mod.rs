@@ -216,6 +216,159 @@ pub fn prepare_ring(c: &Connection, g: &Guest) -> Ring {
 /// One buffer of a chain: guest address, length, device-writable.
 pub type Buf = (u64, u32, bool);
 
+/// The driver side of a ring of either layout.
+pub trait Driver {
+    /// Writes a chain and makes it available; does not kick.
+    fn submit_chain(&mut self, g: &Guest, bufs: &[Buf]);
+    /// Writes the kick eventfd.
+    fn kick_fd(&self);
+    /// Waits for the last chain's completion; its used length.
+    fn wait(&self, g: &Guest) -> Option<u32>;
+}
+
+impl Driver for Ring {
+    fn submit_chain(&mut self, g: &Guest, bufs: &[Buf]) {
+        self.submit(g, bufs);
+    }
+    fn kick_fd(&self) {
+        self.kick();
+    }
+    fn wait(&self, g: &Guest) -> Option<u32> {
+        self.wait_used(g)
+    }
+}
+
+/// The driver side of packed ring 0 (virtio 2.8), descriptors at GPA 0, event areas zeroed
+/// (notifications enabled).
+pub struct PackedDriver {
+    pub call: EventFd,
+    pub kick: EventFd,
+    next: u16,
+    wrap: bool,
+    last_head: Option<(u16, bool)>,
+}
+
+/// Negotiates bit 30 + VERSION_1 + RING_PACKED, then sets up packed ring 0 from base
+/// 0x8000_8000 (both wrap counters 1) and starts it.
+pub fn setup_packed(c: &Connection, g: &Guest, protocol: ProtocolFeatures) -> PackedDriver {
+    get_u64(c, FrontendReq::GetFeatures);
+    let p = Body::U64(protocol.bits());
+    c.send_request(FrontendReq::SetProtocolFeatures as u32, &p, false, &[])
+        .unwrap();
+    let f =
+        VirtioFeatures::PROTOCOL_FEATURES | VirtioFeatures::VERSION_1 | VirtioFeatures::RING_PACKED;
+    assert_eq!(
+        ack(c, FrontendReq::SetFeatures, &Body::U64(f.bits()), &[]),
+        0
+    );
+    assert_eq!(
+        ack(
+            c,
+            FrontendReq::SetMemTable,
+            &Body::MemTable(vec![g.region()]),
+            &[g.file.as_fd()]
+        ),
+        0
+    );
+    let state = |num| Body::VringState(VringState { index: 0, num });
+    assert_eq!(
+        ack(c, FrontendReq::SetVringNum, &state(QSIZE.into()), &[]),
+        0
+    );
+    assert_eq!(
+        ack(c, FrontendReq::SetVringBase, &state(0x8000_8000), &[]),
+        0
+    );
+    let addr = VringAddr {
+        index: 0,
+        flags: 0,
+        desc: UA_BASE + DESC,
+        used: UA_BASE + USED,
+        avail: UA_BASE + AVAIL,
+        log: 0,
+    };
+    assert_eq!(
+        ack(c, FrontendReq::SetVringAddr, &Body::VringAddr(addr), &[]),
+        0
+    );
+    let d = PackedDriver {
+        call: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK).unwrap(),
+        kick: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK).unwrap(),
+        next: 0,
+        wrap: true,
+        last_head: None,
+    };
+    let word = Body::U64(vring_fd_word(0, false));
+    assert_eq!(
+        ack(c, FrontendReq::SetVringCall, &word, &[d.call.as_fd()]),
+        0
+    );
+    assert_eq!(
+        ack(c, FrontendReq::SetVringKick, &word, &[d.kick.as_fd()]),
+        0
+    );
+    assert_eq!(ack(c, FrontendReq::SetVringEnable, &state(1), &[]), 0);
+    d
+}
+
+const F_AVAIL: u16 = 1 << 7;
+const F_USED: u16 = 1 << 15;
+
+impl Driver for PackedDriver {
+    fn submit_chain(&mut self, g: &Guest, bufs: &[Buf]) {
+        let head = (self.next, self.wrap);
+        let mut head_flags = 0;
+        for (i, &(gpa, len, writable)) in bufs.iter().enumerate() {
+            let last = i + 1 == bufs.len();
+            let flags = if writable { VIRTQ_DESC_F_WRITE } else { 0 }
+                | if last { 0 } else { VIRTQ_DESC_F_NEXT }
+                | if self.wrap { F_AVAIL } else { F_USED };
+            let mut d = gpa.to_le_bytes().to_vec();
+            d.extend_from_slice(&len.to_le_bytes());
+            d.extend_from_slice(&head.0.to_le_bytes());
+            let at = DESC + 16 * u64::from(self.next);
+            if i == 0 {
+                head_flags = flags;
+                g.write(at, &d);
+            } else {
+                d.extend_from_slice(&flags.to_le_bytes());
+                g.write(at, &d);
+            }
+            self.next += 1;
+            if self.next == QSIZE {
+                self.next = 0;
+                self.wrap = !self.wrap;
+            }
+        }
+        // The head's flags last: the chain becomes available at once.
+        g.write(
+            DESC + 16 * u64::from(head.0) + 14,
+            &head_flags.to_le_bytes(),
+        );
+        self.last_head = Some(head);
+    }
+
+    fn kick_fd(&self) {
+        self.kick.write(1).unwrap();
+    }
+
+    fn wait(&self, g: &Guest) -> Option<u32> {
+        let (slot, wrap) = self.last_head?;
+        let at = DESC + 16 * u64::from(slot);
+        let deadline = Instant::now() + T;
+        loop {
+            let flags = g.u16_at(at + 14);
+            if (flags & F_AVAIL != 0) == wrap && (flags & F_USED != 0) == wrap {
+                return Some(u32::from_le_bytes(g.read(at + 8, 4).try_into().unwrap()));
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
 impl Ring {
     /// SET_VRING_KICK then SET_VRING_ENABLE(1), both acked 0.
     pub fn start(&self, c: &Connection) {
@@ -289,7 +442,7 @@ impl Ring {
 /// A virtio-blk request: header, optional data buffer, status; returns (status, used length).
 pub fn blk_request(
     g: &mut Guest,
-    r: &mut Ring,
+    r: &mut impl Driver,
     kind: u32,
     sector: u64,
     data: Option<(&[u8], bool)>,
@@ -308,14 +461,14 @@ pub fn blk_request(
     let status = g.alloc(1);
     g.write(status, &[0xff]);
     bufs.push((status, 1, true));
-    r.submit(g, &bufs);
-    r.kick();
-    let used = r.wait_used(g);
+    r.submit_chain(g, &bufs);
+    r.kick_fd();
+    let used = r.wait(g);
     (g.read(status, 1)[0], used)
 }
 
 /// Reads `len` bytes at `sector`; (status, data).
-pub fn blk_read(g: &mut Guest, r: &mut Ring, sector: u64, len: usize) -> (u8, Vec<u8>) {
+pub fn blk_read(g: &mut Guest, r: &mut impl Driver, sector: u64, len: usize) -> (u8, Vec<u8>) {
     let buf = vec![0u8; len];
     let hdr_next = g.next;
     let (status, _) = blk_request(g, r, blk::T_IN, sector, Some((&buf, true)));
