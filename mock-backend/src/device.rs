@@ -72,8 +72,25 @@ impl ShmemReq {
     }
 }
 
-/// What the device asks of the session for a SHMEM request; true when it succeeded.
-pub type ShmemHook<'h> = &'h mut dyn FnMut(ShmemReq) -> bool;
+/// What the device asks of the session while it processes a ring: SHMEM requests, and the
+/// inflight bookkeeping of split rings (R-INFL-04/05).
+pub trait DeviceHost {
+    /// Carries out a SHMEM request; true when it succeeded.
+    fn shmem(&mut self, r: ShmemReq) -> bool;
+    /// Heads to complete before anything new (in-flight requests of a previous connection).
+    fn resubmit(&mut self) -> Vec<u16> {
+        vec![]
+    }
+    /// A head was taken from the avail ring.
+    fn taken(&mut self, _head: u16) {}
+    /// A head's used element is about to be published.
+    fn completing(&mut self, _head: u16) {}
+    /// A head's completion is published; the used index is now `used_idx`.
+    fn completed(&mut self, _head: u16, _used_idx: u16) {}
+}
+
+/// The session's side of processing.
+pub type Host<'h> = &'h mut dyn DeviceHost;
 
 /// Start of a saved device state.
 const STATE_MAGIC: &[u8] = b"VHUMOCK2";
@@ -208,11 +225,11 @@ impl Blk {
         mem: &Memory,
         ring: &mut Ring,
         faults: DataFaults,
-        shmem: ShmemHook<'_>,
+        host: Host<'_>,
     ) -> Result<bool, String> {
         match ring {
-            Ring::Split(r) => self.process_split(mem, r, faults, shmem),
-            Ring::Packed(r) => crate::packed::process(self, mem, r, faults, shmem),
+            Ring::Split(r) => self.process_split(mem, r, faults, host),
+            Ring::Packed(r) => crate::packed::process(self, mem, r, faults, host),
         }
     }
 
@@ -221,10 +238,10 @@ impl Blk {
         mem: &Memory,
         ring: &mut SplitRing,
         faults: DataFaults,
-        shmem: ShmemHook<'_>,
+        host: Host<'_>,
     ) -> Result<bool, String> {
         let old_used = ring.next_used;
-        let done = self.process_available(mem, ring, faults, shmem)?;
+        let done = self.process_available(mem, ring, faults, host)?;
         let size = u64::from(ring.size);
         if ring.event_idx {
             // avail_event: ask for a kick as soon as the driver adds anything.
@@ -247,30 +264,50 @@ impl Blk {
         mem: &Memory,
         ring: &mut SplitRing,
         faults: DataFaults,
-        shmem: ShmemHook<'_>,
+        host: Host<'_>,
     ) -> Result<usize, String> {
+        let mut done = 0;
+        for head in host.resubmit() {
+            self.serve_head(mem, ring, head, faults, &mut *host)?;
+            done += 1;
+        }
         let avail_idx = mem.read_u16(ring.avail + 2)?;
         fence(Ordering::Acquire);
-        let mut done = 0;
         while ring.next_avail != avail_idx {
             let slot = ring.avail + 4 + 2 * u64::from(ring.next_avail % ring.size);
             let head = mem.read_u16(slot)?;
-            let used_len = match chain(mem, ring, head) {
-                Ok(segs) => self.execute(mem, &segs, faults, &mut *shmem),
-                Err(_) => 0,
-            };
-            let elem_gpa = ring.used + 4 + 8 * u64::from(ring.next_used % ring.size);
-            let mut elem = [0u8; 8];
-            elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
-            elem[4..].copy_from_slice(&(used_len + u32::from(faults.wrong_used_len)).to_le_bytes());
-            mem.write(elem_gpa, &elem)?;
+            host.taken(head);
             ring.next_avail = ring.next_avail.wrapping_add(1);
-            ring.next_used = ring.next_used.wrapping_add(1);
-            fence(Ordering::Release);
-            mem.write_u16(ring.used + 2, ring.next_used)?;
+            self.serve_head(mem, ring, head, faults, &mut *host)?;
             done += 1;
         }
         Ok(done)
+    }
+
+    /// Executes the chain at `head` and publishes its used element.
+    fn serve_head(
+        &mut self,
+        mem: &Memory,
+        ring: &mut SplitRing,
+        head: u16,
+        faults: DataFaults,
+        host: Host<'_>,
+    ) -> Result<(), String> {
+        let used_len = match chain(mem, ring, head) {
+            Ok(segs) => self.execute(mem, &segs, faults, &mut *host),
+            Err(_) => 0,
+        };
+        let elem_gpa = ring.used + 4 + 8 * u64::from(ring.next_used % ring.size);
+        let mut elem = [0u8; 8];
+        elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+        elem[4..].copy_from_slice(&(used_len + u32::from(faults.wrong_used_len)).to_le_bytes());
+        mem.write(elem_gpa, &elem)?;
+        host.completing(head);
+        ring.next_used = ring.next_used.wrapping_add(1);
+        fence(Ordering::Release);
+        mem.write_u16(ring.used + 2, ring.next_used)?;
+        host.completed(head, ring.next_used);
+        Ok(())
     }
 
     /// Executes one request; returns the bytes written into writable buffers.
@@ -279,7 +316,7 @@ impl Blk {
         mem: &Memory,
         segs: &[Segment],
         faults: DataFaults,
-        shmem: ShmemHook<'_>,
+        host: Host<'_>,
     ) -> u32 {
         let Some((status, body)) = segs.split_last().filter(|(s, _)| s.writable && s.len >= 1)
         else {
@@ -288,7 +325,7 @@ impl Blk {
         let status_gpa = status.gpa + u64::from(status.len) - 1;
         let (code, written) = match body.split_first() {
             Some((h, data)) if !h.writable && h.len as usize >= size_of::<BlkReqHeader>() => {
-                self.request(mem, h, data, faults, shmem)
+                self.request(mem, h, data, faults, host)
             }
             _ => (blk::S_IOERR, 0),
         };
@@ -304,7 +341,7 @@ impl Blk {
         h: &Segment,
         data: &[Segment],
         faults: DataFaults,
-        shmem: ShmemHook<'_>,
+        host: Host<'_>,
     ) -> (u8, u32) {
         let mut raw = [0u8; 16];
         if mem.read(h.gpa, &mut raw).is_err() {
@@ -359,7 +396,7 @@ impl Blk {
                 }
                 None => (blk::S_IOERR, 0),
             },
-            T_SHMEM_MAP | T_SHMEM_UNMAP => (shmem_request(mem, hdr.kind, data, shmem), 0),
+            T_SHMEM_MAP | T_SHMEM_UNMAP => (shmem_request(mem, hdr.kind, data, host), 0),
             blk::T_IN | blk::T_OUT => (blk::S_IOERR, 0),
             _ => (blk::S_UNSUPP, 0),
         }
@@ -367,13 +404,13 @@ impl Blk {
 }
 
 /// A SHMEM vendor request: one 24-byte driver-readable body (see the crate docs).
-fn shmem_request(mem: &Memory, kind: u32, data: &[Segment], hook: ShmemHook<'_>) -> u8 {
+fn shmem_request(mem: &Memory, kind: u32, data: &[Segment], hook: Host<'_>) -> u8 {
     let mut body = [0u8; 24];
     let ok = match data {
         [s] if !s.writable && s.len == 24 => mem.read(s.gpa, &mut body).is_ok(),
         _ => false,
     };
-    if ok && hook(ShmemReq::decode(kind == T_SHMEM_MAP, &body)) {
+    if ok && hook.shmem(ShmemReq::decode(kind == T_SHMEM_MAP, &body)) {
         blk::S_OK
     } else {
         blk::S_IOERR

@@ -46,6 +46,31 @@ impl Mapping {
         })
     }
 
+    /// Copies `buf.len()` bytes out from `offset`; false if the range leaves the mapping.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> bool {
+        let Some(p) = self.ptr(offset, buf.len() as u64) else {
+            return false;
+        };
+        for (i, b) in buf.iter_mut().enumerate() {
+            // SAFETY: `p` addresses buf.len() mapped bytes; volatile because the front-end may
+            // access the shared area concurrently.
+            *b = unsafe { std::ptr::read_volatile(p.add(i)) };
+        }
+        true
+    }
+
+    /// Copies `data` in at `offset`; false if the range leaves the mapping.
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> bool {
+        let Some(p) = self.ptr(offset, data.len() as u64) else {
+            return false;
+        };
+        for (i, b) in data.iter().enumerate() {
+            // SAFETY: as in `read_at`.
+            unsafe { std::ptr::write_volatile(p.add(i), *b) };
+        }
+        true
+    }
+
     /// A pointer to `len` bytes at `offset`, if they lie inside the mapping.
     fn ptr(&self, offset: u64, len: u64) -> Option<*mut u8> {
         let end = offset.checked_add(len)?;

@@ -13,7 +13,7 @@ use vhu_protocol::virtio::{
 };
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::device::{Blk, DataFaults, Segment, ShmemHook};
+use crate::device::{Blk, DataFaults, Host, Segment};
 use crate::memory::Memory;
 
 /// Driver event suppression: notify on every used buffer.
@@ -209,13 +209,13 @@ pub fn process(
     mem: &Memory,
     ring: &mut PackedRing,
     faults: DataFaults,
-    shmem: ShmemHook<'_>,
+    host: Host<'_>,
 ) -> Result<bool, String> {
     let old = ring.next_used;
     let mut done = 0;
     while let Some(chain) = ring.pop(mem)? {
         let len = match &chain.segs {
-            Some(segs) => dev.execute(mem, segs, faults, &mut *shmem),
+            Some(segs) => dev.execute(mem, segs, faults, &mut *host),
             None => 0,
         };
         ring.push_used(mem, &chain, len + u32::from(faults.wrong_used_len))?;

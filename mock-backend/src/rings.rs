@@ -12,9 +12,10 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use vhu_protocol::wire::payload::{Body, VRING_IDX_MASK, VRING_NOFD_MASK, VringAddr, VringState};
 use vhu_protocol::{BackendReq, FrontendReq, ProtocolFeatures, VirtioFeatures};
 
-use crate::channel::ShmemCtx;
-use crate::device::{DataFaults, Ring, SplitRing};
+use crate::channel::{Shmem, ShmemCtx};
+use crate::device::{DataFaults, DeviceHost, Ring, ShmemReq, SplitRing};
 use crate::faults::Fault;
+use crate::inflight::InflightArea;
 use crate::packed::PackedRing;
 use crate::session::{Outcome, Session};
 
@@ -40,6 +41,8 @@ pub struct Queue {
     pub enabled: bool,
     /// Started: the translated ring and where it stands.
     ring: Option<Ring>,
+    /// Heads in flight in the inflight area when the ring started, to complete first.
+    resubmit: Vec<u16>,
 }
 
 impl Queue {
@@ -121,9 +124,14 @@ impl Session<'_> {
         let Some(ring) = q.ring.as_mut().filter(|_| q.enabled || ignore_enable) else {
             return;
         };
-        let shmem = &mut self.shmem;
-        let mut hook = |r| shmem.request(&ctx, r);
-        let result = self.dev.process(&self.mem, ring, faults, &mut hook);
+        let mut host = QueueHost {
+            queue: i,
+            shmem: &mut self.shmem,
+            ctx,
+            inflight: self.inflight.as_mut(),
+            resubmit: std::mem::take(&mut q.resubmit),
+        };
+        let result = self.dev.process(&self.mem, ring, faults, &mut host);
         match result {
             Ok(false) => {}
             Ok(true) if self.faults.has(Fault::NoCall) => {}
@@ -269,6 +277,9 @@ impl Session<'_> {
         let Some(ring) = self.translate(i) else {
             return Outcome::Failed;
         };
+        if let (Ring::Split(r), Some(area)) = (&ring, self.inflight.as_mut()) {
+            self.queues[i].resubmit = area.start(i, r.next_used);
+        }
         self.queues[i].ring = Some(ring);
         self.run_queue(i);
         Outcome::Done
@@ -344,5 +355,42 @@ impl Session<'_> {
         }
         self.run_queue(s.index as usize);
         Outcome::Done
+    }
+}
+
+/// The session's side of processing one queue: SHMEM requests and inflight bookkeeping.
+struct QueueHost<'a> {
+    queue: usize,
+    shmem: &'a mut Shmem,
+    ctx: ShmemCtx<'a>,
+    inflight: Option<&'a mut InflightArea>,
+    resubmit: Vec<u16>,
+}
+
+impl DeviceHost for QueueHost<'_> {
+    fn shmem(&mut self, r: ShmemReq) -> bool {
+        self.shmem.request(&self.ctx, r)
+    }
+
+    fn resubmit(&mut self) -> Vec<u16> {
+        std::mem::take(&mut self.resubmit)
+    }
+
+    fn taken(&mut self, head: u16) {
+        if let Some(a) = self.inflight.as_mut() {
+            a.taken(self.queue, head);
+        }
+    }
+
+    fn completing(&mut self, head: u16) {
+        if let Some(a) = self.inflight.as_mut() {
+            a.completing(self.queue, head);
+        }
+    }
+
+    fn completed(&mut self, head: u16, used_idx: u16) {
+        if let Some(a) = self.inflight.as_mut() {
+            a.completed(self.queue, head, used_idx);
+        }
     }
 }

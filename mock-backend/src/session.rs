@@ -13,6 +13,7 @@ use vhu_protocol::{Connection, FrontendReq, Header, Message, ProtocolFeatures, V
 use crate::channel::{BackendChannel, Shmem};
 use crate::device::Blk;
 use crate::faults::{Fault, Faults};
+use crate::inflight::InflightArea;
 use crate::memory::{Mapping, Memory, Region};
 use crate::rings::Queue;
 use crate::state::Transfer;
@@ -61,7 +62,7 @@ pub struct Session<'a> {
     pub(crate) log: Option<Mapping>,
     pub(crate) log_fd: Option<OwnedFd>,
     /// The inflight tracking area handed out or handed back (R-INFL-01, R-INFL-03).
-    pub(crate) inflight: Option<OwnedFd>,
+    pub(crate) inflight: Option<InflightArea>,
     /// A device state transfer in progress.
     pub(crate) transfer: Option<Transfer>,
 }

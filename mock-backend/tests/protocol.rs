@@ -116,10 +116,7 @@ fn requests_queued_before_set_vring_kick_are_processed_without_a_kick() {
     let mut g = Guest::new();
     let r = prepare_ring(&c, &g);
     let hdr = g.alloc(16);
-    g.write(
-        hdr,
-        &[blk::T_FLUSH.to_le_bytes(), [0; 4], [0; 4], [0; 4]].concat(),
-    );
+    g.write(hdr, &blk_header(blk::T_FLUSH, 0));
     let status = g.alloc(1);
     let mut r = r;
     r.submit(&g, &[(hdr, 16, false), (status, 1, true)]);
@@ -215,10 +212,7 @@ fn without_a_call_fd_completions_are_signalled_in_band_and_vring_kick_starts_the
     let no_fd = Body::U64(vring_fd_word(0, true));
     assert_eq!(ack(&c, FrontendReq::SetVringCall, &no_fd, &[]), 0);
     let hdr = g.alloc(16);
-    g.write(
-        hdr,
-        &[blk::T_FLUSH.to_le_bytes(), [0; 4], [0; 4], [0; 4]].concat(),
-    );
+    g.write(hdr, &blk_header(blk::T_FLUSH, 0));
     let status = g.alloc(1);
     r.submit(&g, &[(hdr, 16, false), (status, 1, true)]);
     // The in-band kick instead of the eventfd (R-INB-02).

@@ -171,6 +171,11 @@ pub fn setup_ring(c: &Connection, g: &Guest) -> Ring {
 
 /// SET_MEM_TABLE, then ring 0's NUM, BASE, ADDR and CALL: everything but starting it.
 pub fn prepare_ring(c: &Connection, g: &Guest) -> Ring {
+    prepare_ring_at(c, g, 0, 0)
+}
+
+/// As [`prepare_ring`], from avail index `base` with the next free descriptor `next_desc`.
+pub fn prepare_ring_at(c: &Connection, g: &Guest, base: u16, next_desc: u16) -> Ring {
     let fd = g.file.as_fd();
     assert_eq!(
         ack(
@@ -186,7 +191,10 @@ pub fn prepare_ring(c: &Connection, g: &Guest) -> Ring {
         ack(c, FrontendReq::SetVringNum, &state(QSIZE.into()), &[]),
         0
     );
-    assert_eq!(ack(c, FrontendReq::SetVringBase, &state(0), &[]), 0);
+    assert_eq!(
+        ack(c, FrontendReq::SetVringBase, &state(base.into()), &[]),
+        0
+    );
     let addr = VringAddr {
         index: 0,
         flags: 0,
@@ -202,8 +210,8 @@ pub fn prepare_ring(c: &Connection, g: &Guest) -> Ring {
     let ring = Ring {
         call: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK).unwrap(),
         kick: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK).unwrap(),
-        avail_idx: 0,
-        next_desc: 0,
+        avail_idx: base,
+        next_desc,
     };
     let word = Body::U64(vring_fd_word(0, false));
     assert_eq!(
@@ -439,6 +447,11 @@ impl Ring {
     }
 }
 
+/// The 16-byte virtio-blk request header.
+pub fn blk_header(kind: u32, sector: u64) -> Vec<u8> {
+    [&kind.to_le_bytes()[..], &[0; 4], &sector.to_le_bytes()].concat()
+}
+
 /// A virtio-blk request: header, optional data buffer, status; returns (status, used length).
 pub fn blk_request(
     g: &mut Guest,
@@ -448,10 +461,7 @@ pub fn blk_request(
     data: Option<(&[u8], bool)>,
 ) -> (u8, Option<u32>) {
     let hdr = g.alloc(16);
-    let mut h = kind.to_le_bytes().to_vec();
-    h.extend_from_slice(&0u32.to_le_bytes());
-    h.extend_from_slice(&sector.to_le_bytes());
-    g.write(hdr, &h);
+    g.write(hdr, &blk_header(kind, sector));
     let mut bufs = vec![(hdr, 16, false)];
     if let Some((bytes, writable)) = data {
         let at = g.alloc(bytes.len() as u64);
