@@ -9,7 +9,9 @@
 use std::os::fd::{AsFd, OwnedFd};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use vhu_protocol::wire::payload::{Body, VRING_IDX_MASK, VRING_NOFD_MASK, VringAddr, VringState};
+use vhu_protocol::wire::payload::{
+    Body, VRING_F_LOG, VRING_IDX_MASK, VRING_NOFD_MASK, VringAddr, VringState,
+};
 use vhu_protocol::{BackendReq, FrontendReq, ProtocolFeatures, VirtioFeatures};
 
 use crate::channel::{Shmem, ShmemCtx};
@@ -192,14 +194,15 @@ impl Session<'_> {
         }
     }
 
-    /// SET_VRING_ADDR (R-VRING-03/05): user addresses inside the memory table, flags 0 (no
-    /// logging offered).
+    /// SET_VRING_ADDR (R-VRING-03/05): user addresses inside the memory table; the only flag is
+    /// VHOST_VRING_F_LOG (used-ring writes are logged at their guest address, which is the log
+    /// address front-ends give).
     pub(crate) fn set_vring_addr(&mut self, a: VringAddr) -> Outcome {
         let covered = [a.desc, a.avail, a.used]
             .iter()
             .all(|&ua| self.mem.ua_to_gpa(ua).is_some());
         match self.queue(a.index) {
-            Some(q) if covered && a.flags == 0 => {
+            Some(q) if covered && a.flags & !VRING_F_LOG == 0 => {
                 q.addr = Some(a);
                 Outcome::Done
             }

@@ -14,7 +14,7 @@ use crate::channel::{BackendChannel, Shmem};
 use crate::device::Blk;
 use crate::faults::{Fault, Faults};
 use crate::inflight::InflightArea;
-use crate::memory::{Mapping, Memory, Region};
+use crate::memory::{DirtyLog, Memory, Region};
 use crate::rings::Queue;
 use crate::state::Transfer;
 
@@ -59,7 +59,6 @@ pub struct Session<'a> {
     pub(crate) channel: Option<BackendChannel>,
     pub(crate) shmem: Shmem,
     pub(crate) status: u64,
-    pub(crate) log: Option<Mapping>,
     pub(crate) log_fd: Option<OwnedFd>,
     /// The inflight tracking area handed out or handed back (R-INFL-01, R-INFL-03).
     pub(crate) inflight: Option<InflightArea>,
@@ -103,7 +102,6 @@ impl<'a> Session<'a> {
             channel: None,
             shmem: Shmem::new(limits.shmem.clone()),
             status: 0,
-            log: None,
             log_fd: None,
             transfer: None,
             inflight: None,
@@ -123,6 +121,7 @@ impl<'a> Session<'a> {
             | (VirtioFeatures::INDIRECT_DESC
                 | VirtioFeatures::EVENT_IDX
                 | VirtioFeatures::RING_PACKED
+                | VirtioFeatures::LOG_ALL
                 | VirtioFeatures::PROTOCOL_FEATURES
                 | VirtioFeatures::VERSION_1)
                 .bits()
@@ -268,6 +267,7 @@ impl<'a> Session<'a> {
             return Outcome::Failed; // R-NEG-06: bits that were not offered.
         }
         self.features = v;
+        self.mem.logging = v & VirtioFeatures::LOG_ALL.bits() != 0;
         if v & VirtioFeatures::PROTOCOL_FEATURES.bits() == 0 {
             // R-RING-09: without bit 30 every ring is enabled at once.
             self.queues.iter_mut().for_each(|q| q.enabled = true);
@@ -306,17 +306,17 @@ impl<'a> Session<'a> {
         if regions.len() != fds.len() || regions.is_empty() {
             return Outcome::Failed; // R-MEM-20
         }
-        let mut mem = Memory::default();
+        let mut mapped: Vec<Region> = vec![];
         for (r, fd) in regions.into_iter().zip(fds) {
-            if mem.regions.iter().any(|o| o.overlaps(&r)) {
+            if mapped.iter().any(|o| o.overlaps(&r)) {
                 return Outcome::Failed; // R-MEM-04
             }
             match Region::map(r, fd) {
-                Ok(region) => mem.regions.push(region),
+                Ok(region) => mapped.push(region),
                 Err(_) => return Outcome::Failed,
             }
         }
-        self.mem = mem;
+        self.mem.replace_regions(mapped);
         self.retranslate();
         Outcome::Done
     }
@@ -366,10 +366,10 @@ impl<'a> Session<'a> {
         let mapped = fds
             .pop()
             .filter(|_| ok)
-            .and_then(|fd| Mapping::new(fd, l.offset.checked_add(l.size)?).ok());
+            .and_then(|fd| DirtyLog::new(fd, l.size, l.offset).ok());
         match mapped {
-            Some(m) => {
-                self.log = Some(m);
+            Some(log) => {
+                self.mem.log = Some(log);
                 Outcome::Reply(Body::U64(0))
             }
             None => Outcome::Reply(Body::U64(1)),
