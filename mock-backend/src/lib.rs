@@ -35,11 +35,42 @@ mod session;
 mod state;
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 
 pub use device::{T_SHMEM_MAP, T_SHMEM_UNMAP};
+
+/// Why the back-end could not run (a misbehaving front-end is never one of these: the session
+/// answers it or closes that connection).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Accepting a connection failed.
+    #[error("accept failed")]
+    Accept(#[source] std::io::Error),
+    /// An option value out of range.
+    #[error("invalid option: {0}")]
+    BadOption(String),
+    /// The socket path cannot be bound.
+    #[error("cannot listen on {}", path.display())]
+    Listen {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Neither or both of `--socket-path` and `--fd`.
+    #[error("give exactly one of --socket-path PATH or --fd FDNUM")]
+    NoSocket,
+    /// `--fd` does not name a Unix socket.
+    #[error("--fd {0} is not an open unix socket")]
+    NotASocket(i32),
+    /// An unknown `--fault` name.
+    #[error("{0}")]
+    UnknownFault(String),
+}
 
 /// Parses `args` (argv[0] included) and runs the back-end.
 pub fn run_from_args<I, T>(args: I) -> ExitCode
@@ -57,7 +88,13 @@ where
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vhu-mock-backend: {e}");
+            let mut line = format!("vhu-mock-backend: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                line.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            eprintln!("{line}");
             ExitCode::FAILURE
         }
     }
@@ -67,7 +104,7 @@ where
 ///
 /// # Errors
 /// A bad option value, an unknown fault, or a socket that cannot be served.
-pub fn run(args: &cli::Args) -> Result<(), String> {
+pub fn run(args: &cli::Args) -> Result<(), Error> {
     if args.print_capabilities {
         println!("{}", cli::CAPABILITIES);
         return Ok(());
@@ -78,12 +115,13 @@ pub fn run(args: &cli::Args) -> Result<(), String> {
         }
         return Ok(());
     }
-    args.check()?;
+    args.check().map_err(Error::BadOption)?;
     let faults = faults::Faults::new(
         args.faults
             .iter()
             .map(|n| faults::parse(n))
-            .collect::<Result<_, _>>()?,
+            .collect::<Result<_, _>>()
+            .map_err(Error::UnknownFault)?,
     );
     let mut dev = device::Blk::new(args.capacity, args.queues);
     let limits = session::Limits {
@@ -93,6 +131,6 @@ pub fn run(args: &cli::Args) -> Result<(), String> {
     match (&args.socket_path, args.fd) {
         (Some(path), None) => server::listen(path, &mut dev, &faults, &limits),
         (None, Some(fd)) => server::inherited(fd, &mut dev, &faults, &limits),
-        _ => Err("give exactly one of --socket-path PATH or --fd FDNUM".into()),
+        _ => Err(Error::NoSocket),
     }
 }

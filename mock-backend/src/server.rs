@@ -13,6 +13,7 @@ use std::time::Duration;
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use vhu_protocol::Connection;
 
+use crate::Error;
 use crate::device::Blk;
 use crate::faults::Faults;
 use crate::session::{Limits, Session};
@@ -50,13 +51,15 @@ fn install_sigterm(path: Option<&Path>) {
 ///
 /// # Errors
 /// The socket cannot be bound, or accepting fails.
-pub fn listen(path: &Path, dev: &mut Blk, faults: &Faults, limits: &Limits) -> Result<(), String> {
+pub fn listen(path: &Path, dev: &mut Blk, faults: &Faults, limits: &Limits) -> Result<(), Error> {
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)
-        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    let listener = UnixListener::bind(path).map_err(|source| Error::Listen {
+        path: path.to_path_buf(),
+        source,
+    })?;
     install_sigterm(Some(path));
     for stream in listener.incoming() {
-        let stream = stream.map_err(|e| format!("accept failed: {e}"))?;
+        let stream = stream.map_err(Error::Accept)?;
         if !serve(stream, dev, faults, limits) {
             break;
         }
@@ -69,9 +72,9 @@ pub fn listen(path: &Path, dev: &mut Blk, faults: &Faults, limits: &Limits) -> R
 ///
 /// # Errors
 /// `fd` is not an open socket.
-pub fn inherited(fd: i32, dev: &mut Blk, faults: &Faults, limits: &Limits) -> Result<(), String> {
+pub fn inherited(fd: i32, dev: &mut Blk, faults: &Faults, limits: &Limits) -> Result<(), Error> {
     if nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(fd).is_err() {
-        return Err(format!("--fd {fd} is not an open Unix socket"));
+        return Err(Error::NotASocket(fd));
     }
     install_sigterm(None);
     // SAFETY: the convention hands this process an open, connected socket as `fd` (checked just
