@@ -81,6 +81,8 @@ pub struct ShmemCtx<'c> {
     pub channel: Option<&'c BackendChannel>,
     /// REPLY_ACK negotiated: ask for an ack (R-SHM-11).
     pub reply_ack: bool,
+    /// BACKEND_SEND_FD negotiated: a map, which carries an fd, may be sent (checklist 1.6).
+    pub send_fd: bool,
     /// Fault `shmem-out-of-range`: the map lands one region size further.
     pub out_of_range: bool,
 }
@@ -107,8 +109,10 @@ impl Shmem {
         if !self.in_region(r) {
             return false;
         }
-        if r.map {
+        if r.map && ctx.send_fd {
             self.map(channel, ctx, r)
+        } else if r.map {
+            false
         } else {
             self.unmap(channel, ctx.reply_ack, r)
         }
@@ -198,6 +202,7 @@ mod tests {
         ShmemCtx {
             channel: Some(channel),
             reply_ack: true,
+            send_fd: true,
             out_of_range: false,
         }
     }

@@ -20,7 +20,8 @@
 //! BACKEND_SHMEM_UNMAP the same way. The back-end refuses locally (IOERR, nothing sent) a
 //! request whose shmid is not declared, whose range is empty or leaves the region, overlaps an
 //! existing mapping (map) or is not exactly one existing mapping (unmap), or when SHMEM and
-//! BACKEND_REQ are not both negotiated with a back-end channel set.
+//! BACKEND_REQ are not both negotiated with a back-end channel set (and, for a map, which
+//! carries an fd, BACKEND_SEND_FD).
 
 mod channel;
 pub mod cli;

@@ -120,6 +120,7 @@ impl Session<'_> {
         let ctx = ShmemCtx {
             channel: self.channel.as_ref().filter(|_| shmem_ok),
             reply_ack: self.negotiated(ProtocolFeatures::REPLY_ACK),
+            send_fd: self.negotiated(ProtocolFeatures::BACKEND_SEND_FD),
             out_of_range: self.has(Fault::ShmemOutOfRange),
         };
         let q = &mut self.queues[i];

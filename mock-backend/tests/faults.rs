@@ -181,16 +181,17 @@ fn shmem_body(shmid: u8, offset: u64, len: u64) -> Vec<u8> {
     .concat()
 }
 
+fn shmem_features() -> ProtocolFeatures {
+    ProtocolFeatures::BACKEND_REQ | ProtocolFeatures::BACKEND_SEND_FD | ProtocolFeatures::SHMEM
+}
+
 /// What the channel double saw: (code, payload, first bytes of the fd).
 type Seen = std::thread::JoinHandle<Vec<(u32, Body, Vec<u8>)>>;
 
 fn shmem_session(args: &[&str], ack_value: u64) -> (Backend, Connection, Guest, Ring, Seen) {
     let be = start(&[&["--shmem", "1:0x10000"], args].concat());
     let c = connect(&be.sock);
-    negotiate(
-        &c,
-        basic() | ProtocolFeatures::BACKEND_REQ | ProtocolFeatures::SHMEM,
-    );
+    negotiate(&c, basic() | shmem_features());
     let fe = channel(&c, ack_value);
     let g = Guest::new();
     let r = setup_ring(&c, &g);
@@ -264,4 +265,22 @@ fn hang_set_mem_table_never_answers() {
     )
     .unwrap();
     assert!(c.recv().unwrap_err().is_timeout());
+}
+
+#[test]
+fn a_shmem_map_is_not_sent_without_backend_send_fd() {
+    let be = start(&["--shmem", "1:0x10000"]);
+    let c = connect(&be.sock);
+    negotiate(
+        &c,
+        basic() | ProtocolFeatures::BACKEND_REQ | ProtocolFeatures::SHMEM,
+    );
+    let fe = channel(&c, 0);
+    let mut g = Guest::new();
+    let mut r = setup_ring(&c, &g);
+    let body = shmem_body(1, 0, 0x1000);
+    let map = blk_request(&mut g, &mut r, T_SHMEM_MAP, 0, Some((&body, false)));
+    assert_eq!(map.0, blk::S_IOERR);
+    drop(c);
+    assert!(fe.join().unwrap().is_empty());
 }
