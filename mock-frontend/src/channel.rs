@@ -2,7 +2,9 @@
 //! socket the back-end sends requests on. A thread serves it while the main socket is used, so
 //! neither side can deadlock waiting on the other (R-BCH-07). Every request is recorded, framing
 //! violations are noted, and NEED_REPLY requests are acked (R-ACK-08): 0 when the request is
-//! valid, non-zero otherwise (unknown codes included, R-BCH-08).
+//! valid and done, non-zero otherwise (unknown codes included, R-BCH-08). SHMEM_MAP and
+//! SHMEM_UNMAP really map and unmap the back-end's fd in the regions GET_SHMEM_CONFIG declared
+//! (see [`crate::shmem`]).
 
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 use vhu_protocol::wire::payload::Body;
 use vhu_protocol::{BackendReq, ConnError, Connection, Message};
 
+use crate::shmem::{ShmemMapping, ShmemSpace};
 use crate::transcript::{Channel, Direction, Transcript};
 
 /// One request the back-end sent.
@@ -28,6 +31,10 @@ pub struct BackendRecord {
     pub fds: usize,
     /// The ack sent back, if one was asked for.
     pub ack: Option<u64>,
+    /// Microseconds since the session started, on the transcript's clock.
+    pub at_us: u64,
+    /// Why the request was refused or not carried out (a violation or a local limit).
+    pub refused: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -35,7 +42,7 @@ struct Shared {
     records: Vec<BackendRecord>,
     violations: Vec<String>,
     transcript: Transcript,
-    shmem_sizes: Vec<u64>,
+    shmem: ShmemSpace,
     refuse: usize,
 }
 
@@ -79,9 +86,41 @@ impl BackendChannel {
         self.lock().transcript.clone()
     }
 
-    /// Declares the shared memory regions (GET_SHMEM_CONFIG's sizes) SHMEM_MAP is checked against.
+    /// Declares the shared memory regions (GET_SHMEM_CONFIG's sizes, index = shmid) SHMEM_MAP is
+    /// checked against and maps into. Declaring the same sizes again keeps the mappings; other
+    /// sizes drop them. A region that cannot be reserved is noted as a violation of nothing but
+    /// left undeclared (every map into it is refused).
     pub fn set_shmem_config(&self, sizes: &[u64]) {
-        self.lock().shmem_sizes = sizes.to_vec();
+        let mut s = self.lock();
+        let trimmed = trim_zeros(sizes);
+        if trim_zeros(&s.shmem.sizes()) == trimmed {
+            return;
+        }
+        s.shmem = match ShmemSpace::new(trimmed) {
+            Ok(space) => space,
+            Err(e) => {
+                s.violations.push(format!(
+                    "harness: cannot reserve shared memory regions: {e}"
+                ));
+                ShmemSpace::default()
+            }
+        };
+    }
+
+    /// The live SHMEM mappings.
+    pub fn shmem_mappings(&self) -> Vec<ShmemMapping> {
+        self.lock().shmem.mappings()
+    }
+
+    /// Reads shared memory region `shmid` at `offset` through the live mappings, as the guest
+    /// would see it; an error where nothing is mapped.
+    pub fn shmem_read(&self, shmid: u8, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.lock().shmem.read(shmid, offset, buf)
+    }
+
+    /// Drops every SHMEM mapping, as a device reset does (R-SHM-09).
+    pub fn drop_shmem_mappings(&self) {
+        self.lock().shmem.clear();
     }
 
     /// Refuses (acks non-zero) the next `n` requests, to test the back-end's error path (R-SHM-12).
@@ -108,7 +147,7 @@ impl Drop for BackendChannel {
 fn serve(conn: &Connection, shared: &Mutex<Shared>, stop: &AtomicBool, epoch: Instant) {
     while !stop.load(Ordering::Relaxed) {
         match conn.recv_unchecked() {
-            Ok(msg) => handle(conn, shared, &msg, epoch),
+            Ok(msg) => handle(conn, shared, msg, epoch),
             Err(ConnError::Timeout { .. }) => {}
             Err(e) if e.is_peer_gone() => return,
             Err(e) => {
@@ -124,28 +163,39 @@ fn serve(conn: &Connection, shared: &Mutex<Shared>, stop: &AtomicBool, epoch: In
     }
 }
 
-fn handle(conn: &Connection, shared: &Mutex<Shared>, msg: &Message, epoch: Instant) {
+fn trim_zeros(sizes: &[u64]) -> &[u64] {
+    let len = sizes.iter().rposition(|&s| s != 0).map_or(0, |i| i + 1);
+    &sizes[..len]
+}
+
+fn handle(conn: &Connection, shared: &Mutex<Shared>, msg: Message, epoch: Instant) {
     let mut s = shared
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let at = epoch.elapsed().as_micros() as u64;
+    let at_us = epoch.elapsed().as_micros() as u64;
     s.transcript.record(
-        at,
+        at_us,
         Channel::Backend,
         Direction::FromBackend,
         &msg.header,
         &msg.payload,
         msg.fds.len(),
     );
-    let problem = check(msg, &s.shmem_sizes);
-    if let Some(p) = &problem {
-        s.violations.push(p.clone());
+    let refuse = msg.header.need_reply() && s.refuse > 0;
+    if refuse {
+        s.refuse -= 1;
+    }
+    let outcome = match check(&msg) {
+        Err(violation) => Err((violation, true)),
+        Ok(_) if refuse => Err(("refused on purpose (refuse_next)".to_string(), false)),
+        Ok(body) => carry_out(&mut s, &msg, body),
+    };
+    if let Err((why, true)) = &outcome {
+        s.violations.push(why.clone());
     }
     let mut ack = None;
     if msg.header.need_reply() {
-        let refuse = s.refuse > 0;
-        s.refuse = s.refuse.saturating_sub(1);
-        let value = u64::from(problem.is_some() || refuse);
+        let value = u64::from(outcome.is_err());
         let reply = vhu_protocol::Header::reply(msg.header.request, 8);
         s.transcript.record(
             epoch.elapsed().as_micros() as u64,
@@ -161,50 +211,58 @@ fn handle(conn: &Connection, shared: &Mutex<Shared>, msg: &Message, epoch: Insta
     s.records.push(BackendRecord {
         code: msg.header.request,
         flags: msg.header.flags,
-        payload: msg.payload.clone(),
+        payload: msg.payload,
         fds: msg.fds.len(),
         ack,
+        at_us,
+        refused: outcome.err().map(|(why, _)| why),
     });
 }
 
-/// Syntax and range checks of one back-end request (R-WIRE-16, R-BCH-02, R-SHM-05).
-fn check(msg: &Message, shmem_sizes: &[u64]) -> Option<String> {
+/// Does what a valid request asks: SHMEM_MAP/UNMAP act on the shared memory regions; the others
+/// only need recording. `Err((why, is_violation))` when it cannot be done.
+fn carry_out(s: &mut Shared, msg: &Message, body: Body) -> Result<(), (String, bool)> {
+    let req = BackendReq::from_code(msg.header.request).map_err(|e| (e.to_string(), true))?;
+    let r = match (req, &body) {
+        (BackendReq::ShmemMap, Body::ShmemMap(m)) => {
+            let Some(fd) = msg.fds.first().and_then(|fd| fd.try_clone().ok()) else {
+                return Err(("cannot duplicate the SHMEM_MAP fd".into(), false));
+            };
+            s.shmem.map(m, fd)
+        }
+        (BackendReq::ShmemUnmap, Body::ShmemMap(m)) => s.shmem.unmap(m),
+        _ => return Ok(()),
+    };
+    r.map_err(|e| {
+        let why = format!("{}: {e}", req.spec_name());
+        (why, e.is_violation())
+    })
+}
+
+/// Syntax checks of one back-end request (R-WIRE-16, R-BCH-02, R-BCH-08): its decoded body.
+fn check(msg: &Message) -> Result<Body, String> {
     let h = &msg.header;
     if h.validate().is_err() || h.is_reply() {
-        return Some(format!(
+        return Err(format!(
             "back-end request {} has flags {:#x} (R-WIRE-16)",
             h.request, h.flags
         ));
     }
     let Ok(req) = BackendReq::from_code(h.request) else {
-        return Some(format!(
+        return Err(format!(
             "unknown back-end request code {} (R-BCH-08)",
             h.request
         ));
     };
     let (min, max) = req.fd_range();
     if !(min..=max).contains(&msg.fds.len()) {
-        return Some(format!(
+        return Err(format!(
             "{} carries {} fds, expected {min}..={max} (R-BCH-02)",
             req.spec_name(),
             msg.fds.len()
         ));
     }
-    let body = match msg
-        .body(req.request_body())
+    msg.body(req.request_body())
         .and_then(|b| b.validate().map(|()| b))
-    {
-        Ok(b) => b,
-        Err(v) => return Some(format!("{}: {v} (R-BCH-02)", req.spec_name())),
-    };
-    if let (BackendReq::ShmemMap, Body::ShmemMap(m)) = (req, &body) {
-        let size = shmem_sizes.get(usize::from(m.shmid)).copied().unwrap_or(0);
-        if size == 0 || m.shm_offset.saturating_add(m.len) > size {
-            return Some(format!(
-                "SHMEM_MAP of shmid {} range {:#x}+{:#x} outside the declared region of {size:#x} bytes (R-SHM-05)",
-                m.shmid, m.shm_offset, m.len
-            ));
-        }
-    }
-    None
+        .map_err(|v| format!("{}: {v} (R-BCH-02)", req.spec_name()))
 }

@@ -10,6 +10,7 @@ pub mod blk;
 pub mod channel;
 pub mod memory;
 pub mod session;
+pub mod shmem;
 pub mod transcript;
 pub mod vring;
 

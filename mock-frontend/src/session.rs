@@ -184,6 +184,8 @@ pub struct Session {
     acked_features: Option<u64>,
     acked_protocol: Option<u64>,
     channel: Option<BackendChannel>,
+    /// GET_SHMEM_CONFIG's last valid answer (index = shmid), for the back-end channel.
+    shmem_sizes: Option<Vec<u64>>,
     /// The last ack-only request sent without NEED_REPLY: a reply carrying its code is an
     /// unrequested ack (R-ACK-03).
     last_unacked: Option<u32>,
@@ -202,6 +204,7 @@ impl Session {
             acked_features: None,
             acked_protocol: None,
             channel: None,
+            shmem_sizes: None,
             last_unacked: None,
         }
     }
@@ -698,8 +701,12 @@ impl Session {
         self.ack(FrontendReq::SetConfig, &body, &[])
     }
 
-    /// SET_STATUS.
+    /// SET_STATUS; status 0 resets the device, so the front-end drops every SHMEM mapping
+    /// (R-SHM-09).
     pub fn set_status(&mut self, status: u8) -> Result<Ack, SessionError> {
+        if let (0, Some(ch)) = (status, &self.channel) {
+            ch.drop_shmem_mappings();
+        }
         self.ack(FrontendReq::SetStatus, &Body::U64(status.into()), &[])
     }
 
@@ -708,16 +715,28 @@ impl Session {
         self.u64_reply(FrontendReq::GetStatus)
     }
 
-    /// RESET_DEVICE.
+    /// RESET_DEVICE; the front-end drops every SHMEM mapping (R-SHM-09).
     pub fn reset_device(&mut self) -> Result<Ack, SessionError> {
+        if let Some(ch) = &self.channel {
+            ch.drop_shmem_mappings();
+        }
         self.ack(FrontendReq::ResetDevice, &Body::Empty, &[])
     }
 
-    /// GET_SHMEM_CONFIG: the raw reply.
+    /// GET_SHMEM_CONFIG: the raw reply. A well-formed answer declares the regions the back-end
+    /// channel maps SHMEM_MAP into.
     pub fn get_shmem_config(&mut self) -> Result<Message, SessionError> {
-        Ok(self
+        let m = self
             .request(FrontendReq::GetShmemConfig, &Body::Empty, &[], None)?
-            .expect("explicit reply"))
+            .expect("explicit reply");
+        if let Ok(Body::ShmemConfig(c)) = m.body(FrontendReq::GetShmemConfig.reply_body()) {
+            let sizes = c.sizes.to_vec();
+            if let Some(ch) = &self.channel {
+                ch.set_shmem_config(&sizes);
+            }
+            self.shmem_sizes = Some(sizes);
+        }
+        Ok(m)
     }
 
     /// SET_DEVICE_STATE_FD: the raw reply (u64 result, maybe an fd).
@@ -753,6 +772,9 @@ impl Session {
                     source,
                 }
             })?;
+        if let Some(sizes) = &self.shmem_sizes {
+            channel.set_shmem_config(sizes);
+        }
         self.channel = Some(channel);
         let fd = std::os::fd::AsFd::as_fd(&theirs);
         self.ack(FrontendReq::SetBackendReqFd, &Body::Empty, &[fd])

@@ -11,9 +11,9 @@ use vhu_mock_frontend::{
     Wanted,
 };
 use vhu_protocol::virtio::{SplitDesc, VIRTQ_DESC_F_INDIRECT};
-use vhu_protocol::wire::payload::Body;
+use vhu_protocol::wire::payload::{Body, ShmemConfig, ShmemMapMsg};
 use vhu_protocol::{BackendReq, Connection, FrontendReq, Header, ProtocolFeatures, VirtioFeatures};
-use zerocopy::FromBytes;
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 const T: Option<Duration> = Some(Duration::from_secs(2));
 
@@ -162,4 +162,122 @@ fn an_indirect_chain_lives_in_shared_guest_memory() {
     assert_eq!((second.addr, second.len), (0x9000, 512));
     assert_eq!(q.avail_idx(), 1);
     let _ = (Ack::Ok, q.kick.as_fd());
+}
+
+/// A SHMEM_MAP request with NEED_REPLY on the back-end channel, carrying `fd`.
+fn shmem_msg(
+    ch: &Connection,
+    req: BackendReq,
+    shm_offset: u64,
+    len: u64,
+    fd: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Option<u64> {
+    let mut m = ShmemMapMsg::new_zeroed();
+    m.shm_offset = shm_offset;
+    m.len = len;
+    m.flags = 1;
+    let fds: Vec<_> = fd.into_iter().collect();
+    ch.send(
+        Header::request(req as u32, m.as_bytes().len() as u32, true),
+        m.as_bytes(),
+        &fds,
+    )
+    .unwrap();
+    ch.recv_reply(req as u32).unwrap().u64()
+}
+
+#[test]
+fn shmem_map_requests_map_the_fd_into_the_declared_region_and_bad_ones_are_refused() {
+    let (mut s, be) = pair();
+    let backend = std::thread::spawn(move || {
+        let pf =
+            ProtocolFeatures::REPLY_ACK | ProtocolFeatures::BACKEND_REQ | ProtocolFeatures::SHMEM;
+        let file = memfd::MemfdOptions::default()
+            .create("be-shm")
+            .unwrap()
+            .into_file();
+        file.set_len(0x2000).unwrap();
+        file.write_all_at(b"device memory", 0x1000).unwrap();
+        let (mut channel, mut acks, mut status_calls) = (None, vec![], 0);
+        while let Ok(m) = be.recv() {
+            let code = FrontendReq::from_code(m.header.request).unwrap();
+            if code == FrontendReq::SetBackendReqFd {
+                let sock = std::os::unix::net::UnixStream::from(m.fds.into_iter().next().unwrap());
+                channel = Some(Connection::new(sock, T));
+            }
+            let reply = match code {
+                FrontendReq::GetFeatures => Body::U64(VirtioFeatures::PROTOCOL_FEATURES.bits()),
+                FrontendReq::GetProtocolFeatures => Body::U64(pf.bits()),
+                FrontendReq::GetShmemConfig => {
+                    let mut c = ShmemConfig {
+                        nregions: 1,
+                        ..Default::default()
+                    };
+                    c.sizes[0] = 0x10000;
+                    Body::ShmemConfig(Box::new(c))
+                }
+                FrontendReq::GetStatus => {
+                    let ch = channel.as_ref().unwrap();
+                    let fd = Some(file.as_fd());
+                    status_calls += 1;
+                    if status_calls == 1 {
+                        acks.push(shmem_msg(ch, BackendReq::ShmemMap, 0x4000, 0x2000, fd));
+                        acks.push(shmem_msg(ch, BackendReq::ShmemMap, 0x5000, 0x1000, fd));
+                        acks.push(shmem_msg(ch, BackendReq::ShmemUnmap, 0x4000, 0x1000, None));
+                    } else {
+                        acks.push(shmem_msg(ch, BackendReq::ShmemMap, 0x8000, 0x1000, fd));
+                    }
+                    Body::U64(0)
+                }
+                _ if m.header.need_reply() => Body::U64(0),
+                _ => continue,
+            };
+            be.send_reply(m.header.request, &reply, &[]).unwrap();
+        }
+        acks
+    });
+    s.negotiate(&Wanted::all()).unwrap();
+    s.get_shmem_config().unwrap();
+    s.get_status().unwrap();
+    let ch = s.channel().unwrap();
+    let mut buf = [0u8; 13];
+    ch.shmem_read(0, 0x5000, &mut buf).unwrap();
+    assert_eq!(
+        &buf, b"device memory",
+        "the fd's page 1 shows at region offset 0x5000"
+    );
+    assert!(
+        ch.shmem_read(0, 0x1000, &mut buf).is_err(),
+        "nothing is mapped there"
+    );
+    assert_eq!(ch.shmem_mappings().len(), 1);
+    let violations = ch.violations();
+    assert_eq!(violations.len(), 2, "{violations:?}");
+    assert!(violations[0].contains("R-SHM-07") && violations[1].contains("R-SHM-08"));
+
+    s.channel().unwrap().refuse_next(1);
+    s.get_status().unwrap();
+    let ch = s.channel().unwrap();
+    assert_eq!(ch.shmem_mappings().len(), 1, "a refused map is not mapped");
+    assert_eq!(
+        ch.violations().len(),
+        2,
+        "a refusal is not the back-end's violation"
+    );
+    assert_eq!(s.reset_device().unwrap(), Ack::Ok);
+    assert!(
+        s.channel().unwrap().shmem_mappings().is_empty(),
+        "a reset drops the mappings (R-SHM-09)"
+    );
+    let records = s.channel().unwrap().requests();
+    assert_eq!(records.len(), 4);
+    assert!(records.iter().all(|r| r.ack.is_some()));
+    drop(s);
+    let acks = backend.join().unwrap();
+    assert_eq!(acks.len(), 4);
+    assert_eq!(acks[0], Some(0));
+    assert!(
+        acks[1..].iter().all(|a| a.is_some_and(|v| v != 0)),
+        "{acks:?}"
+    );
 }
