@@ -1,8 +1,9 @@
 //! The driver side of a virtqueue in guest memory (virtio 1.2 section 2.7, split ring): add
 //! descriptor chains (direct or indirect), publish them, kick, wait for the call eventfd and read
-//! the used ring. Written from the virtio spec, separately from the mock back-end's device side,
-//! so a misreading in one is not mirrored in the other. Packed rings (section 2.8) will be a
-//! second [`RingLayout`].
+//! the used ring. Packed rings (section 2.8) are the second [`RingLayout`]: one descriptor ring
+//! whose avail/used flag bits and wrap counters replace the avail and used rings. Written from
+//! the virtio spec, separately from the mock back-end's device side, so a misreading in one is
+//! not mirrored in the other.
 
 use std::os::fd::AsFd;
 use std::sync::atomic::{Ordering, fence};
@@ -12,8 +13,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use thiserror::Error;
 use vhu_protocol::virtio::{
-    SplitDesc, UsedElem, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
-    split_ring_sizes,
+    PackedDesc, SplitDesc, UsedElem, VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
+    VIRTQ_DESC_F_USED, VIRTQ_DESC_F_WRITE, split_ring_sizes,
 };
 use vhu_protocol::wire::payload::VringAddr;
 use zerocopy::{FromBytes, IntoBytes};
@@ -26,6 +27,8 @@ use crate::session::{Session, SessionError};
 pub enum RingLayout {
     /// Split virtqueue (descriptor table, avail ring, used ring).
     Split,
+    /// Packed virtqueue (descriptor ring, driver and device event suppression areas).
+    Packed,
 }
 
 /// A buffer of a descriptor chain.
@@ -76,15 +79,31 @@ pub struct DriverQueue {
     pub call: EventFd,
     /// Error eventfd.
     pub err: EventFd,
+    layout: RingLayout,
+    /// Split: descriptor table; packed: descriptor ring.
     desc: u64,
+    /// Split: avail ring; packed: driver event suppression area.
     avail: u64,
+    /// Split: used ring; packed: device event suppression area.
     used: u64,
     event_idx: bool,
+    /// Split: free descriptors; packed: free buffer ids.
     free: Vec<u16>,
-    /// Descriptors of each in-flight chain, by head.
+    /// Split: descriptors of each in-flight chain, by head; packed: descriptor slots of each
+    /// in-flight buffer, by buffer id.
     in_flight: Vec<Option<Vec<u16>>>,
+    /// Split: the avail index; packed: the next descriptor slot.
     next_avail: u16,
+    /// Split: the used index seen; packed: the next slot the device writes a used descriptor at.
     last_used: u16,
+    /// Packed: the driver's wrap counter (starts at 1).
+    avail_wrap: bool,
+    /// Packed: the wrap counter expected in the next used descriptor (starts at 1).
+    used_wrap: bool,
+    /// Packed: descriptor slots in use.
+    slots_used: u16,
+    /// Packed: head slots and flags written at publish time, so a chain appears at once.
+    unpublished: Vec<(u16, u16)>,
     /// Whether to inject one kick after SET_VRING_KICK (R-RING-05).
     pub inject_kick: bool,
     /// Notifications read from the call eventfd so far.
@@ -102,12 +121,18 @@ impl DriverQueue {
         mem: &mut GuestMemory,
         index: u16,
         size: u16,
-        _layout: RingLayout,
+        layout: RingLayout,
         event_idx: bool,
     ) -> Result<Self, MemoryError> {
-        let (d, a, u) = split_ring_sizes(size);
+        if size == 0 {
+            return Err(MemoryError::OutOfSpace { len: 0 });
+        }
+        let (d, a, u) = match layout {
+            RingLayout::Split => split_ring_sizes(size),
+            RingLayout::Packed => (16 * u64::from(size), 4, 4),
+        };
         let desc = mem.alloc(d, 16)?;
-        let avail = mem.alloc(a, 2)?;
+        let avail = mem.alloc(a, 4)?;
         let used = mem.alloc(u, 4)?;
         for (gpa, len) in [(desc, d), (avail, a), (used, u)] {
             mem.fill(gpa, len, 0)?;
@@ -118,6 +143,7 @@ impl DriverQueue {
             kick: eventfd()?,
             call: eventfd()?,
             err: eventfd()?,
+            layout,
             desc,
             avail,
             used,
@@ -126,6 +152,10 @@ impl DriverQueue {
             in_flight: vec![None; usize::from(size)],
             next_avail: 0,
             last_used: 0,
+            avail_wrap: true,
+            used_wrap: true,
+            slots_used: 0,
+            unpublished: vec![],
             inject_kick: true,
             calls: 0,
         })
@@ -144,16 +174,53 @@ impl DriverQueue {
         }
     }
 
-    /// Sets the ring's starting index: the avail and used indices in memory and the driver's own.
-    pub fn set_base(&mut self, mem: &GuestMemory, base: u16) -> Result<(), MemoryError> {
-        self.next_avail = base;
-        self.last_used = base;
-        mem.write_u16(self.avail + 2, base)?;
-        mem.write_u16(self.used + 2, base)
+    /// The ring format.
+    pub fn layout(&self) -> RingLayout {
+        self.layout
     }
 
-    /// NUM, BASE, ADDR, KICK, CALL, ERR in QEMU's order (R-VRING-01), then one injected kick
-    /// (R-RING-05) unless `inject_kick` is off. Enabling is separate (SET_VRING_ENABLE).
+    /// The base a fresh ring starts from: 0 for split; for packed, index 0 with the wrap
+    /// counter set (bit 15), as virtio 2.8 starts both wrap counters at 1.
+    pub fn initial_base(&self) -> u16 {
+        match self.layout {
+            RingLayout::Split => 0,
+            RingLayout::Packed => 0x8000,
+        }
+    }
+
+    /// Sets the ring's starting point. Split: the avail and used indices in memory and the
+    /// driver's own. Packed: `base` is the next slot (bits 0-14) and wrap counter (bit 15) of
+    /// both the driver and the device.
+    pub fn set_base(&mut self, mem: &GuestMemory, base: u16) -> Result<(), MemoryError> {
+        match self.layout {
+            RingLayout::Split => {
+                self.next_avail = base;
+                self.last_used = base;
+                mem.write_u16(self.avail + 2, base)?;
+                mem.write_u16(self.used + 2, base)
+            }
+            RingLayout::Packed => {
+                let slot = (base & 0x7fff) % self.size;
+                let wrap = base & 0x8000 != 0;
+                (self.next_avail, self.last_used) = (slot, slot);
+                (self.avail_wrap, self.used_wrap) = (wrap, wrap);
+                Ok(())
+            }
+        }
+    }
+
+    /// SET_VRING_BASE's word for `base`: split, the index; packed, the same slot and wrap counter
+    /// for avail (bits 0-15) and used (bits 16-31).
+    pub fn base_word(&self, base: u16) -> u32 {
+        match self.layout {
+            RingLayout::Split => base.into(),
+            RingLayout::Packed => u32::from(base) | u32::from(base) << 16,
+        }
+    }
+
+    /// NUM, BASE, ADDR, CALL, ERR, KICK (R-VRING-01), then one injected kick (R-RING-05) unless
+    /// `inject_kick` is off. Enabling is separate (SET_VRING_ENABLE). For a packed ring `base`
+    /// carries the wrap counter in bit 15 (see [`initial_base`](Self::initial_base)).
     pub fn setup(
         &mut self,
         session: &mut Session,
@@ -163,8 +230,9 @@ impl DriverQueue {
         use vhu_protocol::FrontendReq::*;
         let i = u32::from(self.index);
         self.set_base(mem, base)?;
+        let word = self.base_word(base);
         session.checked(SetVringNum, |s| s.set_vring_num(i, self.size.into()))?;
-        session.checked(SetVringBase, |s| s.set_vring_base(i, base.into()))?;
+        session.checked(SetVringBase, |s| s.set_vring_base(i, word))?;
         let addr = self.vring_addr(mem);
         session.checked(SetVringAddr, |s| s.set_vring_addr(&addr))?;
         let idx = self.index as u8;
@@ -193,20 +261,24 @@ impl DriverQueue {
         mem.write(table + 16 * u64::from(i), d.as_bytes())
     }
 
-    /// Adds a direct chain; returns its head. Not visible to the device until [`publish`](Self::publish).
+    /// Adds a direct chain; returns its head (split) or buffer id (packed). Not visible to the
+    /// device until [`publish`](Self::publish).
     pub fn add_chain(&mut self, mem: &GuestMemory, bufs: &[Buffer]) -> Result<u16, MemoryError> {
+        if self.layout == RingLayout::Packed {
+            let descs: Vec<(u64, u32, u16)> =
+                bufs.iter().map(|b| (b.gpa, b.len, write_flag(b))).collect();
+            return self.packed_place(mem, &descs);
+        }
         if bufs.is_empty() || bufs.len() > self.free.len() {
             return Err(MemoryError::OutOfSpace {
                 len: bufs.len() as u64,
             });
         }
-        let ids: Vec<u16> = (0..bufs.len())
-            .map(|_| self.free.pop().expect("checked"))
-            .collect();
+        let ids = self.free.split_off(self.free.len() - bufs.len());
+        let ids: Vec<u16> = ids.into_iter().rev().collect();
         for (k, b) in bufs.iter().enumerate() {
             let last = k + 1 == bufs.len();
-            let flags = if b.writable { VIRTQ_DESC_F_WRITE } else { 0 }
-                | if last { 0 } else { VIRTQ_DESC_F_NEXT };
+            let flags = write_flag(b) | if last { 0 } else { VIRTQ_DESC_F_NEXT };
             let next = if last { 0 } else { ids[k + 1] };
             self.write_desc(
                 mem,
@@ -230,23 +302,39 @@ impl DriverQueue {
         bufs: &[Buffer],
     ) -> Result<u16, MemoryError> {
         let n = bufs.len() as u16;
+        if n == 0 {
+            return Err(MemoryError::OutOfSpace { len: 0 });
+        }
         let table = mem.alloc(16 * u64::from(n), 16)?;
         for (k, b) in bufs.iter().enumerate() {
             let k = k as u16;
-            let last = k + 1 == n;
-            let flags = if b.writable { VIRTQ_DESC_F_WRITE } else { 0 }
-                | if last { 0 } else { VIRTQ_DESC_F_NEXT };
-            self.write_desc(
-                mem,
-                table,
-                k,
-                &SplitDesc {
+            let entry = match self.layout {
+                // Packed indirect tables are sequential: no NEXT, no id (virtio 2.8.19).
+                RingLayout::Packed => PackedDesc {
                     addr: b.gpa,
                     len: b.len,
-                    flags,
-                    next: if last { 0 } else { k + 1 },
-                },
-            )?;
+                    id: 0,
+                    flags: write_flag(b),
+                }
+                .as_bytes()
+                .to_vec(),
+                RingLayout::Split => {
+                    let last = k + 1 == n;
+                    SplitDesc {
+                        addr: b.gpa,
+                        len: b.len,
+                        flags: write_flag(b) | if last { 0 } else { VIRTQ_DESC_F_NEXT },
+                        next: if last { 0 } else { k + 1 },
+                    }
+                    .as_bytes()
+                    .to_vec()
+                }
+            };
+            mem.write(table + 16 * u64::from(k), &entry)?;
+        }
+        let len = 16 * u32::from(n);
+        if self.layout == RingLayout::Packed {
+            return self.packed_place(mem, &[(table, len, VIRTQ_DESC_F_INDIRECT)]);
         }
         let head = self.free.pop().ok_or(MemoryError::OutOfSpace { len: 1 })?;
         self.write_desc(
@@ -255,7 +343,7 @@ impl DriverQueue {
             head,
             &SplitDesc {
                 addr: table,
-                len: 16 * u32::from(n),
+                len,
                 flags: VIRTQ_DESC_F_INDIRECT,
                 next: 0,
             },
@@ -272,8 +360,69 @@ impl DriverQueue {
         Ok(head)
     }
 
-    /// Makes every added chain visible: the avail index, after a release fence.
+    /// The avail/used flag bits that mark a packed descriptor available in the current lap.
+    fn avail_bits(&self) -> u16 {
+        if self.avail_wrap {
+            VIRTQ_DESC_F_AVAIL
+        } else {
+            VIRTQ_DESC_F_USED
+        }
+    }
+
+    /// Packed: writes `(addr, len, flags)` descriptors into consecutive slots under one buffer
+    /// id. Every descriptor but the head gets its flags now; the head's flags are written by
+    /// [`publish`](Self::publish), after a release fence, so the chain appears at once.
+    fn packed_place(
+        &mut self,
+        mem: &GuestMemory,
+        descs: &[(u64, u32, u16)],
+    ) -> Result<u16, MemoryError> {
+        let n = descs.len() as u16;
+        if n == 0 || n > self.size - self.slots_used || self.free.is_empty() {
+            return Err(MemoryError::OutOfSpace { len: n.into() });
+        }
+        let id = self.free.pop().ok_or(MemoryError::OutOfSpace { len: 1 })?;
+        let mut slots = Vec::with_capacity(descs.len());
+        for (k, &(addr, len, flags)) in descs.iter().enumerate() {
+            let last = k + 1 == descs.len();
+            let flags = flags | if last { 0 } else { VIRTQ_DESC_F_NEXT } | self.avail_bits();
+            let slot = self.next_avail;
+            let at = self.desc + 16 * u64::from(slot);
+            let d = PackedDesc {
+                addr,
+                len,
+                id,
+                flags,
+            };
+            if k == 0 {
+                // The head's flags stay as they are (not available) until publish.
+                mem.write(at, &d.as_bytes()[..14])?;
+                self.unpublished.push((slot, flags));
+            } else {
+                mem.write(at, d.as_bytes())?;
+            }
+            slots.push(slot);
+            self.next_avail += 1;
+            if self.next_avail == self.size {
+                self.next_avail = 0;
+                self.avail_wrap = !self.avail_wrap;
+            }
+        }
+        self.slots_used += n;
+        self.in_flight[usize::from(id)] = Some(slots);
+        Ok(id)
+    }
+
+    /// Makes every added chain visible: split, the avail index after a release fence; packed,
+    /// each chain's head flags after a release fence.
     pub fn publish(&mut self, mem: &GuestMemory) -> Result<(), MemoryError> {
+        if self.layout == RingLayout::Packed {
+            fence(Ordering::Release);
+            for (slot, flags) in std::mem::take(&mut self.unpublished) {
+                mem.write_u16(self.desc + 16 * u64::from(slot) + 14, flags)?;
+            }
+            return Ok(());
+        }
         if self.event_idx {
             // used_event: ask for a call as soon as the next buffer is used.
             mem.write_u16(self.avail + 4 + 2 * u64::from(self.size), self.last_used)?;
@@ -287,18 +436,27 @@ impl DriverQueue {
         let _ = self.kick.write(1);
     }
 
-    /// The driver's avail index (what it has made available).
+    /// What the driver has made available: split, the avail index; packed, the next slot with
+    /// the driver's wrap counter in bit 15 (GET_VRING_BASE's low 16 bits).
     pub fn avail_idx(&self) -> u16 {
-        self.next_avail
+        match self.layout {
+            RingLayout::Split => self.next_avail,
+            RingLayout::Packed => self.next_avail | u16::from(self.avail_wrap) << 15,
+        }
     }
 
-    /// The used index in guest memory.
+    /// Split: the used index in guest memory. Packed: the next slot the driver expects a used
+    /// descriptor at, with its wrap counter in bit 15.
     pub fn used_idx(&self, mem: &GuestMemory) -> u16 {
-        mem.read_u16(self.used + 2).unwrap_or(self.last_used)
+        match self.layout {
+            RingLayout::Split => mem.read_u16(self.used + 2).unwrap_or(self.last_used),
+            RingLayout::Packed => self.last_used | u16::from(self.used_wrap) << 15,
+        }
     }
 
     /// Waits until `count` more buffers are used, watching the call eventfd and polling the used
-    /// index; returns their used elements and recycles their descriptors.
+    /// index (split) or the used flags (packed); returns their used elements and recycles their
+    /// descriptors.
     pub fn wait_used(
         &mut self,
         mem: &GuestMemory,
@@ -308,9 +466,7 @@ impl DriverQueue {
         let start = Instant::now();
         let calls_before = self.calls;
         loop {
-            let used = self.used_idx(mem);
-            fence(Ordering::Acquire);
-            let ready = usize::from(used.wrapping_sub(self.last_used));
+            let ready = self.ready(mem, count)?;
             if ready >= count {
                 if self.calls == calls_before {
                     // The device publishes the used index before it signals: give the call a
@@ -330,6 +486,58 @@ impl DriverQueue {
         }
     }
 
+    /// How many used buffers wait to be collected (counting at most `max` for packed).
+    fn ready(&self, mem: &GuestMemory, max: usize) -> Result<usize, MemoryError> {
+        if self.layout == RingLayout::Split {
+            let used = self.used_idx(mem);
+            fence(Ordering::Acquire);
+            return Ok(usize::from(used.wrapping_sub(self.last_used)));
+        }
+        let (mut slot, mut wrap) = (self.last_used, self.used_wrap);
+        let mut n = 0;
+        while n < max {
+            let Some(d) = self.packed_used_at(mem, slot, wrap)? else {
+                break;
+            };
+            n += 1;
+            let Some(chain) = self
+                .in_flight
+                .get(usize::from(d.id))
+                .and_then(Option::as_ref)
+            else {
+                break; // `collect` reports the bad id.
+            };
+            (slot, wrap) = self.advance(slot, wrap, chain.len());
+        }
+        Ok(n)
+    }
+
+    /// The used descriptor at `slot`, if the device has written one in the lap `wrap` names.
+    fn packed_used_at(
+        &self,
+        mem: &GuestMemory,
+        slot: u16,
+        wrap: bool,
+    ) -> Result<Option<PackedDesc>, MemoryError> {
+        let at = self.desc + 16 * u64::from(slot);
+        let flags = mem.read_u16(at + 14)?;
+        let avail = flags & VIRTQ_DESC_F_AVAIL != 0;
+        let used = flags & VIRTQ_DESC_F_USED != 0;
+        if avail != wrap || used != wrap {
+            return Ok(None);
+        }
+        fence(Ordering::Acquire);
+        let mut raw = [0u8; 16];
+        mem.read(at, &mut raw)?;
+        Ok(PackedDesc::read_from_bytes(&raw).ok())
+    }
+
+    fn advance(&self, slot: u16, wrap: bool, by: usize) -> (u16, bool) {
+        let next = usize::from(slot) + by;
+        let size = usize::from(self.size);
+        ((next % size) as u16, wrap ^ (next >= size))
+    }
+
     /// Waits up to `timeout` for the call eventfd and counts what it carried.
     fn read_call(&mut self, timeout: Duration) {
         let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
@@ -343,19 +551,49 @@ impl DriverQueue {
     fn collect(&mut self, mem: &GuestMemory, count: usize) -> Result<Vec<UsedElem>, WaitError> {
         let mut out = Vec::with_capacity(count);
         for _ in 0..count {
-            let slot = self.used + 4 + 8 * u64::from(self.last_used % self.size);
-            let mut raw = [0u8; 8];
-            mem.read(slot, &mut raw)?;
-            let elem = UsedElem::read_from_bytes(&raw).expect("8 bytes");
-            let ids = self
-                .in_flight
-                .get_mut(elem.id as usize)
-                .and_then(Option::take)
-                .ok_or(WaitError::BadUsedId { id: elem.id })?;
-            self.free.extend(ids);
-            self.last_used = self.last_used.wrapping_add(1);
+            let elem = match self.layout {
+                RingLayout::Split => self.collect_split(mem)?,
+                RingLayout::Packed => self.collect_packed(mem)?,
+            };
             out.push(elem);
         }
         Ok(out)
     }
+
+    fn take_in_flight(&mut self, id: u32) -> Result<Vec<u16>, WaitError> {
+        self.in_flight
+            .get_mut(id as usize)
+            .and_then(Option::take)
+            .ok_or(WaitError::BadUsedId { id })
+    }
+
+    fn collect_split(&mut self, mem: &GuestMemory) -> Result<UsedElem, WaitError> {
+        let slot = self.used + 4 + 8 * u64::from(self.last_used % self.size);
+        let mut raw = [0u8; 8];
+        mem.read(slot, &mut raw)?;
+        let elem = UsedElem::read_from_bytes(&raw).expect("8 bytes");
+        let ids = self.take_in_flight(elem.id)?;
+        self.free.extend(ids);
+        self.last_used = self.last_used.wrapping_add(1);
+        Ok(elem)
+    }
+
+    fn collect_packed(&mut self, mem: &GuestMemory) -> Result<UsedElem, WaitError> {
+        let d = self
+            .packed_used_at(mem, self.last_used, self.used_wrap)?
+            .ok_or(WaitError::BadUsedId { id: u32::MAX })?;
+        let slots = self.take_in_flight(d.id.into())?;
+        self.free.push(d.id);
+        self.slots_used -= slots.len() as u16;
+        (self.last_used, self.used_wrap) =
+            self.advance(self.last_used, self.used_wrap, slots.len());
+        Ok(UsedElem {
+            id: d.id.into(),
+            len: d.len,
+        })
+    }
+}
+
+fn write_flag(b: &Buffer) -> u16 {
+    if b.writable { VIRTQ_DESC_F_WRITE } else { 0 }
 }

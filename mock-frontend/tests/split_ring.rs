@@ -4,109 +4,25 @@
 //! signals the call eventfd. That proves real shared memory, the ring layout of virtio 1.2
 //! section 2.7 and the address translation, with code that shares nothing with the driver.
 
-use std::num::NonZeroUsize;
+mod common;
+
 use std::os::fd::{AsFd, OwnedFd};
-use std::ptr::NonNull;
 use std::sync::atomic::{Ordering, fence};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 use vhu_mock_frontend::transcript::Direction;
 use vhu_mock_frontend::{
     Ack, Buffer, DriverQueue, GuestMemory, RingLayout, Session, SessionOptions, Wanted,
 };
 use vhu_protocol::virtio::{SplitDesc, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
-use vhu_protocol::wire::payload::{Body, MemRegion, VringAddr};
+use vhu_protocol::wire::payload::{Body, VringAddr};
+
+use common::{BackendMemory, map_region};
 use vhu_protocol::{Connection, FrontendReq, ProtocolFeatures, VirtioFeatures};
 use zerocopy::FromBytes;
 
 const T: Duration = Duration::from_secs(3);
-
-/// One region as the back-end sees it: its table entry and where it mapped the fd.
-struct Mapped {
-    region: MemRegion,
-    base: NonNull<u8>,
-    len: usize,
-}
-
-impl Drop for Mapped {
-    fn drop(&mut self) {
-        // SAFETY: the mapping was made in `map_region` with this length and is not used after.
-        let _ = unsafe { munmap(self.base.cast(), self.len) };
-    }
-}
-
-fn map_region(region: MemRegion, fd: &OwnedFd) -> Mapped {
-    let len = (region.mmap_offset + region.size) as usize;
-    // SAFETY: a fresh shared mapping of the fd the front-end sent, at an address the kernel picks.
-    let base = unsafe {
-        mmap(
-            None,
-            NonZeroUsize::new(len).unwrap(),
-            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-            MapFlags::MAP_SHARED,
-            fd,
-            0,
-        )
-    }
-    .expect("the back-end maps the region's memfd");
-    Mapped {
-        region,
-        base: base.cast(),
-        len,
-    }
-}
-
-/// The back-end's view of guest memory, addressed by user or guest address.
-struct BackendMemory(Vec<Mapped>);
-
-impl BackendMemory {
-    fn ptr(&self, addr: u64, len: u64, by_user: bool) -> *mut u8 {
-        let m = self
-            .0
-            .iter()
-            .find(|m| {
-                let start = if by_user {
-                    m.region.user_addr
-                } else {
-                    m.region.guest_addr
-                };
-                addr >= start && addr + len <= start + m.region.size
-            })
-            .unwrap_or_else(|| panic!("address {addr:#x} (user: {by_user}) is in no region"));
-        let start = if by_user {
-            m.region.user_addr
-        } else {
-            m.region.guest_addr
-        };
-        let off = m.region.mmap_offset + addr - start;
-        // SAFETY: off + len lies inside the mapping (checked by the find above).
-        unsafe { m.base.as_ptr().add(off as usize) }
-    }
-
-    fn read(&self, addr: u64, buf: &mut [u8], by_user: bool) {
-        let p = self.ptr(addr, buf.len() as u64, by_user);
-        for (i, b) in buf.iter_mut().enumerate() {
-            // SAFETY: inside the mapping; volatile because the other process writes it.
-            *b = unsafe { p.add(i).read_volatile() };
-        }
-    }
-
-    fn write(&self, addr: u64, data: &[u8], by_user: bool) {
-        let p = self.ptr(addr, data.len() as u64, by_user);
-        for (i, b) in data.iter().enumerate() {
-            // SAFETY: as in `read`.
-            unsafe { p.add(i).write_volatile(*b) };
-        }
-    }
-
-    fn u16_at(&self, ua: u64) -> u16 {
-        let mut b = [0u8; 2];
-        self.read(ua, &mut b, true);
-        u16::from_le_bytes(b)
-    }
-}
 
 /// What the back-end saw and did.
 struct Report {
