@@ -192,8 +192,9 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session over a connected socket.
-    pub fn new(conn: Connection, opts: SessionOptions) -> Self {
+    /// A session over a connected socket; every reply is waited for `opts.reply_timeout`.
+    pub fn new(mut conn: Connection, opts: SessionOptions) -> Self {
+        conn.set_timeout(Some(opts.reply_timeout));
         Self {
             conn,
             opts,

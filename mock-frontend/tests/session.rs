@@ -100,13 +100,23 @@ fn need_reply_follows_reply_ack_and_the_backend_channel_acks_and_records() {
 #[test]
 fn a_silent_a_closing_and_a_wrong_code_backend_are_typed_departures() {
     let (mut s, be) = pair();
-    assert!(matches!(
-        s.get_features(),
-        Err(SessionError::Timeout {
-            during: FrontendReq::GetFeatures,
-            ..
-        })
-    ));
+    let start = std::time::Instant::now();
+    let e = s.get_features().unwrap_err();
+    let took = start.elapsed();
+    assert!(
+        matches!(
+            e,
+            SessionError::Timeout {
+                during: FrontendReq::GetFeatures,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(1000),
+        "the reply timeout (300 ms) bounds the wait, not the socket's: {took:?}"
+    );
     let _ = be.recv();
     be.send_reply(FrontendReq::GetQueueNum as u32, &Body::U64(1), &[])
         .unwrap();
