@@ -31,14 +31,26 @@ pub enum ShmemRefusal {
         /// The flags.
         flags: u64,
     },
-    /// A zero length.
-    #[error("length 0 (R-SHM-14)")]
-    ZeroLength,
-    /// The shmid names no declared region.
-    #[error("shmid {shmid} names no region declared by GET_SHMEM_CONFIG (R-SHM-05)")]
-    UnknownShmid {
+    /// The kernel refused the mapping (a bad fd, a read-only fd mapped writable...).
+    #[error("mmap failed")]
+    Map(#[source] nix::Error),
+    /// Offsets not on a page boundary cannot be mapped (a refusal, not a rule violation).
+    #[error("offsets {shm_offset:#x}/{fd_offset:#x} are not page-aligned")]
+    Misaligned {
+        /// Offset in the region.
+        shm_offset: u64,
+        /// Offset in the fd.
+        fd_offset: u64,
+    },
+    /// An unmap that is not exactly one existing mapping.
+    #[error("range {offset:#x}+{len:#x} of region {shmid} is not exactly one mapping (R-SHM-08)")]
+    NoSuchMapping {
         /// The id.
         shmid: u8,
+        /// Offset in the region.
+        offset: u64,
+        /// Length.
+        len: u64,
     },
     /// The range leaves its region.
     #[error("range {offset:#x}+{len:#x} leaves region {shmid} of {size:#x} bytes (R-SHM-05)")]
@@ -62,27 +74,15 @@ pub enum ShmemRefusal {
         /// Length.
         len: u64,
     },
-    /// An unmap that is not exactly one existing mapping.
-    #[error("range {offset:#x}+{len:#x} of region {shmid} is not exactly one mapping (R-SHM-08)")]
-    NoSuchMapping {
+    /// The shmid names no declared region.
+    #[error("shmid {shmid} names no region declared by GET_SHMEM_CONFIG (R-SHM-05)")]
+    UnknownShmid {
         /// The id.
         shmid: u8,
-        /// Offset in the region.
-        offset: u64,
-        /// Length.
-        len: u64,
     },
-    /// Offsets not on a page boundary cannot be mapped (a refusal, not a rule violation).
-    #[error("offsets {shm_offset:#x}/{fd_offset:#x} are not page-aligned")]
-    Misaligned {
-        /// Offset in the region.
-        shm_offset: u64,
-        /// Offset in the fd.
-        fd_offset: u64,
-    },
-    /// The kernel refused the mapping (a bad fd, a read-only fd mapped writable...).
-    #[error("mmap failed")]
-    Map(#[source] nix::Error),
+    /// A zero length.
+    #[error("length 0 (R-SHM-14)")]
+    ZeroLength,
 }
 
 impl ShmemRefusal {

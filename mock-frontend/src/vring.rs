@@ -45,6 +45,15 @@ pub struct Buffer {
 /// Why waiting for used buffers ended without them.
 #[derive(Debug, Error)]
 pub enum WaitError {
+    /// The used ring holds an id the driver never made available.
+    #[error("used ring entry names descriptor {id}, which is not in flight")]
+    BadUsedId {
+        /// The id.
+        id: u32,
+    },
+    /// Guest memory failed.
+    #[error("guest memory")]
+    Memory(#[from] MemoryError),
     /// Fewer used buffers than expected arrived in time.
     #[error("{got} of {wanted} used buffers after {waited:?}")]
     Timeout {
@@ -55,15 +64,6 @@ pub enum WaitError {
         /// How long it waited.
         waited: Duration,
     },
-    /// The used ring holds an id the driver never made available.
-    #[error("used ring entry names descriptor {id}, which is not in flight")]
-    BadUsedId {
-        /// The id.
-        id: u32,
-    },
-    /// Guest memory failed.
-    #[error("guest memory")]
-    Memory(#[from] MemoryError),
 }
 
 /// A driver-side queue.
