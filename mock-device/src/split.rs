@@ -247,18 +247,21 @@ fn walk_indirect(
             source,
         })?;
     let mut index = 0u16;
-    for _ in 0..entries {
+    for walked in 1.. {
         let e = read_desc(mem, table, index, 0)?;
+        if walked > entries {
+            return Err(RingError::ChainTooLong { limit: entries });
+        }
         if e.flags & VIRTQ_DESC_F_INDIRECT != 0 {
             return Err(RingError::NestedIndirect);
         }
         builder.push(e.addr, e.len, e.flags & VIRTQ_DESC_F_WRITE != 0)?;
         if e.flags & VIRTQ_DESC_F_NEXT == 0 {
-            return Ok(());
+            break;
         }
         index = e.next;
     }
-    Err(RingError::ChainTooLong { limit: entries })
+    Ok(())
 }
 
 #[cfg(test)]
