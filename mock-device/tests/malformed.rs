@@ -87,7 +87,13 @@ fn head_beyond_the_queue_size_is_refused() {
     drv.publish(&g, 200);
     let mut q = Queue::try_new(drv.cfg, 0).unwrap();
     let e = expect_stopped(&mut g, &mut q, |g| drv.used(g).len());
-    assert_eq!(e, RingError::DescIndexOutOfRange { index: 200, size: 8 });
+    assert_eq!(
+        e,
+        RingError::DescIndexOutOfRange {
+            index: 200,
+            size: 8
+        }
+    );
 }
 
 #[test]
@@ -269,10 +275,16 @@ fn chain_longer_than_4_gib_is_refused() {
     struct Overlay<'a>(&'a Guest);
     impl GuestMemory for Overlay<'_> {
         fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
-            self.0.mem.read(gpa, buf).or_else(|_| Everything.read(gpa, buf))
+            self.0
+                .mem
+                .read(gpa, buf)
+                .or_else(|_| Everything.read(gpa, buf))
         }
         fn write(&self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
-            self.0.mem.write(gpa, data).or_else(|_| Everything.write(gpa, data))
+            self.0
+                .mem
+                .write(gpa, data)
+                .or_else(|_| Everything.write(gpa, data))
         }
         fn check_range(&self, gpa: u64, len: u64) -> Result<(), MemError> {
             Everything.check_range(gpa, len)
@@ -289,7 +301,13 @@ fn unmapped_ring_areas_are_errors_not_panics() {
     drv.cfg.driver = HOLE;
     let mut q = Queue::try_new(drv.cfg, 0).unwrap();
     let e = expect_stopped(&mut g, &mut q, |_| 0);
-    assert!(matches!(e, RingError::Memory { area: "avail ring", .. }));
+    assert!(matches!(
+        e,
+        RingError::Memory {
+            area: "avail ring",
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -364,7 +382,14 @@ fn packed_zero_length_indirect_is_refused() {
 #[test]
 fn packed_unmapped_buffer_is_refused() {
     let e = packed_case(|g, drv| {
-        drv.add(g, &[Buf { gpa: HOLE, len: 16, writable: false }]);
+        drv.add(
+            g,
+            &[Buf {
+                gpa: HOLE,
+                len: 16,
+                writable: false,
+            }],
+        );
     });
     assert!(matches!(e, RingError::BadBuffer { gpa: HOLE, .. }));
 }

@@ -31,7 +31,7 @@ fn run(g: &Guest, q: &mut Queue, dev: &mut BlkDevice) -> usize {
 fn write_then_read_of_the_same_sectors_returns_the_data() {
     let (mut g, mut drv, mut q, mut dev) = setup(16);
     let data = pattern(7, 1536);
-    let w = BlkReq::write(&mut g, 9, &[data.clone()]);
+    let w = BlkReq::write(&mut g, 9, std::slice::from_ref(&data));
     let wid = drv.add(&g, &w.bufs);
     let r = BlkReq::read(&mut g, 9, &[512, 1024]);
     let rid = drv.add(&g, &r.bufs);
@@ -39,7 +39,7 @@ fn write_then_read_of_the_same_sectors_returns_the_data() {
     assert_eq!(w.status(&g), blk::S_OK);
     assert_eq!(r.status(&g), blk::S_OK);
     assert_eq!(r.data(&g), data);
-    assert_eq!(drv.used(&mut g), vec![(wid, 1), (rid, 1537)]);
+    assert_eq!(drv.used(&g), vec![(wid, 1), (rid, 1537)]);
     g.assert_clean();
 }
 
@@ -53,7 +53,7 @@ fn indirect_tables_carry_whole_requests() {
     let rid = drv.add_indirect(&mut g, &r.bufs);
     assert_eq!(run(&g, &mut q, &mut dev), 2);
     assert_eq!(r.data(&g), parts.concat());
-    assert_eq!(drv.used(&mut g), vec![(wid, 1), (rid, 3073)]);
+    assert_eq!(drv.used(&g), vec![(wid, 1), (rid, 3073)]);
     g.assert_clean();
 }
 
@@ -68,7 +68,7 @@ fn wrap_counters_flip_when_chains_pass_the_ring_end() {
         let id = drv.add(&g, &w.bufs);
         laps += usize::from(before != drv.wrap());
         assert_eq!(run(&g, &mut q, &mut dev), 1);
-        assert_eq!(drv.used(&mut g), vec![(id, 1)]);
+        assert_eq!(drv.used(&g), vec![(id, 1)]);
         assert_eq!(w.status(&g), blk::S_OK);
     }
     assert!(laps >= 6, "the driver wrapped {laps} times");
@@ -90,14 +90,17 @@ fn a_queue_rebuilt_from_its_base_continues_where_it_stopped() {
         let w = BlkReq::write(&mut g, u64::from(i), &[pattern(i, 512)]);
         let id = drv.add(&g, &w.bufs);
         run(&g, &mut q, &mut dev);
-        assert_eq!(drv.used(&mut g), vec![(id, 1)]);
+        assert_eq!(drv.used(&g), vec![(id, 1)]);
     }
     let mut q = Queue::try_new(drv.cfg, q.base()).unwrap();
     let r = BlkReq::read(&mut g, 0, &[1536]);
     let id = drv.add(&g, &r.bufs);
     assert_eq!(run(&g, &mut q, &mut dev), 1);
-    assert_eq!(drv.used(&mut g), vec![(id, 1537)]);
-    assert_eq!(r.data(&g), (0..3).flat_map(|i| pattern(i, 512)).collect::<Vec<_>>());
+    assert_eq!(drv.used(&g), vec![(id, 1537)]);
+    assert_eq!(
+        r.data(&g),
+        (0..3).flat_map(|i| pattern(i, 512)).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -107,11 +110,19 @@ fn driver_event_flags_disable_and_enable_calls() {
     drv.set_driver_event(&g, 0, DISABLE);
     let r = BlkReq::read(&mut g, 0, &[512]);
     drv.add(&g, &r.bufs);
-    assert!(!process_queue(&mut q, &mut dev, &g.mem, &faults).unwrap().notify);
+    assert!(
+        !process_queue(&mut q, &mut dev, &g.mem, &faults)
+            .unwrap()
+            .notify
+    );
     drv.set_driver_event(&g, 0, ENABLE);
     let r = BlkReq::read(&mut g, 0, &[512]);
     drv.add(&g, &r.bufs);
-    assert!(process_queue(&mut q, &mut dev, &g.mem, &faults).unwrap().notify);
+    assert!(
+        process_queue(&mut q, &mut dev, &g.mem, &faults)
+            .unwrap()
+            .notify
+    );
 }
 
 #[test]
@@ -127,7 +138,10 @@ fn event_idx_descriptor_event_fires_only_when_that_slot_is_used() {
         drv.add(g, &r.bufs);
         process_queue(q, &mut dev, &g.mem, &faults).unwrap().notify
     };
-    assert!(submit(&mut g, &mut drv, &mut q), "first decision always notifies");
+    assert!(
+        submit(&mut g, &mut drv, &mut q),
+        "first decision always notifies"
+    );
     // Each flush takes 2 slots. Ask for a call when slot 2 of the second lap (wrap 0) is used.
     drv.set_driver_event(&g, 2, DESC);
     assert!(!submit(&mut g, &mut drv, &mut q)); // slots 2-3, lap 1
@@ -138,7 +152,7 @@ fn event_idx_descriptor_event_fires_only_when_that_slot_is_used() {
     let (off_wrap, flags) = drv.device_event(&g);
     assert_eq!(flags, DESC);
     assert_eq!(u32::from(off_wrap), q.base() & 0xffff);
-    drv.used(&mut g);
+    drv.used(&g);
 }
 
 #[test]

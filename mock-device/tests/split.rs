@@ -26,7 +26,7 @@ fn run(g: &Guest, q: &mut Queue, dev: &mut BlkDevice) -> usize {
 fn write_then_read_of_the_same_sectors_returns_the_data() {
     let (mut g, mut drv, mut q, mut dev) = setup(16, 0);
     let data = pattern(3, 1024);
-    let w = BlkReq::write(&mut g, 5, &[data.clone()]);
+    let w = BlkReq::write(&mut g, 5, std::slice::from_ref(&data));
     drv.add(&g, &w.bufs);
     assert_eq!(run(&g, &mut q, &mut dev), 1);
     assert_eq!(w.status(&g), blk::S_OK);
@@ -36,7 +36,7 @@ fn write_then_read_of_the_same_sectors_returns_the_data() {
     assert_eq!(run(&g, &mut q, &mut dev), 1);
     assert_eq!(r.status(&g), blk::S_OK);
     assert_eq!(r.data(&g), data);
-    let used = drv.used(&mut g);
+    let used = drv.used(&g);
     assert_eq!(used.len(), 2);
     assert_eq!(used[0].len, 1, "a write only writes the status byte");
     assert_eq!((used[1].id, used[1].len), (u32::from(head), 1025));
@@ -54,7 +54,7 @@ fn long_chains_scatter_and_gather_across_many_descriptors() {
     drv.add(&g, &r.bufs);
     assert_eq!(run(&g, &mut q, &mut dev), 2);
     assert_eq!(r.data(&g), parts.concat());
-    assert_eq!(drv.used(&mut g)[1].len, 4097);
+    assert_eq!(drv.used(&g)[1].len, 4097);
     g.assert_clean();
 }
 
@@ -68,7 +68,7 @@ fn indirect_tables_carry_whole_requests() {
     let head = drv.add_indirect(&mut g, &r.bufs);
     assert_eq!(run(&g, &mut q, &mut dev), 2);
     assert_eq!(r.data(&g), data.concat());
-    let used = drv.used(&mut g);
+    let used = drv.used(&g);
     assert_eq!((used[1].id, used[1].len), (u32::from(head), 2049));
     g.assert_clean();
 }
@@ -84,7 +84,7 @@ fn flush_succeeds_and_get_id_returns_twenty_bytes() {
     assert_eq!(f.status(&g), blk::S_OK);
     assert_eq!(id.status(&g), blk::S_OK);
     assert_eq!(id.data(&g), DEVICE_ID);
-    let used = drv.used(&mut g);
+    let used = drv.used(&g);
     assert_eq!((used[0].len, used[1].len), (1, 21));
     g.assert_clean();
 }
@@ -97,7 +97,7 @@ fn indices_wrap_past_65535_and_the_ring_more_than_once() {
         drv.add(&g, &w.bufs);
         assert_eq!(run(&g, &mut q, &mut dev), 1);
         assert_eq!(w.status(&g), blk::S_OK);
-        assert_eq!(drv.used(&mut g).len(), 1);
+        assert_eq!(drv.used(&g).len(), 1);
     }
     assert_eq!(q.base(), u32::from(65530u16.wrapping_add(13)));
     assert_eq!(g.u16_at(drv.cfg.device + 2), 65530u16.wrapping_add(13));
@@ -118,7 +118,7 @@ fn a_batch_of_more_requests_than_the_ring_size_completes_in_rounds() {
             drv.add(&g, &r.bufs);
         }
         total += run(&g, &mut q, &mut dev);
-        assert_eq!(drv.used(&mut g).len(), 8);
+        assert_eq!(drv.used(&g).len(), 8);
     }
     assert_eq!(total, 40);
     assert_eq!(q.base(), 40);
@@ -139,7 +139,11 @@ fn event_idx_suppresses_calls_until_used_event_is_reached() {
     };
     // The first decision after the queue is built always notifies.
     assert!(submit(&mut g, &mut drv, &mut q).notify);
-    assert_eq!(drv.avail_event(&g), 1, "device asks for a kick at the next entry");
+    assert_eq!(
+        drv.avail_event(&g),
+        1,
+        "device asks for a kick at the next entry"
+    );
     // used_event = 3: the driver wants a call once used entry 3 is written (used idx 4).
     drv.set_used_event(&g, 3);
     assert!(!submit(&mut g, &mut drv, &mut q).notify);
@@ -158,7 +162,11 @@ fn no_interrupt_flag_suppresses_calls_without_event_idx() {
     drv.set_no_interrupt(&g, true);
     let r = BlkReq::read(&mut g, 0, &[512]);
     drv.add(&g, &r.bufs);
-    assert!(!process_queue(&mut q, &mut dev, &g.mem, &faults).unwrap().notify);
+    assert!(
+        !process_queue(&mut q, &mut dev, &g.mem, &faults)
+            .unwrap()
+            .notify
+    );
     drv.set_no_interrupt(&g, false);
     let r = BlkReq::read(&mut g, 0, &[512]);
     drv.add(&g, &r.bufs);

@@ -9,9 +9,8 @@ use std::num::Wrapping;
 
 use vhu_mock_device::{GuestMemory, RingConfig, VecMemory};
 use vhu_protocol::virtio::{
-    BlkReqHeader, PackedDesc, SplitDesc, UsedElem, VIRTQ_AVAIL_F_NO_INTERRUPT,
-    VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_USED,
-    VIRTQ_DESC_F_WRITE,
+    BlkReqHeader, PackedDesc, SplitDesc, UsedElem, VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_AVAIL,
+    VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_USED, VIRTQ_DESC_F_WRITE,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -69,7 +68,9 @@ impl Guest {
     }
 
     fn guard(&mut self) {
-        self.mem.write(self.next, &[CANARY; GUARD as usize]).unwrap();
+        self.mem
+            .write(self.next, &[CANARY; GUARD as usize])
+            .unwrap();
         self.guards.push(self.next);
         self.next += GUARD;
     }
@@ -80,7 +81,10 @@ impl Guest {
         let gpa = self.next;
         self.next = (gpa + len + 15) & !15;
         self.guard();
-        assert!(self.next < RAM_BASE + RAM_SIZE as u64, "test guest memory full");
+        assert!(
+            self.next < RAM_BASE + RAM_SIZE as u64,
+            "test guest memory full"
+        );
         gpa
     }
 
@@ -127,7 +131,11 @@ impl Guest {
     /// Nothing written outside device-writable buffers.
     pub fn assert_clean(&self) {
         assert_eq!(self.damaged_guards(), Vec::<u64>::new(), "canary damaged");
-        assert_eq!(self.changed_readonly(), Vec::<u64>::new(), "readable buffer changed");
+        assert_eq!(
+            self.changed_readonly(),
+            Vec::<u64>::new(),
+            "readable buffer changed"
+        );
     }
 }
 
@@ -239,7 +247,10 @@ impl SplitDriver {
     }
 
     pub fn set_no_interrupt(&self, g: &Guest, on: bool) {
-        g.write(self.cfg.driver, &flag(on, VIRTQ_AVAIL_F_NO_INTERRUPT).to_le_bytes());
+        g.write(
+            self.cfg.driver,
+            &flag(on, VIRTQ_AVAIL_F_NO_INTERRUPT).to_le_bytes(),
+        );
     }
 
     pub fn avail_event(&self, g: &Guest) -> u16 {
@@ -325,7 +336,10 @@ impl PackedDriver {
                 self.wrap = !self.wrap;
             }
         }
-        g.write(self.cfg.desc + 16 * u64::from(head) + 14, &head_flags.to_le_bytes());
+        g.write(
+            self.cfg.desc + 16 * u64::from(head) + 14,
+            &head_flags.to_le_bytes(),
+        );
         self.slots.insert(id, descs.len() as u16);
         id
     }
@@ -418,7 +432,13 @@ pub struct BlkReq {
 
 impl BlkReq {
     /// Header (readable), data buffers of `data_lens` (writable when `data_writable`), status.
-    pub fn new(g: &mut Guest, kind: u32, sector: u64, data: &[Vec<u8>], data_writable: bool) -> Self {
+    pub fn new(
+        g: &mut Guest,
+        kind: u32,
+        sector: u64,
+        data: &[Vec<u8>],
+        data_writable: bool,
+    ) -> Self {
         let hdr = BlkReqHeader {
             kind,
             reserved: 0,
