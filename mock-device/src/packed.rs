@@ -90,6 +90,11 @@ impl PackedRing {
         u32::from(self.avail.word()) | u32::from(self.used.word()) << 16
     }
 
+    /// The used position word (bits 0-14 index, bit 15 wrap counter).
+    pub(crate) fn used_idx(&self) -> u16 {
+        self.used.word()
+    }
+
     fn slot(&self, idx: u16) -> u64 {
         self.cfg.desc + 16 * u64::from(idx)
     }

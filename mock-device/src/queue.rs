@@ -80,6 +80,41 @@ impl Queue {
         }
     }
 
+    /// Split: the used idx the next [`Queue::push_used`] publishes. Packed: the used position
+    /// (bits 0-14 index, bit 15 wrap counter). Inflight tracking records it (R-INFL-04).
+    pub fn used_idx(&self) -> u16 {
+        match &self.ring {
+            Ok(Ring::Split(r)) => r.used_idx(),
+            Ok(Ring::Packed(r)) => r.used_idx(),
+            Err(_) => (self.base >> 16) as u16,
+        }
+    }
+
+    /// Split: adopts the used idx the used ring holds, for a back-end reconnecting to a ring
+    /// whose used idx moved past the vring base (libvhost-user does the same). Returns it.
+    /// Packed: the used position lives in the base word; returns [`Queue::used_idx`].
+    pub fn sync_used_idx(&mut self, mem: &dyn GuestMemory) -> Result<u16, RingError> {
+        let r = match self.ring()? {
+            Ring::Split(r) => r.sync_used_idx(mem),
+            Ring::Packed(r) => Ok(r.used_idx()),
+        };
+        self.stop_on_error(r)
+    }
+
+    /// Split: the chain whose head is descriptor `head`, validated like [`Queue::pop`] but
+    /// without taking anything from the avail ring, to resubmit a request recorded in flight
+    /// (R-INFL-05). An invalid chain is an `Err` that does not stop the queue. Packed: refused
+    /// (`InvalidConfig`), since packed inflight tracking is not supported.
+    pub fn chain_at(&self, mem: &dyn GuestMemory, head: u16) -> Result<Chain, RingError> {
+        match &self.ring {
+            Ok(Ring::Split(r)) => r.chain_at(mem, head),
+            Ok(Ring::Packed(_)) => Err(RingError::InvalidConfig(
+                "resubmission by head needs a split ring",
+            )),
+            Err(e) => Err(RingError::Broken(Box::new(e.clone()))),
+        }
+    }
+
     /// The error that stopped the queue, if any.
     pub fn error(&self) -> Option<&RingError> {
         self.ring.as_ref().err()

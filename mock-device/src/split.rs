@@ -63,6 +63,25 @@ impl SplitRing {
         read_u16(mem, self.cfg.driver + 2).map_err(RingError::mem("avail ring"))
     }
 
+    /// The used idx the next push_used publishes.
+    pub(crate) fn used_idx(&self) -> u16 {
+        self.next_used.0
+    }
+
+    /// Adopts the used idx found in the used ring (reconnect: the ring may be ahead of base).
+    pub(crate) fn sync_used_idx(&mut self, mem: &dyn GuestMemory) -> Result<u16, RingError> {
+        let idx = read_u16(mem, self.cfg.device + 2).map_err(RingError::mem("used ring"))?;
+        self.next_used = Wrapping(idx);
+        self.signalled_used = None;
+        Ok(idx)
+    }
+
+    /// The chain whose head is descriptor `head`, without touching the avail ring (inflight
+    /// resubmission).
+    pub(crate) fn chain_at(&self, mem: &dyn GuestMemory, head: u16) -> Result<Chain, RingError> {
+        self.walk(mem, head)
+    }
+
     /// Whether the driver has published an entry the device has not taken.
     pub(crate) fn has_available(&self, mem: &dyn GuestMemory) -> Result<bool, RingError> {
         Ok(self.avail_idx(mem)? != self.next_avail.0)

@@ -195,3 +195,36 @@ fn base_reports_the_next_avail_index_without_consuming() {
     assert_eq!(q.base(), 301);
     assert!(q.pop(&g.mem).unwrap().is_none());
 }
+
+#[test]
+fn chain_at_rebuilds_an_inflight_request_without_consuming_avail() {
+    let (mut g, mut drv, mut q, mut dev) = setup(8, 0);
+    let r = BlkReq::read(&mut g, 0, &[512]);
+    let head = drv.add(&g, &r.bufs);
+    let popped = q.pop(&g.mem).unwrap().unwrap();
+    let again = q.chain_at(&g.mem, head).unwrap();
+    assert_eq!(again, popped);
+    assert!(q.chain_at(&g.mem, 8).is_err());
+    assert!(
+        q.error().is_none(),
+        "a bad head given by the caller does not stop the queue"
+    );
+    let done = dev.process(&g.mem, &again, &DataPathFaults::default());
+    q.push_used(&g.mem, &again, done.used_len).unwrap();
+    assert_eq!(q.used_idx(), 1);
+    assert_eq!(drv.used(&g).len(), 1);
+}
+
+#[test]
+fn sync_used_idx_adopts_the_used_ring_after_reconnect() {
+    let (mut g, mut drv, _, mut dev) = setup(8, 0);
+    g.write(drv.cfg.device + 2, &3u16.to_le_bytes());
+    drv.last_used = std::num::Wrapping(3);
+    let mut q = Queue::try_new(drv.cfg, 0).unwrap();
+    assert_eq!(q.sync_used_idx(&g.mem).unwrap(), 3);
+    let r = BlkReq::read(&mut g, 0, &[512]);
+    drv.add(&g, &r.bufs);
+    assert_eq!(run(&g, &mut q, &mut dev), 1);
+    assert_eq!(g.u16_at(drv.cfg.device + 2), 4);
+    assert_eq!(drv.used(&g).len(), 1);
+}
