@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 use std::num::Wrapping;
+use std::sync::atomic::{Ordering, fence};
 
 use vhu_mock_device::{GuestMemory, RingConfig, VecMemory};
 use vhu_protocol::virtio::{
@@ -50,8 +51,8 @@ pub fn wo(gpa: u64, len: u32) -> Buf {
 
 /// Guest memory plus a bump allocator that surrounds buffers with canaries and remembers the
 /// contents of driver-readable buffers.
-pub struct Guest {
-    pub mem: VecMemory,
+pub struct Guest<M: GuestMemory = VecMemory> {
+    pub mem: M,
     next: u64,
     guards: Vec<u64>,
     readonly: Vec<(u64, Vec<u8>)>,
@@ -59,8 +60,15 @@ pub struct Guest {
 
 impl Guest {
     pub fn new() -> Self {
+        Self::with_memory(VecMemory::with_region(RAM_BASE, RAM_SIZE))
+    }
+}
+
+impl<M: GuestMemory> Guest<M> {
+    /// A guest over `mem`, which must map `RAM_SIZE` bytes at `RAM_BASE`.
+    pub fn with_memory(mem: M) -> Self {
         Self {
-            mem: VecMemory::with_region(RAM_BASE, RAM_SIZE),
+            mem,
             next: RAM_BASE,
             guards: Vec::new(),
             readonly: Vec::new(),
@@ -161,7 +169,7 @@ pub struct SplitDriver {
 
 impl SplitDriver {
     /// A ring of `size` whose avail and used idx start at `base`.
-    pub fn new(g: &mut Guest, size: u16, base: u16) -> Self {
+    pub fn new(g: &mut Guest<impl GuestMemory>, size: u16, base: u16) -> Self {
         let n = u64::from(size);
         let desc = g.alloc(16 * n);
         let driver = g.alloc(6 + 2 * n);
@@ -176,15 +184,16 @@ impl SplitDriver {
         }
     }
 
-    pub fn write_desc(&self, g: &Guest, index: u16, d: SplitDesc) {
+    pub fn write_desc(&self, g: &Guest<impl GuestMemory>, index: u16, d: SplitDesc) {
         g.write(self.cfg.desc + 16 * u64::from(index), d.as_bytes());
     }
 
     /// Puts `head` in the avail ring and publishes it.
-    pub fn publish(&mut self, g: &Guest, head: u16) {
+    pub fn publish(&mut self, g: &Guest<impl GuestMemory>, head: u16) {
         let slot = u64::from(self.avail_idx.0 % self.cfg.size);
         g.write(self.cfg.driver + 4 + 2 * slot, &head.to_le_bytes());
         self.avail_idx += 1;
+        fence(Ordering::Release);
         g.write(self.cfg.driver + 2, &self.avail_idx.0.to_le_bytes());
     }
 
@@ -195,7 +204,7 @@ impl SplitDriver {
     }
 
     /// Writes `bufs` as a chain of direct descriptors and publishes it; returns the head.
-    pub fn add(&mut self, g: &Guest, bufs: &[Buf]) -> u16 {
+    pub fn add(&mut self, g: &Guest<impl GuestMemory>, bufs: &[Buf]) -> u16 {
         let idx: Vec<u16> = bufs.iter().map(|_| self.take()).collect();
         for (i, b) in bufs.iter().enumerate() {
             let more = i + 1 < bufs.len();
@@ -212,7 +221,7 @@ impl SplitDriver {
     }
 
     /// Writes `bufs` as an indirect table behind one descriptor and publishes it.
-    pub fn add_indirect(&mut self, g: &mut Guest, bufs: &[Buf]) -> u16 {
+    pub fn add_indirect(&mut self, g: &mut Guest<impl GuestMemory>, bufs: &[Buf]) -> u16 {
         let table = split_table(bufs);
         let gpa = g.alloc(table.len() as u64);
         g.write(gpa, &table);
@@ -229,8 +238,9 @@ impl SplitDriver {
     }
 
     /// Used elements published since the last call.
-    pub fn used(&mut self, g: &Guest) -> Vec<UsedElem> {
+    pub fn used(&mut self, g: &Guest<impl GuestMemory>) -> Vec<UsedElem> {
         let idx = Wrapping(g.u16_at(self.cfg.device + 2));
+        fence(Ordering::Acquire);
         let mut out = Vec::new();
         while self.last_used != idx {
             let slot = u64::from(self.last_used.0 % self.cfg.size);
@@ -241,19 +251,19 @@ impl SplitDriver {
         out
     }
 
-    pub fn set_used_event(&self, g: &Guest, v: u16) {
+    pub fn set_used_event(&self, g: &Guest<impl GuestMemory>, v: u16) {
         let at = self.cfg.driver + 4 + 2 * u64::from(self.cfg.size);
         g.write(at, &v.to_le_bytes());
     }
 
-    pub fn set_no_interrupt(&self, g: &Guest, on: bool) {
+    pub fn set_no_interrupt(&self, g: &Guest<impl GuestMemory>, on: bool) {
         g.write(
             self.cfg.driver,
             &flag(on, VIRTQ_AVAIL_F_NO_INTERRUPT).to_le_bytes(),
         );
     }
 
-    pub fn avail_event(&self, g: &Guest) -> u16 {
+    pub fn avail_event(&self, g: &Guest<impl GuestMemory>) -> u16 {
         g.u16_at(self.cfg.device + 4 + 8 * u64::from(self.cfg.size))
     }
 }
@@ -291,7 +301,7 @@ pub struct PackedDriver {
 }
 
 impl PackedDriver {
-    pub fn new(g: &mut Guest, size: u16) -> Self {
+    pub fn new(g: &mut Guest<impl GuestMemory>, size: u16) -> Self {
         let desc = g.alloc(16 * u64::from(size));
         let driver = g.alloc(4);
         let device = g.alloc(4);
@@ -315,7 +325,7 @@ impl PackedDriver {
     }
 
     /// Writes raw descriptors in consecutive slots, the head's flags last; returns the id.
-    pub fn add_descs(&mut self, g: &Guest, descs: &[PackedDesc]) -> u16 {
+    pub fn add_descs(&mut self, g: &Guest<impl GuestMemory>, descs: &[PackedDesc]) -> u16 {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         let (head, head_wrap) = (self.next, self.wrap);
@@ -345,7 +355,7 @@ impl PackedDriver {
     }
 
     /// Writes `bufs` as a chain; returns the buffer id.
-    pub fn add(&mut self, g: &Guest, bufs: &[Buf]) -> u16 {
+    pub fn add(&mut self, g: &Guest<impl GuestMemory>, bufs: &[Buf]) -> u16 {
         let descs: Vec<PackedDesc> = bufs
             .iter()
             .enumerate()
@@ -361,7 +371,7 @@ impl PackedDriver {
     }
 
     /// Writes `bufs` as an indirect table behind one descriptor; returns the buffer id.
-    pub fn add_indirect(&mut self, g: &mut Guest, bufs: &[Buf]) -> u16 {
+    pub fn add_indirect(&mut self, g: &mut Guest<impl GuestMemory>, bufs: &[Buf]) -> u16 {
         let mut table = Vec::new();
         for b in bufs {
             let d = PackedDesc {
@@ -384,16 +394,18 @@ impl PackedDriver {
     }
 
     /// Used descriptors (id, len) written since the last call.
-    pub fn used(&mut self, g: &Guest) -> Vec<(u16, u32)> {
+    pub fn used(&mut self, g: &Guest<impl GuestMemory>) -> Vec<(u16, u32)> {
         let mut out = Vec::new();
         loop {
-            let raw = g.read(self.cfg.desc + 16 * u64::from(self.used_next), 16);
-            let d = PackedDesc::read_from_bytes(&raw).unwrap();
-            let avail = d.flags & VIRTQ_DESC_F_AVAIL != 0;
-            let used = d.flags & VIRTQ_DESC_F_USED != 0;
+            let at = self.cfg.desc + 16 * u64::from(self.used_next);
+            let flags = g.u16_at(at + 14);
+            let avail = flags & VIRTQ_DESC_F_AVAIL != 0;
+            let used = flags & VIRTQ_DESC_F_USED != 0;
             if avail != self.used_wrap || used != self.used_wrap {
                 return out;
             }
+            fence(Ordering::Acquire);
+            let d = PackedDesc::read_from_bytes(&g.read(at, 16)).unwrap();
             out.push((d.id, d.len));
             let n = self.slots.remove(&d.id).expect("used id was outstanding");
             let next = u32::from(self.used_next) + u32::from(n);
@@ -405,14 +417,14 @@ impl PackedDriver {
     }
 
     /// Writes the driver event suppression structure.
-    pub fn set_driver_event(&self, g: &Guest, off_wrap: u16, flags: u16) {
+    pub fn set_driver_event(&self, g: &Guest<impl GuestMemory>, off_wrap: u16, flags: u16) {
         let mut b = off_wrap.to_le_bytes().to_vec();
         b.extend_from_slice(&flags.to_le_bytes());
         g.write(self.cfg.driver, &b);
     }
 
     /// The device event suppression structure (off_wrap, flags).
-    pub fn device_event(&self, g: &Guest) -> (u16, u16) {
+    pub fn device_event(&self, g: &Guest<impl GuestMemory>) -> (u16, u16) {
         (g.u16_at(self.cfg.device), g.u16_at(self.cfg.device + 2))
     }
 
@@ -433,7 +445,7 @@ pub struct BlkReq {
 impl BlkReq {
     /// Header (readable), data buffers of `data_lens` (writable when `data_writable`), status.
     pub fn new(
-        g: &mut Guest,
+        g: &mut Guest<impl GuestMemory>,
         kind: u32,
         sector: u64,
         data: &[Vec<u8>],
@@ -471,21 +483,21 @@ impl BlkReq {
         }
     }
 
-    pub fn write(g: &mut Guest, sector: u64, data: &[Vec<u8>]) -> Self {
+    pub fn write(g: &mut Guest<impl GuestMemory>, sector: u64, data: &[Vec<u8>]) -> Self {
         Self::new(g, vhu_protocol::virtio::blk::T_OUT, sector, data, false)
     }
 
-    pub fn read(g: &mut Guest, sector: u64, lens: &[usize]) -> Self {
+    pub fn read(g: &mut Guest<impl GuestMemory>, sector: u64, lens: &[usize]) -> Self {
         let data: Vec<Vec<u8>> = lens.iter().map(|&n| vec![0; n]).collect();
         Self::new(g, vhu_protocol::virtio::blk::T_IN, sector, &data, true)
     }
 
-    pub fn status(&self, g: &Guest) -> u8 {
+    pub fn status(&self, g: &Guest<impl GuestMemory>) -> u8 {
         g.read(self.status, 1)[0]
     }
 
     /// The data buffers' contents, concatenated.
-    pub fn data(&self, g: &Guest) -> Vec<u8> {
+    pub fn data(&self, g: &Guest<impl GuestMemory>) -> Vec<u8> {
         let mut out = Vec::new();
         for (gpa, b) in self.data.iter().zip(&self.bufs[1..]) {
             out.extend(g.read(*gpa, b.len as usize));
