@@ -54,18 +54,29 @@ pub enum RingError {
         /// Queue size.
         size: u16,
     },
+    /// A buffer's address range is invalid.
+    #[error("invalid buffer at {gpa:#x} of {len} bytes")]
+    BadBuffer {
+        /// Start address.
+        gpa: u64,
+        /// Length.
+        len: u32,
+        /// The cause.
+        #[source]
+        source: MemError,
+    },
     /// An earlier error stopped the queue.
-    #[error("queue stopped by an earlier error: {0}")]
-    Broken(Box<RingError>),
+    #[error("queue stopped by an earlier error")]
+    Broken(#[source] Box<RingError>),
+    /// The chain's buffers add up to more than `u32::MAX` bytes.
+    #[error("descriptor chain longer than 4 GiB in total")]
+    ChainTooLarge,
     /// The chain has more descriptors than allowed: a loop in `next` or an endless packed chain.
     #[error("descriptor chain longer than {limit} descriptors")]
     ChainTooLong {
         /// The limit (queue size or indirect table entries).
         limit: u32,
     },
-    /// The chain's buffers add up to more than `u32::MAX` bytes.
-    #[error("descriptor chain longer than 4 GiB in total")]
-    ChainTooLarge,
     /// A descriptor index (head, avail entry or `next`) is not below the queue size.
     #[error("descriptor index {index} out of range for queue size {size}")]
     DescIndexOutOfRange {
@@ -112,17 +123,6 @@ pub enum RingError {
     /// A driver-readable buffer follows a device-writable one (virtio 2.7.4.2).
     #[error("device-readable descriptor after a device-writable one")]
     ReadableAfterWritable,
-    /// A buffer's address range is invalid.
-    #[error("buffer at {gpa:#x} of {len} bytes is not in guest memory")]
-    BadBuffer {
-        /// Start address.
-        gpa: u64,
-        /// Length.
-        len: u32,
-        /// The cause.
-        #[source]
-        source: MemError,
-    },
 }
 
 impl RingError {

@@ -65,6 +65,8 @@ pub(crate) struct PackedRing {
     used: Pos,
     /// Used position at the last notification decision; `None` until the first one.
     signalled_used: Option<Pos>,
+    /// Whether push_used ran since the last notification decision.
+    pushed: bool,
 }
 
 impl PackedRing {
@@ -82,6 +84,7 @@ impl PackedRing {
             avail,
             used,
             signalled_used: None,
+            pushed: false,
         })
     }
 
@@ -181,6 +184,7 @@ impl PackedRing {
         };
         write_u16(mem, at + 14, flags).map_err(RingError::mem("descriptor ring"))?;
         self.used.advance(chain.descriptors.max(1), self.cfg.size);
+        self.pushed = true;
         Ok(())
     }
 
@@ -191,7 +195,7 @@ impl PackedRing {
         fence(Ordering::SeqCst);
         let new = self.used;
         let old = self.signalled_used.replace(new);
-        if old == Some(new) {
+        if !std::mem::take(&mut self.pushed) {
             return Ok(false);
         }
         let ev: PackedEvent =

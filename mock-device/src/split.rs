@@ -33,6 +33,8 @@ pub(crate) struct SplitRing {
     /// Used idx at the last notification decision; `None` right after creation, when the
     /// driver's `used_event` cannot be trusted yet (the device then notifies once).
     signalled_used: Option<Wrapping<u16>>,
+    /// Whether push_used ran since the last notification decision.
+    pushed: bool,
 }
 
 impl SplitRing {
@@ -51,6 +53,7 @@ impl SplitRing {
             next_avail: Wrapping(base as u16),
             next_used: Wrapping(base as u16),
             signalled_used: None,
+            pushed: false,
         })
     }
 
@@ -172,6 +175,7 @@ impl SplitRing {
         // The element must be visible before the index that publishes it.
         fence(Ordering::Release);
         self.next_used += 1;
+        self.pushed = true;
         write_u16(mem, self.cfg.device + 2, self.next_used.0).map_err(RingError::mem("used ring"))
     }
 
@@ -181,7 +185,7 @@ impl SplitRing {
         fence(Ordering::SeqCst);
         let new = self.next_used;
         let old = self.signalled_used.replace(new);
-        if old == Some(new) {
+        if !std::mem::take(&mut self.pushed) {
             return Ok(false);
         }
         if !self.cfg.event_idx {

@@ -228,3 +228,10 @@ fn sync_used_idx_adopts_the_used_ring_after_reconnect() {
     assert_eq!(g.u16_at(drv.cfg.device + 2), 4);
     assert_eq!(drv.used(&g).len(), 1);
 }
+
+#[test]
+fn an_empty_run_asks_for_no_call() {
+    let (g, _, mut q, mut dev) = setup(8, 0);
+    let run = process_queue(&mut q, &mut dev, &g.mem, &DataPathFaults::default()).unwrap();
+    assert_eq!((run.completed, run.notify), (0, false));
+}
