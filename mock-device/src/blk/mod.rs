@@ -88,7 +88,8 @@ impl Fail {
 
 impl BlkDevice {
     /// A zeroed disk of `capacity_bytes` (capacity in config rounds down to whole sectors) with
-    /// `num_queues` queues (0 counts as 1).
+    /// `num_queues` queues (0 counts as 1). The disk is allocated at once (zeroed pages are
+    /// only touched when written), so the caller bounds `capacity_bytes`.
     pub fn new(capacity_bytes: u64, num_queues: u16) -> Self {
         let num_queues = num_queues.max(1);
         Self {
