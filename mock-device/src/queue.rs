@@ -46,7 +46,8 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// A queue at `base`, the SET_VRING_BASE value: split: bits 0-15 next avail index; packed:
+    /// A queue at `base`, the SET_VRING_BASE value: split: bits 0-15 next avail index (the used
+    /// index is read from the used ring on first use, R-VRING-06); packed:
     /// bits 0-14 next avail idx, bit 15 avail wrap counter, bits 16-30 used idx, bit 31 used
     /// wrap counter. An invalid configuration gives a queue whose every operation fails with
     /// the reason; [`Queue::try_new`] reports it at once.
@@ -80,7 +81,8 @@ impl Queue {
         }
     }
 
-    /// Split: the used idx the next [`Queue::push_used`] publishes. Packed: the used position
+    /// Split: the used idx the next [`Queue::push_used`] publishes (read from the used ring on
+    /// first use; the vring base before that). Packed: the used position
     /// (bits 0-14 index, bit 15 wrap counter). Inflight tracking records it (R-INFL-04).
     pub fn used_idx(&self) -> u16 {
         match &self.ring {
@@ -90,9 +92,9 @@ impl Queue {
         }
     }
 
-    /// Split: adopts the used idx the used ring holds, for a back-end reconnecting to a ring
-    /// whose used idx moved past the vring base (libvhost-user does the same). Returns it.
-    /// Packed: the used position lives in the base word; returns [`Queue::used_idx`].
+    /// Split: adopts the used idx the used ring holds now (R-VRING-06: the used index comes
+    /// from memory; the queue also does this by itself before its first pop or push). Returns
+    /// it. Packed: the used position lives in the base word; returns [`Queue::used_idx`].
     pub fn sync_used_idx(&mut self, mem: &dyn GuestMemory) -> Result<u16, RingError> {
         let r = match self.ring()? {
             Ring::Split(r) => r.sync_used_idx(mem),

@@ -35,10 +35,14 @@ pub(crate) struct SplitRing {
     signalled_used: Option<Wrapping<u16>>,
     /// Whether push_used ran since the last notification decision.
     pushed: bool,
+    /// Whether `next_used` was read from the used ring yet (R-VRING-06: the used index comes
+    /// from memory, not from the vring base).
+    used_synced: bool,
 }
 
 impl SplitRing {
-    /// A ring whose next avail and used index are `base` (SET_VRING_BASE, bits 0-15).
+    /// A ring whose next avail index is `base` (SET_VRING_BASE, bits 0-15); the used index is
+    /// read from the used ring on first use.
     pub(crate) fn new(cfg: RingConfig, base: u32) -> Result<Self, RingError> {
         if !cfg.size.is_power_of_two() {
             return Err(RingError::InvalidConfig(
@@ -54,6 +58,7 @@ impl SplitRing {
             next_used: Wrapping(base as u16),
             signalled_used: None,
             pushed: false,
+            used_synced: false,
         })
     }
 
@@ -66,7 +71,15 @@ impl SplitRing {
         read_u16(mem, self.cfg.driver + 2).map_err(RingError::mem("avail ring"))
     }
 
-    /// The used idx the next push_used publishes.
+    /// Reads the used idx from the ring once, before the first use of the ring.
+    fn ensure_used_synced(&mut self, mem: &dyn GuestMemory) -> Result<(), RingError> {
+        if !self.used_synced {
+            self.sync_used_idx(mem)?;
+        }
+        Ok(())
+    }
+
+    /// The used idx the next push_used publishes (the base until the ring is first used).
     pub(crate) fn used_idx(&self) -> u16 {
         self.next_used.0
     }
@@ -76,6 +89,7 @@ impl SplitRing {
         let idx = read_u16(mem, self.cfg.device + 2).map_err(RingError::mem("used ring"))?;
         self.next_used = Wrapping(idx);
         self.signalled_used = None;
+        self.used_synced = true;
         Ok(idx)
     }
 
@@ -92,6 +106,7 @@ impl SplitRing {
 
     /// Takes the next available chain.
     pub(crate) fn pop(&mut self, mem: &dyn GuestMemory) -> Result<Option<Chain>, RingError> {
+        self.ensure_used_synced(mem)?;
         let avail_idx = self.avail_idx(mem)?;
         // Pairs with the driver's release before it stored avail idx: ring entries and
         // descriptors it published are visible after this.
@@ -165,6 +180,7 @@ impl SplitRing {
         chain: &Chain,
         len: u32,
     ) -> Result<(), RingError> {
+        self.ensure_used_synced(mem)?;
         let slot = u64::from(self.next_used.0 % self.cfg.size);
         let elem = UsedElem {
             id: u32::from(chain.head),

@@ -235,3 +235,21 @@ fn an_empty_run_asks_for_no_call() {
     let run = process_queue(&mut q, &mut dev, &g.mem, &DataPathFaults::default()).unwrap();
     assert_eq!((run.completed, run.notify), (0, false));
 }
+
+/// R-VRING-06 probe: avail idx 3, used idx 1, SET_VRING_BASE(1).
+#[test]
+fn base_sets_the_avail_position_and_the_used_index_comes_from_the_ring() {
+    let (mut g, mut drv, _, mut dev) = setup(8, 0);
+    let reqs: Vec<BlkReq> = (0..3).map(|i| BlkReq::read(&mut g, i, &[512])).collect();
+    let heads: Vec<u16> = reqs.iter().map(|r| drv.add(&g, &r.bufs)).collect();
+    g.write(drv.cfg.device + 2, &1u16.to_le_bytes());
+    drv.last_used = std::num::Wrapping(1);
+    let mut q = Queue::try_new(drv.cfg, 1).unwrap();
+    assert_eq!(run(&g, &mut q, &mut dev), 2);
+    let used = drv.used(&g);
+    let ids: Vec<u32> = used.iter().map(|u| u.id).collect();
+    assert_eq!(ids, vec![u32::from(heads[1]), u32::from(heads[2])]);
+    assert_eq!(g.u16_at(drv.cfg.device + 2), 3);
+    assert_eq!(reqs[0].status(&g), 0xFF, "entry 0 is not processed");
+    assert_eq!((q.base(), q.used_idx()), (3, 3));
+}
