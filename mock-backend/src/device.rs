@@ -5,7 +5,8 @@
 use std::sync::atomic::{Ordering, fence};
 
 use vhu_protocol::virtio::{
-    BlkReqHeader, SplitDesc, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, blk,
+    BlkReqHeader, SplitDesc, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+    VhuShmemBody, blk,
 };
 use zerocopy::FromBytes;
 
@@ -42,10 +43,10 @@ impl Ring {
     }
 }
 
-/// Vendor request type: map a memfd into a shared memory region (see the crate docs).
-pub const T_SHMEM_MAP: u32 = 0x8000_0001;
-/// Vendor request type: unmap a range mapped with [`T_SHMEM_MAP`].
-pub const T_SHMEM_UNMAP: u32 = 0x8000_0002;
+/// vhu-conform's request type: map a memfd into a shared memory region (see the crate docs).
+pub use blk::T_VHU_SHMEM_MAP as T_SHMEM_MAP;
+/// vhu-conform's request type: unmap a range mapped with [`T_SHMEM_MAP`].
+pub use blk::T_VHU_SHMEM_UNMAP as T_SHMEM_UNMAP;
 
 /// A SHMEM device request, decoded from its 24-byte body.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -62,12 +63,12 @@ pub struct ShmemReq {
 
 impl ShmemReq {
     fn decode(map: bool, body: &[u8; 24]) -> Self {
-        let word = |i: usize| u64::from_ne_bytes(body[i..i + 8].try_into().expect("8 bytes"));
+        let b = VhuShmemBody::read_from_bytes(body).expect("24 bytes");
         Self {
             map,
-            shmid: body[0],
-            offset: word(8),
-            len: word(16),
+            shmid: b.shmid,
+            offset: b.shm_offset,
+            len: b.len,
         }
     }
 }
@@ -93,9 +94,19 @@ pub trait DeviceHost {
 pub type Host<'h> = &'h mut dyn DeviceHost;
 
 /// Start of a saved device state.
-const STATE_MAGIC: &[u8] = b"VHUMOCK2";
+const STATE_MAGIC: &[u8] = b"VHUMOCK3";
 
 /// FNV-1a: enough to detect a truncated or damaged state stream.
+/// Granularity of the disk in a saved state.
+const STATE_BLOCK: usize = 4096;
+static ZERO_BLOCK: [u8; STATE_BLOCK] = [0; STATE_BLOCK];
+
+/// The first `N` bytes of `b` and the rest, or a "too short" error.
+fn take<const N: usize>(b: &[u8]) -> Result<([u8; N], &[u8]), String> {
+    let (head, rest) = b.split_at_checked(N).ok_or("state too short")?;
+    Ok((head.try_into().expect("N bytes"), rest))
+}
+
 fn checksum(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
@@ -161,7 +172,9 @@ impl Blk {
         c
     }
 
-    /// The device's state for a transfer: magic, config, ring bases, disk, checksum.
+    /// The device's state for a transfer: magic, config, ring bases, the disk's size and its
+    /// non-zero blocks (a RAM disk is mostly zeros; sending only what was written keeps a
+    /// transfer of a 64 MiB disk small), checksum.
     pub fn save(&self, bases: &[u32], corrupt: bool) -> Vec<u8> {
         let mut out = STATE_MAGIC.to_vec();
         out.push(self.wce);
@@ -170,7 +183,17 @@ impl Blk {
             .iter()
             .for_each(|b| out.extend_from_slice(&b.to_le_bytes()));
         out.extend_from_slice(&(self.disk.len() as u64).to_le_bytes());
-        out.extend_from_slice(&self.disk);
+        let written: Vec<(usize, &[u8])> = self
+            .disk
+            .chunks(STATE_BLOCK)
+            .enumerate()
+            .filter(|(_, b)| *b != &ZERO_BLOCK[..b.len()])
+            .collect();
+        out.extend_from_slice(&(written.len() as u32).to_le_bytes());
+        for (i, b) in written {
+            out.extend_from_slice(&(i as u32).to_le_bytes());
+            out.extend_from_slice(b);
+        }
         let sum = checksum(&out) ^ u64::from(corrupt);
         out.extend_from_slice(&sum.to_le_bytes());
         out
@@ -190,21 +213,37 @@ impl Blk {
             .strip_prefix(STATE_MAGIC)
             .ok_or("not a vhu-mock-backend state")?;
         let (&wce, rest) = rest.split_first().ok_or("state too short")?;
-        let (n, mut rest) = rest.split_at_checked(2).ok_or("state too short")?;
-        let n = u16::from_le_bytes(n.try_into().expect("2 bytes"));
+        let (n, mut rest) = take::<2>(rest)?;
         let mut bases = Vec::new();
-        for _ in 0..n {
-            let (b, r) = rest.split_at_checked(4).ok_or("state too short")?;
-            bases.push(u32::from_le_bytes(b.try_into().expect("4 bytes")));
+        for _ in 0..u16::from_le_bytes(n) {
+            let (b, r) = take::<4>(rest)?;
+            bases.push(u32::from_le_bytes(b));
             rest = r;
         }
-        let (len, disk) = rest.split_at_checked(8).ok_or("state too short")?;
-        if u64::from_le_bytes(len.try_into().expect("8 bytes")) != disk.len() as u64
-            || disk.len() != self.disk.len()
-        {
+        let (len, rest) = take::<8>(rest)?;
+        if u64::from_le_bytes(len) != self.disk.len() as u64 {
             return Err("disk size in the state does not match this device".into());
         }
-        self.disk.copy_from_slice(disk);
+        let (count, mut rest) = take::<4>(rest)?;
+        let mut blocks = Vec::new();
+        for _ in 0..u32::from_le_bytes(count) {
+            let (i, r) = take::<4>(rest)?;
+            let start = u32::from_le_bytes(i) as usize * STATE_BLOCK;
+            let end = (start + STATE_BLOCK).min(self.disk.len());
+            let (data, r) = r
+                .split_at_checked(end.saturating_sub(start))
+                .filter(|_| start < end)
+                .ok_or("a block of the state lies outside the disk or is cut short")?;
+            blocks.push((start, data));
+            rest = r;
+        }
+        if !rest.is_empty() {
+            return Err("trailing bytes after the disk blocks".into());
+        }
+        self.disk.fill(0);
+        for (start, data) in blocks {
+            self.disk[start..start + data.len()].copy_from_slice(data);
+        }
         self.wce = wce;
         Ok(bases)
     }

@@ -99,6 +99,23 @@ pub struct BlkReqHeader {
     pub sector: u64,
 }
 
+/// The body of vhu-conform's SHMEM device requests ([`blk::T_VHU_SHMEM_MAP`]): 24 bytes,
+/// native endian like the rest of the ring.
+#[derive(
+    Copy, Clone, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct VhuShmemBody {
+    /// The shared memory region (GET_SHMEM_CONFIG index).
+    pub shmid: u8,
+    /// Padding, zero.
+    pub padding: [u8; 7],
+    /// Offset into the region.
+    pub shm_offset: u64,
+    /// Length of the range.
+    pub len: u64,
+}
+
 /// virtio-blk request types and status values, and the device feature bits.
 pub mod blk {
     /// Read.
@@ -143,6 +160,15 @@ pub mod blk {
     pub const CFG_WCE: u32 = 32;
     /// Size of the config space read by the harness (up to and including `num_queues`).
     pub const CFG_SIZE: u32 = 36;
+
+    /// vhu-conform's own request type (not virtio's): asks a back-end to map a memfd into one
+    /// of its shared memory regions with SHMEM_MAP. Its one driver-readable body is
+    /// [`VhuShmemBody`](super::VhuShmemBody). The bundled mock back-end implements it; a back-end
+    /// that does not answers `S_UNSUPP`, and SHMEM_MAP scenarios are skipped for it.
+    pub const T_VHU_SHMEM_MAP: u32 = 0x8000_0001;
+    /// vhu-conform's request type asking for SHMEM_UNMAP of a range mapped with
+    /// [`T_VHU_SHMEM_MAP`]; same body.
+    pub const T_VHU_SHMEM_UNMAP: u32 = 0x8000_0002;
 }
 
 #[cfg(test)]

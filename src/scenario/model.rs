@@ -93,6 +93,11 @@ pub enum Action {
     NewProcess,
     /// GET_VRING_BASE, checked.
     GetVringBase,
+    /// Ask the back-end, with vhu-conform's SHMEM device request, to map a memfd into a shared
+    /// memory region; its SHMEM_MAP is checked against GET_SHMEM_CONFIG.
+    ShmemMap,
+    /// Ask the back-end to unmap what `shmem_map` mapped; its SHMEM_UNMAP is checked.
+    ShmemUnmap,
     /// Any front-end request with a body.
     Send,
     /// Raw header and payload bytes, unvalidated.
@@ -263,6 +268,14 @@ pub struct Step {
     pub reply_fds: Option<usize>,
     /// The attached pipe fd must be closed by the back-end (fd-closure probe).
     pub fd_closed: Option<bool>,
+    /// shmem_map/unmap: the shared memory region.
+    pub shmid: Option<u8>,
+    /// shmem_map/unmap: offset into the region.
+    pub offset: Option<u64>,
+    /// shmem_map/unmap: length of the range.
+    pub len: Option<u64>,
+    /// shmem_map/unmap: the range ends where the region ends (`offset` = size - `len`).
+    pub at_end: Option<bool>,
 }
 
 impl Step {
@@ -306,6 +319,10 @@ impl Step {
             reply_flags: None,
             reply_fds: None,
             fd_closed: None,
+            shmid: None,
+            offset: None,
+            len: None,
+            at_end: None,
         }
     }
 }

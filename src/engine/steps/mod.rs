@@ -17,6 +17,9 @@ use vhu_protocol::wire::ReplyKind;
 use vhu_protocol::wire::payload::{Body, BodyKind, ConfigHeader};
 use vhu_protocol::{Connection, FrontendReq, Header, Message, RawMessage, VirtioFeatures};
 
+mod shmem;
+mod state;
+
 use super::{Finding, RunOptions, chain, describe_exit};
 use crate::features::{protocol_bit, virtio_bit};
 use crate::scenario::model::{NumOrWord, NumOrWordList, RequestName, Step};
@@ -370,6 +373,7 @@ impl<'a> Ctx<'a> {
             Action::LoadState => self.load_state(step),
             Action::NewProcess => self.new_process(),
             Action::GetVringBase => self.get_vring_base(step),
+            Action::ShmemMap | Action::ShmemUnmap => self.shmem_request(step),
             Action::Send => self.send(step),
             Action::Raw => self.raw(step),
             Action::Probe => self.probe(step),
@@ -723,108 +727,6 @@ impl<'a> Ctx<'a> {
                 format!("{state:?}"),
             );
             return Err(StepError::Finding);
-        }
-        Ok(())
-    }
-
-    /// SET_DEVICE_STATE_FD(save) over a pipe, read to EOF, then CHECK_DEVICE_STATE = 0
-    /// (R-MIG-04, R-MIG-06, R-MIG-08).
-    fn save_state(&mut self, step: &Step) -> StepResult {
-        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| StepError::Harness(format!("pipe: {e}")))?;
-        let reply = self.session()?.set_device_state_fd(0, w.as_fd());
-        drop(w);
-        let reply = reply.map_err(|e| self.session_failed(step, e))?;
-        self.check_transfer_reply(step, &reply)?;
-        let timeout = self.opts.step_timeout;
-        let reader = std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            std::io::Read::read_to_end(&mut std::fs::File::from(r), &mut buf).map(|_| buf)
-        });
-        let deadline = Instant::now() + timeout;
-        while !reader.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if !reader.is_finished() {
-            self.finding(
-                step,
-                "the saved state never ended (no EOF on the pipe)",
-                "the back-end writes its state and closes its end (R-MIG-06)",
-                format!("no EOF within {timeout:?}"),
-            );
-            return Err(StepError::Finding);
-        }
-        let state = reader
-            .join()
-            .map_err(|_| StepError::Harness("pipe reader panicked".into()))?
-            .map_err(|e| StepError::Harness(format!("reading the state: {e}")))?;
-        self.check_state_result(step, "save")?;
-        self.saved_state = Some(state);
-        Ok(())
-    }
-
-    /// SET_DEVICE_STATE_FD(load), write the saved state, close, then CHECK_DEVICE_STATE = 0
-    /// (R-MIG-07, R-MIG-08, R-MIG-11).
-    fn load_state(&mut self, step: &Step) -> StepResult {
-        let state = self.saved_state.clone().ok_or_else(|| {
-            StepError::Harness("no saved state: add a `save_state` step first".into())
-        })?;
-        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| StepError::Harness(format!("pipe: {e}")))?;
-        let reply = self.session()?.set_device_state_fd(1, r.as_fd());
-        drop(r);
-        let reply = reply.map_err(|e| self.session_failed(step, e))?;
-        self.check_transfer_reply(step, &reply)?;
-        // The writer may block if the back-end never reads; a thread keeps the step bounded.
-        std::thread::spawn(move || std::io::Write::write_all(&mut std::fs::File::from(w), &state));
-        self.check_state_result(step, "load")
-    }
-
-    fn check_transfer_reply(&mut self, step: &Step, reply: &Message) -> StepResult {
-        let v = reply.u64().unwrap_or(u64::MAX);
-        if v & 0xff != 0 || (v & 0x100 == 0) != (reply.fds.len() == 1) {
-            self.finding_with(
-                step.rule.clone().unwrap_or_else(|| "R-MIG-04".into()),
-                "SET_DEVICE_STATE_FD was refused or its reply is inconsistent",
-                "bits 0-7 = 0, and bit 8 set exactly when no fd is returned",
-                format!("value {v:#x} with {} fds", reply.fds.len()),
-            );
-            return Err(StepError::Finding);
-        }
-        Ok(())
-    }
-
-    fn check_state_result(&mut self, step: &Step, what: &str) -> StepResult {
-        let r = self.session()?.check_device_state();
-        match r {
-            Ok(0) => Ok(()),
-            Ok(v) => {
-                self.finding(
-                    step,
-                    &format!("CHECK_DEVICE_STATE after the {what} reports failure ({v})"),
-                    "0: the transfer and its processing succeeded",
-                    format!("{v}"),
-                );
-                Err(StepError::Finding)
-            }
-            Err(e) => Err(self.session_failed(step, e)),
-        }
-    }
-
-    /// Starts a fresh back-end process (spawn mode) and connects to it; with other targets the
-    /// same back-end is used again.
-    fn new_process(&mut self) -> StepResult {
-        self.archive_session();
-        self.mem = None;
-        if matches!(self.spec, crate::target::TargetSpec::Spawn(_)) {
-            let inst = Instance::start(self.spec, self.opts.connect_timeout)
-                .map_err(|e| StepError::Harness(chain(&e)))?;
-            self.fresh = Some(inst);
-        } else {
-            self.notes.push(format!(
-                "step {}: not in spawn mode, so the same back-end process is used",
-                self.step_no
-            ));
         }
         Ok(())
     }
