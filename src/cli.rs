@@ -61,6 +61,9 @@ pub struct Args {
     /// How long to wait for a back-end's socket or connection, in milliseconds.
     #[arg(long, default_value_t = 10000, value_name = "MS")]
     pub connect_timeout_ms: u64,
+    /// Print the rule coverage table: after the run, or with --list without running anything.
+    #[arg(long)]
+    pub rules: bool,
     /// SHOULD-level and robustness findings fail instead of warn.
     #[arg(long)]
     pub strict: bool,
@@ -122,7 +125,14 @@ pub fn run_with(args: &Args) -> u8 {
             return exit_code::USAGE;
         }
     };
-    let selected = scenario::select(all, &args.filters);
+    if args.list && args.rules {
+        print!(
+            "{}",
+            crate::rules::render(&crate::rules::coverage(&all, None))
+        );
+        return exit_code::ALL_PASSED;
+    }
+    let selected = scenario::select(all.clone(), &args.filters);
     if selected.is_empty() {
         eprintln!("vhu-conform: no scenario matches {:?}", args.filters);
         return exit_code::NOTHING_RAN;
@@ -174,8 +184,15 @@ pub fn run_with(args: &Args) -> u8 {
             r.event(&e);
         }
     });
+    let rules = crate::rules::coverage(&all, Some(&results));
+    let run = report::RunReport {
+        results: &results,
+        offer: &offer,
+        rules: &rules,
+        show_rules: args.rules,
+    };
     for r in &mut reporters {
-        if let Err(e) = r.finish(&results, &offer) {
+        if let Err(e) = r.finish(&run) {
             eprintln!("vhu-conform: cannot write a report: {e}");
             return exit_code::USAGE;
         }

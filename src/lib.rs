@@ -10,5 +10,6 @@ pub mod engine;
 pub mod exit_code;
 pub mod features;
 pub mod report;
+pub mod rules;
 pub mod scenario;
 pub mod target;

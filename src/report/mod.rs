@@ -8,6 +8,7 @@ use serde::Serialize;
 use vhu_mock_frontend::transcript::render;
 
 use crate::engine::{Offer, Outcome, RunEvent, ScenarioResult};
+use crate::rules::RuleCoverage;
 
 /// A consumer of the engine's events: shows progress while the run goes and writes its report
 /// at the end. Reporters never decide verdicts; they render the engine's.
@@ -15,7 +16,20 @@ pub trait Reporter {
     /// One event of the run, as it happens.
     fn event(&mut self, e: &RunEvent<'_>);
     /// The run is over: write the report.
-    fn finish(&mut self, results: &[ScenarioResult], offer: &Offer) -> std::io::Result<()>;
+    fn finish(&mut self, run: &RunReport<'_>) -> std::io::Result<()>;
+}
+
+/// Everything a finished run reports.
+#[derive(Clone, Copy, Debug)]
+pub struct RunReport<'a> {
+    /// One result per selected scenario, in run order.
+    pub results: &'a [ScenarioResult],
+    /// What the back-end offered.
+    pub offer: &'a Offer,
+    /// Every rule of the checklist and where it stands after this run.
+    pub rules: &'a [RuleCoverage],
+    /// Print the whole rule table (human output).
+    pub show_rules: bool,
 }
 
 /// Version of the JSON report's schema; bumped on incompatible changes.
@@ -143,8 +157,22 @@ impl<W: Write> Reporter for Human<W> {
         Human::event(self, e);
     }
 
-    fn finish(&mut self, results: &[ScenarioResult], _offer: &Offer) -> std::io::Result<()> {
-        self.recap(results);
+    fn finish(&mut self, run: &RunReport<'_>) -> std::io::Result<()> {
+        self.recap(run.results);
+        if run.show_rules {
+            writeln!(
+                self.out,
+                "\nRule coverage:\n{}",
+                crate::rules::render(run.rules)
+            )?;
+        } else {
+            let counts = crate::rules::summary(run.rules)
+                .iter()
+                .map(|(l, n)| format!("{n} {l}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            writeln!(self.out, "rules: {counts} (--rules shows the table)")?;
+        }
         self.out.flush()
     }
 }
@@ -164,8 +192,8 @@ impl<W: Write> JsonReporter<W> {
 impl<W: Write> Reporter for JsonReporter<W> {
     fn event(&mut self, _e: &RunEvent<'_>) {}
 
-    fn finish(&mut self, results: &[ScenarioResult], offer: &Offer) -> std::io::Result<()> {
-        writeln!(self.out, "{}", json(results, offer))?;
+    fn finish(&mut self, run: &RunReport<'_>) -> std::io::Result<()> {
+        writeln!(self.out, "{}", json(run))?;
         self.out.flush()
     }
 }
@@ -185,8 +213,8 @@ impl<W: Write> JunitReporter<W> {
 impl<W: Write> Reporter for JunitReporter<W> {
     fn event(&mut self, _e: &RunEvent<'_>) {}
 
-    fn finish(&mut self, results: &[ScenarioResult], _offer: &Offer) -> std::io::Result<()> {
-        self.out.write_all(junit(results).as_bytes())?;
+    fn finish(&mut self, run: &RunReport<'_>) -> std::io::Result<()> {
+        self.out.write_all(junit(run.results).as_bytes())?;
         self.out.flush()
     }
 }
@@ -234,17 +262,19 @@ struct JsonReport<'a> {
     offer: &'a Offer,
     totals: Totals,
     results: &'a [ScenarioResult],
+    rules: &'a [RuleCoverage],
 }
 
 /// The JSON report.
-pub fn json(results: &[ScenarioResult], offer: &Offer) -> String {
+pub fn json(run: &RunReport<'_>) -> String {
     let r = JsonReport {
         schema_version: JSON_SCHEMA_VERSION,
         tool: "vhu-conform",
         version: env!("CARGO_PKG_VERSION"),
-        offer,
-        totals: Totals::of(results),
-        results,
+        offer: run.offer,
+        totals: Totals::of(run.results),
+        results: run.results,
+        rules: run.rules,
     };
     serde_json::to_string_pretty(&r).expect("results serialize")
 }
@@ -366,13 +396,22 @@ mod tests {
             result("a/pass", Outcome::Pass, 2),
             result("a/fail", Outcome::Fail, 30),
         ];
-        let v: serde_json::Value =
-            serde_json::from_str(&json(&results, &Offer::default())).unwrap();
+        let run = RunReport {
+            results: &results,
+            offer: &Offer::default(),
+            rules: &crate::rules::coverage(&[], Some(&results)),
+            show_rules: false,
+        };
+        let v: serde_json::Value = serde_json::from_str(&json(&run)).unwrap();
         assert_eq!(v["schema_version"], JSON_SCHEMA_VERSION);
         assert_eq!(v["totals"]["fail"], 1);
         assert_eq!(v["results"][1]["outcome"], "fail");
         assert_eq!(v["results"][1]["level"], "must");
         assert_eq!(v["results"][1]["transcript"].as_array().unwrap().len(), 30);
+        // The failed scenario's finding cites R-MEM-11: the rule table says so.
+        let rules = v["rules"].as_array().unwrap();
+        let mem11 = rules.iter().find(|r| r["id"] == "R-MEM-11").unwrap();
+        assert_eq!(mem11["status"], "checked_fail");
     }
 
     #[test]
@@ -416,12 +455,19 @@ mod tests {
             result("a/pass", Outcome::Pass, 0),
             result("a/fail", Outcome::Fail, 0),
         ];
-        Reporter::finish(&mut h, &results, &Offer::default()).unwrap();
+        let run = RunReport {
+            results: &results,
+            offer: &Offer::default(),
+            rules: &crate::rules::coverage(&[], Some(&results)),
+            show_rules: true,
+        };
+        Reporter::finish(&mut h, &run).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.contains("1 passed, 1 failed, 0 warned, 0 skipped, 0 errors"),
             "{text}"
         );
+        assert!(text.contains("R-MEM-11     BE     MUST   FAIL"), "{text}");
         assert!(text.contains("FAIL  a/fail R-MEM-11"), "{text}");
     }
 }

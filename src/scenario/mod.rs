@@ -36,6 +36,11 @@ pub enum LoadErrorKind {
     /// A rule id not of the form R-AREA-NN.
     #[error("rule id {0:?} is not of the form R-AREA-NN")]
     BadRule(String),
+    /// A well-formed rule id that the checklist does not have.
+    #[error(
+        "rule {0:?} is not in the checklist (spec/rules.toml; `vhu-conform --rules` lists them)"
+    )]
+    UnknownRule(String),
     /// Two scenarios share an id.
     #[error("id {0:?} is already used by {1}")]
     DuplicateId(String, String),
@@ -83,7 +88,7 @@ impl LoadErrorKind {
             text.lines().position(|l| l.contains(&q)).map(|i| i + 1)
         };
         match self {
-            Self::BadRule(r) => quoted(r),
+            Self::BadRule(r) | Self::UnknownRule(r) => quoted(r),
             Self::UnknownFeature { name, .. } => quoted(name),
             Self::MissingField { step, .. } | Self::BadValue { step, .. } => text
                 .lines()
@@ -143,6 +148,9 @@ fn check(spec: &ScenarioFile) -> Result<(), LoadErrorKind> {
     {
         if !is_rule_id(r) {
             return Err(LoadErrorKind::BadRule(r.clone()));
+        }
+        if crate::rules::find(r).is_none() {
+            return Err(LoadErrorKind::UnknownRule(r.clone()));
         }
     }
     for name in &spec.requires.virtio {
