@@ -17,6 +17,7 @@ use vhu_protocol::wire::ReplyKind;
 use vhu_protocol::wire::payload::{Body, BodyKind, ConfigHeader};
 use vhu_protocol::{Connection, FrontendReq, Header, Message, RawMessage, VirtioFeatures};
 
+mod liveness;
 mod shmem;
 mod state;
 
@@ -60,6 +61,8 @@ pub struct Ctx<'a> {
     queues: BTreeMap<u16, DriverQueue>,
     /// Requests that must not have completed yet (blk steps with `expect = "no_reply"`).
     pending: BTreeMap<u16, blk::Pending>,
+    /// Queues stopped (GET_VRING_BASE) or disabled since their `vring` step.
+    idle: std::collections::BTreeSet<u16>,
     features: u64,
     protocol: u64,
     queue_num: u64,
@@ -89,6 +92,7 @@ impl<'a> Ctx<'a> {
             mem: None,
             queues: BTreeMap::new(),
             pending: BTreeMap::new(),
+            idle: std::collections::BTreeSet::new(),
             features: 0,
             protocol: 0,
             queue_num: 1,
@@ -122,7 +126,7 @@ impl<'a> Ctx<'a> {
                 );
                 break;
             }
-            match self.step_inner(step) {
+            match self.step_inner(step).and_then(|()| self.liveness(step)) {
                 Ok(()) => {}
                 Err(StepError::Finding) => break,
                 Err(StepError::Harness(why)) => {
@@ -193,6 +197,7 @@ impl<'a> Ctx<'a> {
     fn archive_session(&mut self) {
         self.queues.clear();
         self.pending.clear();
+        self.idle.clear();
         if let Some(s) = self.session.take() {
             let base = self.archive.len() as u64;
             self.archive
@@ -514,6 +519,7 @@ impl<'a> Ctx<'a> {
                 return Err(self.session_failed(step, e));
             }
             self.queues.insert(idx, q);
+            self.idle.remove(&idx);
         }
         Ok(())
     }
@@ -521,6 +527,11 @@ impl<'a> Ctx<'a> {
     fn enable(&mut self, step: &Step) -> StepResult {
         for idx in self.queue_indices(step) {
             let on = step.on.unwrap_or(true);
+            if on {
+                self.idle.remove(&idx);
+            } else {
+                self.idle.insert(idx);
+            }
             let r = self.session()?.set_vring_enable(idx.into(), on);
             self.judge_ack(step, r, Expect::Ok)?;
         }
@@ -695,6 +706,7 @@ impl<'a> Ctx<'a> {
 
     fn get_vring_base(&mut self, step: &Step) -> StepResult {
         let idx = self.queue_indices(step)[0];
+        self.idle.insert(idx);
         let r = self.session()?.get_vring_base(idx.into());
         let state = r.map_err(|e| self.session_failed(step, e))?;
         let want = match &step.num {

@@ -1,0 +1,64 @@
+//! The liveness probe (checklist section 4, "liveness probe" and "data-path probe"): after a
+//! step whose message the back-end may reject, a GET_FEATURES round trip (on this connection,
+//! or a new one if it was closed) shows the back-end still serves, and where rings run a
+//! virtio-blk GET_ID shows the data path still works. A crash or hang is tied to the message.
+
+use vhu_mock_frontend::blk::{self, BlkReq};
+
+use super::{Ctx, StepResult};
+use crate::scenario::model::Step;
+use crate::scenario::{Action, Expect};
+
+impl Ctx<'_> {
+    /// Probes after `step` if the back-end may have rejected what it sent.
+    pub(super) fn liveness(&mut self, step: &Step) -> StepResult {
+        let may_reject = matches!(
+            step.expect,
+            Some(Expect::AckFail | Expect::Rejected | Expect::Closed | Expect::NoReply)
+        ) && !is_blk(step.action);
+        if !may_reject {
+            return Ok(());
+        }
+        let trigger = self.last_sent();
+        let had_session = self.session.is_some();
+        if let Err(e) = self.alive(step) {
+            if let Some(f) = self.findings.last_mut() {
+                f.summary = format!("{} after {trigger}", f.summary);
+            }
+            return Err(e);
+        }
+        // The data path only where this connection's rings run and the scenario drives blk.
+        let uses_blk = self.scenario.spec.steps.iter().any(|s| is_blk(s.action));
+        let Some(&idx) = self.queues.keys().find(|i| !self.idle.contains(i)) else {
+            return Ok(());
+        };
+        if !had_session || !uses_blk || !self.pending.is_empty() {
+            return Ok(());
+        }
+        let (Some(mut q), Some(mut mem)) = (self.queues.remove(&idx), self.mem.take()) else {
+            return Ok(());
+        };
+        let r = blk::blk_request(&mut q, &mut mem, BlkReq::get_id(), self.opts.step_timeout);
+        self.queues.insert(idx, q);
+        self.mem = Some(mem);
+        match r {
+            Ok(o) if o.status == vhu_protocol::virtio::blk::S_OK => Ok(()),
+            other => {
+                self.finding(
+                    step,
+                    &format!("the data path stopped working on queue {idx} after {trigger}"),
+                    "a rejected message leaves running rings working: a GET_ID request completes",
+                    format!("{other:?}"),
+                );
+                Err(super::StepError::Finding)
+            }
+        }
+    }
+}
+
+fn is_blk(a: Action) -> bool {
+    matches!(
+        a,
+        Action::BlkWrite | Action::BlkRead | Action::BlkFlush | Action::BlkGetId
+    )
+}
