@@ -16,53 +16,15 @@ mod chain;
 pub mod memory;
 mod packed;
 mod queue;
+mod run;
 mod split;
 
 pub use blk::{
     BlkDevice, CONFIG_SIZE, Completion, ConfigError, DEVICE_ID, DataPathFaults, FLAGS_GUEST_WRITE,
-    FLAGS_MIGRATION, OVERRUN_BYTES, OVERRUN_FILL, SEG_MAX, StateError,
+    FLAGS_MIGRATION, OVERRUN_BYTES, OVERRUN_FILL, SEG_MAX, StateError, VENDOR_BODY_MAX,
+    VendorRequests,
 };
 pub use chain::{Chain, RingError, Segment};
 pub use memory::{GuestMemory, MemError, VecMemory};
 pub use queue::{Queue, RingConfig};
-
-/// What [`process_queue`] did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct QueueRun {
-    /// Chains completed and published.
-    pub completed: usize,
-    /// Whether the driver wants an interrupt now.
-    pub notify: bool,
-}
-
-/// Pops, processes and publishes every available chain, then decides on notification. With
-/// EVENT_IDX it re-arms the driver's kick (avail_event / device event) and re-checks the ring
-/// to close the race with a buffer published meanwhile.
-///
-/// On `Err` the queue is stopped; used elements published before the error stay published,
-/// so the caller should signal the call fd (a spurious interrupt is harmless) besides
-/// reporting the error.
-pub fn process_queue(
-    q: &mut Queue,
-    dev: &mut BlkDevice,
-    mem: &dyn GuestMemory,
-    faults: &DataPathFaults,
-) -> Result<QueueRun, RingError> {
-    let mut completed = 0;
-    loop {
-        while let Some(chain) = q.pop(mem)? {
-            let done = dev.process(mem, &chain, faults);
-            q.push_used(mem, &chain, done.used_len)?;
-            completed += 1;
-        }
-        if !q.config().event_idx {
-            break;
-        }
-        q.enable_notifications(mem)?;
-        if !q.has_available(mem)? {
-            break;
-        }
-    }
-    let notify = q.should_notify(mem)?;
-    Ok(QueueRun { completed, notify })
-}
+pub use run::{ChainHandler, QueueRun, process_queue, process_queue_with};

@@ -7,7 +7,7 @@ mod common;
 use common::{BlkReq, Buf, Guest, SplitDriver, pattern, ro, wo};
 use vhu_mock_device::{
     BlkDevice, CONFIG_SIZE, Chain, Completion, ConfigError, DataPathFaults, OVERRUN_BYTES,
-    OVERRUN_FILL, Queue, Segment, StateError, process_queue,
+    OVERRUN_FILL, Queue, Segment, StateError, VendorRequests, process_queue,
 };
 use vhu_protocol::virtio::{BlkReqHeader, blk};
 use vhu_protocol::wire::VirtioFeatures;
@@ -295,17 +295,57 @@ fn saved_state_restores_a_disk_written_through_the_ring() {
     let w = BlkReq::write(&mut g, 3, &[pattern(6, 2048)]);
     drv.add(&g, &w.bufs);
     process_queue(&mut q, &mut dev, &g.mem, &DataPathFaults::default()).unwrap();
-    let blob = dev.save();
+    let blob = dev.save(&[]);
     let mut other = BlkDevice::new(DISK, 1);
     assert!(matches!(
         other.load(&blob[..blob.len() / 2]),
         Err(StateError::WrongLength { .. })
     ));
     assert_eq!(other.disk(), vec![0; DISK as usize]);
-    other.load(&blob).unwrap();
+    assert_eq!(other.load(&blob).unwrap(), Vec::<u8>::new());
     let mut q = Queue::try_new(drv.cfg, q.base()).unwrap();
     let r = BlkReq::read(&mut g, 3, &[2048]);
     drv.add(&g, &r.bufs);
     process_queue(&mut q, &mut other, &g.mem, &DataPathFaults::default()).unwrap();
     assert_eq!(r.data(&g), pattern(6, 2048));
+}
+
+/// A vendor hook that records what it was given and answers `status`.
+struct Recorder {
+    seen: Vec<(u32, Vec<u8>, u64)>,
+    status: u8,
+}
+
+impl VendorRequests for Recorder {
+    fn serves(&self, kind: u32) -> bool {
+        kind == 0x8000_0001
+    }
+
+    fn serve(&mut self, kind: u32, body: &[u8], writable: u64) -> u8 {
+        self.seen.push((kind, body.to_vec(), writable));
+        self.status
+    }
+}
+
+#[test]
+fn vendor_types_reach_the_hook_with_their_body_and_others_stay_unsupported() {
+    let mut g = Guest::new();
+    let mut dev = BlkDevice::new(DISK, 1);
+    let mut hook = Recorder {
+        seen: vec![],
+        status: blk::S_OK,
+    };
+    let faults = DataPathFaults::default();
+    let r = BlkReq::new(&mut g, 0x8000_0001, 0, &[vec![1, 2], vec![3]], false);
+    let done = dev.process_with(&g.mem, &chain(&r.bufs), &faults, &mut hook);
+    assert_eq!((done.status, done.used_len), (blk::S_OK, 1));
+    assert_eq!(hook.seen, vec![(0x8000_0001, vec![1, 2, 3], 0)]);
+    hook.status = blk::S_IOERR;
+    let done = dev.process_with(&g.mem, &chain(&r.bufs), &faults, &mut hook);
+    assert_eq!(done, ioerr(1));
+    let other = BlkReq::new(&mut g, 0x8000_0002, 0, &[], false);
+    let done = dev.process_with(&g.mem, &chain(&other.bufs), &faults, &mut hook);
+    assert_eq!(done.status, blk::S_UNSUPP);
+    assert_eq!(hook.seen.len(), 2);
+    g.assert_clean();
 }

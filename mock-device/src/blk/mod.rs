@@ -9,6 +9,7 @@
 mod config;
 mod iov;
 mod state;
+mod vendor;
 
 use vhu_protocol::virtio::{BlkReqHeader, blk};
 use vhu_protocol::wire::VirtioFeatures;
@@ -21,6 +22,8 @@ use iov::Iov;
 
 pub use config::{CONFIG_SIZE, ConfigError, FLAGS_GUEST_WRITE, FLAGS_MIGRATION, SEG_MAX};
 pub use state::StateError;
+use vendor::NoVendor;
+pub use vendor::{VENDOR_BODY_MAX, VendorRequests};
 
 /// The GET_ID answer: "vhu-mock-blk", NUL-padded to 20 bytes.
 pub const DEVICE_ID: [u8; blk::ID_BYTES as usize] = *b"vhu-mock-blk\0\0\0\0\0\0\0\0";
@@ -75,6 +78,8 @@ struct Parsed {
 enum Fail {
     IoErr,
     Unsupp,
+    /// A vendor request's own non-zero status.
+    Vendor(u8),
 }
 
 impl Fail {
@@ -82,6 +87,7 @@ impl Fail {
         match self {
             Fail::IoErr => blk::S_IOERR,
             Fail::Unsupp => blk::S_UNSUPP,
+            Fail::Vendor(s) => s,
         }
     }
 }
@@ -172,6 +178,18 @@ impl BlkDevice {
         chain: &Chain,
         faults: &DataPathFaults,
     ) -> Completion {
+        self.process_with(mem, chain, faults, &mut NoVendor)
+    }
+
+    /// Like [`BlkDevice::process`], with the types `vendor` serves handed to it (the body
+    /// copied out, at most [`VENDOR_BODY_MAX`] bytes, else `S_IOERR`) instead of `S_UNSUPP`.
+    pub fn process_with(
+        &mut self,
+        mem: &dyn GuestMemory,
+        chain: &Chain,
+        faults: &DataPathFaults,
+        vendor: &mut dyn VendorRequests,
+    ) -> Completion {
         let Some((data_in, status_at)) =
             Iov::of(chain.segments.iter().filter(|s| s.writable)).split_last_byte()
         else {
@@ -180,7 +198,7 @@ impl BlkDevice {
                 status: blk::S_IOERR,
             };
         };
-        let outcome = self.execute(mem, chain, data_in, status_at, faults);
+        let outcome = self.execute(mem, chain, data_in, status_at, faults, vendor);
         let (status, data_len) = match outcome {
             Ok(n) => (blk::S_OK, n),
             Err(f) => (f.status(), 0),
@@ -208,6 +226,7 @@ impl BlkDevice {
         data_in: Iov,
         status_at: u64,
         faults: &DataPathFaults,
+        vendor: &mut dyn VendorRequests,
     ) -> Result<u64, Fail> {
         let readable = Iov::of(chain.segments.iter().filter(|s| !s.writable));
         if readable.len() < HEADER_LEN {
@@ -222,17 +241,23 @@ impl BlkDevice {
             data_in,
             status_at,
         };
-        let n = self.dispatch(mem, &req)?;
+        let n = self.dispatch(mem, &req, vendor)?;
         self.apply_faults(mem, &req, &readable, faults);
         Ok(n)
     }
 
-    fn dispatch(&mut self, mem: &dyn GuestMemory, req: &Parsed) -> Result<u64, Fail> {
+    fn dispatch(
+        &mut self,
+        mem: &dyn GuestMemory,
+        req: &Parsed,
+        vendor: &mut dyn VendorRequests,
+    ) -> Result<u64, Fail> {
         match req.header.kind {
             blk::T_IN => self.read(mem, req),
             blk::T_OUT => self.write(mem, req),
             blk::T_FLUSH => Ok(0),
             blk::T_GET_ID => get_id(mem, req),
+            kind if vendor.serves(kind) => vendor_request(mem, req, vendor),
             _ => Err(Fail::Unsupp),
         }
     }
@@ -294,6 +319,19 @@ impl BlkDevice {
                 let _ = readable.write(mem, &data);
             }
         }
+    }
+}
+
+/// A vendor type: the body goes to the back-end's hook, which decides the status.
+fn vendor_request(
+    mem: &dyn GuestMemory,
+    req: &Parsed,
+    vendor: &mut dyn VendorRequests,
+) -> Result<u64, Fail> {
+    let body = vendor::read_body(mem, &req.out).ok_or(Fail::IoErr)?;
+    match vendor.serve(req.header.kind, &body, req.data_in.len()) {
+        blk::S_OK => Ok(0),
+        status => Err(Fail::Vendor(status)),
     }
 }
 
