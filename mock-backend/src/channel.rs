@@ -7,10 +7,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use vhu_mock_device::VendorRequests;
+use vhu_protocol::virtio::{VhuShmemBody, blk};
 use vhu_protocol::wire::payload::{Body, ShmemMapMsg, VringState};
 use vhu_protocol::{BackendReq, Connection, Header};
-
-use crate::device::ShmemReq;
+use zerocopy::FromBytes;
 
 /// How long the front-end may take to ack a back-end request.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -63,6 +64,58 @@ impl BackendChannel {
     pub fn notify(&self, req: BackendReq, index: u32, need_reply: bool) -> bool {
         let body = Body::VringState(VringState { index, num: 0 });
         self.request(req, &body, &[], need_reply) == Ok(0)
+    }
+}
+
+/// A SHMEM device request (vendor blk types `T_VHU_SHMEM_MAP` / `T_VHU_SHMEM_UNMAP`, see the
+/// crate docs), decoded from its 24-byte body.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct ShmemReq {
+    /// Map (true) or unmap.
+    pub map: bool,
+    /// The shared memory region.
+    pub shmid: u8,
+    /// Offset into the region.
+    pub offset: u64,
+    /// Length.
+    pub len: u64,
+}
+
+impl ShmemReq {
+    /// The request of blk type `kind` with driver-readable `body`; `None` unless the body is
+    /// exactly one [`VhuShmemBody`] and nothing is device-writable besides the status byte.
+    pub fn decode(kind: u32, body: &[u8], writable: u64) -> Option<Self> {
+        let b = VhuShmemBody::read_from_bytes(body)
+            .ok()
+            .filter(|_| writable == 0)?;
+        Some(Self {
+            map: kind == blk::T_VHU_SHMEM_MAP,
+            shmid: b.shmid,
+            offset: b.shm_offset,
+            len: b.len,
+        })
+    }
+}
+
+/// The SHMEM device request as the blk device's vendor hook: the session's [`Shmem`] with
+/// what the negotiation allows it.
+pub struct ShmemHook<'a> {
+    /// The regions and mappings.
+    pub shmem: &'a mut Shmem,
+    /// What the session allows.
+    pub ctx: ShmemCtx<'a>,
+}
+
+impl VendorRequests for ShmemHook<'_> {
+    fn serves(&self, kind: u32) -> bool {
+        matches!(kind, blk::T_VHU_SHMEM_MAP | blk::T_VHU_SHMEM_UNMAP)
+    }
+
+    fn serve(&mut self, kind: u32, body: &[u8], writable: u64) -> u8 {
+        match ShmemReq::decode(kind, body, writable) {
+            Some(r) if self.shmem.request(&self.ctx, r) => blk::S_OK,
+            _ => blk::S_IOERR,
+        }
     }
 }
 
@@ -251,6 +304,28 @@ mod tests {
         assert!(s.request(&ctx(&ch), req(false, 0x1000, 0x1000)));
         drop(ch);
         assert_eq!(fe.join().unwrap(), vec![(9, 1), (10, 0)]);
+    }
+
+    #[test]
+    fn only_a_24_byte_body_with_no_writable_data_is_a_shmem_request() {
+        let body = [
+            [1u8, 0, 0, 0, 0, 0, 0, 0],
+            5u64.to_ne_bytes(),
+            6u64.to_ne_bytes(),
+        ]
+        .concat();
+        let r = ShmemReq::decode(blk::T_VHU_SHMEM_UNMAP, &body, 0);
+        assert_eq!(
+            r,
+            Some(ShmemReq {
+                map: false,
+                shmid: 1,
+                offset: 5,
+                len: 6
+            })
+        );
+        assert!(ShmemReq::decode(blk::T_VHU_SHMEM_MAP, &body[..23], 0).is_none());
+        assert!(ShmemReq::decode(blk::T_VHU_SHMEM_MAP, &body, 1).is_none());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use std::os::fd::OwnedFd;
 
+use vhu_mock_device::{ChainHandler, GuestMemory, Queue, RingError};
 use vhu_protocol::ProtocolFeatures;
 use vhu_protocol::wire::payload::{Body, InflightDesc};
 
@@ -131,6 +132,29 @@ impl InflightArea {
             self.put_u16(self.region(q) + USED_IDX, used_idx);
         }
     }
+}
+
+/// R-INFL-05: completes the chains a previous connection left in flight, oldest first and
+/// before anything new, rebuilt from the descriptor table without touching the avail ring. A
+/// chain that no longer validates is completed empty, so it leaves the area all the same.
+pub(crate) fn resubmit(
+    q: &mut Queue,
+    mem: &dyn GuestMemory,
+    heads: &[u16],
+    handler: &mut dyn ChainHandler,
+) -> Result<(), RingError> {
+    for &head in heads {
+        let chain = q.chain_at(mem, head).unwrap_or(vhu_mock_device::Chain {
+            head,
+            id: head,
+            segments: vec![],
+            descriptors: 1,
+        });
+        let len = handler.serve(mem, &chain);
+        q.push_used(mem, &chain, len)?;
+        handler.published(q, &chain);
+    }
+    Ok(())
 }
 
 impl Session<'_> {

@@ -5,8 +5,8 @@
 //!
 //! Layers: [`cli`] parses, `server` accepts front-ends, `session` holds one connection's
 //! negotiated state and dispatches each request to one handler (`rings`, `channel`, `state`,
-//! `inflight` group them by area), `memory` maps guest memory, `device` is the virtqueue and
-//! virtio-blk data path.
+//! `inflight` group them by area), `memory` maps guest memory, `datapath` drains rings through
+//! the `vhu-mock-device` crate (virtqueues and the virtio-blk RAM disk).
 //!
 //! # The SHMEM device request
 //!
@@ -25,11 +25,10 @@
 
 mod channel;
 pub mod cli;
-mod device;
+mod datapath;
 pub mod faults;
 mod inflight;
 mod memory;
-mod packed;
 mod rings;
 mod server;
 mod session;
@@ -41,7 +40,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-pub use device::{T_SHMEM_MAP, T_SHMEM_UNMAP};
+/// vhu-conform's request type: map a memfd into a shared memory region (see the crate docs).
+pub use vhu_protocol::virtio::blk::T_VHU_SHMEM_MAP as T_SHMEM_MAP;
+/// vhu-conform's request type: unmap a range mapped with [`T_SHMEM_MAP`].
+pub use vhu_protocol::virtio::blk::T_VHU_SHMEM_UNMAP as T_SHMEM_UNMAP;
 
 /// Why the back-end could not run (a misbehaving front-end is never one of these: the session
 /// answers it or closes that connection).
@@ -124,7 +126,7 @@ pub fn run(args: &cli::Args) -> Result<(), Error> {
             .collect::<Result<_, _>>()
             .map_err(Error::UnknownFault)?,
     );
-    let mut dev = device::Blk::new(args.capacity, args.queues);
+    let mut dev = vhu_mock_device::BlkDevice::new(args.capacity, args.queues);
     let limits = session::Limits {
         queue_size_max: args.queue_size_max,
         shmem: args.shmem.clone(),

@@ -8,6 +8,8 @@ use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
 
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
+use vhu_mock_device::GuestMemory;
+use vhu_mock_device::memory::{MemError, end_of};
 use vhu_protocol::wire::payload::MemRegion;
 
 /// A shared read-write mapping of `len` bytes of an fd from offset 0. Dropping it unmaps it and
@@ -203,6 +205,14 @@ impl Memory {
             .find_map(|r| r.ptr(gpa.checked_sub(r.desc.guest_addr)?, len))
     }
 
+    /// A pointer to the whole range, or why not.
+    fn range(&self, gpa: u64, len: usize) -> Result<*mut u8, MemError> {
+        let len = len as u64;
+        end_of(gpa, len)?;
+        self.find_gpa(gpa, len)
+            .ok_or(MemError::Unmapped { gpa, len })
+    }
+
     /// Translates a front-end user address to a guest address (ring addresses, R-VRING-03).
     pub fn ua_to_gpa(&self, ua: u64) -> Option<u64> {
         self.regions
@@ -210,55 +220,48 @@ impl Memory {
             .find(|r| ua >= r.desc.user_addr && ua - r.desc.user_addr < r.desc.size)
             .map(|r| ua - r.desc.user_addr + r.desc.guest_addr)
     }
+}
 
-    /// Copies guest memory out; the whole range must be mapped.
-    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), String> {
-        let p = self
-            .find_gpa(gpa, buf.len() as u64)
-            .ok_or_else(|| format!("guest range {gpa:#x}+{:#x} is not mapped", buf.len()))?;
+/// The device's view of guest memory. Copies are volatile because the driver (another process)
+/// accesses the same pages concurrently; an aligned 2-byte access is one access, as the ring
+/// code reads avail idx and packed flags that way. Every write marks its pages in the dirty log
+/// when LOG_ALL is negotiated (R-LOG-04), used-ring writes included.
+impl GuestMemory for Memory {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        let p = self.range(gpa, buf.len())?;
+        if let ([lo, hi], true) = (&mut *buf, p as usize % 2 == 0) {
+            // SAFETY: `p` addresses 2 mapped bytes, aligned for u16 (checked just above).
+            let v = unsafe { std::ptr::read_volatile(p.cast::<u16>()) };
+            [*lo, *hi] = v.to_ne_bytes();
+            return Ok(());
+        }
         for (i, b) in buf.iter_mut().enumerate() {
-            // SAFETY: `p` addresses buf.len() mapped bytes; volatile because the driver may write
-            // them concurrently.
+            // SAFETY: `p` addresses buf.len() mapped bytes.
             *b = unsafe { std::ptr::read_volatile(p.add(i)) };
         }
         Ok(())
     }
 
-    /// Copies into guest memory; the whole range must be mapped.
-    pub fn write(&self, gpa: u64, data: &[u8]) -> Result<(), String> {
-        let p = self
-            .find_gpa(gpa, data.len() as u64)
-            .ok_or_else(|| format!("guest range {gpa:#x}+{:#x} is not mapped", data.len()))?;
-        for (i, b) in data.iter().enumerate() {
-            // SAFETY: as in `read`.
-            unsafe { std::ptr::write_volatile(p.add(i), *b) };
+    fn write(&self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
+        let p = self.range(gpa, data.len())?;
+        if let (&[lo, hi], true) = (data, p as usize % 2 == 0) {
+            // SAFETY: `p` addresses 2 mapped bytes, aligned for u16 (checked just above).
+            unsafe { std::ptr::write_volatile(p.cast::<u16>(), u16::from_ne_bytes([lo, hi])) };
+        } else {
+            for (i, b) in data.iter().enumerate() {
+                // SAFETY: `p` addresses data.len() mapped bytes.
+                unsafe { std::ptr::write_volatile(p.add(i), *b) };
+            }
         }
         self.logged(gpa, data.len() as u64);
         Ok(())
     }
 
-    /// Reads a ring index with one volatile access.
-    pub fn read_u16(&self, gpa: u64) -> Result<u16, String> {
-        let p = self
-            .find_gpa(gpa, 2)
-            .filter(|p| *p as usize % 2 == 0)
-            .ok_or_else(|| format!("ring index at {gpa:#x} is not mapped"))?;
-        // SAFETY: aligned and mapped; volatile because the driver writes it concurrently.
-        Ok(u16::from_le(unsafe {
-            std::ptr::read_volatile(p.cast::<u16>())
-        }))
-    }
-
-    /// Writes a ring index with one volatile access.
-    pub fn write_u16(&self, gpa: u64, v: u16) -> Result<(), String> {
-        let p = self
-            .find_gpa(gpa, 2)
-            .filter(|p| *p as usize % 2 == 0)
-            .ok_or_else(|| format!("ring index at {gpa:#x} is not mapped"))?;
-        // SAFETY: as in `read_u16`.
-        unsafe { std::ptr::write_volatile(p.cast::<u16>(), v.to_le()) };
-        self.logged(gpa, 2);
-        Ok(())
+    fn check_range(&self, gpa: u64, len: u64) -> Result<(), MemError> {
+        end_of(gpa, len)?;
+        self.find_gpa(gpa, len)
+            .map(|_| ())
+            .ok_or(MemError::Unmapped { gpa, len })
     }
 }
 
@@ -290,10 +293,16 @@ mod tests {
         };
         let mut b = [0u8; 16];
         assert!(mem.read(0x10000 + 0x1000 - 8, &mut b).is_err());
+        assert!(mem.check_range(0x10000, 0x1001).is_err());
+        assert!(mem.check_range(0x10000, 0x1000).is_ok());
         assert!(mem.write(0xfff8, &[1; 16]).is_err());
         assert!(mem.write(0x10ff0, &[7; 16]).is_ok());
         mem.read(0x10ff0, &mut b).unwrap();
         assert_eq!(b, [7; 16]);
+        mem.write(0x10002, &[1, 2]).unwrap();
+        let mut two = [0u8; 2];
+        mem.read(0x10002, &mut two).unwrap();
+        assert_eq!(two, [1, 2], "an aligned 2-byte access keeps byte order");
     }
 
     #[test]
@@ -314,7 +323,7 @@ mod tests {
             logging: true,
         };
         mem.write(0x3ffe, &[1; 4]).unwrap(); // pages 3 and 4
-        mem.write_u16(0xf000, 1).unwrap(); // page 15
+        mem.write(0xf000, &[1, 0]).unwrap(); // page 15
         mem.write(0x20000, &[1]).unwrap(); // page 32: past a 2-byte log
         let log = mem.log.as_ref().unwrap();
         let mut b = [0u8; 8];

@@ -9,53 +9,53 @@
 use std::os::fd::{AsFd, OwnedFd};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use vhu_mock_device::{Queue, RingConfig};
 use vhu_protocol::wire::payload::{
     Body, VRING_F_LOG, VRING_IDX_MASK, VRING_NOFD_MASK, VringAddr, VringState,
 };
-use vhu_protocol::{BackendReq, FrontendReq, ProtocolFeatures, VirtioFeatures};
+use vhu_protocol::{FrontendReq, ProtocolFeatures, VirtioFeatures};
 
-use crate::channel::{Shmem, ShmemCtx};
-use crate::device::{DataFaults, DeviceHost, Ring, ShmemReq, SplitRing};
 use crate::faults::Fault;
-use crate::inflight::InflightArea;
-use crate::packed::PackedRing;
 use crate::session::{Outcome, Session};
 
 /// Tick of the event loop: the polling interval of bit-8 rings.
 const TICK_MS: u8 = 20;
 
-/// One queue's setup and state.
+/// One ring's setup and state as the front-end drives it.
 #[derive(Debug, Default)]
-pub struct Queue {
+pub struct Vring {
     size: u16,
     /// The base set or saved: a split next avail index, or a packed base word.
     base: u32,
     addr: Option<VringAddr>,
     kick: Option<OwnedFd>,
-    call: Option<OwnedFd>,
-    err: Option<OwnedFd>,
-    /// SET_VRING_CALL / ERR had bit 8 with INBAND_NOTIFICATIONS: notify on the channel.
-    inband_call: bool,
-    inband_err: bool,
+    /// The call eventfd.
+    pub(crate) call: Option<OwnedFd>,
+    /// The err eventfd.
+    pub(crate) err: Option<OwnedFd>,
+    /// SET_VRING_CALL had bit 8 with INBAND_NOTIFICATIONS: notify on the channel.
+    pub(crate) inband_call: bool,
+    /// SET_VRING_ERR had bit 8 with INBAND_NOTIFICATIONS.
+    pub(crate) inband_err: bool,
     /// SET_VRING_KICK had bit 8: poll the ring (no kick fd).
     polling: bool,
     /// Enabled (SET_VRING_ENABLE 1, or SET_FEATURES without bit 30).
     pub enabled: bool,
-    /// Started: the translated ring and where it stands.
-    ring: Option<Ring>,
+    /// Started: the device side of the ring (vhu-mock-device) at the translated addresses.
+    pub(crate) queue: Option<Queue>,
     /// Heads in flight in the inflight area when the ring started, to complete first.
-    resubmit: Vec<u16>,
+    pub(crate) resubmit: Vec<u16>,
 }
 
-impl Queue {
+impl Vring {
     /// Whether the ring is started.
     pub fn started(&self) -> bool {
-        self.ring.is_some()
+        self.queue.is_some()
     }
 
     /// The base to save: where the ring stands, or the base it was given.
     pub fn saved_base(&self) -> u32 {
-        self.ring.map_or(self.base, |r| r.base())
+        self.queue.as_ref().map_or(self.base, Queue::base)
     }
 
     /// Sets the base a stopped ring restarts from (device state load).
@@ -109,58 +109,8 @@ impl Session<'_> {
         )
     }
 
-    /// Processes ring `i` if it is started and enabled, then signals the driver.
-    pub(crate) fn run_queue(&mut self, i: usize) {
-        let faults = DataFaults {
-            wrong_used_len: self.has(Fault::WrongUsedLen),
-            write_past: self.has(Fault::WritePastDescriptor),
-        };
-        let ignore_enable = self.has(Fault::IgnoreVringEnable);
-        let shmem_ok = self.negotiated(ProtocolFeatures::SHMEM | ProtocolFeatures::BACKEND_REQ);
-        let ctx = ShmemCtx {
-            channel: self.channel.as_ref().filter(|_| shmem_ok),
-            reply_ack: self.negotiated(ProtocolFeatures::REPLY_ACK),
-            send_fd: self.negotiated(ProtocolFeatures::BACKEND_SEND_FD),
-            out_of_range: self.has(Fault::ShmemOutOfRange),
-        };
-        let q = &mut self.queues[i];
-        let Some(ring) = q.ring.as_mut().filter(|_| q.enabled || ignore_enable) else {
-            return;
-        };
-        let mut host = QueueHost {
-            queue: i,
-            shmem: &mut self.shmem,
-            ctx,
-            inflight: self.inflight.as_mut(),
-            resubmit: std::mem::take(&mut q.resubmit),
-        };
-        let result = self.dev.process(&self.mem, ring, faults, &mut host);
-        match result {
-            Ok(false) => {}
-            Ok(true) if self.faults.has(Fault::NoCall) => {}
-            Ok(true) => self.signal(i, false),
-            Err(_) => self.signal(i, true),
-        }
-    }
-
-    /// Signals used buffers (or an error) on the eventfd, or in-band on the back-end channel
-    /// when the ring's fd was replaced by bit 8 with INBAND_NOTIFICATIONS (R-INB-04).
-    fn signal(&self, i: usize, error: bool) {
-        let q = &self.queues[i];
-        let (fd, inband, req) = if error {
-            (&q.err, q.inband_err, BackendReq::VringErr)
-        } else {
-            (&q.call, q.inband_call, BackendReq::VringCall)
-        };
-        if let Some(fd) = fd {
-            let _ = nix::unistd::write(fd, &1u64.to_ne_bytes());
-        } else if let Some(ch) = self.channel.as_ref().filter(|_| inband) {
-            ch.notify(req, i as u32, self.negotiated(ProtocolFeatures::REPLY_ACK));
-        }
-    }
-
     /// The queue `index` names; a bad index aborts under `crash-on-bad-index`.
-    fn queue(&mut self, index: u32) -> Option<&mut Queue> {
+    fn queue(&mut self, index: u32) -> Option<&mut Vring> {
         if index as usize >= self.queues.len() && self.has(Fault::CrashOnBadIndex) {
             std::process::abort();
         }
@@ -221,7 +171,7 @@ impl Session<'_> {
         };
         let num = if stale { q.base } else { q.saved_base() };
         if !keep_running {
-            q.ring = None;
+            q.queue = None;
             q.base = num;
             q.kick = None;
             q.call = None;
@@ -275,16 +225,28 @@ impl Session<'_> {
         }
     }
 
-    /// R-RING-03: the ring starts; buffers already available are processed without waiting for
-    /// a kick (R-RING-04).
+    /// R-RING-03: the ring starts where it stands (or at its base); buffers already available
+    /// are processed without waiting for a kick (R-RING-04).
     fn start_ring(&mut self, i: usize) -> Outcome {
-        let Some(ring) = self.translate(i) else {
+        let Some(cfg) = self.ring_config(i) else {
             return Outcome::Failed;
         };
-        if let (Ring::Split(r), Some(area)) = (&ring, self.inflight.as_mut()) {
-            self.queues[i].resubmit = area.start(i, r.next_used);
+        let v = &self.queues[i];
+        let base = v
+            .queue
+            .as_ref()
+            .map_or(vring_base(cfg, v.base), Queue::base);
+        let Ok(mut queue) = Queue::try_new(cfg, base) else {
+            return Outcome::Failed;
+        };
+        // R-VRING-06: the used index is read from the ring in memory.
+        let Ok(used_idx) = queue.sync_used_idx(&self.mem) else {
+            return Outcome::Failed;
+        };
+        if let Some(area) = self.inflight.as_mut().filter(|_| !cfg.packed) {
+            self.queues[i].resubmit = area.start(i, used_idx);
         }
-        self.queues[i].ring = Some(ring);
+        self.queues[i].queue = Some(queue);
         self.run_queue(i);
         Outcome::Done
     }
@@ -293,53 +255,32 @@ impl Session<'_> {
         self.features & VirtioFeatures::RING_PACKED.bits() != 0
     }
 
-    /// The ring's guest addresses and position; a started ring keeps its position (R-MEM-05).
-    fn translate(&self, i: usize) -> Option<Ring> {
+    /// The ring's guest addresses and negotiated ring features, if its addresses translate.
+    fn ring_config(&self, i: usize) -> Option<RingConfig> {
         let q = &self.queues[i];
         let a = q.addr?;
-        if q.size == 0 {
-            return None;
-        }
-        let event_idx = self.features & VirtioFeatures::EVENT_IDX.bits() != 0;
-        let desc = self.mem.ua_to_gpa(a.desc)?;
-        let avail = self.mem.ua_to_gpa(a.avail)?;
-        let used = self.mem.ua_to_gpa(a.used)?;
-        if self.packed() {
-            let mut r = PackedRing {
-                size: q.size,
-                desc,
-                driver: avail,
-                device: used,
-                next_avail: 0,
-                avail_wrap: true,
-                next_used: 0,
-                used_wrap: true,
-                event_idx,
-            };
-            r.set_base(q.saved_base());
-            return Some(Ring::Packed(r));
-        }
-        // R-VRING-06: the used index is read from the ring in memory.
-        let next_used = match q.ring {
-            Some(Ring::Split(r)) => r.next_used,
-            _ => self.mem.read_u16(used + 2).ok()?,
-        };
-        Some(Ring::Split(SplitRing {
-            event_idx,
+        let has = |f: VirtioFeatures| self.features & f.bits() != 0;
+        Some(RingConfig {
             size: q.size,
-            desc,
-            avail,
-            used,
-            next_avail: q.saved_base() as u16,
-            next_used,
-        }))
+            desc: self.mem.ua_to_gpa(a.desc)?,
+            driver: self.mem.ua_to_gpa(a.avail)?,
+            device: self.mem.ua_to_gpa(a.used)?,
+            packed: self.packed(),
+            event_idx: has(VirtioFeatures::EVENT_IDX),
+            indirect: has(VirtioFeatures::INDIRECT_DESC),
+        })
     }
 
-    /// After a memory table change, started rings are translated again (R-MEM-05).
+    /// After a memory table change, started rings are translated again and keep their
+    /// position (R-MEM-05). A ring whose addresses no longer translate is left as it is: its
+    /// accesses fail until its memory comes back.
     pub(crate) fn retranslate(&mut self) {
         for i in 0..self.queues.len() {
-            if self.queues[i].started() {
-                self.queues[i].ring = self.translate(i);
+            let Some(cfg) = self.ring_config(i) else {
+                continue;
+            };
+            if let Some(q) = self.queues[i].queue.as_mut().filter(|q| q.config() != cfg) {
+                *q = Queue::new(cfg, q.base());
             }
         }
     }
@@ -362,39 +303,37 @@ impl Session<'_> {
     }
 }
 
-/// The session's side of processing one queue: SHMEM requests and inflight bookkeeping.
-struct QueueHost<'a> {
-    queue: usize,
-    shmem: &'a mut Shmem,
-    ctx: ShmemCtx<'a>,
-    inflight: Option<&'a mut InflightArea>,
-    resubmit: Vec<u16>,
+/// The base a stopped ring starts from. A packed word whose used half is 0 (DPDK sends only
+/// the avail half) puts the used position at the avail position.
+fn vring_base(cfg: RingConfig, base: u32) -> u32 {
+    if cfg.packed && base >> 16 == 0 {
+        base | base << 16
+    } else {
+        base
+    }
 }
 
-impl DeviceHost for QueueHost<'_> {
-    fn shmem(&mut self, r: ShmemReq) -> bool {
-        self.shmem.request(&self.ctx, r)
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    fn resubmit(&mut self) -> Vec<u16> {
-        std::mem::take(&mut self.resubmit)
-    }
-
-    fn taken(&mut self, head: u16) {
-        if let Some(a) = self.inflight.as_mut() {
-            a.taken(self.queue, head);
-        }
-    }
-
-    fn completing(&mut self, head: u16) {
-        if let Some(a) = self.inflight.as_mut() {
-            a.completing(self.queue, head);
-        }
-    }
-
-    fn completed(&mut self, head: u16, used_idx: u16) {
-        if let Some(a) = self.inflight.as_mut() {
-            a.completed(self.queue, head, used_idx);
-        }
+    #[test]
+    fn an_avail_only_packed_base_puts_used_at_avail() {
+        let cfg = RingConfig {
+            size: 256,
+            desc: 0,
+            driver: 0,
+            device: 0,
+            packed: true,
+            event_idx: false,
+            indirect: false,
+        };
+        assert_eq!(vring_base(cfg, 0x8000), 0x8000_8000);
+        assert_eq!(vring_base(cfg, 0x0005_0103), 0x0005_0103);
+        let split = RingConfig {
+            packed: false,
+            ..cfg
+        };
+        assert_eq!(vring_base(split, 7), 7);
     }
 }

@@ -14,9 +14,9 @@ use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction
 use vhu_protocol::Connection;
 
 use crate::Error;
-use crate::device::Blk;
 use crate::faults::Faults;
 use crate::session::{Limits, Session};
+use vhu_mock_device::BlkDevice as Blk;
 
 /// How long one read or write on the main socket may take once a message has begun; an idle
 /// front-end is never timed out (the poll loop waits), a stalled half-message is.

@@ -10,12 +10,13 @@ use vhu_protocol::wire::ReplyKind;
 use vhu_protocol::wire::payload::{Body, BodyKind, ConfigHeader, LogDesc, MemRegion};
 use vhu_protocol::{Connection, FrontendReq, Header, Message, ProtocolFeatures, VirtioFeatures};
 
+use vhu_mock_device::BlkDevice;
+
 use crate::channel::{BackendChannel, Shmem};
-use crate::device::Blk;
 use crate::faults::{Fault, Faults};
 use crate::inflight::InflightArea;
 use crate::memory::{DirtyLog, Memory, Region};
-use crate::rings::Queue;
+use crate::rings::Vring;
 use crate::state::Transfer;
 
 /// Limits and declarations fixed for the process.
@@ -47,14 +48,14 @@ const MAX_MEM_SLOTS: u64 = 32;
 /// Per-connection state.
 pub struct Session<'a> {
     pub(crate) conn: Connection,
-    pub(crate) dev: &'a mut Blk,
+    pub(crate) dev: &'a mut BlkDevice,
     pub(crate) faults: &'a Faults,
     pub(crate) limits: &'a Limits,
     pub(crate) offered_protocol: u64,
     pub(crate) features: u64,
     pub(crate) protocol: u64,
     pub(crate) mem: Memory,
-    pub(crate) queues: Vec<Queue>,
+    pub(crate) queues: Vec<Vring>,
     pub(crate) leaked: Vec<OwnedFd>,
     pub(crate) channel: Option<BackendChannel>,
     pub(crate) shmem: Shmem,
@@ -68,8 +69,13 @@ pub struct Session<'a> {
 
 impl<'a> Session<'a> {
     /// A session over an accepted connection.
-    pub fn new(conn: Connection, dev: &'a mut Blk, faults: &'a Faults, limits: &'a Limits) -> Self {
-        let n = dev.num_queues;
+    pub fn new(
+        conn: Connection,
+        dev: &'a mut BlkDevice,
+        faults: &'a Faults,
+        limits: &'a Limits,
+    ) -> Self {
+        let n = dev.num_queues();
         let shmem = if limits.shmem.is_empty() {
             ProtocolFeatures::empty()
         } else {
@@ -97,7 +103,7 @@ impl<'a> Session<'a> {
             features: 0,
             protocol: 0,
             mem: Memory::default(),
-            queues: (0..n).map(|_| Queue::default()).collect(),
+            queues: (0..n).map(|_| Vring::default()).collect(),
             leaked: vec![],
             channel: None,
             shmem: Shmem::new(limits.shmem.clone()),
@@ -116,15 +122,11 @@ impl<'a> Session<'a> {
         self.protocol & f.bits() == f.bits()
     }
 
+    /// The device's bits (blk, VERSION_1 and the ring layouts it drives) and the vhost-user
+    /// ones.
     fn offered_features(&self) -> u64 {
-        self.dev.features()
-            | (VirtioFeatures::INDIRECT_DESC
-                | VirtioFeatures::EVENT_IDX
-                | VirtioFeatures::RING_PACKED
-                | VirtioFeatures::LOG_ALL
-                | VirtioFeatures::PROTOCOL_FEATURES
-                | VirtioFeatures::VERSION_1)
-                .bits()
+        self.dev.device_features()
+            | (VirtioFeatures::LOG_ALL | VirtioFeatures::PROTOCOL_FEATURES).bits()
     }
 
     /// Reads and handles one message; false when the connection ends.
@@ -387,12 +389,10 @@ impl<'a> Session<'a> {
     }
 
     fn get_config(&mut self, h: ConfigHeader) -> Outcome {
-        let cfg = self.dev.config();
-        let end = h.offset as usize + h.size as usize;
-        if end > cfg.len() || h.size == 0 {
+        let read = self.dev.read_config(h.offset, h.size as usize);
+        let Some(mut data) = read.ok().filter(|_| h.size > 0) else {
             return Outcome::Reply(Body::Empty); // R-CFG-02: an empty payload signals the error.
-        }
-        let mut data = cfg[h.offset as usize..end].to_vec();
+        };
         if self.has(Fault::ConfigWrongSize) {
             data.resize(data.len() + 4, 0);
         }
@@ -403,14 +403,12 @@ impl<'a> Session<'a> {
         Outcome::Reply(Body::Config(header, data))
     }
 
+    /// R-CFG-03: a guest write (flags 0) may change only `writeback`; a migration restore
+    /// (flags 1) any field.
     fn set_config(&mut self, h: ConfigHeader, data: &[u8]) -> Outcome {
-        // R-CFG-03: a guest write (flags 0) may change only the writable `writeback` byte.
-        match (h.flags, h.offset, data) {
-            (0 | 1, 32, [wce]) => {
-                self.dev.wce = *wce;
-                Outcome::Done
-            }
-            _ => Outcome::Failed,
+        match self.dev.write_config(h.offset, data, h.flags) {
+            Ok(()) => Outcome::Done,
+            Err(_) => Outcome::Failed,
         }
     }
 
@@ -427,7 +425,7 @@ impl<'a> Session<'a> {
 
     fn reset_device(&mut self) -> Outcome {
         for q in &mut self.queues {
-            *q = Queue::default();
+            *q = Vring::default();
         }
         self.status = 0;
         self.shmem.clear();

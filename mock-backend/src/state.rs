@@ -22,15 +22,23 @@ impl Session<'_> {
     /// or while another transfer runs. The reply's bit 8 says no fd of ours is returned
     /// (R-MIG-04).
     pub(crate) fn set_device_state_fd(&mut self, direction: u32, mut fds: Vec<OwnedFd>) -> Outcome {
-        let running = self.queues.iter().any(crate::rings::Queue::started);
+        let running = self.queues.iter().any(crate::rings::Vring::started);
         let valid = direction <= 1 && !running && self.transfer.is_none();
         let Some(fd) = fds.pop().filter(|_| valid) else {
             return Outcome::Reply(Body::U64(1));
         };
         let file = std::fs::File::from(fd);
         let spawned = if direction == SAVE {
-            let bases: Vec<u32> = self.queues.iter().map(|q| q.saved_base()).collect();
-            let state = self.dev.save(&bases, self.has(Fault::BadDeviceState));
+            let bases: Vec<u8> = (self.queues.iter())
+                .flat_map(|q| q.saved_base().to_le_bytes())
+                .collect();
+            let mut state = self.dev.save(&bases);
+            if self.has(Fault::BadDeviceState) {
+                // The fault: a wrong checksum, so the state never loads elsewhere.
+                if let Some(last) = state.last_mut() {
+                    *last ^= 1;
+                }
+            }
             std::thread::Builder::new().spawn(move || write_state(file, &state))
         } else {
             std::thread::Builder::new().spawn(move || read_state(file))
@@ -49,14 +57,22 @@ impl Session<'_> {
     pub(crate) fn check_device_state(&mut self) -> Outcome {
         let result = match self.transfer.take().map(JoinHandle::join) {
             Some(Ok(Ok(None))) => Ok(()),
-            Some(Ok(Ok(Some(state)))) => self.dev.load(&state).map(|bases| {
-                for (q, b) in self.queues.iter_mut().zip(bases) {
-                    q.set_base(b);
-                }
-            }),
+            Some(Ok(Ok(Some(state)))) => self.load(&state),
             _ => Err("no transfer, or it failed".to_string()),
         };
         Outcome::Reply(Body::U64(u64::from(result.is_err())))
+    }
+}
+
+impl Session<'_> {
+    /// Loads the device and, from the state's back-end section, the ring bases (u32 each, in
+    /// queue order). The device checks the whole state (checksum included) before it changes.
+    fn load(&mut self, state: &[u8]) -> Result<(), String> {
+        let bases = self.dev.load(state).map_err(|e| e.to_string())?;
+        for (q, b) in self.queues.iter_mut().zip(bases.chunks_exact(4)) {
+            q.set_base(u32::from_le_bytes(b.try_into().expect("4 bytes")));
+        }
+        Ok(())
     }
 }
 
