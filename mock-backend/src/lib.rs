@@ -75,7 +75,7 @@ pub enum Error {
     UnknownFault(String),
 }
 
-/// Parses `args` (argv[0] included) and runs the back-end.
+/// Parses `args` (`argv[0]` included) and runs the back-end.
 pub fn run_from_args<I, T>(args: I) -> ExitCode
 where
     I: IntoIterator<Item = T>,

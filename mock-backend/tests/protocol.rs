@@ -1,7 +1,7 @@
 //! The reference back-end over a real socket, driven by a hand-written front-end: negotiation
 //! replies, REPLY_ACK acks, a virtio-blk write then read on a split ring with the call eventfd
 //! signalled, GET_VRING_BASE, memory regions removed for real, a second connection after a
-//! disconnect, in-band notifications and SIGTERM.
+//! disconnect, in-band notifications, a malformed chain stopping its ring, and SIGTERM.
 
 mod common;
 
@@ -298,4 +298,43 @@ fn a_packed_ring_completes_a_write_and_a_read_and_get_vring_base_returns_the_pac
     let m = c.recv_reply(FrontendReq::GetVringBase as u32).unwrap();
     // 11 chains of 3 slots: 33 slots = two wraps of 16 (wrap counters back to 1), then slot 1.
     assert_eq!(m.payload[4..8], 0x8001_8001u32.to_ne_bytes());
+}
+
+#[test]
+fn a_malformed_chain_stops_the_ring_reports_on_the_err_fd_and_keeps_its_position() {
+    let be = start(&[]);
+    let c = connect(&be.sock);
+    negotiate(&c, basic());
+    let mut g = Guest::new();
+    let mut r = prepare_ring(&c, &g);
+    let err = nix::sys::eventfd::EventFd::new().unwrap();
+    let word = Body::U64(vring_fd_word(0, false));
+    assert_eq!(ack(&c, FrontendReq::SetVringErr, &word, &[err.as_fd()]), 0);
+    r.start(&c);
+    let (status, _) = blk_request(&mut g, &mut r, blk::T_FLUSH, 0, None);
+    assert_eq!(status, blk::S_OK);
+    // A data buffer past the end of guest memory: the chain is refused, not executed.
+    let hdr = g.alloc(16);
+    g.write(hdr, &blk_header(blk::T_IN, 0));
+    let status = g.alloc(1);
+    r.submit(
+        &g,
+        &[(hdr, 16, false), (MEM_SIZE, 512, true), (status, 1, true)],
+    );
+    r.kick();
+    let mut fds = [nix::poll::PollFd::new(
+        err.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    assert_eq!(nix::poll::poll(&mut fds, 2000u16).unwrap(), 1, "no err");
+    assert_eq!(r.used_idx(&g), 1, "nothing published for the bad chain");
+    let q0 = Body::VringState(VringState { index: 0, num: 0 });
+    c.send_request(FrontendReq::GetVringBase as u32, &q0, false, &[])
+        .unwrap();
+    let m = c.recv_reply(FrontendReq::GetVringBase as u32).unwrap();
+    assert_eq!(
+        m.payload[4..8],
+        1u32.to_ne_bytes(),
+        "stopped at the bad chain"
+    );
 }

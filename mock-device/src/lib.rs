@@ -6,8 +6,11 @@
 //!   2.8.19), notification suppression with and without EVENT_IDX (2.7.7, 2.7.10, 2.8.10), and
 //!   the vhost-user SET/GET_VRING_BASE position encoding. Every descriptor is validated; a
 //!   malformed one is a [`RingError`], never a panic.
-//! - [`BlkDevice`]: virtio-blk (5.2) on a RAM disk with its config space, save/load for device
-//!   state transfer, and [`DataPathFaults`] that break the data path on purpose.
+//! - [`BlkDevice`]: virtio-blk (5.2) on a RAM disk with its config space, sparse save/load for
+//!   device state transfer, a [`VendorRequests`] hook for request types of the back-end's own,
+//!   and [`DataPathFaults`] that break the data path on purpose.
+//! - [`process_queue`] drains a queue into the device; [`process_queue_with`] lets a
+//!   [`ChainHandler`] wrap each chain with the back-end's bookkeeping.
 //! - [`GuestMemory`]: the only way the crate touches guest memory; the back-end implements it
 //!   over its mmapped regions (see [`memory`] for the volatile-copy requirement).
 

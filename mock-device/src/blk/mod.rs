@@ -3,8 +3,9 @@
 //!
 //! A request is read as two byte streams: the driver-readable buffers (header, then write data)
 //! and the device-writable buffers (read data, then the status byte, the very last writable
-//! byte). Anything malformed completes with `S_IOERR` (or `S_UNSUPP` for an unknown type) when a
-//! status byte can be written, and writes nothing at all when it cannot.
+//! byte). Anything malformed completes with `S_IOERR` (or `S_UNSUPP` for an unknown type, unless
+//! the back-end's [`VendorRequests`] hook serves it) when a status byte can be written, and
+//! writes nothing at all when it cannot.
 
 mod config;
 mod iov;
