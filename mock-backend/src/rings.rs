@@ -4,7 +4,8 @@
 //! kick and call fds and returns the next avail index (R-VRING-08..10, R-RING-11); SET_VRING_ENABLE
 //! or SET_FEATURES without bit 30 enables it (R-RING-09/10). Only a started, enabled ring is
 //! processed. The event loop polls the main socket and the kick eventfds; rings in polling mode
-//! (kick bit 8) are looked at on every tick.
+//! (kick bit 8) are looked at on every tick. A started ring is a `vhu_mock_device::Queue` at the
+//! translated guest addresses; `datapath` drains it.
 
 use std::os::fd::{AsFd, OwnedFd};
 

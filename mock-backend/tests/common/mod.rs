@@ -67,9 +67,20 @@ pub fn start(args: &[&str]) -> Backend {
     }
 }
 
-/// A connection to `path`.
+/// A connection to `path`. Refusals are retried for a moment: the socket file appears at
+/// bind(), just before the back-end listens.
 pub fn connect(path: &Path) -> Connection {
-    Connection::new(UnixStream::connect(path).unwrap(), Some(T))
+    let deadline = Instant::now() + T;
+    loop {
+        match UnixStream::connect(path) {
+            Ok(s) => return Connection::new(s, Some(T)),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                assert!(Instant::now() < deadline, "connection refused: {e}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
 }
 
 /// Sends an ack-only request with NEED_REPLY and returns the ack.
