@@ -83,6 +83,9 @@ pub fn run() -> ExitCode {
         let rest = std::iter::once("vhu-mock-backend".into()).chain(argv[2..].iter().cloned());
         return vhu_mock_backend::run_from_args(rest.collect::<Vec<std::ffi::OsString>>());
     }
+    if argv.get(1).is_some_and(|a| a == "fuzz" || a == "replay") {
+        return crate::fuzz::run_from_args(argv);
+    }
     let args = match Args::try_parse_from(argv) {
         Ok(a) => a,
         Err(e) => {

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod engine;
 pub mod exit_code;
 pub mod features;
+pub mod fuzz;
 pub mod report;
 pub mod rules;
 pub mod scenario;

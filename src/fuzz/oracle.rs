@@ -1,0 +1,265 @@
+//! The oracle: what must hold after every case, whatever was sent. The process is alive, a fresh
+//! connection completes a whole session and a blk write and read-back with intact canaries, guest
+//! memory outside device-writable buffers is unchanged, and no fd or guest mapping is left behind.
+
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use vhu_mock_frontend::blk::{blk_read, blk_write};
+use vhu_mock_frontend::{
+    DriverQueue, GuestMemory, RingLayout, Session, SessionError, SessionOptions, Wanted,
+};
+use vhu_protocol::{Connection, FrontendReq, VirtioFeatures};
+
+use crate::target::{Instance, ProcessState};
+
+/// Bytes of guest memory per session: two regions with a hole (the default layout).
+pub const GUEST_BYTES: u64 = 8 << 20;
+
+/// What went wrong, in the order the oracle checks it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The process exited or was killed.
+    Crash,
+    /// Neither an answer nor a close within the timeout.
+    Hang,
+    /// A valid session could not reach the case's stage.
+    Setup,
+    /// A fresh connection could not complete a session.
+    Unusable,
+    /// The blk write and read-back failed or returned wrong data.
+    DataPath,
+    /// Guest memory outside device-writable buffers changed.
+    Corruption,
+    /// The process kept fds after the connections closed.
+    FdLeak,
+    /// The process kept guest memory mapped after the connections closed.
+    MapLeak,
+}
+
+/// A failed check: what kind, and what was seen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// The check that failed.
+    pub kind: FailureKind,
+    /// What was seen, on one line.
+    pub detail: String,
+}
+
+impl Failure {
+    /// A failure of `kind`.
+    pub fn new(kind: FailureKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.detail)
+    }
+}
+
+/// A session on a new connection with every wait bounded by `timeout`.
+pub fn session(stream: UnixStream, timeout: Duration) -> Session {
+    let opts = SessionOptions {
+        reply_timeout: timeout,
+        auto_need_reply: true,
+    };
+    Session::new(Connection::new(stream, Some(timeout)), opts)
+}
+
+/// A crash, if the process has ended (spawn mode); waits up to `grace` for a dying process.
+pub fn crashed(inst: &mut Instance, grace: Duration) -> Option<Failure> {
+    let st = inst.wait_exit(grace);
+    matches!(st, ProcessState::Exited(_) | ProcessState::Signaled(_)).then(|| {
+        let tail = inst.stderr_tail(300);
+        let tail = if tail.is_empty() {
+            String::new()
+        } else {
+            format!("; stderr: {tail}")
+        };
+        Failure::new(FailureKind::Crash, format!("the back-end {st}{tail}"))
+    })
+}
+
+/// Negotiates everything the harness drives.
+pub fn negotiate(s: &mut Session) -> Result<u64, SessionError> {
+    Ok(s.negotiate(&Wanted::all())?.features)
+}
+
+/// Creates the default guest memory layout and announces it with SET_MEM_TABLE.
+pub fn memory(s: &mut Session) -> Result<GuestMemory, SessionError> {
+    let mem = GuestMemory::new(&GuestMemory::default_layout(GUEST_BYTES))?;
+    s.checked(FrontendReq::SetMemTable, |s| s.set_mem_table(&mem))?;
+    Ok(mem)
+}
+
+/// Sets up ring 0 of `size` entries and enables it when bit 30 was negotiated.
+pub fn ring(
+    s: &mut Session,
+    mem: &mut GuestMemory,
+    features: u64,
+    size: u16,
+) -> Result<DriverQueue, SessionError> {
+    let event_idx = features & VirtioFeatures::EVENT_IDX.bits() != 0;
+    let mut q = DriverQueue::new(mem, 0, size, RingLayout::Split, event_idx)?;
+    q.setup(s, mem, 0)?;
+    if features & VirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+        s.checked(FrontendReq::SetVringEnable, |s| s.set_vring_enable(0, true))?;
+    }
+    Ok(q)
+}
+
+/// The whole valid session on a new connection, ending with one blk write of 4 KiB of `pattern`
+/// at sector 0 and its read-back: status, used length, canaries and data all checked.
+pub fn fresh_session(inst: &mut Instance, timeout: Duration, pattern: u8) -> Result<(), Failure> {
+    let unusable = |what: &str, e: &dyn std::error::Error| {
+        Failure::new(
+            FailureKind::Unusable,
+            format!("a fresh connection {what}: {}", crate::engine::chain(e)),
+        )
+    };
+    let stream = inst.connect().map_err(|e| unusable("cannot be made", &e))?;
+    let mut s = session(stream, timeout);
+    let features = negotiate(&mut s).map_err(|e| unusable("fails to negotiate", &e))?;
+    let mut mem = memory(&mut s).map_err(|e| unusable("fails SET_MEM_TABLE", &e))?;
+    let mut q = ring(&mut s, &mut mem, features, 128)
+        .map_err(|e| unusable("fails to set up ring 0", &e))?;
+    let data = vec![pattern; 4096];
+    let path = |what: &str, e: &dyn std::error::Error| {
+        Failure::new(
+            FailureKind::DataPath,
+            format!("{what} on a fresh connection: {}", crate::engine::chain(e)),
+        )
+    };
+    let w = blk_write(&mut q, &mut mem, 0, &data, timeout)
+        .map_err(|e| path("the blk write did not complete", &e))?;
+    let r = blk_read(&mut q, &mut mem, 0, 4096, timeout)
+        .map_err(|e| path("the blk read did not complete", &e))?;
+    let mut wrong = vec![];
+    if w.status != 0 || r.status != 0 {
+        wrong.push(format!("status {} (write) {} (read)", w.status, r.status));
+    }
+    if !(w.canary_intact && r.canary_intact && w.readonly_intact && r.readonly_intact) {
+        wrong.push("bytes outside the device-writable buffers changed".into());
+    }
+    if r.data != data {
+        wrong.push("the data read back is not the data written".into());
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            FailureKind::DataPath,
+            format!("blk write and read-back: {}", wrong.join("; ")),
+        ))
+    }
+}
+
+/// What a spawned back-end holds: open fds, and mappings of our guest memory memfds.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Usage {
+    /// Entries of `/proc/<pid>/fd`.
+    pub fds: usize,
+    /// Lines of `/proc/<pid>/maps` naming a `vhu-` memfd (guest memory and fds we sent).
+    pub guest_maps: usize,
+}
+
+/// The back-end's usage, in spawn mode.
+pub fn usage(inst: &Instance) -> Option<Usage> {
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", inst.pid()?)).ok()?;
+    Some(Usage {
+        fds: inst.fd_count()?,
+        guest_maps: maps.lines().filter(|l| l.contains("/memfd:vhu-")).count(),
+    })
+}
+
+/// Waits up to `settle` for the usage to fall back to `before` (a back-end closes a
+/// connection's resources when it notices the close, which takes a moment).
+pub fn leaked(inst: &Instance, before: Usage, settle: Duration) -> Option<Failure> {
+    let deadline = Instant::now() + settle;
+    loop {
+        let now = usage(inst)?;
+        if now.fds <= before.fds && now.guest_maps <= before.guest_maps {
+            return None;
+        }
+        if Instant::now() >= deadline {
+            return Some(if now.fds > before.fds {
+                Failure::new(
+                    FailureKind::FdLeak,
+                    format!(
+                        "{} fds open after every connection closed, {} before the case (/proc/{}/fd)",
+                        now.fds,
+                        before.fds,
+                        inst.pid().unwrap_or(0)
+                    ),
+                )
+            } else {
+                Failure::new(
+                    FailureKind::MapLeak,
+                    format!(
+                        "{} guest memory mappings left after every connection closed, {} before the case (/proc/{}/maps)",
+                        now.guest_maps,
+                        before.guest_maps,
+                        inst.pid().unwrap_or(0)
+                    ),
+                )
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A copy of guest memory, and the ranges the device may write.
+pub struct Snapshot {
+    regions: Vec<(u64, Vec<u8>)>,
+    writable: Vec<(u64, u64)>,
+}
+
+impl Snapshot {
+    /// Copies every region; `writable` are `(gpa, len)` ranges the device may change.
+    pub fn take(mem: &GuestMemory, writable: Vec<(u64, u64)>) -> Self {
+        let regions = mem
+            .regions()
+            .iter()
+            .map(|r| {
+                let mut buf = vec![0u8; r.spec.size as usize];
+                let _ = mem.read(r.spec.guest_addr, &mut buf);
+                (r.spec.guest_addr, buf)
+            })
+            .collect();
+        Self { regions, writable }
+    }
+
+    fn allowed(&self, gpa: u64) -> bool {
+        self.writable.iter().any(|&(a, l)| gpa >= a && gpa - a < l)
+    }
+
+    /// The first changed byte outside the writable ranges.
+    pub fn corrupted(&self, mem: &GuestMemory) -> Option<Failure> {
+        for (base, old) in &self.regions {
+            let mut now = vec![0u8; old.len()];
+            mem.read(*base, &mut now).ok()?;
+            let bad = old
+                .iter()
+                .zip(&now)
+                .enumerate()
+                .find(|&(i, (a, b))| a != b && !self.allowed(base + i as u64));
+            if let Some((i, (a, b))) = bad {
+                return Some(Failure::new(
+                    FailureKind::Corruption,
+                    format!(
+                        "guest memory at {:#x} changed from {a:#04x} to {b:#04x}, outside every device-writable buffer and the used ring",
+                        base + i as u64
+                    ),
+                ));
+            }
+        }
+        None
+    }
+}

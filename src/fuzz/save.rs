@@ -1,0 +1,278 @@
+//! Saving a shrunk failure: one file that is both a scenario (drop it into `scenarios/`, or load
+//! it with `--scenarios DIR`) and, in `#!` comment lines the scenario loader ignores, the exact
+//! fuzz case with its seed, target and failure, which `vhu-conform replay` reruns with the whole
+//! oracle. Descriptor-chain cases have no scenario step kind: their scenario part only reaches
+//! the ring and checks the data path; replay runs the chains from the `#!` part.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::FuzzError;
+use super::case::{Case, Input, MessageCase, Stage};
+use super::oracle::{Failure, FailureKind};
+use crate::scenario::model::{Action, Level, NumOrWord, RequestName, ScenarioFile, Step};
+use crate::target::TargetSpec;
+
+/// Prefix of the lines holding the fuzz case.
+const MARK: &str = "#! ";
+
+/// What `replay` needs: the case, how it failed, and where.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reproducer {
+    /// The run's seed.
+    pub seed: u64,
+    /// The `--spawn` command of the run, if it spawned.
+    pub spawn: Option<String>,
+    /// The `--backend` socket of the run, if it connected.
+    pub backend: Option<PathBuf>,
+    /// The checklist rule the failure breaks.
+    pub rule: String,
+    /// How it failed.
+    pub failure: Failure,
+    /// The minimal case.
+    pub case: Case,
+}
+
+impl Reproducer {
+    /// The target the run used, if it was recorded.
+    pub fn target(&self) -> Option<TargetSpec> {
+        self.spawn
+            .clone()
+            .map(TargetSpec::Spawn)
+            .or_else(|| self.backend.clone().map(TargetSpec::Connect))
+    }
+}
+
+/// The checklist rule a failure of `case` breaks.
+pub fn rule_for(case: &Case, failure: &Failure) -> &'static str {
+    let m = match &case.input {
+        Input::Chain(_) => return "R-ROB-08",
+        Input::Message(m) => m,
+    };
+    let version = m.flags & 3;
+    match vhu_protocol::FrontendReq::from_code(m.code) {
+        _ if m.code == 0 => "R-ROB-02",
+        Err(_) => "R-ROB-01",
+        _ if failure.kind == FailureKind::FdLeak && m.fds > 0 => "R-WIRE-09",
+        _ if !m.framed() && m.size_field() > 4096 => "R-WIRE-11",
+        _ if !m.framed() => "R-WIRE-15",
+        _ if version != 1 => "R-WIRE-13",
+        _ if m.flags & !0xf != 0 => "R-WIRE-14",
+        _ if m.flags & 4 != 0 => "R-ROB-03",
+        Ok(r) if m.fds > r.fd_range().1 => "R-WIRE-10",
+        Ok(r)
+            if r.request_size()
+                .is_some_and(|n| n != m.payload_hex.len() / 2) =>
+        {
+            "R-WIRE-12"
+        }
+        Ok(r) if is_vring(r) && case.stage < Stage::Memory => "R-ROB-06",
+        Ok(r) if is_vring(r) => "R-VRING-17",
+        _ => "R-ROB-04",
+    }
+}
+
+fn is_vring(r: vhu_protocol::FrontendReq) -> bool {
+    format!("{r:?}").contains("Vring")
+}
+
+/// Writes the reproducer as `DIR/fuzz-<seed>-<n>.toml`; returns the path.
+pub fn save(dir: &Path, n: usize, r: &Reproducer) -> Result<PathBuf, FuzzError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| FuzzError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let path = dir.join(format!("fuzz-{:016x}-{n}.toml", r.seed));
+    let text = render(n, r)?;
+    std::fs::write(&path, &text).map_err(io(&path))?;
+    // The file must load as a scenario, or it could not be dropped into scenarios/.
+    crate::scenario::parse(&path, &text)
+        .map_err(|e| FuzzError::Harness(format!("the saved scenario does not load: {e}")))?;
+    Ok(path)
+}
+
+/// The file's text: comments, the `#!` case, the scenario.
+pub fn render(n: usize, r: &Reproducer) -> Result<String, FuzzError> {
+    let case = toml::to_string(r).map_err(|e| FuzzError::Harness(e.to_string()))?;
+    let scenario =
+        toml::to_string(&scenario(n, r)).map_err(|e| FuzzError::Harness(e.to_string()))?;
+    let mut text = format!(
+        "# Saved by `vhu-conform fuzz --seed {}`: {}\n# Case: {}\n# Rerun it with the whole oracle: vhu-conform replay THIS_FILE\n# The lines starting with `#! ` are the case itself (read by replay, ignored as a scenario).\n",
+        r.seed, r.failure, r.case
+    );
+    if matches!(r.case.input, Input::Chain(_)) {
+        text.push_str(
+            "# No scenario step writes descriptor chains: only replay reruns this case.\n",
+        );
+    }
+    for line in case.lines() {
+        text.push_str(MARK);
+        text.push_str(line);
+        text.push('\n');
+    }
+    text.push('\n');
+    text.push_str(&scenario);
+    Ok(text)
+}
+
+/// Reads the `#!` lines of a saved file; `None` if it has none (a plain scenario file).
+pub fn load(text: &str) -> Option<Result<Reproducer, String>> {
+    let body: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(MARK).or_else(|| (l == "#!").then_some("")))
+        .collect();
+    (!body.is_empty()).then(|| toml::from_str(&body.join("\n")).map_err(|e| e.to_string()))
+}
+
+fn step(action: Action) -> Step {
+    Step::new(action)
+}
+
+/// The case as a scenario: reach the stage, send the message raw (alive expected), then a
+/// fresh connection runs a whole session and a blk write and read-back.
+fn scenario(n: usize, r: &Reproducer) -> ScenarioFile {
+    let mut steps = stage_steps(r.case.stage, 64);
+    match &r.case.input {
+        Input::Message(m) => steps.push(raw_step(m)),
+        Input::Chain(_) => steps.push(step(Action::Probe)),
+    }
+    steps.push(step(Action::Reconnect));
+    steps.extend(stage_steps(Stage::Rings, 128));
+    for action in [Action::BlkWrite, Action::BlkRead] {
+        let mut s = step(action);
+        s.queue = Some(NumOrWord::Num(0));
+        s.sector = Some(0);
+        s.sectors = Some(8);
+        s.pattern = Some(0x5a);
+        steps.push(s);
+    }
+    ScenarioFile {
+        id: format!("fuzz/{:016x}-{n}", r.seed),
+        title: format!(
+            "fuzz reproducer: {:?} after one malformed input",
+            r.failure.kind
+        ),
+        rules: vec![r.rule.clone()],
+        level: Level::Rob,
+        requires: Default::default(),
+        fresh_process: true,
+        timeout_ms: None,
+        description: format!("{}. Case: {}", r.failure, r.case),
+        steps,
+    }
+}
+
+fn stage_steps(stage: Stage, ring_size: u64) -> Vec<Step> {
+    let mut steps = vec![];
+    if stage >= Stage::Negotiated {
+        steps.push(step(Action::Negotiate));
+    }
+    if stage >= Stage::Memory {
+        let mut s = step(Action::Memory);
+        s.layout = Some("default".into());
+        s.via = Some("table".into());
+        steps.push(s);
+    }
+    if stage >= Stage::Rings {
+        let mut s = step(Action::Vring);
+        s.queue = Some(NumOrWord::Num(0));
+        s.size = Some(ring_size);
+        steps.push(s);
+    }
+    steps
+}
+
+fn raw_step(m: &MessageCase) -> Step {
+    let mut s = step(Action::Raw);
+    s.request = Some(RequestName::Code(m.code));
+    s.flags = Some(m.flags);
+    s.size = m.size.map(u64::from);
+    s.payload_hex = Some(m.payload_hex.clone());
+    if m.fds > 0 {
+        s.fds = Some(m.fds);
+        s.fd_kind = Some(m.fd_kind.scenario_name().into());
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuzz::case::{Addr, ChainCase, Desc, FdKind, Len};
+
+    fn message() -> Case {
+        Case {
+            stage: Stage::Memory,
+            input: Input::Message(MessageCase {
+                code: 10,
+                flags: 9,
+                size: Some(9),
+                payload_hex: "ff00000001000000".into(),
+                fds: 2,
+                fd_kind: FdKind::Socket,
+            }),
+        }
+    }
+
+    fn reproducer(case: Case) -> Reproducer {
+        Reproducer {
+            seed: 42,
+            spawn: Some("backend --socket-path {socket}".into()),
+            backend: None,
+            rule: "R-VRING-17".into(),
+            failure: Failure::new(FailureKind::Crash, "killed by signal 6"),
+            case,
+        }
+    }
+
+    #[test]
+    fn a_saved_message_case_is_a_scenario_and_a_reproducer() {
+        let r = reproducer(message());
+        let text = render(1, &r).unwrap();
+        assert_eq!(load(&text).unwrap().unwrap(), r);
+        let s = crate::scenario::parse(Path::new("x.toml"), &text).unwrap();
+        let raw = s
+            .spec
+            .steps
+            .iter()
+            .find(|s| s.action == Action::Raw)
+            .unwrap();
+        assert_eq!(raw.size, Some(9));
+        assert_eq!(raw.fds, Some(2));
+        assert_eq!(s.spec.steps.last().unwrap().action, Action::BlkRead);
+    }
+
+    #[test]
+    fn a_saved_chain_case_round_trips() {
+        let r = reproducer(Case {
+            stage: Stage::Rings,
+            input: Input::Chain(ChainCase {
+                table: vec![Desc {
+                    addr: Addr::Nested,
+                    len: Len::Value(u32::MAX),
+                    flags: 4,
+                    next: 64,
+                }],
+                indirect: vec![],
+                nested: vec![],
+                heads: vec![0],
+            }),
+        });
+        let text = render(2, &r).unwrap();
+        assert_eq!(load(&text).unwrap().unwrap(), r);
+        crate::scenario::parse(Path::new("y.toml"), &text).unwrap();
+    }
+
+    #[test]
+    fn a_plain_scenario_has_no_reproducer() {
+        assert!(load("id = \"a\"\n").is_none());
+    }
+
+    #[test]
+    fn rules_follow_what_was_malformed() {
+        let r = reproducer(message());
+        assert_eq!(rule_for(&r.case, &r.failure), "R-WIRE-15");
+    }
+}
