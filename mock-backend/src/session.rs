@@ -222,6 +222,11 @@ impl<'a> Session<'a> {
             }
         };
         let (_, max_fds) = req.fd_range();
+        if max_fds > 0 && msg.fds.len() > max_fds {
+            // More fds than the request takes (a KICK with two, R-WIRE-10): refused, all closed.
+            self.take_fds(&mut msg, 0);
+            return Outcome::Failed;
+        }
         let fds = self.take_fds(&mut msg, max_fds);
         match (req, body) {
             (GetFeatures, _) if self.has(Fault::NoReplyGetFeatures) => hang(),

@@ -83,6 +83,10 @@ pub struct BlkReq<'a> {
     pub data_out: Option<&'a [u8]>,
     /// Bytes the device writes back (a read, GET_ID).
     pub data_in_len: u32,
+    /// Descriptors the data is split over (0 or 1: one), to exercise long chains.
+    pub segments: u32,
+    /// Put the whole chain in an indirect table (VIRTIO_F_INDIRECT_DESC).
+    pub indirect: bool,
 }
 
 /// Sends one request and waits for it: header, optional data out, optional data in, status.
@@ -121,6 +125,8 @@ fn build(
         sector,
         data_out,
         data_in_len,
+        segments,
+        indirect,
     } = req;
     let header = BlkReqHeader {
         kind,
@@ -167,7 +173,12 @@ fn build(
     let status_gpa = status.gpa;
     areas.push(status);
     let calls_before = q.calls;
-    q.add_chain(mem, &bufs)?;
+    let bufs = split_data(&bufs, segments);
+    if indirect {
+        q.add_indirect(mem, &bufs)?;
+    } else {
+        q.add_chain(mem, &bufs)?;
+    }
     q.publish(mem)?;
     q.kick();
     Ok(Pending {
@@ -252,7 +263,44 @@ fn readonly_unchanged(mem: &GuestMemory, g: &Guarded, expected: &[u8]) -> bool {
     mem.read(g.gpa, &mut now).is_ok() && now == expected
 }
 
+/// The chain with its data buffers (all but the header and the status byte) each cut into
+/// `segments` contiguous descriptors.
+fn split_data(bufs: &[Buffer], segments: u32) -> Vec<Buffer> {
+    let n = segments.max(1);
+    let last = bufs.len().saturating_sub(1);
+    let mut out = Vec::new();
+    for (i, b) in bufs.iter().enumerate() {
+        if i == 0 || i == last || n == 1 || b.len < n {
+            out.push(*b);
+            continue;
+        }
+        let piece = b.len / n;
+        for k in 0..n {
+            let start = k * piece;
+            let len = if k == n - 1 { b.len - start } else { piece };
+            out.push(Buffer {
+                gpa: b.gpa + u64::from(start),
+                len,
+                writable: b.writable,
+            });
+        }
+    }
+    out
+}
+
 impl<'a> BlkReq<'a> {
+    /// The same request with its data cut into `n` descriptors.
+    pub fn in_segments(mut self, n: u32) -> Self {
+        self.segments = n;
+        self
+    }
+
+    /// The same request through an indirect descriptor table.
+    pub fn through_indirect(mut self) -> Self {
+        self.indirect = true;
+        self
+    }
+
     /// Write `data` (a multiple of 512 bytes) at `sector`.
     pub fn write(sector: u64, data: &'a [u8]) -> Self {
         Self {
@@ -260,6 +308,8 @@ impl<'a> BlkReq<'a> {
             sector,
             data_out: Some(data),
             data_in_len: 0,
+            segments: 1,
+            indirect: false,
         }
     }
 
@@ -270,6 +320,8 @@ impl<'a> BlkReq<'a> {
             sector,
             data_out: None,
             data_in_len: len,
+            segments: 1,
+            indirect: false,
         }
     }
 
@@ -280,6 +332,8 @@ impl<'a> BlkReq<'a> {
             sector: 0,
             data_out: None,
             data_in_len: 0,
+            segments: 1,
+            indirect: false,
         }
     }
 
@@ -290,6 +344,8 @@ impl<'a> BlkReq<'a> {
             sector: 0,
             data_out: None,
             data_in_len: blk::ID_BYTES,
+            segments: 1,
+            indirect: false,
         }
     }
 }

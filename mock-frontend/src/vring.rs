@@ -106,6 +106,12 @@ pub struct DriverQueue {
     unpublished: Vec<(u16, u16)>,
     /// Whether to inject one kick after SET_VRING_KICK (R-RING-05).
     pub inject_kick: bool,
+    /// Give the back-end a call eventfd; without one (SET_VRING_CALL bit 8, R-VRING-13) the
+    /// driver polls the used ring and completions are not notified.
+    pub call_fd: bool,
+    /// Give the back-end a kick eventfd; without one (SET_VRING_KICK bit 8, R-VRING-12) the
+    /// back-end must poll the ring and [`kick`](Self::kick) does nothing.
+    pub kick_fd: bool,
     /// Notifications read from the call eventfd so far.
     pub calls: u64,
 }
@@ -157,6 +163,8 @@ impl DriverQueue {
             slots_used: 0,
             unpublished: vec![],
             inject_kick: true,
+            call_fd: true,
+            kick_fd: true,
             calls: 0,
         })
     }
@@ -236,16 +244,14 @@ impl DriverQueue {
         let addr = self.vring_addr(mem);
         session.checked(SetVringAddr, |s| s.set_vring_addr(&addr))?;
         let idx = self.index as u8;
-        session.checked(SetVringCall, |s| {
-            s.set_vring_call(idx, Some(self.call.as_fd()))
-        })?;
+        let call = self.call_fd.then(|| self.call.as_fd());
+        session.checked(SetVringCall, |s| s.set_vring_call(idx, call))?;
         session.checked(SetVringErr, |s| {
             s.set_vring_err(idx, Some(self.err.as_fd()))
         })?;
-        session.checked(SetVringKick, |s| {
-            s.set_vring_kick(idx, Some(self.kick.as_fd()))
-        })?;
-        if self.inject_kick {
+        let kick = self.kick_fd.then(|| self.kick.as_fd());
+        session.checked(SetVringKick, |s| s.set_vring_kick(idx, kick))?;
+        if self.inject_kick && self.kick_fd {
             self.kick();
         }
         Ok(())
@@ -431,9 +437,27 @@ impl DriverQueue {
         mem.write_u16(self.avail + 2, self.next_avail)
     }
 
-    /// Writes the kick eventfd.
+    /// Writes the kick eventfd (nothing in polling mode: the back-end has no kick fd).
     pub fn kick(&self) {
-        let _ = self.kick.write(1);
+        if self.kick_fd {
+            let _ = self.kick.write(1);
+        }
+    }
+
+    /// Replaces the call eventfd while the ring runs (SET_VRING_CALL, R-RING-15): later
+    /// completions must be signalled on the new one. Returns the old one, so a test can check
+    /// it stays quiet.
+    pub fn replace_call(&mut self, session: &mut Session) -> Result<EventFd, SessionError> {
+        let new = eventfd().map_err(|e| SessionError::Local {
+            what: "cannot create an eventfd".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let idx = self.index as u8;
+        session.checked(vhu_protocol::FrontendReq::SetVringCall, |s| {
+            s.set_vring_call(idx, Some(new.as_fd()))
+        })?;
+        self.call_fd = true;
+        Ok(std::mem::replace(&mut self.call, new))
     }
 
     /// What the driver has made available: split, the avail index; packed, the next slot with

@@ -204,11 +204,19 @@ fn check_values(step: usize, s: &Step) -> Result<(), LoadErrorKind> {
     one_of("layout", &s.layout, &["default", "single"])?;
     one_of("via", &s.via, &["table", "add_mem_reg"])?;
     one_of("fd_kind", &s.fd_kind, &["eventfd", "memfd", "pipe"])?;
-    if let Some(model::NumOrWord::Word(w)) = &s.queue {
-        if w != "all" {
+    match (&s.queue, s.action) {
+        (Some(model::NumOrWord::Word(w)), Action::Send) if w != "past_end" => {
+            return Err(bad(
+                "queue",
+                format!("is {w:?}: a send step takes \"past_end\""),
+            ));
+        }
+        (Some(model::NumOrWord::Word(w)), a) if a != Action::Send && w != "all" => {
             return Err(bad("queue", format!("is {w:?}: a number or \"all\"")));
         }
+        _ => {}
     }
+    one_of("ring", &s.ring, &["split", "packed"])?;
     if let Some(model::NumOrWord::Word(w)) = &s.num {
         if w != "reached" {
             return Err(bad("num", format!("is {w:?}: a number or \"reached\"")));
@@ -354,9 +362,10 @@ pub fn select(all: Vec<Scenario>, filters: &[String]) -> Vec<Scenario> {
     }
     all.into_iter()
         .filter(|s| {
-            filters
-                .iter()
-                .any(|f| glob_match(f, &s.spec.id) || glob_match(&format!("{f}/*"), &s.spec.id))
+            filters.iter().any(|f| {
+                glob_match(f, &s.spec.id)
+                    || glob_match(&format!("{}/*", f.trim_end_matches('/')), &s.spec.id)
+            })
         })
         .collect()
 }

@@ -98,6 +98,9 @@ pub enum Action {
     ShmemMap,
     /// Ask the back-end to unmap what `shmem_map` mapped; its SHMEM_UNMAP is checked.
     ShmemUnmap,
+    /// Replace a running queue's call eventfd (SET_VRING_CALL); later completions must be
+    /// signalled on the new one and never on the old one.
+    SwapCall,
     /// Any front-end request with a body.
     Send,
     /// Raw header and payload bytes, unvalidated.
@@ -208,11 +211,14 @@ pub struct Step {
     pub regions: Option<Vec<vhu_mock_frontend::RegionSpec>>,
     /// memory: "table" (SET_MEM_TABLE) or "add_mem_reg".
     pub via: Option<String>,
+    /// memory: send the current table again (same memfds and addresses) instead of a new one.
+    pub resend: Option<bool>,
     /// add/rem_mem_reg: region index.
     pub region: Option<usize>,
     /// rem_mem_reg: field overrides.
     pub tweak: Option<Tweak>,
-    /// vring and blk steps: queue index or "all".
+    /// vring and blk steps: queue index or "all"; send: "past_end" puts the first index past
+    /// GET_QUEUE_NUM's count in the body.
     pub queue: Option<NumOrWord>,
     /// vring: queue size; raw: the header's size field.
     pub size: Option<u64>,
@@ -222,6 +228,17 @@ pub struct Step {
     pub enable: Option<bool>,
     /// vring: inject a kick after SET_VRING_KICK.
     pub kick: Option<bool>,
+    /// vring: "split" (default) or "packed" (negotiate RING_PACKED: list it in `requires`).
+    pub ring: Option<String>,
+    /// vring: give a call eventfd (default); false sends SET_VRING_CALL with bit 8 (polling).
+    pub call_fd: Option<bool>,
+    /// vring: give a kick eventfd (default); false sends SET_VRING_KICK with bit 8: the
+    /// back-end must poll the ring.
+    pub kick_fd: Option<bool>,
+    /// blk: descriptors the data is split over.
+    pub segments: Option<u32>,
+    /// blk: the chain goes in an indirect descriptor table.
+    pub indirect: Option<bool>,
     /// enable: on or off.
     pub on: Option<bool>,
     /// blk: start sector.
@@ -260,6 +277,8 @@ pub struct Step {
     pub value_mask: Option<u64>,
     /// The reply's u64 must be non-zero.
     pub nonzero: Option<bool>,
+    /// The reply's u64 must equal what the session's first GET_FEATURES offered.
+    pub offered: Option<bool>,
     /// The reply's payload size.
     pub reply_size: Option<u32>,
     /// The reply's flags.
@@ -289,6 +308,7 @@ impl Step {
             layout: None,
             regions: None,
             via: None,
+            resend: None,
             region: None,
             tweak: None,
             queue: None,
@@ -296,6 +316,11 @@ impl Step {
             base: None,
             enable: None,
             kick: None,
+            ring: None,
+            call_fd: None,
+            kick_fd: None,
+            segments: None,
+            indirect: None,
             on: None,
             sector: None,
             sectors: None,
@@ -315,6 +340,7 @@ impl Step {
             value: None,
             value_mask: None,
             nonzero: None,
+            offered: None,
             reply_size: None,
             reply_flags: None,
             reply_fds: None,

@@ -21,12 +21,7 @@ impl Ctx<'_> {
         }
         let trigger = self.last_sent();
         let had_session = self.session.is_some();
-        if let Err(e) = self.alive(step) {
-            if let Some(f) = self.findings.last_mut() {
-                f.summary = format!("{} after {trigger}", f.summary);
-            }
-            return Err(e);
-        }
+        self.alive(step)?;
         // The data path only where this connection's rings run and the scenario drives blk.
         let uses_blk = self.scenario.spec.steps.iter().any(|s| is_blk(s.action));
         let Some(&idx) = self.queues.keys().find(|i| !self.idle.contains(i)) else {

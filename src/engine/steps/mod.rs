@@ -247,6 +247,16 @@ impl<'a> Ctx<'a> {
             .unwrap_or_else(|| "nothing yet".into())
     }
 
+    /// The last message with request `code` sent to the back-end, rendered.
+    fn sent_of(&self, code: u32) -> String {
+        let tail = self.transcript_tail(200);
+        tail.iter()
+            .rev()
+            .find(|e| e.direction == Direction::ToBackend && e.code == code)
+            .map(|e| render(std::slice::from_ref(e)).trim().to_string())
+            .unwrap_or_else(|| self.last_sent())
+    }
+
     fn rule_of(&self, step: &Step) -> String {
         step.rule
             .clone()
@@ -379,6 +389,7 @@ impl<'a> Ctx<'a> {
             Action::NewProcess => self.new_process(),
             Action::GetVringBase => self.get_vring_base(step),
             Action::ShmemMap | Action::ShmemUnmap => self.shmem_request(step),
+            Action::SwapCall => self.swap_call(step),
             Action::Send => self.send(step),
             Action::Raw => self.raw(step),
             Action::Probe => self.probe(step),
@@ -398,6 +409,18 @@ impl<'a> Ctx<'a> {
 
     fn negotiate(&mut self, step: &Step) -> StepResult {
         let mut wanted = Wanted::all();
+        // What the scenario requires is negotiated too (RING_PACKED, INFLIGHT_SHMFD, ...).
+        let req = &self.scenario.spec.requires;
+        wanted.features |= req
+            .virtio
+            .iter()
+            .filter_map(|n| virtio_bit(n))
+            .fold(0, |a, b| a | b);
+        wanted.protocol |= req
+            .protocol
+            .iter()
+            .filter_map(|n| protocol_bit(n))
+            .fold(0, |a, b| a | b);
         if let Some(sel) = &step.features {
             wanted.features = select_bits(sel, virtio_bit, wanted.features);
         }
@@ -420,6 +443,15 @@ impl<'a> Ctx<'a> {
     }
 
     fn memory(&mut self, step: &Step) -> StepResult {
+        if step.resend == Some(true) {
+            // The same table again (same memfds, same addresses): running rings stay valid.
+            let mem = self.mem.take().ok_or_else(|| {
+                StepError::Harness("`resend` needs an earlier `memory` step".into())
+            })?;
+            let r = self.session().map(|s| s.set_mem_table(&mem));
+            self.mem = Some(mem);
+            return self.judge_ack(step, r?, Expect::Ok);
+        }
         let specs: Vec<RegionSpec> = match (&step.regions, step.layout.as_deref()) {
             (Some(r), _) => r.clone(),
             (None, Some("single")) => GuestMemory::single_layout(LAYOUT_BYTES),
@@ -495,10 +527,27 @@ impl<'a> Ctx<'a> {
         let event_idx = self.features & VirtioFeatures::EVENT_IDX.bits() != 0;
         let bit30 = self.features & VirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
         for idx in self.queue_indices(step) {
+            if u64::from(idx) >= self.queue_num {
+                // Configuring more queues than reported is a front-end error (R-MQ-02).
+                return Err(StepError::NotApplicable(format!(
+                    "the scenario needs queue {idx}; the back-end reports {} (GET_QUEUE_NUM)",
+                    self.queue_num
+                )));
+            }
             let mut mem = self.mem.take().ok_or_else(|| {
                 StepError::Harness("no memory yet: add a `memory` step before `vring`".into())
             })?;
-            let q = DriverQueue::new(&mut mem, idx, size, RingLayout::Split, event_idx);
+            let layout = match step.ring.as_deref() {
+                None | Some("split") => RingLayout::Split,
+                Some("packed") => RingLayout::Packed,
+                Some(other) => {
+                    self.mem = Some(mem);
+                    return Err(StepError::Harness(format!(
+                        "unknown ring {other:?} (split, packed)"
+                    )));
+                }
+            };
+            let q = DriverQueue::new(&mut mem, idx, size, layout, event_idx);
             let mut q = match q {
                 Ok(q) => q,
                 Err(e) => {
@@ -507,8 +556,11 @@ impl<'a> Ctx<'a> {
                 }
             };
             q.inject_kick = step.kick.unwrap_or(true);
+            q.call_fd = step.call_fd.unwrap_or(true);
+            q.kick_fd = step.kick_fd.unwrap_or(true);
+            let base = step.base.unwrap_or_else(|| q.initial_base());
             let session = self.session()?;
-            let mut r = q.setup(session, &mem, step.base.unwrap_or(0));
+            let mut r = q.setup(session, &mem, base);
             if r.is_ok() && bit30 && step.enable.unwrap_or(true) {
                 r = session.checked(FrontendReq::SetVringEnable, |s| {
                     s.set_vring_enable(idx.into(), true)
@@ -551,12 +603,16 @@ impl<'a> Ctx<'a> {
             let len = step.sectors.unwrap_or(8) * 512;
             let pattern = step.pattern.unwrap_or(0x5a);
             let data = vec![pattern; len as usize];
-            let req = match step.action {
+            let mut req = match step.action {
                 Action::BlkWrite => blk::BlkReq::write(sector, &data),
                 Action::BlkRead => blk::BlkReq::read(sector, len),
                 Action::BlkFlush => blk::BlkReq::flush(),
                 _ => blk::BlkReq::get_id(),
-            };
+            }
+            .in_segments(step.segments.unwrap_or(1));
+            if step.indirect == Some(true) {
+                req = req.through_indirect();
+            }
             let r = if step.expect == Some(Expect::NoReply) {
                 self.blk_must_wait(step, idx, &mut q, &mut mem, req)
             } else {
@@ -684,7 +740,8 @@ impl<'a> Ctx<'a> {
                     .into(),
             );
         }
-        if !o.notified {
+        let polled = self.queues.get(&idx).is_some_and(|q| !q.call_fd);
+        if !o.notified && !polled {
             problems.push("the completion was not signalled on the call eventfd".into());
         }
         if !o.readonly_intact {
@@ -704,6 +761,39 @@ impl<'a> Ctx<'a> {
         Err(StepError::Finding)
     }
 
+    /// Replaces the call fd of running queues, then checks a completion is signalled on the
+    /// new fd and not on the old one (R-RING-15).
+    fn swap_call(&mut self, step: &Step) -> StepResult {
+        for idx in self.queue_indices(step) {
+            let mut q = self.queues.remove(&idx).ok_or_else(|| {
+                StepError::Harness(format!("queue {idx} is not set up: add a `vring` step"))
+            })?;
+            let r = match self.session() {
+                Ok(s) => q.replace_call(s),
+                Err(e) => {
+                    self.queues.insert(idx, q);
+                    return Err(e);
+                }
+            };
+            self.queues.insert(idx, q);
+            let old = r.map_err(|e| self.session_failed(step, e))?;
+            let mut read = Step::new(Action::BlkGetId);
+            read.queue = Some(NumOrWord::Num(idx.into()));
+            read.rule = Some(self.rule_of(step));
+            self.blk(&read)?;
+            if old.read().is_ok() {
+                self.finding(
+                    step,
+                    &format!("queue {idx}: a completion was signalled on the replaced call fd"),
+                    "after SET_VRING_CALL, calls go to the new eventfd only",
+                    "the old eventfd was written".into(),
+                );
+                return Err(StepError::Finding);
+            }
+        }
+        Ok(())
+    }
+
     fn get_vring_base(&mut self, step: &Step) -> StepResult {
         let idx = self.queue_indices(step)[0];
         self.idle.insert(idx);
@@ -711,9 +801,15 @@ impl<'a> Ctx<'a> {
         let state = r.map_err(|e| self.session_failed(step, e))?;
         let want = match &step.num {
             Some(NumOrWord::Num(n)) => Some(*n as u32),
-            Some(NumOrWord::Word(w)) if w == "reached" => {
-                self.queues.get(&idx).map(|q| u32::from(q.avail_idx()))
-            }
+            // Split: the next avail index. Packed: avail index and wrap (bits 0-15) and used
+            // index and wrap (bits 16-31) (R-VRING-07).
+            Some(NumOrWord::Word(w)) if w == "reached" => self.queues.get(&idx).map(|q| {
+                let avail = u32::from(q.avail_idx());
+                match (q.layout(), self.mem.as_ref()) {
+                    (RingLayout::Packed, Some(mem)) => avail | u32::from(q.used_idx(mem)) << 16,
+                    _ => avail,
+                }
+            }),
             _ => None,
         };
         if state.index != u32::from(idx) {
@@ -775,7 +871,17 @@ impl<'a> Ctx<'a> {
 
     fn send(&mut self, step: &Step) -> StepResult {
         let req = resolve_request(step.request.as_ref())?;
-        let body = build_body(req, step)?;
+        let mut body = build_body(req, step)?;
+        if step.queue == Some(NumOrWord::Word("past_end".into())) {
+            // The first index past the queues GET_QUEUE_NUM reported (R-MQ-04).
+            let idx = self.queue_num as u32;
+            match &mut body {
+                Body::VringState(v) => v.index = idx,
+                Body::VringAddr(a) => a.index = idx,
+                Body::U64(v) => *v = (*v & !0xff) | u64::from(idx),
+                _ => {}
+            }
+        }
         let extra = make_fds(step)?;
         let fds: Vec<BorrowedFd<'_>> = extra.sent.iter().map(AsFd::as_fd).collect();
         let r = self.session()?.request(req, &body, &fds, step.need_reply);
@@ -812,7 +918,7 @@ impl<'a> Ctx<'a> {
             (_, Err(e)) => self.judge_ack(step, Err(e), expect)?,
         }
         if let Some(read_end) = extra.pipe_read {
-            self.check_fd_closed(step, &read_end)?;
+            self.check_fd_closed(step, &read_end, Some(req as u32))?;
         }
         Ok(())
     }
@@ -841,6 +947,14 @@ impl<'a> Ctx<'a> {
         if let Some(mask) = step.value_mask.filter(|&k| v.is_none_or(|v| v & k != k)) {
             problems.push(format!("reply value {v:?} lacks bits {mask:#x}"));
         }
+        if step.offered == Some(true) {
+            let offer = self.session.as_ref().and_then(Session::offered_features);
+            if offer.is_some() && v != offer {
+                problems.push(format!(
+                    "reply value {v:#x?}, but the first GET_FEATURES offered {offer:#x?}"
+                ));
+            }
+        }
         if step.nonzero == Some(true) && v.is_none_or(|v| v == 0) {
             problems.push(format!("reply value {v:?}, wanted non-zero"));
         }
@@ -856,7 +970,12 @@ impl<'a> Ctx<'a> {
         Err(StepError::Finding)
     }
 
-    fn check_fd_closed(&mut self, step: &Step, read_end: &OwnedFd) -> StepResult {
+    fn check_fd_closed(
+        &mut self,
+        step: &Step,
+        read_end: &OwnedFd,
+        code: Option<u32>,
+    ) -> StepResult {
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
         let deadline = Instant::now() + self.opts.step_timeout;
         loop {
@@ -875,6 +994,10 @@ impl<'a> Ctx<'a> {
                     "the fd is closed (EOF on our pipe's read end)",
                     format!("no EOF within {:?}", self.opts.step_timeout),
                 );
+                // Name the message that carried the fd, not a probe sent since.
+                if let (Some(code), Some(f)) = (code, self.findings.len().checked_sub(1)) {
+                    self.findings[f].sent = self.sent_of(code);
+                }
                 return Err(StepError::Finding);
             }
         }
@@ -929,6 +1052,18 @@ impl<'a> Ctx<'a> {
 
     /// The back-end still serves: on this connection if it is open, else on a new one.
     fn alive(&mut self, step: &Step) -> StepResult {
+        // A finding names the message before the probe, not the probe itself.
+        let trigger = self.last_sent();
+        let r = self.alive_probe(step);
+        if r.is_err()
+            && let Some(f) = self.findings.last_mut()
+        {
+            f.sent = trigger;
+        }
+        r
+    }
+
+    fn alive_probe(&mut self, step: &Step) -> StepResult {
         if self.session()?.get_features().is_ok() {
             return Ok(());
         }

@@ -153,6 +153,8 @@ impl Ctx<'_> {
             sector: 0,
             data_out: Some(body),
             data_in_len: 0,
+            segments: 1,
+            indirect: false,
         };
         let timeout = self.opts.step_timeout.max(Duration::from_millis(500));
         let r = blk::blk_request(&mut q, &mut mem, req, timeout);

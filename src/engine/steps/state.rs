@@ -8,6 +8,7 @@ use vhu_protocol::Message;
 
 use super::{Ctx, StepError, StepResult};
 use crate::engine::chain;
+use crate::scenario::Expect;
 use crate::scenario::model::Step;
 use crate::target::Instance;
 
@@ -20,6 +21,9 @@ impl Ctx<'_> {
         let reply = self.session()?.set_device_state_fd(0, w.as_fd());
         drop(w);
         let reply = reply.map_err(|e| self.session_failed(step, e))?;
+        if step.expect == Some(Expect::AckFail) {
+            return self.check_transfer_refused(step, &reply);
+        }
         self.check_transfer_reply(step, &reply)?;
         // A state can be large: at least two seconds for it to arrive whole.
         let timeout = self.opts.step_timeout.max(Duration::from_secs(2));
@@ -52,9 +56,13 @@ impl Ctx<'_> {
     /// SET_DEVICE_STATE_FD(load), write the saved state, close, then CHECK_DEVICE_STATE = 0
     /// (R-MIG-07, R-MIG-08, R-MIG-11).
     pub(super) fn load_state(&mut self, step: &Step) -> StepResult {
-        let state = self.saved_state.clone().ok_or_else(|| {
+        let mut state = self.saved_state.clone().ok_or_else(|| {
             StepError::Harness("no saved state: add a `save_state` step first".into())
         })?;
+        // `size`: only the first bytes of the state, to check a truncated stream is refused.
+        if let Some(n) = step.size {
+            state.truncate(n as usize);
+        }
         let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| StepError::Harness(format!("pipe: {e}")))?;
         let reply = self.session()?.set_device_state_fd(1, r.as_fd());
@@ -90,6 +98,31 @@ impl Ctx<'_> {
         self.check_state_result(step, "load")
     }
 
+    /// A transfer that must be refused (rings running, R-MIG-03): bits 0-7 non-zero and no fd
+    /// returned with the error (R-MIG-05).
+    fn check_transfer_refused(&mut self, step: &Step, reply: &Message) -> StepResult {
+        let v = reply.u64().unwrap_or(u64::MAX);
+        if v & 0xff == 0 {
+            self.finding(
+                step,
+                "SET_DEVICE_STATE_FD was accepted although it must be refused",
+                "bits 0-7 of the reply non-zero",
+                format!("value {v:#x}"),
+            );
+            return Err(StepError::Finding);
+        }
+        if !reply.fds.is_empty() {
+            self.finding_with(
+                "R-MIG-05".into(),
+                "SET_DEVICE_STATE_FD reports an error and returns an fd in the same reply",
+                "no fd with an error",
+                format!("value {v:#x} with {} fds", reply.fds.len()),
+            );
+            return Err(StepError::Finding);
+        }
+        Ok(())
+    }
+
     fn check_transfer_reply(&mut self, step: &Step, reply: &Message) -> StepResult {
         let v = reply.u64().unwrap_or(u64::MAX);
         if v & 0xff != 0 || (v & 0x100 == 0) != (reply.fds.len() == 1) {
@@ -106,7 +139,18 @@ impl Ctx<'_> {
 
     fn check_state_result(&mut self, step: &Step, what: &str) -> StepResult {
         let r = self.session()?.check_device_state();
+        let must_fail = step.expect == Some(Expect::AckFail);
         match r {
+            Ok(0) if must_fail => {
+                self.finding(
+                    step,
+                    &format!("CHECK_DEVICE_STATE after the {what} reports success"),
+                    "non-zero: the state was truncated or corrupt",
+                    "0".into(),
+                );
+                Err(StepError::Finding)
+            }
+            Ok(_) if must_fail => Ok(()),
             Ok(0) => Ok(()),
             Ok(v) => {
                 self.finding(
