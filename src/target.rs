@@ -334,6 +334,28 @@ impl Instance {
         )
     }
 
+    /// Mappings of the file with inode `ino` in the process (`/proc/<pid>/maps`): how many
+    /// lines name it. A memfd the back-end still maps shows up here even after it closed the fd.
+    pub fn maps_of_inode(&self, ino: u64) -> Option<usize> {
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid()?)).ok()?;
+        Some(
+            maps.lines()
+                .filter(|l| l.split_whitespace().nth(4) == Some(&ino.to_string()))
+                .count(),
+        )
+    }
+
+    /// Open fds of the process that refer to the file with inode `ino` (`/proc/<pid>/fd`).
+    pub fn fds_of_inode(&self, ino: u64) -> Option<usize> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::fs::read_dir(format!("/proc/{}/fd", self.pid()?)).ok()?;
+        Some(
+            dir.filter_map(Result::ok)
+                .filter(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == ino))
+                .count(),
+        )
+    }
+
     /// Number of mappings of the process (`/proc/<pid>/maps`).
     pub fn map_count(&self) -> Option<usize> {
         Some(

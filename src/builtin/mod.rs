@@ -5,7 +5,9 @@
 //! reported exactly like file scenarios.
 
 mod blk;
+mod hygiene;
 mod memory;
+mod program;
 mod robustness;
 
 use crate::engine::{Ctx, StepError};
@@ -48,7 +50,14 @@ pub trait Builtin: Sync + std::fmt::Debug {
 pub fn all() -> &'static [&'static dyn Builtin] {
     &[
         &blk::ScatteredPatterns,
+        &hygiene::AddRemRepeated,
+        &hygiene::DisconnectReleases,
+        &hygiene::RemMemRegReleases,
         &memory::TableReplaceUnmaps,
+        &program::PrintCapabilities,
+        &program::InheritedFd,
+        &program::SocketPathAndFd,
+        &program::Sigterm,
         &robustness::CallFdFlood,
     ]
 }

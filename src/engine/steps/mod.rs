@@ -70,6 +70,8 @@ pub struct Ctx<'a> {
     notes: Vec<String>,
     archive: Vec<Entry>,
     step_no: usize,
+    /// The back-end is ended on purpose by the scenario.
+    exit_expected: bool,
 }
 
 impl<'a> Ctx<'a> {
@@ -100,6 +102,7 @@ impl<'a> Ctx<'a> {
             notes: vec![],
             archive: vec![],
             step_no: 0,
+            exit_expected: false,
         }
     }
 
@@ -184,6 +187,33 @@ impl<'a> Ctx<'a> {
         self.inst
     }
 
+    /// The inodes of the current guest memory's memfds, region by region (to find them in
+    /// the back-end's `/proc/<pid>/maps` and `/proc/<pid>/fd`).
+    pub fn region_inodes(&self) -> Vec<u64> {
+        use std::os::unix::fs::MetadataExt;
+        self.mem
+            .iter()
+            .flat_map(|m| m.regions())
+            .filter_map(|r| {
+                let fd = r.fd().try_clone_to_owned().ok()?;
+                std::fs::File::from(fd).metadata().ok().map(|m| m.ino())
+            })
+            .collect()
+    }
+
+    /// The spawn command template (`{socket}` not yet replaced), in spawn mode.
+    pub fn spawn_command(&self) -> Option<&str> {
+        match self.spec {
+            crate::target::TargetSpec::Spawn(cmd) => Some(cmd),
+            _ => None,
+        }
+    }
+
+    /// The scenario ends the back-end on purpose (SIGTERM): its exit is not a finding.
+    pub fn expect_exit(&mut self) {
+        self.exit_expected = true;
+    }
+
     /// The scenario's deadline.
     pub fn deadline(&self) -> Instant {
         self.deadline
@@ -209,6 +239,9 @@ impl<'a> Ctx<'a> {
     }
 
     fn check_process(&mut self) {
+        if self.exit_expected {
+            return;
+        }
         let st = self.inst().state();
         if matches!(st, ProcessState::Exited(_) | ProcessState::Signaled(_))
             && !self

@@ -1,0 +1,195 @@
+//! Back-end process hygiene in spawn mode: what a message should release is looked up by inode
+//! in `/proc/<pid>/maps` and `/proc/<pid>/fd` of the back-end (a region's memfd is identified
+//! exactly, not by counts), and a message repeated a thousand times must not grow the process.
+
+use std::time::{Duration, Instant};
+
+use super::{Builtin, clean_session, needs_process, settle};
+use crate::engine::{Ctx, StepError};
+use crate::scenario::{Action, Step};
+use crate::target::Instance;
+
+/// How long a back-end may take to unmap and close after it acked.
+const RELEASE_WITHIN: Duration = Duration::from_millis(1000);
+
+/// Waits until the back-end neither maps nor holds the memfd with inode `ino`; returns what
+/// it still had at the deadline.
+fn released(ctx: &mut Ctx<'_>, ino: u64) -> Option<(usize, usize)> {
+    let deadline = Instant::now() + RELEASE_WITHIN;
+    loop {
+        let maps = ctx.target().maps_of_inode(ino)?;
+        let fds = ctx.target().fds_of_inode(ino)?;
+        if (maps == 0 && fds == 0) || Instant::now() >= deadline {
+            return Some((maps, fds));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// REM_MEM_REG unmaps the region and closes its fd (R-MEM-11), checked by inode.
+#[derive(Debug)]
+pub struct RemMemRegReleases;
+
+impl Builtin for RemMemRegReleases {
+    fn id(&self) -> &'static str {
+        "hygiene/rem-mem-reg-releases"
+    }
+    fn title(&self) -> &'static str {
+        "After REM_MEM_REG the back-end neither maps the region's memfd nor holds its fd"
+    }
+    fn rules(&self) -> &'static [&'static str] {
+        &["R-MEM-11"]
+    }
+    fn requires_protocol(&self) -> &'static [&'static str] {
+        &["CONFIGURE_MEM_SLOTS", "REPLY_ACK"]
+    }
+    fn description(&self) -> &'static str {
+        "Spawn mode only. Two regions are added with ADD_MEM_REG; the second one's memfd is found \
+by inode in /proc/<pid>/maps and /proc/<pid>/fd. After REM_MEM_REG of that region is acked, the \
+back-end must have unmapped it and closed the fd within a second."
+    }
+    fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+        needs_process(ctx)?;
+        ctx.step(&Step::new(Action::Negotiate))?;
+        let mut add = Step::new(Action::Memory);
+        add.via = Some("add_mem_reg".into());
+        ctx.step(&add)?;
+        let Some(&ino) = ctx.region_inodes().get(1) else {
+            return Err(StepError::Harness("the layout has no second region".into()));
+        };
+        let held = ctx.target().maps_of_inode(ino).unwrap_or(0)
+            + ctx.target().fds_of_inode(ino).unwrap_or(0);
+        if held == 0 {
+            ctx.note("the back-end neither maps nor holds the added region's memfd (it may copy or map lazily): nothing to release".into());
+        }
+        let mut rem = Step::new(Action::RemMemReg);
+        rem.region = Some(1);
+        ctx.step(&rem)?;
+        match released(ctx, ino) {
+            Some((0, 0)) | None => Ok(()),
+            Some((maps, fds)) => Err(ctx.fail(
+                "R-MEM-11",
+                "the removed region is still mapped or its fd still open",
+                "no mapping of the region's memfd and no fd on it once REM_MEM_REG is acked",
+                format!("{RELEASE_WITHIN:?} after the ack: {maps} mappings and {fds} fds of memfd inode {ino}"),
+            )),
+        }
+    }
+}
+
+/// A disconnect releases the session's guest memory (R-ROB-09).
+#[derive(Debug)]
+pub struct DisconnectReleases;
+
+impl Builtin for DisconnectReleases {
+    fn id(&self) -> &'static str {
+        "hygiene/disconnect-releases-memory"
+    }
+    fn title(&self) -> &'static str {
+        "After the front-end disconnects, the back-end drops the session's guest memory"
+    }
+    fn rules(&self) -> &'static [&'static str] {
+        &["R-ROB-09"]
+    }
+    fn level(&self) -> crate::scenario::Level {
+        crate::scenario::Level::Rob
+    }
+    fn description(&self) -> &'static str {
+        "Spawn mode only. A full session (memory table, queue 0 running, one request), then the \
+front-end closes the connection. The back-end must unmap every region's memfd and close its fds \
+(looked up by inode) and then serve a new session: memory of a gone front-end pinned in a \
+long-running back-end is a leak per reconnect."
+    }
+    fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+        needs_process(ctx)?;
+        clean_session(ctx, true)?;
+        ctx.step(&Step::new(Action::BlkGetId))?;
+        let inodes = ctx.region_inodes();
+        ctx.step(&Step::new(Action::Disconnect))?;
+        let mut kept = Vec::new();
+        for ino in inodes {
+            if let Some((maps, fds)) = released(ctx, ino).filter(|&(m, f)| m + f > 0) {
+                kept.push(format!("inode {ino}: {maps} mappings, {fds} fds"));
+            }
+        }
+        if !kept.is_empty() {
+            return Err(ctx.fail(
+                "R-ROB-09",
+                "guest memory of a disconnected front-end stays mapped or open",
+                "every region unmapped and its fd closed once the connection is gone",
+                format!(
+                    "{RELEASE_WITHIN:?} after the disconnect: {}",
+                    kept.join("; ")
+                ),
+            ));
+        }
+        ctx.step(&Step::new(Action::Reconnect))?;
+        clean_session(ctx, true)?;
+        ctx.step(&Step::new(Action::BlkGetId))
+    }
+}
+
+/// ADD_MEM_REG / REM_MEM_REG a thousand times: no growth (R-MEM-11).
+#[derive(Debug)]
+pub struct AddRemRepeated;
+
+/// Add/remove cycles.
+const CYCLES: usize = 1000;
+/// Growth tolerated (allocator arenas, lazily opened files).
+const SLACK: usize = 8;
+
+impl Builtin for AddRemRepeated {
+    fn id(&self) -> &'static str {
+        "hygiene/add-rem-repeated"
+    }
+    fn title(&self) -> &'static str {
+        "1,000 ADD_MEM_REG / REM_MEM_REG cycles do not grow the back-end's fds or mappings"
+    }
+    fn rules(&self) -> &'static [&'static str] {
+        &["R-MEM-11"]
+    }
+    fn requires_protocol(&self) -> &'static [&'static str] {
+        &["CONFIGURE_MEM_SLOTS", "REPLY_ACK"]
+    }
+    fn description(&self) -> &'static str {
+        "Spawn mode only. The second region of the default layout is added and removed 1,000 \
+times; /proc/<pid>/fd and /proc/<pid>/maps may not grow by more than a small slack."
+    }
+    fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+        needs_process(ctx)?;
+        ctx.step(&Step::new(Action::Negotiate))?;
+        let mut add = Step::new(Action::Memory);
+        add.via = Some("add_mem_reg".into());
+        ctx.step(&add)?;
+        std::thread::sleep(Duration::from_millis(50));
+        let (Some(maps0), Some(fds0)) = (ctx.target().map_count(), ctx.target().fd_count()) else {
+            return Err(StepError::NotApplicable("/proc/<pid> vanished".into()));
+        };
+        let mut rem = Step::new(Action::RemMemReg);
+        rem.region = Some(1);
+        let mut again = Step::new(Action::AddMemReg);
+        again.region = Some(1);
+        for _ in 0..CYCLES {
+            ctx.step(&rem)?;
+            ctx.step(&again)?;
+        }
+        ctx.step(&Step::new(Action::Probe))?;
+        let within = Duration::from_millis(500);
+        let maps = settle(ctx, Instance::map_count, maps0 + SLACK, within).unwrap_or(maps0);
+        let fds = settle(ctx, Instance::fd_count, fds0 + SLACK, within).unwrap_or(fds0);
+        ctx.note(format!(
+            "after {CYCLES} REM/ADD cycles: mappings {maps0} -> {maps}, fds {fds0} -> {fds}"
+        ));
+        if maps > maps0 + SLACK || fds > fds0 + SLACK {
+            return Err(ctx.fail(
+                "R-MEM-11",
+                &format!(
+                    "{CYCLES} REM/ADD cycles grew mappings {maps0} -> {maps}, fds {fds0} -> {fds}"
+                ),
+                "a removed region is unmapped and its fd closed (counts stable)",
+                format!("/proc/<pid>: maps {maps0} -> {maps}, fds {fds0} -> {fds}"),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,363 @@
+//! The back-end program conventions (spec "Backend program conventions", checklist 4.21 and
+//! section 6): `--print-capabilities`, `--fd`, `--socket-path` with `--fd`, SIGTERM. They need
+//! the `--spawn` command, and one that passes the socket as `--socket-path {socket}`: the other
+//! invocations are derived from it by replacing that option.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use vhu_mock_frontend::{Session, SessionOptions};
+use vhu_protocol::Connection;
+
+use super::{Builtin, clean_session};
+use crate::engine::{Ctx, StepError};
+
+/// How long a program may take to print its capabilities, refuse options, or exit on SIGTERM.
+const PROGRAM_WITHIN: Duration = Duration::from_secs(5);
+
+/// The fd number the inherited socket gets in `--fd` probes.
+const INHERITED_FD: i32 = 3;
+
+/// The types `--print-capabilities` may report (`VHostUserBackendType`).
+const TYPES: &[&str] = &[
+    "9p",
+    "balloon",
+    "block",
+    "caif",
+    "console",
+    "crypto",
+    "gpu",
+    "input",
+    "net",
+    "rng",
+    "rpmsg",
+    "rproc-serial",
+    "scsi",
+    "vsock",
+    "fs",
+];
+
+/// The spawn command with its `--socket-path {socket}` option replaced by `with`, or why the
+/// scenario does not apply.
+fn derive(ctx: &Ctx<'_>, with: &str) -> Result<String, StepError> {
+    let Some(template) = ctx.spawn_command() else {
+        return Err(StepError::NotApplicable(
+            "needs the back-end's command line (--spawn)".into(),
+        ));
+    };
+    for form in [
+        "--socket-path {socket}",
+        "--socket-path={socket}",
+        "--socket-path '{socket}'",
+        "--socket-path=\"{socket}\"",
+    ] {
+        if template.contains(form) {
+            return Ok(template.replacen(form, with, 1));
+        }
+    }
+    Err(StepError::NotApplicable(
+        "the --spawn command does not pass the socket as `--socket-path {socket}`, so the \
+         program conventions cannot be exercised through it"
+            .into(),
+    ))
+}
+
+/// Starts `command` in its own process group with stdin and stdout as given, stderr captured,
+/// and `inherit` (if any) as fd 3.
+fn start(command: &str, inherit: Option<&OwnedFd>) -> Result<Child, StepError> {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(format!("exec {command}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    if let Some(fd) = inherit {
+        let raw = fd.as_raw_fd();
+        // SAFETY: dup2 is async-signal-safe; it only touches this child's fd table, and the
+        // duplicate (unlike the original) has no close-on-exec flag.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(raw, INHERITED_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd.spawn()
+        .map_err(|e| StepError::Harness(format!("cannot run {command}: {e}")))
+}
+
+/// Waits up to `within` for the child; `None` if it is still running.
+fn wait(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Ends the child's whole process group.
+fn stop(child: &mut Child) {
+    let pgid = nix::unistd::Pid::from_raw(-(child.id() as i32));
+    let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
+    let _ = child.wait();
+}
+
+fn output(child: &mut Child) -> (String, String) {
+    let mut out = String::new();
+    let mut err = String::new();
+    if let Some(o) = child.stdout.as_mut() {
+        let _ = o.read_to_string(&mut out);
+    }
+    if let Some(e) = child.stderr.as_mut() {
+        let _ = e.read_to_string(&mut err);
+    }
+    (out, err.trim().replace('\n', " | "))
+}
+
+/// `--print-capabilities` prints one JSON object with a known `type` and exits 0 without
+/// creating its socket (R-PROG-04, R-PROG-05).
+#[derive(Debug)]
+pub struct PrintCapabilities;
+
+impl Builtin for PrintCapabilities {
+    fn id(&self) -> &'static str {
+        "program/print-capabilities"
+    }
+    fn title(&self) -> &'static str {
+        "--print-capabilities prints one JSON object with a known type, exits 0, creates no socket"
+    }
+    fn rules(&self) -> &'static [&'static str] {
+        &["R-PROG-04", "R-PROG-05"]
+    }
+    fn description(&self) -> &'static str {
+        "Spawn mode with `--socket-path {socket}` in the command. The program is run with that \
+option pointing at a fresh path plus --print-capabilities: it must print exactly one JSON object \
+whose `type` is one of VHostUserBackendType, exit 0 within 5 s, and not create the socket."
+    }
+    fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+        let dir = tempfile::tempdir().map_err(|e| StepError::Harness(e.to_string()))?;
+        let bogus = dir.path().join("must-not-appear.sock");
+        let command = derive(
+            ctx,
+            &format!("--socket-path '{}' --print-capabilities", bogus.display()),
+        )?;
+        let mut child = start(&command, None)?;
+        let Some(status) = wait(&mut child, PROGRAM_WITHIN) else {
+            stop(&mut child);
+            return Err(ctx.fail(
+                "R-PROG-04",
+                "--print-capabilities did not exit",
+                "print the capabilities and exit 0 at once",
+                format!("still running after {PROGRAM_WITHIN:?}: {command}"),
+            ));
+        };
+        let (out, err) = output(&mut child);
+        let mut problems = Vec::new();
+        if !status.success() {
+            problems.push(format!("exit status {status}"));
+        }
+        if bogus.exists() {
+            problems.push("the socket given with --socket-path was created".to_string());
+        }
+        let parsed = serde_json::Deserializer::from_str(&out)
+            .into_iter::<serde_json::Value>()
+            .collect::<Result<Vec<_>, _>>();
+        let kind = match parsed.as_deref() {
+            Ok([serde_json::Value::Object(o)]) => {
+                o.get("type").and_then(|t| t.as_str()).map(str::to_string)
+            }
+            Ok(v) => {
+                problems.push(format!(
+                    "stdout holds {} JSON values, not one object",
+                    v.len()
+                ));
+                None
+            }
+            Err(e) => {
+                problems.push(format!("stdout is not JSON: {e}"));
+                None
+            }
+        };
+        if !problems.is_empty() {
+            return Err(ctx.fail(
+                "R-PROG-04",
+                &format!("--print-capabilities: {}", problems.join("; ")),
+                "one JSON object on stdout, exit 0, no socket created",
+                format!("stdout {out:?}; stderr {err:?}; {command}"),
+            ));
+        }
+        match kind {
+            Some(t) if TYPES.contains(&t.as_str()) => Ok(()),
+            other => Err(ctx.fail(
+                "R-PROG-05",
+                "the capabilities' `type` is missing or not a VHostUserBackendType",
+                &format!("one of {}", TYPES.join(", ")),
+                format!("type {other:?} in {}", out.trim()),
+            )),
+        }
+    }
+}
+
+/// `--fd N` serves the inherited, already connected socket (R-PROG-02).
+#[derive(Debug)]
+pub struct InheritedFd;
+
+impl Builtin for InheritedFd {
+    fn id(&self) -> &'static str {
+        "program/inherited-fd"
+    }
+    fn title(&self) -> &'static str {
+        "--fd 3 serves the inherited connected socket"
+    }
+    fn rules(&self) -> &'static [&'static str] {
+        &["R-PROG-02"]
+    }
+    fn description(&self) -> &'static str {
+        "Spawn mode with `--socket-path {socket}` in the command. The program is run with \
+`--fd 3` instead, fd 3 being one end of a socketpair; on the other end a GET_FEATURES (and, \
+with bit 30, GET_PROTOCOL_FEATURES) must be answered."
+    }
+    fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+        let command = derive(ctx, &format!("--fd {INHERITED_FD}"))?;
+        let (ours, theirs) =
+            UnixStream::pair().map_err(|e| StepError::Harness(format!("socketpair: {e}")))?;
+        let theirs = OwnedFd::from(theirs);
+        let mut child = start(&command, Some(&theirs))?;
+        drop(theirs);
+        let timeout = ctx.step_timeout().max(Duration::from_secs(2));
+        let opts = SessionOptions {
+            reply_timeout: timeout,
+            auto_need_reply: true,
+        };
+        let mut s = Session::new(Connection::new(ours, Some(timeout)), opts);
+        let r = s.get_features();
+        let exited = child.try_wait().ok().flatten();
+        stop(&mut child);
+        let (_, err) = output(&mut child);
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) => Err(ctx.fail(
+                "R-PROG-02",
+                "no answer on the socket inherited with --fd",
+                "GET_FEATURES answered on the inherited socket",
+                format!("{e}; process {exited:?}; stderr {err:?}; {command}"),
+            )),
+        }
+    }
+}
+
+/// `--socket-path` together with `--fd` is refused with a non-zero exit (R-PROG-03).
+#[derive(Debug)]
+pub struct SocketPathAndFd;
+
+impl Builtin for SocketPathAndFd {
+    fn id(&self) -> &'static str {
+        "program/socket-path-and-fd"
+    }
+    fn title(&self) -> &'static str {
+        "--socket-path together with --fd is refused: the program exits non-zero"
+    }
+    fn rules(&self) -> &'static [&'static str] {
+        &["R-PROG-03"]
+    }
+    fn description(&self) -> &'static str {
+        "Spawn mode with `--socket-path {socket}` in the command. The program is run with both \
+options (fd 3 a connected socket): the two are incompatible, so it must exit with a non-zero \
+status within 5 s."
+    }
+    fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+        let dir = tempfile::tempdir().map_err(|e| StepError::Harness(e.to_string()))?;
+        let path = dir.path().join("both.sock");
+        let command = derive(
+            ctx,
+            &format!("--socket-path '{}' --fd {INHERITED_FD}", path.display()),
+        )?;
+        let (_ours, theirs) =
+            UnixStream::pair().map_err(|e| StepError::Harness(format!("socketpair: {e}")))?;
+        let theirs = OwnedFd::from(theirs);
+        let mut child = start(&command, Some(&theirs))?;
+        drop(theirs);
+        let status = wait(&mut child, PROGRAM_WITHIN);
+        if status.is_none() {
+            stop(&mut child);
+        }
+        let (_, err) = output(&mut child);
+        match status {
+            Some(st) if !st.success() && st.signal().is_none() => Ok(()),
+            other => Err(ctx.fail(
+                "R-PROG-03",
+                "--socket-path with --fd was not refused",
+                "exit with a non-zero status",
+                format!(
+                    "{}; stderr {err:?}; {command}",
+                    other.map_or_else(
+                        || format!("still running after {PROGRAM_WITHIN:?}"),
+                        |s| format!("status {s}")
+                    )
+                ),
+            )),
+        }
+    }
+}
+
+/// SIGTERM ends the back-end promptly (R-PROG-07).
+#[derive(Debug)]
+pub struct Sigterm;
+
+impl Builtin for Sigterm {
+    fn id(&self) -> &'static str {
+        "program/sigterm"
+    }
+    fn title(&self) -> &'static str {
+        "SIGTERM during a session ends the back-end within 5 s, without a crash"
+    }
+    fn rules(&self) -> &'static [&'static str] {
+        &["R-PROG-07"]
+    }
+    fn description(&self) -> &'static str {
+        "Spawn mode. With a session running (memory, queue 0), the back-end's process group gets \
+SIGTERM; it must be gone within 5 s, by exiting or by the signal, not by a crash signal."
+    }
+    fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+        if !ctx.target().is_spawned() {
+            return Err(StepError::NotApplicable(
+                "needs a back-end started by the harness (--spawn)".into(),
+            ));
+        }
+        clean_session(ctx, true)?;
+        let Some(pid) = ctx.target().pid() else {
+            return Err(StepError::NotApplicable("no process id".into()));
+        };
+        ctx.expect_exit();
+        let pgid = nix::unistd::Pid::from_raw(-(pid as i32));
+        nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGTERM)
+            .map_err(|e| StepError::Harness(format!("kill: {e}")))?;
+        let st = ctx.target().wait_exit(PROGRAM_WITHIN);
+        use crate::target::ProcessState;
+        match st {
+            ProcessState::Exited(_) => Ok(()),
+            ProcessState::Signaled(sig) if sig == libc::SIGTERM => Ok(()),
+            other => {
+                let tail = ctx.target().stderr_tail(400);
+                Err(ctx.fail(
+                    "R-PROG-07",
+                    "the back-end did not end cleanly on SIGTERM",
+                    "exit within 5 s (by exiting or by SIGTERM itself)",
+                    format!("process {other} after {PROGRAM_WITHIN:?}; stderr {tail:?}"),
+                ))
+            }
+        }
+    }
+}
