@@ -109,9 +109,9 @@ fn send_case(
     match &case.input {
         Input::Message(m) => {
             let framed = m.framed();
-            let sent = send_message(&mut s, m).map_err(Outcome::Harness)?;
+            let (sent, ours) = send_message(&mut s, m).map_err(Outcome::Harness)?;
             let watched = if sent && framed {
-                watch(&mut s, timeout)
+                watch(&mut s, timeout).and_then(|()| stray_fds_closed(inst, m, &ours))
             } else {
                 // A message that lies about its size leaves the stream out of step: nothing can
                 // be expected on this connection, only that closing it is handled (R-WIRE-15).
@@ -156,7 +156,7 @@ fn reach(s: &mut Session, stage: Stage) -> Result<Reached, SessionError> {
     if stage == Stage::Fresh {
         return Ok(r);
     }
-    let features = oracle::negotiate(s)?;
+    let features = oracle::negotiate(s)?.features;
     if stage == Stage::Negotiated {
         return Ok(r);
     }
@@ -169,8 +169,9 @@ fn reach(s: &mut Session, stage: Stage) -> Result<Reached, SessionError> {
 }
 
 /// Sends the message with its fds; returns whether it went out (a back-end that already
-/// closed the connection is not a failure here: the oracle judges what follows).
-fn send_message(s: &mut Session, m: &MessageCase) -> Result<bool, FuzzError> {
+/// closed the connection is not a failure here: the oracle judges what follows) and our copies
+/// of the fds sent, to recognise them in the back-end's fd table.
+fn send_message(s: &mut Session, m: &MessageCase) -> Result<(bool, Vec<OwnedFd>), FuzzError> {
     let header = Header {
         request: m.code,
         flags: m.flags,
@@ -178,8 +179,11 @@ fn send_message(s: &mut Session, m: &MessageCase) -> Result<bool, FuzzError> {
     };
     let owned = make_fds(m.fds, m.fd_kind)?;
     let fds: Vec<BorrowedFd<'_>> = owned.iter().map(AsFd::as_fd).collect();
-    Ok(s.send_raw(&RawMessage::new(header, m.payload()), &fds)
-        .is_ok())
+    let sent = s
+        .send_raw(&RawMessage::new(header, m.payload()), &fds)
+        .is_ok();
+    drop(fds);
+    Ok((sent, owned))
 }
 
 /// Sends a GET_FEATURES probe and reads until its reply, a close, or the timeout. Replies to
@@ -213,6 +217,52 @@ fn watch(s: &mut Session, timeout: Duration) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// fds sent with a message that takes none must be closed, not kept (R-WIRE-09): once the
+/// probe is answered the message was handled, so any of them still in the back-end's fd table
+/// (the same open file as ours, by kcmp(2)) was kept. GET_INFLIGHT_FD is left out: it answers
+/// with an fd of its own.
+fn stray_fds_closed(inst: &Instance, m: &MessageCase, ours: &[OwnedFd]) -> Result<(), Failure> {
+    let takes_none = FrontendReq::from_code(m.code).map_or(true, |r| {
+        r.fd_range().1 == 0 && r != FrontendReq::GetInflightFd
+    });
+    let Some(pid) = inst.pid() else {
+        return Ok(());
+    };
+    if ours.is_empty() || !takes_none {
+        return Ok(());
+    }
+    let kept = held_by(pid, ours);
+    if kept.is_empty() {
+        return Ok(());
+    }
+    Err(Failure::new(
+        FailureKind::FdLeak,
+        format!(
+            "{} of the {} fds sent with a message that takes none were kept after it was handled (fds {kept:?} of /proc/{pid}/fd)",
+            kept.len(),
+            ours.len()
+        ),
+    ))
+}
+
+/// The fds of process `pid` that are the same open file as one of `ours` (kcmp KCMP_FILE).
+fn held_by(pid: u32, ours: &[OwnedFd]) -> Vec<i32> {
+    use std::os::fd::AsRawFd;
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return vec![];
+    };
+    let me = std::process::id();
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&theirs| {
+            ours.iter().any(|o| {
+                // SAFETY: kcmp only compares two fd table entries; no memory is passed.
+                let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, me, 0, theirs, o.as_raw_fd()) };
+                r == 0
+            })
+        })
+        .collect()
 }
 
 fn is_probe_reply(h: &Header) -> bool {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use vhu_mock_frontend::blk::{blk_read, blk_write};
 use vhu_mock_frontend::{
-    DriverQueue, GuestMemory, RingLayout, Session, SessionError, SessionOptions, Wanted,
+    DriverQueue, GuestMemory, Negotiated, RingLayout, Session, SessionError, SessionOptions, Wanted,
 };
 use vhu_protocol::{Connection, FrontendReq, VirtioFeatures};
 
@@ -88,8 +88,8 @@ pub fn crashed(inst: &mut Instance, grace: Duration) -> Option<Failure> {
 }
 
 /// Negotiates everything the harness drives.
-pub fn negotiate(s: &mut Session) -> Result<u64, SessionError> {
-    Ok(s.negotiate(&Wanted::all())?.features)
+pub fn negotiate(s: &mut Session) -> Result<Negotiated, SessionError> {
+    s.negotiate(&Wanted::all())
 }
 
 /// Creates the default guest memory layout and announces it with SET_MEM_TABLE.
@@ -116,8 +116,13 @@ pub fn ring(
 }
 
 /// The whole valid session on a new connection, ending with one blk write of 4 KiB of `pattern`
-/// at sector 0 and its read-back: status, used length, canaries and data all checked.
-pub fn fresh_session(inst: &mut Instance, timeout: Duration, pattern: u8) -> Result<(), Failure> {
+/// at sector 0 and its read-back: status, used length, canaries and data all checked. Returns
+/// GET_QUEUE_NUM's answer, when MQ was negotiated.
+pub fn fresh_session(
+    inst: &mut Instance,
+    timeout: Duration,
+    pattern: u8,
+) -> Result<Option<u64>, Failure> {
     let unusable = |what: &str, e: &dyn std::error::Error| {
         Failure::new(
             FailureKind::Unusable,
@@ -126,9 +131,9 @@ pub fn fresh_session(inst: &mut Instance, timeout: Duration, pattern: u8) -> Res
     };
     let stream = inst.connect().map_err(|e| unusable("cannot be made", &e))?;
     let mut s = session(stream, timeout);
-    let features = negotiate(&mut s).map_err(|e| unusable("fails to negotiate", &e))?;
+    let n = negotiate(&mut s).map_err(|e| unusable("fails to negotiate", &e))?;
     let mut mem = memory(&mut s).map_err(|e| unusable("fails SET_MEM_TABLE", &e))?;
-    let mut q = ring(&mut s, &mut mem, features, 128)
+    let mut q = ring(&mut s, &mut mem, n.features, 128)
         .map_err(|e| unusable("fails to set up ring 0", &e))?;
     let data = vec![pattern; 4096];
     let path = |what: &str, e: &dyn std::error::Error| {
@@ -152,7 +157,7 @@ pub fn fresh_session(inst: &mut Instance, timeout: Duration, pattern: u8) -> Res
         wrong.push("the data read back is not the data written".into());
     }
     if wrong.is_empty() {
-        Ok(())
+        Ok(n.queue_num)
     } else {
         Err(Failure::new(
             FailureKind::DataPath,

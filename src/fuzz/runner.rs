@@ -69,6 +69,8 @@ pub struct Target {
     spec: TargetSpec,
     connect_timeout: Duration,
     inst: Option<Instance>,
+    /// GET_QUEUE_NUM's answer in the warm-up session, to tell out-of-range ring indices.
+    pub queues: Option<u64>,
 }
 
 impl Target {
@@ -78,6 +80,7 @@ impl Target {
             spec,
             connect_timeout,
             inst: None,
+            queues: None,
         }
     }
 
@@ -112,11 +115,12 @@ impl Target {
     /// back-end that never works is a setup error, not a fuzz finding.
     pub fn warm_up(&mut self, limits: Limits) -> Result<(), FuzzError> {
         let inst = self.get()?;
-        oracle::fresh_session(inst, limits.timeout, 0xa5).map_err(|f| {
+        self.queues = oracle::fresh_session(inst, limits.timeout, 0xa5).map_err(|f| {
             FuzzError::Setup(format!(
                 "the back-end fails a clean session before any fuzz case: {f}"
             ))
-        })
+        })?;
+        Ok(())
     }
 
     /// Runs one case on the current (or a fresh) instance.
@@ -266,7 +270,7 @@ fn finish(st: &mut State, cfg: &RunConfig, minimal: Case, n: usize) -> Result<Fo
         seed: cfg.seed,
         spawn,
         backend,
-        rule: save::rule_for(&minimal, &failure).into(),
+        rule: save::rule_for(&minimal, &failure, st.target.queues).into(),
         failure,
         case: minimal,
     };

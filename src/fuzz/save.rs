@@ -44,8 +44,8 @@ impl Reproducer {
     }
 }
 
-/// The checklist rule a failure of `case` breaks.
-pub fn rule_for(case: &Case, failure: &Failure) -> &'static str {
+/// The checklist rule a failure of `case` breaks; `queues` is the back-end's queue count.
+pub fn rule_for(case: &Case, failure: &Failure, queues: Option<u64>) -> &'static str {
     let m = match &case.input {
         Input::Chain(_) => return "R-ROB-08",
         Input::Message(m) => m,
@@ -67,14 +67,26 @@ pub fn rule_for(case: &Case, failure: &Failure) -> &'static str {
         {
             "R-WIRE-12"
         }
-        Ok(r) if is_vring(r) && case.stage < Stage::Memory => "R-ROB-06",
-        Ok(r) if is_vring(r) => "R-VRING-17",
+        Ok(r) if ring_index(r, m).zip(queues).is_some_and(|(i, q)| i >= q) => "R-VRING-17",
+        Ok(r) if ring_index(r, m).is_some() && case.stage < Stage::Memory => "R-ROB-06",
         _ => "R-ROB-04",
     }
 }
 
-fn is_vring(r: vhu_protocol::FrontendReq) -> bool {
-    format!("{r:?}").contains("Vring")
+/// The ring index a vring message names: the first u32 of a state or address payload, the low
+/// byte of a KICK/CALL/ERR word.
+fn ring_index(r: vhu_protocol::FrontendReq, m: &MessageCase) -> Option<u64> {
+    use vhu_protocol::FrontendReq::*;
+    let p = m.payload();
+    let word = |n: usize| {
+        p.get(..n)
+            .map(|b| b.iter().rev().fold(0u64, |a, &x| a << 8 | u64::from(x)))
+    };
+    match r {
+        SetVringKick | SetVringCall | SetVringErr => word(8).map(|w| w & 0xff),
+        _ if format!("{r:?}").contains("Vring") => word(4),
+        _ => None,
+    }
 }
 
 /// Writes the reproducer as `DIR/fuzz-<seed>-<n>.toml`; returns the path.
@@ -273,6 +285,13 @@ mod tests {
     #[test]
     fn rules_follow_what_was_malformed() {
         let r = reproducer(message());
-        assert_eq!(rule_for(&r.case, &r.failure), "R-WIRE-15");
+        assert_eq!(rule_for(&r.case, &r.failure, Some(2)), "R-WIRE-15");
+        let mut case = message();
+        if let Input::Message(m) = &mut case.input {
+            m.size = None;
+            m.fds = 0;
+        }
+        assert_eq!(rule_for(&case, &r.failure, Some(2)), "R-VRING-17");
+        assert_eq!(rule_for(&case, &r.failure, Some(0x100)), "R-ROB-04");
     }
 }
