@@ -69,6 +69,9 @@ pub fn rule_for(case: &Case, failure: &Failure, queues: Option<u64>) -> &'static
         }
         Ok(r) if ring_index(r, m).zip(queues).is_some_and(|(i, q)| i >= q) => "R-VRING-17",
         Ok(r) if ring_index(r, m).is_some() && case.stage < Stage::Memory => "R-ROB-06",
+        // Nothing in the message stands out: the back-end did not survive a session that
+        // ended after it (a disconnect at that point, R-ROB-09), or mishandled a legal one.
+        _ if failure.kind == FailureKind::Crash => "R-ROB-09",
         _ => "R-ROB-04",
     }
 }
@@ -292,6 +295,6 @@ mod tests {
             m.fds = 0;
         }
         assert_eq!(rule_for(&case, &r.failure, Some(2)), "R-VRING-17");
-        assert_eq!(rule_for(&case, &r.failure, Some(0x100)), "R-ROB-04");
+        assert_eq!(rule_for(&case, &r.failure, Some(0x100)), "R-ROB-09");
     }
 }
