@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::api::{Suite, SuiteError};
 use crate::engine::{self, RunOptions};
 use crate::exit_code;
 use crate::report::{self, Human, JsonReporter, JunitReporter, Reporter};
@@ -61,6 +62,36 @@ pub struct Args {
     /// How long to wait for a back-end's socket or connection, in milliseconds.
     #[arg(long, default_value_t = 10000, value_name = "MS")]
     pub connect_timeout_ms: u64,
+    /// Start the back-end described by a QEMU vhost-user JSON file (its `binary`, with
+    /// `--socket-path {socket}`), one fresh process per scenario.
+    #[arg(long, value_name = "FILE", group = "target")]
+    pub backend_json: Option<PathBuf>,
+    /// The back-end's device type (`block`, `net`, `fs`...; from --backend-json when given):
+    /// scenarios that drive virtio-blk requests are skipped for other types.
+    #[arg(long, value_name = "TYPE")]
+    pub device: Option<String>,
+    /// Expectations file (TOML): known failures and skips with their reasons.
+    #[arg(long, value_name = "FILE")]
+    pub expect: Option<PathBuf>,
+    /// An unexpected pass, a scenario that ran against an expected skip, or a stale expectation
+    /// fails the run.
+    #[arg(long)]
+    pub strict_expectations: bool,
+    /// Rerun only the scenarios that failed or errored in this earlier JSON report.
+    #[arg(long, value_name = "REPORT.json")]
+    pub rerun_failed: Option<PathBuf>,
+    /// Run each scenario N times (flaky back-ends); the first failing run is reported.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub repeat: u32,
+    /// With --repeat, stop repeating a scenario at its first failure.
+    #[arg(long)]
+    pub until_failure: bool,
+    /// Run the scenarios in a random order (seeded by --seed, printed), to find order effects.
+    #[arg(long)]
+    pub shuffle: bool,
+    /// Seed for anything random (--shuffle); the run prints it so it can be repeated.
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
     /// Print the rule coverage table: after the run, or with --list without running anything.
     #[arg(long)]
     pub rules: bool,
@@ -121,86 +152,178 @@ fn bundled_backend() -> Option<TargetSpec> {
 
 /// Runs with parsed arguments; returns the exit code.
 pub fn run_with(args: &Args) -> u8 {
-    let all = match scenario::load_all(&args.scenario_dirs) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("vhu-conform: {}", engine::chain(&e));
-            return exit_code::USAGE;
-        }
-    };
-    if args.list && args.rules {
-        print!(
-            "{}",
-            crate::rules::render(&crate::rules::coverage(&all, None))
-        );
-        return exit_code::ALL_PASSED;
-    }
-    let selected = scenario::select(all.clone(), &args.filters);
-    if selected.is_empty() {
-        eprintln!("vhu-conform: no scenario matches {:?}", args.filters);
-        return exit_code::NOTHING_RAN;
-    }
-    let mut reporters = match reporters(args) {
-        Ok(r) if !args.list => r,
-        Ok(_) => Vec::new(),
-        Err(why) => {
+    match run_checked(args) {
+        Ok(code) => code,
+        Err((code, why)) => {
             eprintln!("vhu-conform: {why}");
-            return exit_code::USAGE;
+            code
+        }
+    }
+}
+
+/// The suite the options describe; `Err` is an exit code with its one-line reason.
+fn suite(args: &Args) -> Result<Suite, (u8, String)> {
+    let usage = |e: &dyn std::error::Error| (exit_code::USAGE, engine::chain(e));
+    let description = match args.backend_json.as_deref().map(crate::backend_json::load) {
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => return Err(usage(&e)),
+        None => None,
+    };
+    if let Some(d) = &description {
+        eprintln!(
+            "vhu-conform: {} back-end {:?} ({}): {}",
+            d.kind,
+            d.description,
+            d.binary.display(),
+            d.spawn_command()
+        );
+    }
+    let spec = match (target(args), &description) {
+        (Some(t), _) => t,
+        (None, Some(d)) => TargetSpec::Spawn(d.spawn_command()),
+        (None, None) => {
+            let t = bundled_backend().ok_or((
+                exit_code::USAGE,
+                "no back-end given and the bundled one cannot be located: use --backend, --spawn or --listen".to_string(),
+            ))?;
+            if !args.list {
+                eprintln!(
+                    "vhu-conform: no back-end given: running against the bundled reference back-end (vhu-conform mock-backend)"
+                );
+            }
+            t
         }
     };
-    let opts = RunOptions {
+    let mut s = Suite::new(spec);
+    s.filters = args.filters.clone();
+    s.scenario_dirs = args.scenario_dirs.clone();
+    s.options = RunOptions {
         step_timeout: Duration::from_millis(args.step_timeout_ms),
         scenario_timeout: Duration::from_millis(args.scenario_timeout_ms),
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
         strict: args.strict,
     };
-    let Some(spec) = target(args).or_else(bundled_backend) else {
-        eprintln!(
-            "vhu-conform: no back-end given and the bundled one cannot be located: use --backend, --spawn or --listen"
-        );
-        return exit_code::USAGE;
+    s.repeat = engine::Repeat {
+        times: args.repeat.max(1),
+        until_failure: args.until_failure,
     };
-    if target(args).is_none() && !args.list {
-        eprintln!(
-            "vhu-conform: no back-end given: running against the bundled reference back-end (vhu-conform mock-backend)"
-        );
+    s.device = args.device.clone().or(description.map(|d| d.kind));
+    if let Some(p) = &args.expect {
+        s = s.expect_file(p).map_err(|e| usage(&e))?;
     }
-    let offer = match engine::preflight(&spec, &opts) {
-        Ok(o) => o,
-        Err(engine::PreflightError::Unreachable(why)) => {
-            eprintln!("vhu-conform: cannot reach the back-end: {why}");
-            return exit_code::SETUP;
+    if let Some(p) = &args.rerun_failed {
+        let ids = failed_in(p).map_err(|why| (exit_code::USAGE, why))?;
+        if ids.is_empty() {
+            return Err((
+                exit_code::NOTHING_RAN,
+                format!("nothing failed in {}: nothing to rerun", p.display()),
+            ));
         }
-        Err(engine::PreflightError::Misbehaved(why)) => {
-            // The back-end is there but its offer is unreadable: run what needs no feature, so
-            // the scenarios show the departure with its rule.
-            eprintln!("vhu-conform: {why}; running the scenarios that need no feature");
-            engine::Offer::default()
-        }
-    };
+        s.filters.extend(ids);
+    }
+    if args.shuffle {
+        let seed = args.seed.unwrap_or_else(crate::seed::fresh);
+        eprintln!("vhu-conform: scenario order shuffled with --seed {seed}");
+        s.shuffle = Some(seed);
+    }
+    Ok(s)
+}
+
+fn run_checked(args: &Args) -> Result<u8, (u8, String)> {
+    if args.list && args.rules {
+        let all = scenario::load_all(&args.scenario_dirs)
+            .map_err(|e| (exit_code::USAGE, engine::chain(&e)))?;
+        print!(
+            "{}",
+            crate::rules::render(&crate::rules::coverage(&all, None))
+        );
+        return Ok(exit_code::ALL_PASSED);
+    }
+    let suite = suite(args)?;
+    let (selected, _) = suite.plan().map_err(|e| match e {
+        SuiteError::NothingSelected(_) => (exit_code::NOTHING_RAN, e.to_string()),
+        other => (exit_code::USAGE, engine::chain(&other)),
+    })?;
+    // Report files are created before the run: a bad path is a usage error before any
+    // back-end is judged.
+    let mut reporters = reporters(args).map_err(|why| (exit_code::USAGE, why))?;
     if args.list {
+        let offer = match engine::preflight(&suite.target, &suite.options) {
+            Ok(o) => o,
+            Err(engine::PreflightError::Unreachable(why)) => {
+                return Err((
+                    exit_code::SETUP,
+                    format!("cannot reach the back-end: {why}"),
+                ));
+            }
+            Err(engine::PreflightError::Misbehaved(_)) => engine::Offer::default(),
+        };
+        let offer = engine::Offer {
+            device: suite.device.clone(),
+            ..offer
+        };
         list(&selected, Some(&offer), args.verbose);
-        return exit_code::ALL_PASSED;
+        return Ok(exit_code::ALL_PASSED);
     }
-    let results = engine::run_suite(&selected, &spec, &offer, &opts, &mut |e| {
-        for r in &mut reporters {
-            r.event(&e);
-        }
-    });
-    let rules = crate::rules::coverage(&all, Some(&results));
+    let report = suite
+        .run_with(&mut |e| {
+            for r in &mut reporters {
+                r.event(&e);
+            }
+        })
+        .map_err(|e| match e {
+            SuiteError::Unreachable(_) => (exit_code::SETUP, e.to_string()),
+            other => (exit_code::USAGE, engine::chain(&other)),
+        })?;
+    if let Some(why) = &report.preflight_warning {
+        eprintln!("vhu-conform: {why}; the scenarios that need no feature ran");
+    }
     let run = report::RunReport {
-        results: &results,
-        offer: &offer,
-        rules: &rules,
+        results: &report.results,
+        offer: &report.offer,
+        rules: &report.rules,
         show_rules: args.rules,
+        stale: &report.stale,
     };
     for r in &mut reporters {
-        if let Err(e) = r.finish(&run) {
-            eprintln!("vhu-conform: cannot write a report: {e}");
-            return exit_code::USAGE;
-        }
+        r.finish(&run)
+            .map_err(|e| (exit_code::USAGE, format!("cannot write a report: {e}")))?;
     }
-    exit_for(&results)
+    let code = exit_for(&report.results);
+    let t = report.totals();
+    let ran_unexpectedly = report.results.iter().any(|r| {
+        r.expectation
+            .as_ref()
+            .is_some_and(|a| a.verdict == crate::expect::Verdict::Ran)
+    });
+    if code == exit_code::ALL_PASSED
+        && args.strict_expectations
+        && (t.xpass > 0 || ran_unexpectedly || !report.stale.is_empty())
+    {
+        eprintln!(
+            "vhu-conform: --strict-expectations: {} unexpected passes, {} stale entries",
+            t.xpass,
+            report.stale.len()
+        );
+        return Ok(exit_code::FAILURES);
+    }
+    Ok(code)
+}
+
+/// Scenario ids that failed or errored in an earlier JSON report.
+fn failed_in(path: &std::path::Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not a vhu-conform JSON report: {e}", path.display()))?;
+    let results = v["results"]
+        .as_array()
+        .ok_or_else(|| format!("{} has no `results` array", path.display()))?;
+    Ok(results
+        .iter()
+        .filter(|r| matches!(r["outcome"].as_str(), Some("fail" | "error")))
+        .filter_map(|r| r["id"].as_str().map(str::to_string))
+        .collect())
 }
 
 /// The reporters the options ask for; report files are created before the run so a bad path
@@ -231,7 +354,7 @@ pub fn exit_for(results: &[engine::ScenarioResult]) -> u8 {
         exit_code::FAILURES
     } else if t.error > 0 {
         exit_code::HARNESS_ERROR
-    } else if t.pass + t.warn == 0 {
+    } else if t.pass + t.warn + t.xfail == 0 {
         exit_code::NOTHING_RAN
     } else {
         exit_code::ALL_PASSED

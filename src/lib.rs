@@ -4,13 +4,17 @@
 //! (consumers of the engine's events) → [`target`] (reaching a back-end) and the mock front-end
 //! crate (the session) → the protocol crate (the wire).
 
+pub mod api;
+pub mod backend_json;
 pub mod builtin;
 pub mod cli;
 pub mod engine;
 pub mod exit_code;
+pub mod expect;
 pub mod features;
 pub mod fuzz;
 pub mod report;
 pub mod rules;
 pub mod scenario;
+pub mod seed;
 pub mod target;

@@ -43,6 +43,9 @@ impl Builtin for ScatteredPatterns {
 then four reads of the same extents: each must return its own pattern, with the used length and \
 canaries checked on every request; a mix-up between extents or requests shows as a wrong pattern."
     }
+    fn drives_blk(&self) -> bool {
+        true
+    }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         clean_session(ctx, true)?;
         for e in EXTENTS {

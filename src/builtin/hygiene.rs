@@ -100,6 +100,9 @@ front-end closes the connection. The back-end must unmap every region's memfd an
 (looked up by inode) and then serve a new session: memory of a gone front-end pinned in a \
 long-running back-end is a leak per reconnect."
     }
+    fn drives_blk(&self) -> bool {
+        true
+    }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         needs_process(ctx)?;
         clean_session(ctx, true)?;

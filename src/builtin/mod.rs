@@ -42,6 +42,10 @@ pub trait Builtin: Sync + std::fmt::Debug {
     fn description(&self) -> &'static str {
         ""
     }
+    /// Whether it sends virtio-blk requests (so it judges only block back-ends).
+    fn drives_blk(&self) -> bool {
+        false
+    }
     /// The procedure. Findings are recorded on `ctx`; `Err(StepError::Finding)` stops early.
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError>;
 }

@@ -104,15 +104,22 @@ pub struct ScenarioResult {
     pub duration_ms: u64,
     /// Every message exchanged.
     pub transcript: Vec<Entry>,
+    /// The `--expect` entry this result met or missed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expectation: Option<crate::expect::Applied>,
 }
 
 /// What the back-end offered, read once per run.
-#[derive(Copy, Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Offer {
     /// GET_FEATURES.
     pub features: u64,
     /// GET_PROTOCOL_FEATURES (0 without bit 30).
     pub protocol: u64,
+    /// The device type, when the user said it (`--device`, `--backend-json`): scenarios that
+    /// drive virtio-blk requests are skipped for other types.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 /// Events the engine emits while it runs; reporters consume them.
@@ -160,6 +167,7 @@ fn read_offer(stream: std::os::unix::net::UnixStream, opts: &RunOptions) -> Resu
     let mut offer = Offer {
         features,
         protocol: 0,
+        device: None,
     };
     if features & VirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
         offer.protocol = s.get_protocol_features().map_err(|e| {
@@ -202,6 +210,16 @@ pub fn skip_reason(s: &Scenario, offer: &Offer) -> Option<String> {
     if missing_p != 0 {
         parts.push(describe_missing("protocol", missing_p));
     }
+    if let Some(kind) = offer
+        .device
+        .as_deref()
+        .filter(|d| !matches!(*d, "block" | "blk"))
+        && crate::scenario::drives_blk(s)
+    {
+        return Some(format!(
+            "drives virtio-blk requests; the back-end is a {kind} device"
+        ));
+    }
     (!parts.is_empty()).then(|| format!("back-end does not offer {}", parts.join(", ")))
 }
 
@@ -225,6 +243,7 @@ pub fn run_scenario(
         notes: vec![],
         duration_ms: 0,
         transcript: vec![],
+        expectation: None,
     };
     if let Some(reason) = skip_reason(s, offer) {
         result.outcome = Outcome::Skip { reason };
@@ -279,13 +298,101 @@ fn verdict(findings: &[Finding], strict: bool) -> Outcome {
     }
 }
 
-/// Runs every scenario, emitting events. Spawn mode: a fresh process per scenario. Otherwise one
-/// target for all, and a hint when the back-end stops serving after a disconnect.
+/// How many times each scenario runs (`--repeat`, `--until-failure`), for flaky back-ends.
+#[derive(Copy, Clone, Debug)]
+pub struct Repeat {
+    /// Runs per scenario (at least 1).
+    pub times: u32,
+    /// Stop repeating a scenario at its first failure.
+    pub until_failure: bool,
+}
+
+impl Default for Repeat {
+    fn default() -> Self {
+        Self {
+            times: 1,
+            until_failure: false,
+        }
+    }
+}
+
+/// Runs every scenario once, emitting events. Spawn mode: a fresh process per scenario.
+/// Otherwise one target for all, and a hint when the back-end stops serving after a disconnect.
 pub fn run_suite(
     scenarios: &[Scenario],
     spec: &TargetSpec,
     offer: &Offer,
     opts: &RunOptions,
+    emit: &mut dyn FnMut(RunEvent<'_>),
+) -> Vec<ScenarioResult> {
+    run_suite_repeated(scenarios, spec, offer, opts, Repeat::default(), emit)
+}
+
+/// Runs `s` up to `repeat.times` times; the result is the first run that failed (or errored),
+/// else the last, with a note of every run's outcome when there was more than one.
+fn run_repeated(
+    s: &Scenario,
+    spec: &TargetSpec,
+    mut shared: Option<&mut Instance>,
+    offer: &Offer,
+    opts: &RunOptions,
+    repeat: Repeat,
+) -> ScenarioResult {
+    let mut outcomes = Vec::new();
+    let mut kept: Option<ScenarioResult> = None;
+    for _ in 0..repeat.times.max(1) {
+        let r = run_scenario(s, spec, shared.as_deref_mut(), offer, opts);
+        let bad = matches!(r.outcome, Outcome::Fail | Outcome::Error { .. });
+        outcomes.push(match &r.outcome {
+            Outcome::Skip { .. } => "skip",
+            Outcome::Pass => "pass",
+            Outcome::Warn => "warn",
+            Outcome::Fail => "fail",
+            Outcome::Error { .. } => "error",
+        });
+        let skip = matches!(r.outcome, Outcome::Skip { .. });
+        let keep_first_bad = kept
+            .as_ref()
+            .is_some_and(|k| matches!(k.outcome, Outcome::Fail | Outcome::Error { .. }));
+        if !keep_first_bad {
+            kept = Some(r);
+        }
+        if skip || (bad && repeat.until_failure) {
+            break;
+        }
+    }
+    let mut r = kept.expect("at least one run");
+    if repeat.times > 1 {
+        let bad = outcomes
+            .iter()
+            .filter(|o| matches!(**o, "fail" | "error"))
+            .count();
+        let flaky = if bad > 0 && bad < outcomes.len() {
+            " (flaky)"
+        } else {
+            ""
+        };
+        let stopped = if outcomes.len() < repeat.times as usize {
+            format!(", stopped before the {} asked", repeat.times)
+        } else {
+            String::new()
+        };
+        r.notes.push(format!(
+            "{} runs: {}; {bad} failed{flaky}{stopped}",
+            outcomes.len(),
+            outcomes.join(", ")
+        ));
+    }
+    r
+}
+
+/// [`run_suite`] with each scenario repeated as `repeat` says.
+pub fn run_suite_repeated(
+    scenarios: &[Scenario],
+    spec: &TargetSpec,
+    offer: &Offer,
+    opts: &RunOptions,
+    repeat: Repeat,
     emit: &mut dyn FnMut(RunEvent<'_>),
 ) -> Vec<ScenarioResult> {
     emit(RunEvent::Started {
@@ -299,9 +406,9 @@ pub fn run_suite(
     let mut results = Vec::new();
     for s in scenarios {
         let r = match (spec, &mut shared) {
-            (TargetSpec::Spawn(_), _) => run_scenario(s, spec, None, offer, opts),
-            (_, Some(inst)) => run_scenario(s, spec, Some(inst), offer, opts),
-            (_, None) => run_scenario(s, spec, None, offer, opts),
+            (TargetSpec::Spawn(_), _) => run_repeated(s, spec, None, offer, opts, repeat),
+            (_, Some(inst)) => run_repeated(s, spec, Some(inst), offer, opts, repeat),
+            (_, None) => run_repeated(s, spec, None, offer, opts, repeat),
         };
         emit(RunEvent::Finished(&r));
         results.push(r);

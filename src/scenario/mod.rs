@@ -340,6 +340,27 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether the scenario sends virtio-blk requests (its data path is virtio-blk's, and the
+/// SHMEM device request travels as one), so only a block back-end can be judged by it.
+pub fn drives_blk(s: &Scenario) -> bool {
+    if let Some(b) = s.builtin {
+        return b.drives_blk();
+    }
+    s.spec.steps.iter().any(|st| {
+        matches!(
+            st.action,
+            Action::BlkWrite
+                | Action::BlkRead
+                | Action::BlkFlush
+                | Action::BlkGetId
+                | Action::BlkComplete
+                | Action::SwapCall
+                | Action::ShmemMap
+                | Action::ShmemUnmap
+        )
+    })
+}
+
 /// Whether `id` matches the glob `pattern` (`*` any run of characters, `?` one character).
 pub fn glob_match(pattern: &str, id: &str) -> bool {
     fn go(p: &[u8], s: &[u8]) -> bool {
