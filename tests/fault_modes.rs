@@ -50,14 +50,14 @@ fn the_reference_back_end_passes_everything() {
 
 #[test]
 fn every_fault_mode_is_caught_by_a_scenario_citing_its_rule() {
-    // Two suites at a time: the machine has two cores and each run mostly waits on timeouts.
+    // Three suites at a time: the machine has two cores, and each run mostly waits on timeouts.
     let faults: Vec<_> = vhu_mock_backend::faults::ALL
         .iter()
         .map(|f| (f.1, f.2))
         .collect();
     let missed: Vec<String> = std::thread::scope(|scope| {
         let workers: Vec<_> = faults
-            .chunks(faults.len().div_ceil(2))
+            .chunks(faults.len().div_ceil(3))
             .map(|chunk| {
                 scope.spawn(move || {
                     let mut missed = Vec::new();

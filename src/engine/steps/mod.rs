@@ -24,7 +24,7 @@ mod state;
 use super::{Finding, RunOptions, chain, describe_exit};
 use crate::features::{protocol_bit, virtio_bit};
 use crate::scenario::model::{NumOrWord, NumOrWordList, RequestName, Step};
-use crate::scenario::{Action, Expect, Scenario};
+use crate::scenario::{Action, Expect, Level, Scenario};
 use crate::target::{Instance, ProcessState};
 
 /// Guest memory size of the named layouts.
@@ -253,8 +253,8 @@ impl<'a> Ctx<'a> {
             let rule = self.scenario.spec.rules[0].clone();
             let sent = self.last_sent();
             self.findings.push(Finding {
+                level: self.level_for(&rule),
                 rule,
-                level: self.scenario.spec.level,
                 summary: format!("{} during the scenario", describe_exit(&st, &tail)),
                 sent,
                 received: "process gone".into(),
@@ -296,6 +296,18 @@ impl<'a> Ctx<'a> {
             .unwrap_or_else(|| self.scenario.spec.rules[0].clone())
     }
 
+    /// A finding weighs what its scenario says, but never more than the rule it cites: a
+    /// SHOULD rule warns even in a MUST scenario (issue: SHOULD-level rules report as warnings).
+    fn level_for(&self, rule: &str) -> Level {
+        let cap = match crate::rules::find(rule).map(|r| r.level.as_str()) {
+            Some("SHOULD" | "MAY") => Level::Should,
+            Some("ROB") => Level::Rob,
+            Some("INFO") => Level::Info,
+            _ => Level::Must,
+        };
+        self.scenario.spec.level.min(cap)
+    }
+
     fn finding(&mut self, step: &Step, summary: &str, expected: &str, received: String) {
         let rule = self.rule_of(step);
         self.finding_with(rule, summary, expected, received);
@@ -304,8 +316,8 @@ impl<'a> Ctx<'a> {
     fn finding_with(&mut self, rule: String, summary: &str, expected: &str, received: String) {
         let sent = self.last_sent();
         self.findings.push(Finding {
+            level: self.level_for(&rule),
             rule,
-            level: self.scenario.spec.level,
             summary: format!("step {}: {summary}", self.step_no),
             sent,
             received,
