@@ -42,8 +42,9 @@ pub fn replay(
     let spec = target.or_else(|| rep.target()).ok_or_else(|| {
         FuzzError::Usage("the file records no target: give --spawn or --backend".into())
     })?;
+    // No warm-up session first: the run confirms a failure on a process that saw nothing
+    // before the case, and some crashes depend on that (state left by an earlier session).
     let mut t = Target::new(spec, opts.connect_timeout);
-    t.warm_up(limits)?;
     Ok(match t.run(&rep.case, limits, 0x3c)? {
         Some(f) => Replayed::Reproduced(f),
         None => Replayed::NotReproduced,
