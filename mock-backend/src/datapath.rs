@@ -60,6 +60,7 @@ impl Session<'_> {
             ignore_writable_flag: false,
         };
         let ignore_enable = self.has(Fault::IgnoreVringEnable);
+        let forget_inflight = self.has(Fault::NoInflightResubmit);
         let shmem_ok = self.negotiated(ProtocolFeatures::SHMEM | ProtocolFeatures::BACKEND_REQ);
         let ctx = ShmemCtx {
             channel: self.channel.as_ref().filter(|_| shmem_ok),
@@ -82,7 +83,10 @@ impl Session<'_> {
             },
             inflight: self.inflight.as_mut().filter(|_| !packed),
         };
-        let resubmit = std::mem::take(&mut v.resubmit);
+        let mut resubmit = std::mem::take(&mut v.resubmit);
+        if forget_inflight {
+            resubmit.clear();
+        }
         let result = inflight::resubmit(queue, &self.mem, &resubmit, &mut chains)
             .and_then(|()| process_queue_with(queue, &self.mem, &mut chains));
         let call = !self.has(Fault::NoCall);

@@ -63,6 +63,12 @@ pub enum Fault {
     ProcessBeforeKick,
     /// The SHMEM map device request maps one region size past the requested offset.
     ShmemOutOfRange,
+    /// LOG_ALL is accepted but nothing is ever logged.
+    NoDirtyLog,
+    /// A second SET_LOG_BASE keeps the first log mapped.
+    KeepOldLog,
+    /// A reconnect with SET_INFLIGHT_FD forgets the requests recorded in flight.
+    NoInflightResubmit,
 }
 
 /// Every fault: name, the rule it breaks, what it does.
@@ -240,6 +246,24 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "shmem-out-of-range",
         "R-SHM-05",
         "the SHMEM map device request maps outside the declared region",
+    ),
+    (
+        Fault::NoDirtyLog,
+        "no-dirty-log",
+        "R-LOG-04",
+        "LOG_ALL is accepted but guest writes are never logged",
+    ),
+    (
+        Fault::KeepOldLog,
+        "keep-old-log",
+        "R-LOG-07",
+        "a second SET_LOG_BASE keeps the first log mapped and open",
+    ),
+    (
+        Fault::NoInflightResubmit,
+        "no-inflight-resubmit",
+        "R-INFL-05",
+        "requests recorded in flight are never resubmitted after a reconnect",
     ),
 ];
 

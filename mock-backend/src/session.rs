@@ -57,6 +57,8 @@ pub struct Session<'a> {
     pub(crate) mem: Memory,
     pub(crate) queues: Vec<Vring>,
     pub(crate) leaked: Vec<OwnedFd>,
+    /// Fault `keep-old-log`: replaced logs, still mapped.
+    pub(crate) kept_logs: Vec<crate::memory::DirtyLog>,
     pub(crate) channel: Option<BackendChannel>,
     pub(crate) shmem: Shmem,
     pub(crate) status: u64,
@@ -105,6 +107,7 @@ impl<'a> Session<'a> {
             mem: Memory::default(),
             queues: (0..n).map(|_| Vring::default()).collect(),
             leaked: vec![],
+            kept_logs: vec![],
             channel: None,
             shmem: Shmem::new(limits.shmem.clone()),
             status: 0,
@@ -274,7 +277,7 @@ impl<'a> Session<'a> {
             return Outcome::Failed; // R-NEG-06: bits that were not offered.
         }
         self.features = v;
-        self.mem.logging = v & VirtioFeatures::LOG_ALL.bits() != 0;
+        self.mem.logging = v & VirtioFeatures::LOG_ALL.bits() != 0 && !self.has(Fault::NoDirtyLog);
         if v & VirtioFeatures::PROTOCOL_FEATURES.bits() == 0 {
             // R-RING-09: without bit 30 every ring is enabled at once.
             self.queues.iter_mut().for_each(|q| q.enabled = true);
@@ -376,7 +379,14 @@ impl<'a> Session<'a> {
             .and_then(|fd| DirtyLog::new(fd, l.size, l.offset).ok());
         match mapped {
             Some(log) => {
-                self.mem.log = Some(log);
+                if let Some(old) = self
+                    .mem
+                    .log
+                    .replace(log)
+                    .filter(|_| self.has(Fault::KeepOldLog))
+                {
+                    self.kept_logs.push(old);
+                }
                 Outcome::Reply(Body::U64(0))
             }
             None => Outcome::Reply(Body::U64(1)),

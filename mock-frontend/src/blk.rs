@@ -32,6 +32,8 @@ pub struct BlkOutcome {
     pub readonly_intact: bool,
     /// Whether the call eventfd was signalled for the completion.
     pub notified: bool,
+    /// The device-writable ranges (guest address, length): where the device had to write.
+    pub written: Vec<(u64, u64)>,
 }
 
 #[derive(Debug)]
@@ -69,6 +71,14 @@ pub struct Pending {
     data_in: Option<(u64, u32)>,
     status_gpa: u64,
     calls_before: u64,
+    head: u16,
+}
+
+impl Pending {
+    /// The chain's head descriptor (split) or buffer id (packed).
+    pub fn head(&self) -> u16 {
+        self.head
+    }
 }
 
 /// What one request asks of the device: header type and sector, the data it carries to the
@@ -174,11 +184,11 @@ fn build(
     areas.push(status);
     let calls_before = q.calls;
     let bufs = split_data(&bufs, segments);
-    if indirect {
-        q.add_indirect(mem, &bufs)?;
+    let head = if indirect {
+        q.add_indirect(mem, &bufs)?
     } else {
-        q.add_chain(mem, &bufs)?;
-    }
+        q.add_chain(mem, &bufs)?
+    };
     q.publish(mem)?;
     q.kick();
     Ok(Pending {
@@ -189,6 +199,7 @@ fn build(
         data_out: data_out.map(<[u8]>::to_vec),
         data_in,
         status_gpa,
+        head,
     })
 }
 
@@ -255,6 +266,12 @@ fn outcome_of(
         canary_intact: p.areas.iter().all(|g| guards_intact(mem, g)),
         readonly_intact,
         notified,
+        written: p
+            .data_in
+            .iter()
+            .map(|&(gpa, len)| (gpa, u64::from(len)))
+            .chain([(p.status_gpa, 1)])
+            .collect(),
     })
 }
 

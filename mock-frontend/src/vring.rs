@@ -112,6 +112,8 @@ pub struct DriverQueue {
     /// Give the back-end a kick eventfd; without one (SET_VRING_KICK bit 8, R-VRING-12) the
     /// back-end must poll the ring and [`kick`](Self::kick) does nothing.
     pub kick_fd: bool,
+    /// Ask for used-ring writes to be logged (VHOST_VRING_F_LOG in SET_VRING_ADDR, R-LOG-04).
+    pub log_used: bool,
     /// Notifications read from the call eventfd so far.
     pub calls: u64,
 }
@@ -165,6 +167,7 @@ impl DriverQueue {
             inject_kick: true,
             call_fd: true,
             kick_fd: true,
+            log_used: false,
             calls: 0,
         })
     }
@@ -174,7 +177,7 @@ impl DriverQueue {
         let ua = |gpa| mem.gpa_to_ua(gpa).unwrap_or(gpa);
         VringAddr {
             index: self.index.into(),
-            flags: 0,
+            flags: u32::from(self.log_used),
             desc: ua(self.desc),
             used: ua(self.used),
             avail: ua(self.avail),
@@ -224,6 +227,35 @@ impl DriverQueue {
             RingLayout::Split => base.into(),
             RingLayout::Packed => u32::from(base) | u32::from(base) << 16,
         }
+    }
+
+    /// The same ring announced on a new connection (after a reconnect), starting from `base`,
+    /// without touching guest memory: what the ring holds (requests made available while the
+    /// back-end was away, the used index it reached) is the back-end's to pick up. NUM, BASE,
+    /// ADDR, CALL, ERR, KICK, one injected kick.
+    pub fn reattach(
+        &mut self,
+        session: &mut Session,
+        mem: &GuestMemory,
+        base: u16,
+    ) -> Result<(), SessionError> {
+        use vhu_protocol::FrontendReq::*;
+        let i = u32::from(self.index);
+        session.checked(SetVringNum, |s| s.set_vring_num(i, self.size.into()))?;
+        let word = self.base_word(base);
+        session.checked(SetVringBase, |s| s.set_vring_base(i, word))?;
+        let addr = self.vring_addr(mem);
+        session.checked(SetVringAddr, |s| s.set_vring_addr(&addr))?;
+        let idx = self.index as u8;
+        let call = self.call_fd.then(|| self.call.as_fd());
+        session.checked(SetVringCall, |s| s.set_vring_call(idx, call))?;
+        session.checked(SetVringErr, |s| {
+            s.set_vring_err(idx, Some(self.err.as_fd()))
+        })?;
+        let kick = self.kick_fd.then(|| self.kick.as_fd());
+        session.checked(SetVringKick, |s| s.set_vring_kick(idx, kick))?;
+        self.kick();
+        Ok(())
     }
 
     /// NUM, BASE, ADDR, CALL, ERR, KICK (R-VRING-01), then one injected kick (R-RING-05) unless

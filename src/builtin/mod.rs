@@ -6,6 +6,8 @@
 
 mod blk;
 mod hygiene;
+mod inflight;
+mod log;
 mod memory;
 mod program;
 mod robustness;
@@ -57,6 +59,11 @@ pub fn all() -> &'static [&'static dyn Builtin] {
         &hygiene::AddRemRepeated,
         &hygiene::DisconnectReleases,
         &hygiene::RemMemRegReleases,
+        &inflight::Bookkeeping,
+        &inflight::ResubmitAfterReconnect,
+        &log::LogBlkRead,
+        &log::LogReplaceUnmaps,
+        &log::LogTooSmall,
         &memory::TableReplaceUnmaps,
         &program::PrintCapabilities,
         &program::InheritedFd,

@@ -1,0 +1,311 @@
+//! Inflight I/O tracking (checklist 4.8, R-INFL): the shared buffer of GET_INFLIGHT_FD is read
+//! by the harness between requests (it holds the memfd), and a reconnect with a request left in
+//! flight must complete that request exactly once.
+//!
+//! Split-ring region of queue 0 (R-INFL-02): a 16-byte header (u64 features, u16 version,
+//! u16 desc_num, u16 last_batch_head, u16 used_idx) and desc_num 16-byte entries (u8 inflight,
+//! 5 bytes padding, u16 next, u64 counter).
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use vhu_mock_frontend::blk::{self, BlkReq};
+use vhu_mock_frontend::{DriverQueue, GuestMemory, RingLayout, Wanted};
+use vhu_protocol::FrontendReq;
+use vhu_protocol::wire::payload::{Body, InflightDesc};
+use vhu_protocol::{ProtocolFeatures, VirtioFeatures};
+
+use super::Builtin;
+use crate::engine::{Ctx, StepError};
+
+const QUEUE_SIZE: u16 = 128;
+const MEMORY: u64 = 16 << 20;
+const HEADER: u64 = 16;
+const ENTRY: u64 = 16;
+
+/// The inflight buffer the back-end handed out.
+struct Buffer {
+    desc: InflightDesc,
+    fd: OwnedFd,
+}
+
+impl Buffer {
+    fn read(&self, at: u64, len: usize) -> Result<Vec<u8>, StepError> {
+        let mut b = vec![0u8; len];
+        nix::sys::uio::pread(&self.fd, &mut b, (self.desc.mmap_offset + at) as i64)
+            .map_err(|e| StepError::Harness(format!("reading the inflight buffer: {e}")))?;
+        Ok(b)
+    }
+
+    fn write(&self, at: u64, data: &[u8]) -> Result<(), StepError> {
+        nix::sys::uio::pwrite(&self.fd, data, (self.desc.mmap_offset + at) as i64)
+            .map(drop)
+            .map_err(|e| StepError::Harness(format!("writing the inflight buffer: {e}")))
+    }
+
+    /// (version, desc_num, used_idx) of queue 0.
+    fn header(&self) -> Result<(u16, u16, u16), StepError> {
+        let h = self.read(0, HEADER as usize)?;
+        let u16_at = |i: usize| u16::from_ne_bytes([h[i], h[i + 1]]);
+        Ok((u16_at(8), u16_at(10), u16_at(14)))
+    }
+
+    /// (inflight, counter) of entry `i` of queue 0.
+    fn entry(&self, i: u16) -> Result<(u8, u64), StepError> {
+        let e = self.read(HEADER + ENTRY * u64::from(i), ENTRY as usize)?;
+        Ok((
+            e[0],
+            u64::from_ne_bytes(e[8..16].try_into().expect("8 bytes")),
+        ))
+    }
+}
+
+/// Negotiates with INFLIGHT_SHMFD, gets the buffer for one queue, gives it back.
+fn inflight_session(ctx: &mut Ctx<'_>) -> Result<(Buffer, u64), StepError> {
+    let mut wanted = Wanted::all();
+    wanted.protocol |= ProtocolFeatures::INFLIGHT_SHMFD.bits();
+    let r = ctx.session_mut()?.negotiate(&wanted);
+    let n = r.map_err(|e| ctx.session_error("R-INFL-01", e))?;
+    let ask = Body::Inflight(InflightDesc {
+        mmap_size: 0,
+        mmap_offset: 0,
+        num_queues: 1,
+        queue_size: QUEUE_SIZE,
+        padding: 0,
+    });
+    let r = ctx
+        .session_mut()?
+        .request(FrontendReq::GetInflightFd, &ask, &[], None);
+    let mut m = r
+        .map_err(|e| ctx.session_error("R-INFL-01", e))?
+        .ok_or_else(|| StepError::Harness("GET_INFLIGHT_FD: no reply".into()))?;
+    let desc = match m.body(FrontendReq::GetInflightFd.reply_body()) {
+        Ok(Body::Inflight(d)) if d.mmap_size > 0 && m.fds.len() == 1 => d,
+        other => {
+            return Err(ctx.fail(
+                "R-INFL-01",
+                "GET_INFLIGHT_FD did not hand out a usable buffer",
+                "a 24-byte description with mmap_size > 0 and exactly one fd",
+                format!("{other:?} with {} fds", m.fds.len()),
+            ));
+        }
+    };
+    let buf = Buffer {
+        desc,
+        fd: m.fds.remove(0),
+    };
+    let r = ctx.session_mut()?.request(
+        FrontendReq::SetInflightFd,
+        &Body::Inflight(desc),
+        &[buf.fd.as_fd()],
+        None,
+    );
+    r.map_err(|e| ctx.session_error("R-INFL-03", e))?;
+    Ok((buf, n.features))
+}
+
+/// Memory and queue 0, enabled.
+fn ring(ctx: &mut Ctx<'_>, features: u64) -> Result<(GuestMemory, DriverQueue), StepError> {
+    let mut mem = GuestMemory::new(&GuestMemory::default_layout(MEMORY))
+        .map_err(|e| StepError::Harness(crate::engine::chain(&e)))?;
+    let r = ctx.session_mut()?.set_mem_table(&mem);
+    r.map_err(|e| ctx.session_error("R-MEM-01", e))?;
+    let event_idx = features & VirtioFeatures::EVENT_IDX.bits() != 0;
+    let mut q = DriverQueue::new(&mut mem, 0, QUEUE_SIZE, RingLayout::Split, event_idx)
+        .map_err(|e| StepError::Harness(crate::engine::chain(&e)))?;
+    let s = ctx.session_mut()?;
+    let r = q
+        .setup(s, &mem, 0)
+        .and_then(|()| s.checked(FrontendReq::SetVringEnable, |s| s.set_vring_enable(0, true)));
+    r.map_err(|e| ctx.session_error("R-VRING-01", e))?;
+    Ok((mem, q))
+}
+
+/// The buffer tracks completed requests (R-INFL-02, R-INFL-04).
+#[derive(Debug)]
+pub struct Bookkeeping;
+
+impl Builtin for Bookkeeping {
+    fn id(&self) -> &'static str {
+        "inflight/bookkeeping"
+    }
+    fn title(&self) -> &'static str {
+        "The inflight buffer is initialised (version 1) and tracks completions: used_idx follows the ring, nothing left in flight"
+    }
+    fn rules(&self) -> &'static [&'static str] {
+        &["R-INFL-04", "R-INFL-02"]
+    }
+    fn requires_protocol(&self) -> &'static [&'static str] {
+        &["INFLIGHT_SHMFD"]
+    }
+    fn drives_blk(&self) -> bool {
+        true
+    }
+    fn description(&self) -> &'static str {
+        "GET_INFLIGHT_FD for one queue of 128, SET_INFLIGHT_FD with it, queue 0 started, three \
+GET_ID requests completed. Queue 0's region (read through the memfd) must then say version 1, \
+desc_num 128, used_idx 3, every entry out of flight, and the heads used carry counters."
+    }
+    fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+        let (buf, features) = inflight_session(ctx)?;
+        let (mut mem, mut q) = ring(ctx, features)?;
+        let timeout = ctx.step_timeout();
+        let mut heads = Vec::new();
+        for _ in 0..3 {
+            let p = blk::blk_submit(&mut q, &mut mem, BlkReq::get_id())
+                .map_err(|e| StepError::Harness(crate::engine::chain(&e)))?;
+            heads.push(p.head());
+            let r = blk::blk_complete(&mut q, &mut mem, p, timeout);
+            if !matches!(&r, Ok(o) if o.status == vhu_protocol::virtio::blk::S_OK) {
+                return Err(ctx.fail(
+                    "R-INFL-04",
+                    "a request did not complete with inflight tracking on",
+                    "the request completes",
+                    format!("{r:?}"),
+                ));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let (version, desc_num, used_idx) = buf.header()?;
+        let mut problems = Vec::new();
+        if version != 1 {
+            problems.push(format!("version {version}, not 1 (R-INFL-02)"));
+        }
+        if desc_num != QUEUE_SIZE {
+            problems.push(format!("desc_num {desc_num}, not {QUEUE_SIZE}"));
+        }
+        if used_idx != 3 {
+            problems.push(format!("used_idx {used_idx} after 3 completions"));
+        }
+        for i in 0..QUEUE_SIZE {
+            if buf.entry(i)?.0 != 0 {
+                problems.push(format!("entry {i} still marked in flight"));
+            }
+        }
+        let counters: Vec<u64> = heads
+            .iter()
+            .map(|&h| buf.entry(h).map(|e| e.1))
+            .collect::<Result<_, _>>()?;
+        if counters.iter().all(|&c| c == 0) {
+            problems.push(format!("the used heads {heads:?} carry no counter"));
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(ctx.fail(
+            "R-INFL-04",
+            &format!("the inflight buffer does not track the ring: {}", problems.join("; ")),
+            "version 1, desc_num = queue size, used_idx = the used index, no entry in flight",
+            format!("header (version {version}, desc_num {desc_num}, used_idx {used_idx}), counters of heads {heads:?}: {counters:?}"),
+        ))
+    }
+}
+
+/// A request in flight when the front-end left is completed exactly once after it comes back
+/// (R-INFL-05).
+#[derive(Debug)]
+pub struct ResubmitAfterReconnect;
+
+impl Builtin for ResubmitAfterReconnect {
+    fn id(&self) -> &'static str {
+        "inflight/resubmit-after-reconnect"
+    }
+    fn title(&self) -> &'static str {
+        "A request recorded in flight is resubmitted after a reconnect and completed exactly once"
+    }
+    fn rules(&self) -> &'static [&'static str] {
+        &["R-INFL-05"]
+    }
+    fn requires_protocol(&self) -> &'static [&'static str] {
+        &["INFLIGHT_SHMFD"]
+    }
+    fn drives_blk(&self) -> bool {
+        true
+    }
+    fn description(&self) -> &'static str {
+        "One GET_ID completes; GET_VRING_BASE stops the ring (base 1). A second GET_ID is made \
+available and recorded in the inflight buffer as taken (inflight = 1, the next counter), as a \
+back-end that died while serving it would have left it; the front-end disconnects. On a new \
+connection: SET_INFLIGHT_FD with the same buffer, the same memory and ring from base 2 (the \
+request already taken). The back-end must complete that request from the inflight record, once: \
+used index 2 and no further completion."
+    }
+    fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+        let (buf, features) = inflight_session(ctx)?;
+        let (mut mem, mut q) = ring(ctx, features)?;
+        let timeout = ctx.step_timeout();
+        let first = blk::blk_request(&mut q, &mut mem, BlkReq::get_id(), timeout);
+        if !matches!(&first, Ok(o) if o.status == vhu_protocol::virtio::blk::S_OK) {
+            return Err(ctx.fail(
+                "R-INFL-05",
+                "the first request did not complete",
+                "the request completes",
+                format!("{first:?}"),
+            ));
+        }
+        let r = ctx.session_mut()?.get_vring_base(0);
+        let base = r.map_err(|e| ctx.session_error("R-VRING-08", e))?;
+        // The ring is stopped: this request stays where it is, and is recorded as taken.
+        let pending = blk::blk_submit(&mut q, &mut mem, BlkReq::get_id())
+            .map_err(|e| StepError::Harness(crate::engine::chain(&e)))?;
+        let head = pending.head();
+        let counter = (0..QUEUE_SIZE)
+            .map(|i| buf.entry(i).map(|e| e.1))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let mut entry = [0u8; ENTRY as usize];
+        entry[0] = 1;
+        entry[8..].copy_from_slice(&counter.to_ne_bytes());
+        buf.write(HEADER + ENTRY * u64::from(head), &entry)?;
+        ctx.step(&crate::scenario::Step::new(
+            crate::scenario::Action::Disconnect,
+        ))?;
+        // A new connection: the same buffer, memory and ring, from the base after the request.
+        let mut wanted = Wanted::all();
+        wanted.protocol |= ProtocolFeatures::INFLIGHT_SHMFD.bits();
+        let r = ctx.session_mut()?.negotiate(&wanted);
+        r.map_err(|e| ctx.session_error("R-INFL-05", e))?;
+        let r = ctx.session_mut()?.request(
+            FrontendReq::SetInflightFd,
+            &Body::Inflight(buf.desc),
+            &[buf.fd.as_fd()],
+            None,
+        );
+        r.map_err(|e| ctx.session_error("R-INFL-03", e))?;
+        let r = ctx.session_mut()?.set_mem_table(&mem);
+        r.map_err(|e| ctx.session_error("R-MEM-01", e))?;
+        let resume = base.num as u16 + 1;
+        let s = ctx.session_mut()?;
+        let r = q
+            .reattach(s, &mem, resume)
+            .and_then(|()| s.checked(FrontendReq::SetVringEnable, |s| s.set_vring_enable(0, true)));
+        r.map_err(|e| ctx.session_error("R-INFL-05", e))?;
+        let done = blk::blk_complete(&mut q, &mut mem, pending, timeout);
+        let o = match done {
+            Ok(o) if o.status == vhu_protocol::virtio::blk::S_OK => o,
+            other => {
+                return Err(ctx.fail(
+                    "R-INFL-05",
+                    "the request left in flight was not completed after the reconnect",
+                    "the back-end resubmits the request the inflight buffer records and completes it",
+                    format!("head {head} (counter {counter}): {other:?}"),
+                ));
+            }
+        };
+        // Exactly once: nothing more arrives.
+        std::thread::sleep(Duration::from_millis(200));
+        let used = q.used_idx(&mem);
+        if used != resume {
+            return Err(ctx.fail(
+                "R-INFL-05",
+                "the request left in flight was completed more than once",
+                &format!("used index {resume}: one completion"),
+                format!("used index {used}; the completion: {o:?}"),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,286 @@
+//! Dirty logging (checklist 4.17, R-LOG): with LOG_ALL negotiated and a log given with
+//! SET_LOG_BASE, every guest page the device writes, and the used ring's page when the ring's
+//! VHOST_VRING_F_LOG is set, has its bit set (bit `p` for page `p` = GPA / 4096, in byte `p / 8`).
+//! The log is a memfd the harness reads directly.
+
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use memfd::MemfdOptions;
+use vhu_mock_frontend::blk::{self, BlkReq};
+use vhu_mock_frontend::{DriverQueue, GuestMemory, RingLayout, Wanted};
+use vhu_protocol::FrontendReq;
+use vhu_protocol::wire::payload::{Body, LogDesc};
+use vhu_protocol::{ProtocolFeatures, VirtioFeatures};
+
+use super::{Builtin, needs_process};
+use crate::engine::{Ctx, StepError};
+
+const PAGE: u64 = 4096;
+/// Guest memory of these scenarios: the default two-region layout.
+const MEMORY: u64 = 16 << 20;
+
+/// A log memfd of `len` bytes, zeroed.
+fn log_memfd(len: u64) -> Result<memfd::Memfd, StepError> {
+    let m = MemfdOptions::default()
+        .create("vhu-dirty-log")
+        .map_err(|e| StepError::Harness(format!("log memfd: {e}")))?;
+    m.as_file()
+        .set_len(len)
+        .map_err(|e| StepError::Harness(format!("log memfd: {e}")))?;
+    Ok(m)
+}
+
+fn read_log(m: &memfd::Memfd, len: u64) -> Result<Vec<u8>, StepError> {
+    let mut buf = vec![0u8; len as usize];
+    nix::sys::uio::pread(m.as_file(), &mut buf, 0)
+        .map_err(|e| StepError::Harness(format!("reading the log: {e}")))?;
+    Ok(buf)
+}
+
+/// The log's size covering every page of `mem` (one bit per page, whole bytes).
+fn log_bytes(mem: &GuestMemory) -> u64 {
+    let end = mem
+        .regions()
+        .iter()
+        .map(|r| {
+            let m = r.mem_region();
+            m.guest_addr + m.size
+        })
+        .max()
+        .unwrap_or(0);
+    end.div_ceil(PAGE).div_ceil(8)
+}
+
+/// Negotiation with LOG_ALL and LOG_SHMFD, the default memory, SET_LOG_BASE with `log`, queue 0
+/// with VHOST_VRING_F_LOG; returns memory and queue.
+fn logged_session(
+    ctx: &mut Ctx<'_>,
+    log: &memfd::Memfd,
+    size: u64,
+) -> Result<(GuestMemory, DriverQueue), StepError> {
+    let mut wanted = Wanted::all();
+    wanted.features |= VirtioFeatures::LOG_ALL.bits();
+    wanted.protocol |= ProtocolFeatures::LOG_SHMFD.bits();
+    let r = ctx.session_mut()?.negotiate(&wanted);
+    let n = r.map_err(|e| ctx.session_error("R-LOG-01", e))?;
+    let event_idx = n.features & VirtioFeatures::EVENT_IDX.bits() != 0;
+    let mut mem = GuestMemory::new(&GuestMemory::default_layout(MEMORY))
+        .map_err(|e| StepError::Harness(crate::engine::chain(&e)))?;
+    let r = ctx.session_mut()?.set_mem_table(&mem);
+    r.map_err(|e| ctx.session_error("R-MEM-01", e))?;
+    let desc = Body::Log(LogDesc { size, offset: 0 });
+    let r = ctx.session_mut()?.request(
+        FrontendReq::SetLogBase,
+        &desc,
+        &[log.as_file().as_fd()],
+        None,
+    );
+    r.map_err(|e| ctx.session_error("R-LOG-02", e))?;
+    let mut q = DriverQueue::new(&mut mem, 0, 128, RingLayout::Split, event_idx)
+        .map_err(|e| StepError::Harness(crate::engine::chain(&e)))?;
+    q.log_used = true;
+    let s = ctx.session_mut()?;
+    let r = q
+        .setup(s, &mem, 0)
+        .and_then(|()| s.checked(FrontendReq::SetVringEnable, |s| s.set_vring_enable(0, true)));
+    r.map_err(|e| ctx.session_error("R-LOG-04", e))?;
+    Ok((mem, q))
+}
+
+/// Every page the device wrote has its bit (R-LOG-03, R-LOG-04).
+#[derive(Debug)]
+pub struct LogBlkRead;
+
+impl Builtin for LogBlkRead {
+    fn id(&self) -> &'static str {
+        "log/blk-read-logged"
+    }
+    fn title(&self) -> &'static str {
+        "With LOG_ALL and SET_LOG_BASE, a blk read logs every page it wrote and the used ring's page"
+    }
+    fn rules(&self) -> &'static [&'static str] {
+        &["R-LOG-04", "R-LOG-02", "R-LOG-03"]
+    }
+    fn requires_virtio(&self) -> &'static [&'static str] {
+        &["LOG_ALL"]
+    }
+    fn requires_protocol(&self) -> &'static [&'static str] {
+        &["LOG_SHMFD"]
+    }
+    fn drives_blk(&self) -> bool {
+        true
+    }
+    fn description(&self) -> &'static str {
+        "LOG_ALL is negotiated, SET_LOG_BASE gives a memfd covering guest memory, queue 0 is set \
+up with VHOST_VRING_F_LOG. A 16 KiB read makes the device write the data buffer, the status byte \
+and a used element: each of their pages must have its bit set in the log (bit p of page p = GPA / \
+4096 in byte p / 8)."
+    }
+    fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+        // The log is sized from the layout before the memory exists: the same default layout.
+        let probe = GuestMemory::new(&GuestMemory::default_layout(MEMORY))
+            .map_err(|e| StepError::Harness(crate::engine::chain(&e)))?;
+        let size = log_bytes(&probe).next_multiple_of(PAGE);
+        drop(probe);
+        let log = log_memfd(size)?;
+        let (mut mem, mut q) = logged_session(ctx, &log, size)?;
+        let timeout = ctx.step_timeout();
+        let o = blk::blk_request(&mut q, &mut mem, BlkReq::read(0, 16 * 1024), timeout);
+        let o = match o {
+            Ok(o) if o.status == vhu_protocol::virtio::blk::S_OK => o,
+            other => {
+                return Err(ctx.fail(
+                    "R-LOG-04",
+                    "the read did not complete with logging on",
+                    "the request completes while the log is active",
+                    format!("{other:?}"),
+                ));
+            }
+        };
+        // The used element just written, and the used index.
+        let used = q.vring_addr(&mem).log;
+        let mut ranges = o.written.clone();
+        ranges.push((used, 4 + 8 * 128));
+        let bits = read_log(&log, size)?;
+        let missing: Vec<String> = ranges
+            .iter()
+            .flat_map(|&(gpa, len)| (gpa / PAGE..=(gpa + len - 1) / PAGE).map(move |p| (gpa, p)))
+            .filter(|&(_, p)| {
+                bits.get((p / 8) as usize)
+                    .is_none_or(|b| b & (1 << (p % 8)) == 0)
+            })
+            .map(|(gpa, p)| format!("page {p:#x} (GPA {:#x}, written at {gpa:#x})", p * PAGE))
+            .collect();
+        if !missing.is_empty() {
+            let set = bits.iter().map(|b| b.count_ones()).sum::<u32>();
+            return Err(ctx.fail(
+                "R-LOG-04",
+                &format!(
+                    "{} written pages have no bit in the dirty log",
+                    missing.len()
+                ),
+                "the bit of every page the device wrote (data, status, used ring) set",
+                format!("missing: {}; {set} bits set in all", missing.join(", ")),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A log too small for the memory: nothing is written past it (R-LOG-06).
+#[derive(Debug)]
+pub struct LogTooSmall;
+
+impl Builtin for LogTooSmall {
+    fn id(&self) -> &'static str {
+        "log/too-small"
+    }
+    fn title(&self) -> &'static str {
+        "A dirty log too small for guest memory is never written past its size, and the back-end survives"
+    }
+    fn rules(&self) -> &'static [&'static str] {
+        &["R-LOG-06"]
+    }
+    fn level(&self) -> crate::scenario::Level {
+        crate::scenario::Level::Rob
+    }
+    fn requires_virtio(&self) -> &'static [&'static str] {
+        &["LOG_ALL"]
+    }
+    fn requires_protocol(&self) -> &'static [&'static str] {
+        &["LOG_SHMFD"]
+    }
+    fn drives_blk(&self) -> bool {
+        true
+    }
+    fn description(&self) -> &'static str {
+        "SET_LOG_BASE announces a 1-byte log (8 pages) in a one-page memfd; a read into guest \
+memory far above 32 KiB follows. Bytes 1..4096 of the memfd must stay zero (nothing logged \
+outside the log), and the back-end must keep serving (libvhost-user asserts instead)."
+    }
+    fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+        let log = log_memfd(PAGE)?;
+        let (mut mem, mut q) = logged_session(ctx, &log, 1)?;
+        let timeout = ctx.step_timeout();
+        let _ = blk::blk_request(&mut q, &mut mem, BlkReq::read(0, 4096), timeout);
+        std::thread::sleep(Duration::from_millis(50));
+        let bytes = read_log(&log, PAGE)?;
+        if let Some(at) = bytes[1..].iter().position(|&b| b != 0) {
+            return Err(ctx.fail(
+                "R-LOG-06",
+                "the back-end wrote past the end of the dirty log it was given",
+                "only the 1 byte the log description announced is ever written",
+                format!("byte {} of the memfd is {:#04x}", at + 1, bytes[at + 1]),
+            ));
+        }
+        let r = ctx.session_mut()?.get_features();
+        r.map(drop).map_err(|e| ctx.session_error("R-LOG-06", e))
+    }
+}
+
+/// A second SET_LOG_BASE unmaps the first log (R-LOG-07).
+#[derive(Debug)]
+pub struct LogReplaceUnmaps;
+
+impl Builtin for LogReplaceUnmaps {
+    fn id(&self) -> &'static str {
+        "log/replace-unmaps"
+    }
+    fn title(&self) -> &'static str {
+        "A second SET_LOG_BASE unmaps the first log and closes its fd"
+    }
+    fn rules(&self) -> &'static [&'static str] {
+        &["R-LOG-07"]
+    }
+    fn requires_virtio(&self) -> &'static [&'static str] {
+        &["LOG_ALL"]
+    }
+    fn requires_protocol(&self) -> &'static [&'static str] {
+        &["LOG_SHMFD"]
+    }
+    fn description(&self) -> &'static str {
+        "Spawn mode only. After SET_LOG_BASE with a first memfd and then with a second one, the \
+first memfd (found by inode) must be neither mapped in /proc/<pid>/maps nor open in \
+/proc/<pid>/fd of the back-end."
+    }
+    fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+        use std::os::unix::fs::MetadataExt;
+        needs_process(ctx)?;
+        let size = PAGE;
+        let first = log_memfd(size)?;
+        let ino = first
+            .as_file()
+            .metadata()
+            .map_err(|e| StepError::Harness(e.to_string()))?
+            .ino();
+        let (_mem, _q) = logged_session(ctx, &first, size)?;
+        let second = log_memfd(size)?;
+        let desc = Body::Log(LogDesc { size, offset: 0 });
+        let r = ctx.session_mut()?.request(
+            FrontendReq::SetLogBase,
+            &desc,
+            &[second.as_file().as_fd()],
+            None,
+        );
+        r.map_err(|e| ctx.session_error("R-LOG-02", e))?;
+        drop(first);
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            let maps = ctx.target().maps_of_inode(ino).unwrap_or(0);
+            let fds = ctx.target().fds_of_inode(ino).unwrap_or(0);
+            if maps + fds == 0 {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(ctx.fail(
+                    "R-LOG-07",
+                    "the replaced dirty log is still mapped or open",
+                    "the first log unmapped and its fd closed once the second is acked",
+                    format!("1 s after the second SET_LOG_BASE: {maps} mappings, {fds} fds of the first log"),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
