@@ -120,7 +120,7 @@ fn one_way(c: &mut Criterion) {
             (0..BURST).for_each(|_| {
                 peer.frontend
                     .set_vring_call(0, &pefd)
-                    .expect("SET_VRING_CALL")
+                    .expect("SET_VRING_CALL");
             });
             black_box(peer.frontend.get_features().expect("GET_FEATURES"));
         });
