@@ -127,6 +127,7 @@ fn prepare(mem: &mut GuestMemory, sector: u64) -> [Buffer; 3] {
 }
 
 fn datapath(c: &mut Criterion) {
+    common::pin_to_one_cpu();
     let mut g = c.benchmark_group("blk_read_4k");
     for (name, layout) in [("split", RingLayout::Split), ("packed", RingLayout::Packed)] {
         let mut rig = Rig::new(layout);

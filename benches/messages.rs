@@ -44,6 +44,7 @@ fn set_vring_call(s: &mut Session, fd: &EventFd) {
 }
 
 fn round_trip(c: &mut Criterion) {
+    common::pin_to_one_cpu();
     let mut g = c.benchmark_group("round_trip");
     let mut floor = Floor::start();
     g.bench_function("floor_20B", |b| b.iter(|| floor.ping()));
@@ -84,6 +85,7 @@ fn round_trip(c: &mut Criterion) {
 }
 
 fn one_way(c: &mut Criterion) {
+    common::pin_to_one_cpu();
     let mut g = c.benchmark_group("one_way");
     g.throughput(Throughput::Elements(BURST as u64));
     let mut floor = Floor::start();
@@ -105,6 +107,25 @@ fn one_way(c: &mut Criterion) {
         });
     });
     drop(s);
+    backend.join();
+
+    // The bare connection: what the session's bookkeeping and transcript cost on top.
+    let (backend, stream) = MockBackend::start();
+    let conn = Connection::new(stream, Some(Duration::from_secs(2)));
+    let num = FrontendReq::SetVringNum as u32;
+    let get = FrontendReq::GetFeatures as u32;
+    let body = Body::VringState(VringState { index: 0, num: 256 });
+    g.bench_function("ours_conn_set_vring_num", |b| {
+        b.iter(|| {
+            for _ in 0..BURST {
+                conn.send_request(num, &body, false, &[]).expect("send");
+            }
+            conn.send_request(get, &Body::Empty, false, &[])
+                .expect("send");
+            black_box(conn.recv_reply(get).expect("reply"));
+        });
+    });
+    drop(conn);
     backend.join();
 
     let peer = Peer::start();
@@ -129,6 +150,7 @@ fn one_way(c: &mut Criterion) {
 }
 
 fn set_mem_table(c: &mut Criterion) {
+    common::pin_to_one_cpu();
     let mut g = c.benchmark_group("set_mem_table_8");
     let mem = common::eight_regions();
     let (mut s, backend) = common::mock_session(0);

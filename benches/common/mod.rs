@@ -26,6 +26,25 @@ pub fn criterion() -> Criterion {
         .configure_from_args()
 }
 
+/// Pins the calling thread, and so every thread it starts from now on (they inherit it), to one
+/// CPU: `VHU_BENCH_CPU` (default 0). A round trip then costs both sides' work plus two context
+/// switches on that CPU, instead of depending on how the scheduler spreads two threads over
+/// the cores and how deep the idle one sleeps, which varies by a factor of three from run to
+/// run on a 2-core machine. Floor, ours and peer are all measured this way.
+pub fn pin_to_one_cpu() {
+    let cpu: usize = std::env::var("VHU_BENCH_CPU")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes one bit inside it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` is reduced below CPU_SETSIZE, so the bit is inside `set`.
+    unsafe { libc::CPU_SET(cpu % libc::CPU_SETSIZE as usize, &mut set) };
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size passed.
+    let rc = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) };
+    assert_eq!(rc, 0, "cannot pin the bench to CPU {cpu}");
+}
+
 /// The mock back-end (`vhu_mock_backend::run_from_args`) serving one end of a socketpair on a
 /// thread, as `--fd N`; it returns when the other end closes.
 pub struct MockBackend {

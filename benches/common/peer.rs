@@ -11,6 +11,7 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock};
 use vhu_mock_frontend::GuestMemory;
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier};
 
 /// A back-end with two queues that does nothing with them.
 #[derive(Clone)]
@@ -37,6 +38,12 @@ impl VhostUserBackend for NullBackend {
     }
 
     fn set_event_idx(&self, _enabled: bool) {}
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        // Without an exit event the daemon's worker thread is never told to stop, and dropping
+        // the daemon would wait for it forever.
+        new_event_consumer_and_notifier(EventFlag::empty()).ok()
+    }
 
     fn update_memory(&self, _mem: GuestMemoryAtomic<GuestMemoryMmap>) -> std::io::Result<()> {
         Ok(())

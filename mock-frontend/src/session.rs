@@ -20,7 +20,7 @@ use vhu_protocol::{
 
 use crate::channel::BackendChannel;
 use crate::memory::{GuestMemory, GuestRegion, MemoryError};
-use crate::transcript::{Channel, Direction, Transcript};
+use crate::transcript::{Channel, Direction, Recorder, Transcript};
 
 /// How the session behaves.
 #[derive(Clone, Debug)]
@@ -177,7 +177,8 @@ impl SessionError {
 pub struct Session {
     conn: Connection,
     opts: SessionOptions,
-    transcript: Transcript,
+    /// Every message on the main socket, decoded only when the transcript is asked for.
+    transcript: Recorder,
     start: Instant,
     offered_features: Option<u64>,
     offered_protocol: Option<u64>,
@@ -198,7 +199,7 @@ impl Session {
         Self {
             conn,
             opts,
-            transcript: Transcript::default(),
+            transcript: Recorder::default(),
             start: Instant::now(),
             offered_features: None,
             offered_protocol: None,
@@ -224,7 +225,7 @@ impl Session {
 
     /// Every message so far (the back-end channel's included).
     pub fn transcript(&self) -> Transcript {
-        let mut t = self.transcript.clone();
+        let mut t = self.transcript.transcript();
         if let Some(ch) = &self.channel {
             t.entries.extend(ch.transcript().entries);
             t.entries.sort_by_key(|e| e.at_us);

@@ -94,6 +94,74 @@ impl Transcript {
     }
 }
 
+/// Messages kept as they went (time, channel, direction, header, payload, fd count) and decoded
+/// only when a [`Transcript`] is asked for: recording costs one copy of the payload, so a
+/// session that sends millions of messages is not slowed by formatting each one.
+#[derive(Clone, Debug, Default)]
+pub struct Recorder {
+    raw: Vec<RawEntry>,
+}
+
+#[derive(Clone, Debug)]
+struct RawEntry {
+    at_us: u64,
+    channel: Channel,
+    direction: Direction,
+    header: Header,
+    payload: Vec<u8>,
+    fds: usize,
+}
+
+impl Recorder {
+    /// Records a message.
+    pub fn record(
+        &mut self,
+        at_us: u64,
+        channel: Channel,
+        direction: Direction,
+        header: &Header,
+        payload: &[u8],
+        fds: usize,
+    ) {
+        self.raw.push(RawEntry {
+            at_us,
+            channel,
+            direction,
+            header: *header,
+            payload: payload.to_vec(),
+            fds,
+        });
+    }
+
+    /// Messages recorded so far.
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+
+    /// Every message recorded, decoded.
+    pub fn transcript(&self) -> Transcript {
+        let mut t = Transcript {
+            entries: Vec::with_capacity(self.raw.len()),
+        };
+        for r in &self.raw {
+            t.record(
+                r.at_us,
+                r.channel,
+                r.direction,
+                &r.header,
+                &r.payload,
+                r.fds,
+            );
+        }
+        t
+    }
+}
+
 /// Renders entries one per line: `#3 +1.2ms -> SET_VRING_NUM flags=0x9 size=8 fds=0 VringState {..}`.
 pub fn render(entries: &[Entry]) -> String {
     let mut out = String::new();
@@ -169,5 +237,30 @@ fn hex(bytes: &[u8]) -> String {
         format!("{shown}... ({} bytes)", bytes.len())
     } else {
         shown
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vhu_protocol::wire::payload::VringState;
+
+    #[test]
+    fn a_recorder_decodes_into_the_transcript_that_recording_directly_gives() {
+        let body = Body::VringState(VringState { index: 1, num: 256 }).encode();
+        let header = Header::request(FrontendReq::SetVringNum as u32, 8, true);
+        let reply = Header::reply(FrontendReq::SetVringNum as u32, 8);
+        let mut direct = Transcript::default();
+        let mut rec = Recorder::default();
+        for (at, h, p, dir) in [
+            (1, header, &body[..], Direction::ToBackend),
+            (2, reply, &0u64.to_ne_bytes()[..], Direction::FromBackend),
+        ] {
+            direct.record(at, Channel::Main, dir, &h, p, 0);
+            rec.record(at, Channel::Main, dir, &h, p, 0);
+        }
+        assert_eq!(rec.len(), 2);
+        assert_eq!(rec.transcript().render(), direct.render());
+        assert!(direct.render().contains("SET_VRING_NUM"));
     }
 }

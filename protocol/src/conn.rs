@@ -169,17 +169,22 @@ pub struct Connection {
     timeout: Option<Duration>,
     max_payload: u32,
     max_fds: usize,
+    /// Whether SO_RCVTIMEO holds `timeout`, so a blocking read is bounded by it.
+    rcvtimeo_set: bool,
 }
 
 impl Connection {
     /// Wraps a connected stream with the default bounds and the given receive timeout.
     pub fn new(stream: UnixStream, timeout: Option<Duration>) -> Self {
-        Self {
+        let mut conn = Self {
             stream,
             timeout,
             max_payload: DEFAULT_MAX_PAYLOAD,
             max_fds: DEFAULT_MAX_FDS,
-        }
+            rcvtimeo_set: false,
+        };
+        conn.apply_timeout();
+        conn
     }
 
     /// A connected pair, for tests.
@@ -190,7 +195,24 @@ impl Connection {
 
     /// Sets the receive timeout (None: wait forever).
     pub fn set_timeout(&mut self, timeout: Option<Duration>) {
-        self.timeout = timeout;
+        if timeout != self.timeout {
+            self.timeout = timeout;
+            self.apply_timeout();
+        }
+    }
+
+    /// Whether the first read of a message may block in `recvmsg` itself, bounded by the
+    /// socket's receive timeout (SO_RCVTIMEO, kept equal to `timeout`): saves a `poll` per
+    /// message. Timeouts below a millisecond take the `poll` path, whose bound is exact.
+    fn blocking_first_read(&self) -> bool {
+        self.rcvtimeo_set && self.timeout.is_none_or(|t| t >= Duration::from_millis(1))
+    }
+
+    /// Sets SO_RCVTIMEO to the receive timeout (none: forever). If that fails, every read
+    /// polls first, as the bound then rests on `poll` alone.
+    fn apply_timeout(&mut self) {
+        let t = self.timeout.filter(|t| !t.is_zero());
+        self.rcvtimeo_set = self.stream.set_read_timeout(t).is_ok();
     }
 
     /// The receive timeout.
@@ -329,9 +351,19 @@ impl Connection {
         let mut fds = Vec::new();
         let mut truncated = false;
         let mut got = 0;
+        let mut first = self.blocking_first_read();
         while got < HEADER_SIZE {
-            self.wait(PollFlags::POLLIN, deadline, got)?;
-            let n = self.recv_some(&mut header[got..], &mut fds, &mut truncated)?;
+            let buf = &mut header[got..];
+            let n = if std::mem::take(&mut first) {
+                // One blocking recvmsg, bounded by SO_RCVTIMEO (= the whole deadline); on a
+                // non-blocking socket or EINTR it returns at once and the loop polls.
+                match self.recv_some(buf, &mut fds, &mut truncated, true)? {
+                    Some(n) => n,
+                    None => continue,
+                }
+            } else {
+                self.recv_ready(buf, &mut fds, &mut truncated, deadline, got)?
+            };
             if n == 0 {
                 return Err(if got == 0 {
                     ConnError::PeerClosed
@@ -383,9 +415,10 @@ impl Connection {
         let mut stray = Vec::new();
         let mut truncated = false;
         while got < wanted {
-            self.wait(PollFlags::POLLIN, deadline, HEADER_SIZE + got)?;
             // fds may only ride on the first read of a message: any that come later are closed.
-            let n = self.recv_some(&mut payload[got..], &mut stray, &mut truncated)?;
+            let buf = &mut payload[got..];
+            let n =
+                self.recv_ready(buf, &mut stray, &mut truncated, deadline, HEADER_SIZE + got)?;
             stray.clear();
             if n == 0 {
                 return Err(ConnError::ShortRead {
@@ -403,28 +436,50 @@ impl Connection {
         self.read_payload(header, deadline).map(drop)
     }
 
+    /// Reads what is there, waiting (poll) until the deadline only when nothing is: the bytes
+    /// of a message that has begun have usually all arrived, so no poll is spent on them.
+    fn recv_ready(
+        &self,
+        buf: &mut [u8],
+        fds: &mut Vec<OwnedFd>,
+        truncated: &mut bool,
+        deadline: Option<Instant>,
+        got: usize,
+    ) -> Result<usize, ConnError> {
+        loop {
+            if let Some(n) = self.recv_some(buf, fds, truncated, false)? {
+                return Ok(n);
+            }
+            self.wait(PollFlags::POLLIN, deadline, got)?;
+        }
+    }
+
+    /// One `recvmsg`: `Some(bytes)`, or `None` when nothing was there (EAGAIN, which is also
+    /// what a blocking read returns when SO_RCVTIMEO expires, or EINTR of a blocking read).
     fn recv_some(
         &self,
         buf: &mut [u8],
         fds: &mut Vec<OwnedFd>,
         truncated: &mut bool,
-    ) -> Result<usize, ConnError> {
+        block: bool,
+    ) -> Result<Option<usize>, ConnError> {
         // Room for the most fds one sendmsg can carry (SCM_MAX_FD), so a surplus is received
         // and closed by us, never truncated: nix refuses to parse a truncated control buffer,
-        // which would leak the fds that did fit.
-        let mut cmsg_space = vec![0u8; cmsg_space_for(SCM_MAX_FD)];
+        // which would leak the fds that did fit. On the stack: no allocation per read.
+        let mut space = [0u8; CMSG_BUF];
+        let cmsg_space = &mut space[..cmsg_space_for(SCM_MAX_FD)];
         let mut iov = [IoSliceMut::new(buf)];
+        let flags = if block {
+            MsgFlags::MSG_CMSG_CLOEXEC
+        } else {
+            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT
+        };
         loop {
-            match recvmsg::<()>(
-                self.stream.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg_space),
-                MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-            ) {
+            match recvmsg::<()>(self.stream.as_raw_fd(), &mut iov, Some(cmsg_space), flags) {
                 Ok(msg) => {
                     *truncated |= msg.flags.contains(MsgFlags::MSG_CTRUNC);
                     let Ok(cmsgs) = msg.cmsgs() else {
-                        return Ok(msg.bytes);
+                        return Ok(Some(msg.bytes));
                     };
                     for cmsg in cmsgs {
                         if let ControlMessageOwned::ScmRights(raw) = cmsg {
@@ -436,15 +491,11 @@ impl Connection {
                             );
                         }
                     }
-                    return Ok(msg.bytes);
+                    return Ok(Some(msg.bytes));
                 }
+                Err(Errno::EINTR) if block => return Ok(None),
                 Err(Errno::EINTR) => {}
-                Err(Errno::EAGAIN) => {
-                    return Err(ConnError::Timeout {
-                        waited: Duration::ZERO,
-                        got: 0,
-                    });
-                }
+                Err(Errno::EAGAIN) => return Ok(None),
                 Err(source) => {
                     return Err(ConnError::Io {
                         op: "recvmsg",
@@ -475,10 +526,15 @@ impl Connection {
             let mut pfd = [PollFd::new(self.stream.as_fd(), events)];
             match poll(&mut pfd, timeout) {
                 Ok(0) if deadline.is_some_and(|d| Instant::now() >= d) => {
-                    return Err(ConnError::Timeout {
-                        waited: start.elapsed(),
-                        got,
-                    });
+                    // Measured from the start of the receive, which may have blocked in
+                    // recvmsg before this poll.
+                    let since_deadline =
+                        deadline.map(|d| Instant::now().saturating_duration_since(d));
+                    let waited = match (self.timeout, since_deadline) {
+                        (Some(t), Some(over)) => t + over,
+                        _ => start.elapsed(),
+                    };
+                    return Err(ConnError::Timeout { waited, got });
                 }
                 Ok(0) => {}
                 Ok(_) => return Ok(()),
@@ -504,7 +560,57 @@ impl AsRawFd for Connection {
 /// The kernel's limit of fds in one SCM_RIGHTS message.
 const SCM_MAX_FD: usize = 253;
 
+/// Bytes of the stack buffer for control messages: at least `cmsg_space_for(SCM_MAX_FD)`
+/// (1032 on Linux: a 16-byte header and 253 4-byte fds, aligned to 8).
+const CMSG_BUF: usize = 1088;
+
 fn cmsg_space_for(nfds: usize) -> usize {
     // SAFETY: CMSG_SPACE only computes a size from its argument.
     unsafe { libc::CMSG_SPACE((nfds * size_of::<RawFd>()) as libc::c_uint) as usize }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_receive_with_nothing_to_read_times_out_after_the_timeout_and_says_so() {
+        let t = Duration::from_millis(50);
+        let (a, _b) = Connection::pair(Some(t)).unwrap();
+        let start = Instant::now();
+        let err = a.recv().unwrap_err();
+        let took = start.elapsed();
+        let ConnError::Timeout { waited, got: 0 } = err else {
+            panic!("not a timeout: {err}");
+        };
+        assert!(took >= t && took < t * 10, "took {took:?}");
+        assert!(
+            waited >= t && waited <= took + Duration::from_millis(5),
+            "waited {waited:?}"
+        );
+    }
+
+    #[test]
+    fn a_header_whose_payload_comes_later_is_read_whole() {
+        let (a, b) = Connection::pair(Some(Duration::from_secs(2))).unwrap();
+        let header = Header::request(1, 8, false).to_bytes();
+        a.send_bytes(&header, &[]).unwrap();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            a.send_bytes(&7u64.to_ne_bytes(), &[]).unwrap();
+            a
+        });
+        let msg = b.recv().unwrap();
+        assert_eq!(msg.u64(), Some(7));
+        drop(sender.join().unwrap());
+    }
+
+    #[test]
+    fn a_shorter_timeout_set_later_bounds_the_blocking_read() {
+        let (mut a, _b) = Connection::pair(None).unwrap();
+        a.set_timeout(Some(Duration::from_millis(30)));
+        let start = Instant::now();
+        assert!(a.recv().unwrap_err().is_timeout());
+        assert!(start.elapsed() < Duration::from_secs(1));
+    }
 }
