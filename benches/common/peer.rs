@@ -11,7 +11,9 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock};
 use vhu_mock_frontend::GuestMemory;
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier};
+use vmm_sys_util::event::{
+    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
+};
 
 /// A back-end with two queues that does nothing with them.
 #[derive(Clone)]
