@@ -29,7 +29,9 @@ fn fuzz_cases(c: &mut Criterion) {
         settle: Duration::from_millis(200),
     };
     let mut target = Target::new(spec, Duration::from_secs(10));
-    target.warm_up(limits).expect("the bundled back-end serves a clean session");
+    target
+        .warm_up(limits)
+        .expect("the bundled back-end serves a clean session");
     let mut runner = TestRunner::new_with_rng(
         Config::default(),
         TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]),
