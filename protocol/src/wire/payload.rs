@@ -457,9 +457,12 @@ fn decode_mem_table(bytes: &[u8]) -> Result<Vec<MemRegion>, Violation> {
             actual: bytes.len(),
         });
     }
-    Ok(<[MemRegion]>::ref_from_bytes(rest)
-        .map(<[MemRegion]>::to_vec)
-        .unwrap_or_default())
+    // Copied region by region: `rest` need not be 8-byte aligned (a payload read at offset 12
+    // of a buffer holding the header is not), and a zero-copy view of it would fail there.
+    Ok(rest
+        .chunks_exact(size_of::<MemRegion>())
+        .map(read::<MemRegion>)
+        .collect::<Result<_, _>>()?)
 }
 
 fn decode_config(bytes: &[u8]) -> Result<Body, Violation> {
@@ -642,6 +645,23 @@ pub fn validate_vring_fd_word(word: u64) -> Result<(), Violation> {
 mod tests {
     use super::*;
     use core::mem::offset_of;
+
+    #[test]
+    fn a_mem_table_decodes_whole_from_an_unaligned_slice() {
+        let regions: Vec<MemRegion> = (0..3u64)
+            .map(|i| MemRegion {
+                guest_addr: i << 21,
+                size: 1 << 20,
+                user_addr: 0x7f00_0000_0000 + (i << 21),
+                mmap_offset: i,
+            })
+            .collect();
+        let body = Body::MemTable(regions);
+        // After a 12-byte header, as on the wire: the regions start at offset 20.
+        let mut buf = vec![0u8; 12];
+        buf.extend_from_slice(&body.encode());
+        assert_eq!(Body::decode(BodyKind::MemTable, &buf[12..]), Ok(body));
+    }
 
     #[test]
     fn sizes_match_checklist_1_5() {
