@@ -73,6 +73,17 @@ fn round_trip(c: &mut Criterion) {
     drop(conn);
     backend.join();
 
+    let (conn, echo) = common::echo_backend();
+    g.bench_function("ours_conn_vs_echo_get_features", |b| {
+        b.iter(|| {
+            conn.send_request(code, &Body::Empty, false, &[])
+                .expect("send");
+            black_box(conn.recv_reply(code).expect("reply"));
+        });
+    });
+    drop(conn);
+    let _ = echo.join();
+
     let peer = Peer::start();
     g.bench_function("peer_get_features", |b| {
         b.iter(|| black_box(peer.frontend.get_features().expect("GET_FEATURES")));
@@ -127,6 +138,20 @@ fn one_way(c: &mut Criterion) {
     });
     drop(conn);
     backend.join();
+
+    let (conn, echo) = common::echo_backend();
+    g.bench_function("ours_conn_vs_echo_set_vring_num", |b| {
+        b.iter(|| {
+            for _ in 0..BURST {
+                conn.send_request(num, &body, false, &[]).expect("send");
+            }
+            conn.send_request(get, &Body::Empty, false, &[])
+                .expect("send");
+            black_box(conn.recv_reply(get).expect("reply"));
+        });
+    });
+    drop(conn);
+    let _ = echo.join();
 
     let peer = Peer::start();
     let pefd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_CLOEXEC).expect("eventfd");

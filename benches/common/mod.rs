@@ -76,6 +76,26 @@ impl MockBackend {
     }
 }
 
+/// A stand-in back-end with no event loop: a thread that reads every message with
+/// `vhu_protocol::Connection` and answers GET_FEATURES only. Against it, the front-end's
+/// `Connection` shows what our framing costs without the mock back-end's poll loop and dispatch.
+pub fn echo_backend() -> (Connection, JoinHandle<()>) {
+    let (ours, theirs) = UnixStream::pair().expect("socketpair");
+    let thread = std::thread::spawn(move || {
+        let conn = Connection::new(theirs, None);
+        let code = vhu_protocol::FrontendReq::GetFeatures as u32;
+        while let Ok(msg) = conn.recv() {
+            if msg.header.request == code {
+                let body = vhu_protocol::wire::payload::Body::U64(virtio_bits(0));
+                if conn.send_reply(code, &body, &[]).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    (Connection::new(ours, Some(Duration::from_secs(2))), thread)
+}
+
 /// Virtio bits the benches negotiate: VERSION_1 and bit 30, plus `extra`.
 pub fn virtio_bits(extra: u64) -> u64 {
     (VirtioFeatures::VERSION_1 | VirtioFeatures::PROTOCOL_FEATURES).bits() | extra

@@ -459,10 +459,9 @@ fn decode_mem_table(bytes: &[u8]) -> Result<Vec<MemRegion>, Violation> {
     }
     // Copied region by region: `rest` need not be 8-byte aligned (a payload read at offset 12
     // of a buffer holding the header is not), and a zero-copy view of it would fail there.
-    Ok(rest
-        .chunks_exact(size_of::<MemRegion>())
+    rest.chunks_exact(size_of::<MemRegion>())
         .map(read::<MemRegion>)
-        .collect::<Result<_, _>>()?)
+        .collect()
 }
 
 fn decode_config(bytes: &[u8]) -> Result<Body, Violation> {
