@@ -1,0 +1,219 @@
+//! Data-path steps: virtio-blk requests through the driver queues, judged on status, used
+//! length, canaries, notifications and data (checklist 4.3, R-RING-07), and call fd swaps.
+
+use std::time::Duration;
+
+use vhu_mock_frontend::blk::{self, BlkOutcome};
+use vhu_mock_frontend::{DriverQueue, GuestMemory, WaitError};
+
+use super::{Ctx, StepError, StepResult};
+use crate::engine::{chain, describe_exit};
+use crate::scenario::model::{NumOrWord, Step};
+use crate::scenario::{Action, Expect};
+use crate::target::ProcessState;
+
+impl Ctx<'_> {
+    pub(super) fn blk(&mut self, step: &Step) -> StepResult {
+        for idx in self.queue_indices(step) {
+            let mut q = self.queues.remove(&idx).ok_or_else(|| {
+                StepError::Harness(format!("queue {idx} is not set up: add a `vring` step"))
+            })?;
+            let mut mem = self
+                .mem
+                .take()
+                .ok_or_else(|| StepError::Harness("no memory".into()))?;
+            let sector = step.sector.unwrap_or(0);
+            let len = step.sectors.unwrap_or(8) * 512;
+            let pattern = step.pattern.unwrap_or(0x5a);
+            let data = vec![pattern; len as usize];
+            let mut req = match step.action {
+                Action::BlkWrite => blk::BlkReq::write(sector, &data),
+                Action::BlkRead => blk::BlkReq::read(sector, len),
+                Action::BlkFlush => blk::BlkReq::flush(),
+                _ => blk::BlkReq::get_id(),
+            }
+            .in_segments(step.segments.unwrap_or(1));
+            if step.indirect == Some(true) {
+                req = req.through_indirect();
+            }
+            let r = if step.expect == Some(Expect::NoReply) {
+                self.blk_must_wait(step, idx, &mut q, &mut mem, req)
+            } else {
+                Ok(Some(blk::blk_request(
+                    &mut q,
+                    &mut mem,
+                    req,
+                    self.opts.step_timeout,
+                )))
+            };
+            self.mem = Some(mem);
+            self.queues.insert(idx, q);
+            if let Some(r) = r? {
+                self.judge_blk(step, idx, r, pattern)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Submits a request that the back-end must not complete (ring disabled or stopped); it
+    /// stays pending for a later `blk_complete`.
+    pub(super) fn blk_must_wait(
+        &mut self,
+        step: &Step,
+        idx: u16,
+        q: &mut DriverQueue,
+        mem: &mut GuestMemory,
+        req: blk::BlkReq<'_>,
+    ) -> Result<Option<Result<BlkOutcome, WaitError>>, StepError> {
+        let pending = blk::blk_submit(q, mem, req).map_err(|e| StepError::Harness(chain(&e)))?;
+        let window = Duration::from_millis(step.window_ms.unwrap_or(300));
+        match blk::blk_wait(q, mem, &pending, window) {
+            Ok(None) => {
+                self.pending.insert(idx, pending);
+                Ok(None)
+            }
+            Ok(Some(o)) => {
+                blk::blk_release(mem, pending);
+                self.finding(
+                    step,
+                    &format!(
+                        "{:?} on queue {idx} was processed although the ring must not be",
+                        step.action
+                    ),
+                    "no used buffer and no call while the ring is stopped or disabled",
+                    format!("{o:?}"),
+                );
+                Err(StepError::Finding)
+            }
+            Err(e) => Err(StepError::Harness(chain(&e))),
+        }
+    }
+
+    pub(super) fn blk_complete(&mut self, step: &Step) -> StepResult {
+        for idx in self.queue_indices(step) {
+            let pending = self.pending.remove(&idx).ok_or_else(|| StepError::Harness(format!("no pending request on queue {idx}: use a blk step with expect = \"no_reply\" first")))?;
+            let mut q = self
+                .queues
+                .remove(&idx)
+                .ok_or_else(|| StepError::Harness(format!("queue {idx} is not set up")))?;
+            let mut mem = self
+                .mem
+                .take()
+                .ok_or_else(|| StepError::Harness("no memory".into()))?;
+            let r = blk::blk_wait(&mut q, &mem, &pending, self.opts.step_timeout);
+            blk::blk_release(&mut mem, pending);
+            self.mem = Some(mem);
+            self.queues.insert(idx, q);
+            let r = match r {
+                Ok(Some(o)) => Ok(o),
+                Ok(None) => Err(WaitError::Timeout {
+                    got: 0,
+                    wanted: 1,
+                    waited: self.opts.step_timeout,
+                }),
+                Err(e) => Err(e),
+            };
+            self.judge_blk(step, idx, r, 0)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn judge_blk(
+        &mut self,
+        step: &Step,
+        idx: u16,
+        r: Result<BlkOutcome, WaitError>,
+        pattern: u8,
+    ) -> StepResult {
+        let what = format!("{:?} on queue {idx}", step.action);
+        let o = match r {
+            Ok(o) => o,
+            Err(WaitError::Memory(e)) => return Err(StepError::Harness(chain(&e))),
+            Err(e) => {
+                let mut received = e.to_string();
+                let st = self.inst().state();
+                if matches!(st, ProcessState::Exited(_) | ProcessState::Signaled(_)) {
+                    received = format!(
+                        "{received}; {}",
+                        describe_exit(&st, &self.inst().stderr_tail(400))
+                    );
+                }
+                self.finding(
+                    step,
+                    &format!("{what} was not completed"),
+                    "the request completes (used ring entry and a call)",
+                    received,
+                );
+                return Err(StepError::Finding);
+            }
+        };
+        let mut problems = Vec::new();
+        if o.status != vhu_protocol::virtio::blk::S_OK {
+            problems.push(format!("status {} (not OK)", o.status));
+        }
+        if o.used_len != o.expected_used_len {
+            problems.push(format!(
+                "used length {} but {} bytes were device-writable and written",
+                o.used_len, o.expected_used_len
+            ));
+        }
+        if !o.canary_intact {
+            problems.push(
+                "guest memory next to the buffers changed (write outside a device-writable buffer)"
+                    .into(),
+            );
+        }
+        let polled = self.queues.get(&idx).is_some_and(|q| !q.call_fd);
+        if !o.notified && !polled {
+            problems.push("the completion was not signalled on the call eventfd".into());
+        }
+        if !o.readonly_intact {
+            problems.push("a driver-readable buffer was written".into());
+        }
+        if step.action == Action::BlkRead
+            && step.pattern.is_some()
+            && o.data.iter().any(|&b| b != pattern)
+        {
+            let at = o.data.iter().position(|&b| b != pattern).unwrap_or(0);
+            problems.push(format!("data read differs from what was written at byte {at}: {:#04x}, wanted {pattern:#04x}", o.data[at]));
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        self.finding(step, &format!("{what}: {}", problems.join("; ")), "status OK, used length = bytes written, only writable buffers touched, the data written", format!("{o:?}"));
+        Err(StepError::Finding)
+    }
+
+    /// Replaces the call fd of running queues, then checks a completion is signalled on the
+    /// new fd and not on the old one (R-RING-15).
+    pub(super) fn swap_call(&mut self, step: &Step) -> StepResult {
+        for idx in self.queue_indices(step) {
+            let mut q = self.queues.remove(&idx).ok_or_else(|| {
+                StepError::Harness(format!("queue {idx} is not set up: add a `vring` step"))
+            })?;
+            let r = match self.session() {
+                Ok(s) => q.replace_call(s),
+                Err(e) => {
+                    self.queues.insert(idx, q);
+                    return Err(e);
+                }
+            };
+            self.queues.insert(idx, q);
+            let old = r.map_err(|e| self.session_failed(step, e))?;
+            let mut read = Step::new(Action::BlkGetId);
+            read.queue = Some(NumOrWord::Num(idx.into()));
+            read.rule = Some(self.rule_of(step));
+            self.blk(&read)?;
+            if old.read().is_ok() {
+                self.finding(
+                    step,
+                    &format!("queue {idx}: a completion was signalled on the replaced call fd"),
+                    "after SET_VRING_CALL, calls go to the new eventfd only",
+                    "the old eventfd was written".into(),
+                );
+                return Err(StepError::Finding);
+            }
+        }
+        Ok(())
+    }
+}

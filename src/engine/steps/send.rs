@@ -1,0 +1,402 @@
+//! Free-form steps: any request with a body (`send`), raw bytes (`raw`), and how an ack, a
+//! reply or a closed connection is judged against the step's expectation.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use vhu_mock_frontend::{Ack, Session, SessionError};
+use vhu_protocol::wire::ReplyKind;
+use vhu_protocol::wire::payload::{Body, BodyKind, ConfigHeader};
+use vhu_protocol::{FrontendReq, Header, Message, RawMessage};
+
+use super::{Ctx, StepError, StepResult};
+use crate::engine::chain;
+use crate::scenario::Expect;
+use crate::scenario::model::{NumOrWord, RequestName, Step};
+
+impl Ctx<'_> {
+    pub(super) fn send(&mut self, step: &Step) -> StepResult {
+        let req = resolve_request(step.request.as_ref())?;
+        let mut body = build_body(req, step)?;
+        if step.queue == Some(NumOrWord::Word("past_end".into())) {
+            // The first index past the queues GET_QUEUE_NUM reported (R-MQ-04).
+            let idx = self.queue_num as u32;
+            match &mut body {
+                Body::VringState(v) => v.index = idx,
+                Body::VringAddr(a) => a.index = idx,
+                Body::U64(v) => *v = (*v & !0xff) | u64::from(idx),
+                _ => {}
+            }
+        }
+        let extra = make_fds(step)?;
+        let fds: Vec<BorrowedFd<'_>> = extra.sent.iter().map(AsFd::as_fd).collect();
+        let r = self.session()?.request(req, &body, &fds, step.need_reply);
+        drop(fds);
+        drop(extra.sent);
+        let default = if req.reply_kind() == ReplyKind::Always {
+            Expect::Reply
+        } else {
+            Expect::Ok
+        };
+        let expect = step.expect.unwrap_or(default);
+        match (expect, r) {
+            (Expect::Reply, Ok(Some(m))) => self.check_value(step, &m)?,
+            (Expect::Reply, Ok(None)) => return Err(StepError::Harness("expect = \"reply\" on a request sent without NEED_REPLY that has no reply of its own".into())),
+            (Expect::NoReply, Ok(None)) => {
+                let window = Duration::from_millis(step.window_ms.unwrap_or(300));
+                let r = self.session()?.expect_silence(window);
+                if let Err(e) = r {
+                    self.finding(step, "a message arrived although no reply was due", "no reply at all without NEED_REPLY", e.to_string());
+                    return Err(StepError::Finding);
+                }
+            }
+            (_, Ok(m)) => {
+                let ack = m.as_ref().map_or(Ack::NotRequested, |m| match m.u64() {
+                    Some(0) => Ack::Ok,
+                    Some(v) => Ack::Failed(v),
+                    None => Ack::Failed(u64::MAX),
+                });
+                if let Some(m) = &m {
+                    self.check_value(step, m)?;
+                }
+                self.judge_ack(step, Ok(ack), expect)?;
+            }
+            (_, Err(e)) => self.judge_ack(step, Err(e), expect)?,
+        }
+        if let Some(read_end) = extra.pipe_read {
+            self.check_fd_closed(step, &read_end, Some(req as u32))?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_value(&mut self, step: &Step, m: &Message) -> StepResult {
+        let mut problems = Vec::new();
+        if let Some(size) = step.reply_size.filter(|&s| s as usize != m.payload.len()) {
+            problems.push(format!(
+                "reply payload is {} bytes, wanted {size}",
+                m.payload.len()
+            ));
+        }
+        if let Some(n) = step.reply_fds.filter(|&n| n != m.fds.len()) {
+            problems.push(format!("reply carries {} fds, wanted {n}", m.fds.len()));
+        }
+        if let Some(flags) = step.reply_flags.filter(|&f| f != m.header.flags) {
+            problems.push(format!(
+                "reply flags are {:#x}, wanted exactly {flags:#x}",
+                m.header.flags
+            ));
+        }
+        let v = m.u64();
+        if let Some(want) = step.value.filter(|&w| v != Some(w)) {
+            problems.push(format!("reply value {v:?}, wanted {want:#x}"));
+        }
+        if let Some(mask) = step.value_mask.filter(|&k| v.is_none_or(|v| v & k != k)) {
+            problems.push(format!("reply value {v:?} lacks bits {mask:#x}"));
+        }
+        if step.offered == Some(true) {
+            let offer = self.session.as_ref().and_then(Session::offered_features);
+            if offer.is_some() && v != offer {
+                problems.push(format!(
+                    "reply value {v:#x?}, but the first GET_FEATURES offered {offer:#x?}"
+                ));
+            }
+        }
+        if step.nonzero == Some(true) && v.is_none_or(|v| v == 0) {
+            problems.push(format!("reply value {v:?}, wanted non-zero"));
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        self.finding(
+            step,
+            &problems.join("; "),
+            "the reply the rule describes",
+            format!("header {:?}, payload {:02x?}", m.header, m.payload),
+        );
+        Err(StepError::Finding)
+    }
+
+    pub(super) fn check_fd_closed(
+        &mut self,
+        step: &Step,
+        read_end: &OwnedFd,
+        code: Option<u32>,
+    ) -> StepResult {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let deadline = Instant::now() + self.opts.step_timeout;
+        loop {
+            let mut pfd = [PollFd::new(read_end.as_fd(), PollFlags::POLLIN)];
+            let _ = poll(&mut pfd, PollTimeout::from(50u8));
+            let hup = pfd[0]
+                .revents()
+                .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR));
+            if hup {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                self.finding(
+                    step,
+                    "the back-end kept the fd it was sent (never closed: a leak)",
+                    "the fd is closed (EOF on our pipe's read end)",
+                    format!("no EOF within {:?}", self.opts.step_timeout),
+                );
+                // Name the message that carried the fd, not a probe sent since.
+                if let (Some(code), Some(f)) = (code, self.findings.len().checked_sub(1)) {
+                    self.findings[f].sent = self.sent_of(code);
+                }
+                return Err(StepError::Finding);
+            }
+        }
+    }
+
+    pub(super) fn raw(&mut self, step: &Step) -> StepResult {
+        let code = match step.request.as_ref() {
+            Some(RequestName::Code(c)) => *c,
+            other => resolve_request(other)? as u32,
+        };
+        let body = parse_hex(step.payload_hex.as_deref().unwrap_or(""))?;
+        let header = Header {
+            request: code,
+            flags: step.flags.unwrap_or(1),
+            size: step.size.map_or(body.len() as u32, |s| s as u32),
+        };
+        let extra = make_fds(step)?;
+        let fds: Vec<BorrowedFd<'_>> = extra.sent.iter().map(AsFd::as_fd).collect();
+        let r = self
+            .session()?
+            .send_raw(&RawMessage::new(header, body), &fds);
+        drop(fds);
+        drop(extra.sent);
+        if let Err(e) = r {
+            return self.judge_ack(step, Err(e), step.expect.unwrap_or(Expect::Alive));
+        }
+        match step.expect.unwrap_or(Expect::Alive) {
+            Expect::NoReply => {
+                let r = self
+                    .session()?
+                    .expect_silence(Duration::from_millis(step.window_ms.unwrap_or(300)));
+                r.map_err(|e| self.session_failed(step, e))
+            }
+            Expect::Alive => {
+                let _ = self
+                    .session()?
+                    .recv_any(Duration::from_millis(step.window_ms.unwrap_or(300)));
+                self.alive(step)
+            }
+            expect => {
+                let t = self.opts.step_timeout;
+                let r = self.session()?.recv_any(t);
+                let ack = r.map(|m| match m.u64() {
+                    Some(0) => Ack::Ok,
+                    Some(v) => Ack::Failed(v),
+                    None => Ack::Failed(u64::MAX),
+                });
+                self.judge_ack(step, ack, expect)
+            }
+        }
+    }
+
+    /// The back-end still serves: on this connection if it is open, else on a new one.
+    pub(super) fn alive(&mut self, step: &Step) -> StepResult {
+        // A finding names the message before the probe, not the probe itself.
+        let trigger = self.last_sent();
+        let r = self.alive_probe(step);
+        if r.is_err()
+            && let Some(f) = self.findings.last_mut()
+        {
+            f.sent = trigger;
+        }
+        r
+    }
+
+    pub(super) fn alive_probe(&mut self, step: &Step) -> StepResult {
+        if self.session()?.get_features().is_ok() {
+            return Ok(());
+        }
+        self.archive_session();
+        if self.died(
+            step,
+            "the back-end process died",
+            "the back-end rejects or ignores the message and keeps running",
+        ) {
+            return Err(StepError::Finding);
+        }
+        let probe = match self.inst().connect() {
+            Ok(stream) => {
+                let mut s = self.new_session(stream);
+                let r = s.get_features();
+                self.session = Some(s);
+                r.map(drop).map_err(|e| e.to_string())
+            }
+            Err(e) => Err(chain(&e)),
+        };
+        probe.map_err(|why| {
+            self.finding(
+                step,
+                "the back-end no longer answers (liveness probe failed)",
+                "a GET_FEATURES round trip answers after the message",
+                why,
+            );
+            StepError::Finding
+        })
+    }
+
+    /// Judges an ack-only outcome against the expectation.
+    pub(super) fn judge_ack(
+        &mut self,
+        step: &Step,
+        r: Result<Ack, SessionError>,
+        default: Expect,
+    ) -> StepResult {
+        let expect = step.expect.unwrap_or(default);
+        let wants_failure = matches!(expect, Expect::AckFail | Expect::Rejected | Expect::Closed);
+        match r {
+            Ok(Ack::Ok) if wants_failure => {
+                self.finding(
+                    step,
+                    "the back-end acked 0 (success) where the rule requires a failure",
+                    "a non-zero ack, or the connection closed",
+                    "ack 0".into(),
+                );
+                Err(StepError::Finding)
+            }
+            Ok(Ack::Failed(v)) if !wants_failure && expect != Expect::Alive => {
+                self.finding(
+                    step,
+                    &format!("the back-end acked {v} (failure) for a valid request"),
+                    "an ack of 0",
+                    format!("ack {v}"),
+                );
+                Err(StepError::Finding)
+            }
+            Ok(Ack::NotRequested) if wants_failure => {
+                self.notes.push(format!("step {}: no ack could be asked for (REPLY_ACK not negotiated); rejection not observable", self.step_no));
+                Ok(())
+            }
+            Ok(_) if expect == Expect::Alive => self.alive(step),
+            Ok(_) if expect == Expect::Closed => {
+                self.finding(
+                    step,
+                    "the connection stayed open",
+                    "the back-end closes the connection",
+                    "an ack".into(),
+                );
+                Err(StepError::Finding)
+            }
+            Ok(_) => Ok(()),
+            Err(SessionError::Closed { .. }) if wants_failure || expect == Expect::Alive => {
+                let died = self.inst().is_spawned()
+                    && self.died(
+                        step,
+                        "the back-end process died instead of rejecting the message",
+                        "a non-zero ack or a closed connection, the process alive",
+                    );
+                if died {
+                    return Err(StepError::Finding);
+                }
+                self.archive_session();
+                if expect == Expect::Alive {
+                    self.alive(step)
+                } else {
+                    Ok(())
+                }
+            }
+            Err(e) => Err(self.session_failed(step, e)),
+        }
+    }
+}
+
+/// A request by code, spec name (with or without `VHOST_USER_`) or CamelCase name.
+fn resolve_request(name: Option<&RequestName>) -> Result<FrontendReq, StepError> {
+    name.ok_or_else(|| StepError::Harness("step needs `request`".into()))?
+        .resolve()
+        .map_err(StepError::Harness)
+}
+
+/// The typed body of a `send` step, from its `body` table (the payload struct's field names).
+fn build_body(req: FrontendReq, step: &Step) -> Result<Body, StepError> {
+    let table = step.body.clone().unwrap_or_default();
+    let bad = |e: toml::de::Error| StepError::Harness(format!("body of {}: {e}", req.spec_name()));
+    let v = toml::Value::Table(table);
+    Ok(match req.request_body() {
+        BodyKind::Empty => Body::Empty,
+        BodyKind::U64 => Body::U64(
+            v.try_into::<vhu_protocol::wire::payload::U64>()
+                .map_err(bad)?
+                .value,
+        ),
+        BodyKind::VringState => Body::VringState(v.try_into().map_err(bad)?),
+        BodyKind::VringAddr => Body::VringAddr(v.try_into().map_err(bad)?),
+        BodyKind::SingleRegion => Body::SingleRegion(v.try_into().map_err(bad)?),
+        BodyKind::Log => Body::Log(v.try_into().map_err(bad)?),
+        BodyKind::Inflight => Body::Inflight(v.try_into().map_err(bad)?),
+        BodyKind::DeviceState => Body::DeviceState(v.try_into().map_err(bad)?),
+        BodyKind::SharedObject => Body::SharedObject(v.try_into().map_err(bad)?),
+        BodyKind::Iotlb => Body::Iotlb(v.try_into().map_err(bad)?),
+        BodyKind::Config => {
+            let h: ConfigHeader = v.try_into().map_err(bad)?;
+            Body::Config(h, vec![0; h.size as usize])
+        }
+        BodyKind::MemTable => Body::MemTable(vec![]),
+        other => {
+            return Err(StepError::Harness(format!(
+                "a `send` body of kind {other:?} is not supported; use a `raw` step"
+            )));
+        }
+    })
+}
+
+struct ExtraFds {
+    sent: Vec<OwnedFd>,
+    pipe_read: Option<OwnedFd>,
+}
+
+fn make_fds(step: &Step) -> Result<ExtraFds, StepError> {
+    let n = step.fds.unwrap_or(0);
+    let mut out = ExtraFds {
+        sent: vec![],
+        pipe_read: None,
+    };
+    let local = |what: &str, e: &dyn std::fmt::Display| {
+        StepError::Harness(format!("cannot create {what}: {e}"))
+    };
+    for _ in 0..n {
+        match step.fd_kind.as_deref().unwrap_or("eventfd") {
+            "pipe" => {
+                let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                    .map_err(|e| local("a pipe", &e))?;
+                out.pipe_read.get_or_insert(r);
+                out.sent.push(w);
+            }
+            "memfd" => {
+                let m = memfd::MemfdOptions::default()
+                    .create("vhu-extra")
+                    .map_err(|e| local("a memfd", &e))?;
+                out.sent.push(m.into_file().into());
+            }
+            _ => {
+                let e = EventFd::from_flags(EfdFlags::EFD_CLOEXEC)
+                    .map_err(|e| local("an eventfd", &e))?;
+                out.sent.push(e.into());
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn parse_hex(s: &str) -> Result<Vec<u8>, StepError> {
+    let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    if s.len() % 2 != 0 {
+        return Err(StepError::Harness(
+            "payload_hex has an odd number of digits".into(),
+        ));
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&s[i..i + 2], 16)
+                .map_err(|e| StepError::Harness(format!("payload_hex: {e}")))
+        })
+        .collect()
+}

@@ -1,0 +1,252 @@
+//! Session and ring setup steps: negotiation, memory tables, ADD/REM_MEM_REG, vring setup,
+//! SET_VRING_ENABLE and GET_VRING_BASE (checklist 4.2 to 4.5).
+
+use vhu_mock_frontend::{Ack, DriverQueue, GuestMemory, RegionSpec, RingLayout, Wanted};
+use vhu_protocol::{FrontendReq, VirtioFeatures};
+
+use super::{Ctx, LAYOUT_BYTES, StepError, StepResult};
+use crate::engine::chain;
+use crate::features::{protocol_bit, virtio_bit};
+use crate::scenario::Expect;
+use crate::scenario::model::{NumOrWord, NumOrWordList, Step};
+
+impl Ctx<'_> {
+    pub(super) fn negotiate(&mut self, step: &Step) -> StepResult {
+        let mut wanted = Wanted::all();
+        // What the scenario requires is negotiated too (RING_PACKED, INFLIGHT_SHMFD, ...).
+        let req = &self.scenario.spec.requires;
+        wanted.features |= req
+            .virtio
+            .iter()
+            .filter_map(|n| virtio_bit(n))
+            .fold(0, |a, b| a | b);
+        wanted.protocol |= req
+            .protocol
+            .iter()
+            .filter_map(|n| protocol_bit(n))
+            .fold(0, |a, b| a | b);
+        if let Some(sel) = &step.features {
+            wanted.features = select_bits(sel, virtio_bit, wanted.features);
+        }
+        if let Some(sel) = &step.protocol {
+            wanted.protocol = select_bits(sel, protocol_bit, wanted.protocol);
+        }
+        for name in step.exclude_protocol.iter().flatten() {
+            wanted.protocol &= !protocol_bit(name).unwrap_or(0);
+        }
+        let r = self.session()?.negotiate(&wanted);
+        match r {
+            Ok(n) => {
+                self.features = n.features;
+                self.protocol = n.protocol;
+                self.queue_num = n.queue_num.unwrap_or(1).clamp(1, 64);
+                Ok(())
+            }
+            Err(e) => Err(self.session_failed(step, e)),
+        }
+    }
+
+    pub(super) fn memory(&mut self, step: &Step) -> StepResult {
+        if step.resend == Some(true) {
+            // The same table again (same memfds, same addresses): running rings stay valid.
+            let mem = self.mem.take().ok_or_else(|| {
+                StepError::Harness("`resend` needs an earlier `memory` step".into())
+            })?;
+            let r = self.session().map(|s| s.set_mem_table(&mem));
+            self.mem = Some(mem);
+            return self.judge_ack(step, r?, Expect::Ok);
+        }
+        let specs: Vec<RegionSpec> = match (&step.regions, step.layout.as_deref()) {
+            (Some(r), _) => r.clone(),
+            (None, Some("single")) => GuestMemory::single_layout(LAYOUT_BYTES),
+            (None, Some("default") | None) => GuestMemory::default_layout(LAYOUT_BYTES),
+            (None, Some(other)) => {
+                return Err(StepError::Harness(format!(
+                    "unknown memory layout {other:?} (default, single)"
+                )));
+            }
+        };
+        let mem = GuestMemory::new(&specs).map_err(|e| StepError::Harness(chain(&e)))?;
+        self.queues.clear();
+        let via_add = step.via.as_deref() == Some("add_mem_reg");
+        let session = self.session()?;
+        let r = if via_add {
+            let mut last = Ok(Ack::NotRequested);
+            for region in mem.regions() {
+                last = session.add_mem_reg(region);
+                if !matches!(last, Ok(Ack::Ok | Ack::NotRequested)) {
+                    break;
+                }
+            }
+            last
+        } else {
+            session.set_mem_table(&mem)
+        };
+        self.mem = Some(mem);
+        self.judge_ack(step, r, Expect::Ok)
+    }
+
+    pub(super) fn region(
+        &self,
+        step: &Step,
+    ) -> Result<vhu_protocol::wire::payload::MemRegion, StepError> {
+        let mem = self.mem.as_ref().ok_or_else(|| {
+            StepError::Harness("no memory layout yet: add a `memory` step first".into())
+        })?;
+        let i = step.region.unwrap_or(0);
+        mem.regions()
+            .get(i)
+            .map(|r| r.mem_region())
+            .ok_or_else(|| StepError::Harness(format!("the layout has no region {i}")))
+    }
+
+    pub(super) fn add_mem_reg(&mut self, step: &Step) -> StepResult {
+        self.region(step)?;
+        let i = step.region.unwrap_or(0);
+        let mem = self.mem.take().expect("checked");
+        let r = self.session()?.add_mem_reg(&mem.regions()[i]);
+        self.mem = Some(mem);
+        self.judge_ack(step, r, Expect::Ok)
+    }
+
+    pub(super) fn rem_mem_reg(&mut self, step: &Step) -> StepResult {
+        let mut region = self.region(step)?;
+        if let Some(t) = step.tweak {
+            region.guest_addr = t.guest_addr.unwrap_or(region.guest_addr);
+            region.size = t.size.unwrap_or(region.size);
+            region.user_addr = t.user_addr.unwrap_or(region.user_addr);
+            region.mmap_offset = t.mmap_offset.unwrap_or(region.mmap_offset);
+        }
+        let r = self.session()?.rem_mem_reg(region);
+        self.judge_ack(step, r, Expect::Ok)
+    }
+
+    pub(super) fn queue_indices(&self, step: &Step) -> Vec<u16> {
+        match &step.queue {
+            Some(NumOrWord::Word(w)) if w == "all" => (0..self.queue_num as u16).collect(),
+            Some(NumOrWord::Num(n)) => vec![*n as u16],
+            _ => vec![0],
+        }
+    }
+
+    pub(super) fn vring(&mut self, step: &Step) -> StepResult {
+        let size = step.size.unwrap_or(128) as u16;
+        let event_idx = self.features & VirtioFeatures::EVENT_IDX.bits() != 0;
+        let bit30 = self.features & VirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
+        for idx in self.queue_indices(step) {
+            if u64::from(idx) >= self.queue_num {
+                // Configuring more queues than reported is a front-end error (R-MQ-02).
+                return Err(StepError::NotApplicable(format!(
+                    "the scenario needs queue {idx}; the back-end reports {} (GET_QUEUE_NUM)",
+                    self.queue_num
+                )));
+            }
+            let mut mem = self.mem.take().ok_or_else(|| {
+                StepError::Harness("no memory yet: add a `memory` step before `vring`".into())
+            })?;
+            let layout = match step.ring.as_deref() {
+                None | Some("split") => RingLayout::Split,
+                Some("packed") => RingLayout::Packed,
+                Some(other) => {
+                    self.mem = Some(mem);
+                    return Err(StepError::Harness(format!(
+                        "unknown ring {other:?} (split, packed)"
+                    )));
+                }
+            };
+            let q = DriverQueue::new(&mut mem, idx, size, layout, event_idx);
+            let mut q = match q {
+                Ok(q) => q,
+                Err(e) => {
+                    self.mem = Some(mem);
+                    return Err(StepError::Harness(chain(&e)));
+                }
+            };
+            q.inject_kick = step.kick.unwrap_or(true);
+            q.call_fd = step.call_fd.unwrap_or(true);
+            q.kick_fd = step.kick_fd.unwrap_or(true);
+            let base = step.base.unwrap_or_else(|| q.initial_base());
+            let session = self.session()?;
+            let mut r = q.setup(session, &mem, base);
+            if r.is_ok() && bit30 && step.enable.unwrap_or(true) {
+                r = session.checked(FrontendReq::SetVringEnable, |s| {
+                    s.set_vring_enable(idx.into(), true)
+                });
+            }
+            self.mem = Some(mem);
+            if let Err(e) = r {
+                return Err(self.session_failed(step, e));
+            }
+            self.queues.insert(idx, q);
+            self.idle.remove(&idx);
+        }
+        Ok(())
+    }
+
+    pub(super) fn enable(&mut self, step: &Step) -> StepResult {
+        for idx in self.queue_indices(step) {
+            let on = step.on.unwrap_or(true);
+            if on {
+                self.idle.remove(&idx);
+            } else {
+                self.idle.insert(idx);
+            }
+            let r = self.session()?.set_vring_enable(idx.into(), on);
+            self.judge_ack(step, r, Expect::Ok)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn get_vring_base(&mut self, step: &Step) -> StepResult {
+        let idx = self.queue_indices(step)[0];
+        self.idle.insert(idx);
+        let r = self.session()?.get_vring_base(idx.into());
+        let state = r.map_err(|e| self.session_failed(step, e))?;
+        let want = match &step.num {
+            Some(NumOrWord::Num(n)) => Some(*n as u32),
+            // Split: the next avail index. Packed: avail index and wrap (bits 0-15) and used
+            // index and wrap (bits 16-31) (R-VRING-07).
+            Some(NumOrWord::Word(w)) if w == "reached" => self.queues.get(&idx).map(|q| {
+                let avail = u32::from(q.avail_idx());
+                match (q.layout(), self.mem.as_ref()) {
+                    (RingLayout::Packed, Some(mem)) => avail | u32::from(q.used_idx(mem)) << 16,
+                    _ => avail,
+                }
+            }),
+            _ => None,
+        };
+        if state.index != u32::from(idx) {
+            self.finding_with(
+                "R-VRING-08".into(),
+                &format!(
+                    "GET_VRING_BASE reply names ring {}, asked {idx}",
+                    state.index
+                ),
+                "the reply's index equals the requested ring",
+                format!("{state:?}"),
+            );
+            return Err(StepError::Finding);
+        }
+        if let Some(w) = want.filter(|&w| w != state.num) {
+            self.finding(
+                step,
+                &format!(
+                    "GET_VRING_BASE returned {}, the ring reached {w}",
+                    state.num
+                ),
+                &format!("num = {w}, the next avail index the back-end would process"),
+                format!("{state:?}"),
+            );
+            return Err(StepError::Finding);
+        }
+        Ok(())
+    }
+}
+
+fn select_bits(sel: &NumOrWordList, lookup: fn(&str) -> Option<u64>, all: u64) -> u64 {
+    match sel {
+        NumOrWordList::Word(w) if w == "all" => all,
+        NumOrWordList::Word(w) => lookup(w).unwrap_or(0),
+        NumOrWordList::List(l) => l.iter().filter_map(|n| lookup(n)).fold(0, |a, b| a | b),
+    }
+}
