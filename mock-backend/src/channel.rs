@@ -138,6 +138,8 @@ pub struct ShmemCtx<'c> {
     pub send_fd: bool,
     /// Fault `shmem-out-of-range`: the map lands one region size further.
     pub out_of_range: bool,
+    /// Fault `crash-on-shmem-refusal`: a refused map aborts the process.
+    pub abort_on_refusal: bool,
 }
 
 impl Shmem {
@@ -203,6 +205,8 @@ impl Shmem {
             channel.request(BackendReq::ShmemMap, &body, &[fd.as_fd()], ctx.reply_ack) == Ok(0);
         if ok {
             self.maps.push((r.shmid, r.offset, r.len));
+        } else if ctx.abort_on_refusal {
+            std::process::abort();
         }
         ok
     }
@@ -257,6 +261,7 @@ mod tests {
             reply_ack: true,
             send_fd: true,
             out_of_range: false,
+            abort_on_refusal: false,
         }
     }
 

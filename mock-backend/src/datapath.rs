@@ -62,11 +62,14 @@ impl Session<'_> {
         let ignore_enable = self.has(Fault::IgnoreVringEnable);
         let forget_inflight = self.has(Fault::NoInflightResubmit);
         let shmem_ok = self.negotiated(ProtocolFeatures::SHMEM | ProtocolFeatures::BACKEND_REQ);
+        let shmem_ok = shmem_ok || self.has(Fault::ShmemUnnegotiated);
         let ctx = ShmemCtx {
             channel: self.channel.as_ref().filter(|_| shmem_ok),
-            reply_ack: self.negotiated(ProtocolFeatures::REPLY_ACK),
+            reply_ack: self.negotiated(ProtocolFeatures::REPLY_ACK)
+                && !self.has(Fault::ShmemNoNeedReply),
             send_fd: self.negotiated(ProtocolFeatures::BACKEND_SEND_FD),
             out_of_range: self.has(Fault::ShmemOutOfRange),
+            abort_on_refusal: self.has(Fault::CrashOnShmemRefusal),
         };
         let v = &mut self.queues[i];
         let Some(queue) = v.queue.as_mut().filter(|_| v.enabled || ignore_enable) else {

@@ -69,6 +69,12 @@ pub enum Fault {
     KeepOldLog,
     /// A reconnect with SET_INFLIGHT_FD forgets the requests recorded in flight.
     NoInflightResubmit,
+    /// SHMEM_MAP is sent even when SHMEM was not negotiated.
+    ShmemUnnegotiated,
+    /// SHMEM_MAP is sent without NEED_REPLY although REPLY_ACK is negotiated.
+    ShmemNoNeedReply,
+    /// A SHMEM_MAP the front-end refuses aborts the process.
+    CrashOnShmemRefusal,
 }
 
 /// Every fault: name, the rule it breaks, what it does.
@@ -264,6 +270,24 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "no-inflight-resubmit",
         "R-INFL-05",
         "requests recorded in flight are never resubmitted after a reconnect",
+    ),
+    (
+        Fault::ShmemUnnegotiated,
+        "shmem-unnegotiated",
+        "R-SHM-10",
+        "SHMEM_MAP is sent although SHMEM was not negotiated",
+    ),
+    (
+        Fault::ShmemNoNeedReply,
+        "shmem-no-need-reply",
+        "R-SHM-11",
+        "SHMEM_MAP is sent without NEED_REPLY although REPLY_ACK is negotiated",
+    ),
+    (
+        Fault::CrashOnShmemRefusal,
+        "crash-on-shmem-refusal",
+        "R-SHM-12",
+        "a SHMEM_MAP the front-end refuses aborts the process",
     ),
 ];
 

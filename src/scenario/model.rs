@@ -295,6 +295,8 @@ pub struct Step {
     pub len: Option<u64>,
     /// shmem_map/unmap: the range ends where the region ends (`offset` = size - `len`).
     pub at_end: Option<bool>,
+    /// shmem_map: the front-end refuses the back-end's request (a non-zero ack).
+    pub refuse: Option<bool>,
 }
 
 impl Step {
@@ -349,6 +351,7 @@ impl Step {
             offset: None,
             len: None,
             at_end: None,
+            refuse: None,
         }
     }
 }

@@ -6,11 +6,15 @@
 
 use std::time::Duration;
 
+use vhu_mock_frontend::Session;
 use vhu_mock_frontend::blk::{self, BlkReq};
-use vhu_protocol::BackendReq;
 use vhu_protocol::virtio::VhuShmemBody;
 use vhu_protocol::virtio::blk::{S_OK, S_UNSUPP, T_VHU_SHMEM_MAP, T_VHU_SHMEM_UNMAP};
+use vhu_protocol::{BackendReq, ProtocolFeatures};
 use zerocopy::IntoBytes;
+
+/// Header flag bit 3: the sender wants an answer.
+const NEED_REPLY: u32 = 1 << 3;
 
 use super::{Ctx, StepError, StepResult};
 use crate::engine::chain;
@@ -27,6 +31,10 @@ impl Ctx<'_> {
             return Err(StepError::NotApplicable(
                 "no back-end channel: BACKEND_REQ was not negotiated".into(),
             ));
+        }
+        let negotiated = session.has_protocol(ProtocolFeatures::SHMEM);
+        if !negotiated {
+            return self.shmem_not_negotiated(step);
         }
         // Declares the regions the channel checks maps against (and maps into).
         let r = session.get_shmem_config();
@@ -53,6 +61,10 @@ impl Ctx<'_> {
             shm_offset,
             len,
         };
+        let refuse = step.refuse == Some(true);
+        if refuse && let Some(c) = self.session.as_ref().and_then(|s| s.channel()) {
+            c.refuse_next(1);
+        }
         let before = self.channel_records().len();
         let kind = if map {
             T_VHU_SHMEM_MAP
@@ -60,6 +72,16 @@ impl Ctx<'_> {
             T_VHU_SHMEM_UNMAP
         };
         let outcome = self.vendor_request(kind, body.as_bytes())?;
+        // Without NEED_REPLY (R-SHM-11) the device may complete before the channel thread has
+        // recorded the request: give it a moment.
+        let deadline = std::time::Instant::now() + Duration::from_millis(300);
+        while std::time::Instant::now() < deadline
+            && !self.channel_records()[before..].iter().any(|r| {
+                r.code == BackendReq::ShmemMap as u32 || r.code == BackendReq::ShmemUnmap as u32
+            })
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let sent: Vec<_> = self.channel_records().split_off(before);
         let what = if map { "SHMEM_MAP" } else { "SHMEM_UNMAP" };
         let code = if map {
@@ -67,6 +89,9 @@ impl Ctx<'_> {
         } else {
             BackendReq::ShmemUnmap
         } as u32;
+        if refuse {
+            return self.shmem_refused(step, &sent, code);
+        }
         if let Some(refused) = sent.iter().find_map(|r| r.refused.clone()) {
             let rule = cited_rule(&refused).unwrap_or_else(|| self.rule_of(step));
             self.finding_with(
@@ -83,6 +108,7 @@ impl Ctx<'_> {
                  type {kind:#x}, README \"Shared memory\"), so it cannot be made to send {what}"
             ))),
             Some(S_OK) if sent.iter().any(|r| r.code == code) => {
+                self.check_need_reply(&sent, code)?;
                 self.check_mapping(step, map, body)
             }
             other => {
@@ -123,6 +149,68 @@ impl Ctx<'_> {
                 "SHMEM_UNMAP was accepted but the mapping is still there",
                 "the whole mapping removed",
                 format!("{body:?}"),
+            );
+            return Err(StepError::Finding);
+        }
+        Ok(())
+    }
+
+    /// R-SHM-11: with REPLY_ACK negotiated the back-end asks for the front-end's answer.
+    fn check_need_reply(
+        &mut self,
+        sent: &[vhu_mock_frontend::channel::BackendRecord],
+        code: u32,
+    ) -> StepResult {
+        let reply_ack = self.session.as_ref().is_some_and(Session::reply_ack);
+        let unconfirmed = sent
+            .iter()
+            .find(|r| r.code == code && r.flags & NEED_REPLY == 0);
+        if let (true, Some(r)) = (reply_ack, unconfirmed) {
+            self.finding_with(
+                "R-SHM-11".into(),
+                "the back-end sent a SHMEM request without NEED_REPLY although REPLY_ACK is negotiated",
+                "NEED_REPLY set, and the mapping used only after the front-end's ack",
+                format!("flags {:#x}", r.flags),
+            );
+            return Err(StepError::Finding);
+        }
+        Ok(())
+    }
+
+    /// R-SHM-12: the front-end refuses the map; the back-end copes (no crash, keeps serving).
+    fn shmem_refused(
+        &mut self,
+        step: &Step,
+        sent: &[vhu_mock_frontend::channel::BackendRecord],
+        code: u32,
+    ) -> StepResult {
+        if !sent.iter().any(|r| r.code == code) {
+            self.notes.push(format!(
+                "step {}: the back-end sent no SHMEM request, so there was nothing to refuse",
+                self.step_no
+            ));
+        }
+        self.alive(step)
+    }
+
+    /// R-SHM-10: without SHMEM negotiated, the device request must not lead to SHMEM_MAP.
+    fn shmem_not_negotiated(&mut self, step: &Step) -> StepResult {
+        let before = self.channel_records().len();
+        let body = VhuShmemBody {
+            shmid: step.shmid.unwrap_or(0),
+            padding: [0; 7],
+            shm_offset: step.offset.unwrap_or(0),
+            len: step.len.unwrap_or(0x1_0000),
+        };
+        let _ = self.vendor_request(T_VHU_SHMEM_MAP, body.as_bytes())?;
+        let sent: Vec<_> = self.channel_records().split_off(before);
+        let shmem = [BackendReq::ShmemMap as u32, BackendReq::ShmemUnmap as u32];
+        if sent.iter().any(|r| shmem.contains(&r.code)) {
+            self.finding_with(
+                "R-SHM-10".into(),
+                "the back-end sent a SHMEM request although SHMEM was not negotiated",
+                "no SHMEM_MAP / SHMEM_UNMAP unless SHMEM and BACKEND_REQ are negotiated",
+                format!("the back-end sent {}", describe(&sent)),
             );
             return Err(StepError::Finding);
         }
