@@ -118,7 +118,11 @@ impl Session<'_> {
         };
         if let Some(fd) = fd {
             let _ = nix::unistd::write(fd, &1u64.to_ne_bytes());
-        } else if let Some(ch) = self.channel.as_ref().filter(|_| inband) {
+        } else if let Some(ch) = self
+            .channel
+            .as_ref()
+            .filter(|_| inband && !self.has(Fault::NoInbandCall))
+        {
             ch.notify(req, i as u32, self.negotiated(ProtocolFeatures::REPLY_ACK));
         }
     }

@@ -75,6 +75,10 @@ pub enum Fault {
     ShmemNoNeedReply,
     /// A SHMEM_MAP the front-end refuses aborts the process.
     CrashOnShmemRefusal,
+    /// VRING_KICK messages are acked but do not make the ring look at new buffers.
+    IgnoreVringKickMsg,
+    /// Without a call fd, completions are not signalled in-band either.
+    NoInbandCall,
 }
 
 /// Every fault: name, the rule it breaks, what it does.
@@ -288,6 +292,18 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "crash-on-shmem-refusal",
         "R-SHM-12",
         "a SHMEM_MAP the front-end refuses aborts the process",
+    ),
+    (
+        Fault::IgnoreVringKickMsg,
+        "ignore-vring-kick-msg",
+        "R-INB-02",
+        "VRING_KICK messages are acked but never process the ring",
+    ),
+    (
+        Fault::NoInbandCall,
+        "no-inband-call",
+        "R-INB-04",
+        "without a call fd, completions are never signalled with BACKEND_VRING_CALL",
     ),
 ];
 

@@ -216,6 +216,9 @@ impl Session<'_> {
         if !self.negotiated(ProtocolFeatures::INBAND_NOTIFICATIONS) {
             return Outcome::Failed; // R-NEG-11
         }
+        if self.has(Fault::IgnoreVringKickMsg) {
+            return Outcome::Done;
+        }
         match self.queue(s.index) {
             Some(q) if q.started() => {
                 self.run_queue(s.index as usize);

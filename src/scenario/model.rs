@@ -239,6 +239,8 @@ pub struct Step {
     pub segments: Option<u32>,
     /// blk: the chain goes in an indirect descriptor table.
     pub indirect: Option<bool>,
+    /// blk: kick with a VRING_KICK message (in-band notifications) after making it available.
+    pub inband_kick: Option<bool>,
     /// enable: on or off.
     pub on: Option<bool>,
     /// blk: start sector.
@@ -323,6 +325,7 @@ impl Step {
             kick_fd: None,
             segments: None,
             indirect: None,
+            inband_kick: None,
             on: None,
             sector: None,
             sectors: None,

@@ -1,10 +1,12 @@
 //! Data-path steps: virtio-blk requests through the driver queues, judged on status, used
 //! length, canaries, notifications and data (checklist 4.3, R-RING-07), and call fd swaps.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vhu_mock_frontend::blk::{self, BlkOutcome};
-use vhu_mock_frontend::{DriverQueue, GuestMemory, WaitError};
+use vhu_mock_frontend::{Ack, DriverQueue, GuestMemory, WaitError};
+use vhu_protocol::wire::payload::{Body, VringState};
+use vhu_protocol::{FrontendReq, Message};
 
 use super::{Ctx, StepError, StepResult};
 use crate::engine::{chain, describe_exit};
@@ -36,23 +38,98 @@ impl Ctx<'_> {
             if step.indirect == Some(true) {
                 req = req.through_indirect();
             }
+            let calls_before = self.inband_calls(idx);
             let r = if step.expect == Some(Expect::NoReply) {
                 self.blk_must_wait(step, idx, &mut q, &mut mem, req)
             } else {
-                Ok(Some(blk::blk_request(
-                    &mut q,
-                    &mut mem,
-                    req,
-                    self.opts.step_timeout,
-                )))
+                self.blk_now(step, idx, &mut q, &mut mem, req)
             };
             self.mem = Some(mem);
             self.queues.insert(idx, q);
             if let Some(r) = r? {
                 self.judge_blk(step, idx, r, pattern)?;
+                self.check_inband_call(step, idx, calls_before)?;
             }
         }
         Ok(())
+    }
+
+    /// Submits, kicks (with a VRING_KICK message when `inband_kick`, R-INB-02) and waits.
+    fn blk_now(
+        &mut self,
+        step: &Step,
+        idx: u16,
+        q: &mut DriverQueue,
+        mem: &mut GuestMemory,
+        req: blk::BlkReq<'_>,
+    ) -> Result<Option<Result<BlkOutcome, WaitError>>, StepError> {
+        let pending = match blk::blk_submit(q, mem, req) {
+            Ok(p) => p,
+            Err(e) => return Ok(Some(Err(e))),
+        };
+        if step.inband_kick == Some(true) {
+            let kick = Body::VringState(VringState {
+                index: idx.into(),
+                num: 0,
+            });
+            let r = self
+                .session()?
+                .request(FrontendReq::VringKick, &kick, &[], None);
+            let ack = r.map(|m| match m.as_ref().and_then(Message::u64) {
+                None => Ack::NotRequested,
+                Some(0) => Ack::Ok,
+                Some(v) => Ack::Failed(v),
+            });
+            if let Err(e) = self.judge_ack(step, ack, Expect::Ok) {
+                blk::blk_release(mem, pending);
+                return Err(e);
+            }
+        }
+        Ok(Some(blk::blk_complete(
+            q,
+            mem,
+            pending,
+            self.opts.step_timeout,
+        )))
+    }
+
+    /// BACKEND_VRING_CALL requests for ring `idx` received on the back-end channel so far.
+    fn inband_calls(&self, idx: u16) -> usize {
+        let Some(ch) = self.session.as_ref().and_then(|s| s.channel()) else {
+            return 0;
+        };
+        ch.requests()
+            .iter()
+            .filter(|r| {
+                r.code == vhu_protocol::BackendReq::VringCall as u32
+                    && r.payload.get(..4) == Some(&u32::from(idx).to_ne_bytes()[..])
+            })
+            .count()
+    }
+
+    /// R-INB-04: a ring without a call fd, with in-band notifications negotiated, is signalled
+    /// with BACKEND_VRING_CALL on the back-end channel.
+    fn check_inband_call(&mut self, step: &Step, idx: u16, before: usize) -> StepResult {
+        let inband =
+            self.protocol & vhu_protocol::ProtocolFeatures::INBAND_NOTIFICATIONS.bits() != 0;
+        let no_call_fd = self.queues.get(&idx).is_some_and(|q| !q.call_fd);
+        if !(inband && no_call_fd) {
+            return Ok(());
+        }
+        let deadline = Instant::now() + Duration::from_millis(300);
+        while self.inband_calls(idx) <= before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if self.inband_calls(idx) > before {
+            return Ok(());
+        }
+        self.finding_with(
+            "R-INB-04".into(),
+            &format!("queue {idx} completed a request without BACKEND_VRING_CALL"),
+            "without a call fd and with in-band notifications, BACKEND_VRING_CALL (num 0) on the back-end channel",
+            format!("no BACKEND_VRING_CALL for the ring within 300 ms of step {:?}'s completion", step.action),
+        );
+        Err(StepError::Finding)
     }
 
     /// Submits a request that the back-end must not complete (ring disabled or stopped); it
