@@ -239,21 +239,7 @@ impl DriverQueue {
         mem: &GuestMemory,
         base: u16,
     ) -> Result<(), SessionError> {
-        use vhu_protocol::FrontendReq::*;
-        let i = u32::from(self.index);
-        session.checked(SetVringNum, |s| s.set_vring_num(i, self.size.into()))?;
-        let word = self.base_word(base);
-        session.checked(SetVringBase, |s| s.set_vring_base(i, word))?;
-        let addr = self.vring_addr(mem);
-        session.checked(SetVringAddr, |s| s.set_vring_addr(&addr))?;
-        let idx = self.index as u8;
-        let call = self.call_fd.then(|| self.call.as_fd());
-        session.checked(SetVringCall, |s| s.set_vring_call(idx, call))?;
-        session.checked(SetVringErr, |s| {
-            s.set_vring_err(idx, Some(self.err.as_fd()))
-        })?;
-        let kick = self.kick_fd.then(|| self.kick.as_fd());
-        session.checked(SetVringKick, |s| s.set_vring_kick(idx, kick))?;
+        self.announce(session, mem, base)?;
         self.kick();
         Ok(())
     }
@@ -267,9 +253,23 @@ impl DriverQueue {
         mem: &GuestMemory,
         base: u16,
     ) -> Result<(), SessionError> {
+        self.set_base(mem, base)?;
+        self.announce(session, mem, base)?;
+        if self.inject_kick {
+            self.kick();
+        }
+        Ok(())
+    }
+
+    /// The setup messages, from NUM to KICK, for a ring starting at `base`.
+    fn announce(
+        &mut self,
+        session: &mut Session,
+        mem: &GuestMemory,
+        base: u16,
+    ) -> Result<(), SessionError> {
         use vhu_protocol::FrontendReq::*;
         let i = u32::from(self.index);
-        self.set_base(mem, base)?;
         let word = self.base_word(base);
         session.checked(SetVringNum, |s| s.set_vring_num(i, self.size.into()))?;
         session.checked(SetVringBase, |s| s.set_vring_base(i, word))?;
@@ -282,11 +282,7 @@ impl DriverQueue {
             s.set_vring_err(idx, Some(self.err.as_fd()))
         })?;
         let kick = self.kick_fd.then(|| self.kick.as_fd());
-        session.checked(SetVringKick, |s| s.set_vring_kick(idx, kick))?;
-        if self.inject_kick && self.kick_fd {
-            self.kick();
-        }
-        Ok(())
+        session.checked(SetVringKick, |s| s.set_vring_kick(idx, kick))
     }
 
     fn write_desc(
