@@ -2,21 +2,11 @@
 //! back-end discovery from a vhost-user JSON description, device types, a seeded order. Each
 //! runs the real command against the bundled back-end, with a fault where a failure is needed.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
-fn vhu(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vhu-conform"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
-}
+use std::path::Path;
+
+use common::vhu;
 
 /// The bundled back-end with a fault that makes memory/rem-then-re-add fail (R-MEM-11).
 fn faulty() -> String {

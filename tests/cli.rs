@@ -1,21 +1,8 @@
 //! The command line's exit codes, as documented.
 
-use std::process::Command;
+mod common;
 
-fn vhu(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vhu-conform"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
+use common::vhu;
 
 #[test]
 fn a_bad_option_is_a_usage_error() {

@@ -14,7 +14,7 @@ const RELEASE_WITHIN: Duration = Duration::from_millis(1000);
 
 /// Waits until the back-end neither maps nor holds the memfd with inode `ino`; returns what
 /// it still had at the deadline.
-fn released(ctx: &mut Ctx<'_>, ino: u64) -> Option<(usize, usize)> {
+pub(super) fn released(ctx: &mut Ctx<'_>, ino: u64) -> Option<(usize, usize)> {
     let deadline = Instant::now() + RELEASE_WITHIN;
     loop {
         let maps = ctx.target().maps_of_inode(ino)?;

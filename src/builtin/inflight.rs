@@ -9,17 +9,15 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
+use vhu_mock_frontend::Wanted;
 use vhu_mock_frontend::blk::{self, BlkReq};
-use vhu_mock_frontend::{DriverQueue, GuestMemory, RingLayout, Wanted};
 use vhu_protocol::FrontendReq;
+use vhu_protocol::ProtocolFeatures;
 use vhu_protocol::wire::payload::{Body, InflightDesc};
-use vhu_protocol::{ProtocolFeatures, VirtioFeatures};
 
-use super::Builtin;
+use super::{Builtin, QUEUE_SIZE, default_memory, start_queue};
 use crate::engine::{Ctx, StepError};
 
-const QUEUE_SIZE: u16 = 128;
-const MEMORY: u64 = 16 << 20;
 const HEADER: u64 = 16;
 const ENTRY: u64 = 16;
 
@@ -104,23 +102,6 @@ fn inflight_session(ctx: &mut Ctx<'_>) -> Result<(Buffer, u64), StepError> {
     Ok((buf, n.features))
 }
 
-/// Memory and queue 0, enabled.
-fn ring(ctx: &mut Ctx<'_>, features: u64) -> Result<(GuestMemory, DriverQueue), StepError> {
-    let mut mem = GuestMemory::new(&GuestMemory::default_layout(MEMORY))
-        .map_err(|e| StepError::Harness(crate::engine::chain(&e)))?;
-    let r = ctx.session_mut()?.set_mem_table(&mem);
-    r.map_err(|e| ctx.session_error("R-MEM-01", e))?;
-    let event_idx = features & VirtioFeatures::EVENT_IDX.bits() != 0;
-    let mut q = DriverQueue::new(&mut mem, 0, QUEUE_SIZE, RingLayout::Split, event_idx)
-        .map_err(|e| StepError::Harness(crate::engine::chain(&e)))?;
-    let s = ctx.session_mut()?;
-    let r = q
-        .setup(s, &mem, 0)
-        .and_then(|()| s.checked(FrontendReq::SetVringEnable, |s| s.set_vring_enable(0, true)));
-    r.map_err(|e| ctx.session_error("R-VRING-01", e))?;
-    Ok((mem, q))
-}
-
 /// The buffer tracks completed requests (R-INFL-02, R-INFL-04).
 #[derive(Debug)]
 pub struct Bookkeeping;
@@ -148,7 +129,8 @@ desc_num 128, used_idx 3, every entry out of flight, and the heads used carry co
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         let (buf, features) = inflight_session(ctx)?;
-        let (mut mem, mut q) = ring(ctx, features)?;
+        let mut mem = default_memory(ctx)?;
+        let mut q = start_queue(ctx, &mut mem, features, "R-VRING-01", |_| {})?;
         let timeout = ctx.step_timeout();
         let mut heads = Vec::new();
         for _ in 0..3 {
@@ -232,7 +214,8 @@ used index 2 and no further completion."
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         let (buf, features) = inflight_session(ctx)?;
-        let (mut mem, mut q) = ring(ctx, features)?;
+        let mut mem = default_memory(ctx)?;
+        let mut q = start_queue(ctx, &mut mem, features, "R-VRING-01", |_| {})?;
         let timeout = ctx.step_timeout();
         let first = blk::blk_request(&mut q, &mut mem, BlkReq::get_id(), timeout);
         if !matches!(&first, Ok(o) if o.status == vhu_protocol::virtio::blk::S_OK) {

@@ -8,17 +8,15 @@ use std::time::Duration;
 
 use memfd::MemfdOptions;
 use vhu_mock_frontend::blk::{self, BlkReq};
-use vhu_mock_frontend::{DriverQueue, GuestMemory, RingLayout, Wanted};
+use vhu_mock_frontend::{DriverQueue, GuestMemory, Wanted};
 use vhu_protocol::FrontendReq;
 use vhu_protocol::wire::payload::{Body, LogDesc};
 use vhu_protocol::{ProtocolFeatures, VirtioFeatures};
 
-use super::{Builtin, needs_process};
+use super::{Builtin, MEMORY, default_memory, needs_process, start_queue};
 use crate::engine::{Ctx, StepError};
 
 const PAGE: u64 = 4096;
-/// Guest memory of these scenarios: the default two-region layout.
-const MEMORY: u64 = 16 << 20;
 
 /// A log memfd of `len` bytes, zeroed.
 fn log_memfd(len: u64) -> Result<memfd::Memfd, StepError> {
@@ -38,15 +36,11 @@ fn read_log(m: &memfd::Memfd, len: u64) -> Result<Vec<u8>, StepError> {
     Ok(buf)
 }
 
-/// The log's size covering every page of `mem` (one bit per page, whole bytes).
-fn log_bytes(mem: &GuestMemory) -> u64 {
-    let end = mem
-        .regions()
+/// The log's size covering every page of the default layout (one bit per page, whole bytes).
+fn log_bytes() -> u64 {
+    let end = GuestMemory::default_layout(MEMORY)
         .iter()
-        .map(|r| {
-            let m = r.mem_region();
-            m.guest_addr + m.size
-        })
+        .map(|r| r.guest_addr + r.size)
         .max()
         .unwrap_or(0);
     end.div_ceil(PAGE).div_ceil(8)
@@ -64,11 +58,7 @@ fn logged_session(
     wanted.protocol |= ProtocolFeatures::LOG_SHMFD.bits();
     let r = ctx.session_mut()?.negotiate(&wanted);
     let n = r.map_err(|e| ctx.session_error("R-LOG-01", e))?;
-    let event_idx = n.features & VirtioFeatures::EVENT_IDX.bits() != 0;
-    let mut mem = GuestMemory::new(&GuestMemory::default_layout(MEMORY))
-        .map_err(|e| StepError::Harness(crate::engine::chain(&e)))?;
-    let r = ctx.session_mut()?.set_mem_table(&mem);
-    r.map_err(|e| ctx.session_error("R-MEM-01", e))?;
+    let mut mem = default_memory(ctx)?;
     let desc = Body::Log(LogDesc { size, offset: 0 });
     let r = ctx.session_mut()?.request(
         FrontendReq::SetLogBase,
@@ -77,14 +67,7 @@ fn logged_session(
         None,
     );
     r.map_err(|e| ctx.session_error("R-LOG-02", e))?;
-    let mut q = DriverQueue::new(&mut mem, 0, 128, RingLayout::Split, event_idx)
-        .map_err(|e| StepError::Harness(crate::engine::chain(&e)))?;
-    q.log_used = true;
-    let s = ctx.session_mut()?;
-    let r = q
-        .setup(s, &mem, 0)
-        .and_then(|()| s.checked(FrontendReq::SetVringEnable, |s| s.set_vring_enable(0, true)));
-    r.map_err(|e| ctx.session_error("R-LOG-04", e))?;
+    let q = start_queue(ctx, &mut mem, n.features, "R-LOG-04", |q| q.log_used = true)?;
     Ok((mem, q))
 }
 
@@ -118,11 +101,7 @@ and a used element: each of their pages must have its bit set in the log (bit p 
 4096 in byte p / 8)."
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
-        // The log is sized from the layout before the memory exists: the same default layout.
-        let probe = GuestMemory::new(&GuestMemory::default_layout(MEMORY))
-            .map_err(|e| StepError::Harness(crate::engine::chain(&e)))?;
-        let size = log_bytes(&probe).next_multiple_of(PAGE);
-        drop(probe);
+        let size = log_bytes().next_multiple_of(PAGE);
         let log = log_memfd(size)?;
         let (mut mem, mut q) = logged_session(ctx, &log, size)?;
         let timeout = ctx.step_timeout();
@@ -265,22 +244,16 @@ first memfd (found by inode) must be neither mapped in /proc/<pid>/maps nor open
         );
         r.map_err(|e| ctx.session_error("R-LOG-02", e))?;
         drop(first);
-        let deadline = std::time::Instant::now() + Duration::from_secs(1);
-        loop {
-            let maps = ctx.target().maps_of_inode(ino).unwrap_or(0);
-            let fds = ctx.target().fds_of_inode(ino).unwrap_or(0);
-            if maps + fds == 0 {
-                return Ok(());
-            }
-            if std::time::Instant::now() >= deadline {
-                return Err(ctx.fail(
-                    "R-LOG-07",
-                    "the replaced dirty log is still mapped or open",
-                    "the first log unmapped and its fd closed once the second is acked",
-                    format!("1 s after the second SET_LOG_BASE: {maps} mappings, {fds} fds of the first log"),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        match super::hygiene::released(ctx, ino) {
+            Some((0, 0)) | None => Ok(()),
+            Some((maps, fds)) => Err(ctx.fail(
+                "R-LOG-07",
+                "the replaced dirty log is still mapped or open",
+                "the first log unmapped and its fd closed once the second is acked",
+                format!(
+                    "1 s after the second SET_LOG_BASE: {maps} mappings, {fds} fds of the first log"
+                ),
+            )),
         }
     }
 }

@@ -108,6 +108,44 @@ fn clean_session(ctx: &mut Ctx<'_>, queue: bool) -> Result<(), StepError> {
     Ok(())
 }
 
+/// The default two-region memory, announced with SET_MEM_TABLE.
+fn default_memory(ctx: &mut Ctx<'_>) -> Result<vhu_mock_frontend::GuestMemory, StepError> {
+    use vhu_mock_frontend::GuestMemory;
+    let mem = GuestMemory::new(&GuestMemory::default_layout(MEMORY))
+        .map_err(|e| StepError::Harness(crate::engine::chain(&e)))?;
+    let r = ctx.session_mut()?.set_mem_table(&mem);
+    r.map_err(|e| ctx.session_error("R-MEM-01", e))?;
+    Ok(mem)
+}
+
+/// Queue 0 (split, 128) in `mem`, set up and enabled, with `configure` applied to it first
+/// (logging, fds...); a refused setup cites `rule`. For built-ins that drive the ring themselves.
+fn start_queue(
+    ctx: &mut Ctx<'_>,
+    mem: &mut vhu_mock_frontend::GuestMemory,
+    features: u64,
+    rule: &str,
+    configure: impl FnOnce(&mut vhu_mock_frontend::DriverQueue),
+) -> Result<vhu_mock_frontend::DriverQueue, StepError> {
+    use vhu_mock_frontend::{DriverQueue, RingLayout};
+    use vhu_protocol::{FrontendReq, VirtioFeatures};
+    let event_idx = features & VirtioFeatures::EVENT_IDX.bits() != 0;
+    let mut q = DriverQueue::new(mem, 0, QUEUE_SIZE, RingLayout::Split, event_idx)
+        .map_err(|e| StepError::Harness(crate::engine::chain(&e)))?;
+    configure(&mut q);
+    let s = ctx.session_mut()?;
+    let r = q
+        .setup(s, mem, 0)
+        .and_then(|()| s.checked(FrontendReq::SetVringEnable, |s| s.set_vring_enable(0, true)));
+    r.map_err(|e| ctx.session_error(rule, e))?;
+    Ok(q)
+}
+
+/// Guest memory of the built-ins that drive a ring themselves: the default two-region layout.
+const MEMORY: u64 = 16 << 20;
+/// Their queue size.
+const QUEUE_SIZE: u16 = 128;
+
 /// Samples a `/proc/<pid>` count until it settles at or below `bound`, for up to `within`
 /// (a back-end may close or unmap asynchronously); returns the last sample.
 fn settle(

@@ -95,10 +95,7 @@ impl Ctx<'_> {
 
     /// BACKEND_VRING_CALL requests for ring `idx` received on the back-end channel so far.
     fn inband_calls(&self, idx: u16) -> usize {
-        let Some(ch) = self.session.as_ref().and_then(|s| s.channel()) else {
-            return 0;
-        };
-        ch.requests()
+        self.channel_records()
             .iter()
             .filter(|r| {
                 r.code == vhu_protocol::BackendReq::VringCall as u32

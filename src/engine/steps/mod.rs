@@ -187,14 +187,10 @@ impl<'a> Ctx<'a> {
     /// The inodes of the current guest memory's memfds, region by region (to find them in
     /// the back-end's `/proc/<pid>/maps` and `/proc/<pid>/fd`).
     pub fn region_inodes(&self) -> Vec<u64> {
-        use std::os::unix::fs::MetadataExt;
         self.mem
             .iter()
             .flat_map(|m| m.regions())
-            .filter_map(|r| {
-                let fd = r.fd().try_clone_to_owned().ok()?;
-                std::fs::File::from(fd).metadata().ok().map(|m| m.ino())
-            })
+            .filter_map(|r| nix::sys::stat::fstat(r.fd()).ok().map(|st| st.st_ino))
             .collect()
     }
 
@@ -269,22 +265,32 @@ impl<'a> Ctx<'a> {
     }
 
     fn last_sent(&self) -> String {
-        let tail = self.transcript_tail(40);
-        tail.iter()
-            .rev()
-            .find(|e| e.direction == Direction::ToBackend)
-            .map(|e| render(std::slice::from_ref(e)).trim().to_string())
+        self.last_sent_where(|_| true)
             .unwrap_or_else(|| "nothing yet".into())
     }
 
     /// The last message with request `code` sent to the back-end, rendered.
     fn sent_of(&self, code: u32) -> String {
-        let tail = self.transcript_tail(200);
-        tail.iter()
-            .rev()
-            .find(|e| e.direction == Direction::ToBackend && e.code == code)
-            .map(|e| render(std::slice::from_ref(e)).trim().to_string())
+        self.last_sent_where(|e| e.code == code)
             .unwrap_or_else(|| self.last_sent())
+    }
+
+    /// The last message sent to the back-end that `pick` accepts, rendered.
+    fn last_sent_where(&self, pick: impl Fn(&Entry) -> bool) -> Option<String> {
+        self.transcript_tail(200)
+            .iter()
+            .rev()
+            .find(|e| e.direction == Direction::ToBackend && pick(e))
+            .map(|e| render(std::slice::from_ref(e)).trim().to_string())
+    }
+
+    /// Every request received on the back-end channel so far.
+    fn channel_records(&self) -> Vec<vhu_mock_frontend::channel::BackendRecord> {
+        self.session
+            .as_ref()
+            .and_then(|s| s.channel())
+            .map(|c| c.requests())
+            .unwrap_or_default()
     }
 
     fn rule_of(&self, step: &Step) -> String {

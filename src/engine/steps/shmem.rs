@@ -13,6 +13,9 @@ use vhu_protocol::virtio::blk::{S_OK, S_UNSUPP, T_VHU_SHMEM_MAP, T_VHU_SHMEM_UNM
 use vhu_protocol::{BackendReq, ProtocolFeatures};
 use zerocopy::IntoBytes;
 
+/// Length mapped when a step gives none.
+const DEFAULT_LEN: u64 = 0x1_0000;
+
 /// Header flag bit 3: the sender wants an answer.
 const NEED_REPLY: u32 = 1 << 3;
 
@@ -40,7 +43,7 @@ impl Ctx<'_> {
         let r = session.get_shmem_config();
         let config = r.map_err(|e| self.session_failed(step, e))?;
         let shmid = step.shmid.unwrap_or(0);
-        let len = step.len.unwrap_or(0x1_0000);
+        let len = step.len.unwrap_or(DEFAULT_LEN);
         let mut shm_offset = step.offset.unwrap_or(0);
         if step.at_end == Some(true) {
             let size = match config.body(vhu_protocol::FrontendReq::GetShmemConfig.reply_body()) {
@@ -55,12 +58,7 @@ impl Ctx<'_> {
                 ))
             })?;
         }
-        let body = VhuShmemBody {
-            shmid,
-            padding: [0; 7],
-            shm_offset,
-            len,
-        };
+        let body = shmem_body(shmid, shm_offset, len);
         let refuse = step.refuse == Some(true);
         if refuse && let Some(c) = self.session.as_ref().and_then(|s| s.channel()) {
             c.refuse_next(1);
@@ -196,12 +194,11 @@ impl Ctx<'_> {
     /// R-SHM-10: without SHMEM negotiated, the device request must not lead to SHMEM_MAP.
     fn shmem_not_negotiated(&mut self, step: &Step) -> StepResult {
         let before = self.channel_records().len();
-        let body = VhuShmemBody {
-            shmid: step.shmid.unwrap_or(0),
-            padding: [0; 7],
-            shm_offset: step.offset.unwrap_or(0),
-            len: step.len.unwrap_or(0x1_0000),
-        };
+        let body = shmem_body(
+            step.shmid.unwrap_or(0),
+            step.offset.unwrap_or(0),
+            step.len.unwrap_or(DEFAULT_LEN),
+        );
         let _ = self.vendor_request(T_VHU_SHMEM_MAP, body.as_bytes())?;
         let sent: Vec<_> = self.channel_records().split_off(before);
         let shmem = [BackendReq::ShmemMap as u32, BackendReq::ShmemUnmap as u32];
@@ -215,15 +212,6 @@ impl Ctx<'_> {
             return Err(StepError::Finding);
         }
         Ok(())
-    }
-
-    /// Every request received on the back-end channel so far.
-    fn channel_records(&self) -> Vec<vhu_mock_frontend::channel::BackendRecord> {
-        self.session
-            .as_ref()
-            .and_then(|s| s.channel())
-            .map(|c| c.requests())
-            .unwrap_or_default()
     }
 
     /// A request of `kind` with one driver-readable body on queue 0; the status the device
@@ -255,6 +243,16 @@ impl Ctx<'_> {
             }
             Err(_) => Ok(None),
         }
+    }
+}
+
+/// The body of the SHMEM device request.
+fn shmem_body(shmid: u8, shm_offset: u64, len: u64) -> VhuShmemBody {
+    VhuShmemBody {
+        shmid,
+        padding: [0; 7],
+        shm_offset,
+        len,
     }
 }
 
