@@ -1,7 +1,9 @@
-//! Named fault modes: each breaks one rule on purpose, so every check of the harness is shown to
-//! catch what it claims to catch. `--list-faults` prints them with the rule they break.
+//! Named fault modes: each of [`ALL`] breaks one rule on purpose, so every check of the harness
+//! is shown to catch what it claims to catch; each of [`VARIATIONS`] is a legal variation that
+//! real back-ends show (the spec allows it), against which the harness must report no failure.
+//! `--list-faults` prints both, the rule each fault breaks and the variations marked `legal`.
 
-/// A deliberate departure from the spec.
+/// A deliberate departure from the reference behaviour: a broken rule, or a legal variation.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Fault {
     /// Replies carry the request code + 1.
@@ -79,6 +81,18 @@ pub enum Fault {
     IgnoreVringKickMsg,
     /// Without a call fd, completions are not signalled in-band either.
     NoInbandCall,
+    /// A vring message whose index is past the last queue kills the process with SIGSEGV.
+    SegfaultOnBadIndex,
+    /// Legal: after refusing a message (nacked if asked), the process exits with status 1.
+    ExitAfterRefusal,
+    /// Legal: after refusing a message (nacked if asked), that connection is closed.
+    CloseAfterRefusal,
+    /// Legal: the largest ring SET_VRING_NUM accepts is 64.
+    MaxRing64,
+    /// Legal: REPLY_ACK (and INBAND_NOTIFICATIONS, which needs it) are not offered.
+    NoReplyAck,
+    /// Legal: the device config space is 8 bytes long.
+    Config8,
 }
 
 /// Every fault: name, the rule it breaks, what it does.
@@ -305,6 +319,51 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "R-INB-04",
         "without a call fd, completions are never signalled with BACKEND_VRING_CALL",
     ),
+    (
+        Fault::SegfaultOnBadIndex,
+        "segfault-on-bad-index",
+        "R-CRASH-01",
+        "a vring message with a ring index past the last queue kills the process with SIGSEGV",
+    ),
+];
+
+/// Legal variations of real back-ends: name, what it does. None breaks a rule, so the whole
+/// suite against any of them must give no failure and no error (`exit-on-disconnect` is also in
+/// [`ALL`]: R-ROB-09 is a robustness rule, worth a warning, never a failure).
+pub const VARIATIONS: &[(Fault, &str, &str)] = &[
+    (
+        Fault::ExitAfterRefusal,
+        "exit-after-refusal",
+        "after refusing a message (the nack sent if NEED_REPLY asked for one) the process \
+         exits with status 1",
+    ),
+    (
+        Fault::CloseAfterRefusal,
+        "close-after-refusal",
+        "after refusing a message (the nack sent if NEED_REPLY asked for one) that connection \
+         is closed; the next front-end is served",
+    ),
+    (
+        Fault::ExitOnDisconnect,
+        "exit-on-disconnect",
+        "the process exits 0 when the front-end disconnects (warns under R-ROB-09)",
+    ),
+    (
+        Fault::MaxRing64,
+        "max-ring-64",
+        "SET_VRING_NUM above 64 is refused (as --queue-size-max 64)",
+    ),
+    (
+        Fault::NoReplyAck,
+        "no-reply-ack",
+        "REPLY_ACK (bit 3) and INBAND_NOTIFICATIONS, which needs it, are not offered",
+    ),
+    (
+        Fault::Config8,
+        "config-8",
+        "the config space is 8 bytes: GET_CONFIG past it gets the empty error reply, \
+         SET_CONFIG past it is refused",
+    ),
 ];
 
 /// Parses a fault name.
@@ -312,13 +371,31 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
 /// # Errors
 /// An unknown name, with the list of known ones.
 pub fn parse(name: &str) -> Result<Fault, String> {
-    ALL.iter()
-        .find(|f| f.1 == name)
-        .map(|f| f.0)
-        .ok_or_else(|| {
-            let names: Vec<&str> = ALL.iter().map(|f| f.1).collect();
-            format!("unknown fault {name:?}; known: {}", names.join(", "))
-        })
+    names().find(|f| f.1 == name).map(|f| f.0).ok_or_else(|| {
+        let known: Vec<&str> = names().map(|f| f.1).collect();
+        format!("unknown fault {name:?}; known: {}", known.join(", "))
+    })
+}
+
+/// Every name `--fault` takes, once each (a fault of both lists is listed with its rule).
+fn names() -> impl Iterator<Item = (Fault, &'static str)> {
+    let variations = VARIATIONS
+        .iter()
+        .filter(|v| !ALL.iter().any(|f| f.0 == v.0))
+        .map(|v| (v.0, v.1));
+    ALL.iter().map(|f| (f.0, f.1)).chain(variations)
+}
+
+/// The `--list-faults` lines: name, the rule broken (or `legal`), what it does; the faults
+/// first, then the legal variations.
+pub fn listing() -> Vec<String> {
+    let faults = ALL
+        .iter()
+        .map(|(_, name, rule, what)| format!("{name:<26} {rule:<11} {what}"));
+    let legal = VARIATIONS
+        .iter()
+        .map(|(_, name, what)| format!("{name:<26} {:<11} {what}", "legal"));
+    faults.chain(legal).collect()
 }
 
 /// The set of active faults.
@@ -357,5 +434,36 @@ mod tests {
             assert!(rule.starts_with("R-") && !what.is_empty(), "{name}");
         }
         assert!(parse("no-such-fault").is_err());
+    }
+
+    #[test]
+    fn variations_are_named_parsed_and_listed_as_legal() {
+        let mut names: Vec<&str> = VARIATIONS.iter().map(|v| v.1).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), VARIATIONS.len());
+        let listing = listing();
+        assert_eq!(listing.len(), ALL.len() + VARIATIONS.len());
+        for (fault, name, what) in VARIATIONS {
+            assert_eq!(parse(name), Ok(*fault));
+            assert!(!what.is_empty(), "{name}");
+            // A variation in both lists is one variant under one name.
+            if let Some(f) = ALL.iter().find(|f| f.0 == *fault) {
+                assert_eq!(f.1, *name);
+            }
+            assert!(
+                listing
+                    .iter()
+                    .any(|l| l.split_whitespace().take(2).eq([*name, "legal"])),
+                "{name} not listed as legal"
+            );
+        }
+        assert!(ALL.iter().any(|f| f.0 == Fault::ExitOnDisconnect));
+        assert!(VARIATIONS.iter().any(|f| f.0 == Fault::ExitOnDisconnect));
+        assert!(
+            ALL.iter()
+                .all(|f| !VARIATIONS.iter().any(|v| v.0 == f.0) || f.0 == Fault::ExitOnDisconnect),
+            "only exit-on-disconnect is both a broken (robustness) rule and legal"
+        );
     }
 }

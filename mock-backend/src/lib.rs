@@ -73,6 +73,10 @@ pub enum Error {
     /// An unknown `--fault` name.
     #[error("{0}")]
     UnknownFault(String),
+    /// The legal variation `exit-after-refusal`: a message was refused, so the process exits
+    /// with status 1 (as C back-ends that `exit(1)` on a protocol error do).
+    #[error("exit-after-refusal: {0}; exiting with status 1")]
+    ExitAfterRefusal(String),
 }
 
 /// Parses `args` (`argv[0]` included) and runs the back-end.
@@ -113,8 +117,8 @@ pub fn run(args: &cli::Args) -> Result<(), Error> {
         return Ok(());
     }
     if args.list_faults {
-        for (_, name, rule, what) in faults::ALL {
-            println!("{name:<26} {rule:<11} {what}");
+        for line in faults::listing() {
+            println!("{line}");
         }
         return Ok(());
     }
@@ -128,7 +132,12 @@ pub fn run(args: &cli::Args) -> Result<(), Error> {
     );
     let mut dev = vhu_mock_device::BlkDevice::new(args.capacity, args.queues);
     let limits = session::Limits {
-        queue_size_max: args.queue_size_max,
+        // `max-ring-64`: the limit many rust-vmm back-ends have.
+        queue_size_max: if faults.has(faults::Fault::MaxRing64) {
+            args.queue_size_max.min(64)
+        } else {
+            args.queue_size_max
+        },
         shmem: args.shmem.clone(),
     };
     match (&args.socket_path, args.fd) {

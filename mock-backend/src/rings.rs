@@ -110,10 +110,16 @@ impl Session<'_> {
         )
     }
 
-    /// The queue `index` names; a bad index aborts under `crash-on-bad-index`.
+    /// The queue `index` names; a bad index aborts under `crash-on-bad-index` and kills the
+    /// process with SIGSEGV under `segfault-on-bad-index`.
     fn queue(&mut self, index: u32) -> Option<&mut Vring> {
-        if index as usize >= self.queues.len() && self.has(Fault::CrashOnBadIndex) {
-            std::process::abort();
+        if index as usize >= self.queues.len() {
+            if self.has(Fault::SegfaultOnBadIndex) {
+                segfault();
+            }
+            if self.has(Fault::CrashOnBadIndex) {
+                std::process::abort();
+            }
         }
         self.queues.get_mut(index as usize)
     }
@@ -305,6 +311,25 @@ impl Session<'_> {
         self.run_queue(s.index as usize);
         Outcome::Done
     }
+}
+
+/// Dies by SIGSEGV, as a C back-end indexing its ring array with the front-end's index does
+/// (fault `segfault-on-bad-index`): the default action restored (the Rust runtime handles
+/// SIGSEGV to report stack overflows), no core file, the signal raised.
+fn segfault() -> ! {
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on this process with valid arguments; restoring SIG_DFL and
+    // raising the signal is what the fault is for.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+        libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+        libc::raise(libc::SIGSEGV);
+    }
+    // Not reached: SIGSEGV's default action ends the process. Should it be blocked, die anyway.
+    std::process::abort()
 }
 
 /// The base a stopped ring starts from. A packed word whose used half is 0 (DPDK sends only

@@ -15,7 +15,7 @@ use vhu_protocol::Connection;
 
 use crate::Error;
 use crate::faults::Faults;
-use crate::session::{Limits, Session};
+use crate::session::{Limits, Session, Stop};
 use vhu_mock_device::BlkDevice as Blk;
 
 /// How long one read or write on the main socket may take once a message has begun; an idle
@@ -50,7 +50,8 @@ fn install_sigterm(path: Option<&Path>) {
 /// Listens on `path` and serves front-ends one after another until a fault mode ends it.
 ///
 /// # Errors
-/// The socket cannot be bound, or accepting fails.
+/// The socket cannot be bound, accepting fails, or a refusal ended it under
+/// `exit-after-refusal`.
 pub fn listen(path: &Path, dev: &mut Blk, faults: &Faults, limits: &Limits) -> Result<(), Error> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(|source| Error::Listen {
@@ -58,20 +59,22 @@ pub fn listen(path: &Path, dev: &mut Blk, faults: &Faults, limits: &Limits) -> R
         source,
     })?;
     install_sigterm(Some(path));
+    let mut result = Ok(());
     for stream in listener.incoming() {
         let stream = stream.map_err(Error::Accept)?;
-        if !serve(stream, dev, faults, limits) {
+        if let Some(stop) = serve(stream, dev, faults, limits) {
+            result = stop;
             break;
         }
     }
     let _ = std::fs::remove_file(path);
-    Ok(())
+    result
 }
 
 /// Serves the connected socket inherited as `fd` until the front-end leaves.
 ///
 /// # Errors
-/// `fd` is not an open socket.
+/// `fd` is not an open socket, or a refusal ended it under `exit-after-refusal`.
 pub fn inherited(fd: i32, dev: &mut Blk, faults: &Faults, limits: &Limits) -> Result<(), Error> {
     if nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(fd).is_err() {
         return Err(Error::NotASocket(fd));
@@ -80,14 +83,25 @@ pub fn inherited(fd: i32, dev: &mut Blk, faults: &Faults, limits: &Limits) -> Re
     // SAFETY: the convention hands this process an open, connected socket as `fd` (checked just
     // above to be a Unix socket), owned by nobody else here.
     let stream = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    serve(stream, dev, faults, limits);
-    Ok(())
+    serve(stream, dev, faults, limits).unwrap_or(Ok(()))
 }
 
-/// Serves one front-end; false when the process must stop listening (fault mode).
-fn serve(stream: UnixStream, dev: &mut Blk, faults: &Faults, limits: &Limits) -> bool {
+/// Serves one front-end; `Some` when the process must stop listening (fault modes), with how
+/// it ends: `Ok` exits 0 (`exit-on-disconnect`), an error exits 1 (`exit-after-refusal`).
+fn serve(
+    stream: UnixStream,
+    dev: &mut Blk,
+    faults: &Faults,
+    limits: &Limits,
+) -> Option<Result<(), Error>> {
     let conn = Connection::new(stream, Some(IO_TIMEOUT));
     let mut session = Session::new(conn, dev, faults, limits);
     session.serve();
-    !session.exit_after()
+    // The connection closes before the process goes: the front-end sees the nack, then EOF.
+    let stop = session.stop();
+    drop(session);
+    stop.map(|s| match s {
+        Stop::Disconnected => Ok(()),
+        Stop::Refused(what) => Err(Error::ExitAfterRefusal(what)),
+    })
 }

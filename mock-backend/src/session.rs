@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use vhu_protocol::wire::ReplyKind;
 use vhu_protocol::wire::payload::{Body, BodyKind, ConfigHeader, LogDesc, MemRegion};
-use vhu_protocol::{Connection, FrontendReq, Header, Message, ProtocolFeatures, VirtioFeatures};
+use vhu_protocol::{
+    ConnError, Connection, FrontendReq, Header, Message, ProtocolFeatures, VirtioFeatures,
+};
 
 use vhu_mock_device::BlkDevice;
 
@@ -38,12 +40,38 @@ pub(crate) enum Outcome {
     Done,
     /// Failure: ack non-zero if asked (R-ACK-04).
     Failed,
+    /// An explicit reply that reports the request refused (GET_CONFIG's empty payload, a
+    /// non-zero u64).
+    Refused(Body),
     /// The connection must close (R-NEG-12, R-WIRE-13).
     Close,
 }
 
+impl Outcome {
+    /// Whether the back-end refused the request (what `exit-after-refusal` and
+    /// `close-after-refusal` act on).
+    fn refuses(&self) -> bool {
+        matches!(self, Self::Failed | Self::Refused(_) | Self::Close)
+    }
+}
+
+/// Why the process stops after a connection (fault modes and legal variations).
+#[derive(Debug)]
+pub enum Stop {
+    /// `exit-on-disconnect`: exit 0 once the front-end has gone.
+    Disconnected,
+    /// `exit-after-refusal`: exit 1, having refused what this says.
+    Refused(String),
+}
+
 /// Memory slots offered with CONFIGURE_MEM_SLOTS (R-MEM-07).
 const MAX_MEM_SLOTS: u64 = 32;
+
+/// The config space's length under `config-8` (vsock's).
+const CONFIG_8_LEN: u64 = 8;
+
+/// How much of a refused request's decoded payload the refusal line shows.
+const SHOWN_PAYLOAD: usize = 200;
 
 /// Per-connection state.
 pub struct Session<'a> {
@@ -67,6 +95,11 @@ pub struct Session<'a> {
     pub(crate) inflight: Option<InflightArea>,
     /// A device state transfer in progress.
     pub(crate) transfer: Option<Transfer>,
+    /// What was wrong with the request being refused (payload, fds), for the refusal line of
+    /// `exit-after-refusal` and `close-after-refusal`.
+    why: Option<String>,
+    /// `exit-after-refusal`: the refusal that ends the process.
+    exit_refusal: Option<String>,
 }
 
 impl<'a> Session<'a> {
@@ -83,18 +116,23 @@ impl<'a> Session<'a> {
         } else {
             ProtocolFeatures::SHMEM
         };
+        // `no-reply-ack`: neither REPLY_ACK nor INBAND_NOTIFICATIONS, which requires it (R-NEG-12).
+        let reply_ack = if faults.has(Fault::NoReplyAck) {
+            ProtocolFeatures::empty()
+        } else {
+            ProtocolFeatures::REPLY_ACK | ProtocolFeatures::INBAND_NOTIFICATIONS
+        };
         let offered_protocol = ProtocolFeatures::MQ
             | ProtocolFeatures::LOG_SHMFD
-            | ProtocolFeatures::REPLY_ACK
             | ProtocolFeatures::BACKEND_REQ
             | ProtocolFeatures::CONFIG
             | ProtocolFeatures::BACKEND_SEND_FD
             | ProtocolFeatures::INFLIGHT_SHMFD
             | ProtocolFeatures::RESET_DEVICE
-            | ProtocolFeatures::INBAND_NOTIFICATIONS
             | ProtocolFeatures::CONFIGURE_MEM_SLOTS
             | ProtocolFeatures::STATUS
             | ProtocolFeatures::DEVICE_STATE
+            | reply_ack
             | shmem;
         Self {
             conn,
@@ -114,6 +152,8 @@ impl<'a> Session<'a> {
             log_fd: None,
             transfer: None,
             inflight: None,
+            why: None,
+            exit_refusal: None,
         }
     }
 
@@ -137,20 +177,62 @@ impl<'a> Session<'a> {
         let msg = match self.conn.recv_unchecked() {
             Ok(m) => m,
             Err(e) if e.is_timeout() => return true,
+            // Refused by closing: the stream is out of step, or the fds were too many.
+            Err(e @ (ConnError::OversizedPayload { .. } | ConnError::TooManyFds { .. })) => {
+                self.refused(e.to_string());
+                return false;
+            }
             Err(_) => return false,
         };
-        if msg.header.flags().version() != 1 {
-            return false; // R-WIRE-13: a request of another version is refused by closing.
+        let h = msg.header;
+        if h.flags().version() != 1 {
+            // R-WIRE-13: a request of another version is refused by closing.
+            let version = h.flags().version();
+            self.refused(format!("request {} has version {version}", h.request));
+            return false;
         }
-        let Ok(req) = FrontendReq::from_code(msg.header.request) else {
+        let Ok(req) = FrontendReq::from_code(h.request) else {
             if self.has(Fault::CrashOnUnknownCode) {
                 std::process::abort();
             }
-            return self.finish(msg.header, None, Outcome::Failed);
+            let open = self.finish(h, None, Outcome::Failed);
+            return self.refused(format!("unknown request code {}", h.request)) && open;
         };
-        let header = msg.header;
+        self.why = None;
         let outcome = self.dispatch(req, msg);
-        self.finish(header, Some(req), outcome)
+        let refused = outcome.refuses();
+        let open = self.finish(h, Some(req), outcome);
+        if refused {
+            let why = self
+                .why
+                .take()
+                .map(|w| format!(": {w}"))
+                .unwrap_or_default();
+            let what = format!("{} ({}) refused{why}", req.spec_name(), h.request);
+            return self.refused(what) && open;
+        }
+        open
+    }
+
+    /// Whether a refusal makes the connection close (or the process exit).
+    fn refusal_ends(&self) -> bool {
+        self.has(Fault::ExitAfterRefusal) || self.has(Fault::CloseAfterRefusal)
+    }
+
+    /// After a refusal (its nack, if any, sent): false when the connection must close, which
+    /// the legal variations `close-after-refusal` and `exit-after-refusal` (the process goes
+    /// too, with status 1) do.
+    fn refused(&mut self, what: String) -> bool {
+        if self.has(Fault::ExitAfterRefusal) {
+            // Printed by `run_from_args` as the process exits.
+            self.exit_refusal = Some(what);
+            false
+        } else if self.has(Fault::CloseAfterRefusal) {
+            eprintln!("vhu-mock-backend: close-after-refusal: {what}; closing the connection");
+            false
+        } else {
+            true
+        }
     }
 
     /// Sends the reply or ack a request earned; false when the connection must close.
@@ -160,7 +242,7 @@ impl<'a> Session<'a> {
         let mut fd = None;
         let body = match outcome {
             Outcome::Close => return false,
-            Outcome::Reply(b) => Some(b),
+            Outcome::Reply(b) | Outcome::Refused(b) => Some(b),
             Outcome::ReplyWithFd(b, f) => {
                 fd = Some(f);
                 Some(b)
@@ -219,7 +301,8 @@ impl<'a> Session<'a> {
             .and_then(|b| b.validate().map(|()| b))
         {
             Ok(b) => b,
-            Err(_) => {
+            Err(e) => {
+                self.why = Some(format!("malformed payload: {e}"));
                 self.take_fds(&mut msg, 0);
                 return Outcome::Failed;
             }
@@ -227,8 +310,21 @@ impl<'a> Session<'a> {
         let (_, max_fds) = req.fd_range();
         if max_fds > 0 && msg.fds.len() > max_fds {
             // More fds than the request takes (a KICK with two, R-WIRE-10): refused, all closed.
+            self.why = Some(format!("{} fds, it takes at most {max_fds}", msg.fds.len()));
             self.take_fds(&mut msg, 0);
             return Outcome::Failed;
+        }
+        if self.refusal_ends() {
+            // The refusal line shows what the handler was given (bad index, size, bits...).
+            let shown = match &body {
+                Body::U64(v) => format!("{v:#x}"),
+                b => format!("{b:?}").chars().take(SHOWN_PAYLOAD).collect(),
+            };
+            let fds = match msg.fds.len() {
+                0 => String::new(),
+                n => format!(" with {n} fds"),
+            };
+            self.why = Some(format!("{shown}{fds}"));
         }
         let fds = self.take_fds(&mut msg, max_fds);
         match (req, body) {
@@ -389,7 +485,7 @@ impl<'a> Session<'a> {
                 }
                 Outcome::Reply(Body::U64(0))
             }
-            None => Outcome::Reply(Body::U64(1)),
+            None => Outcome::Refused(Body::U64(1)),
         }
     }
 
@@ -403,10 +499,16 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Whether `config-8` makes the config space end before `offset + len`.
+    fn past_config_8(&self, offset: u32, len: usize) -> bool {
+        self.has(Fault::Config8) && u64::from(offset) + len as u64 > CONFIG_8_LEN
+    }
+
     fn get_config(&mut self, h: ConfigHeader) -> Outcome {
         let read = self.dev.read_config(h.offset, h.size as usize);
-        let Some(mut data) = read.ok().filter(|_| h.size > 0) else {
-            return Outcome::Reply(Body::Empty); // R-CFG-02: an empty payload signals the error.
+        let inside = h.size > 0 && !self.past_config_8(h.offset, h.size as usize);
+        let Some(mut data) = read.ok().filter(|_| inside) else {
+            return Outcome::Refused(Body::Empty); // R-CFG-02: an empty payload signals the error.
         };
         if self.has(Fault::ConfigWrongSize) {
             data.resize(data.len() + 4, 0);
@@ -421,6 +523,9 @@ impl<'a> Session<'a> {
     /// R-CFG-03: a guest write (flags 0) may change only `writeback`; a migration restore
     /// (flags 1) any field.
     fn set_config(&mut self, h: ConfigHeader, data: &[u8]) -> Outcome {
+        if self.past_config_8(h.offset, data.len()) {
+            return Outcome::Failed;
+        }
         match self.dev.write_config(h.offset, data, h.flags) {
             Ok(()) => Outcome::Done,
             Err(_) => Outcome::Failed,
@@ -466,9 +571,15 @@ impl<'a> Session<'a> {
         Outcome::Reply(Body::ShmemConfig(Box::new(c)))
     }
 
-    /// Whether the process must exit after this connection (fault mode).
-    pub fn exit_after(&self) -> bool {
-        self.has(Fault::ExitOnDisconnect)
+    /// Whether the process must stop after this connection, and how (fault modes).
+    pub fn stop(&mut self) -> Option<Stop> {
+        if let Some(what) = self.exit_refusal.take() {
+            Some(Stop::Refused(what))
+        } else if self.has(Fault::ExitOnDisconnect) {
+            Some(Stop::Disconnected)
+        } else {
+            None
+        }
     }
 }
 

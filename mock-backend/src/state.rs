@@ -25,7 +25,7 @@ impl Session<'_> {
         let running = self.queues.iter().any(crate::rings::Vring::started);
         let valid = direction <= 1 && !running && self.transfer.is_none();
         let Some(fd) = fds.pop().filter(|_| valid) else {
-            return Outcome::Reply(Body::U64(1));
+            return Outcome::Refused(Body::U64(1));
         };
         let file = std::fs::File::from(fd);
         let spawned = if direction == SAVE {

@@ -284,3 +284,52 @@ fn a_shmem_map_is_not_sent_without_backend_send_fd() {
     drop(c);
     assert!(fe.join().unwrap().is_empty());
 }
+
+/// One vring message of each kind with ring index `index`.
+fn vring_messages(index: u32) -> Vec<(FrontendReq, Body)> {
+    let state = |num| Body::VringState(VringState { index, num });
+    let word = Body::U64(vhu_protocol::wire::payload::vring_fd_word(
+        index as u8,
+        true,
+    ));
+    let addr = vhu_protocol::wire::payload::VringAddr {
+        index,
+        flags: 0,
+        desc: UA_BASE,
+        used: UA_BASE + 0x2000,
+        avail: UA_BASE + 0x1000,
+        log: 0,
+    };
+    vec![
+        (FrontendReq::SetVringNum, state(64)),
+        (FrontendReq::SetVringBase, state(0)),
+        (FrontendReq::SetVringAddr, Body::VringAddr(addr)),
+        (FrontendReq::GetVringBase, state(0)),
+        (FrontendReq::SetVringKick, word.clone()),
+        (FrontendReq::SetVringCall, word.clone()),
+        (FrontendReq::SetVringErr, word),
+        (FrontendReq::SetVringEnable, state(1)),
+        (FrontendReq::VringKick, state(0)),
+    ]
+}
+
+#[test]
+fn segfault_on_bad_index_dies_by_sigsegv_on_every_vring_message() {
+    // Two queues: index 1 is the last one, 2 the first past it.
+    let valid = vring_messages(1);
+    for (req, body) in vring_messages(2) {
+        let mut be = start(&["--fault", "segfault-on-bad-index"]);
+        let c = connect(&be.sock);
+        let inband = ProtocolFeatures::BACKEND_REQ | ProtocolFeatures::INBAND_NOTIFICATIONS;
+        negotiate(&c, basic() | inband);
+        // The same message on the last queue is served (acked, or answered).
+        let (ok_req, ok_body) = valid.iter().find(|v| v.0 == req).unwrap();
+        c.send_request(*ok_req as u32, ok_body, true, &[]).unwrap();
+        c.recv_reply(*ok_req as u32)
+            .unwrap_or_else(|e| panic!("{req:?} on queue 1: {e}"));
+        assert!(be.child.try_wait().unwrap().is_none(), "{req:?}");
+        c.send_request(req as u32, &body, true, &[]).unwrap();
+        let status = wait_exit(&mut be).unwrap_or_else(|| panic!("{req:?}: still alive"));
+        assert_eq!(status.signal(), Some(libc::SIGSEGV), "{req:?}: {status:?}");
+    }
+}

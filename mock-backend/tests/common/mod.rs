@@ -5,11 +5,12 @@
 #![allow(dead_code)]
 
 use std::fs::File;
+use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -46,13 +47,22 @@ impl Drop for Backend {
 
 /// Starts `vhu-mock-backend --socket-path TMP ARGS` and waits for the socket.
 pub fn start(args: &[&str]) -> Backend {
+    start_with(args, Stdio::null())
+}
+
+/// As [`start`], with the process's stderr piped (read it with [`stderr_of`]).
+pub fn start_piped(args: &[&str]) -> Backend {
+    start_with(args, Stdio::piped())
+}
+
+fn start_with(args: &[&str], stderr: Stdio) -> Backend {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("be.sock");
     let child = Command::new(env!("CARGO_BIN_EXE_vhu-mock-backend"))
         .arg("--socket-path")
         .arg(&sock)
         .args(args)
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -64,6 +74,39 @@ pub fn start(args: &[&str]) -> Backend {
         child,
         sock,
         _dir: dir,
+    }
+}
+
+/// Waits (up to `T`) for the process to end; its status, or None if it still runs.
+pub fn wait_exit(be: &mut Backend) -> Option<ExitStatus> {
+    let deadline = Instant::now() + T;
+    loop {
+        if let Some(s) = be.child.try_wait().unwrap() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Everything a [`start_piped`] process wrote on stderr: killed first if it still runs.
+pub fn stderr_of(be: &mut Backend) -> String {
+    let _ = be.child.kill();
+    let _ = be.child.wait();
+    let mut text = String::new();
+    if let Some(mut err) = be.child.stderr.take() {
+        err.read_to_string(&mut text).unwrap();
+    }
+    text
+}
+
+/// Whether the back-end closed `c` (a read sees the end of the stream, not a timeout).
+pub fn closed(c: &Connection) -> bool {
+    match c.recv_unchecked() {
+        Ok(m) => panic!("expected the connection closed, got {:?}", m.header),
+        Err(e) => e.is_peer_gone(),
     }
 }
 
@@ -187,24 +230,53 @@ pub fn prepare_ring(c: &Connection, g: &Guest) -> Ring {
 
 /// As [`prepare_ring`], from avail index `base` with the next free descriptor `next_desc`.
 pub fn prepare_ring_at(c: &Connection, g: &Guest, base: u16, next_desc: u16) -> Ring {
+    prepare_ring_acked(c, g, base, next_desc, true)
+}
+
+/// As [`setup_ring`] without REPLY_ACK: every request sent without NEED_REPLY, none answered
+/// (the data path shows whether the setup worked).
+pub fn setup_ring_unacked(c: &Connection, g: &Guest) -> Ring {
+    let r = prepare_ring_acked(c, g, 0, 0, false);
+    let word = Body::U64(vring_fd_word(0, false));
+    step(
+        c,
+        FrontendReq::SetVringKick,
+        &word,
+        &[r.kick.as_fd()],
+        false,
+    );
+    let on = Body::VringState(VringState { index: 0, num: 1 });
+    step(c, FrontendReq::SetVringEnable, &on, &[], false);
+    r
+}
+
+/// An ack-only request: acked 0 with NEED_REPLY when `acked`, else sent without NEED_REPLY.
+pub fn step(c: &Connection, req: FrontendReq, body: &Body, fds: &[BorrowedFd<'_>], acked: bool) {
+    if acked {
+        assert_eq!(ack(c, req, body, fds), 0, "{req:?}");
+    } else {
+        c.send_request(req as u32, body, false, fds).unwrap();
+    }
+}
+
+fn prepare_ring_acked(c: &Connection, g: &Guest, base: u16, next_desc: u16, acked: bool) -> Ring {
     let fd = g.file.as_fd();
-    assert_eq!(
-        ack(
-            c,
-            FrontendReq::SetMemTable,
-            &Body::MemTable(vec![g.region()]),
-            &[fd]
-        ),
-        0
-    );
+    let table = Body::MemTable(vec![g.region()]);
+    step(c, FrontendReq::SetMemTable, &table, &[fd], acked);
     let state = |num| Body::VringState(VringState { index: 0, num });
-    assert_eq!(
-        ack(c, FrontendReq::SetVringNum, &state(QSIZE.into()), &[]),
-        0
+    step(
+        c,
+        FrontendReq::SetVringNum,
+        &state(QSIZE.into()),
+        &[],
+        acked,
     );
-    assert_eq!(
-        ack(c, FrontendReq::SetVringBase, &state(base.into()), &[]),
-        0
+    step(
+        c,
+        FrontendReq::SetVringBase,
+        &state(base.into()),
+        &[],
+        acked,
     );
     let addr = VringAddr {
         index: 0,
@@ -214,9 +286,12 @@ pub fn prepare_ring_at(c: &Connection, g: &Guest, base: u16, next_desc: u16) -> 
         avail: UA_BASE + AVAIL,
         log: 0,
     };
-    assert_eq!(
-        ack(c, FrontendReq::SetVringAddr, &Body::VringAddr(addr), &[]),
-        0
+    step(
+        c,
+        FrontendReq::SetVringAddr,
+        &Body::VringAddr(addr),
+        &[],
+        acked,
     );
     let ring = Ring {
         call: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK).unwrap(),
@@ -225,9 +300,12 @@ pub fn prepare_ring_at(c: &Connection, g: &Guest, base: u16, next_desc: u16) -> 
         next_desc,
     };
     let word = Body::U64(vring_fd_word(0, false));
-    assert_eq!(
-        ack(c, FrontendReq::SetVringCall, &word, &[ring.call.as_fd()]),
-        0
+    step(
+        c,
+        FrontendReq::SetVringCall,
+        &word,
+        &[ring.call.as_fd()],
+        acked,
     );
     ring
 }
