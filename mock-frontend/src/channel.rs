@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use vhu_protocol::wire::payload::Body;
 use vhu_protocol::{BackendReq, ConnError, Connection, Message};
 
-use crate::shmem::{ShmemMapping, ShmemSpace};
+use crate::shmem::{MAX_SHMEM_TOTAL, ShmemMapping, ShmemSpace};
 use crate::transcript::{Channel, Direction, Transcript};
 
 /// One request the back-end sent.
@@ -37,13 +37,29 @@ pub struct BackendRecord {
     pub refused: Option<String>,
 }
 
+/// Requests recorded (with their transcript entries) at most: a back-end that floods the
+/// channel must not grow the harness's memory without bound. Later requests are still served
+/// and acked, and counted in [`BackendChannel::dropped`].
+pub const MAX_RECORDS: usize = 65536;
+
 #[derive(Debug, Default)]
 struct Shared {
     records: Vec<BackendRecord>,
+    /// Requests not recorded because [`MAX_RECORDS`] were.
+    dropped: u64,
     violations: Vec<String>,
     transcript: Transcript,
     shmem: ShmemSpace,
     refuse: usize,
+}
+
+impl Shared {
+    /// Notes a violation, up to [`MAX_RECORDS`] of them.
+    fn violation(&mut self, v: String) {
+        if self.violations.len() < MAX_RECORDS {
+            self.violations.push(v);
+        }
+    }
 }
 
 /// The front-end's server for the back-end channel.
@@ -76,6 +92,11 @@ impl BackendChannel {
         self.lock().records.clone()
     }
 
+    /// Requests served but not recorded: more than [`MAX_RECORDS`] arrived.
+    pub fn dropped(&self) -> u64 {
+        self.lock().dropped
+    }
+
     /// Framing or payload violations seen on the channel (R-WIRE-16, R-BCH-02).
     pub fn violations(&self) -> Vec<String> {
         self.lock().violations.clone()
@@ -99,8 +120,10 @@ impl BackendChannel {
         s.shmem = match ShmemSpace::new(trimmed) {
             Ok(space) => space,
             Err(e) => {
+                let total = trimmed.iter().fold(0u64, |t, &x| t.saturating_add(x));
                 s.violations.push(format!(
-                    "harness: cannot reserve shared memory regions: {e}"
+                    "harness: cannot reserve shared memory regions of {total:#x} bytes in all \
+                     (at most {MAX_SHMEM_TOTAL:#x}): {e}"
                 ));
                 ShmemSpace::default()
             }
@@ -154,7 +177,7 @@ fn serve(conn: &Connection, shared: &Mutex<Shared>, stop: &AtomicBool, epoch: In
                 let mut s = shared
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                s.violations.push(format!("back-end channel: {e}"));
+                s.violation(format!("back-end channel: {e}"));
                 if matches!(e, ConnError::OversizedPayload { .. } | ConnError::Io { .. }) {
                     return;
                 }
@@ -173,14 +196,21 @@ fn handle(conn: &Connection, shared: &Mutex<Shared>, msg: Message, epoch: Instan
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let at_us = epoch.elapsed().as_micros() as u64;
-    s.transcript.record(
-        at_us,
-        Channel::Backend,
-        Direction::FromBackend,
-        &msg.header,
-        &msg.payload,
-        msg.fds.len(),
-    );
+    let keep = s.records.len() < MAX_RECORDS;
+    if keep {
+        s.transcript.record(
+            at_us,
+            Channel::Backend,
+            Direction::FromBackend,
+            &msg.header,
+            &msg.payload,
+            msg.fds.len(),
+        );
+    } else if s.dropped == 0 {
+        s.violation(format!(
+            "back-end channel: more than {MAX_RECORDS} requests; later ones are served but not recorded"
+        ));
+    }
     let refuse = msg.header.need_reply() && s.refuse > 0;
     if refuse {
         s.refuse -= 1;
@@ -191,22 +221,30 @@ fn handle(conn: &Connection, shared: &Mutex<Shared>, msg: Message, epoch: Instan
         Ok(body) => carry_out(&mut s, &msg, body),
     };
     if let Err((why, true)) = &outcome {
-        s.violations.push(why.clone());
+        s.violation(why.clone());
     }
     let mut ack = None;
     if msg.header.need_reply() {
         let value = u64::from(outcome.is_err());
         let reply = vhu_protocol::Header::reply(msg.header.request, 8);
-        s.transcript.record(
-            epoch.elapsed().as_micros() as u64,
-            Channel::Backend,
-            Direction::ToBackend,
-            &reply,
-            &value.to_ne_bytes(),
-            0,
-        );
+        if keep {
+            s.transcript.record(
+                epoch.elapsed().as_micros() as u64,
+                Channel::Backend,
+                Direction::ToBackend,
+                &reply,
+                &value.to_ne_bytes(),
+                0,
+            );
+        }
+        // Bounded by the connection's timeout: a back-end that does not read its acks cannot
+        // block this thread (and so the session's drop, which joins it).
         let _ = conn.send_reply(msg.header.request, &Body::U64(value), &[]);
         ack = Some(value);
+    }
+    if !keep {
+        s.dropped += 1;
+        return;
     }
     s.records.push(BackendRecord {
         code: msg.header.request,

@@ -8,6 +8,7 @@
 
 pub mod blk;
 pub mod channel;
+pub mod inflight;
 pub mod memory;
 pub mod session;
 pub mod shmem;

@@ -27,6 +27,12 @@ pub enum MemoryError {
         /// Bytes asked for.
         len: u64,
     },
+    /// A region whose ranges wrap around 2^64 or do not fit this process.
+    #[error("region {spec:?} wraps around or does not fit in memory")]
+    BadRegion {
+        /// The region.
+        spec: RegionSpec,
+    },
     /// A range is not inside one region.
     #[error("guest range {gpa:#x}+{len:#x} is not inside one region")]
     Unmapped {
@@ -75,10 +81,22 @@ impl GuestRegion {
             .close_on_exec(true)
             .create("vhu-guest-ram")
             .map_err(|e| MemoryError::Create(std::io::Error::other(e)))?;
+        let bad = MemoryError::BadRegion { spec };
+        let fits = |base: u64| base.checked_add(spec.size).is_some();
+        if !fits(spec.guest_addr) || !fits(spec.user_addr) {
+            return Err(bad);
+        }
+        let map_len = spec
+            .mmap_offset
+            .checked_add(spec.size)
+            .filter(|&l| i64::try_from(l).is_ok())
+            .ok_or(bad)?;
         let file = memfd.into_file();
-        let map_len = spec.mmap_offset + spec.size;
         file.set_len(map_len).map_err(MemoryError::Create)?;
-        let len = NonZeroUsize::new(map_len as usize).ok_or(MemoryError::OutOfSpace { len: 0 })?;
+        let len = usize::try_from(map_len)
+            .ok()
+            .and_then(NonZeroUsize::new)
+            .ok_or(MemoryError::OutOfSpace { len: 0 })?;
         // SAFETY: a fresh shared mapping of a memfd we own, at an address the kernel picks.
         let map = unsafe {
             mmap(
@@ -95,7 +113,7 @@ impl GuestRegion {
             spec,
             file,
             map: map.cast(),
-            map_len: map_len as usize,
+            map_len: len.get(),
         })
     }
 

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use vhu_protocol::wire::ReplyKind;
 use vhu_protocol::wire::payload::{
-    Body, ConfigHeader, DeviceStateParams, MemRegion, VringAddr, VringState, vring_fd_word,
+    Body, ConfigHeader, DeviceStateParams, InflightDesc, MemRegion, VringAddr, VringState,
+    vring_fd_word,
 };
 use vhu_protocol::{
     ConnError, Connection, FrontendReq, Header, Message, ProtocolFeatures, RawMessage,
@@ -19,6 +20,7 @@ use vhu_protocol::{
 };
 
 use crate::channel::BackendChannel;
+use crate::inflight::{InflightBuffer, split_area_size};
 use crate::memory::{GuestMemory, GuestRegion, MemoryError};
 use crate::transcript::{Channel, Direction, Recorder, Transcript};
 
@@ -146,6 +148,19 @@ pub enum SessionError {
         /// How long it waited.
         waited: Duration,
     },
+    /// The back-end stopped reading: a message could not be sent whole, its socket buffer
+    /// staying full for the whole timeout.
+    #[error("the back-end does not read: {sent} of {total} bytes of {} sent, no progress for {waited:?}", during.map_or("a message", FrontendReq::spec_name))]
+    Stalled {
+        /// The request being sent, if known.
+        during: Option<FrontendReq>,
+        /// How long no byte could be sent.
+        waited: Duration,
+        /// Bytes sent.
+        sent: usize,
+        /// Bytes of the message.
+        total: usize,
+    },
     /// A message arrived that nobody asked for.
     #[error("unexpected message from the back-end: code {} flags {:#x}", message.header.request, message.header.flags)]
     UnexpectedMessage {
@@ -166,7 +181,7 @@ impl SessionError {
             Self::BadReply { during, .. }
             | Self::Nack { during, .. }
             | Self::Timeout { during, .. } => Some(*during),
-            Self::Closed { during } => *during,
+            Self::Closed { during } | Self::Stalled { during, .. } => *during,
             _ => None,
         }
     }
@@ -190,6 +205,8 @@ pub struct Session {
     /// The last ack-only request sent without NEED_REPLY: a reply carrying its code is an
     /// unrequested ack (R-ACK-03).
     last_unacked: Option<u32>,
+    /// Messages received on the main socket.
+    received: usize,
 }
 
 impl Session {
@@ -208,7 +225,19 @@ impl Session {
             channel: None,
             shmem_sizes: None,
             last_unacked: None,
+            received: 0,
         }
+    }
+
+    /// Changes how long each reply is waited for (a slow-starting back-end's first reply).
+    pub fn set_reply_timeout(&mut self, timeout: Duration) {
+        self.opts.reply_timeout = timeout;
+        self.conn.set_timeout(Some(timeout));
+    }
+
+    /// How many messages arrived on the main socket so far.
+    pub fn received(&self) -> usize {
+        self.received
     }
 
     /// Connects to a listening back-end.
@@ -295,6 +324,7 @@ impl Session {
     }
 
     fn record_received(&mut self, msg: &Message) {
+        self.received += 1;
         let at = self.now_us();
         self.transcript.record(
             at,
@@ -419,6 +449,16 @@ impl Session {
             ConnError::Timeout { waited, .. } => SessionError::Timeout {
                 during: req,
                 waited,
+            },
+            ConnError::SendTimeout {
+                waited,
+                sent,
+                total,
+            } => SessionError::Stalled {
+                during,
+                waited,
+                sent,
+                total,
             },
             e if e.is_peer_gone() => SessionError::Closed { during },
             ConnError::BadVersion { header } => SessionError::BadReply {
@@ -739,6 +779,59 @@ impl Session {
             self.shmem_sizes = Some(sizes);
         }
         Ok(m)
+    }
+
+    /// GET_INFLIGHT_FD for `num_queues` split rings of `queue_size` entries: the area the
+    /// back-end hands out, checked (see [`InflightBuffer::new`]). An answer without exactly one
+    /// fd, or whose description is unusable (zero, wrapping, absurdly large, too small for the
+    /// queues, past the end of the fd), is a [`SessionError::BadReply`]: the back-end's fault.
+    pub fn get_inflight_fd(
+        &mut self,
+        num_queues: u16,
+        queue_size: u16,
+    ) -> Result<InflightBuffer, SessionError> {
+        let req = FrontendReq::GetInflightFd;
+        let ask = Body::Inflight(InflightDesc {
+            mmap_size: 0,
+            mmap_offset: 0,
+            num_queues,
+            queue_size,
+            padding: 0,
+        });
+        let mut m = self.request(req, &ask, &[], None)?.expect("explicit reply");
+        let bad = |reason: String, m: Message| SessionError::BadReply {
+            during: req,
+            reason,
+            message: Box::new(m),
+        };
+        let desc = match m.body(req.reply_body()) {
+            Ok(Body::Inflight(d)) => d,
+            other => return Err(bad(format!("not an inflight description: {other:?}"), m)),
+        };
+        if m.fds.len() != 1 {
+            let n = m.fds.len();
+            return Err(bad(format!("{n} fds with the inflight area, not 1"), m));
+        }
+        let fd = m.fds.remove(0);
+        InflightBuffer::new(desc, fd, split_area_size(num_queues, queue_size)).map_err(|e| {
+            if e.is_backend_fault() {
+                bad(format!("unusable inflight area: {e}"), m)
+            } else {
+                SessionError::Local {
+                    what: "cannot inspect the inflight fd".into(),
+                    source: std::io::Error::other(e.to_string()),
+                }
+            }
+        })
+    }
+
+    /// SET_INFLIGHT_FD: gives a buffer back (R-INFL-03).
+    pub fn set_inflight_fd(&mut self, buf: &InflightBuffer) -> Result<Ack, SessionError> {
+        self.ack(
+            FrontendReq::SetInflightFd,
+            &Body::Inflight(buf.desc()),
+            &[buf.fd()],
+        )
     }
 
     /// SET_DEVICE_STATE_FD: the raw reply (u64 result, maybe an fd).

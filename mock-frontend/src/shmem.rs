@@ -22,6 +22,11 @@ pub const MAP_RW: u64 = 1;
 
 const PAGE: u64 = 4096;
 
+/// Most address space all declared regions reserve together (GET_SHMEM_CONFIG's sizes come from
+/// the back-end; the reservations are inaccessible and take no memory, but address space is
+/// finite: 128 TiB on x86-64).
+pub const MAX_SHMEM_TOTAL: u64 = 1 << 42;
+
 /// Why a SHMEM_MAP or SHMEM_UNMAP was refused.
 #[derive(Debug, Error)]
 pub enum ShmemRefusal {
@@ -129,7 +134,11 @@ unsafe impl Send for Region {}
 
 impl Region {
     fn reserve(size: u64) -> nix::Result<Self> {
-        let len = size.next_multiple_of(PAGE) as usize;
+        let len = size
+            .checked_next_multiple_of(PAGE)
+            .filter(|&l| l <= MAX_SHMEM_TOTAL)
+            .and_then(|l| usize::try_from(l).ok())
+            .ok_or(nix::Error::ENOMEM)?;
         let reserved = NonZeroUsize::new(len).ok_or(nix::Error::EINVAL)?;
         // SAFETY: a fresh inaccessible anonymous mapping at an address the kernel picks.
         let base = unsafe {
@@ -184,8 +193,15 @@ pub struct ShmemSpace {
 }
 
 impl ShmemSpace {
-    /// Reserves one range per non-zero size (index = shmid).
+    /// Reserves one range per non-zero size (index = shmid); ENOMEM when together they are
+    /// more than [`MAX_SHMEM_TOTAL`].
     pub fn new(sizes: &[u64]) -> nix::Result<Self> {
+        let total = sizes.iter().try_fold(0u64, |t, &s| {
+            t.checked_add(s.checked_next_multiple_of(PAGE)?)
+        });
+        if total.is_none_or(|t| t > MAX_SHMEM_TOTAL) {
+            return Err(nix::Error::ENOMEM);
+        }
         let regions = sizes
             .iter()
             .map(|&s| (s != 0).then(|| Region::reserve(s)).transpose())

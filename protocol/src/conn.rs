@@ -64,6 +64,19 @@ pub enum ConnError {
         /// Bytes expected.
         wanted: usize,
     },
+    /// The peer stopped reading: no byte of the message could be sent for the whole timeout
+    /// (its receive buffer stayed full). The stream is out of step if `sent` is not 0.
+    #[error(
+        "timed out after {waited:?} with {sent} of {total} bytes of a message sent (the peer does not read)"
+    )]
+    SendTimeout {
+        /// How long it waited without progress.
+        waited: Duration,
+        /// Bytes of the message sent by then.
+        sent: usize,
+        /// Bytes of the message.
+        total: usize,
+    },
     /// No (complete) message arrived before the deadline.
     #[error("timed out after {waited:?} with {got} bytes of a message received")]
     Timeout {
@@ -107,9 +120,9 @@ impl ConnError {
         }
     }
 
-    /// Whether the error is a timeout.
+    /// Whether the error is a timeout (of a receive, or of a send the peer does not read).
     pub fn is_timeout(&self) -> bool {
-        matches!(self, Self::Timeout { .. })
+        matches!(self, Self::Timeout { .. } | Self::SendTimeout { .. })
     }
 }
 
@@ -162,7 +175,8 @@ impl RawMessage {
     }
 }
 
-/// A framed connection. Every receive waits at most `timeout` (None: forever).
+/// A framed connection. Every receive waits at most `timeout` (None: forever), and so does a
+/// send whose peer stops reading (no progress for `timeout`: [`ConnError::SendTimeout`]).
 #[derive(Debug)]
 pub struct Connection {
     stream: UnixStream,
@@ -292,7 +306,14 @@ impl Connection {
         let raw_fds: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
         let mut sent = 0usize;
         let total = head.len() + tail.len();
-        let flags = MsgFlags::MSG_NOSIGNAL;
+        // With a timeout, never block in the kernel: a full socket buffer (a peer that does not
+        // read) is waited for with poll, up to `timeout` without progress.
+        let flags = if self.timeout.is_some() {
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT
+        } else {
+            MsgFlags::MSG_NOSIGNAL
+        };
+        let mut deadline = self.timeout.map(|t| Instant::now() + t);
         while sent < total || (total == 0 && sent == 0 && !raw_fds.is_empty()) {
             let (h, t) = if sent < head.len() {
                 (&head[sent..], tail)
@@ -309,9 +330,21 @@ impl Connection {
             };
             match sendmsg::<()>(self.stream.as_raw_fd(), &iov, cmsgs, flags, None) {
                 Ok(0) if total == 0 => break,
-                Ok(n) => sent += n,
+                Ok(n) => {
+                    sent += n;
+                    deadline = self.timeout.map(|t| Instant::now() + t);
+                }
                 Err(Errno::EINTR) => {}
-                Err(Errno::EAGAIN) => self.wait(PollFlags::POLLOUT, None, sent)?,
+                Err(Errno::EAGAIN) => match self.wait(PollFlags::POLLOUT, deadline, sent) {
+                    Err(ConnError::Timeout { waited, .. }) => {
+                        return Err(ConnError::SendTimeout {
+                            waited,
+                            sent,
+                            total,
+                        });
+                    }
+                    r => r?,
+                },
                 Err(source) => {
                     return Err(ConnError::Io {
                         op: "sendmsg",
