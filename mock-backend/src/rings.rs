@@ -315,7 +315,7 @@ impl Session<'_> {
 
 /// Dies by SIGSEGV, as a C back-end indexing its ring array with the front-end's index does
 /// (fault `segfault-on-bad-index`): the default action restored (the Rust runtime handles
-/// SIGSEGV to report stack overflows), no core file, the signal raised.
+/// SIGSEGV to report stack overflows), no core dump, the signal raised.
 fn segfault() -> ! {
     let no_core = libc::rlimit {
         rlim_cur: 0,
@@ -325,6 +325,8 @@ fn segfault() -> ! {
     // raising the signal is what the fault is for.
     unsafe {
         libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+        // A core_pattern pipe ignores RLIMIT_CORE 0; not dumpable is never dumped.
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
         libc::signal(libc::SIGSEGV, libc::SIG_DFL);
         libc::raise(libc::SIGSEGV);
     }

@@ -331,5 +331,6 @@ fn segfault_on_bad_index_dies_by_sigsegv_on_every_vring_message() {
         c.send_request(req as u32, &body, true, &[]).unwrap();
         let status = wait_exit(&mut be).unwrap_or_else(|| panic!("{req:?}: still alive"));
         assert_eq!(status.signal(), Some(libc::SIGSEGV), "{req:?}: {status:?}");
+        assert!(!status.core_dumped(), "{req:?}: a core was dumped");
     }
 }
