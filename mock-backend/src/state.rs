@@ -32,14 +32,20 @@ impl Session<'_> {
             let bases: Vec<u8> = (self.queues.iter())
                 .flat_map(|q| q.saved_base().to_le_bytes())
                 .collect();
-            let mut state = self.dev.save(&bases);
-            if self.has(Fault::BadDeviceState) {
-                // The fault: a wrong checksum, so the state never loads elsewhere.
-                if let Some(last) = state.last_mut() {
-                    *last ^= 1;
+            // The state as it is now (a copy of the disk is a memcpy); the scan for written
+            // blocks and the checksum run on the thread, so the reply is not delayed by them.
+            let snapshot = self.dev.clone();
+            let corrupt = self.has(Fault::BadDeviceState);
+            std::thread::Builder::new().spawn(move || {
+                let mut state = snapshot.save(&bases);
+                if corrupt {
+                    // The fault: a wrong checksum, so the state never loads elsewhere.
+                    if let Some(last) = state.last_mut() {
+                        *last ^= 1;
+                    }
                 }
-            }
-            std::thread::Builder::new().spawn(move || write_state(file, &state))
+                write_state(file, &state)
+            })
         } else {
             std::thread::Builder::new().spawn(move || read_state(file))
         };
