@@ -1,5 +1,6 @@
 //! Embeds the repository's `scenarios/**/*.toml` in the binary, so an installed `vhu-conform`
-//! carries its suite.
+//! carries its suite, and turns `spec/rules.toml`'s ids into typed constants (`R_MEM_11`), so a
+//! rule cited in code that the checklist lacks does not compile.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -41,5 +42,32 @@ fn main() {
     }
     code.push_str("];\n");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("embedded_scenarios.rs");
+    std::fs::write(out, code).unwrap();
+    rule_ids();
+}
+
+/// `spec/rules.toml`'s `id = "R-..."` lines, in order, as `RuleId` constants and a name table.
+fn rule_ids() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("spec/rules.toml");
+    println!("cargo:rerun-if-changed={}", path.display());
+    let text = std::fs::read_to_string(&path).unwrap();
+    let ids: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("id = \""))
+        .filter_map(|l| l.strip_suffix('"'))
+        .collect();
+    let mut code = String::new();
+    for (i, id) in ids.iter().enumerate() {
+        let _ = writeln!(
+            code,
+            "/// `{id}`.\npub const {}: RuleId = RuleId({i});",
+            id.replace('-', "_")
+        );
+    }
+    let _ = writeln!(
+        code,
+        "/// Every id, in checklist order.\npub(crate) static NAMES: &[&str] = &{ids:?};"
+    );
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("rule_ids.rs");
     std::fs::write(out, code).unwrap();
 }

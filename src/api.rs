@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::device::{DeviceSource, DeviceType};
 use crate::engine::{self, Offer, Repeat, RunEvent, RunOptions, ScenarioResult};
 use crate::expect::{Entry, Expectations};
 use crate::report::Totals;
@@ -37,8 +38,9 @@ pub struct Suite {
     pub options: RunOptions,
     /// Repetitions per scenario.
     pub repeat: Repeat,
-    /// The back-end's device type, when known (`block`, `net`, ...).
-    pub device: Option<String>,
+    /// The back-end's device type and who said so, when known; without it, a spawned
+    /// program's `--print-capabilities` is asked.
+    pub device: Option<(DeviceType, DeviceSource)>,
     /// Known failures and skips.
     pub expectations: Expectations,
     /// Shuffle the order with this seed.
@@ -119,6 +121,12 @@ impl Suite {
         self
     }
 
+    /// Sets the device type (`--device`).
+    pub fn device(mut self, device: DeviceType) -> Self {
+        self.device = Some((device, DeviceSource::Option));
+        self
+    }
+
     /// Reads an expectations file (`--expect`).
     pub fn expect_file(mut self, path: &Path) -> Result<Self, crate::expect::ExpectError> {
         self.expectations = Expectations::load(path)?;
@@ -155,7 +163,9 @@ impl Suite {
             // the scenarios show the departure with its rule.
             Err(engine::PreflightError::Misbehaved(why)) => (Offer::default(), Some(why)),
         };
-        offer.device.clone_from(&self.device);
+        let device = engine::device_type(self.device, &self.target);
+        offer.device = device.map(|d| d.0);
+        offer.device_source = device.map(|d| d.1);
         let mut results = engine::run_suite_repeated(
             &selected,
             &self.target,

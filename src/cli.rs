@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::api::{Suite, SuiteError};
+use crate::device::DeviceSource;
 use crate::engine::{self, RunOptions};
 use crate::exit_code;
 use crate::report::{self, Human, JsonReporter, JunitReporter, Reporter};
@@ -66,10 +67,15 @@ pub struct Args {
     /// `--socket-path {socket}`), one fresh process per scenario.
     #[arg(long, value_name = "FILE", group = "target")]
     pub backend_json: Option<PathBuf>,
-    /// The back-end's device type (`block`, `net`, `fs`...; from --backend-json when given):
-    /// scenarios that drive virtio-blk requests are skipped for other types.
-    #[arg(long, value_name = "TYPE")]
-    pub device: Option<String>,
+    /// The back-end's device type (`block`/`blk`, `net`, `fs`, `vsock`, `rng`...; from
+    /// --backend-json or the program's --print-capabilities when not given): device-specific
+    /// scenarios run only for their type, and are skipped when the type is unknown.
+    #[arg(long, value_name = "TYPE", value_parser = crate::device::DeviceType::parse)]
+    pub device: Option<crate::device::DeviceType>,
+    /// The ring size scenarios use (default: the largest power of two up to 256 that the
+    /// back-end accepts at preflight).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=32768))]
+    pub queue_size: Option<u16>,
     /// Expectations file (TOML): known failures and skips with their reasons.
     #[arg(long, value_name = "FILE")]
     pub expect: Option<PathBuf>,
@@ -178,10 +184,12 @@ fn suite(args: &Args) -> Result<Suite, (u8, String)> {
             d.spawn_command()
         );
     }
+    let mut bundled = false;
     let spec = match (target(args), &description) {
         (Some(t), _) => t,
         (None, Some(d)) => TargetSpec::Spawn(d.spawn_command()),
         (None, None) => {
+            bundled = true;
             let t = bundled_backend().ok_or((
                 exit_code::USAGE,
                 "no back-end given and the bundled one cannot be located: use --backend, --spawn or --listen".to_string(),
@@ -202,12 +210,21 @@ fn suite(args: &Args) -> Result<Suite, (u8, String)> {
         scenario_timeout: Duration::from_millis(args.scenario_timeout_ms),
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
         strict: args.strict,
+        queue_size: args.queue_size,
     };
     s.repeat = engine::Repeat {
         times: args.repeat.max(1),
         until_failure: args.until_failure,
     };
-    s.device = args.device.clone().or(description.map(|d| d.kind));
+    let from_json = description
+        .as_ref()
+        .and_then(|d| crate::device::DeviceType::parse(&d.kind).ok());
+    s.device = match (args.device, from_json) {
+        (Some(d), _) => Some((d, DeviceSource::Option)),
+        (None, Some(d)) => Some((d, DeviceSource::BackendJson)),
+        (None, None) if bundled => Some((crate::device::DeviceType::Block, DeviceSource::Bundled)),
+        (None, None) => None,
+    };
     if let Some(p) = &args.expect {
         s = s.expect_file(p).map_err(|e| usage(&e))?;
     }
@@ -258,8 +275,10 @@ fn run_checked(args: &Args) -> Result<u8, (u8, String)> {
             }
             Err(engine::PreflightError::Misbehaved(_)) => engine::Offer::default(),
         };
+        let device = engine::device_type(suite.device, &suite.target);
         let offer = engine::Offer {
-            device: suite.device.clone(),
+            device: device.map(|d| d.0),
+            device_source: device.map(|d| d.1),
             ..offer
         };
         list(&selected, Some(&offer), args.verbose);
@@ -372,7 +391,12 @@ fn list(selected: &[scenario::Scenario], offer: Option<&engine::Offer>, verbose:
             "{:<45} {:<7} {}{runs}",
             s.spec.id,
             format!("{:?}", s.spec.level).to_lowercase(),
-            s.spec.rules.join(",")
+            s.spec
+                .rules
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
         );
         println!("    {}", s.spec.title);
         if verbose {

@@ -188,6 +188,7 @@ mod tests {
             outcome,
             findings: vec![],
             notes: vec![],
+            checked_rules: vec![],
             duration_ms: 0,
             transcript: vec![],
             expectation: None,

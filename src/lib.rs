@@ -8,6 +8,7 @@ pub mod api;
 pub mod backend_json;
 pub mod builtin;
 pub mod cli;
+pub mod device;
 pub mod engine;
 pub mod exit_code;
 pub mod expect;

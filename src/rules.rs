@@ -12,15 +12,159 @@ use crate::scenario::{Level, Scenario};
 
 const RULES_TOML: &str = include_str!("../spec/rules.toml");
 
+/// A rule of the checklist, by id (`R-MEM-11`): a typed value, only ever one that
+/// `spec/rules.toml` has. Code cites rules through the constants of [`id`]; scenario files'
+/// ids are checked when they load.
+#[derive(Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleId(u16);
+
+/// The constants, one per rule (`id::R_MEM_11`), generated from `spec/rules.toml`.
+pub mod id {
+    use super::RuleId;
+    include!(concat!(env!("OUT_DIR"), "/rule_ids.rs"));
+}
+
+impl RuleId {
+    /// The rule with this id, if the checklist has it.
+    pub fn parse(s: &str) -> Option<Self> {
+        id::NAMES
+            .iter()
+            .position(|n| *n == s)
+            .map(|i| Self(i as u16))
+    }
+
+    /// `R-MEM-11`.
+    pub fn as_str(self) -> &'static str {
+        id::NAMES[self.0 as usize]
+    }
+
+    /// The rule's entry: side, level, text.
+    pub fn rule(self) -> &'static Rule {
+        &all()[self.0 as usize]
+    }
+
+    /// How much the spec says the rule weighs.
+    pub fn level(self) -> RuleLevel {
+        self.rule().level
+    }
+}
+
+impl std::fmt::Debug for RuleId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for RuleId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for RuleId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for RuleId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown rule id {s:?} (spec/rules.toml lists the checklist's rules, R-WIRE-01 ...)"
+            ))
+        })
+    }
+}
+
+impl PartialEq<&str> for RuleId {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// A rule's weight in the spec (the checklist's legend).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum RuleLevel {
+    /// Informative.
+    Info,
+    /// Permitted behaviour.
+    May,
+    /// A robustness rule the spec is silent on.
+    Rob,
+    /// Recommended.
+    Should,
+    /// Required.
+    Must,
+}
+
+impl RuleLevel {
+    /// The checklist's word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Info => "INFO",
+            Self::May => "MAY",
+            Self::Rob => "ROB",
+            Self::Should => "SHOULD",
+            Self::Must => "MUST",
+        }
+    }
+
+    /// The most a finding citing a rule of this level can weigh.
+    pub fn finding_cap(self) -> Level {
+        match self {
+            Self::Must => Level::Must,
+            Self::Should | Self::May => Level::Should,
+            Self::Rob => Level::Rob,
+            Self::Info => Level::Info,
+        }
+    }
+}
+
+/// Whose duty a rule is.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub enum Side {
+    /// The back-end's.
+    #[serde(rename = "BE")]
+    Backend,
+    /// The front-end's.
+    #[serde(rename = "FE")]
+    Frontend,
+    /// Both sides'.
+    #[serde(rename = "both")]
+    Both,
+    /// The back-end program's (command line conventions).
+    #[serde(rename = "BE program")]
+    BackendProgram,
+    /// The spec's own (informative).
+    #[serde(rename = "spec")]
+    Spec,
+}
+
+impl Side {
+    /// The checklist's word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Backend => "BE",
+            Self::Frontend => "FE",
+            Self::Both => "both",
+            Self::BackendProgram => "BE program",
+            Self::Spec => "spec",
+        }
+    }
+}
+
 /// One rule of the checklist.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Rule {
     /// `R-MEM-11`.
-    pub id: String,
-    /// Whose duty it is: `BE`, `FE`, `both`, `BE program`, `spec`.
-    pub side: String,
-    /// `MUST`, `SHOULD`, `MAY`, `ROB`, `INFO`.
-    pub level: String,
+    pub id: RuleId,
+    /// Whose duty it is.
+    pub side: Side,
+    /// Its weight.
+    pub level: RuleLevel,
     /// Its first line.
     pub text: String,
 }
@@ -29,29 +173,50 @@ impl Rule {
     /// Whether a back-end can be checked against it (front-end duties and informative notes
     /// are the harness's own business).
     pub fn is_backend_check(&self) -> bool {
-        matches!(self.side.as_str(), "BE" | "both" | "BE program")
-            && !matches!(self.level.as_str(), "INFO" | "MAY")
+        matches!(self.side, Side::Backend | Side::Both | Side::BackendProgram)
+            && !matches!(self.level, RuleLevel::Info | RuleLevel::May)
     }
 }
 
 #[derive(Deserialize)]
+struct RuleEntry {
+    id: String,
+    side: Side,
+    level: RuleLevel,
+    text: String,
+}
+
+#[derive(Deserialize)]
 struct RulesFile {
-    rule: Vec<Rule>,
+    rule: Vec<RuleEntry>,
 }
 
 /// Every rule, in checklist order.
 pub fn all() -> &'static [Rule] {
     static RULES: OnceLock<Vec<Rule>> = OnceLock::new();
     RULES.get_or_init(|| {
-        toml::from_str::<RulesFile>(RULES_TOML)
-            .expect("spec/rules.toml is valid (checked by a test)")
-            .rule
+        let file = toml::from_str::<RulesFile>(RULES_TOML)
+            .expect("spec/rules.toml is valid (checked by a test)");
+        file.rule
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                // build.rs numbered the ids in this same order.
+                debug_assert_eq!(id::NAMES[i], e.id);
+                Rule {
+                    id: RuleId(i as u16),
+                    side: e.side,
+                    level: e.level,
+                    text: e.text,
+                }
+            })
+            .collect()
     })
 }
 
 /// The rule with this id.
 pub fn find(id: &str) -> Option<&'static Rule> {
-    all().iter().find(|r| r.id == id)
+    RuleId::parse(id).map(RuleId::rule)
 }
 
 /// Where a rule stands after a run (or, without one, whether anything checks it).
@@ -108,10 +273,12 @@ pub struct RuleCoverage {
     pub scenarios: Vec<String>,
 }
 
-/// The rules a scenario cites: its own list and its steps' `rule` fields.
-pub fn cited_by(s: &Scenario) -> Vec<String> {
-    let mut ids: Vec<String> = s.spec.rules.clone();
-    ids.extend(s.spec.steps.iter().filter_map(|st| st.rule.clone()));
+/// The rules a scenario cites: its own list and its steps' `rule` fields, and R-CRASH-01,
+/// which every scenario checks (a crash fails any of them).
+pub fn cited_by(s: &Scenario) -> Vec<RuleId> {
+    let mut ids: Vec<RuleId> = s.spec.rules.clone();
+    ids.extend(s.spec.steps.iter().filter_map(|st| st.rule));
+    ids.push(id::R_CRASH_01);
     ids.sort();
     ids.dedup();
     ids
@@ -120,7 +287,7 @@ pub fn cited_by(s: &Scenario) -> Vec<String> {
 /// The coverage of every rule by `scenarios` (all that are loaded) and, when given, by the
 /// results of a run.
 pub fn coverage(scenarios: &[Scenario], results: Option<&[ScenarioResult]>) -> Vec<RuleCoverage> {
-    let mut by_rule: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut by_rule: BTreeMap<RuleId, Vec<String>> = BTreeMap::new();
     for s in scenarios {
         for id in cited_by(s) {
             by_rule.entry(id).or_default().push(s.spec.id.clone());
@@ -157,21 +324,21 @@ fn status_of(rule: &Rule, cited: &[String], results: Option<&[ScenarioResult]>) 
     if !findings.is_empty() {
         return Status::CheckedWarn;
     }
+    if !rule.is_backend_check() {
+        return Status::NotBackend;
+    }
     if cited.is_empty() {
-        return if rule.is_backend_check() {
-            Status::NoScenario
-        } else {
-            Status::NotBackend
-        };
+        return Status::NoScenario;
     }
     let Some(results) = results else {
         return Status::NotRun;
     };
     let ran: Vec<&ScenarioResult> = results.iter().filter(|r| cited.contains(&r.id)).collect();
-    if ran
-        .iter()
-        .any(|r| matches!(r.outcome, Outcome::Pass | Outcome::Warn | Outcome::Fail))
-    {
+    // Pass only where a check that could have cited the rule ran (and none did).
+    if ran.iter().any(|r| {
+        matches!(r.outcome, Outcome::Pass | Outcome::Warn | Outcome::Fail)
+            && r.checked_rules.contains(&rule.id)
+    }) {
         return Status::CheckedPass;
     }
     if ran
@@ -213,15 +380,24 @@ pub fn summary(rows: &[RuleCoverage]) -> Vec<(&'static str, usize)> {
 pub fn render(rows: &[RuleCoverage]) -> String {
     let mut out = String::new();
     for r in rows {
+        let side = match r.rule.side {
+            Side::BackendProgram => "prog",
+            other => other.as_str(),
+        };
         let mut line = format!(
             "{:<12} {:<6} {:<6} {:<24}",
-            r.rule.id,
-            r.rule.side.replace("BE program", "prog"),
-            r.rule.level,
+            r.rule.id.as_str(),
+            side,
+            r.rule.level.as_str(),
             r.status.label()
         );
         match &r.status {
             Status::Skipped { why } => line.push_str(&why.join("; ")),
+            _ if r.scenarios.len() > 6 => line.push_str(&format!(
+                "{} and {} more",
+                r.scenarios[..5].join(", "),
+                r.scenarios.len() - 5
+            )),
             _ if !r.scenarios.is_empty() => line.push_str(&r.scenarios.join(", ")),
             _ => line.push_str(&r.rule.text),
         }
@@ -245,6 +421,13 @@ mod tests {
     fn the_embedded_rules_parse_and_ids_are_unique() {
         let rules = all();
         assert!(rules.len() > 200, "{}", rules.len());
+        for (i, r) in rules.iter().enumerate() {
+            assert_eq!(
+                r.id.as_str(),
+                id::NAMES[i],
+                "build.rs numbered the ids in file order"
+            );
+        }
         let mut ids: Vec<&str> = rules.iter().map(|r| r.id.as_str()).collect();
         ids.sort_unstable();
         let n = ids.len();
@@ -259,7 +442,11 @@ mod tests {
         let all = crate::scenario::load_all(&[]).unwrap();
         for s in &all {
             for id in cited_by(s) {
-                assert!(find(&id).is_some(), "{} cites unknown rule {id}", s.spec.id);
+                assert!(
+                    find(id.as_str()).is_some(),
+                    "{} cites unknown rule {id}",
+                    s.spec.id
+                );
             }
         }
     }

@@ -121,6 +121,68 @@ impl std::fmt::Display for ProcessState {
     }
 }
 
+/// The signals whose delivery means the back-end crashed: memory corruption or a failed
+/// assertion (R-CRASH-01), as opposed to an exit with a status, which is a policy.
+pub const CRASH_SIGNALS: [i32; 5] = [
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGABRT,
+    libc::SIGILL,
+    libc::SIGFPE,
+];
+
+/// How a back-end process ended, as far as a verdict goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Death {
+    /// Killed by a crash signal (directly, or reported by a wrapper shell as 128 + N).
+    Crash {
+        /// The signal number.
+        signal: i32,
+        /// Whether a wrapper reported it as an exit status of 128 + signal.
+        via_status: bool,
+    },
+    /// Exited with a status (0, 1, a Rust panic's 101...): the back-end chose to go.
+    Exit(i32),
+    /// Killed by another signal (SIGKILL, SIGTERM...): not the back-end's own doing.
+    Killed(i32),
+}
+
+impl Death {
+    /// Whether this is a crash (R-CRASH-01).
+    pub fn is_crash(&self) -> bool {
+        matches!(self, Self::Crash { .. })
+    }
+}
+
+/// The name of a signal (`SIGSEGV`), or `signal N`.
+pub fn signal_name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("signal {sig}"))
+}
+
+impl ProcessState {
+    /// How the process ended, if it has.
+    pub fn death(&self) -> Option<Death> {
+        match *self {
+            Self::Signaled(s) if CRASH_SIGNALS.contains(&s) => Some(Death::Crash {
+                signal: s,
+                via_status: false,
+            }),
+            Self::Signaled(s) => Some(Death::Killed(s)),
+            // The target scripts (and any `sh -c` wrapper) report a child's signal as 128 + N.
+            Self::Exited(c) if c > 128 && CRASH_SIGNALS.contains(&(c - 128)) => {
+                Some(Death::Crash {
+                    signal: c - 128,
+                    via_status: true,
+                })
+            }
+            Self::Exited(c) => Some(Death::Exit(c)),
+            Self::Running | Self::Unknown => None,
+        }
+    }
+}
+
 /// One reachable back-end: for spawn mode, one process with its own socket.
 #[derive(Debug)]
 pub struct Instance {
@@ -218,6 +280,11 @@ impl Instance {
             std::thread::sleep(Duration::from_millis(10));
         }
         Ok(())
+    }
+
+    /// How this back-end is reached.
+    pub fn spec(&self) -> &TargetSpec {
+        &self.spec
     }
 
     /// A new connection to the back-end.

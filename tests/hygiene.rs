@@ -41,6 +41,7 @@ fn opts() -> RunOptions {
         scenario_timeout: Duration::from_secs(20),
         connect_timeout: Duration::from_secs(5),
         strict: false,
+        queue_size: None,
     }
 }
 

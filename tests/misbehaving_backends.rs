@@ -37,6 +37,7 @@ fn opts() -> RunOptions {
         scenario_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(5),
         strict: false,
+        queue_size: None,
     }
 }
 

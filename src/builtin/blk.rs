@@ -2,7 +2,9 @@
 //! patterns at scattered sectors and sizes, each read back.
 
 use super::{Builtin, clean_session};
+use crate::device::DeviceType;
 use crate::engine::{Ctx, StepError};
+use crate::rules::id;
 use crate::scenario::model::NumOrWord;
 use crate::scenario::{Action, Step};
 
@@ -24,7 +26,7 @@ fn blk_step(action: Action, (sector, sectors, pattern): (u64, u32, u8)) -> Step 
     s.sector = Some(sector);
     s.sectors = Some(sectors);
     s.pattern = Some(pattern);
-    s.rule = Some("R-RING-07".into());
+    s.rule = Some(id::R_RING_07);
     s
 }
 
@@ -35,16 +37,16 @@ impl Builtin for ScatteredPatterns {
     fn title(&self) -> &'static str {
         "virtio-blk: several writes of different sizes and patterns each read back intact"
     }
-    fn rules(&self) -> &'static [&'static str] {
-        &["R-RING-07", "R-MEM-03"]
+    fn rules(&self) -> &'static [crate::rules::RuleId] {
+        &[id::R_RING_07, id::R_MEM_03]
     }
     fn description(&self) -> &'static str {
         "Four writes (1, 3, 8 and 32 sectors, distinct patterns) at scattered sectors on queue 0, \
 then four reads of the same extents: each must return its own pattern, with the used length and \
 canaries checked on every request; a mix-up between extents or requests shows as a wrong pattern."
     }
-    fn drives_blk(&self) -> bool {
-        true
+    fn device(&self) -> Option<DeviceType> {
+        Some(DeviceType::Block)
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         clean_session(ctx, true)?;

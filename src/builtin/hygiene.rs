@@ -2,6 +2,7 @@
 //! in `/proc/<pid>/maps` and `/proc/<pid>/fd` of the back-end (a region's memfd is identified
 //! exactly, not by counts), and a message repeated a thousand times must not grow the process.
 
+use crate::rules::id;
 use std::time::{Duration, Instant};
 
 use super::{Builtin, clean_session, needs_process, settle};
@@ -37,8 +38,8 @@ impl Builtin for RemMemRegReleases {
     fn title(&self) -> &'static str {
         "After REM_MEM_REG the back-end neither maps the region's memfd nor holds its fd"
     }
-    fn rules(&self) -> &'static [&'static str] {
-        &["R-MEM-11"]
+    fn rules(&self) -> &'static [crate::rules::RuleId] {
+        &[id::R_MEM_11]
     }
     fn requires_protocol(&self) -> &'static [&'static str] {
         &["CONFIGURE_MEM_SLOTS", "REPLY_ACK"]
@@ -68,7 +69,7 @@ back-end must have unmapped it and closed the fd within a second."
         match released(ctx, ino) {
             Some((0, 0)) | None => Ok(()),
             Some((maps, fds)) => Err(ctx.fail(
-                "R-MEM-11",
+                id::R_MEM_11,
                 "the removed region is still mapped or its fd still open",
                 "no mapping of the region's memfd and no fd on it once REM_MEM_REG is acked",
                 format!("{RELEASE_WITHIN:?} after the ack: {maps} mappings and {fds} fds of memfd inode {ino}"),
@@ -88,8 +89,8 @@ impl Builtin for DisconnectReleases {
     fn title(&self) -> &'static str {
         "After the front-end disconnects, the back-end drops the session's guest memory"
     }
-    fn rules(&self) -> &'static [&'static str] {
-        &["R-ROB-09"]
+    fn rules(&self) -> &'static [crate::rules::RuleId] {
+        &[id::R_ROB_09]
     }
     fn level(&self) -> crate::scenario::Level {
         crate::scenario::Level::Rob
@@ -100,8 +101,8 @@ front-end closes the connection. The back-end must unmap every region's memfd an
 (looked up by inode) and then serve a new session: memory of a gone front-end pinned in a \
 long-running back-end is a leak per reconnect."
     }
-    fn drives_blk(&self) -> bool {
-        true
+    fn device(&self) -> Option<crate::device::DeviceType> {
+        Some(crate::device::DeviceType::Block)
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         needs_process(ctx)?;
@@ -117,7 +118,7 @@ long-running back-end is a leak per reconnect."
         }
         if !kept.is_empty() {
             return Err(ctx.fail(
-                "R-ROB-09",
+                id::R_ROB_09,
                 "guest memory of a disconnected front-end stays mapped or open",
                 "every region unmapped and its fd closed once the connection is gone",
                 format!(
@@ -148,8 +149,8 @@ impl Builtin for AddRemRepeated {
     fn title(&self) -> &'static str {
         "1,000 ADD_MEM_REG / REM_MEM_REG cycles do not grow the back-end's fds or mappings"
     }
-    fn rules(&self) -> &'static [&'static str] {
-        &["R-MEM-11"]
+    fn rules(&self) -> &'static [crate::rules::RuleId] {
+        &[id::R_MEM_11]
     }
     fn requires_protocol(&self) -> &'static [&'static str] {
         &["CONFIGURE_MEM_SLOTS", "REPLY_ACK"]
@@ -185,7 +186,7 @@ times; /proc/<pid>/fd and /proc/<pid>/maps may not grow by more than a small sla
         ));
         if maps > maps0 + SLACK || fds > fds0 + SLACK {
             return Err(ctx.fail(
-                "R-MEM-11",
+                id::R_MEM_11,
                 &format!(
                     "{CYCLES} REM/ADD cycles grew mappings {maps0} -> {maps}, fds {fds0} -> {fds}"
                 ),
@@ -194,5 +195,54 @@ times; /proc/<pid>/fd and /proc/<pid>/maps may not grow by more than a small sla
             ));
         }
         Ok(())
+    }
+}
+
+/// A back-end that listens keeps serving after its front-end leaves (R-ROB-09): the one place a
+/// back-end that exits on disconnect (as virtiofsd does, a policy the spec allows) is reported;
+/// every other scenario runs on a fresh process, and those that need a reconnect are skipped.
+#[derive(Debug)]
+pub struct ServesAfterDisconnect;
+
+impl Builtin for ServesAfterDisconnect {
+    fn id(&self) -> &'static str {
+        "session/serves-after-disconnect"
+    }
+    fn title(&self) -> &'static str {
+        "After the front-end leaves, the back-end accepts and serves a new front-end"
+    }
+    fn rules(&self) -> &'static [crate::rules::RuleId] {
+        &[id::R_ROB_09]
+    }
+    fn level(&self) -> crate::scenario::Level {
+        crate::scenario::Level::Rob
+    }
+    fn description(&self) -> &'static str {
+        "A negotiated session, then the front-end closes the connection and connects again: the \
+back-end must answer GET_FEATURES on the new connection. A back-end that exits instead (status \
+0 or not) warns here once; the spec does not forbid it, and vhu-conform runs every other \
+scenario on a fresh process (spawn mode)."
+    }
+    fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+        ctx.step(&Step::new(Action::Negotiate))?;
+        ctx.step(&Step::new(Action::Disconnect))?;
+        ctx.mark(id::R_ROB_09);
+        let st = ctx
+            .target()
+            .wait_exit(std::time::Duration::from_millis(300));
+        if let Some(crate::target::Death::Exit(code)) = st.death() {
+            ctx.expect_exit();
+            return Err(ctx.fail(
+                id::R_ROB_09,
+                &format!(
+                    "the back-end exits when its front-end leaves (status {code}); other scenarios \
+                     that reconnect to the same process are skipped"
+                ),
+                "the socket accepts a new front-end session that works",
+                format!("back-end process {st}"),
+            ));
+        }
+        ctx.step(&Step::new(Action::Reconnect))?;
+        ctx.step(&Step::new(Action::Probe))
     }
 }

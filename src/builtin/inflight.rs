@@ -6,100 +6,78 @@
 //! u16 desc_num, u16 last_batch_head, u16 used_idx) and desc_num 16-byte entries (u8 inflight,
 //! 5 bytes padding, u16 next, u64 counter).
 
-use std::os::fd::{AsFd, OwnedFd};
+use crate::rules::{RuleId, id};
 use std::time::Duration;
 
 use vhu_mock_frontend::Wanted;
 use vhu_mock_frontend::blk::{self, BlkReq};
-use vhu_protocol::FrontendReq;
-use vhu_protocol::ProtocolFeatures;
-use vhu_protocol::wire::payload::{Body, InflightDesc};
+use vhu_mock_frontend::inflight::{InflightBuffer, InflightError, SPLIT_ENTRY, SPLIT_HEADER};
+use vhu_protocol::{FrontendReq, ProtocolFeatures};
 
 use super::{Builtin, QUEUE_SIZE, default_memory, start_queue};
 use crate::engine::{Ctx, StepError};
 
-const HEADER: u64 = 16;
-const ENTRY: u64 = 16;
+const HEADER: u64 = SPLIT_HEADER;
+const ENTRY: u64 = SPLIT_ENTRY;
 
-/// The inflight buffer the back-end handed out.
-struct Buffer {
-    desc: InflightDesc,
-    fd: OwnedFd,
+/// The inflight buffer the back-end handed out (its description checked by the session: it
+/// holds queue 0's region and lies inside the fd). Every value read from it is the back-end's.
+struct Buffer(InflightBuffer);
+
+/// An access to the buffer that failed: the back-end's fault (it shrank the fd) is a finding
+/// citing `rule`, a local failure a harness error.
+fn access_error(ctx: &mut Ctx<'_>, rule: RuleId, e: &InflightError) -> StepError {
+    if !e.is_backend_fault() {
+        return StepError::Harness(format!("the inflight buffer: {}", crate::engine::chain(e)));
+    }
+    ctx.fail(
+        rule,
+        &format!("the inflight buffer cannot be accessed: {e}"),
+        "the area GET_INFLIGHT_FD described stays readable and writable in its fd",
+        e.to_string(),
+    )
 }
 
 impl Buffer {
-    fn read(&self, at: u64, len: usize) -> Result<Vec<u8>, StepError> {
+    fn read(&self, at: u64, len: usize) -> Result<Vec<u8>, InflightError> {
         let mut b = vec![0u8; len];
-        nix::sys::uio::pread(&self.fd, &mut b, (self.desc.mmap_offset + at) as i64)
-            .map_err(|e| StepError::Harness(format!("reading the inflight buffer: {e}")))?;
+        self.0.read(at, &mut b)?;
         Ok(b)
     }
 
-    fn write(&self, at: u64, data: &[u8]) -> Result<(), StepError> {
-        nix::sys::uio::pwrite(&self.fd, data, (self.desc.mmap_offset + at) as i64)
-            .map(drop)
-            .map_err(|e| StepError::Harness(format!("writing the inflight buffer: {e}")))
+    fn write(&self, at: u64, data: &[u8]) -> Result<(), InflightError> {
+        self.0.write(at, data)
     }
 
     /// (version, desc_num, used_idx) of queue 0.
-    fn header(&self) -> Result<(u16, u16, u16), StepError> {
+    fn header(&self) -> Result<(u16, u16, u16), InflightError> {
         let h = self.read(0, HEADER as usize)?;
         let u16_at = |i: usize| u16::from_ne_bytes([h[i], h[i + 1]]);
         Ok((u16_at(8), u16_at(10), u16_at(14)))
     }
 
     /// (inflight, counter) of entry `i` of queue 0.
-    fn entry(&self, i: u16) -> Result<(u8, u64), StepError> {
+    fn entry(&self, i: u16) -> Result<(u8, u64), InflightError> {
         let e = self.read(HEADER + ENTRY * u64::from(i), ENTRY as usize)?;
-        Ok((
-            e[0],
-            u64::from_ne_bytes(e[8..16].try_into().expect("8 bytes")),
-        ))
+        let mut counter = [0u8; 8];
+        counter.copy_from_slice(&e[8..16]);
+        Ok((e[0], u64::from_ne_bytes(counter)))
     }
 }
 
-/// Negotiates with INFLIGHT_SHMFD, gets the buffer for one queue, gives it back.
+/// Negotiates with INFLIGHT_SHMFD, gets the buffer for one queue, gives it back. The session
+/// checks the description (R-INFL-01): exactly one fd, a size that holds queue 0's region and
+/// is bounded, an area that neither wraps nor leaves the fd.
 fn inflight_session(ctx: &mut Ctx<'_>) -> Result<(Buffer, u64), StepError> {
     let mut wanted = Wanted::all();
     wanted.protocol |= ProtocolFeatures::INFLIGHT_SHMFD.bits();
     let r = ctx.session_mut()?.negotiate(&wanted);
-    let n = r.map_err(|e| ctx.session_error("R-INFL-01", e))?;
-    let ask = Body::Inflight(InflightDesc {
-        mmap_size: 0,
-        mmap_offset: 0,
-        num_queues: 1,
-        queue_size: QUEUE_SIZE,
-        padding: 0,
-    });
-    let r = ctx
-        .session_mut()?
-        .request(FrontendReq::GetInflightFd, &ask, &[], None);
-    let mut m = r
-        .map_err(|e| ctx.session_error("R-INFL-01", e))?
-        .ok_or_else(|| StepError::Harness("GET_INFLIGHT_FD: no reply".into()))?;
-    let desc = match m.body(FrontendReq::GetInflightFd.reply_body()) {
-        Ok(Body::Inflight(d)) if d.mmap_size > 0 && m.fds.len() == 1 => d,
-        other => {
-            return Err(ctx.fail(
-                "R-INFL-01",
-                "GET_INFLIGHT_FD did not hand out a usable buffer",
-                "a 24-byte description with mmap_size > 0 and exactly one fd",
-                format!("{other:?} with {} fds", m.fds.len()),
-            ));
-        }
-    };
-    let buf = Buffer {
-        desc,
-        fd: m.fds.remove(0),
-    };
-    let r = ctx.session_mut()?.request(
-        FrontendReq::SetInflightFd,
-        &Body::Inflight(desc),
-        &[buf.fd.as_fd()],
-        None,
-    );
-    r.map_err(|e| ctx.session_error("R-INFL-03", e))?;
-    Ok((buf, n.features))
+    let n = r.map_err(|e| ctx.session_error(id::R_INFL_01, e))?;
+    let r = ctx.session_mut()?.get_inflight_fd(1, QUEUE_SIZE);
+    let buf = r.map_err(|e| ctx.session_error(id::R_INFL_01, e))?;
+    let r = ctx.session_mut()?.set_inflight_fd(&buf);
+    r.map_err(|e| ctx.session_error(id::R_INFL_03, e))?;
+    Ok((Buffer(buf), n.features))
 }
 
 /// The buffer tracks completed requests (R-INFL-02, R-INFL-04).
@@ -113,14 +91,14 @@ impl Builtin for Bookkeeping {
     fn title(&self) -> &'static str {
         "The inflight buffer is initialised (version 1) and tracks completions: used_idx follows the ring, nothing left in flight"
     }
-    fn rules(&self) -> &'static [&'static str] {
-        &["R-INFL-04", "R-INFL-02"]
+    fn rules(&self) -> &'static [crate::rules::RuleId] {
+        &[id::R_INFL_04, id::R_INFL_02]
     }
     fn requires_protocol(&self) -> &'static [&'static str] {
         &["INFLIGHT_SHMFD"]
     }
-    fn drives_blk(&self) -> bool {
-        true
+    fn device(&self) -> Option<crate::device::DeviceType> {
+        Some(crate::device::DeviceType::Block)
     }
     fn description(&self) -> &'static str {
         "GET_INFLIGHT_FD for one queue of 128, SET_INFLIGHT_FD with it, queue 0 started, three \
@@ -130,7 +108,7 @@ desc_num 128, used_idx 3, every entry out of flight, and the heads used carry co
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         let (buf, features) = inflight_session(ctx)?;
         let mut mem = default_memory(ctx)?;
-        let mut q = start_queue(ctx, &mut mem, features, "R-VRING-01", |_| {})?;
+        let mut q = start_queue(ctx, &mut mem, features, id::R_VRING_01, |_| {})?;
         let timeout = ctx.step_timeout();
         let mut heads = Vec::new();
         for _ in 0..3 {
@@ -140,7 +118,7 @@ desc_num 128, used_idx 3, every entry out of flight, and the heads used carry co
             let r = blk::blk_complete(&mut q, &mut mem, p, timeout);
             if !matches!(&r, Ok(o) if o.status == vhu_protocol::virtio::blk::S_OK) {
                 return Err(ctx.fail(
-                    "R-INFL-04",
+                    id::R_INFL_04,
                     "a request did not complete with inflight tracking on",
                     "the request completes",
                     format!("{r:?}"),
@@ -148,7 +126,19 @@ desc_num 128, used_idx 3, every entry out of flight, and the heads used carry co
             }
         }
         std::thread::sleep(Duration::from_millis(20));
-        let (version, desc_num, used_idx) = buf.header()?;
+        let read = |buf: &Buffer| -> Result<_, InflightError> {
+            let header = buf.header()?;
+            let in_flight = (0..QUEUE_SIZE)
+                .map(|i| buf.entry(i).map(|e| (i, e.0)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let counters = heads
+                .iter()
+                .map(|&h| buf.entry(h).map(|e| e.1))
+                .collect::<Result<Vec<u64>, _>>()?;
+            Ok((header, in_flight, counters))
+        };
+        let ((version, desc_num, used_idx), in_flight, counters) =
+            read(&buf).map_err(|e| access_error(ctx, id::R_INFL_02, &e))?;
         let mut problems = Vec::new();
         if version != 1 {
             problems.push(format!("version {version}, not 1 (R-INFL-02)"));
@@ -159,15 +149,11 @@ desc_num 128, used_idx 3, every entry out of flight, and the heads used carry co
         if used_idx != 3 {
             problems.push(format!("used_idx {used_idx} after 3 completions"));
         }
-        for i in 0..QUEUE_SIZE {
-            if buf.entry(i)?.0 != 0 {
+        for (i, flag) in in_flight {
+            if flag != 0 {
                 problems.push(format!("entry {i} still marked in flight"));
             }
         }
-        let counters: Vec<u64> = heads
-            .iter()
-            .map(|&h| buf.entry(h).map(|e| e.1))
-            .collect::<Result<_, _>>()?;
         if counters.iter().all(|&c| c == 0) {
             problems.push(format!("the used heads {heads:?} carry no counter"));
         }
@@ -175,7 +161,7 @@ desc_num 128, used_idx 3, every entry out of flight, and the heads used carry co
             return Ok(());
         }
         Err(ctx.fail(
-            "R-INFL-04",
+            id::R_INFL_04,
             &format!("the inflight buffer does not track the ring: {}", problems.join("; ")),
             "version 1, desc_num = queue size, used_idx = the used index, no entry in flight",
             format!("header (version {version}, desc_num {desc_num}, used_idx {used_idx}), counters of heads {heads:?}: {counters:?}"),
@@ -195,14 +181,14 @@ impl Builtin for ResubmitAfterReconnect {
     fn title(&self) -> &'static str {
         "A request recorded in flight is resubmitted after a reconnect and completed exactly once"
     }
-    fn rules(&self) -> &'static [&'static str] {
-        &["R-INFL-05"]
+    fn rules(&self) -> &'static [crate::rules::RuleId] {
+        &[id::R_INFL_05]
     }
     fn requires_protocol(&self) -> &'static [&'static str] {
         &["INFLIGHT_SHMFD"]
     }
-    fn drives_blk(&self) -> bool {
-        true
+    fn device(&self) -> Option<crate::device::DeviceType> {
+        Some(crate::device::DeviceType::Block)
     }
     fn description(&self) -> &'static str {
         "One GET_ID completes; GET_VRING_BASE stops the ring (base 1). A second GET_ID is made \
@@ -215,34 +201,34 @@ used index 2 and no further completion."
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         let (buf, features) = inflight_session(ctx)?;
         let mut mem = default_memory(ctx)?;
-        let mut q = start_queue(ctx, &mut mem, features, "R-VRING-01", |_| {})?;
+        let mut q = start_queue(ctx, &mut mem, features, id::R_VRING_01, |_| {})?;
         let timeout = ctx.step_timeout();
         let first = blk::blk_request(&mut q, &mut mem, BlkReq::get_id(), timeout);
         if !matches!(&first, Ok(o) if o.status == vhu_protocol::virtio::blk::S_OK) {
             return Err(ctx.fail(
-                "R-INFL-05",
+                id::R_INFL_05,
                 "the first request did not complete",
                 "the request completes",
                 format!("{first:?}"),
             ));
         }
         let r = ctx.session_mut()?.get_vring_base(0);
-        let base = r.map_err(|e| ctx.session_error("R-VRING-08", e))?;
+        let base = r.map_err(|e| ctx.session_error(id::R_VRING_08, e))?;
         // The ring is stopped: this request stays where it is, and is recorded as taken.
         let pending = blk::blk_submit(&mut q, &mut mem, BlkReq::get_id())
             .map_err(|e| StepError::Harness(crate::engine::chain(&e)))?;
         let head = pending.head();
-        let counter = (0..QUEUE_SIZE)
+        // The counters are the back-end's: the largest may be u64::MAX, and the next wraps.
+        let counters = (0..QUEUE_SIZE)
             .map(|i| buf.entry(i).map(|e| e.1))
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .max()
-            .unwrap_or(0)
-            + 1;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| access_error(ctx, id::R_INFL_04, &e))?;
+        let counter = counters.into_iter().max().unwrap_or(0).wrapping_add(1);
         let mut entry = [0u8; ENTRY as usize];
         entry[0] = 1;
         entry[8..].copy_from_slice(&counter.to_ne_bytes());
-        buf.write(HEADER + ENTRY * u64::from(head), &entry)?;
+        let r = buf.write(HEADER + ENTRY * u64::from(head), &entry);
+        r.map_err(|e| access_error(ctx, id::R_INFL_05, &e))?;
         ctx.step(&crate::scenario::Step::new(
             crate::scenario::Action::Disconnect,
         ))?;
@@ -250,28 +236,24 @@ used index 2 and no further completion."
         let mut wanted = Wanted::all();
         wanted.protocol |= ProtocolFeatures::INFLIGHT_SHMFD.bits();
         let r = ctx.session_mut()?.negotiate(&wanted);
-        r.map_err(|e| ctx.session_error("R-INFL-05", e))?;
-        let r = ctx.session_mut()?.request(
-            FrontendReq::SetInflightFd,
-            &Body::Inflight(buf.desc),
-            &[buf.fd.as_fd()],
-            None,
-        );
-        r.map_err(|e| ctx.session_error("R-INFL-03", e))?;
+        r.map_err(|e| ctx.session_error(id::R_INFL_05, e))?;
+        let r = ctx.session_mut()?.set_inflight_fd(&buf.0);
+        r.map_err(|e| ctx.session_error(id::R_INFL_03, e))?;
         let r = ctx.session_mut()?.set_mem_table(&mem);
-        r.map_err(|e| ctx.session_error("R-MEM-01", e))?;
-        let resume = base.num as u16 + 1;
+        r.map_err(|e| ctx.session_error(id::R_MEM_01, e))?;
+        // GET_VRING_BASE's answer is the back-end's: a split index wraps at 2^16.
+        let resume = (base.num as u16).wrapping_add(1);
         let s = ctx.session_mut()?;
         let r = q
             .reattach(s, &mem, resume)
             .and_then(|()| s.checked(FrontendReq::SetVringEnable, |s| s.set_vring_enable(0, true)));
-        r.map_err(|e| ctx.session_error("R-INFL-05", e))?;
+        r.map_err(|e| ctx.session_error(id::R_INFL_05, e))?;
         let done = blk::blk_complete(&mut q, &mut mem, pending, timeout);
         let o = match done {
             Ok(o) if o.status == vhu_protocol::virtio::blk::S_OK => o,
             other => {
                 return Err(ctx.fail(
-                    "R-INFL-05",
+                    id::R_INFL_05,
                     "the request left in flight was not completed after the reconnect",
                     "the back-end resubmits the request the inflight buffer records and completes it",
                     format!("head {head} (counter {counter}): {other:?}"),
@@ -283,7 +265,7 @@ used index 2 and no further completion."
         let used = q.used_idx(&mem);
         if used != resume {
             return Err(ctx.fail(
-                "R-INFL-05",
+                id::R_INFL_05,
                 "the request left in flight was completed more than once",
                 &format!("used index {resume}: one completion"),
                 format!("used index {used}; the completion: {o:?}"),

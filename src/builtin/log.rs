@@ -3,6 +3,7 @@
 //! VHOST_VRING_F_LOG is set, has its bit set (bit `p` for page `p` = GPA / 4096, in byte `p / 8`).
 //! The log is a memfd the harness reads directly.
 
+use crate::rules::id;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
@@ -57,7 +58,7 @@ fn logged_session(
     wanted.features |= VirtioFeatures::LOG_ALL.bits();
     wanted.protocol |= ProtocolFeatures::LOG_SHMFD.bits();
     let r = ctx.session_mut()?.negotiate(&wanted);
-    let n = r.map_err(|e| ctx.session_error("R-LOG-01", e))?;
+    let n = r.map_err(|e| ctx.session_error(id::R_LOG_01, e))?;
     let mut mem = default_memory(ctx)?;
     let desc = Body::Log(LogDesc { size, offset: 0 });
     let r = ctx.session_mut()?.request(
@@ -66,8 +67,10 @@ fn logged_session(
         &[log.as_file().as_fd()],
         None,
     );
-    r.map_err(|e| ctx.session_error("R-LOG-02", e))?;
-    let q = start_queue(ctx, &mut mem, n.features, "R-LOG-04", |q| q.log_used = true)?;
+    r.map_err(|e| ctx.session_error(id::R_LOG_02, e))?;
+    let q = start_queue(ctx, &mut mem, n.features, id::R_LOG_04, |q| {
+        q.log_used = true;
+    })?;
     Ok((mem, q))
 }
 
@@ -82,8 +85,8 @@ impl Builtin for LogBlkRead {
     fn title(&self) -> &'static str {
         "With LOG_ALL and SET_LOG_BASE, a blk read logs every page it wrote and the used ring's page"
     }
-    fn rules(&self) -> &'static [&'static str] {
-        &["R-LOG-04", "R-LOG-02", "R-LOG-03"]
+    fn rules(&self) -> &'static [crate::rules::RuleId] {
+        &[id::R_LOG_04, id::R_LOG_02, id::R_LOG_03]
     }
     fn requires_virtio(&self) -> &'static [&'static str] {
         &["LOG_ALL"]
@@ -91,8 +94,8 @@ impl Builtin for LogBlkRead {
     fn requires_protocol(&self) -> &'static [&'static str] {
         &["LOG_SHMFD"]
     }
-    fn drives_blk(&self) -> bool {
-        true
+    fn device(&self) -> Option<crate::device::DeviceType> {
+        Some(crate::device::DeviceType::Block)
     }
     fn description(&self) -> &'static str {
         "LOG_ALL is negotiated, SET_LOG_BASE gives a memfd covering guest memory, queue 0 is set \
@@ -110,7 +113,7 @@ and a used element: each of their pages must have its bit set in the log (bit p 
             Ok(o) if o.status == vhu_protocol::virtio::blk::S_OK => o,
             other => {
                 return Err(ctx.fail(
-                    "R-LOG-04",
+                    id::R_LOG_04,
                     "the read did not complete with logging on",
                     "the request completes while the log is active",
                     format!("{other:?}"),
@@ -134,7 +137,7 @@ and a used element: each of their pages must have its bit set in the log (bit p 
         if !missing.is_empty() {
             let set = bits.iter().map(|b| b.count_ones()).sum::<u32>();
             return Err(ctx.fail(
-                "R-LOG-04",
+                id::R_LOG_04,
                 &format!(
                     "{} written pages have no bit in the dirty log",
                     missing.len()
@@ -158,8 +161,8 @@ impl Builtin for LogTooSmall {
     fn title(&self) -> &'static str {
         "A dirty log too small for guest memory is never written past its size, and the back-end survives"
     }
-    fn rules(&self) -> &'static [&'static str] {
-        &["R-LOG-06"]
+    fn rules(&self) -> &'static [crate::rules::RuleId] {
+        &[id::R_LOG_06]
     }
     fn level(&self) -> crate::scenario::Level {
         crate::scenario::Level::Rob
@@ -170,8 +173,8 @@ impl Builtin for LogTooSmall {
     fn requires_protocol(&self) -> &'static [&'static str] {
         &["LOG_SHMFD"]
     }
-    fn drives_blk(&self) -> bool {
-        true
+    fn device(&self) -> Option<crate::device::DeviceType> {
+        Some(crate::device::DeviceType::Block)
     }
     fn description(&self) -> &'static str {
         "SET_LOG_BASE announces a 1-byte log (8 pages) in a one-page memfd; a read into guest \
@@ -187,14 +190,14 @@ outside the log), and the back-end must keep serving (libvhost-user asserts inst
         let bytes = read_log(&log, PAGE)?;
         if let Some(at) = bytes[1..].iter().position(|&b| b != 0) {
             return Err(ctx.fail(
-                "R-LOG-06",
+                id::R_LOG_06,
                 "the back-end wrote past the end of the dirty log it was given",
                 "only the 1 byte the log description announced is ever written",
                 format!("byte {} of the memfd is {:#04x}", at + 1, bytes[at + 1]),
             ));
         }
         let r = ctx.session_mut()?.get_features();
-        r.map(drop).map_err(|e| ctx.session_error("R-LOG-06", e))
+        r.map(drop).map_err(|e| ctx.session_error(id::R_LOG_06, e))
     }
 }
 
@@ -209,8 +212,8 @@ impl Builtin for LogReplaceUnmaps {
     fn title(&self) -> &'static str {
         "A second SET_LOG_BASE unmaps the first log and closes its fd"
     }
-    fn rules(&self) -> &'static [&'static str] {
-        &["R-LOG-07"]
+    fn rules(&self) -> &'static [crate::rules::RuleId] {
+        &[id::R_LOG_07]
     }
     fn requires_virtio(&self) -> &'static [&'static str] {
         &["LOG_ALL"]
@@ -242,12 +245,12 @@ first memfd (found by inode) must be neither mapped in /proc/<pid>/maps nor open
             &[second.as_file().as_fd()],
             None,
         );
-        r.map_err(|e| ctx.session_error("R-LOG-02", e))?;
+        r.map_err(|e| ctx.session_error(id::R_LOG_02, e))?;
         drop(first);
         match super::hygiene::released(ctx, ino) {
             Some((0, 0)) | None => Ok(()),
             Some((maps, fds)) => Err(ctx.fail(
-                "R-LOG-07",
+                id::R_LOG_07,
                 "the replaced dirty log is still mapped or open",
                 "the first log unmapped and its fd closed once the second is acked",
                 format!(

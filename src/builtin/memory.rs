@@ -2,6 +2,7 @@
 //! the regions it drops and does not keep their fds, measured on `/proc/<pid>/maps` and
 //! `/proc/<pid>/fd` of a spawned back-end.
 
+use crate::rules::id;
 use std::time::Duration;
 
 use super::{Builtin, clean_session, needs_process, settle};
@@ -25,8 +26,8 @@ impl Builtin for TableReplaceUnmaps {
     fn title(&self) -> &'static str {
         "SET_MEM_TABLE replacing the table unmaps the old regions and closes their fds"
     }
-    fn rules(&self) -> &'static [&'static str] {
-        &["R-MEM-05", "R-WIRE-09"]
+    fn rules(&self) -> &'static [crate::rules::RuleId] {
+        &[id::R_MEM_05, id::R_WIRE_09]
     }
     fn description(&self) -> &'static str {
         "Spawn mode only. After a first two-region table, 20 more tables with fresh memfds replace \
@@ -52,7 +53,7 @@ by more than a small slack: one leaked mapping or fd per table is a failure."
         ));
         if maps > maps0 + SLACK {
             return Err(ctx.fail(
-                "R-MEM-05",
+                id::R_MEM_05,
                 &format!("mappings grew from {maps0} to {maps} over {REPLACEMENTS} replacement tables: replaced regions stay mapped"),
                 "regions absent from the new table are unmapped (count stable)",
                 format!("/proc/<pid>/maps: {maps0} lines before, {maps} after"),
@@ -60,7 +61,7 @@ by more than a small slack: one leaked mapping or fd per table is a failure."
         }
         if fds > fds0 + SLACK {
             return Err(ctx.fail(
-                "R-WIRE-09",
+                id::R_WIRE_09,
                 &format!("open fds grew from {fds0} to {fds} over {REPLACEMENTS} replacement tables: region fds are kept"),
                 "fds of replaced regions are closed (count stable)",
                 format!("/proc/<pid>/fd: {fds0} entries before, {fds} after"),

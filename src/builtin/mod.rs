@@ -9,10 +9,11 @@ mod hygiene;
 mod inflight;
 mod log;
 mod memory;
-mod program;
+pub(crate) mod program;
 mod robustness;
 
 use crate::engine::{Ctx, StepError};
+use crate::rules::id;
 use crate::scenario::model::{Requires, ScenarioFile};
 use crate::scenario::{Level, Scenario};
 
@@ -23,7 +24,7 @@ pub trait Builtin: Sync + std::fmt::Debug {
     /// One line saying what is checked.
     fn title(&self) -> &'static str;
     /// Checklist rule ids; every finding cites one of them.
-    fn rules(&self) -> &'static [&'static str];
+    fn rules(&self) -> &'static [crate::rules::RuleId];
     /// Weight of a failed check.
     fn level(&self) -> Level {
         Level::Must
@@ -44,9 +45,9 @@ pub trait Builtin: Sync + std::fmt::Debug {
     fn description(&self) -> &'static str {
         ""
     }
-    /// Whether it sends virtio-blk requests (so it judges only block back-ends).
-    fn drives_blk(&self) -> bool {
-        false
+    /// The device type it is written for (it sends that device's requests), if any.
+    fn device(&self) -> Option<crate::device::DeviceType> {
+        None
     }
     /// The procedure. Findings are recorded on `ctx`; `Err(StepError::Finding)` stops early.
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError>;
@@ -59,6 +60,7 @@ pub fn all() -> &'static [&'static dyn Builtin] {
         &hygiene::AddRemRepeated,
         &hygiene::DisconnectReleases,
         &hygiene::RemMemRegReleases,
+        &hygiene::ServesAfterDisconnect,
         &inflight::Bookkeeping,
         &inflight::ResubmitAfterReconnect,
         &log::LogBlkRead,
@@ -80,8 +82,9 @@ pub fn to_scenario(b: &'static dyn Builtin) -> Scenario {
         spec: ScenarioFile {
             id: b.id().to_string(),
             title: b.title().to_string(),
-            rules: names(b.rules()),
+            rules: b.rules().to_vec(),
             level: b.level(),
+            device: None,
             requires: Requires {
                 virtio: names(b.requires_virtio()),
                 protocol: names(b.requires_protocol()),
@@ -114,7 +117,7 @@ fn default_memory(ctx: &mut Ctx<'_>) -> Result<vhu_mock_frontend::GuestMemory, S
     let mem = GuestMemory::new(&GuestMemory::default_layout(MEMORY))
         .map_err(|e| StepError::Harness(crate::engine::chain(&e)))?;
     let r = ctx.session_mut()?.set_mem_table(&mem);
-    r.map_err(|e| ctx.session_error("R-MEM-01", e))?;
+    r.map_err(|e| ctx.session_error(id::R_MEM_01, e))?;
     Ok(mem)
 }
 
@@ -124,7 +127,7 @@ fn start_queue(
     ctx: &mut Ctx<'_>,
     mem: &mut vhu_mock_frontend::GuestMemory,
     features: u64,
-    rule: &str,
+    rule: crate::rules::RuleId,
     configure: impl FnOnce(&mut vhu_mock_frontend::DriverQueue),
 ) -> Result<vhu_mock_frontend::DriverQueue, StepError> {
     use vhu_mock_frontend::{DriverQueue, RingLayout};

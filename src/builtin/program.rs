@@ -3,6 +3,7 @@
 //! the `--spawn` command, and one that passes the socket as `--socket-path {socket}`: the other
 //! invocations are derived from it by replacing that option.
 
+use crate::rules::id;
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -41,6 +42,19 @@ const TYPES: &[&str] = &[
     "fs",
 ];
 
+/// `template` with its `--socket-path {socket}` option replaced by `with`, if it has one.
+pub(crate) fn replace_socket_option(template: &str, with: &str) -> Option<String> {
+    [
+        "--socket-path {socket}",
+        "--socket-path={socket}",
+        "--socket-path '{socket}'",
+        "--socket-path=\"{socket}\"",
+    ]
+    .into_iter()
+    .find(|form| template.contains(form))
+    .map(|form| template.replacen(form, with, 1))
+}
+
 /// The spawn command with its `--socket-path {socket}` option replaced by `with`, or why the
 /// scenario does not apply.
 fn derive(ctx: &Ctx<'_>, with: &str) -> Result<String, StepError> {
@@ -49,26 +63,18 @@ fn derive(ctx: &Ctx<'_>, with: &str) -> Result<String, StepError> {
             "needs the back-end's command line (--spawn)".into(),
         ));
     };
-    for form in [
-        "--socket-path {socket}",
-        "--socket-path={socket}",
-        "--socket-path '{socket}'",
-        "--socket-path=\"{socket}\"",
-    ] {
-        if template.contains(form) {
-            return Ok(template.replacen(form, with, 1));
-        }
-    }
-    Err(StepError::NotApplicable(
-        "the --spawn command does not pass the socket as `--socket-path {socket}`, so the \
-         program conventions cannot be exercised through it"
-            .into(),
-    ))
+    replace_socket_option(template, with).ok_or_else(|| {
+        StepError::NotApplicable(
+            "the --spawn command does not pass the socket as `--socket-path {socket}`, so the \
+             program conventions cannot be exercised through it"
+                .into(),
+        )
+    })
 }
 
 /// Starts `command` in its own process group with stdin and stdout as given, stderr captured,
 /// and `inherit` (if any) as fd 3.
-fn start(command: &str, inherit: Option<&OwnedFd>) -> Result<Child, StepError> {
+pub(crate) fn start(command: &str, inherit: Option<&OwnedFd>) -> Result<Child, StepError> {
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(format!("exec {command}"))
@@ -94,7 +100,7 @@ fn start(command: &str, inherit: Option<&OwnedFd>) -> Result<Child, StepError> {
 }
 
 /// Waits up to `within` for the child; `None` if it is still running.
-fn wait(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+pub(crate) fn wait(child: &mut Child, within: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + within;
     loop {
         if let Ok(Some(st)) = child.try_wait() {
@@ -108,13 +114,13 @@ fn wait(child: &mut Child, within: Duration) -> Option<ExitStatus> {
 }
 
 /// Ends the child's whole process group.
-fn stop(child: &mut Child) {
+pub(crate) fn stop(child: &mut Child) {
     let pgid = nix::unistd::Pid::from_raw(-(child.id() as i32));
     let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
     let _ = child.wait();
 }
 
-fn output(child: &mut Child) -> (String, String) {
+pub(crate) fn output(child: &mut Child) -> (String, String) {
     let mut out = String::new();
     let mut err = String::new();
     if let Some(o) = child.stdout.as_mut() {
@@ -138,8 +144,8 @@ impl Builtin for PrintCapabilities {
     fn title(&self) -> &'static str {
         "--print-capabilities prints one JSON object with a known type, exits 0, creates no socket"
     }
-    fn rules(&self) -> &'static [&'static str] {
-        &["R-PROG-04", "R-PROG-05"]
+    fn rules(&self) -> &'static [crate::rules::RuleId] {
+        &[id::R_PROG_04, id::R_PROG_05]
     }
     fn description(&self) -> &'static str {
         "Spawn mode with `--socket-path {socket}` in the command. The program is run with that \
@@ -157,7 +163,7 @@ whose `type` is one of VHostUserBackendType, exit 0 within 5 s, and not create t
         let Some(status) = wait(&mut child, PROGRAM_WITHIN) else {
             stop(&mut child);
             return Err(ctx.fail(
-                "R-PROG-04",
+                id::R_PROG_04,
                 "--print-capabilities did not exit",
                 "print the capabilities and exit 0 at once",
                 format!("still running after {PROGRAM_WITHIN:?}: {command}"),
@@ -192,7 +198,7 @@ whose `type` is one of VHostUserBackendType, exit 0 within 5 s, and not create t
         };
         if !problems.is_empty() {
             return Err(ctx.fail(
-                "R-PROG-04",
+                id::R_PROG_04,
                 &format!("--print-capabilities: {}", problems.join("; ")),
                 "one JSON object on stdout, exit 0, no socket created",
                 format!("stdout {out:?}; stderr {err:?}; {command}"),
@@ -201,7 +207,7 @@ whose `type` is one of VHostUserBackendType, exit 0 within 5 s, and not create t
         match kind {
             Some(t) if TYPES.contains(&t.as_str()) => Ok(()),
             other => Err(ctx.fail(
-                "R-PROG-05",
+                id::R_PROG_05,
                 "the capabilities' `type` is missing or not a VHostUserBackendType",
                 &format!("one of {}", TYPES.join(", ")),
                 format!("type {other:?} in {}", out.trim()),
@@ -221,8 +227,8 @@ impl Builtin for InheritedFd {
     fn title(&self) -> &'static str {
         "--fd 3 serves the inherited connected socket"
     }
-    fn rules(&self) -> &'static [&'static str] {
-        &["R-PROG-02"]
+    fn rules(&self) -> &'static [crate::rules::RuleId] {
+        &[id::R_PROG_02]
     }
     fn description(&self) -> &'static str {
         "Spawn mode with `--socket-path {socket}` in the command. The program is run with \
@@ -249,7 +255,7 @@ with bit 30, GET_PROTOCOL_FEATURES) must be answered."
         match r {
             Ok(_) => Ok(()),
             Err(e) => Err(ctx.fail(
-                "R-PROG-02",
+                id::R_PROG_02,
                 "no answer on the socket inherited with --fd",
                 "GET_FEATURES answered on the inherited socket",
                 format!("{e}; process {exited:?}; stderr {err:?}; {command}"),
@@ -269,8 +275,8 @@ impl Builtin for SocketPathAndFd {
     fn title(&self) -> &'static str {
         "--socket-path together with --fd is refused: the program exits non-zero"
     }
-    fn rules(&self) -> &'static [&'static str] {
-        &["R-PROG-03"]
+    fn rules(&self) -> &'static [crate::rules::RuleId] {
+        &[id::R_PROG_03]
     }
     fn description(&self) -> &'static str {
         "Spawn mode with `--socket-path {socket}` in the command. The program is run with both \
@@ -297,7 +303,7 @@ status within 5 s."
         match status {
             Some(st) if !st.success() && st.signal().is_none() => Ok(()),
             other => Err(ctx.fail(
-                "R-PROG-03",
+                id::R_PROG_03,
                 "--socket-path with --fd was not refused",
                 "exit with a non-zero status",
                 format!(
@@ -323,8 +329,8 @@ impl Builtin for Sigterm {
     fn title(&self) -> &'static str {
         "SIGTERM during a session ends the back-end within 5 s, without a crash"
     }
-    fn rules(&self) -> &'static [&'static str] {
-        &["R-PROG-07"]
+    fn rules(&self) -> &'static [crate::rules::RuleId] {
+        &[id::R_PROG_07]
     }
     fn description(&self) -> &'static str {
         "Spawn mode. With a session running (memory, queue 0), the back-end's process group gets \
@@ -352,7 +358,7 @@ SIGTERM; it must be gone within 5 s, by exiting or by the signal, not by a crash
             other => {
                 let tail = ctx.target().stderr_tail(400);
                 Err(ctx.fail(
-                    "R-PROG-07",
+                    id::R_PROG_07,
                     "the back-end did not end cleanly on SIGTERM",
                     "exit within 5 s (by exiting or by SIGTERM itself)",
                     format!("process {other} after {PROGRAM_WITHIN:?}; stderr {tail:?}"),

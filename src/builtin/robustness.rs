@@ -1,6 +1,7 @@
 //! fd hygiene under a flood (checklist R-ROB-07, R-VRING-14): SET_VRING_CALL replaced a
 //! thousand times must not leave the replaced eventfds open in the back-end.
 
+use crate::rules::id;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
@@ -28,8 +29,8 @@ impl Builtin for CallFdFlood {
     fn title(&self) -> &'static str {
         "1000 SET_VRING_CALL replacements leave no fd behind"
     }
-    fn rules(&self) -> &'static [&'static str] {
-        &["R-ROB-07", "R-VRING-14"]
+    fn rules(&self) -> &'static [crate::rules::RuleId] {
+        &[id::R_ROB_07, id::R_VRING_14]
     }
     fn level(&self) -> Level {
         Level::Rob
@@ -55,13 +56,13 @@ not grow by more than a small slack, and the session must still answer."
                 Ok(Ack::Ok | Ack::NotRequested) => sent += 1,
                 Ok(Ack::Failed(v)) => {
                     return Err(ctx.fail(
-                        "R-VRING-14",
+                        id::R_VRING_14,
                         &format!("SET_VRING_CALL replacement {} was refused", sent + 1),
                         "a new call fd replaces the previous one (ack 0)",
                         format!("ack {v}"),
                     ));
                 }
-                Err(e) => return Err(ctx.session_error("R-ROB-07", e)),
+                Err(e) => return Err(ctx.session_error(id::R_ROB_07, e)),
             }
         }
         if sent < FLOOD {
@@ -77,7 +78,7 @@ not grow by more than a small slack, and the session must still answer."
         ));
         if fds > fds0 + SLACK {
             return Err(ctx.fail(
-                "R-ROB-07",
+                id::R_ROB_07,
                 &format!("open fds grew from {fds0} to {fds} over {sent} SET_VRING_CALL replacements: replaced call fds are kept"),
                 "each replaced call fd is closed (count stable)",
                 format!("/proc/<pid>/fd: {fds0} entries before, {fds} after"),

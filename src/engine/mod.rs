@@ -10,12 +10,17 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use vhu_mock_frontend::transcript::Entry;
-use vhu_mock_frontend::{Session, SessionOptions};
-use vhu_protocol::{Connection, VirtioFeatures};
+use vhu_protocol::VirtioFeatures;
 
+use crate::device::{DeviceSource, DeviceType};
 use crate::features::{describe_missing, protocol_bit, virtio_bit};
+use crate::rules::RuleId;
 use crate::scenario::{Level, Scenario};
 use crate::target::{Instance, ProcessState, TargetError, TargetSpec};
+
+mod preflight;
+
+pub use preflight::{PreflightError, device_type, preflight};
 
 /// Timeouts and policy of a run.
 #[derive(Clone, Debug)]
@@ -28,6 +33,9 @@ pub struct RunOptions {
     pub connect_timeout: Duration,
     /// SHOULD/ROB findings fail instead of warn.
     pub strict: bool,
+    /// The ring size to use (`--queue-size`); without it, the largest the back-end accepts at
+    /// preflight, up to 256.
+    pub queue_size: Option<u16>,
 }
 
 impl Default for RunOptions {
@@ -37,16 +45,19 @@ impl Default for RunOptions {
             scenario_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             strict: false,
+            queue_size: None,
         }
     }
 }
 
-/// A departure from the spec, tied to a rule and to what was exchanged.
+/// A departure from the spec, tied to the rule of the check that found it and to what was
+/// exchanged.
 #[derive(Clone, Debug, Serialize)]
 pub struct Finding {
-    /// The rule (`R-MEM-11`).
-    pub rule: String,
-    /// The rule's weight in this scenario.
+    /// The rule the failed check verifies (`R-MEM-11`).
+    pub rule: RuleId,
+    /// What it weighs here: the scenario's level, capped by the rule's (a crash is always
+    /// MUST).
     pub level: Level,
     /// One line.
     pub summary: String,
@@ -56,6 +67,20 @@ pub struct Finding {
     pub received: String,
     /// What the rule wanted.
     pub expected: String,
+    /// Set when the back-end died by a signal (R-CRASH-01): reported as CRASH.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crash: Option<Crash>,
+}
+
+/// How a back-end crashed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Crash {
+    /// The signal number.
+    pub signal: i32,
+    /// Its name (`SIGSEGV`).
+    pub signal_name: String,
+    /// The end of the back-end's stderr.
+    pub stderr_tail: String,
 }
 
 /// A scenario's verdict.
@@ -87,8 +112,8 @@ pub struct ScenarioResult {
     pub id: String,
     /// Its title.
     pub title: String,
-    /// Its rules.
-    pub rules: Vec<String>,
+    /// The rules it cites.
+    pub rules: Vec<RuleId>,
     /// Its level (the weight of its findings).
     pub level: Level,
     /// Where it came from: a scenario file's path, or `builtin:<id>`.
@@ -100,6 +125,8 @@ pub struct ScenarioResult {
     pub findings: Vec<Finding>,
     /// Notes (info-level observations).
     pub notes: Vec<String>,
+    /// The rules whose checks ran (a cited rule is `pass` only when one of its checks ran).
+    pub checked_rules: Vec<RuleId>,
     /// Wall time.
     pub duration_ms: u64,
     /// Every message exchanged.
@@ -109,18 +136,42 @@ pub struct ScenarioResult {
     pub expectation: Option<crate::expect::Applied>,
 }
 
-/// What the back-end offered, read once per run.
-#[derive(Clone, Debug, Default, Serialize)]
+/// What the back-end offered, read once per run, and what the run knows of the device.
+#[derive(Clone, Debug, Serialize)]
 pub struct Offer {
     /// GET_FEATURES.
     pub features: u64,
     /// GET_PROTOCOL_FEATURES (0 without bit 30).
     pub protocol: u64,
-    /// The device type, when the user said it (`--device`, `--backend-json`): scenarios that
-    /// drive virtio-blk requests are skipped for other types.
+    /// The device type, when known: device-specific scenarios are skipped without it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
+    pub device: Option<DeviceType>,
+    /// Where the device type came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_source: Option<DeviceSource>,
+    /// The ring size scenarios use (`--queue-size`, or the largest the back-end accepted).
+    pub queue_size: u16,
+    /// How long the back-end took to answer its first message after a connection, at
+    /// preflight (a slow starter gets that much more for its first reply in each scenario).
+    #[serde(skip)]
+    pub first_reply: Duration,
 }
+
+impl Default for Offer {
+    fn default() -> Self {
+        Self {
+            features: 0,
+            protocol: 0,
+            device: None,
+            device_source: None,
+            queue_size: DEFAULT_QUEUE_SIZE,
+            first_reply: Duration::ZERO,
+        }
+    }
+}
+
+/// The ring size when nothing says otherwise (and the largest preflight tries).
+pub const DEFAULT_QUEUE_SIZE: u16 = 256;
 
 /// Events the engine emits while it runs; reporters consume them.
 #[derive(Debug)]
@@ -134,47 +185,6 @@ pub enum RunEvent<'a> {
     },
     /// A scenario finished.
     Finished(&'a ScenarioResult),
-}
-
-/// Why the preflight could not read the offer.
-#[derive(Debug)]
-pub enum PreflightError {
-    /// The back-end could not be reached or started: it cannot be judged at all.
-    Unreachable(String),
-    /// The back-end answered, but not properly: scenarios still run (and show where).
-    Misbehaved(String),
-}
-
-/// Reads what the back-end offers on a first connection.
-pub fn preflight(spec: &TargetSpec, opts: &RunOptions) -> Result<Offer, PreflightError> {
-    let mut inst = Instance::start(spec, opts.connect_timeout)
-        .map_err(|e| PreflightError::Unreachable(chain(&e)))?;
-    let stream = inst
-        .connect()
-        .map_err(|e| PreflightError::Unreachable(chain(&e)))?;
-    read_offer(stream, opts).map_err(PreflightError::Misbehaved)
-}
-
-fn read_offer(stream: std::os::unix::net::UnixStream, opts: &RunOptions) -> Result<Offer, String> {
-    let sopts = SessionOptions {
-        reply_timeout: opts.step_timeout,
-        auto_need_reply: true,
-    };
-    let mut s = Session::new(Connection::new(stream, Some(opts.step_timeout)), sopts);
-    let features = s
-        .get_features()
-        .map_err(|e| format!("the back-end did not answer GET_FEATURES (R-NEG-01): {e}"))?;
-    let mut offer = Offer {
-        features,
-        protocol: 0,
-        device: None,
-    };
-    if features & VirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
-        offer.protocol = s.get_protocol_features().map_err(|e| {
-            format!("the back-end did not answer GET_PROTOCOL_FEATURES (R-NEG-02): {e}")
-        })?;
-    }
-    Ok(offer)
 }
 
 /// The error and its causes on one line.
@@ -210,15 +220,20 @@ pub fn skip_reason(s: &Scenario, offer: &Offer) -> Option<String> {
     if missing_p != 0 {
         parts.push(describe_missing("protocol", missing_p));
     }
-    if let Some(kind) = offer
-        .device
-        .as_deref()
-        .filter(|d| !matches!(*d, "block" | "blk"))
-        && crate::scenario::drives_blk(s)
-    {
-        return Some(format!(
-            "drives virtio-blk requests; the back-end is a {kind} device"
-        ));
+    if let Some(need) = crate::scenario::required_device(s) {
+        match offer.device {
+            None => {
+                return Some(format!(
+                    "device type unknown: pass --device TYPE (this scenario is written for a {need} device)"
+                ));
+            }
+            Some(d) if d != need => {
+                return Some(format!(
+                    "written for a {need} device; the back-end is a {d} device"
+                ));
+            }
+            Some(_) => {}
+        }
     }
     (!parts.is_empty()).then(|| format!("back-end does not offer {}", parts.join(", ")))
 }
@@ -235,12 +250,13 @@ pub fn run_scenario(
     let mut result = ScenarioResult {
         id: s.spec.id.clone(),
         title: s.spec.title.clone(),
-        rules: s.spec.rules.clone(),
+        rules: crate::rules::cited_by(s),
         level: s.spec.level,
         source: s.source.clone(),
         outcome: Outcome::Pass,
         findings: vec![],
         notes: vec![],
+        checked_rules: vec![],
         duration_ms: 0,
         transcript: vec![],
         expectation: None,
@@ -264,12 +280,13 @@ pub fn run_scenario(
         + s.spec
             .timeout_ms
             .map_or(opts.scenario_timeout, Duration::from_millis);
-    let mut ctx = steps::Ctx::new(s, inst, spec, opts, deadline);
+    let mut ctx = steps::Ctx::new(s, offer, inst, spec, opts, deadline);
     let run = ctx.run_all();
-    let (findings, notes, transcript) = ctx.finish();
+    let (findings, notes, transcript, checked) = ctx.finish();
     result.findings = findings;
     result.notes = notes;
     result.transcript = transcript;
+    result.checked_rules = checked;
     result.outcome = match run {
         Ok(()) => verdict(&result.findings, opts.strict),
         Err(StepError::NotApplicable(reason)) if result.findings.is_empty() => {

@@ -169,7 +169,8 @@ fn scenario(n: usize, r: &Reproducer) -> ScenarioFile {
             "fuzz reproducer: {:?} after one malformed input",
             r.failure.kind
         ),
-        rules: vec![r.rule.clone()],
+        rules: vec![crate::rules::RuleId::parse(&r.rule).unwrap_or(crate::rules::id::R_ROB_01)],
+        device: None,
         level: Level::Rob,
         requires: Default::default(),
         fresh_process: true,

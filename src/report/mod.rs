@@ -82,6 +82,15 @@ impl Totals {
     }
 }
 
+/// The verdict's word on the progress line: a failure caused by a crash reads CRASH.
+fn label_of(r: &ScenarioResult) -> &'static str {
+    if matches!(r.outcome, Outcome::Fail) && r.findings.iter().any(|f| f.crash.is_some()) {
+        "CRASH"
+    } else {
+        label(&r.outcome)
+    }
+}
+
 fn label(o: &Outcome) -> &'static str {
     match o {
         Outcome::Pass => "PASS",
@@ -118,9 +127,20 @@ impl<W: Write> Human<W> {
                 self.total = *total;
                 let _ = writeln!(
                     self.out,
-                    "vhu-conform: {total} scenarios; back-end offers features {:#x}, protocol features {:#x}",
-                    offer.features, offer.protocol
+                    "vhu-conform: {total} scenarios; back-end offers features {:#x}, protocol features {:#x}; rings of {}",
+                    offer.features, offer.protocol, offer.queue_size
                 );
+                let _ = match (offer.device, offer.device_source) {
+                    (Some(d), Some(src)) => writeln!(
+                        self.out,
+                        "vhu-conform: device type {d} (from {})",
+                        src.describe()
+                    ),
+                    _ => writeln!(
+                        self.out,
+                        "vhu-conform: DEVICE TYPE UNKNOWN: device-specific scenarios (data path, config layout) are skipped; pass --device TYPE (block, net, fs, vsock, rng, ...)"
+                    ),
+                };
             }
             RunEvent::Finished(r) => {
                 self.done += 1;
@@ -129,7 +149,7 @@ impl<W: Write> Human<W> {
                     "[{:>3}/{}] {:<5} {} ({} ms)",
                     self.done,
                     self.total,
-                    label(&r.outcome),
+                    label_of(r),
                     r.id,
                     r.duration_ms
                 );
@@ -167,7 +187,7 @@ impl<W: Write> Human<W> {
                 (Some((Verdict::Xfail, _)), _) => "XFAIL",
                 (Some((Verdict::Xpass, _)), _) => "XPASS",
                 (Some((Verdict::Ran, _)), _) => "RAN",
-                (_, Outcome::Fail | Outcome::Warn | Outcome::Error { .. }) => label(&r.outcome),
+                (_, Outcome::Fail | Outcome::Warn | Outcome::Error { .. }) => label_of(r),
                 _ => continue,
             };
             let rules: Vec<&str> = r.findings.iter().map(|f| f.rule.as_str()).collect();
@@ -361,10 +381,18 @@ pub fn junit(results: &[ScenarioResult]) -> String {
                     NonSuccessKind::Error
                 };
                 let mut s = TestCaseStatus::non_success(kind);
-                let msg = r.findings.first().map_or_else(
-                    || format!("{:?}", r.outcome),
-                    |f| format!("{} {}", f.rule, f.summary),
-                );
+                if r.findings.iter().any(|f| f.crash.is_some()) {
+                    s.set_type("crash");
+                }
+                let msg = r
+                    .findings
+                    .iter()
+                    .find(|f| f.crash.is_some())
+                    .or(r.findings.first())
+                    .map_or_else(
+                        || format!("{:?}", r.outcome),
+                        |f| format!("{} {}", f.rule, f.summary),
+                    );
                 s.set_message(msg);
                 s.set_description(details(r, true));
                 s
@@ -417,19 +445,21 @@ mod tests {
             .collect();
         let findings = match outcome {
             Outcome::Fail | Outcome::Warn => vec![Finding {
-                rule: "R-MEM-11".into(),
+                rule: crate::rules::id::R_MEM_11,
                 level: Level::Must,
                 summary: "step 3: ack 0 for a region that does not exist".into(),
                 sent: "REM_MEM_REG".into(),
                 received: "ack 0".into(),
                 expected: "a non-zero ack".into(),
+                crash: None,
             }],
             _ => vec![],
         };
         ScenarioResult {
             id: id.into(),
             title: "t".into(),
-            rules: vec!["R-MEM-11".into()],
+            rules: vec![crate::rules::id::R_MEM_11],
+            checked_rules: vec![crate::rules::id::R_MEM_11],
             level: Level::Must,
             source: "scenarios/x.toml".into(),
             outcome,

@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::device::DeviceType;
+use crate::rules::RuleId;
+
 /// How much a failed check of this scenario weighs (checklist legend).
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -38,14 +41,18 @@ pub struct ScenarioFile {
     pub id: String,
     /// One line saying what is checked.
     pub title: String,
-    /// Checklist rule ids (`R-MEM-08`).
-    pub rules: Vec<String>,
+    /// Checklist rule ids (`R-MEM-08`); an id the checklist lacks is refused at load.
+    pub rules: Vec<RuleId>,
     /// Weight of a failed check.
     #[serde(default)]
     pub level: Level,
     /// Needed features.
     #[serde(default)]
     pub requires: Requires,
+    /// The device type the scenario is written for (its requests or config layout): skipped
+    /// for other types, and when the type is unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceType>,
     /// Needs a fresh back-end process (crash risk).
     #[serde(default)]
     pub fresh_process: bool,
@@ -270,7 +277,7 @@ pub struct Step {
     /// What the back-end must do.
     pub expect: Option<Expect>,
     /// The rule a failed expectation cites (default: the scenario's first rule).
-    pub rule: Option<String>,
+    pub rule: Option<RuleId>,
     /// no_reply: how long to listen, in milliseconds.
     pub window_ms: Option<u64>,
     /// The reply's u64 value must equal this.

@@ -1,6 +1,7 @@
 //! Data-path steps: virtio-blk requests through the driver queues, judged on status, used
 //! length, canaries, notifications and data (checklist 4.3, R-RING-07), and call fd swaps.
 
+use crate::rules::id;
 use std::time::{Duration, Instant};
 
 use vhu_mock_frontend::blk::{self, BlkOutcome};
@@ -113,6 +114,7 @@ impl Ctx<'_> {
         if !(inband && no_call_fd) {
             return Ok(());
         }
+        self.mark(id::R_INB_04);
         let deadline = Instant::now() + Duration::from_millis(300);
         while self.inband_calls(idx) <= before && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
@@ -120,8 +122,8 @@ impl Ctx<'_> {
         if self.inband_calls(idx) > before {
             return Ok(());
         }
-        self.finding_with(
-            "R-INB-04".into(),
+        self.fail(
+            id::R_INB_04,
             &format!("queue {idx} completed a request without BACKEND_VRING_CALL"),
             "without a call fd and with in-band notifications, BACKEND_VRING_CALL (num 0) on the back-end channel",
             format!("no BACKEND_VRING_CALL for the ring within 300 ms of step {:?}'s completion", step.action),
@@ -144,10 +146,12 @@ impl Ctx<'_> {
         match blk::blk_wait(q, mem, &pending, window) {
             Ok(None) => {
                 self.pending.insert(idx, pending);
+                self.mark(self.rule_of(step));
                 Ok(None)
             }
             Ok(Some(o)) => {
                 blk::blk_release(mem, pending);
+                self.mark(self.rule_of(step));
                 self.finding(
                     step,
                     &format!(
@@ -212,8 +216,8 @@ impl Ctx<'_> {
                         describe_exit(&st, &self.inst().stderr_tail(400))
                     );
                 }
-                self.finding(
-                    step,
+                self.fail(
+                    step.rule.unwrap_or(id::R_RING_07),
                     &format!("{what} was not completed"),
                     "the request completes (used ring entry and a call)",
                     received,
@@ -251,11 +255,41 @@ impl Ctx<'_> {
             let at = o.data.iter().position(|&b| b != pattern).unwrap_or(0);
             problems.push(format!("data read differs from what was written at byte {at}: {:#04x}, wanted {pattern:#04x}", o.data[at]));
         }
+        self.mark_datapath(step, idx);
         if problems.is_empty() {
             return Ok(());
         }
-        self.finding(step, &format!("{what}: {}", problems.join("; ")), "status OK, used length = bytes written, only writable buffers touched, the data written", format!("{o:?}"));
+        let rule = step.rule.unwrap_or(id::R_RING_07);
+        self.fail(rule, &format!("{what}: {}", problems.join("; ")), "status OK, used length = bytes written, only writable buffers touched, the data written", format!("{o:?}"));
         Err(StepError::Finding)
+    }
+
+    /// The rules a completed request checks: the ring was read where SET_VRING_ADDR put it
+    /// (R-VRING-03) from the base SET_VRING_BASE gave (R-VRING-06, packed R-VRING-07),
+    /// through the memory table's translation (R-MEM-03), started by SET_VRING_KICK
+    /// (R-RING-03) and processed normally (R-RING-07); on a ring past 0, independently of the
+    /// others (R-MQ-03); polled where no call or kick fd was given (R-VRING-13, R-VRING-12).
+    fn mark_datapath(&mut self, step: &Step, idx: u16) {
+        let mut rules = vec![id::R_RING_07, id::R_VRING_03, id::R_MEM_03, id::R_RING_03];
+        if let Some(q) = self.queues.get(&idx) {
+            rules.push(match q.layout() {
+                vhu_mock_frontend::RingLayout::Packed => id::R_VRING_07,
+                vhu_mock_frontend::RingLayout::Split => id::R_VRING_06,
+            });
+            if !q.call_fd {
+                rules.push(id::R_VRING_13);
+            }
+            if !q.kick_fd {
+                rules.push(id::R_VRING_12);
+            }
+        }
+        if idx > 0 {
+            rules.push(id::R_MQ_03);
+        }
+        rules.extend(step.rule);
+        for r in rules {
+            self.mark(r);
+        }
     }
 
     /// Replaces the call fd of running queues, then checks a completion is signalled on the
@@ -278,6 +312,8 @@ impl Ctx<'_> {
             read.queue = Some(NumOrWord::Num(idx.into()));
             read.rule = Some(self.rule_of(step));
             self.blk(&read)?;
+            self.mark(id::R_RING_15);
+            self.mark(id::R_WIRE_08);
             if old.read().is_ok() {
                 self.finding(
                     step,

@@ -18,10 +18,13 @@ use crate::scenario::model::{NumOrWord, RequestName, Step};
 impl Ctx<'_> {
     pub(super) fn send(&mut self, step: &Step) -> StepResult {
         let req = resolve_request(step.request.as_ref())?;
-        let mut body = build_body(req, step)?;
+        let mut body = build_body(req, step, self.offer.device)?;
         if step.queue == Some(NumOrWord::Word("past_end".into())) {
-            // The first index past the queues GET_QUEUE_NUM reported (R-MQ-04).
-            let idx = self.queue_num as u32;
+            // The first index past the rings GET_QUEUE_NUM's answer stands for, under the
+            // device's reading (or every reading, when the type is unknown) (R-MQ-04).
+            let idx = self.index_past_end(&body)?;
+            self.mark(crate::rules::id::R_VRING_17);
+            self.mark(crate::rules::id::R_MQ_04);
             match &mut body {
                 Body::VringState(v) => v.index = idx,
                 Body::VringAddr(a) => a.index = idx,
@@ -41,14 +44,26 @@ impl Ctx<'_> {
         };
         let expect = step.expect.unwrap_or(default);
         match (expect, r) {
-            (Expect::Reply, Ok(Some(m))) => self.check_value(step, &m)?,
+            (Expect::Reply, Ok(Some(m))) => {
+                if let Body::Config(h, _) = &body {
+                    self.check_config_reply(step, h, &m)?;
+                }
+                self.check_value(step, &m)?;
+            }
             (Expect::Reply, Ok(None)) => return Err(StepError::Harness("expect = \"reply\" on a request sent without NEED_REPLY that has no reply of its own".into())),
             (Expect::NoReply, Ok(None)) => {
                 let window = Duration::from_millis(step.window_ms.unwrap_or(300));
-                let r = self.session()?.expect_silence(window);
-                if let Err(e) = r {
-                    self.finding(step, "a message arrived although no reply was due", "no reply at all without NEED_REPLY", e.to_string());
-                    return Err(StepError::Finding);
+                self.mark(self.rule_of(step));
+                match self.session()?.expect_silence(window) {
+                    Ok(()) => {}
+                    // Closing is not "a message arrived": judged as a close during the step.
+                    Err(e @ SessionError::Closed { .. }) => {
+                        return Err(self.session_failed(step, e));
+                    }
+                    Err(e) => {
+                        self.finding(step, "a message arrived although no reply was due", "no reply at all without NEED_REPLY", e.to_string());
+                        return Err(StepError::Finding);
+                    }
                 }
             }
             (_, Ok(m)) => {
@@ -70,7 +85,54 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// R-CFG-01: a GET_CONFIG reply has exactly the 12-byte header and the size asked, with
+    /// the offset echoed. The empty error form (R-CFG-02) is a departure only where the range
+    /// lies inside the device's config space.
+    fn check_config_reply(&mut self, step: &Step, asked: &ConfigHeader, m: &Message) -> StepResult {
+        use crate::rules::id;
+        if step.reply_size.is_some() {
+            return Ok(());
+        }
+        self.mark(id::R_CFG_01);
+        let want = 12 + asked.size as usize;
+        let echoed = m.payload.get(..4) == Some(&asked.offset.to_ne_bytes()[..]);
+        if m.payload.len() == want && echoed {
+            return Ok(());
+        }
+        let error_form = m.payload.is_empty() || m.payload.get(4..8) == Some(&[0u8; 4][..]);
+        let inside = self
+            .offer
+            .device
+            .and_then(crate::device::DeviceType::config_size)
+            .is_some_and(|n| asked.offset.saturating_add(asked.size) <= n);
+        if error_form && !inside {
+            self.notes.push(format!(
+                "step {}: GET_CONFIG answered with the error form ({} payload bytes)",
+                self.step_no,
+                m.payload.len()
+            ));
+            return Ok(());
+        }
+        Err(self.fail(
+            id::R_CFG_01,
+            &format!(
+                "GET_CONFIG of {} bytes at offset {} answered {} payload bytes{}",
+                asked.size,
+                asked.offset,
+                m.payload.len(),
+                if echoed || m.payload.is_empty() {
+                    ""
+                } else {
+                    ", offset not echoed"
+                }
+            ),
+            &format!("{want} payload bytes (12-byte header + the size asked), the offset echoed"),
+            format!("header {:?}, payload {:02x?}", m.header, m.payload),
+        ))
+    }
+
     pub(super) fn check_value(&mut self, step: &Step, m: &Message) -> StepResult {
+        self.mark(self.rule_of(step));
         let mut problems = Vec::new();
         if let Some(size) = step.reply_size.filter(|&s| s as usize != m.payload.len()) {
             problems.push(format!(
@@ -173,6 +235,7 @@ impl Ctx<'_> {
         }
         match step.expect.unwrap_or(Expect::Alive) {
             Expect::NoReply => {
+                self.mark(self.rule_of(step));
                 let r = self
                     .session()?
                     .expect_silence(Duration::from_millis(step.window_ms.unwrap_or(300)));
@@ -199,6 +262,9 @@ impl Ctx<'_> {
 
     /// The back-end still serves: on this connection if it is open, else on a new one.
     pub(super) fn alive(&mut self, step: &Step) -> StepResult {
+        if !Self::is_setup(step) {
+            self.mark(self.rule_of(step));
+        }
         // A finding names the message before the probe, not the probe itself.
         let trigger = self.last_sent();
         let r = self.alive_probe(step);
@@ -211,16 +277,13 @@ impl Ctx<'_> {
     }
 
     pub(super) fn alive_probe(&mut self, step: &Step) -> StepResult {
+        let trigger = self.last_sent();
         if self.session()?.get_features().is_ok() {
             return Ok(());
         }
         self.archive_session();
-        if self.died(
-            step,
-            "the back-end process died",
-            "the back-end rejects or ignores the message and keeps running",
-        ) {
-            return Err(StepError::Finding);
+        if let Some(e) = self.gone(self.rule_of(step), Duration::from_millis(200), &trigger) {
+            return Err(e);
         }
         let probe = match self.inst().connect() {
             Ok(stream) => {
@@ -251,8 +314,38 @@ impl Ctx<'_> {
     ) -> StepResult {
         let expect = step.expect.unwrap_or(default);
         let wants_failure = matches!(expect, Expect::AckFail | Expect::Rejected | Expect::Closed);
+        let rule = self.rule_of(step);
+        if !Self::is_setup(step) {
+            self.mark(rule);
+        }
+        if wants_failure && matches!(r, Ok(Ack::Ok | Ack::Failed(_))) {
+            // The ack of a message that must fail is judged: non-zero (R-ACK-04).
+            self.mark(crate::rules::id::R_ACK_04);
+        }
         match r {
             Ok(Ack::Ok) if wants_failure => {
+                // An ack of 0 followed by the connection closing is a refusal whose ack lied.
+                let trigger = self.last_sent();
+                let closed = matches!(
+                    self.session()?.get_features(),
+                    Err(SessionError::Closed { .. })
+                );
+                if closed {
+                    self.archive_session();
+                    if let Some(StepError::Finding) =
+                        self.gone(rule, Duration::from_millis(200), &trigger)
+                    {
+                        return Err(StepError::Finding);
+                    }
+                    self.fail(
+                        crate::rules::id::R_ACK_04,
+                        "the back-end acked 0 (success) and then closed the connection: it refused the message but its ack said it succeeded",
+                        "a non-zero ack for a refused message",
+                        "ack 0, then the connection closed".into(),
+                    );
+                    self.findings.last_mut().expect("just pushed").sent = trigger;
+                    return Err(StepError::Finding);
+                }
                 self.finding(
                     step,
                     "the back-end acked 0 (success) where the rule requires a failure",
@@ -262,6 +355,9 @@ impl Ctx<'_> {
                 Err(StepError::Finding)
             }
             Ok(Ack::Failed(v)) if !wants_failure && expect != Expect::Alive => {
+                if Self::is_setup(step) {
+                    return Err(self.refused_setup(step, format!("ack {v}")));
+                }
                 self.finding(
                     step,
                     &format!("the back-end acked {v} (failure) for a valid request"),
@@ -286,16 +382,13 @@ impl Ctx<'_> {
             }
             Ok(_) => Ok(()),
             Err(SessionError::Closed { .. }) if wants_failure || expect == Expect::Alive => {
-                let died = self.inst().is_spawned()
-                    && self.died(
-                        step,
-                        "the back-end process died instead of rejecting the message",
-                        "a non-zero ack or a closed connection, the process alive",
-                    );
-                if died {
-                    return Err(StepError::Finding);
-                }
+                let trigger = self.last_sent();
                 self.archive_session();
+                if self.inst().is_spawned()
+                    && let Some(e) = self.gone(rule, Duration::from_millis(200), &trigger)
+                {
+                    return Err(e);
+                }
                 if expect == Expect::Alive {
                     self.alive(step)
                 } else {
@@ -315,8 +408,15 @@ fn resolve_request(name: Option<&RequestName>) -> Result<FrontendReq, StepError>
 }
 
 /// The typed body of a `send` step, from its `body` table (the payload struct's field names).
-fn build_body(req: FrontendReq, step: &Step) -> Result<Body, StepError> {
-    let table = step.body.clone().unwrap_or_default();
+fn build_body(
+    req: FrontendReq,
+    step: &Step,
+    device: Option<crate::device::DeviceType>,
+) -> Result<Body, StepError> {
+    let mut table = step.body.clone().unwrap_or_default();
+    if req.request_body() == BodyKind::Config {
+        config_sizes(&mut table, device)?;
+    }
     let bad = |e: toml::de::Error| StepError::Harness(format!("body of {}: {e}", req.spec_name()));
     let v = toml::Value::Table(table);
     Ok(match req.request_body() {
@@ -345,6 +445,51 @@ fn build_body(req: FrontendReq, step: &Step) -> Result<Body, StepError> {
             )));
         }
     })
+}
+
+/// GET_CONFIG / SET_CONFIG bodies may give `offset` and `size` relative to the device's config
+/// space: `"config_size"`, `"config_size-4"`, `"config_size+8"` (the size of the part every
+/// back-end of the device type has, [`crate::device::DeviceType::config_size`]).
+fn config_sizes(
+    table: &mut toml::Table,
+    device: Option<crate::device::DeviceType>,
+) -> Result<(), StepError> {
+    for key in ["offset", "size"] {
+        let Some(toml::Value::String(expr)) = table.get(key).cloned() else {
+            continue;
+        };
+        let d = device.ok_or_else(|| {
+            StepError::NotApplicable(
+                "device type unknown: pass --device TYPE (this scenario sizes its request by the device's config space)".into(),
+            )
+        })?;
+        let size = d.config_size().ok_or_else(|| {
+            StepError::NotApplicable(format!(
+                "the config space size of a {d} device is not known to vhu-conform"
+            ))
+        })?;
+        if size == 0 {
+            return Err(StepError::NotApplicable(format!(
+                "a {d} device has no config space"
+            )));
+        }
+        let rest = expr.trim().strip_prefix("config_size").ok_or_else(|| {
+            StepError::Harness(format!(
+                "body `{key}` = {expr:?}: a number or \"config_size[+-N]\""
+            ))
+        })?;
+        let delta: i64 = match rest.trim() {
+            "" => 0,
+            r => r.replace(' ', "").parse().map_err(|_| {
+                StepError::Harness(format!(
+                    "body `{key}` = {expr:?}: a number or \"config_size[+-N]\""
+                ))
+            })?,
+        };
+        let v = (i64::from(size) + delta).max(0);
+        table.insert(key.into(), toml::Value::Integer(v));
+    }
+    Ok(())
 }
 
 struct ExtraFds {

@@ -1,6 +1,7 @@
 //! Session and ring setup steps: negotiation, memory tables, ADD/REM_MEM_REG, vring setup,
 //! SET_VRING_ENABLE and GET_VRING_BASE (checklist 4.2 to 4.5).
 
+use crate::rules::id;
 use vhu_mock_frontend::{Ack, DriverQueue, GuestMemory, RegionSpec, RingLayout, Wanted};
 use vhu_protocol::{FrontendReq, VirtioFeatures};
 
@@ -37,8 +38,23 @@ impl Ctx<'_> {
         let r = self.session()?.negotiate(&wanted);
         match r {
             Ok(n) => {
+                use crate::rules::id;
+                // What a negotiation in QEMU's order checks on its way (Appendix A).
+                self.mark(id::R_NEG_01);
+                if n.features & VirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+                    self.mark(id::R_NEG_07);
+                    self.mark(id::R_ROB_10);
+                }
+                if n.protocol & vhu_protocol::ProtocolFeatures::REPLY_ACK.bits() != 0 {
+                    // SET_OWNER was acked before SET_FEATURES acked bit 30.
+                    self.mark(id::R_NEG_03);
+                }
+                if n.queue_num.is_some() {
+                    self.mark(id::R_MQ_01);
+                }
                 self.features = n.features;
                 self.protocol = n.protocol;
+                self.queue_num_reported = n.queue_num;
                 self.queue_num = n.queue_num.unwrap_or(1).clamp(1, 64);
                 Ok(())
             }
@@ -83,7 +99,13 @@ impl Ctx<'_> {
             session.set_mem_table(&mem)
         };
         self.mem = Some(mem);
-        self.judge_ack(step, r, Expect::Ok)
+        self.judge_ack(step, r, Expect::Ok)?;
+        self.mark(if via_add {
+            crate::rules::id::R_MEM_08
+        } else {
+            crate::rules::id::R_MEM_01
+        });
+        Ok(())
     }
 
     pub(super) fn region(
@@ -121,6 +143,26 @@ impl Ctx<'_> {
         self.judge_ack(step, r, Expect::Ok)
     }
 
+    /// The first ring index past the last ring, for a `queue = "past_end"` body; not
+    /// applicable when it cannot be written in the body (an 8-bit index in u64 bodies).
+    pub(super) fn index_past_end(
+        &self,
+        body: &vhu_protocol::wire::payload::Body,
+    ) -> Result<u32, StepError> {
+        let n = self.queue_num_reported.unwrap_or(self.queue_num);
+        let idx = crate::device::first_index_past_end(self.offer.device, n);
+        let limit = match body {
+            vhu_protocol::wire::payload::Body::U64(_) => 0xff,
+            _ => u64::from(u32::MAX),
+        };
+        if idx > limit {
+            return Err(StepError::NotApplicable(format!(
+                "the first ring index past the last ({idx}, from GET_QUEUE_NUM = {n}) does not fit this message's index field"
+            )));
+        }
+        Ok(idx as u32)
+    }
+
     pub(super) fn queue_indices(&self, step: &Step) -> Vec<u16> {
         match &step.queue {
             Some(NumOrWord::Word(w)) if w == "all" => (0..self.queue_num as u16).collect(),
@@ -130,7 +172,16 @@ impl Ctx<'_> {
     }
 
     pub(super) fn vring(&mut self, step: &Step) -> StepResult {
-        let size = step.size.unwrap_or(128) as u16;
+        // The ring size a scenario asks for, but never more than the back-end accepts
+        // (`--queue-size`, or the largest it acked at preflight).
+        let asked = step.size.map_or(128, |s| s.min(u64::from(u16::MAX)) as u16);
+        let size = asked.min(self.offer.queue_size).max(1);
+        if size < asked && step.size.is_some() {
+            self.notes.push(format!(
+                "step {}: ring size {asked} lowered to {size}, the largest the back-end accepts",
+                self.step_no
+            ));
+        }
         let event_idx = self.features & VirtioFeatures::EVENT_IDX.bits() != 0;
         let bit30 = self.features & VirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
         for idx in self.queue_indices(step) {
@@ -179,6 +230,7 @@ impl Ctx<'_> {
             }
             self.queues.insert(idx, q);
             self.idle.remove(&idx);
+            self.mark(crate::rules::id::R_VRING_01);
         }
         Ok(())
     }
@@ -216,8 +268,8 @@ impl Ctx<'_> {
             _ => None,
         };
         if state.index != u32::from(idx) {
-            self.finding_with(
-                "R-VRING-08".into(),
+            self.fail(
+                id::R_VRING_08,
                 &format!(
                     "GET_VRING_BASE reply names ring {}, asked {idx}",
                     state.index
@@ -226,6 +278,11 @@ impl Ctx<'_> {
                 format!("{state:?}"),
             );
             return Err(StepError::Finding);
+        }
+        self.mark(crate::rules::id::R_VRING_08);
+        if want.is_some() {
+            self.mark(crate::rules::id::R_RING_11);
+            self.mark(self.rule_of(step));
         }
         if let Some(w) = want.filter(|&w| w != state.num) {
             self.finding(

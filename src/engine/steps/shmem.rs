@@ -4,6 +4,7 @@
 //! is checked by the mock front-end against GET_SHMEM_CONFIG (R-SHM-05, R-SHM-08) and really
 //! mapped, so the step can read through it.
 
+use crate::rules::id;
 use std::time::Duration;
 
 use vhu_mock_frontend::Session;
@@ -90,9 +91,10 @@ impl Ctx<'_> {
         if refuse {
             return self.shmem_refused(step, &sent, code);
         }
+        self.mark(if map { id::R_SHM_05 } else { id::R_SHM_08 });
         if let Some(refused) = sent.iter().find_map(|r| r.refused.clone()) {
             let rule = cited_rule(&refused).unwrap_or_else(|| self.rule_of(step));
-            self.finding_with(
+            self.fail(
                 rule,
                 &format!("the back-end's {what} was refused: {refused}"),
                 "a request that names a declared region, lies inside it, and is well formed",
@@ -164,8 +166,8 @@ impl Ctx<'_> {
             .iter()
             .find(|r| r.code == code && r.flags & NEED_REPLY == 0);
         if let (true, Some(r)) = (reply_ack, unconfirmed) {
-            self.finding_with(
-                "R-SHM-11".into(),
+            self.fail(
+                id::R_SHM_11,
                 "the back-end sent a SHMEM request without NEED_REPLY although REPLY_ACK is negotiated",
                 "NEED_REPLY set, and the mapping used only after the front-end's ack",
                 format!("flags {:#x}", r.flags),
@@ -193,6 +195,7 @@ impl Ctx<'_> {
 
     /// R-SHM-10: without SHMEM negotiated, the device request must not lead to SHMEM_MAP.
     fn shmem_not_negotiated(&mut self, step: &Step) -> StepResult {
+        self.mark(id::R_SHM_10);
         let before = self.channel_records().len();
         let body = shmem_body(
             step.shmid.unwrap_or(0),
@@ -203,8 +206,8 @@ impl Ctx<'_> {
         let sent: Vec<_> = self.channel_records().split_off(before);
         let shmem = [BackendReq::ShmemMap as u32, BackendReq::ShmemUnmap as u32];
         if sent.iter().any(|r| shmem.contains(&r.code)) {
-            self.finding_with(
-                "R-SHM-10".into(),
+            self.fail(
+                id::R_SHM_10,
                 "the back-end sent a SHMEM request although SHMEM was not negotiated",
                 "no SHMEM_MAP / SHMEM_UNMAP unless SHMEM and BACKEND_REQ are negotiated",
                 format!("the back-end sent {}", describe(&sent)),
@@ -257,13 +260,13 @@ fn shmem_body(shmid: u8, shm_offset: u64, len: u64) -> VhuShmemBody {
 }
 
 /// The first `R-...` id a refusal names.
-fn cited_rule(text: &str) -> Option<String> {
+pub(super) fn cited_rule(text: &str) -> Option<crate::rules::RuleId> {
     let start = text.find("R-")?;
     let id: String = text[start..]
         .chars()
         .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
         .collect();
-    Some(id)
+    crate::rules::RuleId::parse(&id)
 }
 
 fn describe(records: &[vhu_mock_frontend::channel::BackendRecord]) -> String {
