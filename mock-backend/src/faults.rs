@@ -184,7 +184,7 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
     (
         Fault::HangSetMemTable,
         "hang-set-mem-table",
-        "R-MEM-01",
+        "R-ACK-01",
         "SET_MEM_TABLE is never answered",
     ),
     (

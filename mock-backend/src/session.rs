@@ -168,8 +168,13 @@ impl<'a> Session<'a> {
     /// The device's bits (blk, VERSION_1 and the ring layouts it drives) and the vhost-user
     /// ones.
     fn offered_features(&self) -> u64 {
-        self.dev.device_features()
-            | (VirtioFeatures::LOG_ALL | VirtioFeatures::PROTOCOL_FEATURES).bits()
+        let mut f = self.dev.device_features()
+            | (VirtioFeatures::LOG_ALL | VirtioFeatures::PROTOCOL_FEATURES).bits();
+        if self.has(Fault::Config8) {
+            // An 8-byte config space has no writeback byte (offset 32) to make writable.
+            f &= !vhu_protocol::virtio::blk::F_CONFIG_WCE;
+        }
+        f
     }
 
     /// Reads and handles one message; false when the connection ends.

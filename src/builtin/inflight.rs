@@ -14,7 +14,7 @@ use vhu_mock_frontend::blk::{self, BlkReq};
 use vhu_mock_frontend::inflight::{InflightBuffer, InflightError, SPLIT_ENTRY, SPLIT_HEADER};
 use vhu_protocol::{FrontendReq, ProtocolFeatures};
 
-use super::{Builtin, QUEUE_SIZE, default_memory, start_queue};
+use super::{Builtin, default_memory, start_queue};
 use crate::engine::{Ctx, StepError};
 
 const HEADER: u64 = SPLIT_HEADER;
@@ -73,7 +73,8 @@ fn inflight_session(ctx: &mut Ctx<'_>) -> Result<(Buffer, u64), StepError> {
     wanted.protocol |= ProtocolFeatures::INFLIGHT_SHMFD.bits();
     let r = ctx.session_mut()?.negotiate(&wanted);
     let n = r.map_err(|e| ctx.session_error(id::R_INFL_01, e))?;
-    let r = ctx.session_mut()?.get_inflight_fd(1, QUEUE_SIZE);
+    let qs = ctx.queue_size();
+    let r = ctx.session_mut()?.get_inflight_fd(1, qs);
     let buf = r.map_err(|e| ctx.session_error(id::R_INFL_01, e))?;
     let r = ctx.session_mut()?.set_inflight_fd(&buf);
     r.map_err(|e| ctx.session_error(id::R_INFL_03, e))?;
@@ -106,6 +107,7 @@ GET_ID requests completed. Queue 0's region (read through the memfd) must then s
 desc_num 128, used_idx 3, every entry out of flight, and the heads used carry counters."
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+        let qs = ctx.queue_size();
         let (buf, features) = inflight_session(ctx)?;
         let mut mem = default_memory(ctx)?;
         let mut q = start_queue(ctx, &mut mem, features, id::R_VRING_01, |_| {})?;
@@ -128,7 +130,7 @@ desc_num 128, used_idx 3, every entry out of flight, and the heads used carry co
         std::thread::sleep(Duration::from_millis(20));
         let read = |buf: &Buffer| -> Result<_, InflightError> {
             let header = buf.header()?;
-            let in_flight = (0..QUEUE_SIZE)
+            let in_flight = (0..qs)
                 .map(|i| buf.entry(i).map(|e| (i, e.0)))
                 .collect::<Result<Vec<_>, _>>()?;
             let counters = heads
@@ -143,8 +145,8 @@ desc_num 128, used_idx 3, every entry out of flight, and the heads used carry co
         if version != 1 {
             problems.push(format!("version {version}, not 1 (R-INFL-02)"));
         }
-        if desc_num != QUEUE_SIZE {
-            problems.push(format!("desc_num {desc_num}, not {QUEUE_SIZE}"));
+        if desc_num != qs {
+            problems.push(format!("desc_num {desc_num}, not {qs}"));
         }
         if used_idx != 3 {
             problems.push(format!("used_idx {used_idx} after 3 completions"));
@@ -199,6 +201,7 @@ request already taken). The back-end must complete that request from the infligh
 used index 2 and no further completion."
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+        let qs = ctx.queue_size();
         let (buf, features) = inflight_session(ctx)?;
         let mut mem = default_memory(ctx)?;
         let mut q = start_queue(ctx, &mut mem, features, id::R_VRING_01, |_| {})?;
@@ -219,7 +222,7 @@ used index 2 and no further completion."
             .map_err(|e| StepError::Harness(crate::engine::chain(&e)))?;
         let head = pending.head();
         // The counters are the back-end's: the largest may be u64::MAX, and the next wraps.
-        let counters = (0..QUEUE_SIZE)
+        let counters = (0..qs)
             .map(|i| buf.entry(i).map(|e| e.1))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| access_error(ctx, id::R_INFL_04, &e))?;
@@ -231,6 +234,10 @@ used index 2 and no further completion."
         r.map_err(|e| access_error(ctx, id::R_INFL_05, &e))?;
         ctx.step(&crate::scenario::Step::new(
             crate::scenario::Action::Disconnect,
+        ))?;
+        // Skipped, saying why, for a back-end that exits when its front-end leaves.
+        ctx.step(&crate::scenario::Step::new(
+            crate::scenario::Action::Reconnect,
         ))?;
         // A new connection: the same buffer, memory and ring, from the base after the request.
         let mut wanted = Wanted::all();

@@ -117,7 +117,7 @@ fn default_memory(ctx: &mut Ctx<'_>) -> Result<vhu_mock_frontend::GuestMemory, S
     let mem = GuestMemory::new(&GuestMemory::default_layout(MEMORY))
         .map_err(|e| StepError::Harness(crate::engine::chain(&e)))?;
     let r = ctx.session_mut()?.set_mem_table(&mem);
-    r.map_err(|e| ctx.session_error(id::R_MEM_01, e))?;
+    r.map_err(|e| ctx.setup_error(id::R_MEM_01, e))?;
     Ok(mem)
 }
 
@@ -133,21 +133,19 @@ fn start_queue(
     use vhu_mock_frontend::{DriverQueue, RingLayout};
     use vhu_protocol::{FrontendReq, VirtioFeatures};
     let event_idx = features & VirtioFeatures::EVENT_IDX.bits() != 0;
-    let mut q = DriverQueue::new(mem, 0, QUEUE_SIZE, RingLayout::Split, event_idx)
+    let mut q = DriverQueue::new(mem, 0, ctx.queue_size(), RingLayout::Split, event_idx)
         .map_err(|e| StepError::Harness(crate::engine::chain(&e)))?;
     configure(&mut q);
     let s = ctx.session_mut()?;
     let r = q
         .setup(s, mem, 0)
         .and_then(|()| s.checked(FrontendReq::SetVringEnable, |s| s.set_vring_enable(0, true)));
-    r.map_err(|e| ctx.session_error(rule, e))?;
+    r.map_err(|e| ctx.setup_error(rule, e))?;
     Ok(q)
 }
 
 /// Guest memory of the built-ins that drive a ring themselves: the default two-region layout.
 const MEMORY: u64 = 16 << 20;
-/// Their queue size.
-const QUEUE_SIZE: u16 = 128;
 
 /// Samples a `/proc/<pid>` count until it settles at or below `bound`, for up to `within`
 /// (a back-end may close or unmap asynchronously); returns the last sample.

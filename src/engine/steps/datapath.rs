@@ -16,7 +16,21 @@ use crate::scenario::{Action, Expect};
 use crate::target::ProcessState;
 
 impl Ctx<'_> {
+    /// Without REPLY_ACK nothing says when an ack-only message (a new call fd, RESET_DEVICE)
+    /// took effect: a GET_FEATURES round trip first, since messages are handled in order.
+    fn sync_unacked(&mut self, step: &Step) -> StepResult {
+        let Some(s) = self.session.as_mut() else {
+            return Ok(());
+        };
+        if s.reply_ack() {
+            return Ok(());
+        }
+        let r = s.get_features();
+        r.map(drop).map_err(|e| self.session_failed(step, e))
+    }
+
     pub(super) fn blk(&mut self, step: &Step) -> StepResult {
+        self.sync_unacked(step)?;
         for idx in self.queue_indices(step) {
             let mut q = self.queues.remove(&idx).ok_or_else(|| {
                 StepError::Harness(format!("queue {idx} is not set up: add a `vring` step"))
@@ -216,8 +230,12 @@ impl Ctx<'_> {
                         describe_exit(&st, &self.inst().stderr_tail(400))
                     );
                 }
+                // Announced by a VRING_KICK message, the request not completing is that
+                // message not processing the ring (R-INB-02).
+                let inband = step.inband_kick == Some(true);
                 self.fail(
-                    step.rule.unwrap_or(id::R_RING_07),
+                    step.rule
+                        .unwrap_or(if inband { id::R_INB_02 } else { id::R_RING_07 }),
                     &format!("{what} was not completed"),
                     "the request completes (used ring entry and a call)",
                     received,

@@ -269,6 +269,21 @@ impl<'a> Ctx<'a> {
         self.session_failed(&step, e)
     }
 
+    /// A session error during a built-in's setup: a refusal (nack or close) makes the
+    /// scenario not applicable, as for a file's setup step; anything else is `session_error`.
+    pub fn setup_error(&mut self, rule: RuleId, e: SessionError) -> StepError {
+        if matches!(e, SessionError::Nack { .. } | SessionError::Closed { .. }) {
+            let step = Step::new(Action::Vring);
+            return self.refused_setup(&step, e.to_string());
+        }
+        self.session_error(rule, e)
+    }
+
+    /// The ring size built-ins use: 128, or less where the back-end accepts less.
+    pub fn queue_size(&self) -> u16 {
+        128.min(self.offer.queue_size)
+    }
+
     /// The target instance: process state, stderr, `/proc/<pid>` sampling.
     pub fn target(&mut self) -> &mut Instance {
         self.inst
@@ -405,6 +420,7 @@ impl<'a> Ctx<'a> {
     /// an exit with a status is the rejection the spec allows ("it may also close the
     /// connection") taken further: noted, and the scenario ends there.
     fn gone(&mut self, rule: RuleId, within: Duration, after: &str) -> Option<StepError> {
+        let after = &shorten(after, 160);
         let st = self.inst().wait_exit(within);
         let death = st.death()?;
         let tail = self.inst().stderr_tail(400);
@@ -748,5 +764,13 @@ fn wire_rule(e: &SessionError) -> Option<RuleId> {
             Some(id::R_ACK_01)
         }
         _ => None,
+    }
+}
+
+/// `s` cut to `max` characters (a rendered message can carry a whole payload), marked when cut.
+fn shorten(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{} ...", &s[..i]),
+        None => s.to_string(),
     }
 }

@@ -317,10 +317,11 @@ impl Ctx<'_> {
         let must_fail = step.expect == Some(Expect::AckFail);
         // A corrupt or truncated load must be reported (R-MIG-09); any other outcome truly
         // (R-MIG-08).
-        let rule = if must_fail {
-            step.rule.unwrap_or(id::R_MIG_09)
-        } else {
-            id::R_MIG_08
+        let rule = match (must_fail, what) {
+            (true, _) => step.rule.unwrap_or(id::R_MIG_09),
+            // A state saved by one process that another cannot load breaks the round trip.
+            (false, "load") if self.fresh.is_some() => id::R_MIG_11,
+            (false, _) => step.rule.unwrap_or(id::R_MIG_08),
         };
         self.mark(rule);
         match r {
