@@ -26,7 +26,9 @@ enum Fd {
 /// `(mmap_offset, mmap_size)` and `fd`.
 fn fake(listener: UnixListener, offset: u64, size: u64, fd: Fd) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
+        let Some(stream) = accept(&listener) else {
+            return;
+        };
         let conn = Connection::new(stream, Some(Duration::from_secs(30)));
         while let Ok(m) = conn.recv() {
             let code = m.header.request;
@@ -70,6 +72,20 @@ fn fake(listener: UnixListener, offset: u64, size: u64, fd: Fd) -> std::thread::
     })
 }
 
+/// The harness's connection, if it comes within ten seconds.
+fn accept(listener: &UnixListener) -> Option<std::os::unix::net::UnixStream> {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if let Ok((stream, _)) = listener.accept() {
+            stream.set_nonblocking(false).unwrap();
+            return Some(stream);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
 fn run(offset: u64, size: u64, fd: Fd) -> ScenarioResult {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fake.sock");
@@ -80,6 +96,7 @@ fn run(offset: u64, size: u64, fd: Fd) -> ScenarioResult {
     let offer = Offer {
         features: FEATURES | VirtioFeatures::VERSION_1.bits(),
         protocol: ProtocolFeatures::INFLIGHT_SHMFD.bits(),
+        device: Some(vhu_conform::device::DeviceType::Block),
         ..Offer::default()
     };
     let opts = RunOptions {

@@ -57,7 +57,9 @@ fn fake(
     release: mpsc::Receiver<()>,
 ) -> JoinHandle<()> {
     std::thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
+        let Some(stream) = accept(&listener) else {
+            return;
+        };
         let conn = Connection::new(stream, Some(Duration::from_secs(30)));
         let mut held: Vec<OwnedFd> = vec![];
         while let Ok(m) = conn.recv() {
@@ -120,6 +122,20 @@ fn fake(
         let _ = release.recv();
         drop(held);
     })
+}
+
+/// The harness's connection, if it comes within ten seconds.
+fn accept(listener: &UnixListener) -> Option<std::os::unix::net::UnixStream> {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok((stream, _)) = listener.accept() {
+            stream.set_nonblocking(false).unwrap();
+            return Some(stream);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
 }
 
 fn opts() -> RunOptions {

@@ -9,9 +9,9 @@
 use crate::rules::{RuleId, id};
 use std::time::Duration;
 
-use vhu_mock_frontend::Wanted;
 use vhu_mock_frontend::blk::{self, BlkReq};
 use vhu_mock_frontend::inflight::{InflightBuffer, InflightError, SPLIT_ENTRY, SPLIT_HEADER};
+use vhu_mock_frontend::{SessionError, Wanted};
 use vhu_protocol::{FrontendReq, ProtocolFeatures};
 
 use super::{Builtin, default_memory, start_queue};
@@ -75,7 +75,19 @@ fn inflight_session(ctx: &mut Ctx<'_>) -> Result<(Buffer, u64), StepError> {
     let n = r.map_err(|e| ctx.session_error(id::R_INFL_01, e))?;
     let qs = ctx.queue_size();
     let r = ctx.session_mut()?.get_inflight_fd(1, qs);
-    let buf = r.map_err(|e| ctx.session_error(id::R_INFL_01, e))?;
+    let buf = r.map_err(|e| match e {
+        // The description or its fd (not the framing): R-INFL-01's own departure.
+        SessionError::BadReply {
+            reason, message, ..
+        } if reason.contains("inflight") => ctx.fail(
+            id::R_INFL_01,
+            &format!("GET_INFLIGHT_FD did not hand out a usable buffer: {reason}"),
+            "exactly one fd (a memfd) and an area (mmap_offset, mmap_size) that holds the queues \
+             asked for, is bounded, does not wrap and lies inside the fd",
+            format!("{reason}; header {:?}", message.header),
+        ),
+        e => ctx.session_error(id::R_INFL_01, e),
+    })?;
     let r = ctx.session_mut()?.set_inflight_fd(&buf);
     r.map_err(|e| ctx.session_error(id::R_INFL_03, e))?;
     Ok((Buffer(buf), n.features))
