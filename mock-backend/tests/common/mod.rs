@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use vhu_protocol::virtio::{VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, blk};
-use vhu_protocol::wire::payload::{Body, MemRegion, VringAddr, VringState, vring_fd_word};
+use vhu_protocol::wire::payload::{
+    Body, DeviceStateParams, MemRegion, VringAddr, VringState, vring_fd_word,
+};
 use vhu_protocol::{Connection, FrontendReq, ProtocolFeatures, VirtioFeatures};
 
 /// Every wait of the tests.
@@ -139,12 +141,13 @@ pub fn get_u64(c: &Connection, req: FrontendReq) -> u64 {
     c.recv_reply(req as u32).unwrap().u64().unwrap()
 }
 
-/// Negotiates bit 30 + VERSION_1 and `protocol` (REPLY_ACK should be among them).
-pub fn negotiate(c: &Connection, protocol: ProtocolFeatures) {
+/// Negotiates bit 30 + VERSION_1 and `protocol` (REPLY_ACK should be among them); the protocol
+/// features the back-end offered.
+pub fn negotiate(c: &Connection, protocol: ProtocolFeatures) -> u64 {
     let offered = get_u64(c, FrontendReq::GetFeatures);
     let want = (VirtioFeatures::PROTOCOL_FEATURES | VirtioFeatures::VERSION_1).bits();
     assert_eq!(offered & want, want);
-    get_u64(c, FrontendReq::GetProtocolFeatures);
+    let offered_protocol = get_u64(c, FrontendReq::GetProtocolFeatures);
     c.send_request(
         FrontendReq::SetProtocolFeatures as u32,
         &Body::U64(protocol.bits()),
@@ -153,6 +156,35 @@ pub fn negotiate(c: &Connection, protocol: ProtocolFeatures) {
     )
     .unwrap();
     assert_eq!(ack(c, FrontendReq::SetFeatures, &Body::U64(want), &[]), 0);
+    offered_protocol
+}
+
+/// GET_VRING_BASE of ring `index`: the base it answers.
+pub fn get_vring_base(c: &Connection, index: u32) -> u32 {
+    let q = Body::VringState(VringState { index, num: 0 });
+    c.send_request(FrontendReq::GetVringBase as u32, &q, false, &[])
+        .unwrap();
+    let m = c.recv_reply(FrontendReq::GetVringBase as u32).unwrap();
+    u32::from_ne_bytes(m.payload[4..8].try_into().unwrap())
+}
+
+/// SET_DEVICE_STATE_FD with `direction` (0 save, 1 load), phase 0 (stopped) and `fd`: the
+/// reply's u64 (0x100 is success with no fd returned).
+pub fn set_device_state_fd(c: &Connection, direction: u32, fd: BorrowedFd<'_>) -> Option<u64> {
+    let body = Body::DeviceState(DeviceStateParams {
+        direction,
+        phase: 0,
+    });
+    c.send_request(FrontendReq::SetDeviceStateFd as u32, &body, false, &[fd])
+        .unwrap();
+    c.recv_reply(FrontendReq::SetDeviceStateFd as u32)
+        .unwrap()
+        .u64()
+}
+
+/// CHECK_DEVICE_STATE: 0 when the transfer succeeded.
+pub fn check_device_state(c: &Connection) -> u64 {
+    get_u64(c, FrontendReq::CheckDeviceState)
 }
 
 /// One memfd of guest memory, written and read with pwrite/pread (the back-end maps the same
@@ -193,6 +225,13 @@ impl Guest {
 
     fn u16_at(&self, gpa: u64) -> u16 {
         u16::from_le_bytes(self.read(gpa, 2).try_into().unwrap())
+    }
+
+    /// Ring 0's avail and used indices (split layout) both set to `base`: the ring as a driver
+    /// that ran up to `base` left it (a ring resumed elsewhere, e.g. after a migration).
+    pub fn set_ring_indices(&self, base: u16) {
+        self.write(AVAIL + 2, &base.to_le_bytes());
+        self.write(USED + 2, &base.to_le_bytes());
     }
 
     /// Where the next buffer will be allocated.
