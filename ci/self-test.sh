@@ -37,7 +37,7 @@ echo "== gate against qemu-storage-daemon with its expectations" >&2
 command -v qemu-storage-daemon >/dev/null || fail "qemu-storage-daemon is not installed (apt-get install qemu-utils)"
 qsd="$here/../shared/targets/qemu-storage-daemon.sh"
 [ -x "$qsd" ] || fail "$qsd not found: the qemu-storage-daemon target script is needed"
-VHU_REPORT_DIR="$work/qsd" "$gate" --spawn "$qsd {socket}" \
+VHU_REPORT_DIR="$work/qsd" "$gate" --spawn "$qsd {socket}" --device blk \
   --expect "$here/ci/expect/qemu-storage-daemon.toml" --strict-expectations >"$work/qsd.out" 2>&1 \
   || { cat "$work/qsd.out" >&2; fail "the gate failed against qemu-storage-daemon: a new departure, or a stale expectation"; }
 grep -E '^[0-9]+ passed' "$work/qsd.out" >&2

@@ -113,12 +113,12 @@ const EXIT_CODES: &str = "Exit codes: 0 all applicable scenarios passed; 1 failu
 3 setup error (back-end not reached); 4 no scenario ran; 5 harness error";
 
 /// Parses the process's arguments and runs. `vhu-conform mock-backend ARGS` runs the bundled
-/// reference back-end instead (it is what the default target spawns).
+/// reference back-end instead (it is what the default target spawns; builds with the
+/// `bundled-backend` feature only).
 pub fn run() -> ExitCode {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if argv.get(1).is_some_and(|a| a == "mock-backend") {
-        let rest = std::iter::once("vhu-mock-backend".into()).chain(argv[2..].iter().cloned());
-        return vhu_mock_backend::run_from_args(rest.collect::<Vec<std::ffi::OsString>>());
+        return mock_backend(&argv[2..]);
     }
     if argv.get(1).is_some_and(|a| a == "fuzz" || a == "replay") {
         return crate::fuzz::run_from_args(argv);
@@ -147,13 +147,41 @@ fn target(args: &Args) -> Option<TargetSpec> {
     args.spawn.clone().map(TargetSpec::Spawn)
 }
 
-/// The bundled reference back-end, spawned from this very executable.
-fn bundled_backend() -> Option<TargetSpec> {
-    let exe = std::env::current_exe().ok()?;
+/// Why a build without the `bundled-backend` feature cannot run without a target.
+#[cfg(not(feature = "bundled-backend"))]
+const NO_BUNDLED_BACKEND: &str = "this build of vhu-conform has no bundled back-end (built without \
+the `bundled-backend` feature): give the back-end with --spawn, --backend or --listen";
+
+/// `vhu-conform mock-backend ARGS`: the bundled reference back-end.
+#[cfg(feature = "bundled-backend")]
+fn mock_backend(args: &[std::ffi::OsString]) -> ExitCode {
+    let rest = std::iter::once("vhu-mock-backend".into()).chain(args.iter().cloned());
+    vhu_mock_backend::run_from_args(rest.collect::<Vec<std::ffi::OsString>>())
+}
+
+/// `vhu-conform mock-backend ARGS` in a build without the bundled back-end: a usage error.
+#[cfg(not(feature = "bundled-backend"))]
+fn mock_backend(_args: &[std::ffi::OsString]) -> ExitCode {
+    eprintln!("vhu-conform mock-backend: {NO_BUNDLED_BACKEND}");
+    ExitCode::from(exit_code::USAGE)
+}
+
+/// The bundled reference back-end, spawned from this very executable; `Err` says why not.
+#[cfg(feature = "bundled-backend")]
+fn bundled_backend() -> Result<TargetSpec, String> {
+    let exe = std::env::current_exe().map_err(|e| {
+        format!("no back-end given and the bundled one cannot be located ({e}): use --backend, --spawn or --listen")
+    })?;
     let quoted = format!("'{}'", exe.display().to_string().replace('\'', r"'\''"));
-    Some(TargetSpec::Spawn(format!(
+    Ok(TargetSpec::Spawn(format!(
         "{quoted} mock-backend --socket-path {{socket}} --shmem 0:0x100000"
     )))
+}
+
+/// A build without the `bundled-backend` feature: no default target.
+#[cfg(not(feature = "bundled-backend"))]
+fn bundled_backend() -> Result<TargetSpec, String> {
+    Err(format!("no back-end given: {NO_BUNDLED_BACKEND}"))
 }
 
 /// Runs with parsed arguments; returns the exit code.
@@ -190,10 +218,7 @@ fn suite(args: &Args) -> Result<Suite, (u8, String)> {
         (None, Some(d)) => TargetSpec::Spawn(d.spawn_command()),
         (None, None) => {
             bundled = true;
-            let t = bundled_backend().ok_or((
-                exit_code::USAGE,
-                "no back-end given and the bundled one cannot be located: use --backend, --spawn or --listen".to_string(),
-            ))?;
+            let t = bundled_backend().map_err(|why| (exit_code::USAGE, why))?;
             if !args.list {
                 eprintln!(
                     "vhu-conform: no back-end given: running against the bundled reference back-end (vhu-conform mock-backend)"

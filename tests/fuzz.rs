@@ -133,7 +133,9 @@ fn a_saved_reproducer_runs_as_a_scenario_file() {
     ]);
     let t = text(&s);
     assert!(t.contains("the back-end process died"), "{t}");
-    assert!(t.contains("1 warned"), "{t}");
+    // A crash fails whatever the reproducer's level (R-CRASH-01), reported as CRASH.
+    assert!(t.contains("CRASH") && t.contains("SIGABRT"), "{t}");
+    assert!(t.contains("1 failed"), "{t}");
 }
 
 /// How the hostile back-end answers each request on one connection.

@@ -124,7 +124,16 @@ fn a_back_end_that_crashes_fails_citing_the_signal_and_the_message() {
         text.contains("signal 6") && text.contains("SIGABRT"),
         "{text}"
     );
-    assert_eq!(r.findings.len(), 1, "one crash, one finding: {text}");
+    // One CRASH finding (R-CRASH-01, whatever the level); the check the crash interrupted
+    // fails too, under its own rule.
+    let crashes: Vec<_> = r.findings.iter().filter(|f| f.crash.is_some()).collect();
+    assert_eq!(crashes.len(), 1, "one crash: {text}");
+    assert_eq!(crashes[0].rule, "R-CRASH-01", "{text}");
+    assert_eq!(
+        crashes[0].level,
+        vhu_conform::scenario::Level::Must,
+        "{text}"
+    );
     // Without REPLY_ACK nothing answers SET_OWNER, so the crash shows on the next round trip; the
     // transcript keeps the message that killed it.
     assert!(

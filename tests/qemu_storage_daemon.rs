@@ -19,6 +19,7 @@ fn every_applicable_scenario_reaches_a_verdict_against_qemu_storage_daemon() {
     let out = Command::new(env!("CARGO_BIN_EXE_vhu-conform"))
         .arg("--spawn")
         .arg(format!("{} {{socket}}", script.display()))
+        .args(["--device", "blk"])
         .arg("--json-report")
         .arg(&json)
         .arg("--junit")

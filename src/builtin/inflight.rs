@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use vhu_mock_frontend::blk::{self, BlkReq};
 use vhu_mock_frontend::inflight::{InflightBuffer, InflightError, SPLIT_ENTRY, SPLIT_HEADER};
-use vhu_mock_frontend::{SessionError, Wanted};
+use vhu_mock_frontend::{ReplyViolation, SessionError, Wanted};
 use vhu_protocol::{FrontendReq, ProtocolFeatures};
 
 use super::{Builtin, default_memory, start_queue};
@@ -79,7 +79,7 @@ fn inflight_session(ctx: &mut Ctx<'_>) -> Result<(Buffer, u64), StepError> {
         // The description or its fd (not the framing): R-INFL-01's own departure.
         SessionError::BadReply {
             reason, message, ..
-        } if reason.contains("inflight") => ctx.fail(
+        } if is_inflight_description(&reason) => ctx.fail(
             id::R_INFL_01,
             &format!("GET_INFLIGHT_FD did not hand out a usable buffer: {reason}"),
             "exactly one fd (a memfd) and an area (mmap_offset, mmap_size) that holds the queues \
@@ -91,6 +91,16 @@ fn inflight_session(ctx: &mut Ctx<'_>) -> Result<(Buffer, u64), StepError> {
     let r = ctx.session_mut()?.set_inflight_fd(&buf);
     r.map_err(|e| ctx.session_error(id::R_INFL_03, e))?;
     Ok((Buffer(buf), n.features))
+}
+
+/// Whether a bad GET_INFLIGHT_FD reply is about the description or its fd (not the framing).
+fn is_inflight_description(v: &ReplyViolation) -> bool {
+    matches!(
+        v,
+        ReplyViolation::NotInflightDesc(_)
+            | ReplyViolation::InflightFds { .. }
+            | ReplyViolation::UnusableInflight(_)
+    )
 }
 
 /// The buffer tracks completed requests (R-INFL-02, R-INFL-04).

@@ -3,6 +3,7 @@
 //! rules. It reaches the back-end only through the mock front-end's session.
 
 mod steps;
+mod violations;
 
 pub use steps::{Ctx, StepError};
 

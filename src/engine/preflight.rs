@@ -32,7 +32,7 @@ pub fn preflight(spec: &TargetSpec, opts: &RunOptions) -> Result<Offer, Prefligh
         .connect()
         .map_err(|e| PreflightError::Unreachable(chain(&e)))?;
     // The first reply of a starting back-end may take longer than a step (DPDK: ~1 s).
-    let mut s = session(stream, opts.connect_timeout);
+    let mut s = session(stream, first_reply_wait(opts));
     let started = Instant::now();
     let mut offer = read_offer(&mut s).map_err(PreflightError::Misbehaved)?;
     offer.first_reply = started.elapsed();
@@ -42,6 +42,11 @@ pub fn preflight(spec: &TargetSpec, opts: &RunOptions) -> Result<Offer, Prefligh
         None => largest_ring(s, &mut inst, &offer, opts),
     };
     Ok(offer)
+}
+
+/// How long a back-end may take to answer the first message on a connection at preflight.
+fn first_reply_wait(opts: &RunOptions) -> Duration {
+    (opts.step_timeout + Duration::from_secs(2)).min(opts.connect_timeout)
 }
 
 fn session(stream: UnixStream, timeout: Duration) -> Session {
@@ -92,7 +97,7 @@ fn largest_ring(mut s: Session, inst: &mut Instance, offer: &Offer, opts: &RunOp
                 let Ok(stream) = inst.connect() else {
                     return n / 2;
                 };
-                s = session(stream, opts.connect_timeout);
+                s = session(stream, first_reply_wait(opts));
                 if read_offer(&mut s).is_err() {
                     return n / 2;
                 }

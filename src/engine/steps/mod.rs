@@ -228,15 +228,15 @@ impl<'a> Ctx<'a> {
         };
         let mut seen = std::collections::BTreeSet::new();
         for v in ch.violations() {
-            if !seen.insert(v.clone()) {
+            let text = v.to_string();
+            if !seen.insert(text.clone()) {
                 continue;
             }
-            let rule = shmem::cited_rule(&v).unwrap_or(id::R_WIRE_16);
             self.fail(
-                rule,
-                &format!("on the back-end channel: {v}"),
+                super::violations::channel_rule(&v),
+                &format!("on the back-end channel: {text}"),
                 "back-end requests framed, flagged and sized as the spec says, with the fds their code takes",
-                v.clone(),
+                text,
             );
         }
         self.mark(id::R_WIRE_16);
@@ -359,7 +359,8 @@ impl<'a> Ctx<'a> {
         let Some(death) = st.death() else { return };
         if death.is_crash() {
             if !self.findings.iter().any(|f| f.crash.is_some()) {
-                self.crash_finding(&death, "during the scenario");
+                let sent = self.last_sent();
+                self.crash_finding(&death, "during the scenario", sent);
             }
             return;
         }
@@ -376,7 +377,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// Records the R-CRASH-01 finding for a back-end that died by a crash signal.
-    fn crash_finding(&mut self, death: &Death, when: &str) {
+    fn crash_finding(&mut self, death: &Death, when: &str, sent: String) {
         let Death::Crash { signal, via_status } = *death else {
             return;
         };
@@ -390,7 +391,6 @@ impl<'a> Ctx<'a> {
         } else {
             format!("killed by {name}")
         };
-        let sent = self.last_sent();
         let received = if tail.is_empty() {
             how.clone()
         } else {
@@ -419,20 +419,21 @@ impl<'a> Ctx<'a> {
     /// recorded (R-CRASH-01, and `rule`'s check fails: the message was not refused cleanly);
     /// an exit with a status is the rejection the spec allows ("it may also close the
     /// connection") taken further: noted, and the scenario ends there.
-    fn gone(&mut self, rule: RuleId, within: Duration, after: &str) -> Option<StepError> {
-        let after = &shorten(after, 160);
+    fn gone(&mut self, rule: RuleId, within: Duration, trigger: &str) -> Option<StepError> {
+        let after = &shorten(trigger, 160);
         let st = self.inst().wait_exit(within);
         let death = st.death()?;
         let tail = self.inst().stderr_tail(400);
         match death {
             Death::Crash { .. } => {
-                self.crash_finding(&death, &format!("after {after}"));
+                self.crash_finding(&death, &format!("after {after}"), trigger.to_string());
                 self.fail(
                     rule,
                     "the back-end crashed instead of handling the message",
                     "the message is refused (or handled) and the back-end keeps running",
                     describe_exit(&st, &tail),
                 );
+                self.findings.last_mut().expect("just pushed").sent = trigger.to_string();
                 Some(StepError::Finding)
             }
             Death::Exit(code) => {
@@ -479,7 +480,8 @@ impl<'a> Ctx<'a> {
 
     /// The last message with request `code` sent to the back-end, rendered.
     fn sent_of(&self, code: u32) -> String {
-        self.last_sent_where(|e| e.code == code)
+        self.last_sent_where(|e| e.code == code && e.fds > 0)
+            .or_else(|| self.last_sent_where(|e| e.code == code))
             .unwrap_or_else(|| self.last_sent())
     }
 
@@ -568,10 +570,14 @@ impl<'a> Ctx<'a> {
                 return StepError::Finding;
             }
         }
-        // The wire rule a malformed reply breaks, else the step's own.
-        let rule = wire_rule(&e)
-            .filter(|_| !matches!(e, SessionError::Nack { .. } | SessionError::Closed { .. }))
-            .unwrap_or_else(|| self.rule_of(step));
+        // The framing rule a malformed reply breaks; a payload the step's own rule describes
+        // (an explicit `rule`) cites that rule rather than the generic R-WIRE-01.
+        let wire = wire_rule(&e)
+            .filter(|_| !matches!(e, SessionError::Nack { .. } | SessionError::Closed { .. }));
+        let rule = match wire {
+            Some(w) if w != id::R_WIRE_01 => w,
+            _ => step.rule.or(wire).unwrap_or_else(|| self.rule_of(step)),
+        };
         let received = self.describe_failure(&e);
         let expected = match &e {
             SessionError::Timeout { .. } => "a reply within the step timeout",
@@ -745,19 +751,7 @@ impl<'a> Ctx<'a> {
 /// The wire rule a framing error breaks.
 fn wire_rule(e: &SessionError) -> Option<RuleId> {
     match e {
-        SessionError::BadReply { reason, .. } if reason.contains("unrequested ack") => {
-            Some(id::R_ACK_03)
-        }
-        SessionError::BadReply { reason, .. } if reason.contains("version") => Some(id::R_WIRE_03),
-        SessionError::BadReply { reason, .. } if reason.contains("shmem nregions") => {
-            Some(id::R_SHM_02)
-        }
-        SessionError::BadReply { reason, .. } if reason.contains("REPLY flag") => {
-            Some(id::R_WIRE_02)
-        }
-        SessionError::BadReply { reason, .. } if reason.contains("code") => Some(id::R_WIRE_05),
-        SessionError::BadReply { reason, .. } if reason.contains("an ack") => Some(id::R_ACK_01),
-        SessionError::BadReply { .. } => Some(id::R_WIRE_01),
+        SessionError::BadReply { reason, .. } => Some(super::violations::reply_rule(reason)),
         SessionError::UnexpectedMessage { .. } => Some(id::R_ACK_09),
         SessionError::Nack { .. } => Some(id::R_ACK_01),
         SessionError::Timeout { during, .. } if during.reply_kind() == ReplyKind::AckOnly => {

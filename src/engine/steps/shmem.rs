@@ -93,7 +93,8 @@ impl Ctx<'_> {
         }
         self.mark(if map { id::R_SHM_05 } else { id::R_SHM_08 });
         if let Some(refused) = sent.iter().find_map(|r| r.refused.clone()) {
-            let rule = cited_rule(&refused).unwrap_or_else(|| self.rule_of(step));
+            let rule = super::super::violations::refusal_rule(&refused)
+                .unwrap_or_else(|| self.rule_of(step));
             self.fail(
                 rule,
                 &format!("the back-end's {what} was refused: {refused}"),
@@ -257,16 +258,6 @@ fn shmem_body(shmid: u8, shm_offset: u64, len: u64) -> VhuShmemBody {
         shm_offset,
         len,
     }
-}
-
-/// The first `R-...` id a refusal names.
-pub(super) fn cited_rule(text: &str) -> Option<crate::rules::RuleId> {
-    let start = text.find("R-")?;
-    let id: String = text[start..]
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
-        .collect();
-    crate::rules::RuleId::parse(&id)
 }
 
 fn describe(records: &[vhu_mock_frontend::channel::BackendRecord]) -> String {

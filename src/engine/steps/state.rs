@@ -324,6 +324,8 @@ impl Ctx<'_> {
             (false, _) => step.rule.unwrap_or(id::R_MIG_08),
         };
         self.mark(rule);
+        // CHECK_DEVICE_STATE's answer itself is judged here (R-MIG-08).
+        self.mark(id::R_MIG_08);
         match r {
             Ok(0) if must_fail => {
                 self.fail(
