@@ -509,10 +509,16 @@ impl<'a> Ctx<'a> {
         step.rule.unwrap_or(self.scenario.spec.rules[0])
     }
 
-    /// A finding weighs what its scenario says, but never more than the rule it cites: a
-    /// SHOULD rule warns even in a MUST scenario.
+    /// A finding weighs what its rule says (a SHOULD rule warns even in a MUST scenario); for
+    /// the rules the scenario itself cites, never more than the scenario's level either (a
+    /// scenario graded `rob` probes where the spec is silent). A rule the scenario does not cite
+    /// is an intrinsic check (an ack that lied, a malformed reply): it weighs the same wherever
+    /// it is found.
     fn level_for(&self, rule: RuleId) -> Level {
-        self.scenario.spec.level.min(rule.level().finding_cap())
+        let cap = rule.level().finding_cap();
+        let spec = &self.scenario.spec;
+        let cited = spec.rules.contains(&rule) || spec.steps.iter().any(|s| s.rule == Some(rule));
+        if cited { spec.level.min(cap) } else { cap }
     }
 
     fn finding(&mut self, step: &Step, summary: &str, expected: &str, received: String) {
