@@ -42,7 +42,7 @@ fn a_back_end_that_connects_is_judged_in_listen_mode() {
     let out = Command::new(env!("CARGO_BIN_EXE_vhu-conform"))
         .arg("--listen")
         .arg(&path)
-        .args(["negotiation/*", "blk/write-read"])
+        .args(["--device", "blk", "negotiation/*", "blk/write-read"])
         .output()
         .unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

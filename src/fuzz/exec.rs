@@ -194,8 +194,16 @@ fn watch(s: &mut Session, timeout: Duration) -> Result<(), Failure> {
         flags: HeaderFlags::V1.bits(),
         size: 0,
     };
-    if s.send_raw(&RawMessage::new(probe, vec![]), &[]).is_err() {
-        return Ok(());
+    match s.send_raw(&RawMessage::new(probe, vec![]), &[]) {
+        Ok(()) => {}
+        // A back-end that stopped reading its socket hangs as surely as one that stopped writing.
+        Err(SessionError::Stalled { .. }) => {
+            return Err(Failure::new(
+                FailureKind::Hang,
+                format!("the back-end stopped reading its socket: a GET_FEATURES probe could not be sent within {timeout:?}"),
+            ));
+        }
+        Err(_) => return Ok(()),
     }
     let deadline = Instant::now() + timeout;
     for _ in 0..64 {

@@ -589,6 +589,7 @@ impl<'a> Ctx<'a> {
             SessionError::Timeout { .. } => "a reply within the step timeout",
             SessionError::Nack { .. } => "an ack of 0 for a valid request",
             SessionError::Closed { .. } => "the connection stays open",
+            SessionError::Stalled { .. } => "the back-end reads what it is sent",
             _ => "a well-formed reply to the request",
         };
         self.fail(rule, &e.to_string(), expected, received);
