@@ -455,3 +455,45 @@ impl Drop for Instance {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_signals_and_wrapper_statuses_are_crashes_and_exits_are_not() {
+        let crash = |s| {
+            Some(Death::Crash {
+                signal: s,
+                via_status: false,
+            })
+        };
+        assert_eq!(
+            ProcessState::Signaled(libc::SIGSEGV).death(),
+            crash(libc::SIGSEGV)
+        );
+        assert_eq!(
+            ProcessState::Signaled(libc::SIGABRT).death(),
+            crash(libc::SIGABRT)
+        );
+        // A wrapper shell reports its child's SIGSEGV as 139.
+        assert_eq!(
+            ProcessState::Exited(128 + libc::SIGSEGV).death(),
+            Some(Death::Crash {
+                signal: libc::SIGSEGV,
+                via_status: true
+            })
+        );
+        // Exits are the back-end's choice: 1, a Rust panic's 101, a SIGTERM'd wrapper's 143.
+        for code in [0, 1, 101, 128 + libc::SIGTERM] {
+            assert_eq!(ProcessState::Exited(code).death(), Some(Death::Exit(code)));
+        }
+        assert_eq!(
+            ProcessState::Signaled(libc::SIGKILL).death(),
+            Some(Death::Killed(libc::SIGKILL))
+        );
+        assert_eq!(ProcessState::Running.death(), None);
+        assert_eq!(ProcessState::Unknown.death(), None);
+        assert_eq!(signal_name(libc::SIGSEGV), "SIGSEGV");
+    }
+}

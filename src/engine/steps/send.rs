@@ -542,3 +542,41 @@ fn parse_hex(s: &str) -> Result<Vec<u8>, StepError> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::DeviceType;
+
+    fn table(offset: &str, size: &str) -> toml::Table {
+        toml::from_str(&format!("offset = {offset}\nsize = {size}\nflags = 0")).unwrap()
+    }
+
+    #[test]
+    fn config_bodies_size_themselves_by_the_device() {
+        let mut t = table("\"config_size-4\"", "4");
+        config_sizes(&mut t, Some(DeviceType::Vsock)).unwrap();
+        assert_eq!(t["offset"].as_integer(), Some(4));
+        let mut t = table("0", "\"config_size\"");
+        config_sizes(&mut t, Some(DeviceType::Block)).unwrap();
+        assert_eq!(t["size"].as_integer(), Some(60));
+        // Unknown type, no config space, unknown size: not applicable, saying why.
+        for (d, why) in [
+            (None, "device type unknown"),
+            (Some(DeviceType::Rng), "no config space"),
+            (Some(DeviceType::Video), "not known"),
+        ] {
+            let mut t = table("0", "\"config_size\"");
+            match config_sizes(&mut t, d) {
+                Err(StepError::NotApplicable(r)) => assert!(r.contains(why), "{r}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        // A misspelt expression is the scenario's fault, not the back-end's.
+        let mut t = table("\"config-size\"", "4");
+        assert!(matches!(
+            config_sizes(&mut t, Some(DeviceType::Net)),
+            Err(StepError::Harness(_))
+        ));
+    }
+}
