@@ -84,6 +84,12 @@ impl Totals {
 
 /// The verdict's word on the progress line: a failure caused by a crash reads CRASH.
 fn label_of(r: &ScenarioResult) -> &'static str {
+    use crate::expect::Verdict;
+    match r.expectation.as_ref().map(|a| &a.verdict) {
+        Some(Verdict::Xfail) => return "XFAIL",
+        Some(Verdict::Xpass) => return "XPASS",
+        _ => {}
+    }
     if matches!(r.outcome, Outcome::Fail) && r.findings.iter().any(|f| f.crash.is_some()) {
         "CRASH"
     } else {
