@@ -12,10 +12,114 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use thiserror::Error;
 use vhu_protocol::wire::payload::Body;
-use vhu_protocol::{BackendReq, ConnError, Connection, Message};
+use vhu_protocol::{BackendReq, ConnError, Connection, Message, Violation};
 
-use crate::shmem::{MAX_SHMEM_TOTAL, ShmemMapping, ShmemSpace};
+use crate::shmem::{MAX_SHMEM_TOTAL, ShmemMapping, ShmemRefusal, ShmemSpace};
+
+/// What the back-end sent wrong on the channel. The texts say what happened and name no rule:
+/// the engine maps each kind to the rule it breaks (one table, `src/engine/violations.rs` of
+/// vhu-conform).
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum ChannelViolation {
+    /// A request whose header flags are invalid (version, reserved bits) or say REPLY.
+    #[error("back-end request {code} has flags {flags:#x}")]
+    BadFlags {
+        /// The request code.
+        code: u32,
+        /// The flags.
+        flags: u32,
+    },
+    /// A request code no spec or vendor defines.
+    #[error("unknown back-end request code {code}")]
+    UnknownCode {
+        /// The request code.
+        code: u32,
+    },
+    /// A request with more or fewer fds than its code takes.
+    #[error("{} carries {got} fds, expected {min}..={max}", req.spec_name())]
+    WrongFdCount {
+        /// The request.
+        req: BackendReq,
+        /// The fds attached.
+        got: usize,
+        /// The fewest its code takes.
+        min: usize,
+        /// The most its code takes.
+        max: usize,
+    },
+    /// A payload that breaks its layout (the validator's violation).
+    #[error("{}: {violation}", req.spec_name())]
+    BadPayload {
+        /// The request.
+        req: BackendReq,
+        /// What is wrong with the payload.
+        violation: Violation,
+    },
+    /// A SHMEM_MAP or SHMEM_UNMAP the shared memory regions refuse as a rule violation.
+    #[error("{}: {error}", req.spec_name())]
+    Shmem {
+        /// The request.
+        req: BackendReq,
+        /// Why it was refused.
+        error: ShmemRefusal,
+    },
+    /// A message that could not be received (bad framing, too many fds, an oversized payload):
+    /// the connection's error, rendered.
+    #[error("back-end channel: {0}")]
+    Receive(String),
+    /// More than [`MAX_RECORDS`] requests: later ones are served but not recorded.
+    #[error(
+        "back-end channel: more than {MAX_RECORDS} requests; later ones are served but not recorded"
+    )]
+    TooManyRequests,
+    /// The regions GET_SHMEM_CONFIG declared could not be reserved (together more than
+    /// [`MAX_SHMEM_TOTAL`] bytes, or the address space is exhausted).
+    #[error(
+        "harness: cannot reserve shared memory regions of {total:#x} bytes in all (at most \
+         {MAX_SHMEM_TOTAL:#x}): {error}"
+    )]
+    ShmemReserve {
+        /// The sizes declared, added (saturating).
+        total: u64,
+        /// Why the reservation failed.
+        error: nix::Error,
+    },
+}
+
+/// Why the front-end refused (acked non-zero) or did not carry out a back-end request.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum Refusal {
+    /// The request broke a rule (it is also in [`BackendChannel::violations`]).
+    #[error("{0}")]
+    Violation(ChannelViolation),
+    /// Refused because [`BackendChannel::refuse_next`] asked for it.
+    #[error("refused on purpose (refuse_next)")]
+    OnPurpose,
+    /// A valid SHMEM request this front-end cannot carry out (misaligned offsets, a failed
+    /// mmap): a refusal the spec allows, no violation.
+    #[error("{}: {error}", req.spec_name())]
+    Unsupported {
+        /// The request.
+        req: BackendReq,
+        /// Why it could not be done.
+        error: ShmemRefusal,
+    },
+    /// A local resource failed (not the back-end's fault).
+    #[error("{0}")]
+    Local(String),
+}
+
+impl Refusal {
+    /// The violation, when the back-end broke a rule.
+    pub fn violation(&self) -> Option<&ChannelViolation> {
+        match self {
+            Self::Violation(v) => Some(v),
+            _ => None,
+        }
+    }
+}
 use crate::transcript::{Channel, Direction, Transcript};
 
 /// One request the back-end sent.
@@ -34,7 +138,7 @@ pub struct BackendRecord {
     /// Microseconds since the session started, on the transcript's clock.
     pub at_us: u64,
     /// Why the request was refused or not carried out (a violation or a local limit).
-    pub refused: Option<String>,
+    pub refused: Option<Refusal>,
 }
 
 /// Requests recorded (with their transcript entries) at most: a back-end that floods the
@@ -47,7 +151,7 @@ struct Shared {
     records: Vec<BackendRecord>,
     /// Requests not recorded because [`MAX_RECORDS`] were.
     dropped: u64,
-    violations: Vec<String>,
+    violations: Vec<ChannelViolation>,
     transcript: Transcript,
     shmem: ShmemSpace,
     refuse: usize,
@@ -55,7 +159,7 @@ struct Shared {
 
 impl Shared {
     /// Notes a violation, up to [`MAX_RECORDS`] of them.
-    fn violation(&mut self, v: String) {
+    fn violation(&mut self, v: ChannelViolation) {
         if self.violations.len() < MAX_RECORDS {
             self.violations.push(v);
         }
@@ -98,7 +202,7 @@ impl BackendChannel {
     }
 
     /// Framing or payload violations seen on the channel (R-WIRE-16, R-BCH-02).
-    pub fn violations(&self) -> Vec<String> {
+    pub fn violations(&self) -> Vec<ChannelViolation> {
         self.lock().violations.clone()
     }
 
@@ -119,12 +223,10 @@ impl BackendChannel {
         }
         s.shmem = match ShmemSpace::new(trimmed) {
             Ok(space) => space,
-            Err(e) => {
+            Err(error) => {
                 let total = trimmed.iter().fold(0u64, |t, &x| t.saturating_add(x));
-                s.violations.push(format!(
-                    "harness: cannot reserve shared memory regions of {total:#x} bytes in all \
-                     (at most {MAX_SHMEM_TOTAL:#x}): {e}"
-                ));
+                s.violations
+                    .push(ChannelViolation::ShmemReserve { total, error });
                 ShmemSpace::default()
             }
         };
@@ -177,7 +279,7 @@ fn serve(conn: &Connection, shared: &Mutex<Shared>, stop: &AtomicBool, epoch: In
                 let mut s = shared
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                s.violation(format!("back-end channel: {e}"));
+                s.violation(ChannelViolation::Receive(e.to_string()));
                 if matches!(e, ConnError::OversizedPayload { .. } | ConnError::Io { .. }) {
                     return;
                 }
@@ -207,21 +309,19 @@ fn handle(conn: &Connection, shared: &Mutex<Shared>, msg: Message, epoch: Instan
             msg.fds.len(),
         );
     } else if s.dropped == 0 {
-        s.violation(format!(
-            "back-end channel: more than {MAX_RECORDS} requests; later ones are served but not recorded"
-        ));
+        s.violation(ChannelViolation::TooManyRequests);
     }
     let refuse = msg.header.need_reply() && s.refuse > 0;
     if refuse {
         s.refuse -= 1;
     }
     let outcome = match check(&msg) {
-        Err(violation) => Err((violation, true)),
-        Ok(_) if refuse => Err(("refused on purpose (refuse_next)".to_string(), false)),
-        Ok(body) => carry_out(&mut s, &msg, body),
+        Err(violation) => Err(Refusal::Violation(violation)),
+        Ok(_) if refuse => Err(Refusal::OnPurpose),
+        Ok((req, body)) => carry_out(&mut s, &msg, req, body),
     };
-    if let Err((why, true)) = &outcome {
-        s.violation(why.clone());
+    if let Err(Refusal::Violation(v)) = &outcome {
+        s.violation(v.clone());
     }
     let mut ack = None;
     if msg.header.need_reply() {
@@ -253,54 +353,55 @@ fn handle(conn: &Connection, shared: &Mutex<Shared>, msg: Message, epoch: Instan
         fds: msg.fds.len(),
         ack,
         at_us,
-        refused: outcome.err().map(|(why, _)| why),
+        refused: outcome.err(),
     });
 }
 
 /// Does what a valid request asks: SHMEM_MAP/UNMAP act on the shared memory regions; the others
-/// only need recording. `Err((why, is_violation))` when it cannot be done.
-fn carry_out(s: &mut Shared, msg: &Message, body: Body) -> Result<(), (String, bool)> {
-    let req = BackendReq::from_code(msg.header.request).map_err(|e| (e.to_string(), true))?;
+/// only need recording. `Err` when it cannot be done.
+fn carry_out(s: &mut Shared, msg: &Message, req: BackendReq, body: Body) -> Result<(), Refusal> {
     let r = match (req, &body) {
         (BackendReq::ShmemMap, Body::ShmemMap(m)) => {
             let Some(fd) = msg.fds.first().and_then(|fd| fd.try_clone().ok()) else {
-                return Err(("cannot duplicate the SHMEM_MAP fd".into(), false));
+                return Err(Refusal::Local("cannot duplicate the SHMEM_MAP fd".into()));
             };
             s.shmem.map(m, fd)
         }
         (BackendReq::ShmemUnmap, Body::ShmemMap(m)) => s.shmem.unmap(m),
         _ => return Ok(()),
     };
-    r.map_err(|e| {
-        let why = format!("{}: {e}", req.spec_name());
-        (why, e.is_violation())
+    r.map_err(|error| {
+        if error.is_violation() {
+            Refusal::Violation(ChannelViolation::Shmem { req, error })
+        } else {
+            Refusal::Unsupported { req, error }
+        }
     })
 }
 
-/// Syntax checks of one back-end request (R-WIRE-16, R-BCH-02, R-BCH-08): its decoded body.
-fn check(msg: &Message) -> Result<Body, String> {
+/// Syntax checks of one back-end request (R-WIRE-16, R-BCH-02, R-BCH-08): its request and
+/// decoded body.
+fn check(msg: &Message) -> Result<(BackendReq, Body), ChannelViolation> {
     let h = &msg.header;
     if h.validate().is_err() || h.is_reply() {
-        return Err(format!(
-            "back-end request {} has flags {:#x} (R-WIRE-16)",
-            h.request, h.flags
-        ));
+        return Err(ChannelViolation::BadFlags {
+            code: h.request,
+            flags: h.flags,
+        });
     }
     let Ok(req) = BackendReq::from_code(h.request) else {
-        return Err(format!(
-            "unknown back-end request code {} (R-BCH-08)",
-            h.request
-        ));
+        return Err(ChannelViolation::UnknownCode { code: h.request });
     };
     let (min, max) = req.fd_range();
     if !(min..=max).contains(&msg.fds.len()) {
-        return Err(format!(
-            "{} carries {} fds, expected {min}..={max} (R-BCH-02)",
-            req.spec_name(),
-            msg.fds.len()
-        ));
+        return Err(ChannelViolation::WrongFdCount {
+            req,
+            got: msg.fds.len(),
+            min,
+            max,
+        });
     }
     msg.body(req.request_body())
-        .and_then(|b| b.validate().map(|()| b))
-        .map_err(|v| format!("{}: {v} (R-BCH-02)", req.spec_name()))
+        .and_then(|b| b.validate().map(|()| (req, b)))
+        .map_err(|violation| ChannelViolation::BadPayload { req, violation })
 }

@@ -16,6 +16,6 @@ pub mod transcript;
 pub mod vring;
 
 pub use memory::{GuestMemory, GuestRegion, MemoryError, RegionSpec};
-pub use session::{Ack, Negotiated, Session, SessionError, SessionOptions, Wanted};
+pub use session::{Ack, Negotiated, ReplyViolation, Session, SessionError, SessionOptions, Wanted};
 pub use transcript::Transcript;
 pub use vring::{Buffer, DriverQueue, RingLayout, WaitError};

@@ -15,7 +15,7 @@ use vhu_protocol::wire::payload::{
     vring_fd_word,
 };
 use vhu_protocol::{
-    ConnError, Connection, FrontendReq, Header, Message, ProtocolFeatures, RawMessage,
+    ConnError, Connection, FrontendReq, Header, Message, ProtocolFeatures, RawMessage, Violation,
     VirtioFeatures,
 };
 
@@ -101,6 +101,88 @@ pub struct Negotiated {
     pub max_mem_slots: Option<u64>,
 }
 
+/// What is wrong with a reply. The texts say what happened and name no rule: the engine maps
+/// each kind to the rule it breaks (one table, `src/engine/violations.rs` of vhu-conform).
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum ReplyViolation {
+    /// A reply to an ack-only request that was sent without NEED_REPLY.
+    #[error("an unrequested ack of request {code} that was sent without NEED_REPLY")]
+    UnrequestedAck {
+        /// The request code the ack carries.
+        code: u32,
+    },
+    /// A reply carrying another request's code.
+    #[error("reply carries request code {got}, not {want}")]
+    WrongCode {
+        /// The code received.
+        got: u32,
+        /// The code of the request answered.
+        want: u32,
+    },
+    /// A message without the REPLY flag where a reply was due.
+    #[error("message without the REPLY flag (flags {flags:#x})")]
+    NoReplyFlag {
+        /// The flags received.
+        flags: u32,
+    },
+    /// Header version bits other than 1.
+    #[error("version {} in flags {flags:#x}, not 1", flags & 3)]
+    BadVersion {
+        /// The flags received.
+        flags: u32,
+    },
+    /// A payload of the wrong size for an ack (`ack`) or a fixed-size reply.
+    #[error("payload is {got} bytes, {} must be {want}", if *ack { "an ack" } else { "this reply" })]
+    WrongSize {
+        /// The payload size received.
+        got: usize,
+        /// The size required.
+        want: usize,
+        /// Whether the reply is an ack.
+        ack: bool,
+    },
+    /// A header announcing more payload than any message may carry.
+    #[error("reply announces {size} payload bytes (bound {max})")]
+    OversizedPayload {
+        /// The size announced.
+        size: u32,
+        /// The bound.
+        max: u32,
+    },
+    /// More fds than any message may carry.
+    #[error("reply carries {got} fds")]
+    TooManyFds {
+        /// The fds received.
+        got: usize,
+    },
+    /// GET_SHMEM_CONFIG's `nregions` does not count the non-zero sizes.
+    #[error("reply payload: shmem nregions declares {declared} but {actual} are present")]
+    ShmemConfigCount {
+        /// The count declared.
+        declared: u64,
+        /// The non-zero sizes.
+        actual: u64,
+    },
+    /// A payload that breaks its layout (counts, reserved bits...): the validator's violation.
+    #[error("reply payload: {0}")]
+    BadPayload(Violation),
+    /// GET_VRING_BASE's reply is not a vring state.
+    #[error("not a vring state")]
+    NotVringState,
+    /// GET_INFLIGHT_FD's reply is not an inflight description.
+    #[error("not an inflight description: {0}")]
+    NotInflightDesc(String),
+    /// GET_INFLIGHT_FD's reply carries other than one fd.
+    #[error("{got} fds with the inflight area, not 1")]
+    InflightFds {
+        /// The fds received.
+        got: usize,
+    },
+    /// GET_INFLIGHT_FD's area is unusable (zero, wrapping, too large or small, past the fd).
+    #[error("unusable inflight area: {0}")]
+    UnusableInflight(String),
+}
+
 /// Why a request did not complete.
 #[derive(Debug, Error)]
 pub enum SessionError {
@@ -110,7 +192,7 @@ pub enum SessionError {
         /// The request answered.
         during: FrontendReq,
         /// What is wrong with it.
-        reason: String,
+        reason: ReplyViolation,
         /// The reply as received.
         message: Box<Message>,
     },
@@ -377,23 +459,16 @@ impl Session {
             Ok(m) => m,
             Err(ConnError::UnexpectedReply { message, .. }) => {
                 self.record_received(&message);
-                let reason = if message.header.is_reply()
-                    && Some(message.header.request) == self.last_unacked
-                {
-                    format!(
-                        "an unrequested ack of request {} that was sent without NEED_REPLY (R-ACK-03)",
-                        message.header.request
-                    )
-                } else if message.header.is_reply() {
-                    format!(
-                        "reply carries request code {}, not {}",
-                        message.header.request, req as u32
-                    )
+                let h = &message.header;
+                let reason = if h.is_reply() && Some(h.request) == self.last_unacked {
+                    ReplyViolation::UnrequestedAck { code: h.request }
+                } else if h.is_reply() {
+                    ReplyViolation::WrongCode {
+                        got: h.request,
+                        want: req as u32,
+                    }
                 } else {
-                    format!(
-                        "message without the REPLY flag (flags {:#x})",
-                        message.header.flags
-                    )
+                    ReplyViolation::NoReplyFlag { flags: h.flags }
                 };
                 return Err(SessionError::BadReply {
                     during: req,
@@ -410,11 +485,11 @@ impl Session {
             req.reply_body().fixed_size()
         };
         if let Some(size) = expected.filter(|&s| s != msg.payload.len()) {
-            let reason = format!(
-                "payload is {} bytes, {} must be {size}",
-                msg.payload.len(),
-                if ack_only { "an ack" } else { "this reply" }
-            );
+            let reason = ReplyViolation::WrongSize {
+                got: msg.payload.len(),
+                want: size,
+                ack: ack_only,
+            };
             return Err(SessionError::BadReply {
                 during: req,
                 reason,
@@ -427,7 +502,14 @@ impl Session {
             // the reply's own syntax (counts, reserved bits): a reply that breaks its layout is
             // the back-end's departure, not something to interpret.
             if let Err(v) = msg.body(req.reply_body()).and_then(|b| b.validate()) {
-                let reason = format!("reply payload: {v}");
+                let reason = match v {
+                    Violation::CountMismatch {
+                        declared, actual, ..
+                    } if req == FrontendReq::GetShmemConfig => {
+                        ReplyViolation::ShmemConfigCount { declared, actual }
+                    }
+                    v => ReplyViolation::BadPayload(v),
+                };
                 return Err(SessionError::BadReply {
                     during: req,
                     reason,
@@ -463,11 +545,9 @@ impl Session {
             e if e.is_peer_gone() => SessionError::Closed { during },
             ConnError::BadVersion { header } => SessionError::BadReply {
                 during: req,
-                reason: format!(
-                    "version {} in flags {:#x}, not 1 (R-WIRE-03)",
-                    header.flags & 3,
-                    header.flags
-                ),
+                reason: ReplyViolation::BadVersion {
+                    flags: header.flags,
+                },
                 message: Box::new(Message {
                     header,
                     payload: vec![],
@@ -476,10 +556,10 @@ impl Session {
             },
             ConnError::OversizedPayload { header, max } => SessionError::BadReply {
                 during: req,
-                reason: format!(
-                    "reply announces {} payload bytes (bound {max})",
-                    header.size
-                ),
+                reason: ReplyViolation::OversizedPayload {
+                    size: header.size,
+                    max,
+                },
                 message: Box::new(Message {
                     header,
                     payload: vec![],
@@ -488,7 +568,7 @@ impl Session {
             },
             ConnError::TooManyFds { got, header, .. } => SessionError::BadReply {
                 during: req,
-                reason: format!("reply carries {got} fds"),
+                reason: ReplyViolation::TooManyFds { got },
                 message: Box::new(Message {
                     header,
                     payload: vec![],
@@ -661,7 +741,7 @@ impl Session {
             Ok(Body::VringState(s)) => Ok(s),
             _ => Err(SessionError::BadReply {
                 during: req,
-                reason: "not a vring state".into(),
+                reason: ReplyViolation::NotVringState,
                 message: Box::new(m),
             }),
         }
@@ -799,23 +879,26 @@ impl Session {
             padding: 0,
         });
         let mut m = self.request(req, &ask, &[], None)?.expect("explicit reply");
-        let bad = |reason: String, m: Message| SessionError::BadReply {
+        let bad = |reason: ReplyViolation, m: Message| SessionError::BadReply {
             during: req,
             reason,
             message: Box::new(m),
         };
         let desc = match m.body(req.reply_body()) {
             Ok(Body::Inflight(d)) => d,
-            other => return Err(bad(format!("not an inflight description: {other:?}"), m)),
+            other => {
+                let what = format!("{other:?}");
+                return Err(bad(ReplyViolation::NotInflightDesc(what), m));
+            }
         };
         if m.fds.len() != 1 {
             let n = m.fds.len();
-            return Err(bad(format!("{n} fds with the inflight area, not 1"), m));
+            return Err(bad(ReplyViolation::InflightFds { got: n }, m));
         }
         let fd = m.fds.remove(0);
         InflightBuffer::new(desc, fd, split_area_size(num_queues, queue_size)).map_err(|e| {
             if e.is_backend_fault() {
-                bad(format!("unusable inflight area: {e}"), m)
+                bad(ReplyViolation::UnusableInflight(e.to_string()), m)
             } else {
                 SessionError::Local {
                     what: "cannot inspect the inflight fd".into(),

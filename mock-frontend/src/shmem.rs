@@ -27,11 +27,13 @@ const PAGE: u64 = 4096;
 /// finite: 128 TiB on x86-64).
 pub const MAX_SHMEM_TOTAL: u64 = 1 << 42;
 
-/// Why a SHMEM_MAP or SHMEM_UNMAP was refused.
-#[derive(Debug, Error)]
+/// Why a SHMEM_MAP or SHMEM_UNMAP was refused. The texts say what happened and name no rule:
+/// the engine maps each variant to the rule it breaks (one table, `src/engine/violations.rs` of
+/// vhu-conform).
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum ShmemRefusal {
     /// Flags other than bit 0.
-    #[error("flags {flags:#x} set bits other than bit 0 (R-SHM-14)")]
+    #[error("flags {flags:#x} set bits other than bit 0")]
     BadFlags {
         /// The flags.
         flags: u64,
@@ -48,7 +50,7 @@ pub enum ShmemRefusal {
         fd_offset: u64,
     },
     /// An unmap that is not exactly one existing mapping.
-    #[error("range {offset:#x}+{len:#x} of region {shmid} is not exactly one mapping (R-SHM-08)")]
+    #[error("range {offset:#x}+{len:#x} of region {shmid} is not exactly one mapping")]
     NoSuchMapping {
         /// The id.
         shmid: u8,
@@ -58,7 +60,7 @@ pub enum ShmemRefusal {
         len: u64,
     },
     /// The range leaves its region.
-    #[error("range {offset:#x}+{len:#x} leaves region {shmid} of {size:#x} bytes (R-SHM-05)")]
+    #[error("range {offset:#x}+{len:#x} leaves region {shmid} of {size:#x} bytes")]
     OutOfRange {
         /// The id.
         shmid: u8,
@@ -70,7 +72,7 @@ pub enum ShmemRefusal {
         size: u64,
     },
     /// The range overlaps an existing mapping.
-    #[error("range {offset:#x}+{len:#x} of region {shmid} overlaps an existing mapping (R-SHM-07)")]
+    #[error("range {offset:#x}+{len:#x} of region {shmid} overlaps an existing mapping")]
     Overlap {
         /// The id.
         shmid: u8,
@@ -80,13 +82,13 @@ pub enum ShmemRefusal {
         len: u64,
     },
     /// The shmid names no declared region.
-    #[error("shmid {shmid} names no region declared by GET_SHMEM_CONFIG (R-SHM-05)")]
+    #[error("shmid {shmid} names no region declared by GET_SHMEM_CONFIG")]
     UnknownShmid {
         /// The id.
         shmid: u8,
     },
     /// A zero length.
-    #[error("length 0 (R-SHM-14)")]
+    #[error("length 0")]
     ZeroLength,
 }
 

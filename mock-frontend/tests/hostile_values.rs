@@ -87,7 +87,7 @@ fn assert_bad_reply(r: Result<(), SessionError>, what: &str, wanted: &str) {
             let SessionError::BadReply { reason, .. } = &e else {
                 unreachable!()
             };
-            assert!(reason.contains(wanted), "{what}: {reason}");
+            assert!(reason.to_string().contains(wanted), "{what}: {reason}");
         }
         other => panic!("{what}: not a bad reply: {other:?}"),
     }
