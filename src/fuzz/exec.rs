@@ -200,7 +200,9 @@ fn watch(s: &mut Session, timeout: Duration) -> Result<(), Failure> {
         Err(SessionError::Stalled { .. }) => {
             return Err(Failure::new(
                 FailureKind::Hang,
-                format!("the back-end stopped reading its socket: a GET_FEATURES probe could not be sent within {timeout:?}"),
+                format!(
+                    "the back-end stopped reading its socket: a GET_FEATURES probe could not be sent within {timeout:?}"
+                ),
             ));
         }
         Err(_) => return Ok(()),
