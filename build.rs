@@ -20,7 +20,7 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let root = manifest_dir().join("scenarios");
     println!("cargo:rerun-if-changed={}", root.display());
     let mut files = Vec::new();
     collect(&root, &mut files);
@@ -31,7 +31,7 @@ fn main() {
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
         let rel = f
-            .strip_prefix(Path::new(env!("CARGO_MANIFEST_DIR")))
+            .strip_prefix(manifest_dir())
             .unwrap();
         let _ = writeln!(
             code,
@@ -48,7 +48,7 @@ fn main() {
 
 /// `spec/rules.toml`'s `id = "R-..."` lines, in order, as `RuleId` constants and a name table.
 fn rule_ids() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("spec/rules.toml");
+    let path = manifest_dir().join("spec/rules.toml");
     println!("cargo:rerun-if-changed={}", path.display());
     let text = std::fs::read_to_string(&path).unwrap();
     let ids: Vec<&str> = text
@@ -70,4 +70,10 @@ fn rule_ids() {
     );
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("rule_ids.rs");
     std::fs::write(out, code).unwrap();
+}
+
+/// The package's directory, read when the script runs (not when it was compiled, so a build
+/// script shared between checkouts still reads this one).
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
 }

@@ -184,20 +184,46 @@ fn bundled_backend() -> Result<TargetSpec, String> {
     Err(format!("no back-end given: {NO_BUNDLED_BACKEND}"))
 }
 
+/// Why the command line could not run the suite to the end: what to tell the user, and the
+/// exit code that goes with it (README "Exit codes"). A back-end that misbehaves is never this.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A bad option, an unreadable or invalid file, no bundled back-end in this build.
+    #[error("{0}")]
+    Usage(String),
+    /// The back-end could not be reached or started: it was never judged.
+    #[error("{0}")]
+    Setup(String),
+    /// Nothing was selected, or there is nothing to rerun.
+    #[error("{0}")]
+    NothingRan(String),
+}
+
+impl CliError {
+    /// The process exit code.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Usage(_) => exit_code::USAGE,
+            Self::Setup(_) => exit_code::SETUP,
+            Self::NothingRan(_) => exit_code::NOTHING_RAN,
+        }
+    }
+}
+
 /// Runs with parsed arguments; returns the exit code.
 pub fn run_with(args: &Args) -> u8 {
     match run_checked(args) {
         Ok(code) => code,
-        Err((code, why)) => {
-            eprintln!("vhu-conform: {why}");
-            code
+        Err(e) => {
+            eprintln!("vhu-conform: {e}");
+            e.exit_code()
         }
     }
 }
 
 /// The suite the options describe; `Err` is an exit code with its one-line reason.
-fn suite(args: &Args) -> Result<Suite, (u8, String)> {
-    let usage = |e: &dyn std::error::Error| (exit_code::USAGE, engine::chain(e));
+fn suite(args: &Args) -> Result<Suite, CliError> {
+    let usage = |e: &dyn std::error::Error| CliError::Usage(engine::chain(e));
     let description = match args.backend_json.as_deref().map(crate::backend_json::load) {
         Some(Ok(d)) => Some(d),
         Some(Err(e)) => return Err(usage(&e)),
@@ -218,7 +244,7 @@ fn suite(args: &Args) -> Result<Suite, (u8, String)> {
         (None, Some(d)) => TargetSpec::Spawn(d.spawn_command()),
         (None, None) => {
             bundled = true;
-            let t = bundled_backend().map_err(|why| (exit_code::USAGE, why))?;
+            let t = bundled_backend().map_err(CliError::Usage)?;
             if !args.list {
                 eprintln!(
                     "vhu-conform: no back-end given: running against the bundled reference back-end (vhu-conform mock-backend)"
@@ -254,12 +280,12 @@ fn suite(args: &Args) -> Result<Suite, (u8, String)> {
         s = s.expect_file(p).map_err(|e| usage(&e))?;
     }
     if let Some(p) = &args.rerun_failed {
-        let ids = failed_in(p).map_err(|why| (exit_code::USAGE, why))?;
+        let ids = failed_in(p).map_err(CliError::Usage)?;
         if ids.is_empty() {
-            return Err((
-                exit_code::NOTHING_RAN,
-                format!("nothing failed in {}: nothing to rerun", p.display()),
-            ));
+            return Err(CliError::NothingRan(format!(
+                "nothing failed in {}: nothing to rerun",
+                p.display()
+            )));
         }
         s.filters.extend(ids);
     }
@@ -271,10 +297,10 @@ fn suite(args: &Args) -> Result<Suite, (u8, String)> {
     Ok(s)
 }
 
-fn run_checked(args: &Args) -> Result<u8, (u8, String)> {
+fn run_checked(args: &Args) -> Result<u8, CliError> {
     if args.list && args.rules {
         let all = scenario::load_all(&args.scenario_dirs)
-            .map_err(|e| (exit_code::USAGE, engine::chain(&e)))?;
+            .map_err(|e| CliError::Usage(engine::chain(&e)))?;
         print!(
             "{}",
             crate::rules::render(&crate::rules::coverage(&all, None))
@@ -283,20 +309,17 @@ fn run_checked(args: &Args) -> Result<u8, (u8, String)> {
     }
     let suite = suite(args)?;
     let (selected, _) = suite.plan().map_err(|e| match e {
-        SuiteError::NothingSelected(_) => (exit_code::NOTHING_RAN, e.to_string()),
-        other => (exit_code::USAGE, engine::chain(&other)),
+        SuiteError::NothingSelected(_) => CliError::NothingRan(e.to_string()),
+        other => CliError::Usage(engine::chain(&other)),
     })?;
     // Report files are created before the run: a bad path is a usage error before any
     // back-end is judged.
-    let mut reporters = reporters(args).map_err(|why| (exit_code::USAGE, why))?;
+    let mut reporters = reporters(args).map_err(CliError::Usage)?;
     if args.list {
         let offer = match engine::preflight(&suite.target, &suite.options) {
             Ok(o) => o,
             Err(engine::PreflightError::Unreachable(why)) => {
-                return Err((
-                    exit_code::SETUP,
-                    format!("cannot reach the back-end: {why}"),
-                ));
+                return Err(CliError::Setup(format!("cannot reach the back-end: {why}")));
             }
             Err(engine::PreflightError::Misbehaved(_)) => engine::Offer::default(),
         };
@@ -316,8 +339,8 @@ fn run_checked(args: &Args) -> Result<u8, (u8, String)> {
             }
         })
         .map_err(|e| match e {
-            SuiteError::Unreachable(_) => (exit_code::SETUP, e.to_string()),
-            other => (exit_code::USAGE, engine::chain(&other)),
+            SuiteError::Unreachable(_) => CliError::Setup(e.to_string()),
+            other => CliError::Usage(engine::chain(&other)),
         })?;
     if let Some(why) = &report.preflight_warning {
         eprintln!("vhu-conform: {why}; the scenarios that need no feature ran");
@@ -331,7 +354,7 @@ fn run_checked(args: &Args) -> Result<u8, (u8, String)> {
     };
     for r in &mut reporters {
         r.finish(&run)
-            .map_err(|e| (exit_code::USAGE, format!("cannot write a report: {e}")))?;
+            .map_err(|e| CliError::Usage(format!("cannot write a report: {e}")))?;
     }
     let code = exit_for(&report.results);
     let t = report.totals();
