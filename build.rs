@@ -30,9 +30,7 @@ fn main() {
     );
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
-        let rel = f
-            .strip_prefix(manifest_dir())
-            .unwrap();
+        let rel = f.strip_prefix(manifest_dir()).unwrap();
         let _ = writeln!(
             code,
             "    ({:?}, include_str!({:?})),",
