@@ -286,6 +286,8 @@ pub struct Step {
     pub value_mask: Option<u64>,
     /// The reply's u64 must be non-zero.
     pub nonzero: Option<bool>,
+    /// Bits 0-7 of the reply's u64 (an error code, as SET_DEVICE_STATE_FD's) must be non-zero.
+    pub error_code: Option<bool>,
     /// The reply's u64 must equal what the session's first GET_FEATURES offered.
     pub offered: Option<bool>,
     /// The reply's payload size.
@@ -352,6 +354,7 @@ impl Step {
             value: None,
             value_mask: None,
             nonzero: None,
+            error_code: None,
             offered: None,
             reply_size: None,
             reply_flags: None,

@@ -159,6 +159,11 @@ impl Ctx<'_> {
                 ));
             }
         }
+        if step.error_code == Some(true) && v.is_none_or(|v| v & 0xff == 0) {
+            problems.push(format!(
+                "reply value {v:#x?}: bits 0-7 (the error code) are 0, a success"
+            ));
+        }
         if step.nonzero == Some(true) && v.is_none_or(|v| v == 0) {
             problems.push(format!("reply value {v:?}, wanted non-zero"));
         }
