@@ -45,6 +45,109 @@ pub struct Suite {
     pub expectations: Expectations,
     /// Shuffle the order with this seed.
     pub shuffle: Option<u64>,
+    /// Only this share of the selected scenarios (`--partition`), taken before the shuffle.
+    pub partition: Option<Partition>,
+    /// How many scenarios run at once in spawn mode (default [`engine::default_jobs`]); a
+    /// connect or listen target (one running back-end) always runs them one at a time.
+    pub jobs: usize,
+}
+
+/// How a [`Partition`] shares the scenarios out.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum PartitionKind {
+    /// Every N-th selected scenario, starting at the K-th.
+    Count,
+    /// The scenarios whose id hashes (FNV-1a, stable across runs and machines) to K modulo N.
+    Hash,
+}
+
+/// Shard K of N of the selected scenarios (`--partition count:K/N`, `hash:K/N`, or `K/N` for
+/// count), so a CI matrix of N jobs runs every scenario exactly once.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Partition {
+    /// Count or hash.
+    pub kind: PartitionKind,
+    /// K, from 1 to `total`.
+    pub shard: u64,
+    /// N, at least 1.
+    pub total: u64,
+}
+
+impl Partition {
+    /// Parses `count:K/N`, `hash:K/N` or `K/N` (count); the error says what is wrong.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (kind, rest) = match text.split_once(':') {
+            Some(("count", rest)) => (PartitionKind::Count, rest),
+            Some(("hash", rest)) => (PartitionKind::Hash, rest),
+            Some((other, _)) => {
+                return Err(format!(
+                    "unknown partition kind {other:?}: expected count:K/N, hash:K/N or K/N"
+                ));
+            }
+            None => (PartitionKind::Count, text),
+        };
+        let bad =
+            || format!("expected K/N, count:K/N or hash:K/N (such as count:1/3), got {text:?}");
+        let (k, n) = rest.split_once('/').ok_or_else(bad)?;
+        let k: u64 = k.trim().parse().map_err(|_| bad())?;
+        let n: u64 = n.trim().parse().map_err(|_| bad())?;
+        if n == 0 {
+            return Err("N, the number of shards, must be at least 1".into());
+        }
+        if k == 0 || k > n {
+            return Err(format!(
+                "shard {k} of {n}: K must be from 1 to N (shards are counted from 1)"
+            ));
+        }
+        Ok(Self {
+            kind,
+            shard: k,
+            total: n,
+        })
+    }
+
+    /// Whether the scenario `id`, at `index` (from 0) among the selected, is in this shard.
+    pub fn contains(&self, index: usize, id: &str) -> bool {
+        let key = match self.kind {
+            PartitionKind::Count => index as u64,
+            PartitionKind::Hash => fnv1a(id.as_bytes()),
+        };
+        key % self.total == self.shard - 1
+    }
+
+    /// The scenarios of this shard, in their order.
+    pub fn apply(&self, scenarios: Vec<Scenario>) -> Vec<Scenario> {
+        scenarios
+            .into_iter()
+            .enumerate()
+            .filter(|(i, s)| self.contains(*i, &s.spec.id))
+            .map(|(_, s)| s)
+            .collect()
+    }
+}
+
+impl std::fmt::Display for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.kind {
+            PartitionKind::Count => "count",
+            PartitionKind::Hash => "hash",
+        };
+        write!(f, "{kind}:{}/{}", self.shard, self.total)
+    }
+}
+
+impl std::str::FromStr for Partition {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse(s)
+    }
+}
+
+/// 64-bit FNV-1a: a hash that never changes between versions, runs or machines.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Why a run could not be made (a back-end that misbehaves is never this: it is a finding).
@@ -56,6 +159,14 @@ pub enum SuiteError {
     /// The filters select nothing.
     #[error("no scenario matches {0:?}")]
     NothingSelected(Vec<String>),
+    /// The partition holds none of the selected scenarios.
+    #[error("partition {partition} holds none of the {selected} selected scenarios")]
+    EmptyPartition {
+        /// The partition.
+        partition: Partition,
+        /// How many the filters selected.
+        selected: usize,
+    },
     /// The back-end could not be started or reached at all.
     #[error("cannot reach the back-end: {0}")]
     Unreachable(String),
@@ -89,6 +200,8 @@ impl Suite {
             device: None,
             expectations: Expectations::default(),
             shuffle: None,
+            partition: None,
+            jobs: engine::default_jobs(),
         }
     }
 
@@ -121,6 +234,18 @@ impl Suite {
         self
     }
 
+    /// Runs up to `jobs` scenarios at once (spawn mode only; 1 is one after the other).
+    pub fn jobs(mut self, jobs: usize) -> Self {
+        self.jobs = jobs.max(1);
+        self
+    }
+
+    /// Runs only shard `partition` of the selected scenarios.
+    pub fn partition(mut self, partition: Partition) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
     /// Sets the device type (`--device`).
     pub fn device(mut self, device: DeviceType) -> Self {
         self.device = Some((device, DeviceSource::Option));
@@ -139,6 +264,16 @@ impl Suite {
         let mut selected = scenario::select(all.clone(), &self.filters);
         if selected.is_empty() {
             return Err(SuiteError::NothingSelected(self.filters.clone()));
+        }
+        if let Some(p) = self.partition {
+            let count = selected.len();
+            selected = p.apply(selected);
+            if selected.is_empty() {
+                return Err(SuiteError::EmptyPartition {
+                    partition: p,
+                    selected: count,
+                });
+            }
         }
         if let Some(seed) = self.shuffle {
             crate::seed::shuffle(&mut selected, seed);
@@ -183,6 +318,7 @@ impl Suite {
             &offer,
             &self.options,
             self.repeat,
+            self.jobs,
             &mut judged,
         );
         self.expectations.apply(&mut results);

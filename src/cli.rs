@@ -98,6 +98,16 @@ pub struct Args {
     /// Seed for anything random (--shuffle); the run prints it so it can be repeated.
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
+    /// Scenarios run at once in spawn mode, each with its own back-end process (default: the
+    /// number of CPUs, at least 2); the report and exit code are those of a serial run. With
+    /// --backend or --listen (one running back-end) scenarios always run one at a time.
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+    /// Run only shard K of N of the selected scenarios, to split a run over a CI matrix:
+    /// `count:K/N` (or `K/N`) takes every N-th from the K-th, `hash:K/N` those whose id's
+    /// stable hash falls in shard K; applied after the filters, before --shuffle.
+    #[arg(long, value_name = "K/N", value_parser = crate::api::Partition::parse)]
+    pub partition: Option<crate::api::Partition>,
     /// Print the rule coverage table: after the run, or with --list without running anything.
     #[arg(long)]
     pub rules: bool,
@@ -267,6 +277,10 @@ fn suite(args: &Args) -> Result<Suite, CliError> {
         times: args.repeat.max(1),
         until_failure: args.until_failure,
     };
+    if let Some(j) = args.jobs {
+        s.jobs = j as usize;
+    }
+    s.partition = args.partition;
     let from_json = description
         .as_ref()
         .and_then(|d| crate::device::DeviceType::parse(&d.kind).ok());
@@ -309,7 +323,9 @@ fn run_checked(args: &Args) -> Result<u8, CliError> {
     }
     let suite = suite(args)?;
     let (selected, _) = suite.plan().map_err(|e| match e {
-        SuiteError::NothingSelected(_) => CliError::NothingRan(e.to_string()),
+        SuiteError::NothingSelected(_) | SuiteError::EmptyPartition { .. } => {
+            CliError::NothingRan(e.to_string())
+        }
         other => CliError::Usage(engine::chain(&other)),
     })?;
     // Report files are created before the run: a bad path is a usage error before any

@@ -334,8 +334,9 @@ impl Default for Repeat {
     }
 }
 
-/// Runs every scenario once, emitting events. Spawn mode: a fresh process per scenario.
-/// Otherwise one target for all, and a hint when the back-end stops serving after a disconnect.
+/// Runs every scenario once, one at a time, emitting events. Spawn mode: a fresh process per
+/// scenario. Otherwise one target for all, and a hint when the back-end stops serving after a
+/// disconnect.
 pub fn run_suite(
     scenarios: &[Scenario],
     spec: &TargetSpec,
@@ -343,7 +344,7 @@ pub fn run_suite(
     opts: &RunOptions,
     emit: &mut dyn FnMut(RunEvent<'_>),
 ) -> Vec<ScenarioResult> {
-    run_suite_repeated(scenarios, spec, offer, opts, Repeat::default(), emit)
+    run_suite_repeated(scenarios, spec, offer, opts, Repeat::default(), 1, emit)
 }
 
 /// Runs `s` up to `repeat.times` times; the result is the first run that failed (or errored),
@@ -404,19 +405,32 @@ fn run_repeated(
     r
 }
 
-/// [`run_suite`] with each scenario repeated as `repeat` says.
+/// How many scenarios run at once by default: the number of CPUs, at least 2.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
+}
+
+/// [`run_suite`] with each scenario repeated as `repeat` says, up to `jobs` scenarios at once
+/// in spawn mode (each has its own process and socket directory anyway); a target that is one
+/// running back-end (connect, listen) runs them one after the other. Results and events come
+/// in `scenarios`' order whatever `jobs` is: a scenario's `Finished` is emitted as soon as it
+/// and every scenario before it are done.
 pub fn run_suite_repeated(
     scenarios: &[Scenario],
     spec: &TargetSpec,
     offer: &Offer,
     opts: &RunOptions,
     repeat: Repeat,
+    jobs: usize,
     emit: &mut dyn FnMut(RunEvent<'_>),
 ) -> Vec<ScenarioResult> {
     emit(RunEvent::Started {
         total: scenarios.len(),
         offer,
     });
+    if matches!(spec, TargetSpec::Spawn(_)) && jobs > 1 && scenarios.len() > 1 {
+        return run_parallel(scenarios, spec, offer, opts, repeat, jobs, emit);
+    }
     let mut shared = match spec {
         TargetSpec::Spawn(_) => None,
         _ => Instance::start(spec, opts.connect_timeout).ok(),
@@ -432,6 +446,49 @@ pub fn run_suite_repeated(
         results.push(r);
     }
     results
+}
+
+/// Spawn mode with `jobs` worker threads taking the next scenario by index; this thread
+/// buffers what they finish and emits it in order.
+fn run_parallel(
+    scenarios: &[Scenario],
+    spec: &TargetSpec,
+    offer: &Offer,
+    opts: &RunOptions,
+    repeat: Repeat,
+    jobs: usize,
+    emit: &mut dyn FnMut(RunEvent<'_>),
+) -> Vec<ScenarioResult> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, ScenarioResult)>();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(scenarios.len()) {
+            let (tx, next) = (tx.clone(), &next);
+            scope.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(s) = scenarios.get(i) else { break };
+                    let r = run_repeated(s, spec, None, offer, opts, repeat);
+                    if tx.send((i, r)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut done: Vec<Option<ScenarioResult>> = scenarios.iter().map(|_| None).collect();
+        let mut results = Vec::with_capacity(scenarios.len());
+        // Ends when every worker has finished (or died: the scope then re-raises its panic).
+        for (i, r) in rx {
+            done[i] = Some(r);
+            while let Some(r) = done.get_mut(results.len()).and_then(Option::take) {
+                emit(RunEvent::Finished(&r));
+                results.push(r);
+            }
+        }
+        results
+    })
 }
 
 /// Describes the process state for a finding.
