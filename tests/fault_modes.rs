@@ -33,7 +33,8 @@ fn try_run_suite(
         ))
         .arg("--step-timeout-ms")
         .arg(step_timeout_ms.to_string())
-        .args(["--scenario-timeout-ms", "8000", "--json-report"])
+        // One scenario at a time: the fault-mode tests already run three suites at once.
+        .args(["-j", "1", "--scenario-timeout-ms", "8000", "--json-report"])
         .arg(&json)
         .output()
         .unwrap();

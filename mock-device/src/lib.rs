@@ -11,11 +11,13 @@
 //!   and [`DataPathFaults`] that break the data path on purpose.
 //! - [`process_queue`] drains a queue into the device; [`process_queue_with`] lets a
 //!   [`ChainHandler`] wrap each chain with the back-end's bookkeeping.
+//! - [`VirtioDevice`]: what the reference net, fs, vsock and rng devices implement.
 //! - [`GuestMemory`]: the only way the crate touches guest memory; the back-end implements it
 //!   over its mmapped regions (see [`memory`] for the volatile-copy requirement).
 
 mod blk;
 mod chain;
+mod device;
 pub mod memory;
 mod packed;
 mod queue;
@@ -28,6 +30,7 @@ pub use blk::{
     VendorRequests,
 };
 pub use chain::{Chain, RingError, Segment};
+pub use device::VirtioDevice;
 pub use memory::{GuestMemory, MemError, VecMemory};
 pub use queue::{Queue, RingConfig};
 pub use run::{ChainHandler, QueueRun, process_queue, process_queue_with};

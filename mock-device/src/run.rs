@@ -20,6 +20,11 @@ pub struct QueueRun {
 pub trait ChainHandler {
     /// Serves `chain` and returns the used length to publish.
     fn serve(&mut self, mem: &dyn GuestMemory, chain: &Chain) -> u32;
+    /// Whether to take another chain now. A device-to-driver queue (net receiveq) holds the
+    /// driver's buffers until the device has data for them.
+    fn ready(&self) -> bool {
+        true
+    }
     /// `chain` was just taken from the avail ring, before [`ChainHandler::serve`].
     fn taken(&mut self, _q: &Queue, _chain: &Chain) {}
     /// `chain`'s used element is published; [`Queue::used_idx`] is the used idx after it.
@@ -66,7 +71,10 @@ pub fn process_queue_with(
 ) -> Result<QueueRun, RingError> {
     let mut completed = 0;
     loop {
-        while let Some(chain) = q.pop(mem)? {
+        while handler.ready() {
+            let Some(chain) = q.pop(mem)? else {
+                break;
+            };
             handler.taken(q, &chain);
             let len = handler.serve(mem, &chain);
             q.push_used(mem, &chain, len)?;
@@ -77,7 +85,7 @@ pub fn process_queue_with(
             break;
         }
         q.enable_notifications(mem)?;
-        if !q.has_available(mem)? {
+        if !handler.ready() || !q.has_available(mem)? {
             break;
         }
     }

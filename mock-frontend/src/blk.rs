@@ -7,13 +7,9 @@ use std::time::Duration;
 use vhu_protocol::virtio::{BlkReqHeader, blk};
 use zerocopy::IntoBytes;
 
+use crate::exchange::{Guarded, guarded, guards_intact};
 use crate::memory::GuestMemory;
 use crate::vring::{Buffer, DriverQueue, WaitError};
-
-/// Bytes of canary on each side of every buffer.
-const GUARD: u64 = 64;
-/// The canary byte.
-const CANARY: u8 = 0xc5;
 
 /// What one request came back with.
 #[derive(Clone, Debug)]
@@ -34,29 +30,6 @@ pub struct BlkOutcome {
     pub notified: bool,
     /// The device-writable ranges (guest address, length): where the device had to write.
     pub written: Vec<(u64, u64)>,
-}
-
-#[derive(Debug)]
-struct Guarded {
-    gpa: u64,
-    len: u64,
-}
-
-fn guarded(mem: &mut GuestMemory, len: u64) -> Result<Guarded, WaitError> {
-    let base = mem.alloc(len + 2 * GUARD, 16)?;
-    mem.fill(base, len + 2 * GUARD, CANARY)?;
-    Ok(Guarded {
-        gpa: base + GUARD,
-        len,
-    })
-}
-
-fn guards_intact(mem: &GuestMemory, g: &Guarded) -> bool {
-    let mut before = vec![0u8; GUARD as usize];
-    let mut after = vec![0u8; GUARD as usize];
-    mem.read(g.gpa - GUARD, &mut before).is_ok()
-        && mem.read(g.gpa + g.len, &mut after).is_ok()
-        && before.iter().chain(&after).all(|&b| b == CANARY)
 }
 
 /// A request made available to the device and not yet completed. Complete pending requests in

@@ -8,6 +8,7 @@
 
 pub mod blk;
 pub mod channel;
+pub mod exchange;
 pub mod inflight;
 pub mod memory;
 pub mod session;

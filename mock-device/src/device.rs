@@ -1,0 +1,53 @@
+//! The device side of a virtio device other than blk, as the back-end drives it: its feature
+//! bits, config space, queues and the work on each chain (virtio 1.2 section 2 for what every
+//! device shares, sections 5.x for each device).
+//!
+//! blk keeps its own richer type ([`crate::BlkDevice`]: state transfer, vendor requests,
+//! inflight tracking); the devices behind this trait are the reference implementations of net,
+//! fs, vsock and rng.
+
+use crate::blk::ConfigError;
+use crate::chain::Chain;
+use crate::memory::GuestMemory;
+
+/// A virtio device served by the reference back-end.
+///
+/// Queues are of two kinds. A driver-to-device queue (net transmitq, fs request queues, vsock
+/// tx, rng requestq) has every available chain served at once. A device-to-driver queue (net
+/// receiveq, vsock rx) holds the driver's empty buffers until the device has something to put
+/// in them: the back-end takes a chain from it only while [`VirtioDevice::ready`] says so, and
+/// re-runs such queues after serving any other queue.
+pub trait VirtioDevice: Send {
+    /// The virtio device id (virtio 1.2 section 5: net 1, blk 2, rng 4, vsock 19, fs 26).
+    fn device_id(&self) -> u32;
+    /// The queues the device has (what GET_QUEUE_NUM reports and the rings it serves).
+    fn num_queues(&self) -> u16;
+    /// The virtio feature bits offered (device bits and the ring bits the device supports;
+    /// the back-end adds PROTOCOL_FEATURES and the vhost-user bits).
+    fn device_features(&self) -> u64;
+    /// The features the driver acknowledged (SET_FEATURES), e.g. net's MRG_RXBUF.
+    fn set_features(&mut self, _features: u64) {}
+    /// The whole config space (may be empty: rng has none).
+    fn config(&self) -> Vec<u8>;
+    /// A driver write to the config space; read-only by default.
+    ///
+    /// # Errors
+    /// The range is outside the config space or the field is read-only.
+    fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), ConfigError> {
+        Err(ConfigError::NotWritable {
+            offset,
+            len: data.len(),
+        })
+    }
+    /// Whether the back-end should take a chain from `queue` now: always for a
+    /// driver-to-device queue; for a device-to-driver queue only while the device has data for
+    /// the driver.
+    fn ready(&self, queue: u16) -> bool;
+    /// Serves one chain taken from `queue` and returns the used length (bytes written into
+    /// its device-writable buffers). Malformed requests are answered as the device's section
+    /// says, never with a panic.
+    fn serve(&mut self, queue: u16, mem: &dyn GuestMemory, chain: &Chain) -> u32;
+    /// The device was reset (RESET_DEVICE, or every ring stopped by GET_VRING_BASE): drop
+    /// pending output and connection state.
+    fn reset(&mut self) {}
+}
