@@ -6,6 +6,8 @@
 //! inflight tracking); the devices behind this trait are the reference implementations of net,
 //! fs, vsock and rng.
 
+use std::os::fd::RawFd;
+
 use crate::blk::ConfigError;
 use crate::chain::Chain;
 use crate::memory::GuestMemory;
@@ -47,6 +49,14 @@ pub trait VirtioDevice: Send {
     /// its device-writable buffers). Malformed requests are answered as the device's section
     /// says, never with a panic.
     fn serve(&mut self, queue: u16, mem: &dyn GuestMemory, chain: &Chain) -> u32;
+    /// File descriptors with device input besides the rings (vsock's host-side sockets): the
+    /// back-end polls them with its kick fds and calls [`VirtioDevice::on_input`] when one is
+    /// readable, then re-runs the device-to-driver queues that became ready.
+    fn input_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+    /// Takes what arrived on [`VirtioDevice::input_fds`], without blocking.
+    fn on_input(&mut self) {}
     /// The device was reset (RESET_DEVICE, or every ring stopped by GET_VRING_BASE): drop
     /// pending output and connection state.
     fn reset(&mut self) {}
