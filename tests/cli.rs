@@ -74,3 +74,21 @@ fn an_unwritable_report_file_is_a_usage_error_before_anything_runs() {
         "{text}"
     );
 }
+
+#[test]
+fn color_always_paints_the_verdicts_and_piped_output_stays_plain() {
+    let (code, painted) = vhu(&["vring/addr-before-memory", "--color", "always"]);
+    assert_eq!(code, Some(0), "{painted}");
+    assert!(
+        painted.contains("\u{1b}[32mPASS \u{1b}[0m vring/addr-before-memory"),
+        "{painted}"
+    );
+    // Into a pipe, `auto` (the default) means no escape codes and no progress bar.
+    let (code, plain) = vhu(&["vring/addr-before-memory"]);
+    assert_eq!(code, Some(0), "{plain}");
+    assert!(!plain.contains('\u{1b}'), "{plain}");
+    assert!(plain.contains("PASS  vring/addr-before-memory"), "{plain}");
+    let (code, never) = vhu(&["vring/addr-before-memory", "--color", "never"]);
+    assert_eq!(code, Some(0));
+    assert!(!never.contains('\u{1b}'), "{never}");
+}
