@@ -520,9 +520,10 @@ impl DriverQueue {
         loop {
             let ready = self.ready(mem, count)?;
             if ready >= count {
-                if self.calls == calls_before {
+                if self.calls == calls_before && self.call_fd {
                     // The device publishes the used index before it signals: give the call a
-                    // moment to arrive, so a missing notification is told from a late one.
+                    // moment to arrive, so a missing notification is told from a late one
+                    // (without a call fd nothing can arrive: no wait).
                     self.read_call(Duration::from_millis(200));
                 }
                 return self.collect(mem, count);
