@@ -598,6 +598,45 @@ impl Session {
             .map_err(|e| self.conn_error(None, e))
     }
 
+    /// Sends `messages` as one byte stream cut at `cuts` (ascending offsets into their
+    /// concatenation), pausing `pause` between pieces, with `fds` on the first piece: however
+    /// the stream is cut, a back-end must read the same messages (R-WIRE-07). Each message is
+    /// recorded in the transcript as sent.
+    pub fn send_stream(
+        &mut self,
+        messages: &[RawMessage],
+        cuts: &[usize],
+        fds: &[BorrowedFd<'_>],
+        pause: Duration,
+    ) -> Result<(), SessionError> {
+        let mut bytes = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            let header = Header::from_bytes(&m.header);
+            self.record_sent(&header, &m.body, if i == 0 { fds.len() } else { 0 });
+            bytes.extend_from_slice(&m.to_bytes());
+        }
+        let mut start = 0;
+        let ends = cuts
+            .iter()
+            .copied()
+            .filter(|&c| c > 0 && c < bytes.len())
+            .chain([bytes.len()]);
+        for end in ends {
+            if end <= start {
+                continue;
+            }
+            let with = if start == 0 { fds } else { &[] };
+            self.conn
+                .send_bytes(&bytes[start..end], with)
+                .map_err(|e| self.conn_error(None, e))?;
+            start = end;
+            if start < bytes.len() {
+                std::thread::sleep(pause);
+            }
+        }
+        Ok(())
+    }
+
     /// Receives whatever comes next within `timeout`.
     pub fn recv_any(&mut self, timeout: Duration) -> Result<Message, SessionError> {
         let old = self.conn.timeout();

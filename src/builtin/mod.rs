@@ -5,6 +5,7 @@
 //! reported exactly like file scenarios.
 
 mod blk;
+mod framing;
 mod hygiene;
 mod inflight;
 mod log;
@@ -57,6 +58,10 @@ pub trait Builtin: Sync + std::fmt::Debug {
 pub fn all() -> &'static [&'static dyn Builtin] {
     &[
         &blk::ScatteredPatterns,
+        &framing::Framing(framing::Cut::HeaderApart),
+        &framing::Framing(framing::Cut::Coalesced),
+        &framing::Framing(framing::Cut::ByteByByte),
+        &framing::Framing(framing::Cut::FdOnFirstByte),
         &hygiene::AddRemRepeated,
         &hygiene::DisconnectReleases,
         &hygiene::RemMemRegReleases,
