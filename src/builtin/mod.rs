@@ -76,6 +76,7 @@ pub fn all() -> &'static [&'static dyn Builtin] {
         &program::InheritedFd,
         &program::SocketPathAndFd,
         &program::Sigterm,
+        &program::SocketPathQuietStdio,
         &robustness::CallFdFlood,
     ]
 }
