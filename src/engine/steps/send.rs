@@ -369,8 +369,35 @@ impl Ctx<'_> {
                 Err(StepError::Finding)
             }
             Ok(Ack::NotRequested) if wants_failure => {
-                self.notes.push(format!("step {}: no ack could be asked for (REPLY_ACK not negotiated); rejection not observable", self.step_no));
-                Ok(())
+                // Without an ack, a refusal shows only as the connection closing: a round
+                // trip tells (messages are handled in order).
+                let trigger = self.last_sent();
+                match self.session()?.get_features() {
+                    Err(SessionError::Closed { .. }) => {
+                        self.archive_session();
+                        if self.inst().is_spawned()
+                            && let Some(e) = self.gone(rule, Duration::from_millis(200), &trigger)
+                        {
+                            return Err(e);
+                        }
+                        Ok(())
+                    }
+                    Ok(_) if expect == Expect::Closed => {
+                        self.finding(
+                            step,
+                            "the connection stayed open",
+                            "the back-end closes the connection",
+                            "no ack could be asked for (REPLY_ACK not negotiated), and a GET_FEATURES after it was answered".into(),
+                        );
+                        self.findings.last_mut().expect("just pushed").sent = trigger;
+                        Err(StepError::Finding)
+                    }
+                    Ok(_) => {
+                        self.notes.push(format!("step {}: no ack could be asked for (REPLY_ACK not negotiated) and the connection stayed open; a rejection is not observable", self.step_no));
+                        Ok(())
+                    }
+                    Err(e) => Err(self.session_failed(step, e)),
+                }
             }
             Ok(_) if expect == Expect::Alive => self.alive(step),
             Ok(_) if expect == Expect::Closed => {
