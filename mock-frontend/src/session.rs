@@ -976,6 +976,12 @@ impl Session {
         self.u64_reply(FrontendReq::CheckDeviceState)
     }
 
+    /// Takes the back-end channel out of the session (to keep watching it after a new
+    /// SET_BACKEND_REQ_FD, or to close it by dropping it).
+    pub fn take_channel(&mut self) -> Option<BackendChannel> {
+        self.channel.take()
+    }
+
     /// SET_BACKEND_REQ_FD: creates the channel's socketpair, starts serving it, hands one end over.
     pub fn set_backend_req_fd(&mut self) -> Result<Ack, SessionError> {
         let (ours, theirs) = UnixStream::pair().map_err(|source| SessionError::Local {

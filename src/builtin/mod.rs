@@ -5,6 +5,7 @@
 //! reported exactly like file scenarios.
 
 mod blk;
+mod channel;
 mod framing;
 mod hygiene;
 mod inflight;
@@ -58,6 +59,8 @@ pub trait Builtin: Sync + std::fmt::Debug {
 pub fn all() -> &'static [&'static dyn Builtin] {
     &[
         &blk::ScatteredPatterns,
+        &channel::ReplacedChannelClosed,
+        &channel::FrontendClosesChannel,
         &framing::Framing(framing::Cut::HeaderApart),
         &framing::Framing(framing::Cut::Coalesced),
         &framing::Framing(framing::Cut::ByteByByte),
