@@ -75,6 +75,7 @@ pub fn all() -> &'static [&'static dyn Builtin] {
         &log::LogReplaceUnmaps,
         &log::LogTooSmall,
         &memory::TableReplaceUnmaps,
+        &memory::AddPastMaxSlots,
         &program::PrintCapabilities,
         &program::InheritedFd,
         &program::SocketPathAndFd,
