@@ -112,6 +112,9 @@ pub struct DriverQueue {
     /// Give the back-end a kick eventfd; without one (SET_VRING_KICK bit 8, R-VRING-12) the
     /// back-end must poll the ring and [`kick`](Self::kick) does nothing.
     pub kick_fd: bool,
+    /// Send the setup messages before KICK in reverse order (ERR, CALL, ADDR, BASE, NUM):
+    /// the spec fixes no order for them (R-VRING-15).
+    pub reverse_setup: bool,
     /// Ask for used-ring writes to be logged (VHOST_VRING_F_LOG in SET_VRING_ADDR, R-LOG-04).
     pub log_used: bool,
     /// Notifications read from the call eventfd so far.
@@ -168,6 +171,7 @@ impl DriverQueue {
             call_fd: true,
             kick_fd: true,
             log_used: false,
+            reverse_setup: false,
             calls: 0,
         })
     }
@@ -271,16 +275,24 @@ impl DriverQueue {
         use vhu_protocol::FrontendReq::*;
         let i = u32::from(self.index);
         let word = self.base_word(base);
-        session.checked(SetVringNum, |s| s.set_vring_num(i, self.size.into()))?;
-        session.checked(SetVringBase, |s| s.set_vring_base(i, word))?;
         let addr = self.vring_addr(mem);
-        session.checked(SetVringAddr, |s| s.set_vring_addr(&addr))?;
         let idx = self.index as u8;
         let call = self.call_fd.then(|| self.call.as_fd());
-        session.checked(SetVringCall, |s| s.set_vring_call(idx, call))?;
-        session.checked(SetVringErr, |s| {
-            s.set_vring_err(idx, Some(self.err.as_fd()))
-        })?;
+        let err = self.err.as_fd();
+        let size = self.size.into();
+        let mut steps: [&dyn Fn(&mut Session) -> Result<(), SessionError>; 5] = [
+            &|s| s.checked(SetVringNum, |s| s.set_vring_num(i, size)),
+            &|s| s.checked(SetVringBase, |s| s.set_vring_base(i, word)),
+            &|s| s.checked(SetVringAddr, |s| s.set_vring_addr(&addr)),
+            &|s| s.checked(SetVringCall, |s| s.set_vring_call(idx, call)),
+            &|s| s.checked(SetVringErr, |s| s.set_vring_err(idx, Some(err))),
+        ];
+        if self.reverse_setup {
+            steps.reverse();
+        }
+        for step in steps {
+            step(session)?;
+        }
         let kick = self.kick_fd.then(|| self.kick.as_fd());
         session.checked(SetVringKick, |s| s.set_vring_kick(idx, kick))
     }

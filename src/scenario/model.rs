@@ -242,6 +242,9 @@ pub struct Step {
     /// vring: give a kick eventfd (default); false sends SET_VRING_KICK with bit 8: the
     /// back-end must poll the ring.
     pub kick_fd: Option<bool>,
+    /// vring: send the setup messages before KICK in reverse order (ERR, CALL, ADDR, BASE,
+    /// NUM): the spec fixes no order (R-VRING-15).
+    pub reverse_setup: Option<bool>,
     /// blk: descriptors the data is split over.
     pub segments: Option<u32>,
     /// blk: the chain goes in an indirect descriptor table.
@@ -331,6 +334,7 @@ impl Step {
             kick: None,
             ring: None,
             call_fd: None,
+            reverse_setup: None,
             kick_fd: None,
             segments: None,
             indirect: None,
