@@ -121,6 +121,9 @@ pub struct DriverQueue {
     pub calls: u64,
 }
 
+/// One setup message of [`DriverQueue::setup`], sent on the session.
+type SetupMessage<'a> = dyn Fn(&mut Session) -> Result<(), SessionError> + 'a;
+
 fn eventfd() -> Result<EventFd, MemoryError> {
     EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
         .map_err(|e| MemoryError::Create(std::io::Error::from(e)))
@@ -280,7 +283,7 @@ impl DriverQueue {
         let call = self.call_fd.then(|| self.call.as_fd());
         let err = self.err.as_fd();
         let size = self.size.into();
-        let mut steps: [&dyn Fn(&mut Session) -> Result<(), SessionError>; 5] = [
+        let mut steps: [&SetupMessage<'_>; 5] = [
             &|s| s.checked(SetVringNum, |s| s.set_vring_num(i, size)),
             &|s| s.checked(SetVringBase, |s| s.set_vring_base(i, word)),
             &|s| s.checked(SetVringAddr, |s| s.set_vring_addr(&addr)),
