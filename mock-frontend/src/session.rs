@@ -163,6 +163,16 @@ pub enum ReplyViolation {
         /// The non-zero sizes.
         actual: u64,
     },
+    /// A GET_SHMEM_CONFIG region size that is not a multiple of the page size.
+    #[error("reply payload: shmem region {index} size {size:#x} is not a multiple of {page:#x}")]
+    ShmemSizeUnaligned {
+        /// The region.
+        index: usize,
+        /// Its size.
+        size: u64,
+        /// The host page size.
+        page: u64,
+    },
     /// A payload that breaks its layout (counts, reserved bits...): the validator's violation.
     #[error("reply payload: {0}")]
     BadPayload(Violation),
@@ -513,6 +523,20 @@ impl Session {
                 return Err(SessionError::BadReply {
                     during: req,
                     reason,
+                    message: Box::new(msg),
+                });
+            }
+        }
+        if req == FrontendReq::GetShmemConfig
+            && let Ok(vhu_protocol::wire::payload::Body::ShmemConfig(c)) =
+                msg.body(req.reply_body())
+        {
+            let page = crate::memory::page_size();
+            if let Some((index, &size)) = c.sizes.iter().enumerate().find(|&(_, &s)| s % page != 0)
+            {
+                return Err(SessionError::BadReply {
+                    during: req,
+                    reason: ReplyViolation::ShmemSizeUnaligned { index, size, page },
                     message: Box::new(msg),
                 });
             }

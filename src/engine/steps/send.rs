@@ -48,6 +48,11 @@ impl Ctx<'_> {
                 if let Body::Config(h, _) = &body {
                     self.check_config_reply(step, h, &m)?;
                 }
+                if req == FrontendReq::GetShmemConfig {
+                    // The session validated its count and sizes on the way in.
+                    self.mark(crate::rules::id::R_SHM_02);
+                    self.mark(crate::rules::id::R_SHM_03);
+                }
                 self.check_value(step, &m)?;
             }
             (Expect::Reply, Ok(None)) => return Err(StepError::Harness("expect = \"reply\" on a request sent without NEED_REPLY that has no reply of its own".into())),
