@@ -139,3 +139,84 @@ the header's first byte, as the spec's newer text says)."
         Ok(())
     }
 }
+
+/// Where the front-end stops writing before it closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cutoff {
+    /// After the 12 header bytes, before the payload it announces.
+    AfterHeader,
+    /// Half way through the payload.
+    MidPayload,
+}
+
+/// The front-end closes the connection in the middle of a message (R-WIRE-15).
+#[derive(Debug)]
+pub struct ClosedMidMessage(pub Cutoff);
+
+impl Builtin for ClosedMidMessage {
+    fn id(&self) -> &'static str {
+        match self.0 {
+            Cutoff::AfterHeader => "wire/closed-after-header",
+            Cutoff::MidPayload => "wire/closed-mid-payload",
+        }
+    }
+    fn title(&self) -> &'static str {
+        match self.0 {
+            Cutoff::AfterHeader => {
+                "The front-end closing after a header whose payload never comes leaves the back-end serving or exiting cleanly"
+            }
+            Cutoff::MidPayload => {
+                "The front-end closing half way through a payload leaves the back-end serving or exiting cleanly"
+            }
+        }
+    }
+    fn rules(&self) -> &'static [crate::rules::RuleId] {
+        &[id::R_WIRE_15]
+    }
+    fn level(&self) -> crate::scenario::Level {
+        crate::scenario::Level::Rob
+    }
+    fn fresh_process(&self) -> bool {
+        true
+    }
+    fn description(&self) -> &'static str {
+        "After negotiation, SET_VRING_NUM's header announcing 8 payload bytes is sent with none \
+(or 4) of them, and the connection is closed. The back-end must clean up: accept a new \
+connection that is then served (a GET_FEATURES round trip), or, as spawn mode allows, exit with \
+a status. A death by a signal is a crash."
+    }
+    fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+        use crate::scenario::{Action, Step};
+        ctx.step(&Step::new(Action::Negotiate))?;
+        let body: Vec<u8> = match self.0 {
+            Cutoff::AfterHeader => vec![],
+            Cutoff::MidPayload => 0u32.to_ne_bytes().to_vec(),
+        };
+        let partial = RawMessage::new(
+            Header::request(FrontendReq::SetVringNum as u32, 8, false),
+            body,
+        );
+        let r = ctx.session_mut()?.send_stream(&[partial], &[], &[], PAUSE);
+        r.map_err(|e| ctx.session_error(id::R_WIRE_15, e))?;
+        std::thread::sleep(Duration::from_millis(20));
+        ctx.step(&Step::new(Action::Disconnect))?;
+        ctx.mark(id::R_WIRE_15);
+        let mut again = Step::new(Action::Reconnect);
+        again.rule = Some(id::R_WIRE_15);
+        match ctx.step(&again) {
+            Ok(()) => {}
+            Err(StepError::NotApplicable(_)) => {
+                // Exiting once its front-end left is what spawn mode allows.
+                let st = ctx.target().state();
+                ctx.note(format!(
+                    "the back-end ended cleanly ({st}) after the front-end left mid-message"
+                ));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+        let mut probe = Step::new(Action::Probe);
+        probe.rule = Some(id::R_WIRE_15);
+        ctx.step(&probe)
+    }
+}

@@ -65,6 +65,8 @@ pub fn all() -> &'static [&'static dyn Builtin] {
         &framing::Framing(framing::Cut::Coalesced),
         &framing::Framing(framing::Cut::ByteByByte),
         &framing::Framing(framing::Cut::FdOnFirstByte),
+        &framing::ClosedMidMessage(framing::Cutoff::AfterHeader),
+        &framing::ClosedMidMessage(framing::Cutoff::MidPayload),
         &hygiene::AddRemRepeated,
         &hygiene::DisconnectReleases,
         &hygiene::RemMemRegReleases,
