@@ -295,6 +295,9 @@ pub struct Step {
     pub offered: Option<bool>,
     /// The reply's payload size.
     pub reply_size: Option<u32>,
+    /// send SET_CONFIG: the config bytes written (hex; default zeros). send GET_CONFIG: the
+    /// config bytes the reply must carry after its 12-byte header.
+    pub config_hex: Option<String>,
     /// The reply's flags.
     pub reply_flags: Option<u32>,
     /// The number of fds the reply carries.
@@ -361,6 +364,7 @@ impl Step {
             error_code: None,
             offered: None,
             reply_size: None,
+            config_hex: None,
             reply_flags: None,
             reply_fds: None,
             fd_closed: None,

@@ -134,6 +134,17 @@ impl Ctx<'_> {
     pub(super) fn check_value(&mut self, step: &Step, m: &Message) -> StepResult {
         self.mark(self.rule_of(step));
         let mut problems = Vec::new();
+        if let Some(hex) = step
+            .config_hex
+            .as_ref()
+            .filter(|_| m.header.request == FrontendReq::GetConfig as u32)
+        {
+            let want = parse_hex(hex)?;
+            let got = m.payload.get(12..).unwrap_or_default();
+            if got != want.as_slice() {
+                problems.push(format!("config bytes {got:02x?}, wanted {want:02x?}"));
+            }
+        }
         if let Some(size) = step.reply_size.filter(|&s| s as usize != m.payload.len()) {
             problems.push(format!(
                 "reply payload is {} bytes, wanted {size}",
@@ -470,7 +481,15 @@ fn build_body(
         BodyKind::Iotlb => Body::Iotlb(v.try_into().map_err(bad)?),
         BodyKind::Config => {
             let h: ConfigHeader = v.try_into().map_err(bad)?;
-            Body::Config(h, vec![0; h.size as usize])
+            let mut data = vec![0; h.size as usize];
+            if req == FrontendReq::SetConfig
+                && let Some(hex) = &step.config_hex
+            {
+                let bytes = parse_hex(hex)?;
+                let n = bytes.len().min(data.len());
+                data[..n].copy_from_slice(&bytes[..n]);
+            }
+            Body::Config(h, data)
         }
         BodyKind::MemTable => Body::MemTable(vec![]),
         other => {
