@@ -268,8 +268,46 @@ impl DriverQueue {
         Ok(())
     }
 
+    /// The setup messages before KICK (NUM, BASE, ADDR, CALL, ERR), with the driver's ring
+    /// positions set to `base`: the ring is configured but not started (R-RING-01). Finish with
+    /// [`start`](Self::start).
+    pub fn configure(
+        &mut self,
+        session: &mut Session,
+        mem: &GuestMemory,
+        base: u16,
+    ) -> Result<(), SessionError> {
+        self.set_base(mem, base)?;
+        self.announce_before_kick(session, mem, base)
+    }
+
+    /// SET_VRING_KICK: starts a ring [`configure`](Self::configure) set up, without a kick.
+    pub fn start(&mut self, session: &mut Session) -> Result<(), SessionError> {
+        let idx = self.index as u8;
+        let kick = self.kick_fd.then(|| self.kick.as_fd());
+        session.checked(vhu_protocol::FrontendReq::SetVringKick, |s| {
+            s.set_vring_kick(idx, kick)
+        })
+    }
+
+    /// Reads away kicks not yet seen, so a back-end given the kick eventfd later finds none
+    /// pending (buffers made available before the ring started, R-RING-04).
+    pub fn clear_kicks(&self) {
+        let _ = self.kick.read();
+    }
+
     /// The setup messages, from NUM to KICK, for a ring starting at `base`.
     fn announce(
+        &mut self,
+        session: &mut Session,
+        mem: &GuestMemory,
+        base: u16,
+    ) -> Result<(), SessionError> {
+        self.announce_before_kick(session, mem, base)?;
+        self.start(session)
+    }
+
+    fn announce_before_kick(
         &mut self,
         session: &mut Session,
         mem: &GuestMemory,
@@ -296,8 +334,7 @@ impl DriverQueue {
         for step in steps {
             step(session)?;
         }
-        let kick = self.kick_fd.then(|| self.kick.as_fd());
-        session.checked(SetVringKick, |s| s.set_vring_kick(idx, kick))
+        Ok(())
     }
 
     fn write_desc(

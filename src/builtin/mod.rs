@@ -12,6 +12,7 @@ mod inflight;
 mod log;
 mod memory;
 pub(crate) mod program;
+mod ring_state;
 mod robustness;
 
 use crate::engine::{Ctx, StepError};
@@ -84,6 +85,8 @@ pub fn all() -> &'static [&'static dyn Builtin] {
         &program::Sigterm,
         &program::SocketPathQuietStdio,
         &robustness::CallFdFlood,
+        &ring_state::RingStart(ring_state::Probe::NotStartedBeforeKick),
+        &ring_state::RingStart(ring_state::Probe::AvailableBeforeStart),
     ]
 }
 
