@@ -121,6 +121,9 @@ pub struct DriverQueue {
     pub calls: u64,
 }
 
+/// How long a completion's call may trail its used element (see [`DriverQueue::await_call`]).
+pub const CALL_GRACE: Duration = Duration::from_millis(200);
+
 /// One setup message of [`DriverQueue::setup`], sent on the session.
 type SetupMessage<'a> = dyn Fn(&mut Session) -> Result<(), SessionError> + 'a;
 
@@ -573,10 +576,9 @@ impl DriverQueue {
             let ready = self.ready(mem, count)?;
             if ready >= count {
                 if self.calls == calls_before && self.call_fd {
-                    // The device publishes the used index before it signals: give the call a
-                    // moment to arrive, so a missing notification is told from a late one
-                    // (without a call fd nothing can arrive: no wait).
-                    self.read_call(Duration::from_millis(200));
+                    // Count a call already signalled; whether one is missing is judged per
+                    // request by `await_call`, from the request's submission.
+                    self.read_call(Duration::ZERO);
                 }
                 return self.collect(mem, count);
             }
@@ -589,6 +591,17 @@ impl DriverQueue {
             }
             self.read_call(Duration::from_millis(10));
         }
+    }
+
+    /// Whether the call eventfd was signalled since the driver had counted `since` calls. The
+    /// device publishes the used index before it signals, so when no call is counted yet this
+    /// waits up to [`CALL_GRACE`] for one: a missing notification is told from a late one.
+    /// Without a call fd nothing can arrive: no wait.
+    pub fn await_call(&mut self, since: u64) -> bool {
+        if self.calls == since && self.call_fd {
+            self.read_call(CALL_GRACE);
+        }
+        self.calls > since
     }
 
     /// How many used buffers wait to be collected (counting at most `max` for packed).
