@@ -6,6 +6,7 @@
 
 mod blk;
 mod channel;
+mod descriptors;
 mod framing;
 mod hygiene;
 mod inflight;
@@ -62,6 +63,14 @@ pub fn all() -> &'static [&'static dyn Builtin] {
         &blk::ScatteredPatterns,
         &channel::ReplacedChannelClosed,
         &channel::FrontendClosesChannel,
+        &descriptors::Descriptors(descriptors::Abuse::NextLoop),
+        &descriptors::Descriptors(descriptors::Abuse::NextOutOfRange),
+        &descriptors::Descriptors(descriptors::Abuse::HeadOutOfRange),
+        &descriptors::Descriptors(descriptors::Abuse::ZeroLength),
+        &descriptors::Descriptors(descriptors::Abuse::IndirectOddLength),
+        &descriptors::Descriptors(descriptors::Abuse::NestedIndirect),
+        &descriptors::Descriptors(descriptors::Abuse::OutsideMemory),
+        &descriptors::Descriptors(descriptors::Abuse::PastEndOfMemory),
         &framing::Framing(framing::Cut::HeaderApart),
         &framing::Framing(framing::Cut::Coalesced),
         &framing::Framing(framing::Cut::ByteByByte),
