@@ -93,6 +93,7 @@ pub fn all() -> &'static [&'static dyn Builtin] {
         &program::SocketPathAndFd,
         &program::Sigterm,
         &program::SocketPathQuietStdio,
+        &program::UnusableSocketPath,
         &robustness::CallFdFlood,
         &ring_state::RingStart(ring_state::Probe::NotStartedBeforeKick),
         &ring_state::RingStart(ring_state::Probe::AvailableBeforeStart),
