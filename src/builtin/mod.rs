@@ -15,6 +15,7 @@ mod memory;
 pub(crate) mod program;
 mod ring_state;
 mod robustness;
+mod suspended;
 
 use crate::engine::{Ctx, StepError};
 use crate::rules::id;
@@ -95,6 +96,8 @@ pub fn all() -> &'static [&'static dyn Builtin] {
         &program::SocketPathQuietStdio,
         &program::UnusableSocketPath,
         &robustness::CallFdFlood,
+        &suspended::Suspended(suspended::When::Stopped),
+        &suspended::Suspended(suspended::When::AfterSave),
         &ring_state::RingStart(ring_state::Probe::NotStartedBeforeKick),
         &ring_state::RingStart(ring_state::Probe::AvailableBeforeStart),
     ]
