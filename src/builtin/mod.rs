@@ -100,6 +100,7 @@ pub fn all() -> &'static [&'static dyn Builtin] {
         &suspended::Suspended(suspended::When::AfterSave),
         &ring_state::RingStart(ring_state::Probe::NotStartedBeforeKick),
         &ring_state::RingStart(ring_state::Probe::AvailableBeforeStart),
+        &ring_state::BaseAfterInflight,
     ]
 }
 
