@@ -160,6 +160,28 @@ fn check(spec: &ScenarioFile) -> Result<(), LoadErrorKind> {
             }
             Action::RemMemReg if s.region.is_none() => return Err(missing("region")),
             Action::Sleep if s.ms.is_none() => return Err(missing("ms")),
+            Action::FsFile | Action::FsOpen | Action::FsRead | Action::FsRelease
+            | Action::FsForget
+                if s.name.is_none() =>
+            {
+                return Err(missing("name"));
+            }
+            Action::FsLookup if s.name.is_none() => return Err(missing("name")),
+            Action::VsockListen
+            | Action::VsockConnect
+            | Action::VsockSend
+            | Action::VsockRecv
+            | Action::VsockCreditRequest
+            | Action::VsockShutdown
+            | Action::VsockUnknownType
+            | Action::VsockNoConnection
+                if s.port.is_none() =>
+            {
+                return Err(missing("port"));
+            }
+            Action::VsockSend | Action::VsockRecv if s.bytes.is_none() => {
+                return Err(missing("bytes"));
+            }
             _ => {}
         }
     }

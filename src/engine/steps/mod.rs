@@ -14,11 +14,13 @@ use vhu_protocol::Connection;
 use vhu_protocol::wire::ReplyKind;
 
 mod datapath;
+mod fs;
 mod liveness;
 mod send;
 mod setup;
 mod shmem;
 mod state;
+mod vsock;
 
 use super::{Crash, Finding, Offer, RunOptions, chain, describe_exit};
 use crate::rules::RuleId;
@@ -88,6 +90,9 @@ pub struct Ctx<'a> {
     fresh_start: bool,
     /// The current session's reply timeout is extended until its first reply.
     first_reply_pending: bool,
+    /// fs and vsock: the FUSE session and the vsock driver of the current session.
+    fs: fs::FsState,
+    vsock: vsock::VsockState,
 }
 
 impl<'a> Ctx<'a> {
@@ -126,6 +131,8 @@ impl<'a> Ctx<'a> {
             exit_expected: false,
             fresh_start,
             first_reply_pending: false,
+            fs: fs::FsState::default(),
+            vsock: vsock::VsockState::default(),
         }
     }
 
@@ -326,6 +333,8 @@ impl<'a> Ctx<'a> {
         self.queues.clear();
         self.pending.clear();
         self.idle.clear();
+        self.fs.new_session();
+        self.vsock.new_session();
         if let Some(s) = self.session.take() {
             if s.received() > 0 {
                 // Every reply the session took passed its framing checks.
@@ -698,6 +707,25 @@ impl<'a> Ctx<'a> {
                 Ok(())
             }
             Action::Reconnect => self.reconnect(step),
+            Action::FsFile
+            | Action::FsInit
+            | Action::FsGetattr
+            | Action::FsLookup
+            | Action::FsOpen
+            | Action::FsRead
+            | Action::FsRelease
+            | Action::FsForget
+            | Action::FsUnknown
+            | Action::FsConfig => self.fs_step(step),
+            Action::VsockConfig
+            | Action::VsockListen
+            | Action::VsockConnect
+            | Action::VsockSend
+            | Action::VsockRecv
+            | Action::VsockCreditRequest
+            | Action::VsockShutdown
+            | Action::VsockUnknownType
+            | Action::VsockNoConnection => self.vsock_step(step),
             Action::Sleep => {
                 let left = self.deadline.saturating_duration_since(Instant::now());
                 std::thread::sleep(Duration::from_millis(step.ms.unwrap_or(0)).min(left));
