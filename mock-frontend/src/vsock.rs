@@ -57,6 +57,13 @@ pub struct Received {
     pub hdr: Option<Hdr>,
     /// The bytes after the header, cut at the used length.
     pub payload: Vec<u8>,
+    /// Whether the device owed a notification for this buffer: it was used after the driver
+    /// asked for a call at exactly its used-ring position (used_event with EVENT_IDX, flags 0
+    /// without), rather than before, when a call may have covered a batch (split rings only;
+    /// on packed rings `false`).
+    pub notification_due: bool,
+    /// Whether a call arrived while the driver waited for this buffer.
+    pub notified_now: bool,
 }
 
 impl Received {
@@ -64,7 +71,13 @@ impl Received {
         let reply = ring.reply();
         let hdr = Hdr::read_from_prefix(&reply).ok().map(|(h, _)| h);
         let payload = reply.get(HDR_SIZE..).unwrap_or_default().to_vec();
-        Self { ring, hdr, payload }
+        Self {
+            ring,
+            hdr,
+            payload,
+            notification_due: false,
+            notified_now: false,
+        }
     }
 }
 
@@ -74,6 +87,8 @@ impl Received {
 #[derive(Debug)]
 pub struct RxPool {
     pending: Vec<Submitted>,
+    /// Split rings: the used-ring index of the next buffer to collect.
+    next_used: Option<u16>,
     size: u32,
     split: bool,
     indirect: bool,
@@ -84,6 +99,7 @@ impl RxPool {
     pub fn new(size: u32, split: bool, indirect: bool) -> Self {
         Self {
             pending: Vec::new(),
+            next_used: None,
             size: size.max(HDR_SIZE as u32 + 1),
             split,
             indirect,
@@ -113,6 +129,9 @@ impl RxPool {
         mem: &mut GuestMemory,
         n: usize,
     ) -> Result<(), WaitError> {
+        if self.next_used.is_none() && q.layout() == crate::vring::RingLayout::Split {
+            self.next_used = Some(q.used_idx(mem));
+        }
         let specs = vec![self.spec(); n];
         let mut subs = exchange::submit_batch(q, mem, &specs)?;
         self.pending.append(&mut subs);
@@ -135,11 +154,21 @@ impl RxPool {
         mem: &mut GuestMemory,
         timeout: Duration,
     ) -> Result<Option<Received>, WaitError> {
+        // Ask for a call at the next used position (publish refreshes used_event), and see
+        // whether the device already went past it.
+        q.publish(mem)?;
+        let due = self.next_used.is_some_and(|n| q.used_idx(mem) == n);
+        let calls = q.calls;
         match exchange::wait(q, mem, &mut self.pending, 1, timeout) {
             Ok(mut v) => {
                 let x = v.remove(0);
+                self.next_used = self.next_used.map(|n| n.wrapping_add(1));
+                let notified_now = q.calls > calls;
                 self.post(q, mem, 1)?;
-                Ok(Some(Received::parse(x)))
+                let mut r = Received::parse(x);
+                r.notification_due = due;
+                r.notified_now = notified_now;
+                Ok(Some(r))
             }
             Err(WaitError::Timeout { .. }) => Ok(None),
             Err(e) => Err(e),

@@ -213,6 +213,21 @@ impl Ctx<'_> {
         what: &str,
         r: Result<&Exchanged, WaitError>,
     ) -> StepResult {
+        let notified = r.as_ref().ok().map(|x| x.notified);
+        self.judge_ring_notified(step, idx, what, r, notified)
+    }
+
+    /// [`Self::judge_ring`] where the caller says whether a notification was owed and came
+    /// (`None`: none was owed, as for a buffer the device used before the driver asked for a
+    /// call).
+    pub(super) fn judge_ring_notified(
+        &mut self,
+        step: &Step,
+        idx: u16,
+        what: &str,
+        r: Result<&Exchanged, WaitError>,
+        notified: Option<bool>,
+    ) -> StepResult {
         let x = match r {
             Ok(x) => x,
             Err(WaitError::Memory(e)) => return Err(StepError::Harness(chain(&e))),
@@ -251,7 +266,7 @@ impl Ctx<'_> {
             ));
         }
         let polled = self.queues.get(&idx).is_some_and(|q| !q.call_fd);
-        if !x.notified && !polled {
+        if notified == Some(false) && !polled {
             return Err(self.fail(
                 id::R_DEV_03,
                 &format!("{what}: the completion was not signalled on the call eventfd"),

@@ -257,7 +257,8 @@ impl Ctx<'_> {
                 return Ok(None);
             }
         };
-        self.judge_ring(step, vsock::RX_QUEUE, "an rx buffer", Ok(&got.ring))?;
+        let owed = got.notification_due.then_some(got.notified_now);
+        self.judge_ring_notified(step, vsock::RX_QUEUE, "an rx buffer", Ok(&got.ring), owed)?;
         self.mark(id::R_VSOCK_02);
         let Some(h) = got.hdr else {
             return Err(self.fail(
@@ -469,6 +470,11 @@ impl Ctx<'_> {
         let data = stream_bytes(n as u32, step.pattern.unwrap_or(0x11));
         let rule = step.rule.unwrap_or(id::R_VSOCK_03);
         self.mark(rule);
+        let before = self
+            .vsock
+            .listeners
+            .get(&port)
+            .map_or(0, |(l, _)| l.received().len());
         let mut sent = 0;
         while sent < n {
             let credit = self.conn(port)?.peer_credit() as usize;
@@ -494,8 +500,9 @@ impl Ctx<'_> {
             .vsock
             .listeners
             .get(&port)
-            .map(|(l, _)| l.wait_received(n, self.opts.step_timeout))
-            .unwrap_or_default();
+            .map(|(l, _)| l.wait_received(before + n, self.opts.step_timeout))
+            .unwrap_or_default()
+            .split_off(before);
         if host != data {
             let at = first_difference(&host, &data);
             return Err(self.fail(
