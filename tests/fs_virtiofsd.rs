@@ -17,7 +17,12 @@ fn virtiofsd_runs_the_fs_data_path_and_fails_only_where_the_readme_says() {
     // README "virtiofsd": REM_MEM_REG matched on guest address and size only.
     run.assert_fails_exactly(&[("memory/rem-wrong-user-addr", "R-MEM-11")]);
     // The files the scenarios read were created in the directory the harness made.
-    for id in ["fs/read-file", "fs/read-at-offset", "fs/large-read", "fs/getattr-file"] {
+    for id in [
+        "fs/read-file",
+        "fs/read-at-offset",
+        "fs/large-read",
+        "fs/getattr-file",
+    ] {
         assert_eq!(run.outcome(id), "pass", "{id}: {}", run.text);
     }
     // CONFIG is not offered: the config check does not apply.

@@ -22,7 +22,12 @@ fn vhost_device_vsock_moves_data_and_fails_only_where_the_readme_says() {
         ("vsock/no-connection", "R-VSOCK-04"),
         ("vsock/unknown-type", "R-VSOCK-04"),
     ]);
-    for id in ["vsock/small-credit", "vsock/echo-large", "vsock/shutdown", "vsock/config-guest-cid"] {
+    for id in [
+        "vsock/small-credit",
+        "vsock/echo-large",
+        "vsock/shutdown",
+        "vsock/config-guest-cid",
+    ] {
         assert_eq!(run.outcome(id), "pass", "{id}: {}", run.text);
     }
 }

@@ -58,7 +58,12 @@ impl FuseRequest {
 
     /// FUSE_OPEN of `nodeid`, read-only.
     pub fn open(nodeid: u64) -> Self {
-        Self::with(fs::OP_OPEN, nodeid, fs::OpenIn::default().as_bytes(), 16 + 32)
+        Self::with(
+            fs::OP_OPEN,
+            nodeid,
+            fs::OpenIn::default().as_bytes(),
+            16 + 32,
+        )
     }
 
     /// FUSE_READ of `size` bytes at `offset` of the open file `fh`.
@@ -165,7 +170,10 @@ impl FuseExchanged {
 pub fn parse(ring: Exchanged) -> FuseExchanged {
     let reply = ring.reply();
     let header = OutHeader::read_from_prefix(&reply).ok().map(|(h, _)| h);
-    let body = reply.get(size_of::<OutHeader>()..).unwrap_or_default().to_vec();
+    let body = reply
+        .get(size_of::<OutHeader>()..)
+        .unwrap_or_default()
+        .to_vec();
     FuseExchanged { ring, header, body }
 }
 

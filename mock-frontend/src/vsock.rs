@@ -227,7 +227,13 @@ pub struct Conn {
 impl Conn {
     /// A connection from guest port `local_port` to `peer_cid:peer_port`, announcing
     /// `buf_alloc` bytes of receive space.
-    pub fn new(guest_cid: u64, peer_cid: u64, local_port: u32, peer_port: u32, buf_alloc: u32) -> Self {
+    pub fn new(
+        guest_cid: u64,
+        peer_cid: u64,
+        local_port: u32,
+        peer_port: u32,
+        buf_alloc: u32,
+    ) -> Self {
         Self {
             guest_cid,
             peer_cid,
@@ -356,12 +362,18 @@ impl HostListener {
 
     /// Every byte read from the connections so far.
     pub fn received(&self) -> Vec<u8> {
-        self.log.lock().map(|l| l.received.clone()).unwrap_or_default()
+        self.log
+            .lock()
+            .map(|l| l.received.clone())
+            .unwrap_or_default()
     }
 
     /// I/O errors seen on the connections.
     pub fn errors(&self) -> Vec<String> {
-        self.log.lock().map(|l| l.errors.clone()).unwrap_or_default()
+        self.log
+            .lock()
+            .map(|l| l.errors.clone())
+            .unwrap_or_default()
     }
 
     /// Waits up to `timeout` until at least `n` bytes were read.

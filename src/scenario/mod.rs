@@ -160,7 +160,10 @@ fn check(spec: &ScenarioFile) -> Result<(), LoadErrorKind> {
             }
             Action::RemMemReg if s.region.is_none() => return Err(missing("region")),
             Action::Sleep if s.ms.is_none() => return Err(missing("ms")),
-            Action::FsFile | Action::FsOpen | Action::FsRead | Action::FsRelease
+            Action::FsFile
+            | Action::FsOpen
+            | Action::FsRead
+            | Action::FsRelease
             | Action::FsForget
                 if s.name.is_none() =>
             {

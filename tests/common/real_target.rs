@@ -12,7 +12,9 @@ pub struct Run {
 
 /// The target script, or a loud failure naming the install step.
 fn script(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/targets").join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/targets")
+        .join(name);
     assert!(
         p.exists(),
         "{} is missing: the real targets are not set up (run ../shared/targets/install.sh fs vsock)",
@@ -62,9 +64,21 @@ impl Run {
     }
 
     pub fn assert_ran_at_least(&self, n: usize) {
-        let ran = self.results().iter().filter(|r| r["outcome"] != "skip").count();
-        assert!(ran >= n, "only {ran} scenarios ran (not skipped): {}", self.text);
-        let errors: Vec<_> = self.results().iter().filter(|r| r["outcome"] == "error").collect();
+        let ran = self
+            .results()
+            .iter()
+            .filter(|r| r["outcome"] != "skip")
+            .count();
+        assert!(
+            ran >= n,
+            "only {ran} scenarios ran (not skipped): {}",
+            self.text
+        );
+        let errors: Vec<_> = self
+            .results()
+            .iter()
+            .filter(|r| r["outcome"] == "error")
+            .collect();
         assert!(errors.is_empty(), "harness errors: {errors:?}");
     }
 
@@ -76,7 +90,11 @@ impl Run {
             .filter_map(|r| r["id"].as_str())
             .filter(|id| id.starts_with(prefix))
             .collect();
-        assert!(passed.len() >= n, "only {passed:?} of the {prefix} scenarios passed: {}", self.text);
+        assert!(
+            passed.len() >= n,
+            "only {passed:?} of the {prefix} scenarios passed: {}",
+            self.text
+        );
     }
 
     /// The FAILs are exactly `want` (scenario, rule of its first finding).
@@ -93,8 +111,10 @@ impl Run {
             })
             .collect();
         got.sort();
-        let mut want: Vec<(String, String)> =
-            want.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let mut want: Vec<(String, String)> = want
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
         want.sort();
         assert_eq!(got, want, "{}", self.text);
     }

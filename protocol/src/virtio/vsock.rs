@@ -62,7 +62,9 @@ pub fn op_name(op: u16) -> &'static str {
 }
 
 /// `struct virtio_vsock_hdr` (44 bytes, packed, little-endian).
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Copy, Clone, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C, packed)]
 pub struct Hdr {
     /// Sender's CID.

@@ -63,7 +63,11 @@ pub(super) fn brief(x: &Exchanged) -> String {
         x.used_len,
         x.writable_len,
         if x.canary_intact { "intact" } else { "CHANGED" },
-        if x.readonly_intact { "intact" } else { "WRITTEN" },
+        if x.readonly_intact {
+            "intact"
+        } else {
+            "WRITTEN"
+        },
         x.notified
     )
 }
@@ -111,7 +115,9 @@ impl Ctx<'_> {
         match &step.name {
             None => Ok(fs::ROOT_ID),
             Some(n) => self.fs.nodes.get(n).copied().ok_or_else(|| {
-                StepError::Harness(format!("{n:?} was not looked up: add an fs_lookup step first"))
+                StepError::Harness(format!(
+                    "{n:?} was not looked up: add an fs_lookup step first"
+                ))
             }),
         }
     }
@@ -319,7 +325,9 @@ impl Ctx<'_> {
             Action::FsRead => self.judge_read(step, what, x),
             Action::FsRelease => {
                 self.expect_ok(id::R_FS_04, what, x, 0)?;
-                self.fs.handles.remove(step.name.as_deref().unwrap_or_default());
+                self.fs
+                    .handles
+                    .remove(step.name.as_deref().unwrap_or_default());
                 Ok(())
             }
             _ => self.expect_errno(id::R_FS_03, what, x, fs::ENOSYS, "ENOSYS"),
@@ -523,7 +531,10 @@ impl Ctx<'_> {
             ));
         }
         if end == 0 {
-            self.note(format!("step {}: the file system tag is empty", self.step_no));
+            self.note(format!(
+                "step {}: the file system tag is empty",
+                self.step_no
+            ));
         }
         Ok(())
     }

@@ -184,7 +184,13 @@ impl Ctx<'_> {
     fn take_queue(
         &mut self,
         idx: u16,
-    ) -> Result<(vhu_mock_frontend::DriverQueue, vhu_mock_frontend::GuestMemory), StepError> {
+    ) -> Result<
+        (
+            vhu_mock_frontend::DriverQueue,
+            vhu_mock_frontend::GuestMemory,
+        ),
+        StepError,
+    > {
         let q = self.queues.remove(&idx).ok_or_else(|| {
             StepError::Harness(format!(
                 "queue {idx} is not set up: add a `vring` step (queue = \"all\")"
@@ -280,11 +286,7 @@ impl Ctx<'_> {
         // connections that were accepted.
         let stream = port.is_some_and(|p| self.vsock.established.contains(&p));
         let type_ok = !stream || h.type_ == vsock::TYPE_STREAM;
-        if src != vsock::HOST_CID
-            || dst != guest
-            || len as usize != got.payload.len()
-            || !type_ok
-        {
+        if src != vsock::HOST_CID || dst != guest || len as usize != got.payload.len() || !type_ok {
             return Err(self.fail(
                 id::R_VSOCK_02,
                 &format!("rx packet header: {}", show(&h)),
@@ -406,7 +408,10 @@ impl Ctx<'_> {
         let Some(h) = got else {
             return Err(self.fail(
                 rule,
-                &format!("REQUEST to host port {port}: no RESPONSE or RST within {:?}", self.opts.step_timeout),
+                &format!(
+                    "REQUEST to host port {port}: no RESPONSE or RST within {:?}",
+                    self.opts.step_timeout
+                ),
                 &expected,
                 "nothing for the connection on the rx queue".into(),
             ));
@@ -456,7 +461,12 @@ impl Ctx<'_> {
                 break;
             }
             match self.pump(step, quiet)? {
-                Some(h) if h.op == vsock::OP_RST && self.vsock.conns.get(&port).is_some_and(|c| c.owns(&h)) => break,
+                Some(h)
+                    if h.op == vsock::OP_RST
+                        && self.vsock.conns.get(&port).is_some_and(|c| c.owns(&h)) =>
+                {
+                    break;
+                }
                 Some(_) => {}
                 None => self.conn_send(step, port, vsock::OP_CREDIT_UPDATE, 0)?,
             }
@@ -480,11 +490,18 @@ impl Ctx<'_> {
             let credit = self.conn(port)?.peer_credit() as usize;
             if credit == 0 {
                 self.conn_send(step, port, vsock::OP_CREDIT_REQUEST, 0)?;
-                let got = self.await_op(step, port, &[vsock::OP_CREDIT_UPDATE], self.opts.step_timeout)?;
+                let got = self.await_op(
+                    step,
+                    port,
+                    &[vsock::OP_CREDIT_UPDATE],
+                    self.opts.step_timeout,
+                )?;
                 if self.conn(port)?.peer_credit() == 0 {
                     return Err(self.fail(
                         rule,
-                        &format!("the host side of port {port} gives no credit after {sent} of {n} bytes"),
+                        &format!(
+                            "the host side of port {port} gives no credit after {sent} of {n} bytes"
+                        ),
                         "a CREDIT_UPDATE with room for more data",
                         got.map_or("nothing".into(), |h| show(&h)),
                     ));
@@ -507,7 +524,10 @@ impl Ctx<'_> {
             let at = first_difference(&host, &data);
             return Err(self.fail(
                 rule,
-                &format!("the host side read {} of the {n} bytes sent, differing from byte {at}", host.len()),
+                &format!(
+                    "the host side read {} of the {n} bytes sent, differing from byte {at}",
+                    host.len()
+                ),
                 "every RW payload byte delivered to the host side, in order",
                 format!("{} bytes", host.len()),
             ));
@@ -518,7 +538,10 @@ impl Ctx<'_> {
             let at = first_difference(&back, &data);
             return Err(self.fail(
                 rule,
-                &format!("the host's echo came back as {} of {n} bytes, differing from byte {at}", back.len()),
+                &format!(
+                    "the host's echo came back as {} of {n} bytes, differing from byte {at}",
+                    back.len()
+                ),
                 "the host side's bytes delivered in RW packets, in order",
                 format!("{} bytes", back.len()),
             ));
@@ -543,7 +566,10 @@ impl Ctx<'_> {
             let at = first_difference(&got, &want[..n]);
             return Err(self.fail(
                 rule,
-                &format!("{} of the {n} bytes the host side wrote arrived, differing from byte {at}", got.len()),
+                &format!(
+                    "{} of the {n} bytes the host side wrote arrived, differing from byte {at}",
+                    got.len()
+                ),
                 "every byte the host side wrote, in RW packets, in order, as credit allows",
                 format!("{} bytes", got.len()),
             ));
@@ -554,7 +580,12 @@ impl Ctx<'_> {
     fn vsock_credit_request(&mut self, step: &Step, port: u32) -> StepResult {
         self.established(port)?;
         self.conn_send(step, port, vsock::OP_CREDIT_REQUEST, 0)?;
-        let got = self.await_op(step, port, &[vsock::OP_CREDIT_UPDATE], self.opts.step_timeout)?;
+        let got = self.await_op(
+            step,
+            port,
+            &[vsock::OP_CREDIT_UPDATE],
+            self.opts.step_timeout,
+        )?;
         let rule = step.rule.unwrap_or(id::R_VSOCK_03);
         self.mark(rule);
         match got {
@@ -621,7 +652,12 @@ impl Ctx<'_> {
                 &format!("{what}: not answered with RST"),
                 "RST",
                 other.map_or_else(
-                    || format!("nothing within {:?} (the packet was dropped)", self.opts.step_timeout),
+                    || {
+                        format!(
+                            "nothing within {:?} (the packet was dropped)",
+                            self.opts.step_timeout
+                        )
+                    },
                     |h| show(&h),
                 ),
             )),
