@@ -26,6 +26,8 @@ const UNKNOWN_OPCODE: u32 = 0xbeef;
 pub struct FsState {
     /// The last `unique` used.
     unique: u64,
+    /// The last FUSE request sent, rendered (a finding's `sent`).
+    last: Option<String>,
     /// FUSE_INIT was answered with success.
     initialized: bool,
     /// Node ids by name, from LOOKUP.
@@ -80,10 +82,27 @@ impl Ctx<'_> {
     }
 
     pub(super) fn fs_step(&mut self, step: &Step) -> StepResult {
-        match step.action {
+        let before = self.findings.len();
+        self.fs.last = None;
+        let r = match step.action {
             Action::FsFile => self.fs_file(step),
             Action::FsConfig => self.fs_config(step),
             _ => self.fuse(step),
+        };
+        let sent = self.fs.last.clone();
+        self.data_path_sent(before, sent);
+        r
+    }
+
+    /// A data-path finding's `sent` is the request on the ring (the last vhost-user message,
+    /// what `fail` records, follows it).
+    pub(super) fn data_path_sent(&mut self, before: usize, sent: Option<String>) {
+        let Some(sent) = sent else { return };
+        for f in self.findings[before..]
+            .iter_mut()
+            .filter(|f| f.crash.is_none())
+        {
+            f.sent = format!("{sent} (last vhost-user message: {})", f.sent);
         }
     }
 
@@ -171,6 +190,12 @@ impl Ctx<'_> {
         // SAFETY: getuid/getgid cannot fail and touch no memory.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let spec = req.chain(unique, uid, gid, step.indirect == Some(true));
+        self.fs.last = Some(format!(
+            "on queue {idx}: {:?} with a {}-byte body, {} device-writable bytes",
+            req.header(unique, uid, gid),
+            req.body.len(),
+            req.reply_room
+        ));
         let mut q = self.queues.remove(&idx).ok_or_else(|| {
             StepError::Harness(format!("queue {idx} is not set up: add a `vring` step"))
         })?;

@@ -46,6 +46,8 @@ pub struct VsockState {
     /// Host-side listeners by port (they outlive a session: they are host state).
     listeners: BTreeMap<u32, (HostListener, Vec<u8>)>,
     next_port: u32,
+    /// The last packet sent, rendered (a finding's `sent`).
+    last: Option<String>,
 }
 
 impl VsockState {
@@ -98,6 +100,15 @@ fn show(h: &Hdr) -> String {
 
 impl Ctx<'_> {
     pub(super) fn vsock_step(&mut self, step: &Step) -> StepResult {
+        let before = self.findings.len();
+        self.vsock.last = None;
+        let r = self.vsock_inner(step);
+        let sent = self.vsock.last.clone();
+        self.data_path_sent(before, sent);
+        r
+    }
+
+    fn vsock_inner(&mut self, step: &Step) -> StepResult {
         let port = step.port.unwrap_or(0);
         match step.action {
             Action::VsockConfig => self.read_guest_cid(step).map(drop),
@@ -222,6 +233,7 @@ impl Ctx<'_> {
         let r = drv::send(&mut q, &mut mem, &chain, self.opts.step_timeout);
         self.put_queue(vsock::TX_QUEUE, q, mem);
         let what = format!("tx packet {}", show(&pkt.hdr));
+        self.vsock.last = Some(format!("{what} with {} payload bytes", pkt.payload.len()));
         match r {
             Ok(x) => self.judge_ring(step, vsock::TX_QUEUE, &what, Ok(&x)),
             Err(e) => self.judge_ring(step, vsock::TX_QUEUE, &what, Err(e)),
