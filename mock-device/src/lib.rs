@@ -18,10 +18,12 @@
 mod blk;
 mod chain;
 mod device;
+pub mod fs;
 pub mod memory;
 mod packed;
 mod queue;
 mod run;
+mod sg;
 mod split;
 
 pub use blk::{
@@ -31,6 +33,7 @@ pub use blk::{
 };
 pub use chain::{Chain, RingError, Segment};
 pub use device::VirtioDevice;
+pub use fs::{FsDevice, FsError, FsFaults};
 pub use memory::{GuestMemory, MemError, VecMemory};
 pub use queue::{Queue, RingConfig};
 pub use run::{ChainHandler, QueueRun, process_queue, process_queue_with};
