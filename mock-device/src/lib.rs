@@ -12,6 +12,9 @@
 //! - [`process_queue`] drains a queue into the device; [`process_queue_with`] lets a
 //!   [`ChainHandler`] wrap each chain with the back-end's bookkeeping.
 //! - [`VirtioDevice`]: what the reference net, fs, vsock and rng devices implement.
+//! - [`FsDevice`]: virtio-fs (5.11) speaking FUSE 7.31 over an empty root or a read-only
+//!   passthrough directory; [`VsockDevice`]: hybrid virtio-vsock (5.10) whose host ports are Unix
+//!   sockets `<uds path>_<port>`. Each has fault flags ([`FsFaults`], [`VsockFaults`]).
 //! - [`GuestMemory`]: the only way the crate touches guest memory; the back-end implements it
 //!   over its mmapped regions (see [`memory`] for the volatile-copy requirement).
 
@@ -25,6 +28,7 @@ mod queue;
 mod run;
 mod sg;
 mod split;
+pub mod vsock;
 
 pub use blk::{
     BlkDevice, CONFIG_SIZE, Completion, ConfigError, DEVICE_ID, DataPathFaults, FLAGS_GUEST_WRITE,
@@ -37,3 +41,4 @@ pub use fs::{FsDevice, FsError, FsFaults};
 pub use memory::{GuestMemory, MemError, VecMemory};
 pub use queue::{Queue, RingConfig};
 pub use run::{ChainHandler, QueueRun, process_queue, process_queue_with};
+pub use vsock::{VsockDevice, VsockError, VsockFaults};
