@@ -270,9 +270,10 @@ impl VirtioDevice for NetDevice {
         }
     }
 
+    /// Drops queued frames and the receive mode. The features stay: in vhost-user they are the
+    /// session's, set by SET_FEATURES, and a ring restart does not send them again.
     fn reset(&mut self) {
         self.backlog.clear();
-        self.features = 0;
         self.promisc = false;
         self.allmulti = false;
     }
