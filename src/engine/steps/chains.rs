@@ -55,7 +55,9 @@ impl Ctx<'_> {
         count: usize,
         timeout: Duration,
     ) -> Result<Result<Vec<Exchanged>, WaitError>, StepError> {
-        self.with_ring(idx, |_, q, mem| exchange::wait(q, mem, pending, count, timeout))
+        self.with_ring(idx, |_, q, mem| {
+            exchange::wait(q, mem, pending, count, timeout)
+        })
     }
 
     /// The checks every device's completion gets: the device wrote only into the writable
@@ -92,14 +94,23 @@ impl Ctx<'_> {
 
     /// A wait that did not bring every completion: a used entry naming no pending chain, or a
     /// timeout (with the process's fate when it died). Cites `step.rule`, else R-DEV-03.
-    pub(super) fn not_completed(&mut self, step: &Step, idx: u16, what: &str, e: WaitError) -> StepError {
+    pub(super) fn not_completed(
+        &mut self,
+        step: &Step,
+        idx: u16,
+        what: &str,
+        e: WaitError,
+    ) -> StepError {
         if let WaitError::Memory(m) = &e {
             return StepError::Harness(chain(m));
         }
         let mut received = e.to_string();
         let st = self.inst().state();
         if matches!(st, ProcessState::Exited(_) | ProcessState::Signaled(_)) {
-            received = format!("{received}; {}", describe_exit(&st, &self.inst().stderr_tail(400)));
+            received = format!(
+                "{received}; {}",
+                describe_exit(&st, &self.inst().stderr_tail(400))
+            );
         }
         self.fail(
             step.rule.unwrap_or(id::R_DEV_03),
@@ -111,7 +122,11 @@ impl Ctx<'_> {
 
     /// When `step.new_call` is set: replaces ring `idx`'s call eventfd (SET_VRING_CALL while it
     /// runs) and returns the old one, for [`check_old_call`](Self::check_old_call).
-    pub(super) fn maybe_swap_call(&mut self, step: &Step, idx: u16) -> Result<Option<EventFd>, StepError> {
+    pub(super) fn maybe_swap_call(
+        &mut self,
+        step: &Step,
+        idx: u16,
+    ) -> Result<Option<EventFd>, StepError> {
         if step.new_call != Some(true) {
             return Ok(None);
         }

@@ -6,14 +6,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use vhu_mock_frontend::WaitError;
 use vhu_mock_frontend::exchange::{Exchanged, Submitted};
 use vhu_mock_frontend::rng;
-use vhu_mock_frontend::WaitError;
 
 use super::{Ctx, StepError, StepResult};
 use crate::rules::id;
-use crate::scenario::model::Step;
 use crate::scenario::Expect;
+use crate::scenario::model::Step;
 
 /// Bytes compared by the randomness heuristic (R-RNG-02).
 const SAMPLE: usize = 4096;
