@@ -11,6 +11,8 @@ pub mod channel;
 pub mod exchange;
 pub mod inflight;
 pub mod memory;
+pub mod net;
+pub mod rng;
 pub mod session;
 pub mod shmem;
 pub mod transcript;

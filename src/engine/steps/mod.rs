@@ -13,8 +13,11 @@ use vhu_mock_frontend::{DriverQueue, GuestMemory, Session, SessionError, Session
 use vhu_protocol::Connection;
 use vhu_protocol::wire::ReplyKind;
 
+mod chains;
 mod datapath;
 mod liveness;
+mod net;
+mod rng;
 mod send;
 mod setup;
 mod shmem;
@@ -88,6 +91,10 @@ pub struct Ctx<'a> {
     fresh_start: bool,
     /// The current session's reply timeout is extended until its first reply.
     first_reply_pending: bool,
+    /// net steps: posted receive buffers, frames awaited back, pending transmits.
+    net: net::NetState,
+    /// rng steps: pending requests and the last sample.
+    rng: rng::RngState,
 }
 
 impl<'a> Ctx<'a> {
@@ -126,6 +133,8 @@ impl<'a> Ctx<'a> {
             exit_expected: false,
             fresh_start,
             first_reply_pending: false,
+            net: net::NetState::default(),
+            rng: rng::RngState::default(),
         }
     }
 
@@ -326,6 +335,8 @@ impl<'a> Ctx<'a> {
         self.queues.clear();
         self.pending.clear();
         self.idle.clear();
+        self.net = net::NetState::default();
+        self.rng = rng::RngState::default();
         if let Some(s) = self.session.take() {
             if s.received() > 0 {
                 // Every reply the session took passed its framing checks.
@@ -698,6 +709,14 @@ impl<'a> Ctx<'a> {
                 Ok(())
             }
             Action::Reconnect => self.reconnect(step),
+            Action::NetTx => self.net_tx(step),
+            Action::NetRxPost => self.net_rx_post(step),
+            Action::NetRx => self.net_rx(step),
+            Action::NetCtrl => self.net_ctrl(step),
+            Action::NetConfig => self.net_config(step),
+            Action::NetComplete => self.net_complete(step),
+            Action::RngRead => self.rng_read(step),
+            Action::RngComplete => self.rng_complete(step),
             Action::Sleep => {
                 let left = self.deadline.saturating_duration_since(Instant::now());
                 std::thread::sleep(Duration::from_millis(step.ms.unwrap_or(0)).min(left));
