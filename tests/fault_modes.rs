@@ -53,9 +53,17 @@ fn try_run_suite(
 fn the_reference_back_end_passes_everything() {
     let (code, report, text) = run_suite(None);
     assert_eq!(code, Some(0), "{text}");
+    // Scenarios written for another device type (fs, vsock...) cannot run on this block device.
+    let other_device = |r: &&serde_json::Value| {
+        r["outcome"] == "skip"
+            && r["reason"]
+                .as_str()
+                .is_some_and(|s| s.contains("the back-end is a block device"))
+    };
+    let results = report["results"].as_array().unwrap();
     assert_eq!(
         report["totals"]["pass"].as_u64().unwrap() as usize,
-        report["results"].as_array().unwrap().len(),
+        results.len() - results.iter().filter(other_device).count(),
         "{text}"
     );
 }

@@ -6,6 +6,8 @@
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 pub mod net;
+pub mod fs;
+pub mod vsock;
 
 /// Descriptor flag: the buffer continues in `next`.
 pub const VIRTQ_DESC_F_NEXT: u16 = 1;

@@ -170,6 +170,31 @@ fn check(spec: &ScenarioFile) -> Result<(), LoadErrorKind> {
                     why: "holds 0: an entropy request needs at least one writable byte".into(),
                 });
             }
+            Action::FsFile
+            | Action::FsOpen
+            | Action::FsRead
+            | Action::FsRelease
+            | Action::FsForget
+                if s.name.is_none() =>
+            {
+                return Err(missing("name"));
+            }
+            Action::FsLookup if s.name.is_none() => return Err(missing("name")),
+            Action::VsockListen
+            | Action::VsockConnect
+            | Action::VsockSend
+            | Action::VsockRecv
+            | Action::VsockCreditRequest
+            | Action::VsockShutdown
+            | Action::VsockUnknownType
+            | Action::VsockNoConnection
+                if s.port.is_none() =>
+            {
+                return Err(missing("port"));
+            }
+            Action::VsockSend | Action::VsockRecv if s.bytes.is_none() => {
+                return Err(missing("bytes"));
+            }
             _ => {}
         }
     }
