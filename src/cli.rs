@@ -185,21 +185,37 @@ fn mock_backend(_args: &[std::ffi::OsString]) -> ExitCode {
     ExitCode::from(exit_code::USAGE)
 }
 
-/// The bundled reference back-end, spawned from this very executable; `Err` says why not.
+/// The bundled reference back-end, spawned from this very executable as `device` (blk when
+/// none); `Err` says why not.
 #[cfg(feature = "bundled-backend")]
-fn bundled_backend() -> Result<TargetSpec, String> {
+fn bundled_backend(device: Option<crate::device::DeviceType>) -> Result<TargetSpec, String> {
+    use crate::device::DeviceType;
+    // blk keeps its SHMEM region (the SHMEM scenarios); the others are blk-only options.
+    // TODO(fs, vsock): `--shared-dir {fs_dir}` and `--uds-path {socket}.vsock` once the
+    // harness has those placeholders.
+    let device_args = match device {
+        None | Some(DeviceType::Block) => "--shmem 0:0x100000".to_string(),
+        Some(d @ (DeviceType::Net | DeviceType::Rng | DeviceType::Fs | DeviceType::Vsock)) => {
+            format!("--device {d}")
+        }
+        Some(d) => {
+            return Err(format!(
+                "the bundled reference back-end serves blk, net, fs, vsock and rng, not {d}: give the back-end with --spawn, --backend or --listen"
+            ));
+        }
+    };
     let exe = std::env::current_exe().map_err(|e| {
         format!("no back-end given and the bundled one cannot be located ({e}): use --backend, --spawn or --listen")
     })?;
     let quoted = format!("'{}'", exe.display().to_string().replace('\'', r"'\''"));
     Ok(TargetSpec::Spawn(format!(
-        "{quoted} mock-backend --socket-path {{socket}} --shmem 0:0x100000"
+        "{quoted} mock-backend --socket-path {{socket}} {device_args}"
     )))
 }
 
 /// A build without the `bundled-backend` feature: no default target.
 #[cfg(not(feature = "bundled-backend"))]
-fn bundled_backend() -> Result<TargetSpec, String> {
+fn bundled_backend(_device: Option<crate::device::DeviceType>) -> Result<TargetSpec, String> {
     Err(format!("no back-end given: {NO_BUNDLED_BACKEND}"))
 }
 
@@ -263,7 +279,7 @@ fn suite(args: &Args) -> Result<Suite, CliError> {
         (None, Some(d)) => TargetSpec::Spawn(d.spawn_command()),
         (None, None) => {
             bundled = true;
-            let t = bundled_backend().map_err(CliError::Usage)?;
+            let t = bundled_backend(args.device).map_err(CliError::Usage)?;
             if !args.list {
                 eprintln!(
                     "vhu-conform: no back-end given: running against the bundled reference back-end (vhu-conform mock-backend)"

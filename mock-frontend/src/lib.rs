@@ -12,6 +12,8 @@ pub mod exchange;
 pub mod fs;
 pub mod inflight;
 pub mod memory;
+pub mod net;
+pub mod rng;
 pub mod session;
 pub mod shmem;
 pub mod transcript;

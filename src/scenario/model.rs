@@ -120,6 +120,25 @@ pub enum Action {
     Reconnect,
     /// Wait.
     Sleep,
+    // net and rng steps
+    /// virtio-net: transmit frames on a TX ring (default queue 1); the chains must be used with
+    /// length 0, and the frames are remembered for `net_rx`.
+    NetTx,
+    /// virtio-net: post receive buffers on an RX ring (default queue 0); they stay posted.
+    NetRxPost,
+    /// virtio-net: wait for the frames sent to come back on the posted RX buffers (a forwarding
+    /// back-end) and check header, num_buffers and bytes; skipped when none comes back.
+    NetRx,
+    /// virtio-net: a control-queue command (`class`, `command`, data in `payload_hex`).
+    NetCtrl,
+    /// virtio-net: GET_CONFIG of mac, status, max_virtqueue_pairs and mtu, checked.
+    NetConfig,
+    /// virtio-net: wait for the TX chains a `net_tx` with `expect = "no_reply"` left pending.
+    NetComplete,
+    /// virtio-rng: entropy requests of the sizes in `sizes`.
+    RngRead,
+    /// virtio-rng: wait for the requests an `rng_read` with `expect = "no_reply"` left pending.
+    RngComplete,
     // fs and vsock steps
     /// fs: create a file in the shared directory (host side): `name`, `file_bytes`, `pattern`.
     FsFile,
@@ -309,7 +328,7 @@ pub struct Step {
     pub request: Option<RequestName>,
     /// send: the body's fields.
     pub body: Option<toml::Table>,
-    /// send/raw: payload bytes in hex.
+    /// send/raw: payload bytes in hex; net_ctrl: the command's data.
     pub payload_hex: Option<String>,
     /// send: force NEED_REPLY on or off.
     pub need_reply: Option<bool>,
@@ -355,6 +374,28 @@ pub struct Step {
     pub at_end: Option<bool>,
     /// shmem_map: the front-end refuses the back-end's request (a non-zero ack).
     pub refuse: Option<bool>,
+    // net and rng steps
+    /// net_tx: frames to send (default 1).
+    pub frames: Option<u32>,
+    /// net_tx: bytes of each Ethernet frame (default 64; at least 22).
+    pub frame_len: Option<u32>,
+    /// net_rx_post: receive buffers to post (default 8).
+    pub buffers: Option<u32>,
+    /// net_rx_post: bytes of each receive buffer (default 1526, the header and a full frame).
+    pub buffer_size: Option<u32>,
+    /// rng_read: the size of each entropy request, in order (default `[64]`).
+    pub sizes: Option<Vec<u32>>,
+    /// rng_read: submit every request at once (one kick) before waiting, instead of one by one.
+    pub at_once: Option<bool>,
+    /// net_tx, rng_read: replace the ring's call eventfd first; the completion must be
+    /// signalled on the new one only (R-RING-15).
+    pub new_call: Option<bool>,
+    /// net_ctrl: the command class (`VIRTIO_NET_CTRL_RX` = 0).
+    pub class: Option<u8>,
+    /// net_ctrl: the command within its class.
+    pub command: Option<u8>,
+    /// net_ctrl: the ack byte the device must answer (0 OK, 1 ERR); any of the two if unset.
+    pub ack: Option<u8>,
     // fs and vsock steps
     /// fs steps: the file's name in the shared directory's root.
     pub name: Option<String>,
@@ -435,6 +476,16 @@ impl Step {
             len: None,
             at_end: None,
             refuse: None,
+            frames: None,
+            frame_len: None,
+            buffers: None,
+            buffer_size: None,
+            sizes: None,
+            at_once: None,
+            new_call: None,
+            class: None,
+            command: None,
+            ack: None,
             name: None,
             file_bytes: None,
             missing: None,

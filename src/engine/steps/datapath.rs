@@ -18,7 +18,7 @@ use crate::target::ProcessState;
 impl Ctx<'_> {
     /// Without REPLY_ACK nothing says when an ack-only message (a new call fd, RESET_DEVICE)
     /// took effect: a GET_FEATURES round trip first, since messages are handled in order.
-    fn sync_unacked(&mut self, step: &Step) -> StepResult {
+    pub(super) fn sync_unacked(&mut self, step: &Step) -> StepResult {
         let Some(s) = self.session.as_mut() else {
             return Ok(());
         };

@@ -13,9 +13,12 @@ use vhu_mock_frontend::{DriverQueue, GuestMemory, Session, SessionError, Session
 use vhu_protocol::Connection;
 use vhu_protocol::wire::ReplyKind;
 
+mod chains;
 mod datapath;
 mod fs;
 mod liveness;
+mod net;
+mod rng;
 mod send;
 mod setup;
 mod shmem;
@@ -90,6 +93,10 @@ pub struct Ctx<'a> {
     fresh_start: bool,
     /// The current session's reply timeout is extended until its first reply.
     first_reply_pending: bool,
+    /// net steps: posted receive buffers, frames awaited back, pending transmits.
+    net: net::NetState,
+    /// rng steps: pending requests and the last sample.
+    rng: rng::RngState,
     /// fs and vsock: the FUSE session and the vsock driver of the current session.
     fs: fs::FsState,
     vsock: vsock::VsockState,
@@ -131,6 +138,8 @@ impl<'a> Ctx<'a> {
             exit_expected: false,
             fresh_start,
             first_reply_pending: false,
+            net: net::NetState::default(),
+            rng: rng::RngState::default(),
             fs: fs::FsState::default(),
             vsock: vsock::VsockState::default(),
         }
@@ -333,6 +342,8 @@ impl<'a> Ctx<'a> {
         self.queues.clear();
         self.pending.clear();
         self.idle.clear();
+        self.net = net::NetState::default();
+        self.rng = rng::RngState::default();
         self.fs.new_session();
         self.vsock.new_session();
         if let Some(s) = self.session.take() {
@@ -707,6 +718,14 @@ impl<'a> Ctx<'a> {
                 Ok(())
             }
             Action::Reconnect => self.reconnect(step),
+            Action::NetTx => self.net_tx(step),
+            Action::NetRxPost => self.net_rx_post(step),
+            Action::NetRx => self.net_rx(step),
+            Action::NetCtrl => self.net_ctrl(step),
+            Action::NetConfig => self.net_config(step),
+            Action::NetComplete => self.net_complete(step),
+            Action::RngRead => self.rng_read(step),
+            Action::RngComplete => self.rng_complete(step),
             Action::FsFile
             | Action::FsInit
             | Action::FsGetattr
