@@ -472,12 +472,21 @@ impl Ctx<'_> {
     /// Waits until the inbox of `port` holds `n` bytes, granting credit (a CREDIT_UPDATE) each
     /// time the device falls silent; the device's RW never exceeds the credit (checked in
     /// [`Self::pump`]).
+    /// Gives up when no byte arrived for a step timeout (credit granted meanwhile), or at the
+    /// scenario's deadline: a long transfer that keeps moving is not cut short.
     fn collect_rx(&mut self, step: &Step, port: u32, n: usize) -> Result<Vec<u8>, StepError> {
-        let deadline = Instant::now() + self.opts.step_timeout * 4;
-        let quiet = Duration::from_millis(300);
-        while self.vsock.inbox.get(&port).map_or(0, Vec::len) < n && Instant::now() < deadline {
+        let quiet = Duration::from_millis(300).min(self.opts.step_timeout);
+        let have = |s: &Self| s.vsock.inbox.get(&port).map_or(0, Vec::len);
+        let (mut progress, mut seen) = (Instant::now(), 0);
+        while have(self) < n
+            && progress.elapsed() < self.opts.step_timeout
+            && Instant::now() < self.deadline
+        {
             if !self.vsock.conns.contains_key(&port) {
                 break;
+            }
+            if have(self) > seen {
+                (progress, seen) = (Instant::now(), have(self));
             }
             match self.pump(step, quiet)? {
                 Some(h)
