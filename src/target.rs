@@ -214,6 +214,29 @@ pub struct Instance {
     fs_dir: Option<PathBuf>,
 }
 
+/// How `sh -c` runs `command` in its own place: `exec`, or `exec env` when the command starts
+/// with `NAME=value` assignments (`exec VAR=value cmd` is not valid sh).
+pub(crate) fn exec_prefix(command: &str) -> &'static str {
+    if starts_with_assignment(command) {
+        "exec env"
+    } else {
+        "exec"
+    }
+}
+
+/// `command` with `{fs_dir}` replaced by a fresh empty directory that outlives this call (for
+/// the one-off processes built-in scenarios start from the spawn command).
+///
+/// # Errors
+/// The directory cannot be made.
+pub(crate) fn with_fresh_fs_dir(command: &str) -> std::io::Result<String> {
+    if !command.contains(FS_DIR_PLACEHOLDER) {
+        return Ok(command.to_string());
+    }
+    let dir = tempfile::Builder::new().prefix("vhu-fs-").tempdir()?.keep();
+    Ok(command.replace(FS_DIR_PLACEHOLDER, &shell_quote(&dir)))
+}
+
 /// Whether a shell command begins with a `NAME=value` word.
 fn starts_with_assignment(command: &str) -> bool {
     let word = command.split_whitespace().next().unwrap_or("");
@@ -278,12 +301,7 @@ impl Instance {
             command = command.replace(FS_DIR_PLACEHOLDER, &shell_quote(&share));
             self.fs_dir = Some(share);
         }
-        // `exec VAR=value cmd` is not valid sh: assignments in front go through env(1).
-        let exec = if starts_with_assignment(&command) {
-            "exec env"
-        } else {
-            "exec"
-        };
+        let exec = exec_prefix(&command);
         let err_path = dir.path().join("stderr");
         let err_file = File::create(&err_path).map_err(TargetError::TempDir)?;
         let child = Command::new("/bin/sh")
