@@ -76,6 +76,15 @@ pub struct Args {
     /// back-end accepts at preflight).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=32768))]
     pub queue_size: Option<u16>,
+    /// The directory a running fs back-end shares (fs scenarios that read a file create it
+    /// there; without it, and without `{fs_dir}` in --spawn, they are skipped). In spawn mode a
+    /// `{fs_dir}` in the command is replaced by a fresh empty directory per scenario.
+    #[arg(long, value_name = "DIR")]
+    pub fs_dir: Option<PathBuf>,
+    /// The host side of a hybrid vsock back-end: a guest connection to host port P reaches the
+    /// Unix socket PATH_P (`{socket}` is the back-end's socket; default `{socket}.vsock`).
+    #[arg(long, value_name = "PATH")]
+    pub vsock_uds: Option<String>,
     /// Expectations file (TOML): known failures and skips with their reasons.
     #[arg(long, value_name = "FILE")]
     pub expect: Option<PathBuf>,
@@ -207,21 +216,37 @@ fn mock_backend(_args: &[std::ffi::OsString]) -> ExitCode {
     ExitCode::from(exit_code::USAGE)
 }
 
-/// The bundled reference back-end, spawned from this very executable; `Err` says why not.
+/// The bundled reference back-end, spawned from this very executable as `device` (blk when
+/// none); `Err` says why not.
 #[cfg(feature = "bundled-backend")]
-fn bundled_backend() -> Result<TargetSpec, String> {
+fn bundled_backend(device: Option<crate::device::DeviceType>) -> Result<TargetSpec, String> {
+    use crate::device::DeviceType;
+    // blk keeps its SHMEM region (the SHMEM scenarios); the others are blk-only options.
+    // TODO(fs, vsock): `--shared-dir {fs_dir}` and `--uds-path {socket}.vsock` once the
+    // harness has those placeholders.
+    let device_args = match device {
+        None | Some(DeviceType::Block) => "--shmem 0:0x100000".to_string(),
+        Some(d @ (DeviceType::Net | DeviceType::Rng | DeviceType::Fs | DeviceType::Vsock)) => {
+            format!("--device {d}")
+        }
+        Some(d) => {
+            return Err(format!(
+                "the bundled reference back-end serves blk, net, fs, vsock and rng, not {d}: give the back-end with --spawn, --backend or --listen"
+            ));
+        }
+    };
     let exe = std::env::current_exe().map_err(|e| {
         format!("no back-end given and the bundled one cannot be located ({e}): use --backend, --spawn or --listen")
     })?;
     let quoted = format!("'{}'", exe.display().to_string().replace('\'', r"'\''"));
     Ok(TargetSpec::Spawn(format!(
-        "{quoted} mock-backend --socket-path {{socket}} --shmem 0:0x100000"
+        "{quoted} mock-backend --socket-path {{socket}} {device_args}"
     )))
 }
 
 /// A build without the `bundled-backend` feature: no default target.
 #[cfg(not(feature = "bundled-backend"))]
-fn bundled_backend() -> Result<TargetSpec, String> {
+fn bundled_backend(_device: Option<crate::device::DeviceType>) -> Result<TargetSpec, String> {
     Err(format!("no back-end given: {NO_BUNDLED_BACKEND}"))
 }
 
@@ -285,7 +310,7 @@ fn suite(args: &Args) -> Result<Suite, CliError> {
         (None, Some(d)) => TargetSpec::Spawn(d.spawn_command()),
         (None, None) => {
             bundled = true;
-            let t = bundled_backend().map_err(CliError::Usage)?;
+            let t = bundled_backend(args.device).map_err(CliError::Usage)?;
             if !args.list {
                 eprintln!(
                     "vhu-conform: no back-end given: running against the bundled reference back-end (vhu-conform mock-backend)"
@@ -303,6 +328,10 @@ fn suite(args: &Args) -> Result<Suite, CliError> {
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
         strict: args.strict,
         queue_size: args.queue_size,
+        host: crate::target::HostContext {
+            fs_dir: args.fs_dir.clone(),
+            vsock_uds: args.vsock_uds.clone(),
+        },
     };
     s.repeat = engine::Repeat {
         times: args.repeat.max(1),

@@ -9,9 +9,13 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(
     name = "vhu-mock-backend",
-    about = "Reference vhost-user-blk back-end of vhu-conform, with fault modes"
+    about = "Reference vhost-user back-end of vhu-conform (blk, net, rng, fs, vsock), with fault modes"
 )]
 pub struct Args {
+    /// The virtio device served: blk (a RAM disk, the default), net (a loopback port), rng,
+    /// fs, vsock.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Blk)]
+    pub device: DeviceKind,
     /// Listen on this Unix socket; keep serving front-ends one after another.
     #[arg(long, value_name = "PATH", conflicts_with = "fd")]
     pub socket_path: Option<PathBuf>,
@@ -21,17 +25,18 @@ pub struct Args {
     /// Print the capabilities as JSON and exit (R-PROG-04).
     #[arg(long)]
     pub print_capabilities: bool,
-    /// Number of queues (1 to 64).
+    /// Number of queues (1 to 64; blk only).
     #[arg(long, default_value_t = 2)]
     pub queues: u16,
     /// Largest ring size SET_VRING_NUM accepts (a power of two, at most 32768).
     #[arg(long, default_value_t = 32768)]
     pub queue_size_max: u32,
-    /// RAM disk size in bytes (a multiple of 512).
+    /// RAM disk size in bytes (a multiple of 512; blk only).
     #[arg(long, default_value_t = 64 << 20)]
     pub capacity: u64,
     /// Declare a shared memory region (repeatable): `ID:SIZE`, SIZE a multiple of 4096 (hex
-    /// with 0x allowed). Offers the SHMEM protocol feature and answers GET_SHMEM_CONFIG.
+    /// with 0x allowed). Offers the SHMEM protocol feature and answers GET_SHMEM_CONFIG (blk
+    /// only: the SHMEM device request is a virtio-blk vendor request).
     #[arg(long = "shmem", value_name = "ID:SIZE", value_parser = parse_shmem)]
     pub shmem: Vec<(u8, u64)>,
     /// Break one rule on purpose (repeatable); see --list-faults.
@@ -40,9 +45,60 @@ pub struct Args {
     /// List the fault modes with the rule each breaks.
     #[arg(long)]
     pub list_faults: bool,
+    /// fs: serve this directory read-only (without it, an empty root directory).
+    #[arg(long, value_name = "DIR")]
+    pub shared_dir: Option<PathBuf>,
+    /// vsock: a guest connection to host port P reaches the Unix socket `PATH_P`; the back-end
+    /// also listens on PATH for host-initiated `CONNECT <port>` (default `<socket-path>.vsock`).
+    #[arg(long, value_name = "PATH")]
+    pub uds_path: Option<PathBuf>,
+    /// vsock: the guest's CID in the config space (3 to 2^32 - 1).
+    #[arg(long, value_name = "CID", default_value_t = 3)]
+    pub guest_cid: u64,
 }
 
-/// The `--print-capabilities` JSON: a block device with no optional feature (R-PROG-05).
+/// The virtio device a back-end process serves (`--device`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceKind {
+    /// virtio-blk on a RAM disk (virtio 1.2 section 5.2).
+    Blk,
+    /// virtio-net, a loopback port (5.1).
+    Net,
+    /// virtio-fs (5.11).
+    Fs,
+    /// virtio-vsock (5.10).
+    Vsock,
+    /// virtio-rng (5.4).
+    Rng,
+}
+
+impl DeviceKind {
+    /// The `--device` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Blk => "blk",
+            Self::Net => "net",
+            Self::Fs => "fs",
+            Self::Vsock => "vsock",
+            Self::Rng => "rng",
+        }
+    }
+
+    /// The `"type"` of QEMU's vhost-user.json (`VHostUserBackendType`) for this device.
+    pub fn json_type(self) -> &'static str {
+        match self {
+            Self::Blk => "block",
+            other => other.name(),
+        }
+    }
+}
+
+/// The `--print-capabilities` JSON: the device type with no optional feature (R-PROG-05).
+pub fn capabilities(kind: DeviceKind) -> String {
+    format!(r#"{{"type":"{}","features":[]}}"#, kind.json_type())
+}
+
+/// The `--print-capabilities` JSON of the default device (blk).
 pub const CAPABILITIES: &str = r#"{"type":"block","features":[]}"#;
 
 fn parse_shmem(s: &str) -> Result<(u8, u64), String> {
@@ -80,6 +136,18 @@ impl Args {
         if ids.len() != self.shmem.len() {
             return Err("a shmem id is declared twice".into());
         }
+        if self.shared_dir.is_some() && self.device != DeviceKind::Fs {
+            return Err("--shared-dir is for --device fs only".into());
+        }
+        if self.uds_path.is_some() && self.device != DeviceKind::Vsock {
+            return Err("--uds-path is for --device vsock only".into());
+        }
+        if !self.shmem.is_empty() && self.device != DeviceKind::Blk {
+            return Err(format!(
+                "--shmem is for --device blk only (the SHMEM request is a virtio-blk vendor request), not --device {}",
+                self.device.name()
+            ));
+        }
         Ok(())
     }
 }
@@ -87,6 +155,16 @@ impl Args {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capabilities_name_the_vhost_user_json_type() {
+        assert_eq!(capabilities(DeviceKind::Blk), CAPABILITIES);
+        assert_eq!(
+            capabilities(DeviceKind::Net),
+            r#"{"type":"net","features":[]}"#
+        );
+        assert_eq!(DeviceKind::Rng.json_type(), "rng");
+    }
 
     #[test]
     fn shmem_sizes_must_be_page_multiples() {
@@ -105,6 +183,23 @@ mod tests {
         assert!(args(&["--queue-size-max", "100"]).check().is_err());
         assert!(
             args(&["--shmem", "1:4096", "--shmem", "1:8192"])
+                .check()
+                .is_err()
+        );
+        assert!(
+            args(&["--device", "net", "--shmem", "1:4096"])
+                .check()
+                .is_err()
+        );
+        assert!(args(&["--device", "rng"]).check().is_ok());
+        assert!(args(&["--shared-dir", "/tmp"]).check().is_err());
+        assert!(
+            args(&["--device", "fs", "--shared-dir", "/tmp"])
+                .check()
+                .is_ok()
+        );
+        assert!(
+            args(&["--device", "net", "--uds-path", "/tmp/v"])
                 .check()
                 .is_err()
         );

@@ -3,14 +3,20 @@
 //! request (R-SHM-05), inflight tracking of split rings (R-INFL-04) and resubmission
 //! (R-INFL-05). Then the driver is signalled on the call eventfd, or in band on the back-end
 //! channel (R-INB-04). A malformed ring stops its queue and is reported on the err eventfd.
+//!
+//! A device other than blk (`--device net|rng|...`) is served through its
+//! `vhu_mock_device::VirtioDevice`: a device-to-driver queue (net receiveq) is drained only
+//! while the device has data for it, so after serving any queue the queues that are ready are
+//! run again, a bounded number of rounds.
 
 use vhu_mock_device::{
-    BlkDevice, Chain, ChainHandler, DataPathFaults, GuestMemory, Queue, RingError,
-    process_queue_with,
+    BlkDevice, Chain, ChainHandler, DataPathFaults, GuestMemory, Queue, QueueRun, RingError,
+    VirtioDevice, process_queue_with,
 };
 use vhu_protocol::{BackendReq, ProtocolFeatures};
 
 use crate::channel::{ShmemCtx, ShmemHook};
+use crate::devices::Device;
 use crate::faults::Fault;
 use crate::inflight::{self, InflightArea};
 use crate::session::Session;
@@ -51,9 +57,35 @@ impl ChainHandler for Chains<'_> {
     }
 }
 
+/// Rounds of re-running ready queues after one was served. Why bounded: a device whose queues
+/// keep feeding each other (net tx looped back to rx) must not starve the main socket; what is
+/// left waits for the next kick or tick.
+const READY_ROUNDS: usize = 8;
+
+/// A non-blk device's work on each chain of one queue.
+struct DeviceChains<'a> {
+    queue: u16,
+    dev: &'a mut dyn VirtioDevice,
+}
+
+impl ChainHandler for DeviceChains<'_> {
+    fn serve(&mut self, mem: &dyn GuestMemory, chain: &Chain) -> u32 {
+        self.dev.serve(self.queue, mem, chain)
+    }
+
+    fn ready(&self) -> bool {
+        self.dev.ready(self.queue)
+    }
+}
+
 impl Session<'_> {
     /// Processes ring `i` if it is started and enabled, then signals the driver.
     pub(crate) fn run_queue(&mut self, i: usize) {
+        if matches!(self.dev, Device::Virtio(_)) {
+            self.drain_device_queue(i);
+            self.run_ready_queues();
+            return;
+        }
         let faults = DataPathFaults {
             write_past_descriptor: self.has(Fault::WritePastDescriptor),
             wrong_used_len: self.has(Fault::WrongUsedLen),
@@ -76,9 +108,12 @@ impl Session<'_> {
             return;
         };
         let packed = queue.config().packed;
+        let Device::Blk(dev) = &mut *self.dev else {
+            return;
+        };
         let mut chains = Chains {
             queue: i,
-            dev: &mut *self.dev,
+            dev,
             faults,
             shmem: ShmemHook {
                 shmem: &mut self.shmem,
@@ -92,10 +127,20 @@ impl Session<'_> {
         }
         let result = inflight::resubmit(queue, &self.mem, &resubmit, &mut chains)
             .and_then(|()| process_queue_with(queue, &self.mem, &mut chains));
+        self.signal_run(i, result);
+    }
+
+    /// Signals what a run of ring `i` did; the chains it completed.
+    fn signal_run(&mut self, i: usize, result: Result<QueueRun, RingError>) -> usize {
         let call = !self.has(Fault::NoCall);
         match result {
-            Ok(run) if run.notify && call => self.signal(i, false),
-            Ok(_) | Err(RingError::Broken(_)) => {}
+            Ok(run) => {
+                if run.notify && call {
+                    self.signal(i, false);
+                }
+                run.completed
+            }
+            Err(RingError::Broken(_)) => 0,
             Err(_) => {
                 // The queue stopped (virtio: DEVICE_NEEDS_RESET); used elements published
                 // before the error stay published, so the driver is called as well.
@@ -103,6 +148,47 @@ impl Session<'_> {
                 if call {
                     self.signal(i, false);
                 }
+                0
+            }
+        }
+    }
+
+    /// Drains ring `i` of a non-blk device if it is started and enabled, and signals; the
+    /// chains completed.
+    fn drain_device_queue(&mut self, i: usize) -> usize {
+        let ignore_enable = self.has(Fault::IgnoreVringEnable);
+        let Device::Virtio(dev) = &mut *self.dev else {
+            return 0;
+        };
+        let v = &mut self.queues[i];
+        let Some(queue) = v.queue.as_mut().filter(|_| v.enabled || ignore_enable) else {
+            return 0;
+        };
+        let mut chains = DeviceChains {
+            queue: i as u16,
+            dev: dev.as_mut(),
+        };
+        let result = process_queue_with(queue, &self.mem, &mut chains);
+        self.signal_run(i, result)
+    }
+
+    /// Runs every ready queue of a non-blk device again until a round completes nothing (at
+    /// most [`READY_ROUNDS`]): data one queue produced (a looped-back frame, a host socket's
+    /// bytes) reaches the driver's buffers waiting on another.
+    pub(crate) fn run_ready_queues(&mut self) {
+        for _ in 0..READY_ROUNDS {
+            let mut completed = 0;
+            for j in 0..self.queues.len() {
+                let ready = match &*self.dev {
+                    Device::Virtio(d) => d.ready(j as u16),
+                    Device::Blk(_) => false,
+                };
+                if ready {
+                    completed += self.drain_device_queue(j);
+                }
+            }
+            if completed == 0 {
+                break;
             }
         }
     }

@@ -3,6 +3,8 @@
 //! real back-ends show (the spec allows it), against which the harness must report no failure.
 //! `--list-faults` prints both, the rule each fault breaks and the variations marked `legal`.
 
+use crate::cli::DeviceKind;
+
 /// A deliberate departure from the reference behaviour: a broken rule, or a legal variation.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Fault {
@@ -83,6 +85,36 @@ pub enum Fault {
     NoInbandCall,
     /// A vring message whose index is past the last queue kills the process with SIGSEGV.
     SegfaultOnBadIndex,
+    /// net: received frames get the 10-byte legacy header, not virtio_net_hdr_v1.
+    NetRxLegacyHeader,
+    /// net: received headers carry num_buffers 0.
+    NetNumBuffers0,
+    /// net: transmit chains are used with the frame's length instead of 0.
+    NetTxUsedLen,
+    /// net: control chains are used with length 0 and no ack byte written.
+    NetCtrlNoAck,
+    /// net: received headers carry DATA_VALID although GUEST_CSUM was not negotiated.
+    NetRxCsumFlag,
+    /// rng: the used length is 16 bytes more than the writable buffers hold.
+    RngUsedLenPastBuffer,
+    /// rng: requests are used with length 0 and nothing written.
+    RngZeroLen,
+    /// rng: every byte written is 0x00.
+    RngConstant,
+    /// fs: replies carry the request's unique + 1.
+    FsUniqueNotEchoed,
+    /// fs: the out header's len is 8 more than the bytes written.
+    FsLenMismatch,
+    /// fs: errors are answered as positive errnos (ENOENT as +2).
+    FsPositiveErrno,
+    /// fs: FORGET gets a reply: a used length of 16 even with no writable buffer.
+    FsForgetReply,
+    /// vsock: a REQUEST to a port nobody listens on gets no answer.
+    VsockNoRst,
+    /// vsock: rx packets carry dst_cid 0.
+    VsockBadDstCid,
+    /// vsock: host data is sent whatever the guest's credit.
+    VsockCreditOverrun,
     /// Legal: after refusing a message (nacked if asked), the process exits with status 1.
     ExitAfterRefusal,
     /// Legal: after refusing a message (nacked if asked), that connection is closed.
@@ -325,7 +357,120 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "R-CRASH-01",
         "a vring message with a ring index past the last queue kills the process with SIGSEGV",
     ),
+    (
+        Fault::NetRxLegacyHeader,
+        "net-rx-legacy-header",
+        "R-NET-02",
+        "--device net: received frames get the 10-byte legacy header, not virtio_net_hdr_v1",
+    ),
+    (
+        Fault::NetNumBuffers0,
+        "net-num-buffers-zero",
+        "R-NET-03",
+        "--device net: received headers carry num_buffers 0",
+    ),
+    (
+        Fault::NetTxUsedLen,
+        "net-tx-used-len",
+        "R-NET-01",
+        "--device net: transmit chains are used with the frame's length instead of 0",
+    ),
+    (
+        Fault::NetCtrlNoAck,
+        "net-ctrl-no-ack",
+        "R-NET-06",
+        "--device net: control commands are used with length 0, no ack byte written",
+    ),
+    (
+        Fault::NetRxCsumFlag,
+        "net-rx-csum-flag",
+        "R-NET-04",
+        "--device net: received headers carry DATA_VALID without GUEST_CSUM negotiated",
+    ),
+    (
+        Fault::RngUsedLenPastBuffer,
+        "rng-used-len-past-buffer",
+        "R-DEV-02",
+        "--device rng: the used length is the writable buffers' size + 16",
+    ),
+    (
+        Fault::RngZeroLen,
+        "rng-zero-len",
+        "R-RNG-01",
+        "--device rng: requests are used with length 0, nothing written",
+    ),
+    (
+        Fault::RngConstant,
+        "rng-constant",
+        "R-RNG-02",
+        "--device rng: every random byte is 0x00",
+    ),
+    (
+        Fault::FsUniqueNotEchoed,
+        "fs-unique-not-echoed",
+        "R-FS-01",
+        "--device fs: replies carry the request's unique + 1",
+    ),
+    (
+        Fault::FsLenMismatch,
+        "fs-len-mismatch",
+        "R-FS-01",
+        "--device fs: the out header's len is 8 more than the bytes written (the used length)",
+    ),
+    (
+        Fault::FsPositiveErrno,
+        "fs-positive-errno",
+        "R-FS-03",
+        "--device fs: errors are answered as positive errnos (ENOENT as +2)",
+    ),
+    (
+        Fault::FsForgetReply,
+        "fs-forget-reply",
+        "R-FS-06",
+        "--device fs: FORGET gets a 16-byte reply, used length 16 even with no writable buffer",
+    ),
+    (
+        Fault::VsockNoRst,
+        "vsock-no-rst",
+        "R-VSOCK-01",
+        "--device vsock: a REQUEST to a port nobody listens on gets no answer",
+    ),
+    (
+        Fault::VsockBadDstCid,
+        "vsock-bad-dst-cid",
+        "R-VSOCK-02",
+        "--device vsock: every rx packet carries dst_cid 0",
+    ),
+    (
+        Fault::VsockCreditOverrun,
+        "vsock-credit-overrun",
+        "R-VSOCK-07",
+        "--device vsock: host data is sent to the guest whatever its credit",
+    ),
 ];
+
+/// The only device a fault makes sense with (`None`: every device). The data-path faults of
+/// blk, and those of the blk-only SHMEM, inflight and device state features, are blk's.
+pub fn device(f: Fault) -> Option<DeviceKind> {
+    use Fault::*;
+    match f {
+        WrongUsedLen | WritePastDescriptor | BadDeviceState | ShmemConfigCount
+        | ShmemOutOfRange | NoInflightResubmit | ShmemUnnegotiated | ShmemNoNeedReply
+        | CrashOnShmemRefusal => Some(DeviceKind::Blk),
+        NetRxLegacyHeader | NetNumBuffers0 | NetTxUsedLen | NetCtrlNoAck | NetRxCsumFlag => {
+            Some(DeviceKind::Net)
+        }
+        RngUsedLenPastBuffer | RngZeroLen | RngConstant => Some(DeviceKind::Rng),
+        FsUniqueNotEchoed | FsLenMismatch | FsPositiveErrno | FsForgetReply => Some(DeviceKind::Fs),
+        VsockNoRst | VsockBadDstCid | VsockCreditOverrun => Some(DeviceKind::Vsock),
+        _ => None,
+    }
+}
+
+/// The name of a fault (or variation).
+pub fn name(f: Fault) -> &'static str {
+    names().find(|n| n.0 == f).map_or("?", |n| n.1)
+}
 
 /// Legal variations of real back-ends: name, what it does. None breaks a rule, so the whole
 /// suite against any of them must give no failure and no error (`exit-on-disconnect` is also in
@@ -412,6 +557,65 @@ impl Faults {
     pub fn has(&self, f: Fault) -> bool {
         self.0.contains(&f)
     }
+
+    /// Refuses a fault made for another device than `kind`.
+    ///
+    /// # Errors
+    /// The first such fault, with the device it needs.
+    pub fn check_device(&self, kind: DeviceKind) -> Result<(), String> {
+        match self
+            .0
+            .iter()
+            .find(|&&f| device(f).is_some_and(|d| d != kind))
+        {
+            Some(&f) => Err(format!(
+                "fault {} needs --device {}, not --device {}",
+                name(f),
+                device(f).map_or("?", DeviceKind::name),
+                kind.name()
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The net device's share of the faults.
+    pub fn net(&self) -> vhu_mock_device::NetFaults {
+        vhu_mock_device::NetFaults {
+            rx_legacy_header: self.has(Fault::NetRxLegacyHeader),
+            num_buffers_0: self.has(Fault::NetNumBuffers0),
+            tx_used_len: self.has(Fault::NetTxUsedLen),
+            ctrl_no_ack: self.has(Fault::NetCtrlNoAck),
+            rx_csum_flag: self.has(Fault::NetRxCsumFlag),
+        }
+    }
+
+    /// The fs device's share of the faults.
+    pub fn fs(&self) -> vhu_mock_device::FsFaults {
+        vhu_mock_device::FsFaults {
+            unique_not_echoed: self.has(Fault::FsUniqueNotEchoed),
+            len_mismatch: self.has(Fault::FsLenMismatch),
+            positive_errno: self.has(Fault::FsPositiveErrno),
+            forget_reply: self.has(Fault::FsForgetReply),
+        }
+    }
+
+    /// The vsock device's share of the faults.
+    pub fn vsock(&self) -> vhu_mock_device::VsockFaults {
+        vhu_mock_device::VsockFaults {
+            no_rst: self.has(Fault::VsockNoRst),
+            bad_dst_cid: self.has(Fault::VsockBadDstCid),
+            credit_overrun: self.has(Fault::VsockCreditOverrun),
+        }
+    }
+
+    /// The rng device's share of the faults.
+    pub fn rng(&self) -> vhu_mock_device::RngFaults {
+        vhu_mock_device::RngFaults {
+            used_len_past_buffer: self.has(Fault::RngUsedLenPastBuffer),
+            zero_len: self.has(Fault::RngZeroLen),
+            constant: self.has(Fault::RngConstant),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -434,6 +638,32 @@ mod tests {
             assert!(rule.starts_with("R-") && !what.is_empty(), "{name}");
         }
         assert!(parse("no-such-fault").is_err());
+    }
+
+    #[test]
+    fn device_faults_say_their_device_and_are_refused_with_another() {
+        for (fault, name, _, what) in ALL {
+            if let Some(d) = device(*fault).filter(|&d| d != DeviceKind::Blk) {
+                assert!(what.contains(&format!("--device {}", d.name())), "{name}");
+                assert!(name.starts_with(d.name()), "{name}");
+                let one = Faults::new(vec![*fault]);
+                assert!(one.check_device(d).is_ok());
+                let other = if d == DeviceKind::Net {
+                    DeviceKind::Rng
+                } else {
+                    DeviceKind::Net
+                };
+                let e = one.check_device(other).unwrap_err();
+                assert!(e.contains(name) && e.contains(d.name()), "{e}");
+            }
+        }
+        let blk_only = Faults::new(vec![Fault::WrongUsedLen]);
+        assert!(blk_only.check_device(DeviceKind::Net).is_err());
+        assert!(
+            Faults::new(vec![Fault::NoAck])
+                .check_device(DeviceKind::Rng)
+                .is_ok()
+        );
     }
 
     #[test]

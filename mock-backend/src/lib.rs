@@ -1,5 +1,5 @@
 //! `vhu-mock-backend`: the harness's reference vhost-user back-end, a virtio-blk device on a RAM
-//! disk, following the back-end program conventions (spec "Backend program conventions",
+//! disk (or, with `--device net|rng`, a virtio-net loopback port or a virtio-rng), following the back-end program conventions (spec "Backend program conventions",
 //! checklist 6 and 4.21: `--socket-path`, `--fd`, `--print-capabilities`), with named fault modes
 //! that each break one rule on purpose (`--fault NAME`, `--list-faults`).
 //!
@@ -26,6 +26,7 @@
 mod channel;
 pub mod cli;
 mod datapath;
+pub mod devices;
 pub mod faults;
 mod inflight;
 mod memory;
@@ -70,13 +71,33 @@ pub enum Error {
     /// `--fd` does not name a Unix socket.
     #[error("--fd {0} is not an open unix socket")]
     NotASocket(i32),
-    /// An unknown `--fault` name.
+    /// An unknown `--fault` name, or a fault made for another `--device`.
     #[error("{0}")]
     UnknownFault(String),
+    /// A `--device` the `VirtioDevice` dispatch does not build (blk has its own type).
+    #[error("--device {0} is not served through the VirtioDevice dispatch")]
+    UnsupportedDevice(&'static str),
+    /// The device cannot start (an fs shared directory that is not one, a vsock CID or uds
+    /// path that cannot be used).
+    #[error("cannot start the device: {0}")]
+    Device(String),
     /// The legal variation `exit-after-refusal`: a message was refused, so the process exits
     /// with status 1 (as C back-ends that `exit(1)` on a protocol error do).
     #[error("exit-after-refusal: {0}; exiting with status 1")]
     ExitAfterRefusal(String),
+}
+
+impl Error {
+    /// A device that cannot start, its causes on one line.
+    pub(crate) fn device(e: impl std::error::Error) -> Self {
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            text.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        Self::Device(text)
+    }
 }
 
 /// Parses `args` (`argv[0]` included) and runs the back-end.
@@ -113,7 +134,7 @@ where
 /// A bad option value, an unknown fault, or a socket that cannot be served.
 pub fn run(args: &cli::Args) -> Result<(), Error> {
     if args.print_capabilities {
-        println!("{}", cli::CAPABILITIES);
+        println!("{}", cli::capabilities(args.device));
         return Ok(());
     }
     if args.list_faults {
@@ -130,7 +151,10 @@ pub fn run(args: &cli::Args) -> Result<(), Error> {
             .collect::<Result<_, _>>()
             .map_err(Error::UnknownFault)?,
     );
-    let mut dev = vhu_mock_device::BlkDevice::new(args.capacity, args.queues);
+    faults
+        .check_device(args.device)
+        .map_err(Error::UnknownFault)?;
+    let mut dev = devices::build(args, &faults)?;
     let limits = session::Limits {
         // `max-ring-64`: the limit many rust-vmm back-ends have.
         queue_size_max: if faults.has(faults::Fault::MaxRing64) {

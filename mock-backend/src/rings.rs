@@ -7,7 +7,7 @@
 //! (kick bit 8) are looked at on every tick. A started ring is a `vhu_mock_device::Queue` at the
 //! translated guest addresses; `datapath` drains it.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use vhu_mock_device::{Queue, RingConfig};
@@ -16,6 +16,7 @@ use vhu_protocol::wire::payload::{
 };
 use vhu_protocol::{FrontendReq, ProtocolFeatures, VirtioFeatures};
 
+use crate::devices::Device;
 use crate::faults::Fault;
 use crate::session::{Outcome, Session};
 
@@ -89,18 +90,37 @@ impl Session<'_> {
                     self.run_queue(i);
                 }
             }
+            if ready[1 + kick_queues.len()..].iter().any(|&r| r) {
+                // Device input besides the rings (vsock host sockets): take it, then fill the
+                // driver's buffers waiting for it.
+                if let Device::Virtio(d) = &mut *self.dev {
+                    d.on_input();
+                }
+                self.run_ready_queues();
+            }
             if ready[0] && !self.handle_one() {
                 return;
             }
         }
     }
 
-    /// Polls the socket and the kick fds of `queues` for one tick; which are readable.
+    /// Polls the socket, the kick fds of `queues` and the device's input fds for one tick;
+    /// which are readable, in that order.
     fn wait(&self, queues: &[usize]) -> Option<Vec<bool>> {
         let mut fds = vec![PollFd::new(self.conn.as_fd(), PollFlags::POLLIN)];
         for &i in queues {
             let kick = self.queues[i].kick.as_ref()?;
             fds.push(PollFd::new(kick.as_fd(), PollFlags::POLLIN));
+        }
+        let inputs = match &*self.dev {
+            Device::Virtio(d) => d.input_fds(),
+            Device::Blk(_) => Vec::new(),
+        };
+        for fd in inputs {
+            // SAFETY: the device owns these fds and keeps them open while it is borrowed,
+            // which `&self` guarantees until this poll returns.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
         poll(&mut fds, PollTimeout::from(TICK_MS)).ok()?;
         Some(
@@ -183,6 +203,10 @@ impl Session<'_> {
             q.kick = None;
             q.call = None;
             q.polling = false;
+        }
+        if !keep_running && !self.queues.iter().any(Vring::started) {
+            // Every ring stopped: the device drops pending output (net's rx backlog).
+            self.dev.reset();
         }
         Outcome::Reply(Body::VringState(VringState {
             index: s.index,

@@ -14,9 +14,9 @@ use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction
 use vhu_protocol::Connection;
 
 use crate::Error;
+use crate::devices::Device;
 use crate::faults::Faults;
 use crate::session::{Limits, Session, Stop};
-use vhu_mock_device::BlkDevice as Blk;
 
 /// How long one read or write on the main socket may take once a message has begun; an idle
 /// front-end is never timed out (the poll loop waits), a stalled half-message is.
@@ -52,7 +52,12 @@ fn install_sigterm(path: Option<&Path>) {
 /// # Errors
 /// The socket cannot be bound, accepting fails, or a refusal ended it under
 /// `exit-after-refusal`.
-pub fn listen(path: &Path, dev: &mut Blk, faults: &Faults, limits: &Limits) -> Result<(), Error> {
+pub fn listen(
+    path: &Path,
+    dev: &mut Device,
+    faults: &Faults,
+    limits: &Limits,
+) -> Result<(), Error> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(|source| Error::Listen {
         path: path.to_path_buf(),
@@ -75,7 +80,7 @@ pub fn listen(path: &Path, dev: &mut Blk, faults: &Faults, limits: &Limits) -> R
 ///
 /// # Errors
 /// `fd` is not an open socket, or a refusal ended it under `exit-after-refusal`.
-pub fn inherited(fd: i32, dev: &mut Blk, faults: &Faults, limits: &Limits) -> Result<(), Error> {
+pub fn inherited(fd: i32, dev: &mut Device, faults: &Faults, limits: &Limits) -> Result<(), Error> {
     if nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(fd).is_err() {
         return Err(Error::NotASocket(fd));
     }
@@ -90,7 +95,7 @@ pub fn inherited(fd: i32, dev: &mut Blk, faults: &Faults, limits: &Limits) -> Re
 /// it ends: `Ok` exits 0 (`exit-on-disconnect`), an error exits 1 (`exit-after-refusal`).
 fn serve(
     stream: UnixStream,
-    dev: &mut Blk,
+    dev: &mut Device,
     faults: &Faults,
     limits: &Limits,
 ) -> Option<Result<(), Error>> {

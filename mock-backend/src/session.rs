@@ -12,9 +12,8 @@ use vhu_protocol::{
     ConnError, Connection, FrontendReq, Header, Message, ProtocolFeatures, VirtioFeatures,
 };
 
-use vhu_mock_device::BlkDevice;
-
 use crate::channel::{BackendChannel, Shmem};
+use crate::devices::Device;
 use crate::faults::{Fault, Faults};
 use crate::inflight::InflightArea;
 use crate::memory::{DirtyLog, Memory, Region};
@@ -76,7 +75,7 @@ const SHOWN_PAYLOAD: usize = 200;
 /// Per-connection state.
 pub struct Session<'a> {
     pub(crate) conn: Connection,
-    pub(crate) dev: &'a mut BlkDevice,
+    pub(crate) dev: &'a mut Device,
     pub(crate) faults: &'a Faults,
     pub(crate) limits: &'a Limits,
     pub(crate) offered_protocol: u64,
@@ -106,10 +105,13 @@ impl<'a> Session<'a> {
     /// A session over an accepted connection.
     pub fn new(
         conn: Connection,
-        dev: &'a mut BlkDevice,
+        dev: &'a mut Device,
         faults: &'a Faults,
         limits: &'a Limits,
     ) -> Self {
+        // A new front-end finds the device as reset (a blk disk keeps its data).
+        dev.reset();
+        dev.set_features(0);
         let n = dev.num_queues();
         let shmem = if limits.shmem.is_empty() {
             ProtocolFeatures::empty()
@@ -134,6 +136,21 @@ impl<'a> Session<'a> {
             | ProtocolFeatures::DEVICE_STATE
             | reply_ack
             | shmem;
+        let offered_protocol = match dev {
+            Device::Blk(_) => offered_protocol,
+            // Inflight tracking, device state and SHMEM are blk's (a non-blk device cannot
+            // honour them); CONFIG only with a config space to read (rng has none).
+            Device::Virtio(_) => {
+                let mut p = offered_protocol
+                    - (ProtocolFeatures::INFLIGHT_SHMFD
+                        | ProtocolFeatures::DEVICE_STATE
+                        | ProtocolFeatures::SHMEM);
+                if dev.config_len() == 0 {
+                    p -= ProtocolFeatures::CONFIG;
+                }
+                p
+            }
+        };
         Self {
             conn,
             dev,
@@ -170,7 +187,7 @@ impl<'a> Session<'a> {
     fn offered_features(&self) -> u64 {
         let mut f = self.dev.device_features()
             | (VirtioFeatures::LOG_ALL | VirtioFeatures::PROTOCOL_FEATURES).bits();
-        if self.has(Fault::Config8) {
+        if self.has(Fault::Config8) && matches!(self.dev, Device::Blk(_)) {
             // An 8-byte config space has no writeback byte (offset 32) to make writable.
             f &= !vhu_protocol::virtio::blk::F_CONFIG_WCE;
         }
@@ -341,7 +358,7 @@ impl<'a> Session<'a> {
             (GetProtocolFeatures, _) => Outcome::Reply(Body::U64(self.offered_protocol)),
             (SetProtocolFeatures, Body::U64(v)) => self.set_protocol_features(v),
             (GetQueueNum, _) if self.has(Fault::NoReplyGetQueueNum) => hang(),
-            (GetQueueNum, _) => Outcome::Reply(Body::U64(self.queues.len() as u64)),
+            (GetQueueNum, _) => Outcome::Reply(Body::U64(self.dev.queue_num())),
             (GetMaxMemSlots, _) => self.get_max_mem_slots(),
             (SetMemTable, _) if self.has(Fault::HangSetMemTable) => hang(),
             (SetMemTable, Body::MemTable(regions)) => self.set_mem_table(regions, fds),
@@ -384,6 +401,7 @@ impl<'a> Session<'a> {
             return Outcome::Failed; // R-NEG-06: bits that were not offered.
         }
         self.features = v;
+        self.dev.set_features(v);
         self.mem.logging = v & VirtioFeatures::LOG_ALL.bits() != 0 && !self.has(Fault::NoDirtyLog);
         if v & VirtioFeatures::PROTOCOL_FEATURES.bits() == 0 {
             // R-RING-09: without bit 30 every ring is enabled at once.
@@ -560,6 +578,7 @@ impl<'a> Session<'a> {
         }
         self.status = 0;
         self.shmem.clear();
+        self.dev.reset();
         Outcome::Done
     }
 

@@ -23,7 +23,9 @@ impl Session<'_> {
     /// (R-MIG-04).
     pub(crate) fn set_device_state_fd(&mut self, direction: u32, mut fds: Vec<OwnedFd>) -> Outcome {
         let running = self.queues.iter().any(crate::rings::Vring::started);
-        let valid = direction <= 1 && !running && self.transfer.is_none();
+        // Device state is blk's (DEVICE_STATE is offered for blk only).
+        let blk = self.dev.blk().is_some();
+        let valid = blk && direction <= 1 && !running && self.transfer.is_none();
         let Some(fd) = fds.pop().filter(|_| valid) else {
             return Outcome::Refused(Body::U64(1));
         };
@@ -34,7 +36,9 @@ impl Session<'_> {
                 .collect();
             // The state as it is now (a copy of the disk is a memcpy); the scan for written
             // blocks and the checksum run on the thread, so the reply is not delayed by them.
-            let snapshot = self.dev.clone();
+            let Some(snapshot) = self.dev.blk().cloned() else {
+                return Outcome::Refused(Body::U64(1));
+            };
             let corrupt = self.has(Fault::BadDeviceState);
             std::thread::Builder::new().spawn(move || {
                 let mut state = snapshot.save(&bases);
@@ -74,7 +78,8 @@ impl Session<'_> {
     /// Loads the device and, from the state's back-end section, the ring bases (u32 each, in
     /// queue order). The device checks the whole state (checksum included) before it changes.
     fn load(&mut self, state: &[u8]) -> Result<(), String> {
-        let bases = self.dev.load(state).map_err(|e| e.to_string())?;
+        let blk = self.dev.blk().ok_or("device state is blk's")?;
+        let bases = blk.load(state).map_err(|e| e.to_string())?;
         for (q, b) in self.queues.iter_mut().zip(bases.chunks_exact(4)) {
             q.set_base(u32::from_le_bytes(b.try_into().expect("4 bytes")));
         }

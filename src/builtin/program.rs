@@ -79,9 +79,12 @@ fn derive(ctx: &Ctx<'_>, with: &str) -> Result<String, StepError> {
 /// Starts `command` in its own process group with stdin and stdout as given, stderr captured,
 /// and `inherit` (if any) as fd 3.
 pub(crate) fn start(command: &str, inherit: Option<&OwnedFd>) -> Result<Child, StepError> {
+    // A `{fs_dir}` in the spawn command gets its own directory here too.
+    let command = &crate::target::with_fresh_fs_dir(command)
+        .map_err(|e| StepError::Harness(format!("cannot make a directory for {{fs_dir}}: {e}")))?;
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
-        .arg(format!("exec {command}"))
+        .arg(format!("{} {command}", crate::target::exec_prefix(command)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -160,6 +160,42 @@ fn check(spec: &ScenarioFile) -> Result<(), LoadErrorKind> {
             }
             Action::RemMemReg if s.region.is_none() => return Err(missing("region")),
             Action::Sleep if s.ms.is_none() => return Err(missing("ms")),
+            Action::NetCtrl if s.class.is_none() => return Err(missing("class")),
+            Action::NetCtrl if s.command.is_none() => return Err(missing("command")),
+            Action::RngRead if s.sizes.as_ref().is_some_and(|v| v.contains(&0)) => {
+                return Err(LoadErrorKind::BadValue {
+                    step: i + 1,
+                    action: s.action,
+                    field: "sizes",
+                    why: "holds 0: an entropy request needs at least one writable byte".into(),
+                });
+            }
+            Action::FsFile
+            | Action::FsOpen
+            | Action::FsRead
+            | Action::FsRelease
+            | Action::FsForget
+                if s.name.is_none() =>
+            {
+                return Err(missing("name"));
+            }
+            Action::FsLookup if s.name.is_none() => return Err(missing("name")),
+            Action::VsockListen
+            | Action::VsockConnect
+            | Action::VsockSend
+            | Action::VsockRecv
+            | Action::VsockCreditRequest
+            | Action::VsockShutdown
+            | Action::VsockUnknownType
+            | Action::VsockNoConnection
+            | Action::VsockHostConnect
+                if s.port.is_none() =>
+            {
+                return Err(missing("port"));
+            }
+            Action::VsockSend | Action::VsockRecv if s.bytes.is_none() => {
+                return Err(missing("bytes"));
+            }
             _ => {}
         }
     }

@@ -120,6 +120,72 @@ pub enum Action {
     Reconnect,
     /// Wait.
     Sleep,
+    // net and rng steps
+    /// virtio-net: transmit frames on a TX ring (default queue 1); the chains must be used with
+    /// length 0, and the frames are remembered for `net_rx`.
+    NetTx,
+    /// virtio-net: post receive buffers on an RX ring (default queue 0); they stay posted.
+    NetRxPost,
+    /// virtio-net: wait for the frames sent to come back on the posted RX buffers (a forwarding
+    /// back-end) and check header, num_buffers and bytes; skipped when none comes back.
+    NetRx,
+    /// virtio-net: a control-queue command (`class`, `command`, data in `payload_hex`).
+    NetCtrl,
+    /// virtio-net: GET_CONFIG of mac, status, max_virtqueue_pairs and mtu, checked.
+    NetConfig,
+    /// virtio-net: wait for the TX chains a `net_tx` with `expect = "no_reply"` left pending.
+    NetComplete,
+    /// virtio-rng: entropy requests of the sizes in `sizes`.
+    RngRead,
+    /// virtio-rng: wait for the requests an `rng_read` with `expect = "no_reply"` left pending.
+    RngComplete,
+    // fs and vsock steps
+    /// fs: create a file in the shared directory (host side): `name`, `file_bytes`, `pattern`.
+    FsFile,
+    /// fs: FUSE_INIT on a request queue (the session's first FUSE request).
+    FsInit,
+    /// fs: FUSE_GETATTR of the root, or of `name` (looked up before).
+    FsGetattr,
+    /// fs: FUSE_LOOKUP of `name` in the root (`missing = true`: it must not exist).
+    FsLookup,
+    /// fs: FUSE_OPEN of `name` (looked up before), read-only.
+    FsOpen,
+    /// fs: FUSE_READ of the open `name`: `read_offset`, `read_size`.
+    FsRead,
+    /// fs: FUSE_RELEASE of the open `name`.
+    FsRelease,
+    /// fs: FUSE_FORGET of `name` on the hiprio queue (no reply).
+    FsForget,
+    /// fs: a request with an opcode FUSE does not define (`opcode`): -ENOSYS.
+    FsUnknown,
+    /// fs: the config space (tag, num_request_queues), with the CONFIG protocol feature.
+    FsConfig,
+    /// vsock: the config space's guest_cid, with the CONFIG protocol feature.
+    VsockConfig,
+    /// vsock: a host-side listener at `<vsock uds>_<port>` that echoes (and first writes
+    /// `bytes` bytes when given).
+    VsockListen,
+    /// vsock: REQUEST to host `port`: RESPONSE when a `vsock_listen` step listens there, RST
+    /// otherwise; `buf_alloc` is the receive space the driver announces.
+    VsockConnect,
+    /// vsock: RW of `bytes` bytes on the connection to `port`; the host listener must read them
+    /// and its echo must come back intact.
+    VsockSend,
+    /// vsock: receive `bytes` bytes the host listener wrote, granting credit as they arrive;
+    /// the device must never exceed the credit.
+    VsockRecv,
+    /// vsock: CREDIT_REQUEST on the connection to `port`: CREDIT_UPDATE.
+    VsockCreditRequest,
+    /// vsock: SHUTDOWN (both directions) of the connection to `port`: RST.
+    VsockShutdown,
+    /// vsock: REQUEST of an unknown socket type (`socket_type`) to `port`: RST.
+    VsockUnknownType,
+    /// vsock: RW for a connection that does not exist, to `port`: RST.
+    VsockNoConnection,
+    /// vsock: the host side asks the hybrid back-end to connect to guest `port` (`CONNECT
+    /// <port>`); the device's REQUEST is checked and accepted; the host side then echoes (and
+    /// first writes `bytes` bytes when given). Later steps name the connection by `port`.
+    VsockHostConnect,
 }
 
 /// What a step expects of the back-end.
@@ -265,7 +331,7 @@ pub struct Step {
     pub request: Option<RequestName>,
     /// send: the body's fields.
     pub body: Option<toml::Table>,
-    /// send/raw: payload bytes in hex.
+    /// send/raw: payload bytes in hex; net_ctrl: the command's data.
     pub payload_hex: Option<String>,
     /// send: force NEED_REPLY on or off.
     pub need_reply: Option<bool>,
@@ -314,6 +380,51 @@ pub struct Step {
     pub at_end: Option<bool>,
     /// shmem_map: the front-end refuses the back-end's request (a non-zero ack).
     pub refuse: Option<bool>,
+    // net and rng steps
+    /// net_tx: frames to send (default 1).
+    pub frames: Option<u32>,
+    /// net_tx: bytes of each Ethernet frame (default 64; at least 22).
+    pub frame_len: Option<u32>,
+    /// net_rx_post: receive buffers to post (default 8).
+    pub buffers: Option<u32>,
+    /// net_rx_post: bytes of each receive buffer (default 1526, the header and a full frame).
+    pub buffer_size: Option<u32>,
+    /// rng_read: the size of each entropy request, in order (default `[64]`).
+    pub sizes: Option<Vec<u32>>,
+    /// rng_read: submit every request at once (one kick) before waiting, instead of one by one.
+    pub at_once: Option<bool>,
+    /// net_tx, rng_read: replace the ring's call eventfd first; the completion must be
+    /// signalled on the new one only (R-RING-15).
+    pub new_call: Option<bool>,
+    /// net_ctrl: the command class (`VIRTIO_NET_CTRL_RX` = 0).
+    pub class: Option<u8>,
+    /// net_ctrl: the command within its class.
+    pub command: Option<u8>,
+    /// net_ctrl: the ack byte the device must answer (0 OK, 1 ERR); any of the two if unset.
+    pub ack: Option<u8>,
+    // fs and vsock steps
+    /// fs steps: the file's name in the shared directory's root.
+    pub name: Option<String>,
+    /// fs_file: the file's size (bytes `pattern`, or a position-dependent sequence).
+    pub file_bytes: Option<u32>,
+    /// fs_lookup: the name must not exist (-ENOENT).
+    pub missing: Option<bool>,
+    /// fs_read: offset in the file.
+    pub read_offset: Option<u64>,
+    /// fs_read: bytes asked for.
+    pub read_size: Option<u32>,
+    /// fs_unknown: the opcode.
+    pub opcode: Option<u32>,
+    /// vsock steps: the host port.
+    pub port: Option<u32>,
+    /// vsock_connect: the receive space the driver announces (default 65536).
+    pub buf_alloc: Option<u32>,
+    /// vsock_send / vsock_recv / vsock_listen: payload bytes.
+    pub bytes: Option<u32>,
+    /// vsock_unknown_type: the header's type (default 0x7fff).
+    pub socket_type: Option<u16>,
+    /// vsock: rx buffers with the header in its own 44-byte descriptor (default one buffer).
+    pub rx_split: Option<bool>,
 }
 
 impl Step {
@@ -373,6 +484,27 @@ impl Step {
             len: None,
             at_end: None,
             refuse: None,
+            frames: None,
+            frame_len: None,
+            buffers: None,
+            buffer_size: None,
+            sizes: None,
+            at_once: None,
+            new_call: None,
+            class: None,
+            command: None,
+            ack: None,
+            name: None,
+            file_bytes: None,
+            missing: None,
+            read_offset: None,
+            read_size: None,
+            opcode: None,
+            port: None,
+            buf_alloc: None,
+            bytes: None,
+            socket_type: None,
+            rx_split: None,
         }
     }
 }

@@ -8,7 +8,7 @@
 //! writes nothing at all when it cannot.
 
 mod config;
-mod iov;
+pub(crate) mod iov;
 mod state;
 mod vendor;
 

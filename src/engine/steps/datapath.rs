@@ -18,7 +18,7 @@ use crate::target::ProcessState;
 impl Ctx<'_> {
     /// Without REPLY_ACK nothing says when an ack-only message (a new call fd, RESET_DEVICE)
     /// took effect: a GET_FEATURES round trip first, since messages are handled in order.
-    fn sync_unacked(&mut self, step: &Step) -> StepResult {
+    pub(super) fn sync_unacked(&mut self, step: &Step) -> StepResult {
         let Some(s) = self.session.as_mut() else {
             return Ok(());
         };
@@ -287,7 +287,7 @@ impl Ctx<'_> {
     /// through the memory table's translation (R-MEM-03), started by SET_VRING_KICK
     /// (R-RING-03) and processed normally (R-RING-07); on a ring past 0, independently of the
     /// others (R-MQ-03); polled where no call or kick fd was given (R-VRING-13, R-VRING-12).
-    fn mark_datapath(&mut self, step: &Step, idx: u16) {
+    pub(super) fn mark_datapath(&mut self, step: &Step, idx: u16) {
         let mut rules = vec![id::R_RING_07, id::R_VRING_03, id::R_MEM_03, id::R_RING_03];
         if let Some(q) = self.queues.get(&idx) {
             rules.push(match q.layout() {

@@ -14,12 +14,17 @@ use vhu_protocol::Connection;
 use vhu_protocol::wire::ReplyKind;
 
 mod backend_requests;
+mod chains;
 mod datapath;
+mod fs;
 mod liveness;
+mod net;
+mod rng;
 mod send;
 mod setup;
 mod shmem;
 mod state;
+mod vsock;
 
 use super::{Crash, Finding, Offer, RunOptions, chain, describe_exit};
 use crate::rules::RuleId;
@@ -89,6 +94,13 @@ pub struct Ctx<'a> {
     fresh_start: bool,
     /// The current session's reply timeout is extended until its first reply.
     first_reply_pending: bool,
+    /// net steps: posted receive buffers, frames awaited back, pending transmits.
+    net: net::NetState,
+    /// rng steps: pending requests and the last sample.
+    rng: rng::RngState,
+    /// fs and vsock: the FUSE session and the vsock driver of the current session.
+    fs: fs::FsState,
+    vsock: vsock::VsockState,
 }
 
 impl<'a> Ctx<'a> {
@@ -127,6 +139,10 @@ impl<'a> Ctx<'a> {
             exit_expected: false,
             fresh_start,
             first_reply_pending: false,
+            net: net::NetState::default(),
+            rng: rng::RngState::default(),
+            fs: fs::FsState::default(),
+            vsock: vsock::VsockState::default(),
         }
     }
 
@@ -330,6 +346,10 @@ impl<'a> Ctx<'a> {
         self.queues.clear();
         self.pending.clear();
         self.idle.clear();
+        self.net = net::NetState::default();
+        self.rng = rng::RngState::default();
+        self.fs.new_session();
+        self.vsock.new_session();
         if let Some(s) = self.session.take() {
             if s.received() > 0 {
                 // Every reply the session took passed its framing checks.
@@ -702,6 +722,34 @@ impl<'a> Ctx<'a> {
                 Ok(())
             }
             Action::Reconnect => self.reconnect(step),
+            Action::NetTx => self.net_tx(step),
+            Action::NetRxPost => self.net_rx_post(step),
+            Action::NetRx => self.net_rx(step),
+            Action::NetCtrl => self.net_ctrl(step),
+            Action::NetConfig => self.net_config(step),
+            Action::NetComplete => self.net_complete(step),
+            Action::RngRead => self.rng_read(step),
+            Action::RngComplete => self.rng_complete(step),
+            Action::FsFile
+            | Action::FsInit
+            | Action::FsGetattr
+            | Action::FsLookup
+            | Action::FsOpen
+            | Action::FsRead
+            | Action::FsRelease
+            | Action::FsForget
+            | Action::FsUnknown
+            | Action::FsConfig => self.fs_step(step),
+            Action::VsockConfig
+            | Action::VsockListen
+            | Action::VsockConnect
+            | Action::VsockSend
+            | Action::VsockRecv
+            | Action::VsockCreditRequest
+            | Action::VsockShutdown
+            | Action::VsockUnknownType
+            | Action::VsockNoConnection
+            | Action::VsockHostConnect => self.vsock_step(step),
             Action::Sleep => {
                 let left = self.deadline.saturating_duration_since(Instant::now());
                 std::thread::sleep(Duration::from_millis(step.ms.unwrap_or(0)).min(left));

@@ -1,0 +1,170 @@
+//! virtio-rng data-path steps (virtio 1.2 section 5.4): entropy requests of given sizes, one by
+//! one or all in flight at once, judged on what every device owes (chains.rs: R-DEV-01..03),
+//! then on the device's own rules: at least one random byte per request (R-RNG-01) and bytes
+//! that do not look stuck (R-RNG-02, a SHOULD heuristic).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use vhu_mock_frontend::WaitError;
+use vhu_mock_frontend::exchange::{Exchanged, Submitted};
+use vhu_mock_frontend::rng;
+
+use super::{Ctx, StepError, StepResult};
+use crate::rules::id;
+use crate::scenario::Expect;
+use crate::scenario::model::Step;
+
+/// Bytes compared by the randomness heuristic (R-RNG-02).
+const SAMPLE: usize = 4096;
+
+/// What rng steps keep between steps.
+#[derive(Debug, Default)]
+pub(super) struct RngState {
+    /// Requests an `rng_read` with `expect = "no_reply"` left pending, by queue.
+    pending: BTreeMap<u16, Vec<Submitted>>,
+    /// The first [`SAMPLE`] bytes of the last request that returned that many.
+    last_sample: Option<Vec<u8>>,
+}
+
+impl Ctx<'_> {
+    pub(super) fn rng_read(&mut self, step: &Step) -> StepResult {
+        self.sync_unacked(step)?;
+        let sizes = step.sizes.clone().unwrap_or_else(|| vec![64]);
+        let segments = step.segments.unwrap_or(1);
+        let indirect = step.indirect == Some(true);
+        for idx in self.queue_indices(step) {
+            let old_call = self.maybe_swap_call(step, idx)?;
+            if old_call.is_some() {
+                self.sync_unacked(step)?;
+            }
+            let specs: Vec<_> = sizes
+                .iter()
+                .map(|&s| rng::entropy_chain(s, segments, indirect))
+                .collect();
+            if step.expect == Some(Expect::NoReply) {
+                self.rng_must_wait(step, idx, &specs)?;
+                continue;
+            }
+            let mark = self.mem.as_ref().map(|m| m.mark());
+            let mut done = Vec::new();
+            if step.at_once == Some(true) {
+                let mut pending = self.submit_chains(idx, &specs)?;
+                let n = pending.len();
+                match self.wait_chains(idx, &mut pending, n, self.opts.step_timeout)? {
+                    Ok(d) => done = d,
+                    Err(e) => return Err(self.rng_lost(step, idx, n, e)),
+                }
+            } else {
+                for spec in &specs {
+                    let mut pending = self.submit_chains(idx, std::slice::from_ref(spec))?;
+                    match self.wait_chains(idx, &mut pending, 1, self.opts.step_timeout)? {
+                        Ok(d) => done.extend(d),
+                        Err(e) => return Err(self.rng_lost(step, idx, 1, e)),
+                    }
+                }
+            }
+            if let (Some(m), Some(mark)) = (self.mem.as_mut(), mark) {
+                m.release(mark);
+            }
+            for d in &done {
+                self.judge_entropy(idx, d)?;
+            }
+            self.mark_datapath(step, idx);
+            self.check_old_call(idx, old_call)?;
+        }
+        Ok(())
+    }
+
+    fn rng_lost(&mut self, step: &Step, idx: u16, n: usize, e: WaitError) -> StepError {
+        self.not_completed(step, idx, &format!("{n} entropy request(s)"), e)
+    }
+
+    /// Submits requests the back-end must not complete (ring disabled or stopped); they stay
+    /// pending for a later `rng_complete`.
+    fn rng_must_wait(
+        &mut self,
+        step: &Step,
+        idx: u16,
+        specs: &[vhu_mock_frontend::exchange::ChainSpec],
+    ) -> StepResult {
+        let mut pending = self.submit_chains(idx, specs)?;
+        let window = Duration::from_millis(step.window_ms.unwrap_or(300));
+        self.mark(self.rule_of(step));
+        match self.wait_chains(idx, &mut pending, 1, window)? {
+            Err(WaitError::Timeout { got: 0, .. }) => {
+                self.rng.pending.entry(idx).or_default().extend(pending);
+                Ok(())
+            }
+            Err(WaitError::Memory(e)) => Err(StepError::Harness(crate::engine::chain(&e))),
+            other => {
+                self.finding(
+                    step,
+                    &format!("an entropy request on queue {idx} was processed although the ring must not be"),
+                    "no used buffer while the ring is stopped or disabled",
+                    format!("{other:?}"),
+                );
+                Err(StepError::Finding)
+            }
+        }
+    }
+
+    pub(super) fn rng_complete(&mut self, step: &Step) -> StepResult {
+        for idx in self.queue_indices(step) {
+            let mut pending = self.rng.pending.remove(&idx).ok_or_else(|| {
+                StepError::Harness(format!(
+                    "no pending entropy request on queue {idx}: use rng_read with expect = \"no_reply\" first"
+                ))
+            })?;
+            let n = pending.len();
+            let done = match self.wait_chains(idx, &mut pending, n, self.opts.step_timeout)? {
+                Ok(d) => d,
+                Err(e) => return Err(self.rng_lost(step, idx, n, e)),
+            };
+            for d in &done {
+                self.judge_entropy(idx, d)?;
+            }
+            self.mark_datapath(step, idx);
+        }
+        Ok(())
+    }
+
+    /// R-DEV-01..03, then R-RNG-01 (1 <= used <= size; the upper bound is R-DEV-02's) and
+    /// R-RNG-02 on requests that returned at least [`SAMPLE`] bytes.
+    fn judge_entropy(&mut self, idx: u16, d: &Exchanged) -> StepResult {
+        let what = format!("an entropy request of {} bytes", d.writable_len);
+        self.judge_common(idx, &what, d)?;
+        self.mark(id::R_RNG_01);
+        if d.used_len == 0 {
+            return Err(self.fail(
+                id::R_RNG_01,
+                &format!("{what} on queue {idx} was used with length 0: no random byte"),
+                "one or more random bytes: 1 <= used length <= the buffer's size (virtio 1.2 5.4.6.1)",
+                format!("{d:?}"),
+            ));
+        }
+        let bytes = rng::entropy(d);
+        if bytes.len() < SAMPLE {
+            return Ok(());
+        }
+        self.mark(id::R_RNG_02);
+        let sample = bytes[..SAMPLE].to_vec();
+        let stuck = sample.iter().all(|&b| b == sample[0]);
+        let repeated = self.rng.last_sample.as_ref() == Some(&sample);
+        self.rng.last_sample = Some(sample.clone());
+        if stuck || repeated {
+            let why = if stuck {
+                format!("all {SAMPLE} bytes are {:#04x}", sample[0])
+            } else {
+                format!("the first {SAMPLE} bytes equal the previous request's")
+            };
+            return Err(self.fail(
+                id::R_RNG_02,
+                &format!("{what} on queue {idx}: the bytes do not look random: {why}"),
+                "4 KiB neither one repeated value nor a copy of the previous request's bytes",
+                format!("first bytes {:02x?}", &sample[..16]),
+            ));
+        }
+        Ok(())
+    }
+}
