@@ -170,7 +170,11 @@ mod tests {
                 .check()
                 .is_err()
         );
-        assert!(args(&["--device", "net", "--shmem", "1:4096"]).check().is_err());
+        assert!(
+            args(&["--device", "net", "--shmem", "1:4096"])
+                .check()
+                .is_err()
+        );
         assert!(args(&["--device", "rng"]).check().is_ok());
         assert!(args(&[]).check().is_ok());
     }

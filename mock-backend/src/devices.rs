@@ -105,7 +105,12 @@ impl Device {
     }
 
     /// SET_CONFIG (blk knows its flags; the other devices take guest writes only).
-    pub fn write_config(&mut self, offset: u32, data: &[u8], flags: u32) -> Result<(), ConfigError> {
+    pub fn write_config(
+        &mut self,
+        offset: u32,
+        data: &[u8],
+        flags: u32,
+    ) -> Result<(), ConfigError> {
         match self {
             Self::Blk(b) => b.write_config(offset, data, flags),
             Self::Virtio(d) => d.write_config(offset, data),

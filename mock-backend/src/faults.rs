@@ -505,7 +505,11 @@ impl Faults {
     /// # Errors
     /// The first such fault, with the device it needs.
     pub fn check_device(&self, kind: DeviceKind) -> Result<(), String> {
-        match self.0.iter().find(|&&f| device(f).is_some_and(|d| d != kind)) {
+        match self
+            .0
+            .iter()
+            .find(|&&f| device(f).is_some_and(|d| d != kind))
+        {
             Some(&f) => Err(format!(
                 "fault {} needs --device {}, not --device {}",
                 name(f),
@@ -567,14 +571,22 @@ mod tests {
                 assert!(name.starts_with(d.name()), "{name}");
                 let one = Faults::new(vec![*fault]);
                 assert!(one.check_device(d).is_ok());
-                let other = if d == DeviceKind::Net { DeviceKind::Rng } else { DeviceKind::Net };
+                let other = if d == DeviceKind::Net {
+                    DeviceKind::Rng
+                } else {
+                    DeviceKind::Net
+                };
                 let e = one.check_device(other).unwrap_err();
                 assert!(e.contains(name) && e.contains(d.name()), "{e}");
             }
         }
         let blk_only = Faults::new(vec![Fault::WrongUsedLen]);
         assert!(blk_only.check_device(DeviceKind::Net).is_err());
-        assert!(Faults::new(vec![Fault::NoAck]).check_device(DeviceKind::Rng).is_ok());
+        assert!(
+            Faults::new(vec![Fault::NoAck])
+                .check_device(DeviceKind::Rng)
+                .is_ok()
+        );
     }
 
     #[test]

@@ -52,7 +52,12 @@ fn install_sigterm(path: Option<&Path>) {
 /// # Errors
 /// The socket cannot be bound, accepting fails, or a refusal ended it under
 /// `exit-after-refusal`.
-pub fn listen(path: &Path, dev: &mut Device, faults: &Faults, limits: &Limits) -> Result<(), Error> {
+pub fn listen(
+    path: &Path,
+    dev: &mut Device,
+    faults: &Faults,
+    limits: &Limits,
+) -> Result<(), Error> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(|source| Error::Listen {
         path: path.to_path_buf(),

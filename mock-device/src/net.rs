@@ -305,7 +305,10 @@ mod tests {
     fn send(dev: &mut NetDevice, mem: &VecMemory, frame: &[u8]) -> u32 {
         mem.write(0, &[0; NET_HDR_LEN]).unwrap();
         mem.write(0x100, frame).unwrap();
-        let tx = chain(&[(0, NET_HDR_LEN as u32, false), (0x100, frame.len() as u32, false)]);
+        let tx = chain(&[
+            (0, NET_HDR_LEN as u32, false),
+            (0x100, frame.len() as u32, false),
+        ]);
         assert!(dev.ready(NET_TX));
         dev.serve(NET_TX, mem, &tx)
     }

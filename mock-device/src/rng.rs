@@ -167,7 +167,11 @@ mod tests {
         let a = read(&mem, 0x1000, 4000);
         assert!(a.iter().any(|&b| b != a[0]), "not all one value");
         dev.serve(0, &mem, &c);
-        assert_ne!(read(&mem, 0x1000, 4000), a, "a second request repeats the first");
+        assert_ne!(
+            read(&mem, 0x1000, 4000),
+            a,
+            "a second request repeats the first"
+        );
         assert_eq!(dev.config(), Vec::<u8>::new());
     }
 

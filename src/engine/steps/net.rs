@@ -235,7 +235,8 @@ impl Ctx<'_> {
                 }
             }
             let first = ready.pop_front().expect("not empty");
-            match self.take_rx_frame(step, idx, first, &mut ready, &mut pending) {
+            let next = expected.front().cloned();
+            match self.take_rx_frame(step, idx, first, next.as_deref(), &mut ready, &mut pending) {
                 Ok(f) => match netdrv::frame_seq(&f.frame) {
                     None => foreign += 1,
                     Some(_) if no_reply => {
@@ -298,11 +299,27 @@ impl Ctx<'_> {
         step: &Step,
         idx: u16,
         first: Exchanged,
+        awaited: Option<&[u8]>,
         ready: &mut VecDeque<Exchanged>,
         pending: &mut Vec<Submitted>,
     ) -> Result<RxFrame, StepError> {
         self.judge_common(idx, "a receive buffer", &first)?;
         self.mark(id::R_NET_02);
+        // The frame awaited starting 2 bytes early: the 10-byte legacy header, which VERSION_1
+        // replaced with virtio_net_hdr_v1 (virtio 1.2 5.1.6).
+        let bytes = first.reply();
+        let prefix_of =
+            |at: usize| awaited.is_some_and(|w| bytes.len() > at && w.starts_with(&bytes[at..]));
+        if prefix_of(vnet::HDR_LEN - 2) && !prefix_of(vnet::HDR_LEN) {
+            return Err(self.fail(
+                id::R_NET_02,
+                &format!(
+                    "a frame on RX queue {idx} starts at byte 10: a 10-byte legacy header, not the 12-byte virtio_net_hdr_v1"
+                ),
+                "with VERSION_1 every received frame is written behind the 12-byte virtio_net_hdr_v1 (num_buffers included)",
+                format!("used length {}, first bytes {:02x?}", first.used_len, &bytes[..bytes.len().min(24)]),
+            ));
+        }
         let mut f = match netdrv::parse_rx(&first) {
             Ok(f) => f,
             Err(e) => {
