@@ -66,7 +66,7 @@ fn run(device: &str, faults: &[&str], filters: &[&str]) -> (serde_json::Value, S
     (serde_json::from_str(&report).unwrap(), text)
 }
 
-fn findings<'a>(r: &'a serde_json::Value) -> impl Iterator<Item = &'a str> {
+fn findings(r: &serde_json::Value) -> impl Iterator<Item = &str> {
     r["findings"]
         .as_array()
         .unwrap()

@@ -236,7 +236,7 @@ impl Ctx<'_> {
             }
             let first = ready.pop_front().expect("not empty");
             let next = expected.front().cloned();
-            match self.take_rx_frame(step, idx, first, next.as_deref(), &mut ready, &mut pending) {
+            match self.take_rx_frame(idx, first, next.as_deref(), &mut ready, &mut pending) {
                 Ok(f) => match netdrv::frame_seq(&f.frame) {
                     None => foreign += 1,
                     Some(_) if no_reply => {
@@ -296,7 +296,6 @@ impl Ctx<'_> {
     /// (num_buffers), R-NET-04 (flags and gso_type the driver did not negotiate).
     fn take_rx_frame(
         &mut self,
-        step: &Step,
         idx: u16,
         first: Exchanged,
         awaited: Option<&[u8]>,
@@ -386,7 +385,6 @@ impl Ctx<'_> {
             f.hdr.flags != 0
         };
         if bad_flags || (!gso && f.hdr.gso_type != vnet::GSO_NONE) {
-            let _ = step;
             return Err(self.fail(
                 id::R_NET_04,
                 &format!("a frame on RX queue {idx} has header flags {:#x}, gso_type {}", f.hdr.flags, f.hdr.gso_type),
