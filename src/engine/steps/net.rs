@@ -53,9 +53,6 @@ impl Ctx<'_> {
         self.sync_unacked(step)?;
         let idx = Self::net_queue(step, 1);
         let old_call = self.maybe_swap_call(step, idx)?;
-        if old_call.is_some() {
-            self.sync_unacked(step)?;
-        }
         let n = step.frames.unwrap_or(1).max(1);
         let len = step.frame_len.unwrap_or(64) as usize;
         let frames: Vec<Vec<u8>> = (0..n)
