@@ -88,7 +88,19 @@ fn the_reference_backend_passes_the_net_and_rng_scenarios() {
         for r in results {
             let id = r["id"].as_str().unwrap();
             match r["outcome"].as_str().unwrap() {
-                "pass" => passed += 1,
+                "pass" => {
+                    passed += 1;
+                    // A pass is earned: every back-end rule the scenario cites was checked.
+                    let checked = r["checked_rules"].as_array().unwrap();
+                    for rule in r["rules"].as_array().unwrap() {
+                        let rid = rule.as_str().unwrap();
+                        if vhu_conform::rules::find(rid)
+                            .is_some_and(vhu_conform::rules::Rule::is_backend_check)
+                        {
+                            assert!(checked.contains(rule), "{id} passed without checking {rid}");
+                        }
+                    }
+                }
                 "skip" => assert!(!r["reason"].as_str().unwrap_or("").is_empty()),
                 other => {
                     let open: Vec<&str> = OPEN_DISAGREEMENTS
