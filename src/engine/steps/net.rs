@@ -196,8 +196,18 @@ impl Ctx<'_> {
         let idx = Self::net_queue(step, 0);
         let tx = idx + 1;
         let mut expected = self.net.sent.remove(&tx).unwrap_or_default();
-        let mut pending = self.net.rx.remove(&idx).unwrap_or_default();
         let no_reply = step.expect == Some(Expect::NoReply);
+        if expected.is_empty() && !no_reply {
+            return Err(StepError::Harness(format!(
+                "net_rx on queue {idx}: no frame was sent on TX queue {tx}: add a net_tx step first"
+            )));
+        }
+        if !self.net.rx.get(&idx).is_some_and(|p| !p.is_empty()) {
+            return Err(StepError::Harness(format!(
+                "net_rx on queue {idx}: no receive buffer is posted: add a net_rx_post step first"
+            )));
+        }
+        let mut pending = self.net.rx.remove(&idx).unwrap_or_default();
         let window =
             Duration::from_millis(step.window_ms.unwrap_or(if no_reply { 500 } else { 2000 }));
         let deadline = Instant::now() + window;
