@@ -202,7 +202,7 @@ impl Ctx<'_> {
                 "net_rx on queue {idx}: no frame was sent on TX queue {tx}: add a net_tx step first"
             )));
         }
-        if !self.net.rx.get(&idx).is_some_and(|p| !p.is_empty()) {
+        if self.net.rx.get(&idx).is_none_or(|p| p.is_empty()) {
             return Err(StepError::Harness(format!(
                 "net_rx on queue {idx}: no receive buffer is posted: add a net_rx_post step first"
             )));
