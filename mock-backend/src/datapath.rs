@@ -78,6 +78,15 @@ impl ChainHandler for DeviceChains<'_> {
     }
 }
 
+/// A disabled queue the device discards: every chain used with length 0, nothing done.
+struct Discard;
+
+impl ChainHandler for Discard {
+    fn serve(&mut self, _mem: &dyn GuestMemory, _chain: &Chain) -> u32 {
+        0
+    }
+}
+
 impl Session<'_> {
     /// Processes ring `i` if it is started and enabled, then signals the driver.
     pub(crate) fn run_queue(&mut self, i: usize) {
@@ -161,14 +170,20 @@ impl Session<'_> {
             return 0;
         };
         let v = &mut self.queues[i];
-        let Some(queue) = v.queue.as_mut().filter(|_| v.enabled || ignore_enable) else {
+        let enabled = v.enabled || ignore_enable;
+        let discard = !enabled && dev.discard_while_disabled(i as u16);
+        let Some(queue) = v.queue.as_mut().filter(|_| enabled || discard) else {
             return 0;
         };
-        let mut chains = DeviceChains {
-            queue: i as u16,
-            dev: dev.as_mut(),
+        let result = if discard {
+            process_queue_with(queue, &self.mem, &mut Discard)
+        } else {
+            let mut chains = DeviceChains {
+                queue: i as u16,
+                dev: dev.as_mut(),
+            };
+            process_queue_with(queue, &self.mem, &mut chains)
         };
-        let result = process_queue_with(queue, &self.mem, &mut chains);
         self.signal_run(i, result)
     }
 

@@ -49,6 +49,13 @@ pub trait VirtioDevice: Send {
     /// its device-writable buffers). Malformed requests are answered as the device's section
     /// says, never with a panic.
     fn serve(&mut self, queue: u16, mem: &dyn GuestMemory, chain: &Chain) -> u32;
+    /// Whether a started but disabled `queue` is still drained, its chains used with length 0
+    /// and their contents dropped (vhost-user "Ring states": "for a networking device, in the
+    /// disabled state the back-end must not supply any new RX packets, but must process and
+    /// discard any TX packets"). Default: a disabled queue is left alone.
+    fn discard_while_disabled(&self, _queue: u16) -> bool {
+        false
+    }
     /// File descriptors with device input besides the rings (vsock's host-side sockets): the
     /// back-end polls them with its kick fds and calls [`VirtioDevice::on_input`] when one is
     /// readable, then re-runs the device-to-driver queues that became ready.

@@ -261,6 +261,12 @@ impl VirtioDevice for NetDevice {
         queue != NET_RX || !self.backlog.is_empty()
     }
 
+    /// A disabled transmitq is drained and its frames dropped; a disabled receiveq supplies
+    /// nothing.
+    fn discard_while_disabled(&self, queue: u16) -> bool {
+        queue == NET_TX
+    }
+
     fn serve(&mut self, queue: u16, mem: &dyn GuestMemory, chain: &Chain) -> u32 {
         match queue {
             NET_RX => self.receive(mem, chain),
