@@ -76,6 +76,18 @@ impl ChainHandler for DeviceChains<'_> {
     fn ready(&self) -> bool {
         self.dev.ready(self.queue)
     }
+
+    fn gathers(&self) -> bool {
+        self.dev.gathers(self.queue)
+    }
+
+    fn offer(&mut self, mem: &dyn GuestMemory, chain: Chain) -> Vec<(Chain, u32)> {
+        self.dev.offer(self.queue, mem, chain)
+    }
+
+    fn flush(&mut self, mem: &dyn GuestMemory) -> Vec<(Chain, u32)> {
+        self.dev.flush(self.queue, mem)
+    }
 }
 
 /// A disabled queue the device discards: every chain used with length 0, nothing done.
