@@ -176,28 +176,29 @@ impl NetDevice {
 
     /// Delivers queued frames into the receive chains held, oldest first; the chains
     /// completed. 5.1.6.4: without MRG_RXBUF a packet goes into one chain, the first held one
-    /// it fits (a frame no held chain fits is dropped: the driver SHOULD post buffers of at
-    /// least 1526 bytes, 5.1.6.3.1); with it, into the fewest held chains in order that hold
-    /// it, `num_buffers` saying how many (a frame waits for more chains, or is dropped once
-    /// [`MAX_MERGE`] chains cannot hold it).
+    /// it fits (the driver SHOULD post buffers of at least 1526 bytes, 5.1.6.3.1); with it,
+    /// into the fewest held chains in order that hold it, `num_buffers` saying how many. A
+    /// frame that does not fit waits for more chains, and is dropped once [`MAX_MERGE`] held
+    /// chains cannot take it.
     fn deliver(&mut self, mem: &dyn GuestMemory) -> Vec<(Chain, u32)> {
         let mut done = Vec::new();
         while let Some(frame) = self.backlog.front() {
             let need = self.rx_header(1).len() + frame.len();
             let room = |c: &Chain| usize::try_from(c.writable_len()).unwrap_or(usize::MAX);
-            let take = if self.negotiated(F_MRG_RXBUF) {
+            let fit = if self.negotiated(F_MRG_RXBUF) {
                 let mut sum = 0usize;
                 let k = self.held.iter().position(|c| {
                     sum = sum.saturating_add(room(c));
                     sum >= need
                 });
-                match k {
-                    Some(k) => Some((0, k + 1)),
-                    None if self.held.len() >= MAX_MERGE => None,
-                    None => break, // More chains may come.
-                }
+                k.map(|k| (0, k + 1))
             } else {
                 self.held.iter().position(|c| room(c) >= need).map(|i| (i, 1))
+            };
+            let take = match fit {
+                Some(t) => Some(t),
+                None if self.held.len() >= MAX_MERGE => None,
+                None => break, // More chains may come.
             };
             let frame = self.backlog.pop_front().unwrap_or_default();
             let Some((first, n)) = take else {
@@ -429,22 +430,33 @@ mod tests {
     }
 
     #[test]
-    fn too_big_frames_are_dropped_and_the_backlog_is_bounded() {
-        let mem = VecMemory::with_region(0, 0x10000);
+    fn frames_wait_for_a_chain_they_fit_and_the_backlog_is_bounded() {
+        let mem = VecMemory::with_region(0, 0x20000);
         let mut dev = NetDevice::new(NetFaults::default());
         send(&mut dev, &mem, &[1; 100]);
         send(&mut dev, &mem, &[2; 10]);
-        let rx = chain(&[(0x1000, 40, true)]);
-        assert_eq!(lens(&dev.offer(NET_RX, &mem, rx)), [22]);
+        // Too small for the first frame: held, and the frames stay in order.
+        assert!(dev.offer(NET_RX, &mem, chain(&[(0x1000, 40, true)])).is_empty());
+        let done = dev.offer(NET_RX, &mem, chain(&[(0x2000, 200, true)]));
+        assert_eq!(lens(&done), [112, 22]);
+        assert_eq!(done[0].0.segments[0].gpa, 0x2000);
+        assert_eq!(read(&mem, 0x2000 + 12, 100), vec![1; 100]);
         assert_eq!(read(&mem, 0x1000 + 12, 10), vec![2; 10]);
-        assert_eq!(dev.dropped(), 1);
         // A chain with no frame for it is held, and filled when one comes.
-        let rx = chain(&[(0x3000, 100, true)]);
-        assert!(dev.offer(NET_RX, &mem, rx).is_empty());
+        assert!(dev.offer(NET_RX, &mem, chain(&[(0x3000, 100, true)])).is_empty());
         assert!(dev.flush(NET_RX, &mem).is_empty());
         send(&mut dev, &mem, &[4; 30]);
         assert_eq!(lens(&dev.flush(NET_RX, &mem)), [42]);
         assert_eq!(read(&mem, 0x3000 + 12, 30), vec![4; 30]);
+        // A frame no chain will ever hold is dropped once MAX_MERGE chains are held.
+        send(&mut dev, &mem, &[5; 1000]);
+        for i in 0..MAX_MERGE as u64 {
+            let c = chain(&[(0x4000 + 0x40 * i, 40, true)]);
+            assert!(dev.offer(NET_RX, &mem, c).is_empty());
+        }
+        assert_eq!(dev.dropped(), 1);
+        send(&mut dev, &mem, &[6; 10]);
+        assert_eq!(lens(&dev.flush(NET_RX, &mem)), [22]);
         for _ in 0..NET_BACKLOG + 5 {
             send(&mut dev, &mem, &[3; 10]);
         }
