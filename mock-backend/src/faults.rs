@@ -351,7 +351,7 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
     ),
     (
         Fault::NetNumBuffers0,
-        "net-num-buffers-0",
+        "net-num-buffers-zero",
         "R-NET-03",
         "--device net: received headers carry num_buffers 0",
     ),
