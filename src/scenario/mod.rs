@@ -162,12 +162,16 @@ fn check(spec: &ScenarioFile) -> Result<(), LoadErrorKind> {
             Action::Sleep if s.ms.is_none() => return Err(missing("ms")),
             Action::NetCtrl if s.class.is_none() => return Err(missing("class")),
             Action::NetCtrl if s.command.is_none() => return Err(missing("command")),
-            Action::RngRead if s.sizes.as_ref().is_some_and(|v| v.contains(&0)) => {
+            Action::RngRead
+                if s.sizes
+                    .as_ref()
+                    .is_some_and(|v| v.is_empty() || v.contains(&0)) =>
+            {
                 return Err(LoadErrorKind::BadValue {
                     step: i + 1,
                     action: s.action,
                     field: "sizes",
-                    why: "holds 0: an entropy request needs at least one writable byte".into(),
+                    why: "is empty or holds 0: each entropy request needs a writable byte".into(),
                 });
             }
             Action::FsFile

@@ -121,7 +121,8 @@ impl Ctx<'_> {
     }
 
     /// When `step.new_call` is set: replaces ring `idx`'s call eventfd (SET_VRING_CALL while it
-    /// runs) and returns the old one, for [`check_old_call`](Self::check_old_call).
+    /// runs) and returns the old one, drained once the swap was handled, for
+    /// [`check_old_call`](Self::check_old_call).
     pub(super) fn maybe_swap_call(
         &mut self,
         step: &Step,
@@ -143,6 +144,10 @@ impl Ctx<'_> {
         self.queues.insert(idx, q);
         let old = r.map_err(|e| self.session_failed(step, e))?;
         self.mark(id::R_WIRE_08);
+        // Once the swap is known handled (its ack, or a round trip without REPLY_ACK), what
+        // the old eventfd holds was signalled before it: drained, so only later calls count.
+        self.sync_unacked(step)?;
+        let _ = old.read();
         Ok(Some(old))
     }
 

@@ -53,9 +53,6 @@ impl Ctx<'_> {
         self.sync_unacked(step)?;
         let idx = Self::net_queue(step, 1);
         let old_call = self.maybe_swap_call(step, idx)?;
-        if old_call.is_some() {
-            self.sync_unacked(step)?;
-        }
         let n = step.frames.unwrap_or(1).max(1);
         let len = step.frame_len.unwrap_or(64) as usize;
         let frames: Vec<Vec<u8>> = (0..n)
@@ -199,8 +196,18 @@ impl Ctx<'_> {
         let idx = Self::net_queue(step, 0);
         let tx = idx + 1;
         let mut expected = self.net.sent.remove(&tx).unwrap_or_default();
-        let mut pending = self.net.rx.remove(&idx).unwrap_or_default();
         let no_reply = step.expect == Some(Expect::NoReply);
+        if expected.is_empty() && !no_reply {
+            return Err(StepError::Harness(format!(
+                "net_rx on queue {idx}: no frame was sent on TX queue {tx}: add a net_tx step first"
+            )));
+        }
+        if self.net.rx.get(&idx).is_none_or(|p| p.is_empty()) {
+            return Err(StepError::Harness(format!(
+                "net_rx on queue {idx}: no receive buffer is posted: add a net_rx_post step first"
+            )));
+        }
+        let mut pending = self.net.rx.remove(&idx).unwrap_or_default();
         let window =
             Duration::from_millis(step.window_ms.unwrap_or(if no_reply { 500 } else { 2000 }));
         let deadline = Instant::now() + window;
@@ -235,7 +242,8 @@ impl Ctx<'_> {
                 }
             }
             let first = ready.pop_front().expect("not empty");
-            match self.take_rx_frame(step, idx, first, &mut ready, &mut pending) {
+            let next = expected.front().cloned();
+            match self.take_rx_frame(idx, first, next.as_deref(), &mut ready, &mut pending) {
                 Ok(f) => match netdrv::frame_seq(&f.frame) {
                     None => foreign += 1,
                     Some(_) if no_reply => {
@@ -295,14 +303,29 @@ impl Ctx<'_> {
     /// (num_buffers), R-NET-04 (flags and gso_type the driver did not negotiate).
     fn take_rx_frame(
         &mut self,
-        step: &Step,
         idx: u16,
         first: Exchanged,
+        awaited: Option<&[u8]>,
         ready: &mut VecDeque<Exchanged>,
         pending: &mut Vec<Submitted>,
     ) -> Result<RxFrame, StepError> {
         self.judge_common(idx, "a receive buffer", &first)?;
         self.mark(id::R_NET_02);
+        // The frame awaited starting 2 bytes early: the 10-byte legacy header, which VERSION_1
+        // replaced with virtio_net_hdr_v1 (virtio 1.2 5.1.6).
+        let bytes = first.reply();
+        let prefix_of =
+            |at: usize| awaited.is_some_and(|w| bytes.len() > at && w.starts_with(&bytes[at..]));
+        if prefix_of(vnet::HDR_LEN - 2) && !prefix_of(vnet::HDR_LEN) {
+            return Err(self.fail(
+                id::R_NET_02,
+                &format!(
+                    "a frame on RX queue {idx} starts at byte 10: a 10-byte legacy header, not the 12-byte virtio_net_hdr_v1"
+                ),
+                "with VERSION_1 every received frame is written behind the 12-byte virtio_net_hdr_v1 (num_buffers included)",
+                format!("used length {}, first bytes {:02x?}", first.used_len, &bytes[..bytes.len().min(24)]),
+            ));
+        }
         let mut f = match netdrv::parse_rx(&first) {
             Ok(f) => f,
             Err(e) => {
@@ -369,7 +392,6 @@ impl Ctx<'_> {
             f.hdr.flags != 0
         };
         if bad_flags || (!gso && f.hdr.gso_type != vnet::GSO_NONE) {
-            let _ = step;
             return Err(self.fail(
                 id::R_NET_04,
                 &format!("a frame on RX queue {idx} has header flags {:#x}, gso_type {}", f.hdr.flags, f.hdr.gso_type),

@@ -35,9 +35,6 @@ impl Ctx<'_> {
         let indirect = step.indirect == Some(true);
         for idx in self.queue_indices(step) {
             let old_call = self.maybe_swap_call(step, idx)?;
-            if old_call.is_some() {
-                self.sync_unacked(step)?;
-            }
             let specs: Vec<_> = sizes
                 .iter()
                 .map(|&s| rng::entropy_chain(s, segments, indirect))

@@ -55,7 +55,11 @@ impl Ctx<'_> {
                 self.features = n.features;
                 self.protocol = n.protocol;
                 self.queue_num_reported = n.queue_num;
-                self.queue_num = n.queue_num.unwrap_or(1).clamp(1, 64);
+                // Rings, by the device's reading of the answer (net: queue pairs and a control
+                // ring, so its TX ring 1 and control ring exist even without MQ).
+                let reported = n.queue_num.unwrap_or(1);
+                let rings = self.offer.device.map_or(reported, |d| d.rings(reported));
+                self.queue_num = rings.clamp(1, 64);
                 Ok(())
             }
             Err(e) => Err(self.session_failed(step, e)),
