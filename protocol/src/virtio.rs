@@ -5,8 +5,8 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-pub mod net;
 pub mod fs;
+pub mod net;
 pub mod vsock;
 
 /// Descriptor flag: the buffer continues in `next`.
