@@ -76,6 +76,27 @@ impl ChainHandler for DeviceChains<'_> {
     fn ready(&self) -> bool {
         self.dev.ready(self.queue)
     }
+
+    fn gathers(&self) -> bool {
+        self.dev.gathers(self.queue)
+    }
+
+    fn offer(&mut self, mem: &dyn GuestMemory, chain: Chain) -> Vec<(Chain, u32)> {
+        self.dev.offer(self.queue, mem, chain)
+    }
+
+    fn flush(&mut self, mem: &dyn GuestMemory) -> Vec<(Chain, u32)> {
+        self.dev.flush(self.queue, mem)
+    }
+}
+
+/// A disabled queue the device discards: every chain used with length 0, nothing done.
+struct Discard;
+
+impl ChainHandler for Discard {
+    fn serve(&mut self, _mem: &dyn GuestMemory, _chain: &Chain) -> u32 {
+        0
+    }
 }
 
 impl Session<'_> {
@@ -161,14 +182,20 @@ impl Session<'_> {
             return 0;
         };
         let v = &mut self.queues[i];
-        let Some(queue) = v.queue.as_mut().filter(|_| v.enabled || ignore_enable) else {
+        let enabled = v.enabled || ignore_enable;
+        let discard = !enabled && dev.discard_while_disabled(i as u16);
+        let Some(queue) = v.queue.as_mut().filter(|_| enabled || discard) else {
             return 0;
         };
-        let mut chains = DeviceChains {
-            queue: i as u16,
-            dev: dev.as_mut(),
+        let result = if discard {
+            process_queue_with(queue, &self.mem, &mut Discard)
+        } else {
+            let mut chains = DeviceChains {
+                queue: i as u16,
+                dev: dev.as_mut(),
+            };
+            process_queue_with(queue, &self.mem, &mut chains)
         };
-        let result = process_queue_with(queue, &self.mem, &mut chains);
         self.signal_run(i, result)
     }
 

@@ -49,6 +49,30 @@ pub trait VirtioDevice: Send {
     /// its device-writable buffers). Malformed requests are answered as the device's section
     /// says, never with a panic.
     fn serve(&mut self, queue: u16, mem: &dyn GuestMemory, chain: &Chain) -> u32;
+    /// Whether `queue` gathers chains ([`VirtioDevice::offer`] instead of
+    /// [`VirtioDevice::serve`]): the device keeps the chains it is given and completes them
+    /// when it has data for them, several at once if a delivery spans them (net receiveq).
+    fn gathers(&self, _queue: u16) -> bool {
+        false
+    }
+    /// A chain taken from a gathering `queue`; the chains completed now (this one or chains
+    /// kept before) with their used lengths, published together. Chains kept are dropped by
+    /// [`VirtioDevice::reset`].
+    fn offer(&mut self, queue: u16, mem: &dyn GuestMemory, chain: Chain) -> Vec<(Chain, u32)> {
+        let len = self.serve(queue, mem, &chain);
+        vec![(chain, len)]
+    }
+    /// Chains kept by [`VirtioDevice::offer`] on `queue` that can be completed now.
+    fn flush(&mut self, _queue: u16, _mem: &dyn GuestMemory) -> Vec<(Chain, u32)> {
+        Vec::new()
+    }
+    /// Whether a started but disabled `queue` is still drained, its chains used with length 0
+    /// and their contents dropped (vhost-user "Ring states": "for a networking device, in the
+    /// disabled state the back-end must not supply any new RX packets, but must process and
+    /// discard any TX packets"). Default: a disabled queue is left alone.
+    fn discard_while_disabled(&self, _queue: u16) -> bool {
+        false
+    }
     /// File descriptors with device input besides the rings (vsock's host-side sockets): the
     /// back-end polls them with its kick fds and calls [`VirtioDevice::on_input`] when one is
     /// readable, then re-runs the device-to-driver queues that became ready.

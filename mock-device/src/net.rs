@@ -56,6 +56,9 @@ pub const NET_BACKLOG: usize = 256;
 /// The largest frame looped back (a 64 KiB GSO-sized frame plus an Ethernet header); longer
 /// ones are dropped.
 const MAX_FRAME: usize = 65_550;
+/// The most receive chains one packet is spread over with MRG_RXBUF. Why: a frame bigger than
+/// every buffer the driver will ever post must not block the frames behind it for good.
+pub const MAX_MERGE: usize = 64;
 
 /// Control classes and commands (5.1.6.5).
 const CTRL_CLASS_RX: u8 = 0;
@@ -87,7 +90,9 @@ pub struct NetDevice {
     faults: NetFaults,
     features: u64,
     backlog: VecDeque<Vec<u8>>,
-    /// Frames dropped (backlog full, too long, or too big for a receive chain).
+    /// Receive chains taken from receiveq0 and not yet filled.
+    held: Vec<Chain>,
+    /// Frames dropped (backlog full, too long, or too big for the receive chains).
     dropped: u64,
     promisc: bool,
     allmulti: bool,
@@ -100,6 +105,7 @@ impl NetDevice {
             faults,
             features: 0,
             backlog: VecDeque::new(),
+            held: Vec::new(),
             dropped: 0,
             promisc: false,
             allmulti: false,
@@ -150,13 +156,17 @@ impl NetDevice {
     }
 
     /// The receive header the device writes: flags 0 and gso NONE (nothing negotiated allows
-    /// more, 5.1.6.4.1), num_buffers 1 (one chain per frame).
-    fn rx_header(&self) -> Vec<u8> {
+    /// more, 5.1.6.4.1) and `num_buffers`, the chains the packet spans.
+    fn rx_header(&self, num_buffers: u16) -> Vec<u8> {
         let mut h = vec![0u8; NET_HDR_LEN];
         if self.faults.rx_csum_flag && !self.negotiated(F_GUEST_CSUM) {
             h[0] = HDR_F_DATA_VALID;
         }
-        let num_buffers: u16 = if self.faults.num_buffers_0 { 0 } else { 1 };
+        let num_buffers = if self.faults.num_buffers_0 {
+            0
+        } else {
+            num_buffers
+        };
         h[HDR_NUM_BUFFERS..].copy_from_slice(&num_buffers.to_le_bytes());
         if self.faults.rx_legacy_header {
             h.truncate(LEGACY_HDR_LEN);
@@ -164,26 +174,52 @@ impl NetDevice {
         h
     }
 
-    /// 5.1.6.4: the next queued frame that fits this chain behind its header; frames too big
-    /// for it are dropped (MRG_RXBUF merging is not done, so a frame fits one chain). A chain
-    /// no queued frame fits is used with length 0 and nothing written.
-    fn receive(&mut self, mem: &dyn GuestMemory, chain: &Chain) -> u32 {
-        let writable = Iov::of(chain.segments.iter().filter(|s| s.writable));
-        let room = usize::try_from(writable.len()).unwrap_or(usize::MAX);
-        let header = self.rx_header();
-        while let Some(frame) = self.backlog.pop_front() {
-            if header.len() + frame.len() > room {
+    /// Delivers queued frames into the receive chains held, oldest first; the chains
+    /// completed. 5.1.6.4: without MRG_RXBUF a packet goes into one chain, the first held one
+    /// it fits (the driver SHOULD post buffers of at least 1526 bytes, 5.1.6.3.1); with it,
+    /// into the fewest held chains in order that hold it, `num_buffers` saying how many. A
+    /// frame that does not fit waits for more chains, and is dropped once [`MAX_MERGE`] held
+    /// chains cannot take it.
+    fn deliver(&mut self, mem: &dyn GuestMemory) -> Vec<(Chain, u32)> {
+        let mut done = Vec::new();
+        while let Some(frame) = self.backlog.front() {
+            let need = self.rx_header(1).len() + frame.len();
+            let room = |c: &Chain| usize::try_from(c.writable_len()).unwrap_or(usize::MAX);
+            let fit = if self.negotiated(F_MRG_RXBUF) {
+                let mut sum = 0usize;
+                let k = self.held.iter().position(|c| {
+                    sum = sum.saturating_add(room(c));
+                    sum >= need
+                });
+                k.map(|k| (0, k + 1))
+            } else {
+                self.held.iter().position(|c| room(c) >= need).map(|i| (i, 1))
+            };
+            let take = match fit {
+                Some(t) => Some(t),
+                None if self.held.len() >= MAX_MERGE => None,
+                None => break, // More chains may come.
+            };
+            let frame = self.backlog.pop_front().unwrap_or_default();
+            let Some((first, n)) = take else {
                 self.dropped += 1;
                 continue;
+            };
+            let chains: Vec<Chain> = self.held.drain(first..first + n).collect();
+            let packet = [self.rx_header(n as u16).as_slice(), &frame].concat();
+            let mut at = 0usize;
+            for chain in chains {
+                let writable = Iov::of(chain.segments.iter().filter(|s| s.writable));
+                let part = room(&chain).min(packet.len() - at);
+                let len = match writable.write(mem, &packet[at..at + part]) {
+                    Ok(()) => part,
+                    Err(_) => 0, // Memory gone since the chain was taken: nothing written.
+                };
+                at += part;
+                done.push((chain, u32::try_from(len).unwrap_or(u32::MAX)));
             }
-            let packet = [header.as_slice(), &frame].concat();
-            if writable.write(mem, &packet).is_err() {
-                self.dropped += 1;
-                return 0;
-            }
-            return u32::try_from(packet.len()).unwrap_or(u32::MAX);
         }
-        0
+        done
     }
 
     /// 5.1.6.5: `{u8 class, u8 command, data...}` readable, the ack byte the last writable
@@ -233,7 +269,7 @@ impl VirtioDevice for NetDevice {
         3
     }
 
-    /// MAC, STATUS, MTU, MRG_RXBUF (accepted; each frame still fits one chain, num_buffers 1),
+    /// MAC, STATUS, MTU, MRG_RXBUF,
     /// CTRL_VQ, CTRL_RX, VERSION_1 and the ring layouts the queue code drives.
     fn device_features(&self) -> u64 {
         let ring = VirtioFeatures::VERSION_1
@@ -256,14 +292,43 @@ impl VirtioDevice for NetDevice {
         c
     }
 
-    /// The receive queue only while a frame waits; the others always.
+    /// The receive queue only while a frame waits (for chains to hold it); the others always.
     fn ready(&self, queue: u16) -> bool {
         queue != NET_RX || !self.backlog.is_empty()
     }
 
+    /// A disabled transmitq is drained and its frames dropped; a disabled receiveq supplies
+    /// nothing.
+    fn discard_while_disabled(&self, queue: u16) -> bool {
+        queue == NET_TX
+    }
+
+    /// Receive chains are gathered: held until a frame fills them.
+    fn gathers(&self, queue: u16) -> bool {
+        queue == NET_RX
+    }
+
+    fn offer(&mut self, queue: u16, mem: &dyn GuestMemory, chain: Chain) -> Vec<(Chain, u32)> {
+        if queue != NET_RX {
+            let len = self.serve(queue, mem, &chain);
+            return vec![(chain, len)];
+        }
+        self.held.push(chain);
+        self.deliver(mem)
+    }
+
+    fn flush(&mut self, queue: u16, mem: &dyn GuestMemory) -> Vec<(Chain, u32)> {
+        if queue == NET_RX {
+            self.deliver(mem)
+        } else {
+            Vec::new()
+        }
+    }
+
     fn serve(&mut self, queue: u16, mem: &dyn GuestMemory, chain: &Chain) -> u32 {
         match queue {
-            NET_RX => self.receive(mem, chain),
+            // Receive chains go through `offer`; one served directly gets nothing.
+            NET_RX => 0,
             NET_TX => self.transmit(mem, chain),
             NET_CTRL => self.control(mem, chain),
             _ => 0,
@@ -274,6 +339,7 @@ impl VirtioDevice for NetDevice {
     /// session's, set by SET_FEATURES, and a ring restart does not send them again.
     fn reset(&mut self) {
         self.backlog.clear();
+        self.held.clear();
         self.promisc = false;
         self.allmulti = false;
     }
@@ -301,6 +367,35 @@ mod tests {
         b
     }
 
+    fn lens(done: &[(Chain, u32)]) -> Vec<u32> {
+        done.iter().map(|d| d.1).collect()
+    }
+
+    #[test]
+    fn with_mrg_rxbuf_a_frame_spans_the_fewest_chains_in_order() {
+        let mem = VecMemory::with_region(0, 0x10000);
+        let mut dev = NetDevice::new(NetFaults::default());
+        dev.set_features(F_MRG_RXBUF);
+        let frame: Vec<u8> = (0..=255u8).cycle().take(600).collect();
+        send(&mut dev, &mem, &frame);
+        let rx = |i: u64| {
+            let mut c = chain(&[(0x1000 + 0x400 * i, 256, true)]);
+            c.head = i as u16;
+            c
+        };
+        assert!(dev.offer(NET_RX, &mem, rx(0)).is_empty());
+        assert!(dev.offer(NET_RX, &mem, rx(1)).is_empty());
+        let done = dev.offer(NET_RX, &mem, rx(2));
+        assert_eq!(lens(&done), [256, 256, 100]);
+        assert_eq!(done.iter().map(|d| d.0.head).collect::<Vec<_>>(), [0, 1, 2]);
+        let mut got = Vec::new();
+        for (i, len) in [(0u64, 256usize), (1, 256), (2, 100)] {
+            got.extend(read(&mem, 0x1000 + 0x400 * i, len));
+        }
+        assert_eq!(got[HDR_NUM_BUFFERS..NET_HDR_LEN], [3, 0], "num_buffers");
+        assert_eq!(got[NET_HDR_LEN..], frame);
+    }
+
     /// Transmits `frame` (header at 0, frame at 0x100).
     fn send(dev: &mut NetDevice, mem: &VecMemory, frame: &[u8]) -> u32 {
         mem.write(0, &[0; NET_HDR_LEN]).unwrap();
@@ -324,7 +419,7 @@ mod tests {
         // The header and the frame split across two writable buffers at an odd point.
         mem.write(0x1000, &[0xEE; 2000]).unwrap();
         let rx = chain(&[(0x1000, 5, true), (0x2000, 1526, true)]);
-        assert_eq!(dev.serve(NET_RX, &mem, &rx), 72);
+        assert_eq!(lens(&dev.offer(NET_RX, &mem, rx)), [72]);
         let mut got = read(&mem, 0x1000, 5);
         got.extend(read(&mem, 0x2000, 67));
         let mut want = vec![0u8; NET_HDR_LEN];
@@ -335,15 +430,33 @@ mod tests {
     }
 
     #[test]
-    fn too_big_frames_are_dropped_and_the_backlog_is_bounded() {
-        let mem = VecMemory::with_region(0, 0x10000);
+    fn frames_wait_for_a_chain_they_fit_and_the_backlog_is_bounded() {
+        let mem = VecMemory::with_region(0, 0x20000);
         let mut dev = NetDevice::new(NetFaults::default());
         send(&mut dev, &mem, &[1; 100]);
         send(&mut dev, &mem, &[2; 10]);
-        let rx = chain(&[(0x1000, 40, true)]);
-        assert_eq!(dev.serve(NET_RX, &mem, &rx), 22);
+        // Too small for the first frame: held, and the frames stay in order.
+        assert!(dev.offer(NET_RX, &mem, chain(&[(0x1000, 40, true)])).is_empty());
+        let done = dev.offer(NET_RX, &mem, chain(&[(0x2000, 200, true)]));
+        assert_eq!(lens(&done), [112, 22]);
+        assert_eq!(done[0].0.segments[0].gpa, 0x2000);
+        assert_eq!(read(&mem, 0x2000 + 12, 100), vec![1; 100]);
         assert_eq!(read(&mem, 0x1000 + 12, 10), vec![2; 10]);
+        // A chain with no frame for it is held, and filled when one comes.
+        assert!(dev.offer(NET_RX, &mem, chain(&[(0x3000, 100, true)])).is_empty());
+        assert!(dev.flush(NET_RX, &mem).is_empty());
+        send(&mut dev, &mem, &[4; 30]);
+        assert_eq!(lens(&dev.flush(NET_RX, &mem)), [42]);
+        assert_eq!(read(&mem, 0x3000 + 12, 30), vec![4; 30]);
+        // A frame no chain will ever hold is dropped once MAX_MERGE chains are held.
+        send(&mut dev, &mem, &[5; 1000]);
+        for i in 0..MAX_MERGE as u64 {
+            let c = chain(&[(0x4000 + 0x40 * i, 40, true)]);
+            assert!(dev.offer(NET_RX, &mem, c).is_empty());
+        }
         assert_eq!(dev.dropped(), 1);
+        send(&mut dev, &mem, &[6; 10]);
+        assert_eq!(lens(&dev.flush(NET_RX, &mem)), [22]);
         for _ in 0..NET_BACKLOG + 5 {
             send(&mut dev, &mem, &[3; 10]);
         }
@@ -388,7 +501,7 @@ mod tests {
         let mut dev = NetDevice::new(faults);
         assert_eq!(send(&mut dev, &mem, &[7; 20]), 20);
         let rx = chain(&[(0x1000, 100, true)]);
-        assert_eq!(dev.serve(NET_RX, &mem, &rx), 30);
+        assert_eq!(lens(&dev.offer(NET_RX, &mem, rx.clone())), [30]);
         let faults = NetFaults {
             num_buffers_0: true,
             rx_csum_flag: true,
@@ -397,7 +510,7 @@ mod tests {
         };
         let mut dev = NetDevice::new(faults);
         send(&mut dev, &mem, &[7; 20]);
-        assert_eq!(dev.serve(NET_RX, &mem, &rx), 32);
+        assert_eq!(lens(&dev.offer(NET_RX, &mem, rx)), [32]);
         assert_eq!(read(&mem, 0x1000, 12), [2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         mem.write(0x100, &[0xAA]).unwrap();
         let c = chain(&[(0, 3, false), (0x100, 1, true)]);

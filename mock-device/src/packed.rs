@@ -188,6 +188,46 @@ impl PackedRing {
         Ok(())
     }
 
+    /// Writes the used descriptors of several chains so the driver sees all of them or none:
+    /// ids and lengths first, then the flags of every chain but the first, then the first's
+    /// (virtio 2.8.21.1: the driver reads used descriptors in ring order).
+    pub(crate) fn push_used_batch(
+        &mut self,
+        mem: &dyn GuestMemory,
+        done: &[(Chain, u32)],
+    ) -> Result<(), RingError> {
+        let mut at = Vec::with_capacity(done.len());
+        let mut pos = self.used;
+        for (chain, len) in done {
+            let slot = self.slot(pos.idx);
+            let mut len_id = [0u8; 6];
+            len_id[..4].copy_from_slice(&len.to_le_bytes());
+            len_id[4..].copy_from_slice(&chain.id.to_le_bytes());
+            mem.write(slot + 8, &len_id)
+                .map_err(RingError::mem("descriptor ring"))?;
+            at.push((slot, pos.wrap));
+            pos.advance(chain.descriptors.max(1), self.cfg.size);
+        }
+        fence(Ordering::Release);
+        let flags = |wrap: bool| {
+            if wrap {
+                VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED
+            } else {
+                0
+            }
+        };
+        for &(slot, wrap) in at.iter().skip(1) {
+            write_u16(mem, slot + 14, flags(wrap)).map_err(RingError::mem("descriptor ring"))?;
+        }
+        if let Some(&(slot, wrap)) = at.first() {
+            fence(Ordering::Release);
+            write_u16(mem, slot + 14, flags(wrap)).map_err(RingError::mem("descriptor ring"))?;
+        }
+        self.used = pos;
+        self.pushed |= !done.is_empty();
+        Ok(())
+    }
+
     /// Whether the driver event suppression structure asks for an interrupt for what was
     /// published since the last call.
     pub(crate) fn should_notify(&mut self, mem: &dyn GuestMemory) -> Result<bool, RingError> {

@@ -158,6 +158,20 @@ impl Queue {
         self.stop_on_error(r)
     }
 
+    /// Publishes used elements for several chains at once: the driver sees all of them or none
+    /// (split: one used idx store; packed: the first chain's flags last).
+    pub fn push_used_batch(
+        &mut self,
+        mem: &dyn GuestMemory,
+        done: &[(Chain, u32)],
+    ) -> Result<(), RingError> {
+        let r = match self.ring()? {
+            Ring::Split(r) => r.push_used_batch(mem, done),
+            Ring::Packed(r) => r.push_used_batch(mem, done),
+        };
+        self.stop_on_error(r)
+    }
+
     /// Whether the driver wants an interrupt for the used elements published since the last
     /// call (split: NO_INTERRUPT or used_event; packed: driver event suppression). Nothing
     /// published since the last call gives `false`; the first call on a new queue with

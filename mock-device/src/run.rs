@@ -25,6 +25,23 @@ pub trait ChainHandler {
     fn ready(&self) -> bool {
         true
     }
+    /// Whether chains are handed over with [`ChainHandler::offer`] instead of served one by
+    /// one: the handler may keep them and complete several at once (net receiveq with
+    /// MRG_RXBUF spreads a packet over several chains).
+    fn gathers(&self) -> bool {
+        false
+    }
+    /// Hands over a chain taken from the ring (with [`ChainHandler::gathers`]); the chains
+    /// completed now, this one or others kept before, published together.
+    fn offer(&mut self, mem: &dyn GuestMemory, chain: Chain) -> Vec<(Chain, u32)> {
+        let len = self.serve(mem, &chain);
+        vec![(chain, len)]
+    }
+    /// Chains kept by [`ChainHandler::offer`] that can be completed now (new data arrived
+    /// since); asked before new chains are taken.
+    fn flush(&mut self, _mem: &dyn GuestMemory) -> Vec<(Chain, u32)> {
+        Vec::new()
+    }
     /// `chain` was just taken from the avail ring, before [`ChainHandler::serve`].
     fn taken(&mut self, _q: &Queue, _chain: &Chain) {}
     /// `chain`'s used element is published; [`Queue::used_idx`] is the used idx after it.
@@ -70,12 +87,27 @@ pub fn process_queue_with(
     handler: &mut dyn ChainHandler,
 ) -> Result<QueueRun, RingError> {
     let mut completed = 0;
+    if handler.gathers() {
+        let done = handler.flush(mem);
+        if !done.is_empty() {
+            q.push_used_batch(mem, &done)?;
+            completed += done.len();
+        }
+    }
     loop {
         while handler.ready() {
             let Some(chain) = q.pop(mem)? else {
                 break;
             };
             handler.taken(q, &chain);
+            if handler.gathers() {
+                let done = handler.offer(mem, chain);
+                if !done.is_empty() {
+                    q.push_used_batch(mem, &done)?;
+                    completed += done.len();
+                }
+                continue;
+            }
             let len = handler.serve(mem, &chain);
             q.push_used(mem, &chain, len)?;
             handler.published(q, &chain);

@@ -195,6 +195,30 @@ impl SplitRing {
         write_u16(mem, self.cfg.device + 2, self.next_used.0).map_err(RingError::mem("used ring"))
     }
 
+    /// Publishes several used elements with one used idx store, so the driver sees all of
+    /// them or none (a net packet spread over several receive chains, 5.1.6.4).
+    pub(crate) fn push_used_batch(
+        &mut self,
+        mem: &dyn GuestMemory,
+        done: &[(Chain, u32)],
+    ) -> Result<(), RingError> {
+        self.ensure_used_synced(mem)?;
+        for (k, (chain, len)) in done.iter().enumerate() {
+            let slot = u64::from((self.next_used + Wrapping(k as u16)).0 % self.cfg.size);
+            let elem = UsedElem {
+                id: u32::from(chain.head),
+                len: *len,
+            };
+            mem.write(self.cfg.device + 4 + 8 * slot, elem.as_bytes())
+                .map_err(RingError::mem("used ring"))?;
+        }
+        // Every element must be visible before the index that publishes them.
+        fence(Ordering::Release);
+        self.next_used += Wrapping(done.len() as u16);
+        self.pushed = true;
+        write_u16(mem, self.cfg.device + 2, self.next_used.0).map_err(RingError::mem("used ring"))
+    }
+
     /// Whether the driver wants an interrupt for what was published since the last call.
     pub(crate) fn should_notify(&mut self, mem: &dyn GuestMemory) -> Result<bool, RingError> {
         // Orders the used idx store before the load of flags / used_event (virtio 2.7.10).
