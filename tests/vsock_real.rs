@@ -23,6 +23,8 @@ fn vhost_device_vsock_moves_data_and_fails_only_where_the_readme_says() {
         ("vsock/unknown-type", "R-VSOCK-04"),
     ]);
     for id in [
+        "vsock/host-connect-echo",
+        "vsock/host-connect-writes",
         "vsock/small-credit",
         "vsock/echo-large",
         "vsock/shutdown",

@@ -343,16 +343,35 @@ impl HostListener {
         let _ = std::fs::remove_file(path);
         let l = UnixListener::bind(path)?;
         l.set_nonblocking(true)?;
+        Ok(Self::start(Some(l), None, behaviour, path.to_path_buf()))
+    }
+
+    /// Serves one connection the host side made itself (a host-initiated hybrid vsock
+    /// connection), with `behaviour`, as if it had been accepted.
+    ///
+    /// # Errors
+    /// The stream cannot be made non-blocking.
+    pub fn adopt(stream: UnixStream, behaviour: HostBehaviour) -> std::io::Result<Self> {
+        stream.set_nonblocking(true)?;
+        Ok(Self::start(None, Some(stream), behaviour, PathBuf::new()))
+    }
+
+    fn start(
+        l: Option<UnixListener>,
+        first: Option<UnixStream>,
+        behaviour: HostBehaviour,
+        path: PathBuf,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let log = Arc::new(Mutex::new(HostLog::default()));
         let (s, lg) = (stop.clone(), log.clone());
-        let thread = std::thread::spawn(move || serve(&l, &behaviour, &s, &lg));
-        Ok(Self {
-            path: path.to_path_buf(),
+        let thread = std::thread::spawn(move || serve(l.as_ref(), first, &behaviour, &s, &lg));
+        Self {
+            path,
             stop,
             log,
             thread: Some(thread),
-        })
+        }
     }
 
     /// Connections accepted so far.
@@ -395,28 +414,66 @@ impl Drop for HostListener {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.path);
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
-fn serve(l: &UnixListener, behaviour: &HostBehaviour, stop: &AtomicBool, log: &Mutex<HostLog>) {
-    let mut conns: Vec<(UnixStream, Vec<u8>)> = Vec::new();
+/// A host-side connection to a hybrid vsock back-end's own socket, asking it to connect to
+/// guest port `port` (the Firecracker convention: `CONNECT <port>\n`, answered `OK <host
+/// port>\n` once the guest accepted).
+///
+/// # Errors
+/// The socket cannot be reached or written.
+pub fn host_connect(uds: &Path, port: u32) -> std::io::Result<UnixStream> {
+    let mut s = UnixStream::connect(uds)?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes())?;
+    Ok(s)
+}
+
+/// Reads one `\n`-terminated line from `s` within `timeout` (byte by byte, so nothing after
+/// it is consumed); `None` when none came.
+pub fn read_line(s: &mut UnixStream, timeout: Duration) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while Instant::now() < deadline && line.len() < 256 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let _ = s.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+        match s.read(&mut b) {
+            Ok(1) if b[0] == b'\n' => return Some(String::from_utf8_lossy(&line).into_owned()),
+            Ok(1) => line.push(b[0]),
+            _ => return None,
+        }
+    }
+    None
+}
+
+fn serve(
+    l: Option<&UnixListener>,
+    first: Option<UnixStream>,
+    behaviour: &HostBehaviour,
+    stop: &AtomicBool,
+    log: &Mutex<HostLog>,
+) {
+    let owed = || match behaviour {
+        HostBehaviour::Echo => Vec::new(),
+        HostBehaviour::SendThenEcho(b) => b.clone(),
+    };
+    let mut conns: Vec<(UnixStream, Vec<u8>)> = first.into_iter().map(|s| (s, owed())).collect();
     let note = |e: String| {
         if let Ok(mut g) = log.lock() {
             g.errors.push(e);
         }
     };
     while !stop.load(Ordering::Relaxed) {
-        if let Ok((s, _)) = l.accept() {
+        if let Some(Ok((s, _))) = l.map(UnixListener::accept) {
             let _ = s.set_nonblocking(true);
             if let Ok(mut g) = log.lock() {
                 g.accepted += 1;
             }
-            let first = match behaviour {
-                HostBehaviour::Echo => Vec::new(),
-                HostBehaviour::SendThenEcho(b) => b.clone(),
-            };
-            conns.push((s, first));
+            conns.push((s, owed()));
         }
         let mut buf = [0u8; 8192];
         for (s, out) in &mut conns {

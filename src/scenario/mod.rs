@@ -188,6 +188,7 @@ fn check(spec: &ScenarioFile) -> Result<(), LoadErrorKind> {
             | Action::VsockShutdown
             | Action::VsockUnknownType
             | Action::VsockNoConnection
+            | Action::VsockHostConnect
                 if s.port.is_none() =>
             {
                 return Err(missing("port"));

@@ -182,6 +182,10 @@ pub enum Action {
     VsockUnknownType,
     /// vsock: RW for a connection that does not exist, to `port`: RST.
     VsockNoConnection,
+    /// vsock: the host side asks the hybrid back-end to connect to guest `port` (`CONNECT
+    /// <port>`); the device's REQUEST is checked and accepted; the host side then echoes (and
+    /// first writes `bytes` bytes when given). Later steps name the connection by `port`.
+    VsockHostConnect,
 }
 
 /// What a step expects of the back-end.

@@ -744,7 +744,8 @@ impl<'a> Ctx<'a> {
             | Action::VsockCreditRequest
             | Action::VsockShutdown
             | Action::VsockUnknownType
-            | Action::VsockNoConnection => self.vsock_step(step),
+            | Action::VsockNoConnection
+            | Action::VsockHostConnect => self.vsock_step(step),
             Action::Sleep => {
                 let left = self.deadline.saturating_duration_since(Instant::now());
                 std::thread::sleep(Duration::from_millis(step.ms.unwrap_or(0)).min(left));

@@ -48,6 +48,8 @@ pub struct VsockState {
     next_port: u32,
     /// The last packet sent, rendered (a finding's `sent`).
     last: Option<String>,
+    /// Guest ports a host-initiated connection is awaited on.
+    awaiting: BTreeSet<u32>,
 }
 
 impl VsockState {
@@ -118,6 +120,7 @@ impl Ctx<'_> {
             Action::VsockRecv => self.vsock_recv(step, port),
             Action::VsockCreditRequest => self.vsock_credit_request(step, port),
             Action::VsockShutdown => self.vsock_shutdown(step, port),
+            Action::VsockHostConnect => self.vsock_host_connect(step, port),
             _ => self.vsock_probe_rst(step, port),
         }
     }
@@ -309,7 +312,11 @@ impl Ctx<'_> {
                 format!("{}; {}", show(&h), brief(&got.ring)),
             ));
         }
-        let Some(port) = port else {
+        let awaited = h.op == vsock::OP_REQUEST && self.vsock.awaiting.contains(&{ h.dst_port });
+        let Some(port) = port.filter(|_| !awaited) else {
+            if awaited {
+                return Ok(Some(h));
+            }
             self.note(format!(
                 "step {}: a packet for no connection of the driver: {}",
                 self.step_no,
@@ -465,12 +472,21 @@ impl Ctx<'_> {
     /// Waits until the inbox of `port` holds `n` bytes, granting credit (a CREDIT_UPDATE) each
     /// time the device falls silent; the device's RW never exceeds the credit (checked in
     /// [`Self::pump`]).
+    /// Gives up when no byte arrived for a step timeout (credit granted meanwhile), or at the
+    /// scenario's deadline: a long transfer that keeps moving is not cut short.
     fn collect_rx(&mut self, step: &Step, port: u32, n: usize) -> Result<Vec<u8>, StepError> {
-        let deadline = Instant::now() + self.opts.step_timeout * 4;
-        let quiet = Duration::from_millis(300);
-        while self.vsock.inbox.get(&port).map_or(0, Vec::len) < n && Instant::now() < deadline {
+        let quiet = Duration::from_millis(300).min(self.opts.step_timeout);
+        let have = |s: &Self| s.vsock.inbox.get(&port).map_or(0, Vec::len);
+        let (mut progress, mut seen) = (Instant::now(), 0);
+        while have(self) < n
+            && progress.elapsed() < self.opts.step_timeout
+            && Instant::now() < self.deadline
+        {
             if !self.vsock.conns.contains_key(&port) {
                 break;
+            }
+            if have(self) > seen {
+                (progress, seen) = (Instant::now(), have(self));
             }
             match self.pump(step, quiet)? {
                 Some(h)
@@ -628,6 +644,90 @@ impl Ctx<'_> {
             ));
         }
         self.vsock.conns.remove(&port);
+        Ok(())
+    }
+
+    /// A host-initiated connection (hybrid vsock): `CONNECT <port>` on the back-end's socket;
+    /// the device's REQUEST to guest `port` must be well formed (R-VSOCK-02), the driver
+    /// accepts it, and the host side serves the connection like a listener's.
+    fn vsock_host_connect(&mut self, step: &Step, port: u32) -> StepResult {
+        let cid = self.guest_cid(step)?;
+        self.ensure_rx(step)?;
+        let uds = self.vsock_uds();
+        if !uds.exists() {
+            return Err(StepError::NotApplicable(format!(
+                "the back-end's host-side vsock socket {} is absent (not a hybrid vsock back-end, or pass --vsock-uds PATH)",
+                uds.display()
+            )));
+        }
+        let mut stream = drv::host_connect(&uds, port).map_err(|e| {
+            StepError::NotApplicable(format!(
+                "the back-end's host-side socket {} does not take a connection ({e})",
+                uds.display()
+            ))
+        })?;
+        self.vsock.awaiting.insert(port);
+        let deadline = Instant::now() + self.opts.step_timeout;
+        let mut request = None;
+        while request.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let Some(h) = self.pump(step, left)? else {
+                break;
+            };
+            let (op, dp) = (h.op, h.dst_port);
+            if op == vsock::OP_REQUEST && dp == port {
+                request = Some(h);
+            }
+        }
+        self.vsock.awaiting.remove(&port);
+        let rule = step.rule.unwrap_or(id::R_VSOCK_03);
+        self.mark(rule);
+        let Some(h) = request else {
+            return Err(self.fail(
+                rule,
+                &format!("the host side's CONNECT {port} brought no REQUEST to the guest"),
+                &format!("a REQUEST to guest port {port} on the rx queue"),
+                format!("nothing within {:?}", self.opts.step_timeout),
+            ));
+        };
+        if h.type_ != vsock::TYPE_STREAM || h.buf_alloc == 0 {
+            return Err(self.fail(
+                id::R_VSOCK_02,
+                &format!("the device's REQUEST to guest port {port}: {}", show(&h)),
+                "type STREAM and the host side's buf_alloc filled",
+                show(&h),
+            ));
+        }
+        let buf_alloc = step.buf_alloc.unwrap_or(DEFAULT_BUF_ALLOC);
+        let mut conn = Conn::new(cid, vsock::HOST_CID, port, h.src_port, buf_alloc);
+        conn.on_packet(&h, 0);
+        let pkt = conn.packet(vsock::OP_RESPONSE, 0, Vec::new());
+        self.vsock.conns.insert(port, conn);
+        self.vsock_tx(step, &pkt)?;
+        self.vsock.established.insert(port);
+        // The convention's acknowledgement to the host side; not virtio's, so only noted.
+        match drv::read_line(&mut stream, self.opts.step_timeout) {
+            Some(l) if l.starts_with("OK ") => {}
+            other => self.note(format!(
+                "step {}: after the guest's RESPONSE the host side got {other:?}, not \"OK <port>\"",
+                self.step_no
+            )),
+        }
+        let first = step
+            .bytes
+            .map(|n| stream_bytes(n, 0x53))
+            .unwrap_or_default();
+        let behaviour = if first.is_empty() {
+            HostBehaviour::Echo
+        } else {
+            HostBehaviour::SendThenEcho(first.clone())
+        };
+        let l = HostListener::adopt(stream, behaviour)
+            .map_err(|e| StepError::Harness(format!("host-side stream: {e}")))?;
+        self.vsock.listeners.insert(port, (l, first));
         Ok(())
     }
 
