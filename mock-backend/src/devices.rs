@@ -39,7 +39,7 @@ pub fn device_for(
             Ok(Box::new(fs))
         }
         DeviceKind::Vsock => {
-            let uds = vsock_uds_path(args)?;
+            let uds = vsock_uds_path(args);
             let mut v = VsockDevice::new(args.guest_cid, &uds, true).map_err(Error::device)?;
             v.set_faults(faults.vsock());
             Ok(Box::new(v))
@@ -48,19 +48,21 @@ pub fn device_for(
     }
 }
 
-/// `--uds-path`, else `<socket-path>.vsock` (what vhost-device-vsock users name it).
-fn vsock_uds_path(args: &Args) -> Result<PathBuf, Error> {
+/// `--uds-path`, else `<socket-path>.vsock` (what vhost-device-vsock users name it); with
+/// `--fd` and no `--uds-path`, `vhu-mock-backend-<pid>.vsock` in the temp directory, so an
+/// inherited socket is served without more options (R-PROG-02).
+fn vsock_uds_path(args: &Args) -> PathBuf {
     if let Some(p) = &args.uds_path {
-        return Ok(p.clone());
+        return p.clone();
     }
-    let Some(sock) = &args.socket_path else {
-        return Err(Error::BadOption(
-            "--device vsock with --fd needs --uds-path".into(),
-        ));
+    let mut p = match &args.socket_path {
+        Some(sock) => sock.as_os_str().to_owned(),
+        None => std::env::temp_dir()
+            .join(format!("vhu-mock-backend-{}", std::process::id()))
+            .into_os_string(),
     };
-    let mut p = sock.as_os_str().to_owned();
     p.push(".vsock");
-    Ok(p.into())
+    p.into()
 }
 
 /// The process's device as `--device` asks.
@@ -165,5 +167,24 @@ impl Device {
         if let Self::Virtio(d) = self {
             d.reset();
         }
+    }
+}
+
+#[cfg(test)]
+mod vsock_uds_tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn uds_path_defaults_next_to_the_socket_or_in_the_temp_dir() {
+        let args = |a: &[&str]| Args::try_parse_from([&["x"], a].concat()).unwrap();
+        let with = args(&["--device", "vsock", "--uds-path", "/run/v.sock"]);
+        assert_eq!(vsock_uds_path(&with), PathBuf::from("/run/v.sock"));
+        let next = args(&["--device", "vsock", "--socket-path", "/run/be.sock"]);
+        assert_eq!(vsock_uds_path(&next), PathBuf::from("/run/be.sock.vsock"));
+        let fd = vsock_uds_path(&args(&["--device", "vsock", "--fd", "3"]));
+        assert!(fd.starts_with(std::env::temp_dir()), "{}", fd.display());
+        assert!(fd.to_string_lossy().ends_with(".vsock"));
     }
 }

@@ -3,6 +3,12 @@
 //! checklist 6 and 4.21: `--socket-path`, `--fd`, `--print-capabilities`), with named fault modes
 //! that each break one rule on purpose (`--fault NAME`, `--list-faults`).
 //!
+//! `--device fs` serves virtio-fs (FUSE 7.31) over `--shared-dir DIR` read-only, or an empty
+//! root without it. `--device vsock` is a hybrid vsock (guest CID `--guest-cid`, default 3): a
+//! guest connection to host port P reaches the Unix socket `<uds>_P`, and a host program
+//! connecting to `<uds>` itself writes `CONNECT <port>\n` to reach the guest, where `<uds>` is
+//! `--uds-path`, else `<socket-path>.vsock`.
+//!
 //! Layers: [`cli`] parses, `server` accepts front-ends, `session` holds one connection's
 //! negotiated state and dispatches each request to one handler (`rings`, `channel`, `state`,
 //! `inflight` group them by area), `memory` maps guest memory, `datapath` drains rings through

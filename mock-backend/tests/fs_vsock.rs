@@ -589,3 +589,75 @@ fn bad_device_options_fail_at_startup() {
         assert!(!out.status.success(), "{args:?} started");
     }
 }
+
+#[test]
+fn vsock_streams_64k_from_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("v.sock");
+    let l = UnixListener::bind(port_path(&uds, 9000)).unwrap();
+    let (_be, _c, mut v) = vsock_started(&uds, &[]);
+    v.send(&vsock_pkt(OP_REQUEST, 9000, 0, 65536, &[]));
+    assert_eq!(v.recv().unwrap().op, OP_RESPONSE);
+    let (mut host, _) = l.accept().unwrap();
+    let data: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+    let writer = std::thread::spawn(move || host.write_all(&data).map(|()| host));
+    let t0 = Instant::now();
+    let mut got = 0;
+    while got < 65536 {
+        let r = v
+            .recv()
+            .unwrap_or_else(|| panic!("stalled after {got} bytes"));
+        assert_eq!(r.op, OP_RW);
+        got += r.payload.len();
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "slow: {:?}",
+        t0.elapsed()
+    );
+    let _host = writer.join().unwrap().unwrap();
+}
+
+#[test]
+fn vsock_echo_64k_sent_first_then_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("v.sock");
+    let l = UnixListener::bind(port_path(&uds, 9100)).unwrap();
+    let (_be, _c, mut v) = vsock_started(&uds, &[]);
+    v.send(&vsock_pkt(OP_REQUEST, 9100, 0, 65536, &[]));
+    assert_eq!(v.recv().unwrap().op, OP_RESPONSE);
+    let (mut host, _) = l.accept().unwrap();
+    let echo = std::thread::spawn(move || {
+        let mut b = [0u8; 4096];
+        let mut n = 0;
+        while n < 65536 {
+            let k = host.read(&mut b).unwrap();
+            if k == 0 {
+                break;
+            }
+            host.write_all(&b[..k]).unwrap();
+            n += k;
+        }
+        host
+    });
+    let data: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+    for c in data.chunks(4096) {
+        v.send(&vsock_pkt(OP_RW, 9100, 0, 65536, c));
+    }
+    let t0 = Instant::now();
+    let mut got = Vec::new();
+    while got.len() < 65536 {
+        let r = v
+            .recv()
+            .unwrap_or_else(|| panic!("stalled after {} bytes", got.len()));
+        assert_eq!(r.op, OP_RW);
+        got.extend_from_slice(&r.payload);
+    }
+    assert_eq!(got, data);
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "slow: {:?}",
+        t0.elapsed()
+    );
+    let _host = echo.join().unwrap();
+}

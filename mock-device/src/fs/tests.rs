@@ -498,3 +498,58 @@ fn faults_break_their_rules() {
     );
     assert_eq!(used, 16);
 }
+
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A request: a known or arbitrary opcode, a nodeid, a body, a header `len` that is right
+    /// or not, the readable bytes cut or not, and the writable room.
+    fn arb_request() -> impl Strategy<Value = (Vec<u8>, u32)> {
+        let opcode = prop_oneof![
+            3 => prop::sample::select(vec![1u32, 2, 3, 14, 15, 17, 18, 26, 27, 28, 29, 38, 42]),
+            1 => any::<u32>(),
+        ];
+        (
+            opcode,
+            prop_oneof![3 => 0u64..6, 1 => any::<u64>()],
+            prop::collection::vec(any::<u8>(), 0..96),
+            prop_oneof![3 => Just(None), 1 => any::<u32>().prop_map(Some)],
+            0usize..200,
+            prop_oneof![1 => Just(0u32), 4 => 0u32..300],
+        )
+            .prop_map(|(op, node, body, len, cut, room)| {
+                let mut r = request(op, 7, node, &body);
+                if let Some(l) = len {
+                    r[..4].copy_from_slice(&l.to_le_bytes());
+                }
+                r.truncate(cut.max(1));
+                (r, room)
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_requests_are_answered_within_the_room(
+            reqs in prop::collection::vec(arb_request(), 1..24)
+        ) {
+            let dir = TempDir::new("props");
+            let mut dev = FsDevice::new(Some(dir.0.clone())).unwrap();
+            let mut b = Builder::new();
+            for (req, room) in &reqs {
+                let (used, h, _) = send(&mut dev, &mut b, 1, req, *room);
+                prop_assert!(used <= *room, "R-DEV-02: used {} > room {}", used, room);
+                if let Some(h) = h.filter(|_| used >= 16) {
+                    prop_assert_eq!(h.len, used, "R-FS-01: len = used length");
+                    prop_assert!(h.error <= 0, "R-FS-03: negative errno");
+                    if req.len() >= 16 {
+                        prop_assert_eq!(h.unique, 7, "R-FS-01: unique echoed");
+                    }
+                } else {
+                    prop_assert!(used == 0 || used < 16);
+                }
+            }
+        }
+    }
+}
