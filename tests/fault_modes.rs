@@ -116,7 +116,10 @@ fn the_reference_net_and_rng_back_ends_fail_nothing() {
                     .as_str()
                     .is_some_and(|id| id.starts_with(&format!("{device}/")))
         });
-        assert!(own_passed, "--device {device}: no {device}/ scenario passed\n{text}");
+        assert!(
+            own_passed,
+            "--device {device}: no {device}/ scenario passed\n{text}"
+        );
     }
 }
 

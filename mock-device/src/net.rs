@@ -193,7 +193,10 @@ impl NetDevice {
                 });
                 k.map(|k| (0, k + 1))
             } else {
-                self.held.iter().position(|c| room(c) >= need).map(|i| (i, 1))
+                self.held
+                    .iter()
+                    .position(|c| room(c) >= need)
+                    .map(|i| (i, 1))
             };
             let take = match fit {
                 Some(t) => Some(t),
@@ -436,14 +439,20 @@ mod tests {
         send(&mut dev, &mem, &[1; 100]);
         send(&mut dev, &mem, &[2; 10]);
         // Too small for the first frame: held, and the frames stay in order.
-        assert!(dev.offer(NET_RX, &mem, chain(&[(0x1000, 40, true)])).is_empty());
+        assert!(
+            dev.offer(NET_RX, &mem, chain(&[(0x1000, 40, true)]))
+                .is_empty()
+        );
         let done = dev.offer(NET_RX, &mem, chain(&[(0x2000, 200, true)]));
         assert_eq!(lens(&done), [112, 22]);
         assert_eq!(done[0].0.segments[0].gpa, 0x2000);
         assert_eq!(read(&mem, 0x2000 + 12, 100), vec![1; 100]);
         assert_eq!(read(&mem, 0x1000 + 12, 10), vec![2; 10]);
         // A chain with no frame for it is held, and filled when one comes.
-        assert!(dev.offer(NET_RX, &mem, chain(&[(0x3000, 100, true)])).is_empty());
+        assert!(
+            dev.offer(NET_RX, &mem, chain(&[(0x3000, 100, true)]))
+                .is_empty()
+        );
         assert!(dev.flush(NET_RX, &mem).is_empty());
         send(&mut dev, &mem, &[4; 30]);
         assert_eq!(lens(&dev.flush(NET_RX, &mem)), [42]);
