@@ -117,6 +117,37 @@ pub struct Args {
     /// Show transcripts of warnings too; with --list, each scenario's source and description.
     #[arg(long, short)]
     pub verbose: bool,
+    /// Colour the verdicts: `auto` on a terminal unless NO_COLOR is set (as cargo and nextest).
+    /// On a terminal a live progress bar shows the running scenarios; piped output is plain
+    /// lines either way.
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = ColorWhen::Auto)]
+    pub color: ColorWhen,
+}
+
+/// When to colour the output (`--color`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorWhen {
+    /// On a terminal, unless NO_COLOR is set.
+    Auto,
+    /// Always, even into a pipe.
+    Always,
+    /// Never.
+    Never,
+}
+
+impl ColorWhen {
+    /// Whether to colour output going to standard output.
+    pub fn enabled(self) -> bool {
+        use std::io::IsTerminal;
+        match self {
+            Self::Always => true,
+            Self::Never => false,
+            Self::Auto => {
+                std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                    && std::io::stdout().is_terminal()
+            }
+        }
+    }
 }
 
 const EXIT_CODES: &str = "Exit codes: 0 all applicable scenarios passed; 1 failures; 2 usage or scenario-file error; \
@@ -434,7 +465,15 @@ fn reporters(args: &Args) -> Result<Vec<Box<dyn Reporter>>, String> {
             .map_err(|e| format!("cannot write {}: {e}", p.display()))
     };
     let mut out: Vec<Box<dyn Reporter>> = vec![match args.format {
-        Format::Human => Box::new(Human::new(std::io::stdout(), args.verbose)),
+        Format::Human => {
+            use std::io::IsTerminal;
+            let live = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+            Box::new(
+                Human::new(std::io::stdout(), args.verbose)
+                    .with_color(args.color.enabled())
+                    .live(live),
+            )
+        }
         Format::Json => Box::new(JsonReporter::new(std::io::stdout())),
     }];
     if let Some(p) = &args.junit {

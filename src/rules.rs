@@ -167,6 +167,10 @@ pub struct Rule {
     pub level: RuleLevel,
     /// Its first line.
     pub text: String,
+    /// Why no check through the socket can observe it, where that is so (`untestable` in
+    /// spec/rules.toml): such a rule is reported with its reason, not as missing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub untestable: Option<String>,
 }
 
 impl Rule {
@@ -184,6 +188,8 @@ struct RuleEntry {
     side: Side,
     level: RuleLevel,
     text: String,
+    #[serde(default)]
+    untestable: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -208,6 +214,7 @@ pub fn all() -> &'static [Rule] {
                     side: e.side,
                     level: e.level,
                     text: e.text,
+                    untestable: e.untestable,
                 }
             })
             .collect()
@@ -240,6 +247,9 @@ pub enum Status {
     NotRun,
     /// No scenario checks it yet.
     NoScenario,
+    /// Nothing seen through the socket can show it kept or broken (the reason is the rule's
+    /// `untestable`).
+    Untestable,
     /// A front-end duty or an informative note: not a back-end check.
     NotBackend,
 }
@@ -255,6 +265,7 @@ impl Status {
             Self::Error => "error",
             Self::NotRun => "not run",
             Self::NoScenario => "no scenario yet",
+            Self::Untestable => "untestable",
             Self::NotBackend => "n/a (front-end or info)",
         }
     }
@@ -328,7 +339,11 @@ fn status_of(rule: &Rule, cited: &[String], results: Option<&[ScenarioResult]>) 
         return Status::NotBackend;
     }
     if cited.is_empty() {
-        return Status::NoScenario;
+        return if rule.untestable.is_some() {
+            Status::Untestable
+        } else {
+            Status::NoScenario
+        };
     }
     let Some(results) = results else {
         return Status::NotRun;
@@ -393,6 +408,12 @@ pub fn render(rows: &[RuleCoverage]) -> String {
         );
         match &r.status {
             Status::Skipped { why } => line.push_str(&why.join("; ")),
+            Status::Untestable => {
+                line.push_str(&format!(
+                    "why: {}",
+                    r.rule.untestable.as_deref().unwrap_or("")
+                ));
+            }
             _ if r.scenarios.len() > 6 => line.push_str(&format!(
                 "{} and {} more",
                 r.scenarios[..5].join(", "),

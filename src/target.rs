@@ -264,9 +264,16 @@ impl Instance {
         let deadline = Instant::now() + self.connect_timeout;
         while !self.socket.exists() {
             if let ProcessState::Exited(_) | ProcessState::Signaled(_) = self.state() {
+                let mut status = self.state().to_string();
+                if self.state() == ProcessState::Exited(0) {
+                    // Exit 0 before listening is what a back-end that daemonizes does.
+                    status.push_str(
+                        "; a back-end must serve from the process started, not daemonize (R-PROG-06): run it in the foreground",
+                    );
+                }
                 return Err(TargetError::ExitedEarly {
                     command,
-                    status: self.state().to_string(),
+                    status,
                     stderr_tail: self.stderr_tail(400),
                 });
             }
@@ -446,6 +453,11 @@ impl Drop for Instance {
                 while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
                     std::thread::sleep(Duration::from_millis(10));
                 }
+                let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
+            } else {
+                // The process started has ended, but what it left in its group (a daemonized
+                // back-end, a wrapper's child) must not outlive the run.
+                let pgid = nix::unistd::Pid::from_raw(-(child.id() as i32));
                 let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
             }
             let _ = child.wait();

@@ -74,3 +74,56 @@ fn an_unwritable_report_file_is_a_usage_error_before_anything_runs() {
         "{text}"
     );
 }
+
+#[test]
+fn color_always_paints_the_verdicts_and_piped_output_stays_plain() {
+    let (code, painted) = vhu(&["vring/addr-before-memory", "--color", "always"]);
+    assert_eq!(code, Some(0), "{painted}");
+    assert!(
+        painted.contains("\u{1b}[32mPASS \u{1b}[0m vring/addr-before-memory"),
+        "{painted}"
+    );
+    // Into a pipe, `auto` (the default) means no escape codes and no progress bar.
+    let (code, plain) = vhu(&["vring/addr-before-memory"]);
+    assert_eq!(code, Some(0), "{plain}");
+    assert!(!plain.contains('\u{1b}'), "{plain}");
+    assert!(plain.contains("PASS  vring/addr-before-memory"), "{plain}");
+    let (code, never) = vhu(&["vring/addr-before-memory", "--color", "never"]);
+    assert_eq!(code, Some(0));
+    assert!(!never.contains('\u{1b}'), "{never}");
+}
+
+#[test]
+fn a_back_end_that_daemonizes_fails_r_prog_06_and_the_plain_one_passes() {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = env!("CARGO_BIN_EXE_vhu-conform");
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("daemonizing.sh");
+    // Starts the reference back-end in the background and exits once its socket exists (as a
+    // daemon's parent does when the child is ready): the served socket outlives the process
+    // the front-end started.
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n'{exe}' mock-backend \"$@\" >/dev/null 2>&1 &\n\
+             for i in $(seq 500); do [ -S \"$2\" ] && exit 0; sleep 0.01; done\nexit 1\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spawn = format!("'{}' --socket-path {{socket}}", script.display());
+    let (code, text) = vhu(&[
+        "program/socket-path-devnull-stdio",
+        "--spawn",
+        &spawn,
+        "--device",
+        "blk",
+    ]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("R-PROG-06") && text.contains("daemonized"),
+        "{text}"
+    );
+    let (code, text) = vhu(&["program/socket-path-devnull-stdio"]);
+    assert_eq!(code, Some(0), "{text}");
+}

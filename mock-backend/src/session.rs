@@ -362,6 +362,12 @@ impl<'a> Session<'a> {
             (GetMaxMemSlots, _) => self.get_max_mem_slots(),
             (SetMemTable, _) if self.has(Fault::HangSetMemTable) => hang(),
             (SetMemTable, Body::MemTable(regions)) => self.set_mem_table(regions, fds),
+            // R-NEG-11: a message of a protocol feature not negotiated is refused.
+            (AddMemReg | RemMemReg, _)
+                if !self.negotiated(ProtocolFeatures::CONFIGURE_MEM_SLOTS) =>
+            {
+                Outcome::Failed
+            }
             (AddMemReg, Body::SingleRegion(r)) => self.add_mem_reg(r, fds),
             (RemMemReg, Body::SingleRegion(r)) => self.rem_mem_reg(r),
             (SetLogBase, Body::Log(l)) => self.set_log_base(l, fds),

@@ -185,7 +185,8 @@ pub fn blk_complete(
     timeout: Duration,
 ) -> Result<BlkOutcome, WaitError> {
     let used = q.wait_used(mem, 1, timeout)?;
-    let outcome = outcome_of(mem, &pending, used[0].len, q.calls > pending.calls_before);
+    let notified = q.await_call(pending.calls_before);
+    let outcome = outcome_of(mem, &pending, used[0].len, notified);
     mem.release(pending.mark);
     outcome
 }
@@ -200,7 +201,10 @@ pub fn blk_wait(
     timeout: Duration,
 ) -> Result<Option<BlkOutcome>, WaitError> {
     match q.wait_used(mem, 1, timeout) {
-        Ok(used) => outcome_of(mem, pending, used[0].len, q.calls > pending.calls_before).map(Some),
+        Ok(used) => {
+            let notified = q.await_call(pending.calls_before);
+            outcome_of(mem, pending, used[0].len, notified).map(Some)
+        }
         Err(WaitError::Timeout { .. }) => Ok(None),
         Err(e) => Err(e),
     }

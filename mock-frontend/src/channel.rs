@@ -155,6 +155,8 @@ struct Shared {
     transcript: Transcript,
     shmem: ShmemSpace,
     refuse: usize,
+    /// The back-end closed its end (EOF seen).
+    peer_closed: bool,
 }
 
 impl Shared {
@@ -189,6 +191,12 @@ impl BackendChannel {
             stop,
             thread: Some(thread),
         })
+    }
+
+    /// Whether the back-end has closed its end of the channel (a replaced channel must be
+    /// closed, R-BCH-10).
+    pub fn peer_closed(&self) -> bool {
+        self.lock().peer_closed
     }
 
     /// Every request received so far.
@@ -274,7 +282,13 @@ fn serve(conn: &Connection, shared: &Mutex<Shared>, stop: &AtomicBool, epoch: In
         match conn.recv_unchecked() {
             Ok(msg) => handle(conn, shared, msg, epoch),
             Err(ConnError::Timeout { .. }) => {}
-            Err(e) if e.is_peer_gone() => return,
+            Err(e) if e.is_peer_gone() => {
+                shared
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .peer_closed = true;
+                return;
+            }
             Err(e) => {
                 let mut s = shared
                     .lock()

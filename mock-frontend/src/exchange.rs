@@ -239,7 +239,8 @@ pub fn wait(
             .position(|p| u32::from(p.id) == u.id)
             .ok_or(WaitError::BadUsedId { id: u.id })?;
         let p = pending.remove(at);
-        out.push(outcome(mem, &p, u.len, q.calls > p.calls_before)?);
+        let notified = q.await_call(p.calls_before);
+        out.push(outcome(mem, &p, u.len, notified)?);
     }
     Ok(out)
 }

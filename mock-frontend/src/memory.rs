@@ -312,6 +312,13 @@ impl GuestMemory {
     }
 }
 
+/// The host page size (4096 on x86-64), from `sysconf`.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf reads a constant of the system; no memory is passed.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(p).ok().filter(|&p| p > 0).unwrap_or(4096)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

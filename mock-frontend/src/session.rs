@@ -163,6 +163,16 @@ pub enum ReplyViolation {
         /// The non-zero sizes.
         actual: u64,
     },
+    /// A GET_SHMEM_CONFIG region size that is not a multiple of the page size.
+    #[error("reply payload: shmem region {index} size {size:#x} is not a multiple of {page:#x}")]
+    ShmemSizeUnaligned {
+        /// The region.
+        index: usize,
+        /// Its size.
+        size: u64,
+        /// The host page size.
+        page: u64,
+    },
     /// A payload that breaks its layout (counts, reserved bits...): the validator's violation.
     #[error("reply payload: {0}")]
     BadPayload(Violation),
@@ -517,6 +527,20 @@ impl Session {
                 });
             }
         }
+        if req == FrontendReq::GetShmemConfig
+            && let Ok(vhu_protocol::wire::payload::Body::ShmemConfig(c)) =
+                msg.body(req.reply_body())
+        {
+            let page = crate::memory::page_size();
+            if let Some((index, &size)) = c.sizes.iter().enumerate().find(|&(_, &s)| s % page != 0)
+            {
+                return Err(SessionError::BadReply {
+                    during: req,
+                    reason: ReplyViolation::ShmemSizeUnaligned { index, size, page },
+                    message: Box::new(msg),
+                });
+            }
+        }
         match req {
             FrontendReq::GetFeatures => self.offered_features = msg.u64(),
             FrontendReq::GetProtocolFeatures => self.offered_protocol = msg.u64(),
@@ -596,6 +620,45 @@ impl Session {
         self.conn
             .send_raw(raw, fds)
             .map_err(|e| self.conn_error(None, e))
+    }
+
+    /// Sends `messages` as one byte stream cut at `cuts` (ascending offsets into their
+    /// concatenation), pausing `pause` between pieces, with `fds` on the first piece: however
+    /// the stream is cut, a back-end must read the same messages (R-WIRE-07). Each message is
+    /// recorded in the transcript as sent.
+    pub fn send_stream(
+        &mut self,
+        messages: &[RawMessage],
+        cuts: &[usize],
+        fds: &[BorrowedFd<'_>],
+        pause: Duration,
+    ) -> Result<(), SessionError> {
+        let mut bytes = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            let header = Header::from_bytes(&m.header);
+            self.record_sent(&header, &m.body, if i == 0 { fds.len() } else { 0 });
+            bytes.extend_from_slice(&m.to_bytes());
+        }
+        let mut start = 0;
+        let ends = cuts
+            .iter()
+            .copied()
+            .filter(|&c| c > 0 && c < bytes.len())
+            .chain([bytes.len()]);
+        for end in ends {
+            if end <= start {
+                continue;
+            }
+            let with = if start == 0 { fds } else { &[] };
+            self.conn
+                .send_bytes(&bytes[start..end], with)
+                .map_err(|e| self.conn_error(None, e))?;
+            start = end;
+            if start < bytes.len() {
+                std::thread::sleep(pause);
+            }
+        }
+        Ok(())
     }
 
     /// Receives whatever comes next within `timeout`.
@@ -935,6 +998,12 @@ impl Session {
     /// CHECK_DEVICE_STATE.
     pub fn check_device_state(&mut self) -> Result<u64, SessionError> {
         self.u64_reply(FrontendReq::CheckDeviceState)
+    }
+
+    /// Takes the back-end channel out of the session (to keep watching it after a new
+    /// SET_BACKEND_REQ_FD, or to close it by dropping it).
+    pub fn take_channel(&mut self) -> Option<BackendChannel> {
+        self.channel.take()
     }
 
     /// SET_BACKEND_REQ_FD: creates the channel's socketpair, starts serving it, hands one end over.

@@ -112,11 +112,20 @@ pub struct DriverQueue {
     /// Give the back-end a kick eventfd; without one (SET_VRING_KICK bit 8, R-VRING-12) the
     /// back-end must poll the ring and [`kick`](Self::kick) does nothing.
     pub kick_fd: bool,
+    /// Send the setup messages before KICK in reverse order (ERR, CALL, ADDR, BASE, NUM):
+    /// the spec fixes no order for them (R-VRING-15).
+    pub reverse_setup: bool,
     /// Ask for used-ring writes to be logged (VHOST_VRING_F_LOG in SET_VRING_ADDR, R-LOG-04).
     pub log_used: bool,
     /// Notifications read from the call eventfd so far.
     pub calls: u64,
 }
+
+/// How long a completion's call may trail its used element (see [`DriverQueue::await_call`]).
+pub const CALL_GRACE: Duration = Duration::from_millis(200);
+
+/// One setup message of [`DriverQueue::setup`], sent on the session.
+type SetupMessage<'a> = dyn Fn(&mut Session) -> Result<(), SessionError> + 'a;
 
 fn eventfd() -> Result<EventFd, MemoryError> {
     EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
@@ -168,6 +177,7 @@ impl DriverQueue {
             call_fd: true,
             kick_fd: true,
             log_used: false,
+            reverse_setup: false,
             calls: 0,
         })
     }
@@ -261,8 +271,46 @@ impl DriverQueue {
         Ok(())
     }
 
+    /// The setup messages before KICK (NUM, BASE, ADDR, CALL, ERR), with the driver's ring
+    /// positions set to `base`: the ring is configured but not started (R-RING-01). Finish with
+    /// [`start`](Self::start).
+    pub fn configure(
+        &mut self,
+        session: &mut Session,
+        mem: &GuestMemory,
+        base: u16,
+    ) -> Result<(), SessionError> {
+        self.set_base(mem, base)?;
+        self.announce_before_kick(session, mem, base)
+    }
+
+    /// SET_VRING_KICK: starts a ring [`configure`](Self::configure) set up, without a kick.
+    pub fn start(&mut self, session: &mut Session) -> Result<(), SessionError> {
+        let idx = self.index as u8;
+        let kick = self.kick_fd.then(|| self.kick.as_fd());
+        session.checked(vhu_protocol::FrontendReq::SetVringKick, |s| {
+            s.set_vring_kick(idx, kick)
+        })
+    }
+
+    /// Reads away kicks not yet seen, so a back-end given the kick eventfd later finds none
+    /// pending (buffers made available before the ring started, R-RING-04).
+    pub fn clear_kicks(&self) {
+        let _ = self.kick.read();
+    }
+
     /// The setup messages, from NUM to KICK, for a ring starting at `base`.
     fn announce(
+        &mut self,
+        session: &mut Session,
+        mem: &GuestMemory,
+        base: u16,
+    ) -> Result<(), SessionError> {
+        self.announce_before_kick(session, mem, base)?;
+        self.start(session)
+    }
+
+    fn announce_before_kick(
         &mut self,
         session: &mut Session,
         mem: &GuestMemory,
@@ -271,18 +319,25 @@ impl DriverQueue {
         use vhu_protocol::FrontendReq::*;
         let i = u32::from(self.index);
         let word = self.base_word(base);
-        session.checked(SetVringNum, |s| s.set_vring_num(i, self.size.into()))?;
-        session.checked(SetVringBase, |s| s.set_vring_base(i, word))?;
         let addr = self.vring_addr(mem);
-        session.checked(SetVringAddr, |s| s.set_vring_addr(&addr))?;
         let idx = self.index as u8;
         let call = self.call_fd.then(|| self.call.as_fd());
-        session.checked(SetVringCall, |s| s.set_vring_call(idx, call))?;
-        session.checked(SetVringErr, |s| {
-            s.set_vring_err(idx, Some(self.err.as_fd()))
-        })?;
-        let kick = self.kick_fd.then(|| self.kick.as_fd());
-        session.checked(SetVringKick, |s| s.set_vring_kick(idx, kick))
+        let err = self.err.as_fd();
+        let size = self.size.into();
+        let mut steps: [&SetupMessage<'_>; 5] = [
+            &|s| s.checked(SetVringNum, |s| s.set_vring_num(i, size)),
+            &|s| s.checked(SetVringBase, |s| s.set_vring_base(i, word)),
+            &|s| s.checked(SetVringAddr, |s| s.set_vring_addr(&addr)),
+            &|s| s.checked(SetVringCall, |s| s.set_vring_call(idx, call)),
+            &|s| s.checked(SetVringErr, |s| s.set_vring_err(idx, Some(err))),
+        ];
+        if self.reverse_setup {
+            steps.reverse();
+        }
+        for step in steps {
+            step(session)?;
+        }
+        Ok(())
     }
 
     fn write_desc(
@@ -520,10 +575,10 @@ impl DriverQueue {
         loop {
             let ready = self.ready(mem, count)?;
             if ready >= count {
-                if self.calls == calls_before {
-                    // The device publishes the used index before it signals: give the call a
-                    // moment to arrive, so a missing notification is told from a late one.
-                    self.read_call(Duration::from_millis(200));
+                if self.calls == calls_before && self.call_fd {
+                    // Count a call already signalled; whether one is missing is judged per
+                    // request by `await_call`, from the request's submission.
+                    self.read_call(Duration::ZERO);
                 }
                 return self.collect(mem, count);
             }
@@ -536,6 +591,17 @@ impl DriverQueue {
             }
             self.read_call(Duration::from_millis(10));
         }
+    }
+
+    /// Whether the call eventfd was signalled since the driver had counted `since` calls. The
+    /// device publishes the used index before it signals, so when no call is counted yet this
+    /// waits up to [`CALL_GRACE`] for one: a missing notification is told from a late one.
+    /// Without a call fd nothing can arrive: no wait.
+    pub fn await_call(&mut self, since: u64) -> bool {
+        if self.calls == since && self.call_fd {
+            self.read_call(CALL_GRACE);
+        }
+        self.calls > since
     }
 
     /// How many used buffers wait to be collected (counting at most `max` for packed).

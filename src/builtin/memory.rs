@@ -70,3 +70,96 @@ by more than a small slack: one leaked mapping or fd per table is a failure."
         Ok(())
     }
 }
+
+/// ADD_MEM_REG up to GET_MAX_MEM_SLOTS regions is accepted, one more is refused (R-MEM-10).
+#[derive(Debug)]
+pub struct AddPastMaxSlots;
+
+/// Slot counts above this are not exercised (each region is a memfd on both sides).
+const MAX_SLOTS_EXERCISED: u64 = 4096;
+/// Each region's size and the guest-address stride between them.
+const SLOT_REGION: u64 = 0x1_0000;
+
+impl Builtin for AddPastMaxSlots {
+    fn id(&self) -> &'static str {
+        "memory/add-past-max-slots"
+    }
+    fn title(&self) -> &'static str {
+        "ADD_MEM_REG fills every slot GET_MAX_MEM_SLOTS reports, and one region more is refused"
+    }
+    fn rules(&self) -> &'static [crate::rules::RuleId] {
+        &[id::R_MEM_10]
+    }
+    fn level(&self) -> crate::scenario::Level {
+        crate::scenario::Level::Should
+    }
+    fn requires_protocol(&self) -> &'static [&'static str] {
+        &["CONFIGURE_MEM_SLOTS", "REPLY_ACK"]
+    }
+    fn fresh_process(&self) -> bool {
+        true
+    }
+    fn description(&self) -> &'static str {
+        "After negotiation (no SET_MEM_TABLE), GET_MAX_MEM_SLOTS gives N; N regions of 64 KiB, \
+each its own memfd, are added with ADD_MEM_REG and must each be acked 0 (the back-end said it \
+has room for them); region N+1 must be refused (non-zero ack or the connection closed) and the \
+back-end must survive. N above 4096 is not exercised."
+    }
+    fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+        ctx.step(&Step::new(Action::Negotiate))?;
+        let r = ctx.session_mut()?.get_max_mem_slots();
+        let max = r.map_err(|e| ctx.session_error(id::R_MEM_10, e))?;
+        if max == 0 || max > MAX_SLOTS_EXERCISED {
+            return Err(StepError::NotApplicable(format!(
+                "GET_MAX_MEM_SLOTS reports {max}: only 1 to {MAX_SLOTS_EXERCISED} are exercised"
+            )));
+        }
+        let specs: Vec<vhu_mock_frontend::RegionSpec> = (0..=max)
+            .map(|i| vhu_mock_frontend::RegionSpec {
+                guest_addr: i * SLOT_REGION,
+                size: SLOT_REGION,
+                user_addr: 0x7f00_0000_0000 + i * SLOT_REGION,
+                mmap_offset: 0,
+            })
+            .collect();
+        let mem = vhu_mock_frontend::GuestMemory::new(&specs)
+            .map_err(|e| StepError::Harness(crate::engine::chain(&e)))?;
+        let (fits, extra) = mem.regions().split_at(max as usize);
+        for (i, region) in fits.iter().enumerate() {
+            let r = ctx.session_mut()?.add_mem_reg(region);
+            match r {
+                Ok(vhu_mock_frontend::Ack::Ok | vhu_mock_frontend::Ack::NotRequested) => {}
+                Ok(vhu_mock_frontend::Ack::Failed(v)) => {
+                    return Err(ctx.fail(
+                        id::R_MEM_10,
+                        &format!(
+                            "ADD_MEM_REG of region {} of the {max} slots reported was refused",
+                            i + 1
+                        ),
+                        "every region up to GET_MAX_MEM_SLOTS accepted (ack 0)",
+                        format!("ack {v}"),
+                    ));
+                }
+                Err(e) => return Err(ctx.session_error(id::R_MEM_10, e)),
+            }
+        }
+        ctx.note(format!("{max} regions added, one per slot reported"));
+        ctx.mark(id::R_MEM_10);
+        let r = ctx.session_mut()?.add_mem_reg(&extra[0]);
+        match r {
+            Ok(vhu_mock_frontend::Ack::Ok) => Err(ctx.fail(
+                id::R_MEM_10,
+                &format!("ADD_MEM_REG of region {} was accepted although GET_MAX_MEM_SLOTS reported {max}", max + 1),
+                "the region past the slot count refused (non-zero ack or the connection closed)",
+                "ack 0".into(),
+            )),
+            Ok(_) => Ok(()),
+            Err(vhu_mock_frontend::SessionError::Closed { .. }) => {
+                let mut probe = Step::new(Action::Probe);
+                probe.rule = Some(id::R_MEM_10);
+                ctx.step(&probe)
+            }
+            Err(e) => Err(ctx.session_error(id::R_MEM_10, e)),
+        }
+    }
+}

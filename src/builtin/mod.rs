@@ -5,11 +5,14 @@
 //! reported exactly like file scenarios.
 
 mod blk;
+mod channel;
+mod framing;
 mod hygiene;
 mod inflight;
 mod log;
 mod memory;
 pub(crate) mod program;
+mod ring_state;
 mod robustness;
 
 use crate::engine::{Ctx, StepError};
@@ -57,6 +60,14 @@ pub trait Builtin: Sync + std::fmt::Debug {
 pub fn all() -> &'static [&'static dyn Builtin] {
     &[
         &blk::ScatteredPatterns,
+        &channel::ReplacedChannelClosed,
+        &channel::FrontendClosesChannel,
+        &framing::Framing(framing::Cut::HeaderApart),
+        &framing::Framing(framing::Cut::Coalesced),
+        &framing::Framing(framing::Cut::ByteByByte),
+        &framing::Framing(framing::Cut::FdOnFirstByte),
+        &framing::ClosedMidMessage(framing::Cutoff::AfterHeader),
+        &framing::ClosedMidMessage(framing::Cutoff::MidPayload),
         &hygiene::AddRemRepeated,
         &hygiene::DisconnectReleases,
         &hygiene::RemMemRegReleases,
@@ -67,11 +78,15 @@ pub fn all() -> &'static [&'static dyn Builtin] {
         &log::LogReplaceUnmaps,
         &log::LogTooSmall,
         &memory::TableReplaceUnmaps,
+        &memory::AddPastMaxSlots,
         &program::PrintCapabilities,
         &program::InheritedFd,
         &program::SocketPathAndFd,
         &program::Sigterm,
+        &program::SocketPathQuietStdio,
         &robustness::CallFdFlood,
+        &ring_state::RingStart(ring_state::Probe::NotStartedBeforeKick),
+        &ring_state::RingStart(ring_state::Probe::AvailableBeforeStart),
     ]
 }
 

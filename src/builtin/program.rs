@@ -20,6 +20,10 @@ use crate::engine::{Ctx, StepError};
 /// How long a program may take to print its capabilities, refuse options, or exit on SIGTERM.
 const PROGRAM_WITHIN: Duration = Duration::from_secs(5);
 
+/// How long a program that answered is watched for exiting while its socket still serves (a
+/// daemonizing parent).
+const DAEMON_WITHIN: Duration = Duration::from_millis(300);
+
 /// The fd number the inherited socket gets in `--fd` probes.
 const INHERITED_FD: i32 = 3;
 
@@ -365,5 +369,101 @@ SIGTERM; it must be gone within 5 s, by exiting or by the signal, not by a crash
                 ))
             }
         }
+    }
+}
+
+/// `--socket-path PATH` is listened on within 5 s by a program whose stdin, stdout and stderr
+/// are all /dev/null, which then serves while it stays the harness's child (R-PROG-01,
+/// R-PROG-06, R-PROG-09).
+#[derive(Debug)]
+pub struct SocketPathQuietStdio;
+
+impl Builtin for SocketPathQuietStdio {
+    fn id(&self) -> &'static str {
+        "program/socket-path-devnull-stdio"
+    }
+    fn title(&self) -> &'static str {
+        "With fds 0, 1, 2 on /dev/null, --socket-path is listened on within 5 s and served by the process itself (no daemonizing)"
+    }
+    fn rules(&self) -> &'static [crate::rules::RuleId] {
+        &[id::R_PROG_01, id::R_PROG_06, id::R_PROG_09]
+    }
+    fn description(&self) -> &'static str {
+        "Spawn mode with `--socket-path {socket}` in the command. The program is run with a \
+fresh socket path and stdin, stdout and stderr all on /dev/null (no terminal): the path must \
+accept a connection within 5 s (R-PROG-01), a GET_FEATURES must be answered (R-PROG-09), and \
+the process started must still be running while it serves (R-PROG-06: a back-end that forks \
+and exits its parent has daemonized)."
+    }
+    fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+        let dir = tempfile::tempdir()
+            .map_err(|e| StepError::Harness(format!("cannot create a socket directory: {e}")))?;
+        let path = dir.path().join("quiet.sock");
+        let command = derive(ctx, &format!("--socket-path '{}'", path.display()))?;
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(format!("exec {command}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| StepError::Harness(format!("cannot run {command}: {e}")))?;
+        let deadline = Instant::now() + PROGRAM_WITHIN;
+        let stream = loop {
+            if let Ok(s) = UnixStream::connect(&path) {
+                break Some(s);
+            }
+            // A program that exited may have left a daemon listening: keep trying.
+            if Instant::now() >= deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        ctx.mark(id::R_PROG_01);
+        let Some(stream) = stream else {
+            let st = child.try_wait().ok().flatten();
+            stop(&mut child);
+            return Err(ctx.fail(
+                id::R_PROG_01,
+                "the socket path was not listened on",
+                "a connection accepted on --socket-path within 5 s",
+                format!(
+                    "no listener at {} after {PROGRAM_WITHIN:?}; process {st:?}; {command}",
+                    path.display()
+                ),
+            ));
+        };
+        let timeout = ctx.step_timeout().max(Duration::from_secs(2));
+        let opts = SessionOptions {
+            reply_timeout: timeout,
+            auto_need_reply: true,
+        };
+        let mut s = Session::new(Connection::new(stream, Some(timeout)), opts);
+        let r = s.get_features();
+        // A daemon's parent exits once the child serves: give it a moment, then ask again.
+        let st = wait(&mut child, DAEMON_WITHIN);
+        let still_served = st.is_some() && s.get_features().is_ok();
+        stop(&mut child);
+        ctx.mark(id::R_PROG_09);
+        ctx.mark(id::R_PROG_06);
+        if let Err(e) = r {
+            return Err(ctx.fail(
+                id::R_PROG_09,
+                "with stdin, stdout and stderr on /dev/null the back-end did not answer",
+                "GET_FEATURES answered (a back-end must not assume a terminal)",
+                format!("{e}; process {st:?}; {command}"),
+            ));
+        }
+        if let Some(st) = st.filter(|_| still_served) {
+            return Err(ctx.fail(
+                id::R_PROG_06,
+                "the process started had exited while the socket was being served: it daemonized",
+                "the process the front-end started is the one that serves (it stays its child)",
+                format!("process exited with {st} while GET_FEATURES was answered; {command}"),
+            ));
+        }
+        Ok(())
     }
 }

@@ -184,6 +184,12 @@ pub enum RunEvent<'a> {
         /// What the back-end offered.
         offer: &'a Offer,
     },
+    /// A scenario begins (with `-j N`, several run at once: these come in the order they
+    /// start, `Finished` in the suite's order). Only live views use it.
+    ScenarioStarted {
+        /// The scenario's id.
+        id: &'a str,
+    },
     /// A scenario finished.
     Finished(&'a ScenarioResult),
 }
@@ -437,6 +443,7 @@ pub fn run_suite_repeated(
     };
     let mut results = Vec::new();
     for s in scenarios {
+        emit(RunEvent::ScenarioStarted { id: &s.spec.id });
         let r = match (spec, &mut shared) {
             (TargetSpec::Spawn(_), _) => run_repeated(s, spec, None, offer, opts, repeat),
             (_, Some(inst)) => run_repeated(s, spec, Some(inst), offer, opts, repeat),
@@ -461,7 +468,12 @@ fn run_parallel(
 ) -> Vec<ScenarioResult> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let next = AtomicUsize::new(0);
-    let (tx, rx) = std::sync::mpsc::channel::<(usize, ScenarioResult)>();
+    /// What a worker tells the emitting thread.
+    enum Progress {
+        Started(usize),
+        Done(usize, Box<ScenarioResult>),
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<Progress>();
     std::thread::scope(|scope| {
         for _ in 0..jobs.min(scenarios.len()) {
             let (tx, next) = (tx.clone(), &next);
@@ -469,8 +481,11 @@ fn run_parallel(
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(s) = scenarios.get(i) else { break };
+                    if tx.send(Progress::Started(i)).is_err() {
+                        break;
+                    }
                     let r = run_repeated(s, spec, None, offer, opts, repeat);
-                    if tx.send((i, r)).is_err() {
+                    if tx.send(Progress::Done(i, Box::new(r))).is_err() {
                         break;
                     }
                 }
@@ -480,7 +495,16 @@ fn run_parallel(
         let mut done: Vec<Option<ScenarioResult>> = scenarios.iter().map(|_| None).collect();
         let mut results = Vec::with_capacity(scenarios.len());
         // Ends when every worker has finished (or died: the scope then re-raises its panic).
-        for (i, r) in rx {
+        for msg in rx {
+            let (i, r) = match msg {
+                Progress::Started(i) => {
+                    emit(RunEvent::ScenarioStarted {
+                        id: &scenarios[i].spec.id,
+                    });
+                    continue;
+                }
+                Progress::Done(i, r) => (i, *r),
+            };
             done[i] = Some(r);
             while let Some(r) = done.get_mut(results.len()).and_then(Option::take) {
                 emit(RunEvent::Finished(&r));

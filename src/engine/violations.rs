@@ -16,6 +16,7 @@ pub(crate) fn reply_rule(v: &ReplyViolation) -> RuleId {
         UnrequestedAck { .. } => id::R_ACK_03,
         BadVersion { .. } | BadPayload(Violation::BadVersion { .. }) => id::R_WIRE_03,
         ShmemConfigCount { .. } => id::R_SHM_02,
+        ShmemSizeUnaligned { .. } => id::R_SHM_03,
         NoReplyFlag { .. } => id::R_WIRE_02,
         WrongCode { .. } => id::R_WIRE_05,
         WrongSize { ack: true, .. } => id::R_ACK_01,

@@ -107,12 +107,36 @@ fn label(o: &Outcome) -> &'static str {
     }
 }
 
-/// Human output: one progress line per scenario, details of failures, a recap.
+/// A verdict label padded to five columns, in its colour when `color`.
+fn paint(tag: &str, color: bool) -> String {
+    if !color {
+        return format!("{tag:<5}");
+    }
+    let style = match tag {
+        "PASS" => console::Style::new().green(),
+        "FAIL" | "CRASH" | "XPASS" => console::Style::new().red().bold(),
+        "WARN" | "XFAIL" => console::Style::new().yellow(),
+        "ERROR" | "STALE" => console::Style::new().magenta().bold(),
+        _ => console::Style::new().dim(),
+    };
+    // Padded before painting: escape codes would break `{:<5}`.
+    style
+        .force_styling(true)
+        .apply_to(format!("{tag:<5}"))
+        .to_string()
+}
+
+/// Human output: one progress line per scenario, details of failures, a recap. On a terminal
+/// ([`Human::live`]) a progress bar under the lines shows how far the run is and which
+/// scenarios are running; lines are the same either way.
 pub struct Human<W: Write> {
     out: W,
     done: usize,
     total: usize,
     verbose: bool,
+    color: bool,
+    live: Option<indicatif::ProgressBar>,
+    running: Vec<String>,
 }
 
 impl<W: Write> Human<W> {
@@ -123,6 +147,55 @@ impl<W: Write> Human<W> {
             done: 0,
             total: 0,
             verbose,
+            color: false,
+            live: None,
+            running: Vec::new(),
+        }
+    }
+
+    /// Verdict labels in colour (ANSI escapes).
+    pub fn with_color(mut self, color: bool) -> Self {
+        self.color = color;
+        self
+    }
+
+    /// A live progress bar on standard error (for a terminal: `cli` turns it on when both
+    /// standard output and standard error are terminals).
+    pub fn live(mut self, on: bool) -> Self {
+        self.live = on.then(|| {
+            // Hidden until the run starts and its size is known.
+            let bar = indicatif::ProgressBar::with_draw_target(
+                None,
+                indicatif::ProgressDrawTarget::hidden(),
+            );
+            let style = indicatif::ProgressStyle::with_template(
+                "{spinner} [{pos:>3}/{len}] {elapsed} {wide_msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            bar.set_style(style);
+            bar
+        });
+        self
+    }
+
+    /// Writes `text` above the progress bar (or plainly without one).
+    fn print(&mut self, text: &str) {
+        let out = &mut self.out;
+        match &self.live {
+            Some(bar) => bar.suspend(|| {
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
+            }),
+            None => {
+                let _ = out.write_all(text.as_bytes());
+            }
+        }
+    }
+
+    fn show_running(&self) {
+        if let Some(bar) = &self.live {
+            bar.set_position(self.done as u64);
+            bar.set_message(format!("running: {}", self.running.join(", ")));
         }
     }
 
@@ -131,38 +204,43 @@ impl<W: Write> Human<W> {
         match e {
             RunEvent::Started { total, offer } => {
                 self.total = *total;
-                let _ = writeln!(
-                    self.out,
-                    "vhu-conform: {total} scenarios; back-end offers features {:#x}, protocol features {:#x}; rings of {}",
+                if let Some(bar) = &self.live {
+                    bar.set_length(*total as u64);
+                    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+                }
+                let mut text = format!(
+                    "vhu-conform: {total} scenarios; back-end offers features {:#x}, protocol features {:#x}; rings of {}\n",
                     offer.features, offer.protocol, offer.queue_size
                 );
-                let _ = match (offer.device, offer.device_source) {
-                    (Some(d), Some(src)) => writeln!(
-                        self.out,
-                        "vhu-conform: device type {d} (from {})",
-                        src.describe()
-                    ),
-                    _ => writeln!(
-                        self.out,
-                        "vhu-conform: DEVICE TYPE UNKNOWN: device-specific scenarios (data path, config layout) are skipped; pass --device TYPE (block, net, fs, vsock, rng, ...)"
-                    ),
-                };
+                text.push_str(&match (offer.device, offer.device_source) {
+                    (Some(d), Some(src)) => {
+                        format!("vhu-conform: device type {d} (from {})\n", src.describe())
+                    }
+                    _ => "vhu-conform: DEVICE TYPE UNKNOWN: device-specific scenarios (data path, config layout) are skipped; pass --device TYPE (block, net, fs, vsock, rng, ...)\n".to_string(),
+                });
+                self.print(&text);
+            }
+            RunEvent::ScenarioStarted { id } => {
+                self.running.push((*id).to_string());
+                self.show_running();
             }
             RunEvent::Finished(r) => {
                 self.done += 1;
-                let _ = writeln!(
-                    self.out,
-                    "[{:>3}/{}] {:<5} {} ({} ms)",
+                if let Some(at) = self.running.iter().position(|id| *id == r.id) {
+                    self.running.remove(at);
+                }
+                let mut text = format!(
+                    "[{:>3}/{}] {} {} ({} ms)\n",
                     self.done,
                     self.total,
-                    label_of(r),
+                    paint(label_of(r), self.color),
                     r.id,
                     r.duration_ms
                 );
-                let detail = details(r, self.verbose);
-                if !detail.is_empty() {
-                    let _ = write!(self.out, "{detail}");
-                }
+                text.push_str(&details(r, self.verbose));
+                self.print(&text);
+                self.show_running();
             }
         }
     }
@@ -170,6 +248,9 @@ impl<W: Write> Human<W> {
     /// The recap after the run.
     pub fn recap(&mut self, results: &[ScenarioResult]) {
         use crate::expect::Verdict;
+        if let Some(bar) = self.live.take() {
+            bar.finish_and_clear();
+        }
         let t = Totals::of(results);
         let expected = if t.xfail + t.xpass > 0 {
             format!(
@@ -205,7 +286,8 @@ impl<W: Write> Human<W> {
                 Some((Verdict::Ran, why)) => format!(" (a skip was expected: {why})"),
                 _ => String::new(),
             };
-            let _ = writeln!(self.out, "  {tag:<5} {} {}{why}", r.id, rules.join(" "));
+            let tag = paint(tag, self.color);
+            let _ = writeln!(self.out, "  {tag} {} {}{why}", r.id, rules.join(" "));
         }
     }
 
@@ -214,8 +296,10 @@ impl<W: Write> Human<W> {
         for e in stale {
             let _ = writeln!(
                 self.out,
-                "  STALE expectation {:?} matches no scenario ({})",
-                e.scenario, e.reason
+                "  {} expectation {:?} matches no scenario ({})",
+                paint("STALE", self.color),
+                e.scenario,
+                e.reason
             );
         }
     }

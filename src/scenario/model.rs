@@ -261,6 +261,9 @@ pub struct Step {
     /// vring: give a kick eventfd (default); false sends SET_VRING_KICK with bit 8: the
     /// back-end must poll the ring.
     pub kick_fd: Option<bool>,
+    /// vring: send the setup messages before KICK in reverse order (ERR, CALL, ADDR, BASE,
+    /// NUM): the spec fixes no order (R-VRING-15).
+    pub reverse_setup: Option<bool>,
     /// blk: descriptors the data is split over.
     pub segments: Option<u32>,
     /// blk: the chain goes in an indirect descriptor table.
@@ -311,6 +314,9 @@ pub struct Step {
     pub offered: Option<bool>,
     /// The reply's payload size.
     pub reply_size: Option<u32>,
+    /// send SET_CONFIG: the config bytes written (hex; default zeros). send GET_CONFIG: the
+    /// config bytes the reply must carry after its 12-byte header.
+    pub config_hex: Option<String>,
     /// The reply's flags.
     pub reply_flags: Option<u32>,
     /// The number of fds the reply carries.
@@ -372,6 +378,7 @@ impl Step {
             kick: None,
             ring: None,
             call_fd: None,
+            reverse_setup: None,
             kick_fd: None,
             segments: None,
             indirect: None,
@@ -398,6 +405,7 @@ impl Step {
             error_code: None,
             offered: None,
             reply_size: None,
+            config_hex: None,
             reply_flags: None,
             reply_fds: None,
             fd_closed: None,

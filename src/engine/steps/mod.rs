@@ -13,6 +13,7 @@ use vhu_mock_frontend::{DriverQueue, GuestMemory, Session, SessionError, Session
 use vhu_protocol::Connection;
 use vhu_protocol::wire::ReplyKind;
 
+mod backend_requests;
 mod chains;
 mod datapath;
 mod liveness;
@@ -235,8 +236,11 @@ impl<'a> Ctx<'a> {
         let Some(ch) = self.session.as_ref().and_then(|s| s.channel()) else {
             return;
         };
+        let records = ch.requests();
+        let violations = ch.violations();
+        self.judge_backend_requests(&records);
         let mut seen = std::collections::BTreeSet::new();
-        for v in ch.violations() {
+        for v in violations {
             let text = v.to_string();
             if !seen.insert(text.clone()) {
                 continue;

@@ -48,6 +48,11 @@ impl Ctx<'_> {
                 if let Body::Config(h, _) = &body {
                     self.check_config_reply(step, h, &m)?;
                 }
+                if req == FrontendReq::GetShmemConfig {
+                    // The session validated its count and sizes on the way in.
+                    self.mark(crate::rules::id::R_SHM_02);
+                    self.mark(crate::rules::id::R_SHM_03);
+                }
                 self.check_value(step, &m)?;
             }
             (Expect::Reply, Ok(None)) => return Err(StepError::Harness("expect = \"reply\" on a request sent without NEED_REPLY that has no reply of its own".into())),
@@ -129,6 +134,17 @@ impl Ctx<'_> {
     pub(super) fn check_value(&mut self, step: &Step, m: &Message) -> StepResult {
         self.mark(self.rule_of(step));
         let mut problems = Vec::new();
+        if let Some(hex) = step
+            .config_hex
+            .as_ref()
+            .filter(|_| m.header.request == FrontendReq::GetConfig as u32)
+        {
+            let want = parse_hex(hex)?;
+            let got = m.payload.get(12..).unwrap_or_default();
+            if got != want.as_slice() {
+                problems.push(format!("config bytes {got:02x?}, wanted {want:02x?}"));
+            }
+        }
         if let Some(size) = step.reply_size.filter(|&s| s as usize != m.payload.len()) {
             problems.push(format!(
                 "reply payload is {} bytes, wanted {size}",
@@ -369,8 +385,35 @@ impl Ctx<'_> {
                 Err(StepError::Finding)
             }
             Ok(Ack::NotRequested) if wants_failure => {
-                self.notes.push(format!("step {}: no ack could be asked for (REPLY_ACK not negotiated); rejection not observable", self.step_no));
-                Ok(())
+                // Without an ack, a refusal shows only as the connection closing: a round
+                // trip tells (messages are handled in order).
+                let trigger = self.last_sent();
+                match self.session()?.get_features() {
+                    Err(SessionError::Closed { .. }) => {
+                        self.archive_session();
+                        if self.inst().is_spawned()
+                            && let Some(e) = self.gone(rule, Duration::from_millis(200), &trigger)
+                        {
+                            return Err(e);
+                        }
+                        Ok(())
+                    }
+                    Ok(_) if expect == Expect::Closed => {
+                        self.finding(
+                            step,
+                            "the connection stayed open",
+                            "the back-end closes the connection",
+                            "no ack could be asked for (REPLY_ACK not negotiated), and a GET_FEATURES after it was answered".into(),
+                        );
+                        self.findings.last_mut().expect("just pushed").sent = trigger;
+                        Err(StepError::Finding)
+                    }
+                    Ok(_) => {
+                        self.notes.push(format!("step {}: no ack could be asked for (REPLY_ACK not negotiated) and the connection stayed open; a rejection is not observable", self.step_no));
+                        Ok(())
+                    }
+                    Err(e) => Err(self.session_failed(step, e)),
+                }
             }
             Ok(_) if expect == Expect::Alive => self.alive(step),
             Ok(_) if expect == Expect::Closed => {
@@ -438,7 +481,15 @@ fn build_body(
         BodyKind::Iotlb => Body::Iotlb(v.try_into().map_err(bad)?),
         BodyKind::Config => {
             let h: ConfigHeader = v.try_into().map_err(bad)?;
-            Body::Config(h, vec![0; h.size as usize])
+            let mut data = vec![0; h.size as usize];
+            if req == FrontendReq::SetConfig
+                && let Some(hex) = &step.config_hex
+            {
+                let bytes = parse_hex(hex)?;
+                let n = bytes.len().min(data.len());
+                data[..n].copy_from_slice(&bytes[..n]);
+            }
+            Body::Config(h, data)
         }
         BodyKind::MemTable => Body::MemTable(vec![]),
         other => {

@@ -219,6 +219,7 @@ impl Ctx<'_> {
             };
             q.inject_kick = step.kick.unwrap_or(true);
             q.call_fd = step.call_fd.unwrap_or(true);
+            q.reverse_setup = step.reverse_setup.unwrap_or(false);
             q.kick_fd = step.kick_fd.unwrap_or(true);
             let base = step.base.unwrap_or_else(|| q.initial_base());
             let session = self.session()?;

@@ -309,6 +309,9 @@ impl Ctx<'_> {
             return Err(StepError::Finding);
         }
         self.mark(step.rule.unwrap_or(id::R_MIG_04));
+        // A well-formed direction and phase were accepted as the layout says.
+        self.mark(id::R_MIG_02);
+        self.mark(id::R_MIG_04);
         Ok(())
     }
 
