@@ -124,6 +124,13 @@ impl Device {
         }
     }
 
+    /// Ring `queue` was stopped (GET_VRING_BASE).
+    pub fn stop(&mut self, queue: u16) {
+        if let Self::Virtio(d) = self {
+            d.stop(queue);
+        }
+    }
+
     /// The device was reset (RESET_DEVICE, RESET_OWNER, a new front-end, every ring stopped).
     pub fn reset(&mut self) {
         if let Self::Virtio(d) = self {

@@ -351,7 +351,7 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
     ),
     (
         Fault::NetNumBuffers0,
-        "net-num-buffers-zero",
+        "net-num-buffers-0",
         "R-NET-03",
         "--device net: received headers carry num_buffers 0",
     ),
@@ -555,7 +555,12 @@ mod tests {
         for (fault, name, rule, what) in ALL {
             assert_eq!(parse(name), Ok(*fault));
             assert!(
-                name.chars().all(|c| c.is_ascii_lowercase() || c == '-'),
+                // Kebab case: lowercase words, digits allowed (as in `max-ring-64`).
+                name.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && !name.starts_with('-')
+                    && !name.ends_with('-')
+                    && !name.contains("--"),
                 "{name}"
             );
             assert!(rule.starts_with("R-") && !what.is_empty(), "{name}");

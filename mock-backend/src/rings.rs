@@ -204,6 +204,9 @@ impl Session<'_> {
             q.call = None;
             q.polling = false;
         }
+        if !keep_running {
+            self.dev.stop(s.index as u16);
+        }
         if !keep_running && !self.queues.iter().any(Vring::started) {
             // Every ring stopped: the device drops pending output (net's rx backlog).
             self.dev.reset();

@@ -81,6 +81,10 @@ pub trait VirtioDevice: Send {
     }
     /// Takes what arrived on [`VirtioDevice::input_fds`], without blocking.
     fn on_input(&mut self) {}
+    /// `queue` was stopped (GET_VRING_BASE): chains kept from it are forgotten, never
+    /// completed (its ring may be set up anew; writing into them would be processing a stopped
+    /// ring).
+    fn stop(&mut self, _queue: u16) {}
     /// The device was reset (RESET_DEVICE, or every ring stopped by GET_VRING_BASE): drop
     /// pending output and connection state.
     fn reset(&mut self) {}

@@ -338,6 +338,13 @@ impl VirtioDevice for NetDevice {
         }
     }
 
+    /// A stopped receiveq's held chains are forgotten; queued frames wait for the next one.
+    fn stop(&mut self, queue: u16) {
+        if queue == NET_RX {
+            self.held.clear();
+        }
+    }
+
     /// Drops queued frames and the receive mode. The features stay: in vhost-user they are the
     /// session's, set by SET_FEATURES, and a ring restart does not send them again.
     fn reset(&mut self) {
@@ -448,6 +455,12 @@ mod tests {
         assert_eq!(done[0].0.segments[0].gpa, 0x2000);
         assert_eq!(read(&mem, 0x2000 + 12, 100), vec![1; 100]);
         assert_eq!(read(&mem, 0x1000 + 12, 10), vec![2; 10]);
+        // A chain held when its ring stops is never filled.
+        assert!(
+            dev.offer(NET_RX, &mem, chain(&[(0x5000, 100, true)]))
+                .is_empty()
+        );
+        dev.stop(NET_RX);
         // A chain with no frame for it is held, and filled when one comes.
         assert!(
             dev.offer(NET_RX, &mem, chain(&[(0x3000, 100, true)]))
