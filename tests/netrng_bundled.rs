@@ -1,33 +1,20 @@
 //! The net and rng scenarios against the bundled reference back-end (`vhu-mock-backend
-//! --device net|rng`): clean, every scenario passes or is skipped saying why (except the
-//! readings of the spec still open between the harness and the back-end, listed below); with
+//! --device net|rng`): clean, every scenario passes or is skipped saying why; with
 //! each of its net and rng fault modes, the scenario written for that rule catches it, citing
 //! the fault's rule.
 
 use std::process::Command;
 
-/// Where the harness's reading of the spec and the reference back-end's still differ (reported
-/// to the integrator); each entry is a scenario and the rule its FAIL cites.
-const OPEN_DISAGREEMENTS: &[(&str, &str)] = &[
-    // vhost-user "Ring states": a disabled net TX ring "must process and discard any TX
-    // packets"; the reference back-end leaves them unused.
-    ("net/disabled-tx-discards", "R-RING-06"),
-    // MRG_RXBUF is offered but frames are not merged: a frame too big for one buffer leaves
-    // buffers used with length 0, no header in them.
-    ("net/loopback-mrg-rxbuf", "R-NET-02"),
-    ("net/packed-loopback-mrg-rxbuf", "R-NET-02"),
-];
-
-/// Each net and rng fault mode, the scenario that must catch it and the rule it cites.
-const FAULTS: &[(&str, &str, &str)] = &[
-    ("net-rx-legacy-header", "net/loopback", "R-NET-02"),
-    ("net-num-buffers-0", "net/loopback", "R-NET-03"),
-    ("net-tx-used-len", "net/tx-used-len-zero", "R-NET-01"),
-    ("net-ctrl-no-ack", "net/ctrl-rx-promisc", "R-NET-06"),
-    ("net-rx-csum-flag", "net/loopback", "R-NET-04"),
-    ("rng-used-len-past-buffer", "rng/sizes", "R-DEV-02"),
-    ("rng-zero-len", "rng/sizes", "R-RNG-01"),
-    ("rng-constant", "rng/looks-random", "R-RNG-02"),
+/// The scenario that must catch a net or rng fault, by the rule the fault breaks.
+const SCENARIO_FOR_RULE: &[(&str, &str)] = &[
+    ("R-NET-01", "net/tx-used-len-zero"),
+    ("R-NET-02", "net/loopback"),
+    ("R-NET-03", "net/loopback"),
+    ("R-NET-04", "net/loopback"),
+    ("R-NET-06", "net/ctrl-rx-promisc"),
+    ("R-DEV-02", "rng/sizes"),
+    ("R-RNG-01", "rng/sizes"),
+    ("R-RNG-02", "rng/looks-random"),
 ];
 
 /// Runs the suite's `filters` for `device` against the bundled back-end with `faults`; the
@@ -63,7 +50,9 @@ fn run(device: &str, faults: &[&str], filters: &[&str]) -> (serde_json::Value, S
     );
     let report = std::fs::read_to_string(&json)
         .unwrap_or_else(|e| panic!("no report ({e}): the bundled back-end did not run\n{text}"));
-    (serde_json::from_str(&report).unwrap(), text)
+    let report = serde_json::from_str(&report)
+        .unwrap_or_else(|e| panic!("bad report ({e}): the bundled back-end did not run\n{text}"));
+    (report, text)
 }
 
 fn findings(r: &serde_json::Value) -> impl Iterator<Item = &str> {
@@ -102,20 +91,7 @@ fn the_reference_backend_passes_the_net_and_rng_scenarios() {
                     }
                 }
                 "skip" => assert!(!r["reason"].as_str().unwrap_or("").is_empty()),
-                other => {
-                    let open: Vec<&str> = OPEN_DISAGREEMENTS
-                        .iter()
-                        .filter(|(s, _)| *s == id)
-                        .map(|(_, rule)| *rule)
-                        .collect();
-                    assert!(
-                        other == "fail"
-                            && !open.is_empty()
-                            && findings(r).all(|f| open.contains(&f)),
-                        "{id}: {other} {:?}\n{text}",
-                        r["findings"]
-                    );
-                }
+                other => panic!("{id}: {other} {:?}\n{text}", r["findings"]),
             }
         }
         assert!(passed >= 8, "{passed} {device} scenarios passed\n{text}");
@@ -124,8 +100,26 @@ fn the_reference_backend_passes_the_net_and_rng_scenarios() {
 
 #[test]
 fn each_net_and_rng_fault_mode_is_caught_by_its_rule() {
-    for (fault, scenario, rule) in FAULTS {
-        let device = &fault[..3];
+    use vhu_mock_backend::cli::DeviceKind;
+    let faults: Vec<_> = vhu_mock_backend::faults::ALL
+        .iter()
+        .filter_map(|f| match vhu_mock_backend::faults::device(f.0) {
+            Some(DeviceKind::Net) => Some(("net", f.1, f.2)),
+            Some(DeviceKind::Rng) => Some(("rng", f.1, f.2)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        faults.len() >= 8,
+        "{} net and rng fault modes",
+        faults.len()
+    );
+    for (device, fault, rule) in faults {
+        let scenario = SCENARIO_FOR_RULE
+            .iter()
+            .find(|(r, _)| *r == rule)
+            .map(|(_, s)| *s)
+            .unwrap_or_else(|| panic!("fault {fault} breaks {rule}: name the scenario that catches it in SCENARIO_FOR_RULE"));
         let (report, text) = run(device, &[fault], &[scenario]);
         let r = report["results"]
             .as_array()
@@ -139,7 +133,7 @@ fn each_net_and_rng_fault_mode_is_caught_by_its_rule() {
         );
         assert!(
             matches!(r["outcome"].as_str(), Some("fail" | "warn"))
-                && findings(r).any(|f| f == *rule),
+                && findings(r).any(|f| f == rule),
             "--fault {fault}: {scenario} did not catch it under {rule}: {} {:?}\n{text}",
             r["outcome"],
             r["findings"]

@@ -165,4 +165,11 @@ impl Ctx<'_> {
         }
         Ok(())
     }
+
+    /// A `vring` step set ring `idx` up again (new ring memory): what net and rng steps kept
+    /// on the old ring (posted receive buffers, pending requests) is gone with it.
+    pub(super) fn ring_replaced(&mut self, idx: u16) {
+        self.net_ring_replaced(idx);
+        self.rng_ring_replaced(idx);
+    }
 }

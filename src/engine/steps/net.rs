@@ -45,6 +45,12 @@ impl Ctx<'_> {
         }
     }
 
+    /// Forgets the receive buffers and pending transmits of a ring set up again.
+    pub(super) fn net_ring_replaced(&mut self, idx: u16) {
+        self.net.rx.remove(&idx);
+        self.net.tx_pending.remove(&idx);
+    }
+
     fn negotiated(&self, bits: u64) -> bool {
         self.features & bits != 0
     }
@@ -52,6 +58,12 @@ impl Ctx<'_> {
     pub(super) fn net_tx(&mut self, step: &Step) -> StepResult {
         self.sync_unacked(step)?;
         let idx = Self::net_queue(step, 1);
+        if self.net.tx_pending.contains_key(&idx) {
+            // Their completions would be used elements this transmit does not know.
+            return Err(StepError::Harness(format!(
+                "queue {idx} still has frames a net_tx with expect = \"no_reply\" left pending: add net_complete first"
+            )));
+        }
         let old_call = self.maybe_swap_call(step, idx)?;
         let n = step.frames.unwrap_or(1).max(1);
         let len = step.frame_len.unwrap_or(64) as usize;

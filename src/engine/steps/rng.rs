@@ -34,6 +34,12 @@ impl Ctx<'_> {
         let segments = step.segments.unwrap_or(1);
         let indirect = step.indirect == Some(true);
         for idx in self.queue_indices(step) {
+            if self.rng.pending.contains_key(&idx) {
+                // Their completions would be used elements this request does not know.
+                return Err(StepError::Harness(format!(
+                    "queue {idx} still has requests an rng_read with expect = \"no_reply\" left pending: add rng_complete first"
+                )));
+            }
             let old_call = self.maybe_swap_call(step, idx)?;
             let specs: Vec<_> = sizes
                 .iter()
@@ -71,6 +77,11 @@ impl Ctx<'_> {
             self.check_old_call(idx, old_call)?;
         }
         Ok(())
+    }
+
+    /// Forgets the pending requests of a ring set up again.
+    pub(super) fn rng_ring_replaced(&mut self, idx: u16) {
+        self.rng.pending.remove(&idx);
     }
 
     fn rng_lost(&mut self, step: &Step, idx: u16, n: usize, e: WaitError) -> StepError {

@@ -235,6 +235,7 @@ impl Ctx<'_> {
             }
             self.queues.insert(idx, q);
             self.idle.remove(&idx);
+            self.ring_replaced(idx);
             self.mark(crate::rules::id::R_VRING_01);
         }
         Ok(())
