@@ -221,14 +221,14 @@ fn mock_backend(_args: &[std::ffi::OsString]) -> ExitCode {
 #[cfg(feature = "bundled-backend")]
 fn bundled_backend(device: Option<crate::device::DeviceType>) -> Result<TargetSpec, String> {
     use crate::device::DeviceType;
-    // blk keeps its SHMEM region (the SHMEM scenarios); the others are blk-only options.
-    // TODO(fs, vsock): `--shared-dir {fs_dir}` and `--uds-path {socket}.vsock` once the
-    // harness has those placeholders.
+    // blk keeps its SHMEM region (the SHMEM scenarios); the others are blk-only options. fs
+    // shares the fresh directory the harness makes per scenario; vsock's host side is the
+    // harness's default, `{socket}.vsock`.
     let device_args = match device {
         None | Some(DeviceType::Block) => "--shmem 0:0x100000".to_string(),
-        Some(d @ (DeviceType::Net | DeviceType::Rng | DeviceType::Fs | DeviceType::Vsock)) => {
-            format!("--device {d}")
-        }
+        Some(DeviceType::Fs) => "--device fs --shared-dir {fs_dir}".to_string(),
+        Some(DeviceType::Vsock) => "--device vsock --uds-path {socket}.vsock".to_string(),
+        Some(d @ (DeviceType::Net | DeviceType::Rng)) => format!("--device {d}"),
         Some(d) => {
             return Err(format!(
                 "the bundled reference back-end serves blk, net, fs, vsock and rng, not {d}: give the back-end with --spawn, --backend or --listen"

@@ -76,19 +76,24 @@ fn derive(ctx: &Ctx<'_>, with: &str) -> Result<String, StepError> {
     })
 }
 
-/// Starts `command` in its own process group with stdin and stdout as given, stderr captured,
-/// and `inherit` (if any) as fd 3.
-pub(crate) fn start(command: &str, inherit: Option<&OwnedFd>) -> Result<Child, StepError> {
-    // A `{fs_dir}` in the spawn command gets its own directory here too.
+/// `command` run by `/bin/sh` in its own process group, stdin on /dev/null; a `{fs_dir}` in it
+/// gets its own directory, as for spawned back-ends.
+fn shell(command: &str) -> Result<Command, StepError> {
     let command = &crate::target::with_fresh_fs_dir(command)
         .map_err(|e| StepError::Harness(format!("cannot make a directory for {{fs_dir}}: {e}")))?;
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(format!("{} {command}", crate::target::exec_prefix(command)))
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .process_group(0);
+    Ok(cmd)
+}
+
+/// Starts `command` in its own process group with stdin and stdout as given, stderr captured,
+/// and `inherit` (if any) as fd 3.
+pub(crate) fn start(command: &str, inherit: Option<&OwnedFd>) -> Result<Child, StepError> {
+    let mut cmd = shell(command)?;
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     if let Some(fd) = inherit {
         let raw = fd.as_raw_fd();
         // SAFETY: dup2 is async-signal-safe; it only touches this child's fd table, and the
@@ -403,13 +408,8 @@ and exits its parent has daemonized)."
             .map_err(|e| StepError::Harness(format!("cannot create a socket directory: {e}")))?;
         let path = dir.path().join("quiet.sock");
         let command = derive(ctx, &format!("--socket-path '{}'", path.display()))?;
-        let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg(format!("exec {command}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0);
+        let mut cmd = shell(&command)?;
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
         let mut child = cmd
             .spawn()
             .map_err(|e| StepError::Harness(format!("cannot run {command}: {e}")))?;
