@@ -76,6 +76,15 @@ pub struct Args {
     /// back-end accepts at preflight).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=32768))]
     pub queue_size: Option<u16>,
+    /// The directory a running fs back-end shares (fs scenarios that read a file create it
+    /// there; without it, and without `{fs_dir}` in --spawn, they are skipped). In spawn mode a
+    /// `{fs_dir}` in the command is replaced by a fresh empty directory per scenario.
+    #[arg(long, value_name = "DIR")]
+    pub fs_dir: Option<PathBuf>,
+    /// The host side of a hybrid vsock back-end: a guest connection to host port P reaches the
+    /// Unix socket PATH_P (`{socket}` is the back-end's socket; default `{socket}.vsock`).
+    #[arg(long, value_name = "PATH")]
+    pub vsock_uds: Option<String>,
     /// Expectations file (TOML): known failures and skips with their reasons.
     #[arg(long, value_name = "FILE")]
     pub expect: Option<PathBuf>,
@@ -319,6 +328,10 @@ fn suite(args: &Args) -> Result<Suite, CliError> {
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
         strict: args.strict,
         queue_size: args.queue_size,
+        host: crate::target::HostContext {
+            fs_dir: args.fs_dir.clone(),
+            vsock_uds: args.vsock_uds.clone(),
+        },
     };
     s.repeat = engine::Repeat {
         times: args.repeat.max(1),

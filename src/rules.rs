@@ -245,6 +245,9 @@ pub enum Status {
     Error,
     /// Scenarios cite it, but none was selected or run.
     NotRun,
+    /// Scenarios citing it ran, but what it judges never happened (a back-end request it
+    /// checks was never sent): neither kept nor broken.
+    NotObserved,
     /// No scenario checks it yet.
     NoScenario,
     /// Nothing seen through the socket can show it kept or broken (the reason is the rule's
@@ -264,6 +267,7 @@ impl Status {
             Self::Skipped { .. } => "skipped",
             Self::Error => "error",
             Self::NotRun => "not run",
+            Self::NotObserved => "not observed",
             Self::NoScenario => "no scenario yet",
             Self::Untestable => "untestable",
             Self::NotBackend => "n/a (front-end or info)",
@@ -361,6 +365,12 @@ fn status_of(rule: &Rule, cited: &[String], results: Option<&[ScenarioResult]>) 
         .any(|r| matches!(r.outcome, Outcome::Error { .. }))
     {
         return Status::Error;
+    }
+    if ran
+        .iter()
+        .any(|r| matches!(r.outcome, Outcome::Pass | Outcome::Warn | Outcome::Fail))
+    {
+        return Status::NotObserved;
     }
     let mut why: Vec<String> = ran
         .iter()

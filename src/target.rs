@@ -19,9 +19,24 @@ pub enum TargetSpec {
     Connect(PathBuf),
     /// Listen on this socket for a back-end that connects.
     Listen(PathBuf),
-    /// Start this command per scenario; `{socket}` is replaced by a fresh socket path.
+    /// Start this command per scenario; `{socket}` is replaced by a fresh socket path and
+    /// `{fs_dir}` by a fresh empty directory (the directory a file-system back-end shares).
     Spawn(String),
 }
+
+/// Host-side context that device scenarios need besides the vhost-user socket, given by the
+/// user (`--fs-dir`, `--vsock-uds`) or made per spawned process (`{fs_dir}`).
+#[derive(Clone, Debug, Default)]
+pub struct HostContext {
+    /// The directory a running fs back-end shares (`--fs-dir`).
+    pub fs_dir: Option<PathBuf>,
+    /// The host side of a hybrid vsock back-end (`--vsock-uds`): a path, where `{socket}` is
+    /// the back-end's socket; default `{socket}.vsock`.
+    pub vsock_uds: Option<String>,
+}
+
+/// The `{fs_dir}` placeholder of a spawn command.
+pub const FS_DIR_PLACEHOLDER: &str = "{fs_dir}";
 
 /// Why the back-end could not be reached: the back-end was never judged.
 #[derive(Debug, Error)]
@@ -195,6 +210,41 @@ pub struct Instance {
     connect_timeout: Duration,
     /// Whether a connection was made before (for the "stopped listening" hint).
     connected_before: bool,
+    /// The fresh directory substituted for `{fs_dir}` (spawn mode).
+    fs_dir: Option<PathBuf>,
+}
+
+/// How `sh -c` runs `command` in its own place: `exec`, or `exec env` when the command starts
+/// with `NAME=value` assignments (`exec VAR=value cmd` is not valid sh).
+pub(crate) fn exec_prefix(command: &str) -> &'static str {
+    if starts_with_assignment(command) {
+        "exec env"
+    } else {
+        "exec"
+    }
+}
+
+/// `command` with `{fs_dir}` replaced by a fresh empty directory that outlives this call (for
+/// the one-off processes built-in scenarios start from the spawn command).
+///
+/// # Errors
+/// The directory cannot be made.
+pub(crate) fn with_fresh_fs_dir(command: &str) -> std::io::Result<String> {
+    if !command.contains(FS_DIR_PLACEHOLDER) {
+        return Ok(command.to_string());
+    }
+    let dir = tempfile::Builder::new().prefix("vhu-fs-").tempdir()?.keep();
+    Ok(command.replace(FS_DIR_PLACEHOLDER, &shell_quote(&dir)))
+}
+
+/// Whether a shell command begins with a `NAME=value` word.
+fn starts_with_assignment(command: &str) -> bool {
+    let word = command.split_whitespace().next().unwrap_or("");
+    word.split_once('=').is_some_and(|(name, _)| {
+        !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
 }
 
 fn shell_quote(p: &Path) -> String {
@@ -213,6 +263,7 @@ impl Instance {
             _dir: None,
             connect_timeout,
             connected_before: false,
+            fs_dir: None,
         };
         match spec {
             TargetSpec::Connect(p) => inst.socket = p.clone(),
@@ -243,12 +294,19 @@ impl Instance {
             .tempdir()
             .map_err(TargetError::TempDir)?;
         self.socket = dir.path().join("backend.sock");
-        let command = template.replace("{socket}", &shell_quote(&self.socket));
+        let mut command = template.replace("{socket}", &shell_quote(&self.socket));
+        if command.contains(FS_DIR_PLACEHOLDER) {
+            let share = dir.path().join("fs-share");
+            std::fs::create_dir(&share).map_err(TargetError::TempDir)?;
+            command = command.replace(FS_DIR_PLACEHOLDER, &shell_quote(&share));
+            self.fs_dir = Some(share);
+        }
+        let exec = exec_prefix(&command);
         let err_path = dir.path().join("stderr");
         let err_file = File::create(&err_path).map_err(TargetError::TempDir)?;
         let child = Command::new("/bin/sh")
             .arg("-c")
-            .arg(format!("exec {command}"))
+            .arg(format!("{exec} {command}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err_file)
@@ -287,6 +345,16 @@ impl Instance {
             std::thread::sleep(Duration::from_millis(10));
         }
         Ok(())
+    }
+
+    /// The vhost-user socket path.
+    pub fn socket_path(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The directory made for `{fs_dir}` (spawn mode, when the command has the placeholder).
+    pub fn fs_dir(&self) -> Option<&Path> {
+        self.fs_dir.as_deref()
     }
 
     /// How this back-end is reached.
@@ -507,5 +575,27 @@ mod tests {
         assert_eq!(ProcessState::Running.death(), None);
         assert_eq!(ProcessState::Unknown.death(), None);
         assert_eq!(signal_name(libc::SIGSEGV), "SIGSEGV");
+    }
+
+    #[test]
+    fn leading_assignments_are_told_from_commands() {
+        assert!(starts_with_assignment("VHU_FS_DIR='/x' ./virtiofsd.sh s"));
+        assert!(!starts_with_assignment("./virtiofsd.sh --opt=1"));
+        assert!(!starts_with_assignment("=x cmd"));
+        assert!(!starts_with_assignment("1A=x cmd"));
+    }
+
+    #[test]
+    fn fs_dir_placeholder_is_a_fresh_empty_directory_passed_to_the_command() {
+        // The spawned command lists the directory it was given into its own socket path's
+        // sibling, proving the substitution and the env(1) route for assignments.
+        let spec = TargetSpec::Spawn(
+            "D={fs_dir} sh -c 'test -d \"$D\" && test -z \"$(ls -A \"$D\")\" && touch \"$0\" && sleep 5' {socket}"
+                .into(),
+        );
+        let inst = Instance::start(&spec, Duration::from_secs(5)).expect("starts");
+        let dir = inst.fs_dir().expect("a directory was made").to_path_buf();
+        assert!(dir.is_dir());
+        assert!(inst.socket_path().exists());
     }
 }

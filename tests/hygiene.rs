@@ -42,6 +42,7 @@ fn opts() -> RunOptions {
         connect_timeout: Duration::from_secs(5),
         strict: false,
         queue_size: None,
+        host: Default::default(),
     }
 }
 

@@ -9,7 +9,7 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(
     name = "vhu-mock-backend",
-    about = "Reference vhost-user back-end of vhu-conform (blk, net, rng; fs and vsock to come), with fault modes"
+    about = "Reference vhost-user back-end of vhu-conform (blk, net, rng, fs, vsock), with fault modes"
 )]
 pub struct Args {
     /// The virtio device served: blk (a RAM disk, the default), net (a loopback port), rng,
@@ -45,6 +45,16 @@ pub struct Args {
     /// List the fault modes with the rule each breaks.
     #[arg(long)]
     pub list_faults: bool,
+    /// fs: serve this directory read-only (without it, an empty root directory).
+    #[arg(long, value_name = "DIR")]
+    pub shared_dir: Option<PathBuf>,
+    /// vsock: a guest connection to host port P reaches the Unix socket `PATH_P`; the back-end
+    /// also listens on PATH for host-initiated `CONNECT <port>` (default `<socket-path>.vsock`).
+    #[arg(long, value_name = "PATH")]
+    pub uds_path: Option<PathBuf>,
+    /// vsock: the guest's CID in the config space (3 to 2^32 - 1).
+    #[arg(long, value_name = "CID", default_value_t = 3)]
+    pub guest_cid: u64,
 }
 
 /// The virtio device a back-end process serves (`--device`).
@@ -126,6 +136,12 @@ impl Args {
         if ids.len() != self.shmem.len() {
             return Err("a shmem id is declared twice".into());
         }
+        if self.shared_dir.is_some() && self.device != DeviceKind::Fs {
+            return Err("--shared-dir is for --device fs only".into());
+        }
+        if self.uds_path.is_some() && self.device != DeviceKind::Vsock {
+            return Err("--uds-path is for --device vsock only".into());
+        }
         if !self.shmem.is_empty() && self.device != DeviceKind::Blk {
             return Err(format!(
                 "--shmem is for --device blk only (the SHMEM request is a virtio-blk vendor request), not --device {}",
@@ -176,6 +192,17 @@ mod tests {
                 .is_err()
         );
         assert!(args(&["--device", "rng"]).check().is_ok());
+        assert!(args(&["--shared-dir", "/tmp"]).check().is_err());
+        assert!(
+            args(&["--device", "fs", "--shared-dir", "/tmp"])
+                .check()
+                .is_ok()
+        );
+        assert!(
+            args(&["--device", "net", "--uds-path", "/tmp/v"])
+                .check()
+                .is_err()
+        );
         assert!(args(&[]).check().is_ok());
     }
 }

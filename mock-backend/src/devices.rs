@@ -2,7 +2,11 @@
 //! richer type, or one of the devices behind `vhu_mock_device::VirtioDevice`. [`device_for`]
 //! is the one place a `--device` name becomes a device.
 
-use vhu_mock_device::{BlkDevice, ConfigError, NetDevice, RngDevice, VirtioDevice};
+use std::path::PathBuf;
+
+use vhu_mock_device::{
+    BlkDevice, ConfigError, FsDevice, NetDevice, RngDevice, VirtioDevice, VsockDevice,
+};
 
 use crate::Error;
 use crate::cli::{Args, DeviceKind};
@@ -19,19 +23,44 @@ pub enum Device {
 /// The non-blk device `kind` names, built from the command line and its faults.
 ///
 /// # Errors
-/// A device this back-end does not serve yet (fs, vsock), or `kind` is blk (its own type).
+/// `kind` is blk (its own type), the fs shared directory is not a directory, or the vsock
+/// CID or uds path is unusable.
 pub fn device_for(
     kind: DeviceKind,
-    _args: &Args,
+    args: &Args,
     faults: &Faults,
 ) -> Result<Box<dyn VirtioDevice>, Error> {
     match kind {
         DeviceKind::Net => Ok(Box::new(NetDevice::new(faults.net()))),
         DeviceKind::Rng => Ok(Box::new(RngDevice::new(faults.rng()))),
-        DeviceKind::Fs | DeviceKind::Vsock | DeviceKind::Blk => {
-            Err(Error::UnsupportedDevice(kind.name()))
+        DeviceKind::Fs => {
+            let mut fs = FsDevice::new(args.shared_dir.clone()).map_err(Error::device)?;
+            fs.set_faults(faults.fs());
+            Ok(Box::new(fs))
         }
+        DeviceKind::Vsock => {
+            let uds = vsock_uds_path(args)?;
+            let mut v = VsockDevice::new(args.guest_cid, &uds, true).map_err(Error::device)?;
+            v.set_faults(faults.vsock());
+            Ok(Box::new(v))
+        }
+        DeviceKind::Blk => Err(Error::UnsupportedDevice(kind.name())),
     }
+}
+
+/// `--uds-path`, else `<socket-path>.vsock` (what vhost-device-vsock users name it).
+fn vsock_uds_path(args: &Args) -> Result<PathBuf, Error> {
+    if let Some(p) = &args.uds_path {
+        return Ok(p.clone());
+    }
+    let Some(sock) = &args.socket_path else {
+        return Err(Error::BadOption(
+            "--device vsock with --fd needs --uds-path".into(),
+        ));
+    };
+    let mut p = sock.as_os_str().to_owned();
+    p.push(".vsock");
+    Ok(p.into())
 }
 
 /// The process's device as `--device` asks.

@@ -101,6 +101,20 @@ pub enum Fault {
     RngZeroLen,
     /// rng: every byte written is 0x00.
     RngConstant,
+    /// fs: replies carry the request's unique + 1.
+    FsUniqueNotEchoed,
+    /// fs: the out header's len is 8 more than the bytes written.
+    FsLenMismatch,
+    /// fs: errors are answered as positive errnos (ENOENT as +2).
+    FsPositiveErrno,
+    /// fs: FORGET gets a reply: a used length of 16 even with no writable buffer.
+    FsForgetReply,
+    /// vsock: a REQUEST to a port nobody listens on gets no answer.
+    VsockNoRst,
+    /// vsock: rx packets carry dst_cid 0.
+    VsockBadDstCid,
+    /// vsock: host data is sent whatever the guest's credit.
+    VsockCreditOverrun,
     /// Legal: after refusing a message (nacked if asked), the process exits with status 1.
     ExitAfterRefusal,
     /// Legal: after refusing a message (nacked if asked), that connection is closed.
@@ -391,6 +405,48 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "R-RNG-02",
         "--device rng: every random byte is 0x00",
     ),
+    (
+        Fault::FsUniqueNotEchoed,
+        "fs-unique-not-echoed",
+        "R-FS-01",
+        "--device fs: replies carry the request's unique + 1",
+    ),
+    (
+        Fault::FsLenMismatch,
+        "fs-len-mismatch",
+        "R-FS-01",
+        "--device fs: the out header's len is 8 more than the bytes written (the used length)",
+    ),
+    (
+        Fault::FsPositiveErrno,
+        "fs-positive-errno",
+        "R-FS-03",
+        "--device fs: errors are answered as positive errnos (ENOENT as +2)",
+    ),
+    (
+        Fault::FsForgetReply,
+        "fs-forget-reply",
+        "R-FS-06",
+        "--device fs: FORGET gets a 16-byte reply, used length 16 even with no writable buffer",
+    ),
+    (
+        Fault::VsockNoRst,
+        "vsock-no-rst",
+        "R-VSOCK-01",
+        "--device vsock: a REQUEST to a port nobody listens on gets no answer",
+    ),
+    (
+        Fault::VsockBadDstCid,
+        "vsock-bad-dst-cid",
+        "R-VSOCK-02",
+        "--device vsock: every rx packet carries dst_cid 0",
+    ),
+    (
+        Fault::VsockCreditOverrun,
+        "vsock-credit-overrun",
+        "R-VSOCK-07",
+        "--device vsock: host data is sent to the guest whatever its credit",
+    ),
 ];
 
 /// The only device a fault makes sense with (`None`: every device). The data-path faults of
@@ -405,6 +461,8 @@ pub fn device(f: Fault) -> Option<DeviceKind> {
             Some(DeviceKind::Net)
         }
         RngUsedLenPastBuffer | RngZeroLen | RngConstant => Some(DeviceKind::Rng),
+        FsUniqueNotEchoed | FsLenMismatch | FsPositiveErrno | FsForgetReply => Some(DeviceKind::Fs),
+        VsockNoRst | VsockBadDstCid | VsockCreditOverrun => Some(DeviceKind::Vsock),
         _ => None,
     }
 }
@@ -528,6 +586,25 @@ impl Faults {
             tx_used_len: self.has(Fault::NetTxUsedLen),
             ctrl_no_ack: self.has(Fault::NetCtrlNoAck),
             rx_csum_flag: self.has(Fault::NetRxCsumFlag),
+        }
+    }
+
+    /// The fs device's share of the faults.
+    pub fn fs(&self) -> vhu_mock_device::FsFaults {
+        vhu_mock_device::FsFaults {
+            unique_not_echoed: self.has(Fault::FsUniqueNotEchoed),
+            len_mismatch: self.has(Fault::FsLenMismatch),
+            positive_errno: self.has(Fault::FsPositiveErrno),
+            forget_reply: self.has(Fault::FsForgetReply),
+        }
+    }
+
+    /// The vsock device's share of the faults.
+    pub fn vsock(&self) -> vhu_mock_device::VsockFaults {
+        vhu_mock_device::VsockFaults {
+            no_rst: self.has(Fault::VsockNoRst),
+            bad_dst_cid: self.has(Fault::VsockBadDstCid),
+            credit_overrun: self.has(Fault::VsockCreditOverrun),
         }
     }
 

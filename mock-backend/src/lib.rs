@@ -74,13 +74,30 @@ pub enum Error {
     /// An unknown `--fault` name, or a fault made for another `--device`.
     #[error("{0}")]
     UnknownFault(String),
-    /// A `--device` this back-end does not serve yet.
-    #[error("--device {0} is not served yet (this back-end serves blk, net and rng)")]
+    /// A `--device` the `VirtioDevice` dispatch does not build (blk has its own type).
+    #[error("--device {0} is not served through the VirtioDevice dispatch")]
     UnsupportedDevice(&'static str),
+    /// The device cannot start (an fs shared directory that is not one, a vsock CID or uds
+    /// path that cannot be used).
+    #[error("cannot start the device: {0}")]
+    Device(String),
     /// The legal variation `exit-after-refusal`: a message was refused, so the process exits
     /// with status 1 (as C back-ends that `exit(1)` on a protocol error do).
     #[error("exit-after-refusal: {0}; exiting with status 1")]
     ExitAfterRefusal(String),
+}
+
+impl Error {
+    /// A device that cannot start, its causes on one line.
+    pub(crate) fn device(e: impl std::error::Error) -> Self {
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            text.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        Self::Device(text)
+    }
 }
 
 /// Parses `args` (`argv[0]` included) and runs the back-end.

@@ -13,19 +13,25 @@
 //!   [`ChainHandler`] wrap each chain with the back-end's bookkeeping.
 //! - [`VirtioDevice`]: what the reference net, fs, vsock and rng devices implement;
 //!   [`NetDevice`] (5.1, a loopback port) and [`RngDevice`] (5.4) are two of them.
+//! - [`FsDevice`]: virtio-fs (5.11) speaking FUSE 7.31 over an empty root or a read-only
+//!   passthrough directory; [`VsockDevice`]: hybrid virtio-vsock (5.10) whose host ports are Unix
+//!   sockets `<uds path>_<port>`. Each has fault flags ([`FsFaults`], [`VsockFaults`]).
 //! - [`GuestMemory`]: the only way the crate touches guest memory; the back-end implements it
 //!   over its mmapped regions (see [`memory`] for the volatile-copy requirement).
 
 mod blk;
 mod chain;
 mod device;
+pub mod fs;
 pub mod memory;
 mod net;
 mod packed;
 mod queue;
 mod rng;
 mod run;
+mod sg;
 mod split;
+pub mod vsock;
 
 pub use blk::{
     BlkDevice, CONFIG_SIZE, Completion, ConfigError, DEVICE_ID, DataPathFaults, FLAGS_GUEST_WRITE,
@@ -34,6 +40,7 @@ pub use blk::{
 };
 pub use chain::{Chain, RingError, Segment};
 pub use device::VirtioDevice;
+pub use fs::{FsDevice, FsError, FsFaults};
 pub use memory::{GuestMemory, MemError, VecMemory};
 pub use net::{
     NET_BACKLOG, NET_CONFIG_SIZE, NET_CTRL, NET_DEVICE_ID, NET_ERR, NET_HDR_LEN, NET_MAC, NET_MTU,
@@ -42,3 +49,4 @@ pub use net::{
 pub use queue::{Queue, RingConfig};
 pub use rng::{RNG_DEVICE_ID, RNG_MAX_PER_REQUEST, RNG_PAST_BUFFER, RngDevice, RngFaults};
 pub use run::{ChainHandler, QueueRun, process_queue, process_queue_with};
+pub use vsock::{VsockDevice, VsockError, VsockFaults};

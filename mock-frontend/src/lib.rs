@@ -9,6 +9,7 @@
 pub mod blk;
 pub mod channel;
 pub mod exchange;
+pub mod fs;
 pub mod inflight;
 pub mod memory;
 pub mod net;
@@ -17,6 +18,7 @@ pub mod session;
 pub mod shmem;
 pub mod transcript;
 pub mod vring;
+pub mod vsock;
 
 pub use memory::{GuestMemory, GuestRegion, MemoryError, RegionSpec};
 pub use session::{Ack, Negotiated, ReplyViolation, Session, SessionError, SessionOptions, Wanted};

@@ -604,6 +604,12 @@ impl DriverQueue {
         self.calls > since
     }
 
+    /// The calls counted so far, after taking any pending on the call eventfd (no wait).
+    pub fn calls_now(&mut self) -> u64 {
+        self.read_call(Duration::ZERO);
+        self.calls
+    }
+
     /// How many used buffers wait to be collected (counting at most `max` for packed).
     fn ready(&self, mem: &GuestMemory, max: usize) -> Result<usize, MemoryError> {
         if self.layout == RingLayout::Split {

@@ -5,7 +5,9 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+pub mod fs;
 pub mod net;
+pub mod vsock;
 
 /// Descriptor flag: the buffer continues in `next`.
 pub const VIRTQ_DESC_F_NEXT: u16 = 1;

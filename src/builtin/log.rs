@@ -86,7 +86,7 @@ impl Builtin for LogBlkRead {
         "With LOG_ALL and SET_LOG_BASE, a blk read logs every page it wrote and the used ring's page"
     }
     fn rules(&self) -> &'static [crate::rules::RuleId] {
-        &[id::R_LOG_04, id::R_LOG_02, id::R_LOG_03]
+        &[id::R_LOG_04, id::R_LOG_02, id::R_LOG_03, id::R_VRING_04]
     }
     fn requires_virtio(&self) -> &'static [&'static str] {
         &["LOG_ALL"]
@@ -125,19 +125,31 @@ and a used element: each of their pages must have its bit set in the log (bit p 
         let mut ranges = o.written.clone();
         ranges.push((used, 4 + 8 * 128));
         let bits = read_log(&log, size)?;
-        let missing: Vec<String> = ranges
+        let missing: Vec<(u64, u64)> = ranges
             .iter()
             .flat_map(|&(gpa, len)| (gpa / PAGE..=(gpa + len - 1) / PAGE).map(move |p| (gpa, p)))
             .filter(|&(_, p)| {
                 bits.get((p / 8) as usize)
                     .is_none_or(|b| b & (1 << (p % 8)) == 0)
             })
+            .collect();
+        // VHOST_VRING_F_LOG was set in SET_VRING_ADDR: the used ring's writes are logged at its
+        // log address (R-VRING-04).
+        ctx.mark(id::R_VRING_04);
+        let used_pages = used / PAGE..=(used + 4 + 8 * 128 - 1) / PAGE;
+        let used_missing = missing.iter().any(|(_, p)| used_pages.contains(p));
+        let missing: Vec<String> = missing
+            .iter()
             .map(|(gpa, p)| format!("page {p:#x} (GPA {:#x}, written at {gpa:#x})", p * PAGE))
             .collect();
         if !missing.is_empty() {
             let set = bits.iter().map(|b| b.count_ones()).sum::<u32>();
             return Err(ctx.fail(
-                id::R_LOG_04,
+                if used_missing {
+                    id::R_VRING_04
+                } else {
+                    id::R_LOG_04
+                },
                 &format!(
                     "{} written pages have no bit in the dirty log",
                     missing.len()

@@ -6,6 +6,7 @@
 
 mod blk;
 mod channel;
+mod descriptors;
 mod framing;
 mod hygiene;
 mod inflight;
@@ -14,6 +15,7 @@ mod memory;
 pub(crate) mod program;
 mod ring_state;
 mod robustness;
+mod suspended;
 
 use crate::engine::{Ctx, StepError};
 use crate::rules::id;
@@ -62,6 +64,14 @@ pub fn all() -> &'static [&'static dyn Builtin] {
         &blk::ScatteredPatterns,
         &channel::ReplacedChannelClosed,
         &channel::FrontendClosesChannel,
+        &descriptors::Descriptors(descriptors::Abuse::NextLoop),
+        &descriptors::Descriptors(descriptors::Abuse::NextOutOfRange),
+        &descriptors::Descriptors(descriptors::Abuse::HeadOutOfRange),
+        &descriptors::Descriptors(descriptors::Abuse::ZeroLength),
+        &descriptors::Descriptors(descriptors::Abuse::IndirectOddLength),
+        &descriptors::Descriptors(descriptors::Abuse::NestedIndirect),
+        &descriptors::Descriptors(descriptors::Abuse::OutsideMemory),
+        &descriptors::Descriptors(descriptors::Abuse::PastEndOfMemory),
         &framing::Framing(framing::Cut::HeaderApart),
         &framing::Framing(framing::Cut::Coalesced),
         &framing::Framing(framing::Cut::ByteByByte),
@@ -84,9 +94,13 @@ pub fn all() -> &'static [&'static dyn Builtin] {
         &program::SocketPathAndFd,
         &program::Sigterm,
         &program::SocketPathQuietStdio,
+        &program::UnusableSocketPath,
         &robustness::CallFdFlood,
+        &suspended::Suspended(suspended::When::Stopped),
+        &suspended::Suspended(suspended::When::AfterSave),
         &ring_state::RingStart(ring_state::Probe::NotStartedBeforeKick),
         &ring_state::RingStart(ring_state::Probe::AvailableBeforeStart),
+        &ring_state::BaseAfterInflight,
     ]
 }
 

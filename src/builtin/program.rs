@@ -79,9 +79,12 @@ fn derive(ctx: &Ctx<'_>, with: &str) -> Result<String, StepError> {
 /// Starts `command` in its own process group with stdin and stdout as given, stderr captured,
 /// and `inherit` (if any) as fd 3.
 pub(crate) fn start(command: &str, inherit: Option<&OwnedFd>) -> Result<Child, StepError> {
+    // A `{fs_dir}` in the spawn command gets its own directory here too.
+    let command = &crate::target::with_fresh_fs_dir(command)
+        .map_err(|e| StepError::Harness(format!("cannot make a directory for {{fs_dir}}: {e}")))?;
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
-        .arg(format!("exec {command}"))
+        .arg(format!("{} {command}", crate::target::exec_prefix(command)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -465,5 +468,58 @@ and exits its parent has daemonized)."
             ));
         }
         Ok(())
+    }
+}
+
+/// A socket path that cannot be created (its directory does not exist) makes the program exit
+/// early with a non-zero status (R-PROG-08).
+#[derive(Debug)]
+pub struct UnusableSocketPath;
+
+impl Builtin for UnusableSocketPath {
+    fn id(&self) -> &'static str {
+        "program/unusable-socket-path"
+    }
+    fn title(&self) -> &'static str {
+        "A --socket-path in a directory that does not exist makes the program exit early with a non-zero status"
+    }
+    fn rules(&self) -> &'static [crate::rules::RuleId] {
+        &[id::R_PROG_08]
+    }
+    fn level(&self) -> crate::scenario::Level {
+        crate::scenario::Level::Should
+    }
+    fn description(&self) -> &'static str {
+        "Spawn mode with `--socket-path {socket}` in the command. The program is run with a \
+socket path inside a directory that does not exist, so it cannot listen: its initialisation \
+fails, and it should exit within 5 s with a non-zero status (a message on stderr is allowed), \
+not keep running without a socket nor crash."
+    }
+    fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+        let dir = tempfile::tempdir().map_err(|e| StepError::Harness(e.to_string()))?;
+        let path = dir.path().join("no-such-directory").join("x.sock");
+        let command = derive(ctx, &format!("--socket-path '{}'", path.display()))?;
+        let mut child = start(&command, None)?;
+        let status = wait(&mut child, PROGRAM_WITHIN);
+        if status.is_none() {
+            stop(&mut child);
+        }
+        let (_, err) = output(&mut child);
+        ctx.mark(id::R_PROG_08);
+        match status {
+            Some(st) if !st.success() && st.signal().is_none() => Ok(()),
+            other => Err(ctx.fail(
+                id::R_PROG_08,
+                "a socket path that cannot be created did not end the program with an error",
+                "an early exit with a non-zero status",
+                format!(
+                    "{}; stderr {err:?}; {command}",
+                    other.map_or_else(
+                        || format!("still running after {PROGRAM_WITHIN:?}"),
+                        |s| format!("status {s}")
+                    )
+                ),
+            )),
+        }
     }
 }

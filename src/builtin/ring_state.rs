@@ -50,7 +50,7 @@ impl Builtin for RingStart {
     }
     fn rules(&self) -> &'static [RuleId] {
         match self.0 {
-            Probe::NotStartedBeforeKick => &[id::R_RING_01, id::R_RING_03],
+            Probe::NotStartedBeforeKick => &[id::R_RING_01, id::R_RING_03, id::R_RING_08],
             Probe::AvailableBeforeStart => &[id::R_RING_04],
         }
     }
@@ -67,7 +67,7 @@ impl Builtin for RingStart {
         match self.0 {
             Probe::NotStartedBeforeKick => {
                 "Queue 0 gets SET_VRING_NUM, BASE, ADDR, CALL, ERR and SET_VRING_ENABLE(1) but no \
-SET_VRING_KICK. A GET_ID request is made available and kicked on the eventfd the back-end does \
+SET_VRING_KICK (the enable, sent while the ring is stopped, must hold once it starts: R-RING-08). A GET_ID request is made available and kicked on the eventfd the back-end does \
 not have yet: a new ring is stopped (R-RING-01), so nothing may be used within 300 ms. Then \
 SET_VRING_KICK with that eventfd (its kick pending) starts the ring and the request completes \
 (R-RING-03)."
@@ -101,6 +101,10 @@ back-end should look at the ring when it starts (R-RING-04), so the request comp
             .map_err(|e| StepError::Harness(chain(&e)))?;
         let result = self.judge(ctx, &mut q, &mut mem, &pending);
         blk::blk_release(&mut mem, pending);
+        if result.is_ok() && features & VirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+            // SET_VRING_ENABLE(1) came while the ring was stopped, and held once it started.
+            ctx.mark(id::R_RING_08);
+        }
         result
     }
 }
@@ -154,6 +158,62 @@ impl RingStart {
                 format!("nothing used within {:?}", ctx.step_timeout()),
             ));
         }
+        Ok(())
+    }
+}
+
+/// GET_VRING_BASE answers only once the requests the back-end took are completed
+/// (R-VRING-09): the base it returns is reached by the used index.
+#[derive(Debug)]
+pub struct BaseAfterInflight;
+
+/// Requests in flight when GET_VRING_BASE is sent.
+const IN_FLIGHT: usize = 16;
+
+impl Builtin for BaseAfterInflight {
+    fn id(&self) -> &'static str {
+        "vring/get-base-drains-in-flight"
+    }
+    fn title(&self) -> &'static str {
+        "GET_VRING_BASE sent right after 16 requests replies only once every request it took is used"
+    }
+    fn rules(&self) -> &'static [RuleId] {
+        &[id::R_VRING_09]
+    }
+    fn device(&self) -> Option<DeviceType> {
+        Some(DeviceType::Block)
+    }
+    fn description(&self) -> &'static str {
+        "Queue 0 running; 16 GET_ID requests are made available (one kick each) and \
+GET_VRING_BASE follows at once. Its reply's num is the next avail index the back-end would take: \
+the spec (GET_VRING_BASE without SKIP_DRAIN) has every in-flight request completed before the \
+reply, so the used index in guest memory, read as soon as the reply arrives, must equal it."
+    }
+    fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+        ctx.step(&Step::new(Action::Negotiate))?;
+        let features = ctx.session_mut()?.acked_features().unwrap_or(0);
+        let mut mem = default_memory(ctx)?;
+        let mut q = super::start_queue(ctx, &mut mem, features, id::R_VRING_01, |_| {})?;
+        let mark = mem.mark();
+        for _ in 0..IN_FLIGHT.min(usize::from(ctx.queue_size() / 3)) {
+            blk::blk_submit(&mut q, &mut mem, BlkReq::get_id())
+                .map_err(|e| StepError::Harness(chain(&e)))?;
+        }
+        let r = ctx.session_mut()?.get_vring_base(0);
+        let used = q.used_idx(&mem);
+        let state = r.map_err(|e| ctx.session_error(id::R_VRING_09, e))?;
+        mem.release(mark);
+        ctx.mark(id::R_VRING_09);
+        let base = state.num as u16;
+        if used != base {
+            return Err(ctx.fail(
+                id::R_VRING_09,
+                "GET_VRING_BASE replied before the requests it had taken were completed",
+                "the used index equal to the returned base when the reply arrives",
+                format!("base {base}, used index {used} when the reply arrived"),
+            ));
+        }
+        ctx.note(format!("GET_VRING_BASE returned {base}; used index {used}"));
         Ok(())
     }
 }

@@ -37,6 +37,8 @@ pub struct RunOptions {
     /// The ring size to use (`--queue-size`); without it, the largest the back-end accepts at
     /// preflight, up to 256.
     pub queue_size: Option<u16>,
+    /// Host-side context for fs and vsock scenarios (`--fs-dir`, `--vsock-uds`).
+    pub host: crate::target::HostContext,
 }
 
 impl Default for RunOptions {
@@ -47,6 +49,7 @@ impl Default for RunOptions {
             connect_timeout: Duration::from_secs(10),
             strict: false,
             queue_size: None,
+            host: crate::target::HostContext::default(),
         }
     }
 }

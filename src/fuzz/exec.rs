@@ -339,7 +339,7 @@ fn ua_to_gpa(mem: &GuestMemory, ua: u64) -> u64 {
 
 /// Writes the case's tables, buffers and avail entries into ring 0 and publishes them; returns
 /// the snapshot to compare after the oracle.
-fn write_chains(
+pub(crate) fn write_chains(
     mem: &mut GuestMemory,
     q: &vhu_mock_frontend::DriverQueue,
     c: &ChainCase,

@@ -174,6 +174,32 @@ fn check(spec: &ScenarioFile) -> Result<(), LoadErrorKind> {
                     why: "is empty or holds 0: each entropy request needs a writable byte".into(),
                 });
             }
+            Action::FsFile
+            | Action::FsOpen
+            | Action::FsRead
+            | Action::FsRelease
+            | Action::FsForget
+                if s.name.is_none() =>
+            {
+                return Err(missing("name"));
+            }
+            Action::FsLookup if s.name.is_none() => return Err(missing("name")),
+            Action::VsockListen
+            | Action::VsockConnect
+            | Action::VsockSend
+            | Action::VsockRecv
+            | Action::VsockCreditRequest
+            | Action::VsockShutdown
+            | Action::VsockUnknownType
+            | Action::VsockNoConnection
+            | Action::VsockHostConnect
+                if s.port.is_none() =>
+            {
+                return Err(missing("port"));
+            }
+            Action::VsockSend | Action::VsockRecv if s.bytes.is_none() => {
+                return Err(missing("bytes"));
+            }
             _ => {}
         }
     }

@@ -139,6 +139,53 @@ pub enum Action {
     RngRead,
     /// virtio-rng: wait for the requests an `rng_read` with `expect = "no_reply"` left pending.
     RngComplete,
+    // fs and vsock steps
+    /// fs: create a file in the shared directory (host side): `name`, `file_bytes`, `pattern`.
+    FsFile,
+    /// fs: FUSE_INIT on a request queue (the session's first FUSE request).
+    FsInit,
+    /// fs: FUSE_GETATTR of the root, or of `name` (looked up before).
+    FsGetattr,
+    /// fs: FUSE_LOOKUP of `name` in the root (`missing = true`: it must not exist).
+    FsLookup,
+    /// fs: FUSE_OPEN of `name` (looked up before), read-only.
+    FsOpen,
+    /// fs: FUSE_READ of the open `name`: `read_offset`, `read_size`.
+    FsRead,
+    /// fs: FUSE_RELEASE of the open `name`.
+    FsRelease,
+    /// fs: FUSE_FORGET of `name` on the hiprio queue (no reply).
+    FsForget,
+    /// fs: a request with an opcode FUSE does not define (`opcode`): -ENOSYS.
+    FsUnknown,
+    /// fs: the config space (tag, num_request_queues), with the CONFIG protocol feature.
+    FsConfig,
+    /// vsock: the config space's guest_cid, with the CONFIG protocol feature.
+    VsockConfig,
+    /// vsock: a host-side listener at `<vsock uds>_<port>` that echoes (and first writes
+    /// `bytes` bytes when given).
+    VsockListen,
+    /// vsock: REQUEST to host `port`: RESPONSE when a `vsock_listen` step listens there, RST
+    /// otherwise; `buf_alloc` is the receive space the driver announces.
+    VsockConnect,
+    /// vsock: RW of `bytes` bytes on the connection to `port`; the host listener must read them
+    /// and its echo must come back intact.
+    VsockSend,
+    /// vsock: receive `bytes` bytes the host listener wrote, granting credit as they arrive;
+    /// the device must never exceed the credit.
+    VsockRecv,
+    /// vsock: CREDIT_REQUEST on the connection to `port`: CREDIT_UPDATE.
+    VsockCreditRequest,
+    /// vsock: SHUTDOWN (both directions) of the connection to `port`: RST.
+    VsockShutdown,
+    /// vsock: REQUEST of an unknown socket type (`socket_type`) to `port`: RST.
+    VsockUnknownType,
+    /// vsock: RW for a connection that does not exist, to `port`: RST.
+    VsockNoConnection,
+    /// vsock: the host side asks the hybrid back-end to connect to guest `port` (`CONNECT
+    /// <port>`); the device's REQUEST is checked and accepted; the host side then echoes (and
+    /// first writes `bytes` bytes when given). Later steps name the connection by `port`.
+    VsockHostConnect,
 }
 
 /// What a step expects of the back-end.
@@ -355,6 +402,29 @@ pub struct Step {
     pub command: Option<u8>,
     /// net_ctrl: the ack byte the device must answer (0 OK, 1 ERR); any of the two if unset.
     pub ack: Option<u8>,
+    // fs and vsock steps
+    /// fs steps: the file's name in the shared directory's root.
+    pub name: Option<String>,
+    /// fs_file: the file's size (bytes `pattern`, or a position-dependent sequence).
+    pub file_bytes: Option<u32>,
+    /// fs_lookup: the name must not exist (-ENOENT).
+    pub missing: Option<bool>,
+    /// fs_read: offset in the file.
+    pub read_offset: Option<u64>,
+    /// fs_read: bytes asked for.
+    pub read_size: Option<u32>,
+    /// fs_unknown: the opcode.
+    pub opcode: Option<u32>,
+    /// vsock steps: the host port.
+    pub port: Option<u32>,
+    /// vsock_connect: the receive space the driver announces (default 65536).
+    pub buf_alloc: Option<u32>,
+    /// vsock_send / vsock_recv / vsock_listen: payload bytes.
+    pub bytes: Option<u32>,
+    /// vsock_unknown_type: the header's type (default 0x7fff).
+    pub socket_type: Option<u16>,
+    /// vsock: rx buffers with the header in its own 44-byte descriptor (default one buffer).
+    pub rx_split: Option<bool>,
 }
 
 impl Step {
@@ -424,6 +494,17 @@ impl Step {
             class: None,
             command: None,
             ack: None,
+            name: None,
+            file_bytes: None,
+            missing: None,
+            read_offset: None,
+            read_size: None,
+            opcode: None,
+            port: None,
+            buf_alloc: None,
+            bytes: None,
+            socket_type: None,
+            rx_split: None,
         }
     }
 }

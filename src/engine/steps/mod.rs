@@ -16,6 +16,7 @@ use vhu_protocol::wire::ReplyKind;
 mod backend_requests;
 mod chains;
 mod datapath;
+mod fs;
 mod liveness;
 mod net;
 mod rng;
@@ -23,6 +24,7 @@ mod send;
 mod setup;
 mod shmem;
 mod state;
+mod vsock;
 
 use super::{Crash, Finding, Offer, RunOptions, chain, describe_exit};
 use crate::rules::RuleId;
@@ -96,6 +98,9 @@ pub struct Ctx<'a> {
     net: net::NetState,
     /// rng steps: pending requests and the last sample.
     rng: rng::RngState,
+    /// fs and vsock: the FUSE session and the vsock driver of the current session.
+    fs: fs::FsState,
+    vsock: vsock::VsockState,
 }
 
 impl<'a> Ctx<'a> {
@@ -136,6 +141,8 @@ impl<'a> Ctx<'a> {
             first_reply_pending: false,
             net: net::NetState::default(),
             rng: rng::RngState::default(),
+            fs: fs::FsState::default(),
+            vsock: vsock::VsockState::default(),
         }
     }
 
@@ -341,6 +348,8 @@ impl<'a> Ctx<'a> {
         self.idle.clear();
         self.net = net::NetState::default();
         self.rng = rng::RngState::default();
+        self.fs.new_session();
+        self.vsock.new_session();
         if let Some(s) = self.session.take() {
             if s.received() > 0 {
                 // Every reply the session took passed its framing checks.
@@ -721,6 +730,26 @@ impl<'a> Ctx<'a> {
             Action::NetComplete => self.net_complete(step),
             Action::RngRead => self.rng_read(step),
             Action::RngComplete => self.rng_complete(step),
+            Action::FsFile
+            | Action::FsInit
+            | Action::FsGetattr
+            | Action::FsLookup
+            | Action::FsOpen
+            | Action::FsRead
+            | Action::FsRelease
+            | Action::FsForget
+            | Action::FsUnknown
+            | Action::FsConfig => self.fs_step(step),
+            Action::VsockConfig
+            | Action::VsockListen
+            | Action::VsockConnect
+            | Action::VsockSend
+            | Action::VsockRecv
+            | Action::VsockCreditRequest
+            | Action::VsockShutdown
+            | Action::VsockUnknownType
+            | Action::VsockNoConnection
+            | Action::VsockHostConnect => self.vsock_step(step),
             Action::Sleep => {
                 let left = self.deadline.saturating_duration_since(Instant::now());
                 std::thread::sleep(Duration::from_millis(step.ms.unwrap_or(0)).min(left));

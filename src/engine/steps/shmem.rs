@@ -163,6 +163,9 @@ impl Ctx<'_> {
         code: u32,
     ) -> StepResult {
         let reply_ack = self.session.as_ref().is_some_and(Session::reply_ack);
+        if reply_ack && sent.iter().any(|r| r.code == code) {
+            self.mark(id::R_SHM_11);
+        }
         let unconfirmed = sent
             .iter()
             .find(|r| r.code == code && r.flags & NEED_REPLY == 0);

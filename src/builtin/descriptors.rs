@@ -1,0 +1,247 @@
+//! Descriptor-level abuse on an enabled ring (checklist R-ROB-08; spec/known-bugs.md: the
+//! descriptor loops and out-of-range indices behind DPDK's CVE-2020-10726 family). Each
+//! scenario writes one malformed chain into ring 0 of a working session and kicks. The
+//! back-end may refuse it any way the spec allows (stop the ring, signal its err eventfd,
+//! close the connection, exit with a status); it must not die by a signal (R-CRASH-01), hang,
+//! write guest memory outside the device-writable buffers and the used ring (R-DEV-01), or
+//! stop serving a new, valid session.
+//!
+//! The chains are the fuzzer's [`ChainCase`]s, written by the fuzzer's own code, and the
+//! data-path check of a new session is the fuzz oracle's blk write and read-back: so these are
+//! virtio-blk scenarios.
+
+use std::time::Duration;
+
+use vhu_protocol::virtio::{VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
+
+use super::Builtin;
+use crate::device::DeviceType;
+use crate::engine::{Ctx, StepError, chain};
+use crate::fuzz::case::{Addr, ChainCase, Desc, Len, RING_SIZE};
+use crate::fuzz::{exec, oracle};
+use crate::rules::{RuleId, id};
+use crate::scenario::{Action, Level, Step};
+use crate::target::ProcessState;
+
+/// One kind of malformed chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Abuse {
+    /// Two descriptors whose `next` fields point at each other.
+    NextLoop,
+    /// A `next` past the ring's size.
+    NextOutOfRange,
+    /// An avail ring entry naming a head past the ring's size.
+    HeadOutOfRange,
+    /// Zero-length buffers.
+    ZeroLength,
+    /// An indirect table whose length is not a multiple of 16.
+    IndirectOddLength,
+    /// An indirect descriptor inside an indirect table.
+    NestedIndirect,
+    /// A buffer at an address no region covers.
+    OutsideMemory,
+    /// A device-writable buffer that runs past the end of the last region.
+    PastEndOfMemory,
+}
+
+/// The scenario for one [`Abuse`].
+#[derive(Debug)]
+pub struct Descriptors(pub Abuse);
+
+fn d(addr: Addr, len: Len, flags: u16, next: u16) -> Desc {
+    Desc {
+        addr,
+        len,
+        flags,
+        next,
+    }
+}
+
+impl Abuse {
+    fn name(self) -> &'static str {
+        match self {
+            Self::NextLoop => "descriptors/next-loop",
+            Self::NextOutOfRange => "descriptors/next-out-of-range",
+            Self::HeadOutOfRange => "descriptors/head-out-of-range",
+            Self::ZeroLength => "descriptors/zero-length",
+            Self::IndirectOddLength => "descriptors/indirect-odd-length",
+            Self::NestedIndirect => "descriptors/nested-indirect",
+            Self::OutsideMemory => "descriptors/outside-memory",
+            Self::PastEndOfMemory => "descriptors/past-end-of-memory",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Self::NextLoop => {
+                "A chain whose next fields loop (0 -> 1 -> 0) neither hangs nor crashes the back-end"
+            }
+            Self::NextOutOfRange => {
+                "A descriptor whose next is past the ring size is refused without a crash"
+            }
+            Self::HeadOutOfRange => {
+                "An avail entry naming a head past the ring size is refused without a crash"
+            }
+            Self::ZeroLength => {
+                "A blk read chain of zero-length buffers is handled without a crash or a write outside them"
+            }
+            Self::IndirectOddLength => {
+                "An indirect table of 24 bytes (not a multiple of 16) is refused without a crash"
+            }
+            Self::NestedIndirect => {
+                "An indirect descriptor inside an indirect table is refused without a crash"
+            }
+            Self::OutsideMemory => {
+                "A buffer at a guest address no region covers is refused without a crash"
+            }
+            Self::PastEndOfMemory => {
+                "A writable buffer running past the end of guest memory is refused without a write beyond it"
+            }
+        }
+    }
+
+    /// The chain: a blk read (header in buffer 0) where a device that accepts it moves data.
+    fn case(self) -> ChainCase {
+        let (next, write, indirect) =
+            (VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_F_INDIRECT);
+        let header = d(Addr::Buffer(0), Len::Value(16), next, 1);
+        let mut c = ChainCase {
+            table: vec![],
+            indirect: vec![],
+            nested: vec![],
+            heads: vec![0],
+        };
+        match self {
+            Self::NextLoop => {
+                c.table = vec![header, d(Addr::Buffer(1), Len::Exact, next | write, 0)];
+            }
+            Self::NextOutOfRange => {
+                c.table = vec![d(Addr::Buffer(0), Len::Value(16), next, 200)];
+            }
+            Self::HeadOutOfRange => {
+                c.table = vec![header, d(Addr::Buffer(1), Len::Exact, write, 0)];
+                c.heads = vec![100];
+            }
+            Self::ZeroLength => {
+                c.table = vec![
+                    d(Addr::Buffer(0), Len::Value(0), next, 1),
+                    d(Addr::Buffer(1), Len::Value(0), next | write, 2),
+                    d(Addr::Buffer(2), Len::Value(0), write, 0),
+                ];
+            }
+            Self::IndirectOddLength => {
+                c.table = vec![d(Addr::Indirect, Len::Value(24), indirect, 0)];
+                c.indirect = vec![
+                    d(Addr::Buffer(0), Len::Value(16), next, 1),
+                    d(Addr::Buffer(1), Len::Exact, write, 0),
+                ];
+            }
+            Self::NestedIndirect => {
+                c.table = vec![d(Addr::Indirect, Len::Exact, indirect, 0)];
+                c.indirect = vec![d(Addr::Nested, Len::Exact, indirect, 0)];
+                c.nested = vec![
+                    d(Addr::Buffer(0), Len::Value(16), next, 1),
+                    d(Addr::Buffer(1), Len::Exact, write, 0),
+                ];
+            }
+            Self::OutsideMemory => {
+                c.table = vec![
+                    header,
+                    d(Addr::Raw(0x7f00_0000_0000), Len::Value(4096), write, 0),
+                ];
+            }
+            Self::PastEndOfMemory => {
+                c.table = vec![header, d(Addr::PastEnd, Len::Value(4096), write, 0)];
+            }
+        }
+        c
+    }
+}
+
+impl Builtin for Descriptors {
+    fn id(&self) -> &'static str {
+        self.0.name()
+    }
+    fn title(&self) -> &'static str {
+        self.0.title()
+    }
+    fn rules(&self) -> &'static [RuleId] {
+        &[id::R_ROB_08, id::R_DEV_01]
+    }
+    fn level(&self) -> Level {
+        Level::Rob
+    }
+    fn fresh_process(&self) -> bool {
+        true
+    }
+    fn device(&self) -> Option<DeviceType> {
+        Some(DeviceType::Block)
+    }
+    fn description(&self) -> &'static str {
+        "A working session (negotiation, the default memory, ring 0 of 64 enabled) gets the \
+malformed chain in its descriptor table and avail ring, and a kick. Then: a GET_FEATURES round \
+trip on that connection (a close is a refusal the spec allows), guest memory compared with a \
+snapshot (only device-writable buffers and the used ring may change: R-DEV-01, MUST), and, \
+after disconnecting, a new session whose blk write and read-back must work unless the process \
+ended with a status. A death by a signal is a crash (R-CRASH-01)."
+    }
+    fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+        ctx.step(&Step::new(Action::Negotiate))?;
+        let features = ctx.session_mut()?.acked_features().unwrap_or(0);
+        let timeout = ctx.step_timeout();
+        let s = ctx.session_mut()?;
+        let r = oracle::memory(s).and_then(|mut mem| {
+            let size = RING_SIZE.min(128);
+            oracle::ring(s, &mut mem, features, size).map(|q| (mem, q))
+        });
+        let (mut mem, q) = r.map_err(|e| ctx.setup_error(id::R_VRING_01, e))?;
+        let snap = exec::write_chains(&mut mem, &q, &self.0.case())
+            .map_err(|e| StepError::Harness(chain(&e)))?;
+        q.kick();
+        std::thread::sleep(Duration::from_millis(50));
+        ctx.mark(id::R_ROB_08);
+        // The connection: answered, or closed (a refusal).
+        let probe = ctx.session_mut()?.get_features();
+        match probe {
+            Ok(_) => {}
+            Err(vhu_mock_frontend::SessionError::Closed { .. }) => {
+                ctx.note("the back-end closed the connection after the chain (a refusal)".into());
+            }
+            Err(e) => return Err(ctx.session_error(id::R_ROB_08, e)),
+        }
+        ctx.mark(id::R_DEV_01);
+        if let Some(f) = snap.corrupted(&mem) {
+            return Err(ctx.fail(
+                id::R_DEV_01,
+                "after the malformed chain, guest memory changed outside every device-writable buffer",
+                "no write outside the device-writable buffers of a chain and the used ring",
+                f.detail,
+            ));
+        }
+        ctx.step(&Step::new(Action::Disconnect))?;
+        let st = ctx.target().wait_exit(Duration::from_millis(100));
+        if let ProcessState::Exited(_) = st {
+            ctx.note(format!(
+                "the back-end ended ({st}) after the malformed chain: allowed"
+            ));
+            return Ok(());
+        }
+        if !matches!(st, ProcessState::Running) {
+            // A signal: the engine reports the crash.
+            return Ok(());
+        }
+        if let Err(f) = oracle::fresh_session(ctx.target(), timeout, 0x3c) {
+            if let ProcessState::Exited(_) = ctx.target().wait_exit(Duration::from_millis(100)) {
+                ctx.note("the back-end ended after its front-end left: allowed".into());
+                return Ok(());
+            }
+            return Err(ctx.fail(
+                id::R_ROB_08,
+                "after the malformed chain, a new session no longer works",
+                "a new connection completes a session with a blk write and read-back",
+                f.detail,
+            ));
+        }
+        Ok(())
+    }
+}

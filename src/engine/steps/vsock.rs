@@ -1,0 +1,792 @@
+//! virtio-vsock data-path steps: the driver side of stream connections to the host of a hybrid
+//! vsock back-end (a guest connection to host port P reaches the Unix socket `<uds>_P`, where
+//! the harness listens and echoes), judged on the ring (R-DEV-01..03), every received header
+//! (R-VSOCK-02), the connection's replies (R-VSOCK-01, -03, -04, -05), the config (R-VSOCK-06)
+//! and the credit the driver gave (R-VSOCK-07). Every wait has a deadline; a packet nobody
+//! expected is taken into account or noted, never waited on.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use vhu_mock_frontend::vsock::{self as drv, Conn, HostBehaviour, HostListener, Packet, RxPool};
+use vhu_protocol::ProtocolFeatures;
+use vhu_protocol::virtio::vsock::{self, Hdr, op_name};
+
+use super::fs::brief;
+use super::{Ctx, StepError, StepResult};
+use crate::rules::{RuleId, id};
+use crate::scenario::Action;
+use crate::scenario::model::Step;
+
+/// Receive buffers kept posted (each one chain of [`RX_BUF`] bytes).
+const RX_BUFFERS: usize = 16;
+/// Bytes of each receive buffer, header included (Linux's default).
+const RX_BUF: u32 = 4096;
+/// Largest RW payload the driver sends in one packet.
+const TX_CHUNK: usize = 4096;
+/// The first guest port the driver connects from.
+const FIRST_LOCAL_PORT: u32 = 49152;
+/// The receive space the driver announces by default.
+const DEFAULT_BUF_ALLOC: u32 = 64 << 10;
+/// A socket type vsock does not define (STREAM is 1, SEQPACKET 2).
+const UNKNOWN_TYPE: u16 = 0x7fff;
+
+/// The vsock driver of the current vhost-user session.
+#[derive(Debug, Default)]
+pub struct VsockState {
+    guest_cid: Option<u64>,
+    rx: Option<RxPool>,
+    /// Connections by host port.
+    conns: BTreeMap<u32, Conn>,
+    /// Host ports whose connection was accepted (RESPONSE).
+    established: BTreeSet<u32>,
+    /// RW payload received and not yet checked, by host port.
+    inbox: BTreeMap<u32, Vec<u8>>,
+    /// Host-side listeners by port (they outlive a session: they are host state).
+    listeners: BTreeMap<u32, (HostListener, Vec<u8>)>,
+    next_port: u32,
+    /// The last packet sent, rendered (a finding's `sent`).
+    last: Option<String>,
+    /// Guest ports a host-initiated connection is awaited on.
+    awaiting: BTreeSet<u32>,
+}
+
+impl VsockState {
+    /// A new vhost-user session: no rings, no connections.
+    pub fn new_session(&mut self) {
+        self.rx = None;
+        self.conns.clear();
+        self.established.clear();
+        self.inbox.clear();
+    }
+
+    fn local_port(&mut self) -> u32 {
+        self.next_port += 1;
+        FIRST_LOCAL_PORT + self.next_port
+    }
+}
+
+/// `n` payload bytes that differ along the stream (so a lost or repeated chunk shows).
+fn stream_bytes(n: u32, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| ((i % 253) as u8).wrapping_mul(7).wrapping_add(seed))
+        .collect()
+}
+
+fn first_difference(a: &[u8], b: &[u8]) -> usize {
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()))
+}
+
+fn show(h: &Hdr) -> String {
+    let (sc, dc, sp, dp, len, ty, op, fl, ba, fc) = (
+        h.src_cid,
+        h.dst_cid,
+        h.src_port,
+        h.dst_port,
+        h.len,
+        h.type_,
+        h.op,
+        h.flags,
+        h.buf_alloc,
+        h.fwd_cnt,
+    );
+    format!(
+        "{} (op {op}) src {sc}:{sp} dst {dc}:{dp} len {len} type {ty} flags {fl:#x} buf_alloc {ba} fwd_cnt {fc}",
+        op_name(op)
+    )
+}
+
+impl Ctx<'_> {
+    pub(super) fn vsock_step(&mut self, step: &Step) -> StepResult {
+        let before = self.findings.len();
+        self.vsock.last = None;
+        let r = self.vsock_inner(step);
+        let sent = self.vsock.last.clone();
+        self.data_path_sent(before, sent);
+        r
+    }
+
+    fn vsock_inner(&mut self, step: &Step) -> StepResult {
+        let port = step.port.unwrap_or(0);
+        match step.action {
+            Action::VsockConfig => self.read_guest_cid(step).map(drop),
+            Action::VsockListen => self.vsock_listen(step, port),
+            Action::VsockConnect => self.vsock_connect(step, port),
+            Action::VsockSend => self.vsock_send(step, port),
+            Action::VsockRecv => self.vsock_recv(step, port),
+            Action::VsockCreditRequest => self.vsock_credit_request(step, port),
+            Action::VsockShutdown => self.vsock_shutdown(step, port),
+            Action::VsockHostConnect => self.vsock_host_connect(step, port),
+            _ => self.vsock_probe_rst(step, port),
+        }
+    }
+
+    /// The host side of hybrid vsock: `--vsock-uds` (with `{socket}` replaced), else
+    /// `<socket>.vsock`.
+    fn vsock_uds(&mut self) -> PathBuf {
+        let socket = self.inst().socket_path().display().to_string();
+        match &self.opts.host.vsock_uds {
+            Some(t) => PathBuf::from(t.replace("{socket}", &socket)),
+            None => PathBuf::from(format!("{socket}.vsock")),
+        }
+    }
+
+    /// R-VSOCK-06: GET_CONFIG of the 8-byte config space; guest_cid ≥ 3 and 32 bits.
+    fn read_guest_cid(&mut self, step: &Step) -> Result<u64, StepError> {
+        if self.protocol & ProtocolFeatures::CONFIG.bits() == 0 {
+            return Err(StepError::NotApplicable(
+                "the guest CID is in the config space, and the CONFIG protocol feature was not negotiated".into(),
+            ));
+        }
+        let r = self.session()?.get_config(0, 8);
+        let m = r.map_err(|e| self.session_failed(step, e))?;
+        self.mark(id::R_VSOCK_06);
+        let Some(cid) = m
+            .payload
+            .get(12..20)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        else {
+            return Err(self.fail(
+                id::R_VSOCK_06,
+                "GET_CONFIG of the 8-byte virtio-vsock config space failed",
+                "the config space: le64 guest_cid",
+                format!("{} payload bytes", m.payload.len()),
+            ));
+        };
+        if cid < vsock::MIN_GUEST_CID || cid >= u64::from(u32::MAX) {
+            return Err(self.fail(
+                id::R_VSOCK_06,
+                &format!("config guest_cid is {cid:#x}"),
+                "a guest CID of at least 3 whose upper 32 bits are zero (0xffffffff reserved)",
+                format!("guest_cid {cid:#x}"),
+            ));
+        }
+        self.vsock.guest_cid = Some(cid);
+        Ok(cid)
+    }
+
+    fn guest_cid(&mut self, step: &Step) -> Result<u64, StepError> {
+        match self.vsock.guest_cid {
+            Some(c) => Ok(c),
+            None => self.read_guest_cid(step),
+        }
+    }
+
+    /// Posts the receive buffers once per session (on queue 0, which must be set up).
+    fn ensure_rx(&mut self, step: &Step) -> StepResult {
+        if self.vsock.rx.is_some() {
+            return Ok(());
+        }
+        let mut pool = RxPool::new(
+            RX_BUF,
+            step.rx_split == Some(true),
+            step.indirect == Some(true),
+        );
+        let (mut q, mut mem) = self.take_queue(vsock::RX_QUEUE)?;
+        let n = RX_BUFFERS.min(usize::from(q.size / 2).max(1));
+        let r = pool.post(&mut q, &mut mem, n);
+        self.put_queue(vsock::RX_QUEUE, q, mem);
+        r.map_err(|e| StepError::Harness(crate::engine::chain(&e)))?;
+        self.vsock.rx = Some(pool);
+        Ok(())
+    }
+
+    fn take_queue(
+        &mut self,
+        idx: u16,
+    ) -> Result<
+        (
+            vhu_mock_frontend::DriverQueue,
+            vhu_mock_frontend::GuestMemory,
+        ),
+        StepError,
+    > {
+        let q = self.queues.remove(&idx).ok_or_else(|| {
+            StepError::Harness(format!(
+                "queue {idx} is not set up: add a `vring` step (queue = \"all\")"
+            ))
+        })?;
+        match self.mem.take() {
+            Some(m) => Ok((q, m)),
+            None => {
+                self.queues.insert(idx, q);
+                Err(StepError::Harness("no memory".into()))
+            }
+        }
+    }
+
+    fn put_queue(
+        &mut self,
+        idx: u16,
+        q: vhu_mock_frontend::DriverQueue,
+        mem: vhu_mock_frontend::GuestMemory,
+    ) {
+        self.queues.insert(idx, q);
+        self.mem = Some(mem);
+    }
+
+    /// Sends one packet on the tx queue; its chain must be used like any other (R-DEV-*).
+    fn vsock_tx(&mut self, step: &Step, pkt: &Packet) -> StepResult {
+        let chain = pkt.chain(!pkt.payload.is_empty(), step.indirect == Some(true));
+        let (mut q, mut mem) = self.take_queue(vsock::TX_QUEUE)?;
+        let r = drv::send(&mut q, &mut mem, &chain, self.opts.step_timeout);
+        self.put_queue(vsock::TX_QUEUE, q, mem);
+        let what = format!("tx packet {}", show(&pkt.hdr));
+        self.vsock.last = Some(format!("{what} with {} payload bytes", pkt.payload.len()));
+        match r {
+            Ok(x) => self.judge_ring(step, vsock::TX_QUEUE, &what, Ok(&x)),
+            Err(e) => self.judge_ring(step, vsock::TX_QUEUE, &what, Err(e)),
+        }
+    }
+
+    /// Sends the connection's packet `op` (with the driver's current credit).
+    fn conn_send(&mut self, step: &Step, port: u32, op: u16, flags: u32) -> StepResult {
+        let pkt = self.conn(port)?.packet(op, flags, Vec::new());
+        self.vsock_tx(step, &pkt)
+    }
+
+    fn conn(&mut self, port: u32) -> Result<&mut Conn, StepError> {
+        self.vsock.conns.get_mut(&port).ok_or_else(|| {
+            StepError::Harness(format!(
+                "no connection to port {port}: add a vsock_connect step first"
+            ))
+        })
+    }
+
+    /// Receives one packet (waiting up to `within`), judges its ring use and header, and takes
+    /// it into account: credit, RW payload into the inbox, a CREDIT_REQUEST answered.
+    /// `Ok(None)`: nothing arrived.
+    fn pump(&mut self, step: &Step, within: Duration) -> Result<Option<Hdr>, StepError> {
+        let within = within.min(self.deadline.saturating_duration_since(Instant::now()));
+        let (mut q, mut mem) = self.take_queue(vsock::RX_QUEUE)?;
+        let Some(mut pool) = self.vsock.rx.take() else {
+            self.put_queue(vsock::RX_QUEUE, q, mem);
+            return Err(StepError::Harness("no receive buffers posted".into()));
+        };
+        let r = pool.recv(&mut q, &mut mem, within);
+        self.vsock.rx = Some(pool);
+        self.put_queue(vsock::RX_QUEUE, q, mem);
+        let got = match r {
+            Ok(None) => return Ok(None),
+            Ok(Some(got)) => got,
+            Err(e) => {
+                self.judge_ring(step, vsock::RX_QUEUE, "an rx buffer", Err(e))?;
+                return Ok(None);
+            }
+        };
+        let owed = got.notification_due.then_some(got.notified_now);
+        self.judge_ring_notified(step, vsock::RX_QUEUE, "an rx buffer", Ok(&got.ring), owed)?;
+        self.mark(id::R_VSOCK_02);
+        let Some(h) = got.hdr else {
+            return Err(self.fail(
+                id::R_VSOCK_02,
+                "an rx buffer was used with less than a packet header",
+                "a 44-byte virtio_vsock_hdr and its payload",
+                brief(&got.ring),
+            ));
+        };
+        let guest = self.vsock.guest_cid.unwrap_or(0);
+        let (src, dst, len) = (h.src_cid, h.dst_cid, h.len);
+        let port = self
+            .vsock
+            .conns
+            .iter()
+            .find(|(_, c)| c.owns(&h))
+            .map(|(p, _)| *p);
+        // A reply to a packet of an unknown type may carry that type: type is checked on
+        // connections that were accepted.
+        let stream = port.is_some_and(|p| self.vsock.established.contains(&p));
+        let type_ok = !stream || h.type_ == vsock::TYPE_STREAM;
+        if src != vsock::HOST_CID || dst != guest || len as usize != got.payload.len() || !type_ok {
+            return Err(self.fail(
+                id::R_VSOCK_02,
+                &format!("rx packet header: {}", show(&h)),
+                &format!(
+                    "src_cid 2 (the host), dst_cid {guest} (the guest), type STREAM, len = used length {} - 44",
+                    got.ring.used_len
+                ),
+                format!("{}; {}", show(&h), brief(&got.ring)),
+            ));
+        }
+        let awaited = h.op == vsock::OP_REQUEST && self.vsock.awaiting.contains(&{ h.dst_port });
+        let Some(port) = port.filter(|_| !awaited) else {
+            if awaited {
+                return Ok(Some(h));
+            }
+            self.note(format!(
+                "step {}: a packet for no connection of the driver: {}",
+                self.step_no,
+                show(&h)
+            ));
+            return Ok(Some(h));
+        };
+        let conn = self.conn(port)?;
+        conn.on_packet(&h, len);
+        let over = -conn.own_credit();
+        let (ba, fwd) = (conn.announced_buf_alloc, conn.announced_fwd_cnt);
+        let rx_cnt = conn.rx_cnt;
+        if h.op == vsock::OP_RW {
+            self.mark(id::R_VSOCK_07);
+            self.vsock
+                .inbox
+                .entry(port)
+                .or_default()
+                .extend_from_slice(&got.payload);
+            if over > 0 {
+                return Err(self.fail(
+                    id::R_VSOCK_07,
+                    &format!("the device sent {over} payload bytes beyond the driver's credit on the connection to port {port}"),
+                    &format!("at most buf_alloc {ba} - (rx_cnt - fwd_cnt {fwd}) bytes unacknowledged"),
+                    format!("{rx_cnt} bytes received in all, the last packet {}", show(&h)),
+                ));
+            }
+        }
+        if h.op == vsock::OP_CREDIT_REQUEST {
+            // The driver's duty (5.10.6.3): answer with its credit.
+            self.conn_send(step, port, vsock::OP_CREDIT_UPDATE, 0)?;
+        }
+        Ok(Some(h))
+    }
+
+    /// Receives until a packet of the connection to `port` with one of `ops` (or RST) arrives,
+    /// for up to `within`.
+    fn await_op(
+        &mut self,
+        step: &Step,
+        port: u32,
+        ops: &[u16],
+        within: Duration,
+    ) -> Result<Option<Hdr>, StepError> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let Some(h) = self.pump(step, left)? else {
+                return Ok(None);
+            };
+            let mine = self.vsock.conns.get(&port).is_some_and(|c| c.owns(&h));
+            let op = h.op;
+            if mine && (ops.contains(&op) || op == vsock::OP_RST) {
+                return Ok(Some(h));
+            }
+        }
+    }
+
+    fn vsock_listen(&mut self, step: &Step, port: u32) -> StepResult {
+        let uds = self.vsock_uds();
+        if !uds.exists() {
+            return Err(StepError::NotApplicable(format!(
+                "the back-end's host-side vsock socket {} is absent (not a hybrid vsock back-end, or pass --vsock-uds PATH)",
+                uds.display()
+            )));
+        }
+        let path = PathBuf::from(format!("{}_{port}", uds.display()));
+        let first = step
+            .bytes
+            .map(|n| stream_bytes(n, 0x31))
+            .unwrap_or_default();
+        let behaviour = if first.is_empty() {
+            HostBehaviour::Echo
+        } else {
+            HostBehaviour::SendThenEcho(first.clone())
+        };
+        let l = HostListener::bind(&path, behaviour)
+            .map_err(|e| StepError::Harness(format!("cannot listen on {}: {e}", path.display())))?;
+        self.vsock.listeners.insert(port, (l, first));
+        Ok(())
+    }
+
+    fn vsock_connect(&mut self, step: &Step, port: u32) -> StepResult {
+        let cid = self.guest_cid(step)?;
+        self.ensure_rx(step)?;
+        let local = self.vsock.local_port();
+        let buf_alloc = step.buf_alloc.unwrap_or(DEFAULT_BUF_ALLOC);
+        let mut conn = Conn::new(cid, vsock::HOST_CID, local, port, buf_alloc);
+        let pkt = conn.packet(vsock::OP_REQUEST, 0, Vec::new());
+        self.vsock.conns.insert(port, conn);
+        self.vsock_tx(step, &pkt)?;
+        let listening = self.vsock.listeners.contains_key(&port);
+        let (rule, want) = if listening {
+            (step.rule.unwrap_or(id::R_VSOCK_03), vsock::OP_RESPONSE)
+        } else {
+            (step.rule.unwrap_or(id::R_VSOCK_01), vsock::OP_RST)
+        };
+        let got = self.await_op(step, port, &[vsock::OP_RESPONSE], self.opts.step_timeout)?;
+        self.mark(rule);
+        let expected = if listening {
+            format!("RESPONSE: the host listens on port {port}")
+        } else {
+            format!("RST: nobody listens on host port {port}")
+        };
+        let Some(h) = got else {
+            return Err(self.fail(
+                rule,
+                &format!(
+                    "REQUEST to host port {port}: no RESPONSE or RST within {:?}",
+                    self.opts.step_timeout
+                ),
+                &expected,
+                "nothing for the connection on the rx queue".into(),
+            ));
+        };
+        if h.op != want {
+            return Err(self.fail(
+                rule,
+                &format!("REQUEST to host port {port} answered {}", op_name(h.op)),
+                &expected,
+                show(&h),
+            ));
+        }
+        if want == vsock::OP_RST {
+            self.vsock.conns.remove(&port);
+            return Ok(());
+        }
+        if h.buf_alloc == 0 {
+            return Err(self.fail(
+                rule,
+                &format!("RESPONSE from host port {port} announces no receive space"),
+                "buf_alloc filled: the space the host side has for the guest's data",
+                show(&h),
+            ));
+        }
+        self.vsock.established.insert(port);
+        Ok(())
+    }
+
+    fn established(&self, port: u32) -> Result<(), StepError> {
+        if self.vsock.established.contains(&port) {
+            Ok(())
+        } else {
+            Err(StepError::Harness(format!(
+                "the connection to port {port} is not established: vsock_listen and vsock_connect first"
+            )))
+        }
+    }
+
+    /// Waits until the inbox of `port` holds `n` bytes, granting credit (a CREDIT_UPDATE) each
+    /// time the device falls silent; the device's RW never exceeds the credit (checked in
+    /// [`Self::pump`]).
+    /// Gives up when no byte arrived for a step timeout (credit granted meanwhile), or at the
+    /// scenario's deadline: a long transfer that keeps moving is not cut short.
+    fn collect_rx(&mut self, step: &Step, port: u32, n: usize) -> Result<Vec<u8>, StepError> {
+        let quiet = Duration::from_millis(300).min(self.opts.step_timeout);
+        let have = |s: &Self| s.vsock.inbox.get(&port).map_or(0, Vec::len);
+        let (mut progress, mut seen) = (Instant::now(), 0);
+        while have(self) < n
+            && progress.elapsed() < self.opts.step_timeout
+            && Instant::now() < self.deadline
+        {
+            if !self.vsock.conns.contains_key(&port) {
+                break;
+            }
+            if have(self) > seen {
+                (progress, seen) = (Instant::now(), have(self));
+            }
+            match self.pump(step, quiet)? {
+                Some(h)
+                    if h.op == vsock::OP_RST
+                        && self.vsock.conns.get(&port).is_some_and(|c| c.owns(&h)) =>
+                {
+                    break;
+                }
+                Some(_) => {}
+                None => self.conn_send(step, port, vsock::OP_CREDIT_UPDATE, 0)?,
+            }
+        }
+        Ok(self.vsock.inbox.remove(&port).unwrap_or_default())
+    }
+
+    fn vsock_send(&mut self, step: &Step, port: u32) -> StepResult {
+        self.established(port)?;
+        let n = step.bytes.unwrap_or(0) as usize;
+        let data = stream_bytes(n as u32, step.pattern.unwrap_or(0x11));
+        let rule = step.rule.unwrap_or(id::R_VSOCK_03);
+        self.mark(rule);
+        let before = self
+            .vsock
+            .listeners
+            .get(&port)
+            .map_or(0, |(l, _)| l.received().len());
+        let mut sent = 0;
+        while sent < n {
+            let credit = self.conn(port)?.peer_credit() as usize;
+            if credit == 0 {
+                self.conn_send(step, port, vsock::OP_CREDIT_REQUEST, 0)?;
+                let got = self.await_op(
+                    step,
+                    port,
+                    &[vsock::OP_CREDIT_UPDATE],
+                    self.opts.step_timeout,
+                )?;
+                if self.conn(port)?.peer_credit() == 0 {
+                    return Err(self.fail(
+                        rule,
+                        &format!(
+                            "the host side of port {port} gives no credit after {sent} of {n} bytes"
+                        ),
+                        "a CREDIT_UPDATE with room for more data",
+                        got.map_or("nothing".into(), |h| show(&h)),
+                    ));
+                }
+                continue;
+            }
+            let chunk = credit.min(TX_CHUNK).min(n - sent);
+            let pkt = self.conn(port)?.rw(data[sent..sent + chunk].to_vec());
+            self.vsock_tx(step, &pkt)?;
+            sent += chunk;
+        }
+        let host = self
+            .vsock
+            .listeners
+            .get(&port)
+            .map(|(l, _)| l.wait_received(before + n, self.opts.step_timeout))
+            .unwrap_or_default()
+            .split_off(before);
+        if host != data {
+            let at = first_difference(&host, &data);
+            return Err(self.fail(
+                rule,
+                &format!(
+                    "the host side read {} of the {n} bytes sent, differing from byte {at}",
+                    host.len()
+                ),
+                "every RW payload byte delivered to the host side, in order",
+                format!("{} bytes", host.len()),
+            ));
+        }
+        // The host echoes: the same bytes must come back through the rx queue.
+        let back = self.collect_rx(step, port, n)?;
+        if back != data {
+            let at = first_difference(&back, &data);
+            return Err(self.fail(
+                rule,
+                &format!(
+                    "the host's echo came back as {} of {n} bytes, differing from byte {at}",
+                    back.len()
+                ),
+                "the host side's bytes delivered in RW packets, in order",
+                format!("{} bytes", back.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn vsock_recv(&mut self, step: &Step, port: u32) -> StepResult {
+        self.established(port)?;
+        let want = self
+            .vsock
+            .listeners
+            .get(&port)
+            .map(|(_, first)| first.clone())
+            .unwrap_or_default();
+        let n = (step.bytes.unwrap_or(0) as usize).min(want.len());
+        self.mark(id::R_VSOCK_07);
+        let got = self.collect_rx(step, port, n)?;
+        let rule = step.rule.unwrap_or(id::R_VSOCK_03);
+        self.mark(rule);
+        if got.get(..n) != want.get(..n) {
+            let at = first_difference(&got, &want[..n]);
+            return Err(self.fail(
+                rule,
+                &format!(
+                    "{} of the {n} bytes the host side wrote arrived, differing from byte {at}",
+                    got.len()
+                ),
+                "every byte the host side wrote, in RW packets, in order, as credit allows",
+                format!("{} bytes", got.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn vsock_credit_request(&mut self, step: &Step, port: u32) -> StepResult {
+        self.established(port)?;
+        self.conn_send(step, port, vsock::OP_CREDIT_REQUEST, 0)?;
+        let got = self.await_op(
+            step,
+            port,
+            &[vsock::OP_CREDIT_UPDATE],
+            self.opts.step_timeout,
+        )?;
+        let rule = step.rule.unwrap_or(id::R_VSOCK_03);
+        self.mark(rule);
+        match got {
+            Some(h) if h.op == vsock::OP_CREDIT_UPDATE && h.buf_alloc > 0 => Ok(()),
+            other => Err(self.fail(
+                rule,
+                &format!("CREDIT_REQUEST on the connection to port {port} was not answered with a CREDIT_UPDATE"),
+                "CREDIT_UPDATE with the host side's buf_alloc and fwd_cnt",
+                other.map_or_else(|| format!("nothing within {:?}", self.opts.step_timeout), |h| show(&h)),
+            )),
+        }
+    }
+
+    fn vsock_shutdown(&mut self, step: &Step, port: u32) -> StepResult {
+        self.established(port)?;
+        let flags = vsock::SHUTDOWN_RCV | vsock::SHUTDOWN_SEND;
+        self.conn_send(step, port, vsock::OP_SHUTDOWN, flags)?;
+        let got = self.await_op(step, port, &[], self.opts.step_timeout)?;
+        let rule = step.rule.unwrap_or(id::R_VSOCK_05);
+        self.mark(rule);
+        self.vsock.established.remove(&port);
+        if got.is_none() {
+            return Err(self.fail(
+                rule,
+                &format!("SHUTDOWN (receive and send) of the connection to port {port}: no RST"),
+                "RST ends the connection after the driver's full SHUTDOWN",
+                format!("nothing within {:?}", self.opts.step_timeout),
+            ));
+        }
+        self.vsock.conns.remove(&port);
+        Ok(())
+    }
+
+    /// A host-initiated connection (hybrid vsock): `CONNECT <port>` on the back-end's socket;
+    /// the device's REQUEST to guest `port` must be well formed (R-VSOCK-02), the driver
+    /// accepts it, and the host side serves the connection like a listener's.
+    fn vsock_host_connect(&mut self, step: &Step, port: u32) -> StepResult {
+        let cid = self.guest_cid(step)?;
+        self.ensure_rx(step)?;
+        let uds = self.vsock_uds();
+        if !uds.exists() {
+            return Err(StepError::NotApplicable(format!(
+                "the back-end's host-side vsock socket {} is absent (not a hybrid vsock back-end, or pass --vsock-uds PATH)",
+                uds.display()
+            )));
+        }
+        let mut stream = drv::host_connect(&uds, port).map_err(|e| {
+            StepError::NotApplicable(format!(
+                "the back-end's host-side socket {} does not take a connection ({e})",
+                uds.display()
+            ))
+        })?;
+        self.vsock.awaiting.insert(port);
+        let deadline = Instant::now() + self.opts.step_timeout;
+        let mut request = None;
+        while request.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let Some(h) = self.pump(step, left)? else {
+                break;
+            };
+            let (op, dp) = (h.op, h.dst_port);
+            if op == vsock::OP_REQUEST && dp == port {
+                request = Some(h);
+            }
+        }
+        self.vsock.awaiting.remove(&port);
+        let rule = step.rule.unwrap_or(id::R_VSOCK_03);
+        self.mark(rule);
+        let Some(h) = request else {
+            return Err(self.fail(
+                rule,
+                &format!("the host side's CONNECT {port} brought no REQUEST to the guest"),
+                &format!("a REQUEST to guest port {port} on the rx queue"),
+                format!("nothing within {:?}", self.opts.step_timeout),
+            ));
+        };
+        if h.type_ != vsock::TYPE_STREAM || h.buf_alloc == 0 {
+            return Err(self.fail(
+                id::R_VSOCK_02,
+                &format!("the device's REQUEST to guest port {port}: {}", show(&h)),
+                "type STREAM and the host side's buf_alloc filled",
+                show(&h),
+            ));
+        }
+        let buf_alloc = step.buf_alloc.unwrap_or(DEFAULT_BUF_ALLOC);
+        let mut conn = Conn::new(cid, vsock::HOST_CID, port, h.src_port, buf_alloc);
+        conn.on_packet(&h, 0);
+        let pkt = conn.packet(vsock::OP_RESPONSE, 0, Vec::new());
+        self.vsock.conns.insert(port, conn);
+        self.vsock_tx(step, &pkt)?;
+        self.vsock.established.insert(port);
+        // The convention's acknowledgement to the host side; not virtio's, so only noted.
+        match drv::read_line(&mut stream, self.opts.step_timeout) {
+            Some(l) if l.starts_with("OK ") => {}
+            other => self.note(format!(
+                "step {}: after the guest's RESPONSE the host side got {other:?}, not \"OK <port>\"",
+                self.step_no
+            )),
+        }
+        let first = step
+            .bytes
+            .map(|n| stream_bytes(n, 0x53))
+            .unwrap_or_default();
+        let behaviour = if first.is_empty() {
+            HostBehaviour::Echo
+        } else {
+            HostBehaviour::SendThenEcho(first.clone())
+        };
+        let l = HostListener::adopt(stream, behaviour)
+            .map_err(|e| StepError::Harness(format!("host-side stream: {e}")))?;
+        self.vsock.listeners.insert(port, (l, first));
+        Ok(())
+    }
+
+    /// A packet that must be answered with RST: a REQUEST of an unknown socket type, or an RW
+    /// for a connection that does not exist (R-VSOCK-04).
+    fn vsock_probe_rst(&mut self, step: &Step, port: u32) -> StepResult {
+        let cid = self.guest_cid(step)?;
+        self.ensure_rx(step)?;
+        let local = self.vsock.local_port();
+        let mut conn = Conn::new(cid, vsock::HOST_CID, local, port, DEFAULT_BUF_ALLOC);
+        let (pkt, what) = if step.action == Action::VsockUnknownType {
+            let mut p = conn.packet(vsock::OP_REQUEST, 0, Vec::new());
+            p.hdr.type_ = step.socket_type.unwrap_or(UNKNOWN_TYPE);
+            let t = p.hdr.type_;
+            (p, format!("REQUEST of socket type {t:#x} to port {port}"))
+        } else {
+            (
+                conn.rw(b"vhu-conf".to_vec()),
+                format!("RW for a connection to port {port} that does not exist"),
+            )
+        };
+        // Keep the probe's addresses to match the reply, under a key no real connection uses.
+        let key = u32::MAX - local;
+        self.vsock.conns.insert(key, conn);
+        self.vsock_tx(step, &pkt)?;
+        let got = self.await_op(step, key, &[vsock::OP_RESPONSE], self.opts.step_timeout)?;
+        self.vsock.conns.remove(&key);
+        let rule: RuleId = step.rule.unwrap_or(id::R_VSOCK_04);
+        self.mark(rule);
+        match got {
+            Some(h) if h.op == vsock::OP_RST => Ok(()),
+            other => Err(self.fail(
+                rule,
+                &format!("{what}: not answered with RST"),
+                "RST",
+                other.map_or_else(
+                    || {
+                        format!(
+                            "nothing within {:?} (the packet was dropped)",
+                            self.opts.step_timeout
+                        )
+                    },
+                    |h| show(&h),
+                ),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_bytes_differ_along_the_stream() {
+        let b = stream_bytes(1000, 1);
+        assert_ne!(&b[..252], &b[1..253]);
+        assert_eq!(first_difference(&b, &b), b.len());
+        assert_eq!(first_difference(b"abc", b"abd"), 2);
+        assert_eq!(vsock::HDR_SIZE, 44);
+    }
+}
