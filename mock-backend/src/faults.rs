@@ -115,6 +115,29 @@ pub enum Fault {
     VsockBadDstCid,
     /// vsock: host data is sent whatever the guest's credit.
     VsockCreditOverrun,
+    /// A second SET_BACKEND_REQ_FD leaves the first channel socket open.
+    KeepOldBackendChannel,
+    /// A message whose bytes come in more than one read is not reassembled: the connection is
+    /// closed.
+    FrameByRead,
+    /// SET_VRING_BASE or SET_VRING_ADDR before SET_VRING_NUM is refused.
+    RequireNumFirst,
+    /// SET_VRING_ENDIAN accepts any value.
+    EndianAnyValue,
+    /// ADD_MEM_REG accepts regions past GET_MAX_MEM_SLOTS.
+    AcceptPastMaxSlots,
+    /// GET_SHMEM_CONFIG reports a region size that is not a page multiple.
+    ShmemSizeUnaligned,
+    /// SET_CONFIG with flags 0 is acked but not stored.
+    ConfigWriteInvisible,
+    /// A ring started with buffers already available waits for a kick.
+    WaitForKickAfterStart,
+    /// ADD_MEM_REG and REM_MEM_REG are served without CONFIGURE_MEM_SLOTS negotiated.
+    MemSlotsUnnegotiated,
+    /// INBAND_NOTIFICATIONS without BACKEND_REQ and REPLY_ACK is accepted.
+    InbandWithoutChannel,
+    /// A socket path that cannot be bound is reported, and the process keeps running.
+    KeepRunningWithoutSocket,
     /// Legal: after refusing a message (nacked if asked), the process exits with status 1.
     ExitAfterRefusal,
     /// Legal: after refusing a message (nacked if asked), that connection is closed.
@@ -447,6 +470,72 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "R-VSOCK-07",
         "--device vsock: host data is sent to the guest whatever its credit",
     ),
+    (
+        Fault::KeepOldBackendChannel,
+        "keep-old-backend-channel",
+        "R-BCH-10",
+        "a second SET_BACKEND_REQ_FD leaves the first channel socket open",
+    ),
+    (
+        Fault::FrameByRead,
+        "frame-by-read",
+        "R-WIRE-07",
+        "a message split over several reads closes the connection",
+    ),
+    (
+        Fault::RequireNumFirst,
+        "require-num-first",
+        "R-VRING-15",
+        "SET_VRING_BASE or SET_VRING_ADDR before SET_VRING_NUM is refused",
+    ),
+    (
+        Fault::EndianAnyValue,
+        "endian-any-value",
+        "R-VRING-18",
+        "SET_VRING_ENDIAN accepts any value",
+    ),
+    (
+        Fault::AcceptPastMaxSlots,
+        "accept-past-max-slots",
+        "R-MEM-10",
+        "ADD_MEM_REG accepts regions past GET_MAX_MEM_SLOTS",
+    ),
+    (
+        Fault::ShmemSizeUnaligned,
+        "shmem-size-unaligned",
+        "R-SHM-03",
+        "GET_SHMEM_CONFIG reports each size one byte larger (not a page multiple)",
+    ),
+    (
+        Fault::ConfigWriteInvisible,
+        "config-write-invisible",
+        "R-CFG-04",
+        "SET_CONFIG with flags 0 is acked but not stored",
+    ),
+    (
+        Fault::WaitForKickAfterStart,
+        "wait-for-kick-after-start",
+        "R-RING-04",
+        "a ring started with buffers available waits for a kick",
+    ),
+    (
+        Fault::MemSlotsUnnegotiated,
+        "mem-slots-unnegotiated",
+        "R-NEG-11",
+        "ADD/REM_MEM_REG are served without CONFIGURE_MEM_SLOTS negotiated",
+    ),
+    (
+        Fault::InbandWithoutChannel,
+        "inband-without-channel",
+        "R-NEG-12",
+        "INBAND_NOTIFICATIONS without BACKEND_REQ and REPLY_ACK is accepted",
+    ),
+    (
+        Fault::KeepRunningWithoutSocket,
+        "keep-running-without-socket",
+        "R-PROG-08",
+        "a socket path that cannot be bound is reported and the process keeps running",
+    ),
 ];
 
 /// The only device a fault makes sense with (`None`: every device). The data-path faults of
@@ -456,7 +545,7 @@ pub fn device(f: Fault) -> Option<DeviceKind> {
     match f {
         WrongUsedLen | WritePastDescriptor | BadDeviceState | ShmemConfigCount
         | ShmemOutOfRange | NoInflightResubmit | ShmemUnnegotiated | ShmemNoNeedReply
-        | CrashOnShmemRefusal => Some(DeviceKind::Blk),
+        | CrashOnShmemRefusal | ShmemSizeUnaligned | ConfigWriteInvisible => Some(DeviceKind::Blk),
         NetRxLegacyHeader | NetNumBuffers0 | NetTxUsedLen | NetCtrlNoAck | NetRxCsumFlag => {
             Some(DeviceKind::Net)
         }

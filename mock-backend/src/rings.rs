@@ -159,11 +159,24 @@ impl Session<'_> {
         }
     }
 
+    /// SET_VRING_ENDIAN (CROSS_ENDIAN, R-VRING-18): 0 little, 1 big, before the ring starts.
+    /// The rings are served little-endian whatever was asked (virtio 1.x rings always are).
+    pub(crate) fn set_vring_endian(&mut self, s: VringState) -> Outcome {
+        let any = self.has(Fault::EndianAnyValue);
+        let ok = self.negotiated(ProtocolFeatures::CROSS_ENDIAN) && (s.num <= 1 || any);
+        match self.queue(s.index) {
+            Some(q) if ok && !q.started() => Outcome::Done,
+            _ => Outcome::Failed,
+        }
+    }
+
     /// SET_VRING_BASE (checklist 1.5): a split base has bits 16-31 clear; a packed base is the
     /// whole word.
     pub(crate) fn set_vring_base(&mut self, s: VringState) -> Outcome {
         let ok = self.packed() || s.num >> 16 == 0;
+        let num_first = self.has(Fault::RequireNumFirst);
         match self.queue(s.index) {
+            Some(q) if num_first && q.size == 0 => Outcome::Failed,
             Some(q) if ok => {
                 q.base = s.num;
                 Outcome::Done
@@ -179,7 +192,9 @@ impl Session<'_> {
         let covered = [a.desc, a.avail, a.used]
             .iter()
             .all(|&ua| self.mem.ua_to_gpa(ua).is_some());
+        let num_first = self.has(Fault::RequireNumFirst);
         match self.queue(a.index) {
+            Some(q) if num_first && q.size == 0 => Outcome::Failed,
             Some(q) if covered && a.flags & !VRING_F_LOG == 0 => {
                 q.addr = Some(a);
                 Outcome::Done
@@ -284,7 +299,10 @@ impl Session<'_> {
             self.queues[i].resubmit = area.start(i, used_idx);
         }
         self.queues[i].queue = Some(queue);
-        self.run_queue(i);
+        if !self.has(Fault::WaitForKickAfterStart) {
+            // R-RING-04: buffers already available are looked at without a kick.
+            self.run_queue(i);
+        }
         Outcome::Done
     }
 

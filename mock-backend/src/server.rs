@@ -59,10 +59,23 @@ pub fn listen(
     limits: &Limits,
 ) -> Result<(), Error> {
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).map_err(|source| Error::Listen {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let listener = match UnixListener::bind(path) {
+        Ok(l) => l,
+        Err(e) if faults.has(crate::faults::Fault::KeepRunningWithoutSocket) => {
+            // `keep-running-without-socket`: the error is reported, the process lingers.
+            eprintln!("vhu-mock-backend: cannot listen on {}: {e}", path.display());
+            install_sigterm(None);
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
+        Err(source) => {
+            return Err(Error::Listen {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
     install_sigterm(Some(path));
     let mut result = Ok(());
     for stream in listener.incoming() {

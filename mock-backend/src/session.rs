@@ -134,6 +134,7 @@ impl<'a> Session<'a> {
             | ProtocolFeatures::CONFIGURE_MEM_SLOTS
             | ProtocolFeatures::STATUS
             | ProtocolFeatures::DEVICE_STATE
+            | ProtocolFeatures::CROSS_ENDIAN
             | reply_ack
             | shmem;
         let offered_protocol = match dev {
@@ -194,8 +195,30 @@ impl<'a> Session<'a> {
         f
     }
 
+    /// `frame-by-read`: whether the next message arrived whole in what is buffered now (a
+    /// back-end that frames by `read` calls sees a split message as two malformed ones).
+    fn whole_message_buffered(&self) -> bool {
+        use nix::sys::socket::{MsgFlags, recv};
+        use std::os::fd::AsRawFd;
+        let mut buf = [0u8; 4096];
+        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+        let Ok(n) = recv(self.conn.stream().as_raw_fd(), &mut buf, flags) else {
+            return true;
+        };
+        if n == 0 {
+            return true;
+        }
+        n >= 12 && {
+            let size = u32::from_ne_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
+            n >= 12 + size.min(4096 - 12)
+        }
+    }
+
     /// Reads and handles one message; false when the connection ends.
     pub(crate) fn handle_one(&mut self) -> bool {
+        if self.has(Fault::FrameByRead) && !self.whole_message_buffered() {
+            return false;
+        }
         let msg = match self.conn.recv_unchecked() {
             Ok(m) => m,
             Err(e) if e.is_timeout() => return true,
@@ -364,7 +387,8 @@ impl<'a> Session<'a> {
             (SetMemTable, Body::MemTable(regions)) => self.set_mem_table(regions, fds),
             // R-NEG-11: a message of a protocol feature not negotiated is refused.
             (AddMemReg | RemMemReg, _)
-                if !self.negotiated(ProtocolFeatures::CONFIGURE_MEM_SLOTS) =>
+                if !self.negotiated(ProtocolFeatures::CONFIGURE_MEM_SLOTS)
+                    && !self.has(Fault::MemSlotsUnnegotiated) =>
             {
                 Outcome::Failed
             }
@@ -375,6 +399,7 @@ impl<'a> Session<'a> {
             (SetVringNum, Body::VringState(s)) => self.set_vring_num(s),
             (SetVringBase, Body::VringState(s)) => self.set_vring_base(s),
             (SetVringAddr, Body::VringAddr(a)) => self.set_vring_addr(a),
+            (SetVringEndian, Body::VringState(s)) => self.set_vring_endian(s),
             (GetVringBase, Body::VringState(s)) => self.get_vring_base(s),
             (SetVringKick | SetVringCall | SetVringErr, Body::U64(w)) => {
                 self.set_vring_fd(req, w, fds)
@@ -416,7 +441,7 @@ impl<'a> Session<'a> {
         }
         let inband = ProtocolFeatures::INBAND_NOTIFICATIONS.bits();
         let needs = (ProtocolFeatures::BACKEND_REQ | ProtocolFeatures::REPLY_ACK).bits();
-        if v & inband != 0 && v & needs != needs {
+        if v & inband != 0 && v & needs != needs && !self.has(Fault::InbandWithoutChannel) {
             return Outcome::Close; // R-NEG-12: the only way to refuse it.
         }
         self.protocol = v;
@@ -461,7 +486,9 @@ impl<'a> Session<'a> {
             return Outcome::Failed;
         };
         let overlaps = self.mem.regions.iter().any(|o| o.overlaps(&r));
-        if overlaps || self.mem.regions.len() as u64 >= MAX_MEM_SLOTS {
+        let full =
+            self.mem.regions.len() as u64 >= MAX_MEM_SLOTS && !self.has(Fault::AcceptPastMaxSlots);
+        if overlaps || full {
             return Outcome::Failed; // R-MEM-04, R-MEM-10
         }
         match Region::map(r, fd) {
@@ -555,6 +582,9 @@ impl<'a> Session<'a> {
         if self.past_config_8(h.offset, data.len()) {
             return Outcome::Failed;
         }
+        if self.has(Fault::ConfigWriteInvisible) && h.flags == 0 {
+            return Outcome::Done;
+        }
         match self.dev.write_config(h.offset, data, h.flags) {
             Ok(()) => Outcome::Done,
             Err(_) => Outcome::Failed,
@@ -565,7 +595,10 @@ impl<'a> Session<'a> {
         match fds.pop() {
             Some(fd) => {
                 // R-BCH-10: a second channel replaces (and closes) the first.
-                self.channel = Some(BackendChannel::new(fd));
+                let old = self.channel.replace(BackendChannel::new(fd));
+                if self.has(Fault::KeepOldBackendChannel) {
+                    std::mem::forget(old);
+                }
                 Outcome::Done
             }
             None => Outcome::Failed,
@@ -594,7 +627,7 @@ impl<'a> Session<'a> {
         }
         let mut c = vhu_protocol::wire::payload::ShmemConfig::default();
         for &(id, size) in &self.shmem.declared {
-            c.sizes[usize::from(id)] = size;
+            c.sizes[usize::from(id)] = size + u64::from(self.has(Fault::ShmemSizeUnaligned));
         }
         c.nregions = c.sizes.iter().filter(|&&s| s != 0).count() as u32
             + u32::from(self.has(Fault::ShmemConfigCount));
