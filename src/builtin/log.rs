@@ -137,7 +137,10 @@ and a used element: each of their pages must have its bit set in the log (bit p 
         // log address (R-VRING-04).
         ctx.mark(id::R_VRING_04);
         let used_pages = used / PAGE..=(used + 4 + 8 * 128 - 1) / PAGE;
-        let used_missing = missing.iter().any(|(_, p)| used_pages.contains(p));
+        // Only the used ring's pages unlogged: the ring's own flag was ignored (R-VRING-04);
+        // data pages too: the log itself (R-LOG-04).
+        let used_missing =
+            !missing.is_empty() && missing.iter().all(|(_, p)| used_pages.contains(p));
         let missing: Vec<String> = missing
             .iter()
             .map(|(gpa, p)| format!("page {p:#x} (GPA {:#x}, written at {gpa:#x})", p * PAGE))
