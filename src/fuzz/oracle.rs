@@ -15,7 +15,7 @@ use vhu_protocol::{Connection, FrontendReq, VirtioFeatures};
 use crate::target::{Instance, ProcessState};
 
 /// Bytes of guest memory per session: two regions with a hole (the default layout).
-pub const GUEST_BYTES: u64 = 8 << 20;
+pub const GUEST_BYTES: u64 = 2 << 20;
 
 /// What went wrong, in the order the oracle checks it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
