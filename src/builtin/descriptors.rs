@@ -6,9 +6,11 @@
 //! write guest memory outside the device-writable buffers and the used ring (R-DEV-01), or
 //! stop serving a new, valid session.
 //!
-//! The chains are the fuzzer's [`ChainCase`]s, written by the fuzzer's own code, and the
-//! data-path check of a new session is the fuzz oracle's blk write and read-back: so these are
-//! virtio-blk scenarios.
+//! The chains are the fuzzer's [`ChainCase`]s, written by the fuzzer's own code, on the ring the
+//! driver makes requests on (blk and rng ring 0; net, fs and vsock ring 1: transmitq, the first
+//! request queue, tx). After them a new session must work: for blk the fuzz oracle's write and
+//! read-back; for the other devices a whole control-plane session (negotiation, memory table,
+//! ring set up), since their data paths need their own drivers.
 
 use std::time::Duration;
 
@@ -174,25 +176,30 @@ impl Builtin for Descriptors {
     fn fresh_process(&self) -> bool {
         true
     }
-    fn device(&self) -> Option<DeviceType> {
-        Some(DeviceType::Block)
-    }
     fn description(&self) -> &'static str {
-        "A working session (negotiation, the default memory, ring 0 of 64 enabled) gets the \
-malformed chain in its descriptor table and avail ring, and a kick. Then: a GET_FEATURES round \
-trip on that connection (a close is a refusal the spec allows), guest memory compared with a \
-snapshot (only device-writable buffers and the used ring may change: R-DEV-01, MUST), and, \
-after disconnecting, a new session whose blk write and read-back must work unless the process \
-ended with a status. A death by a signal is a crash (R-CRASH-01)."
+        "For a known device type. A working session (negotiation, the default memory, the ring \
+the driver makes requests on, 64 entries, enabled: ring 0 for blk and rng, 1 for net, fs and \
+vsock) gets the malformed chain in its descriptor table and avail ring, and a kick. Then: a \
+GET_FEATURES round trip on that connection (a close is a refusal the spec allows), guest memory \
+compared with a snapshot (only device-writable buffers and the used ring may change: R-DEV-01, \
+MUST), and, after disconnecting, a new session that must work unless the process ended with a \
+status: for blk a write and read-back, for the others negotiation, memory table and ring setup. \
+A death by a signal is a crash (R-CRASH-01)."
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+        let Some(device) = ctx.device() else {
+            return Err(StepError::NotApplicable(
+                "device type unknown: pass --device TYPE (the ring to abuse is the one the device's driver makes requests on)".into(),
+            ));
+        };
+        let index = request_ring(device);
         ctx.step(&Step::new(Action::Negotiate))?;
         let features = ctx.session_mut()?.acked_features().unwrap_or(0);
         let timeout = ctx.step_timeout();
         let s = ctx.session_mut()?;
         let r = oracle::memory(s).and_then(|mut mem| {
             let size = RING_SIZE.min(128);
-            oracle::ring(s, &mut mem, features, size).map(|q| (mem, q))
+            ring_at(s, &mut mem, features, index, size).map(|q| (mem, q))
         });
         let (mut mem, q) = r.map_err(|e| ctx.setup_error(id::R_VRING_01, e))?;
         let snap = exec::write_chains(&mut mem, &q, &self.0.case())
@@ -230,7 +237,12 @@ ended with a status. A death by a signal is a crash (R-CRASH-01)."
             // A signal: the engine reports the crash.
             return Ok(());
         }
-        if let Err(f) = oracle::fresh_session(ctx.target(), timeout, 0x3c) {
+        let fresh = if device == DeviceType::Block {
+            oracle::fresh_session(ctx.target(), timeout, 0x3c).map(drop)
+        } else {
+            control_session(ctx.target(), timeout)
+        };
+        if let Err(f) = fresh {
             if let ProcessState::Exited(_) = ctx.target().wait_exit(Duration::from_millis(100)) {
                 ctx.note("the back-end ended after its front-end left: allowed".into());
                 return Ok(());
@@ -238,10 +250,64 @@ ended with a status. A death by a signal is a crash (R-CRASH-01)."
             return Err(ctx.fail(
                 id::R_ROB_08,
                 "after the malformed chain, a new session no longer works",
-                "a new connection completes a session with a blk write and read-back",
+                "a new connection completes a session (for blk, with a write and read-back)",
                 f.detail,
             ));
         }
         Ok(())
     }
+}
+
+/// The ring a device's driver makes requests on (virtio 1.2 section 5): what a malformed chain
+/// is offered on.
+fn request_ring(device: DeviceType) -> u16 {
+    match device {
+        DeviceType::Net | DeviceType::Fs | DeviceType::Vsock => 1,
+        _ => 0,
+    }
+}
+
+/// Ring `index` of `size` entries set up and, with bit 30, enabled.
+fn ring_at(
+    s: &mut vhu_mock_frontend::Session,
+    mem: &mut vhu_mock_frontend::GuestMemory,
+    features: u64,
+    index: u16,
+    size: u16,
+) -> Result<vhu_mock_frontend::DriverQueue, vhu_mock_frontend::SessionError> {
+    use vhu_mock_frontend::{DriverQueue, RingLayout};
+    use vhu_protocol::{FrontendReq, VirtioFeatures};
+    let event_idx = features & VirtioFeatures::EVENT_IDX.bits() != 0;
+    let mut q = DriverQueue::new(mem, index, size, RingLayout::Split, event_idx)?;
+    q.setup(s, mem, 0)?;
+    if features & VirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+        s.checked(FrontendReq::SetVringEnable, |s| {
+            s.set_vring_enable(index.into(), true)
+        })?;
+    }
+    Ok(q)
+}
+
+/// A whole control-plane session on a new connection: negotiation, memory table, ring 0 set
+/// up, a GET_FEATURES round trip.
+fn control_session(
+    inst: &mut crate::target::Instance,
+    timeout: Duration,
+) -> Result<(), crate::fuzz::oracle::Failure> {
+    use crate::fuzz::oracle::{Failure, FailureKind};
+    let unusable = |what: &str, e: &dyn std::error::Error| {
+        Failure::new(
+            FailureKind::Unusable,
+            format!("a fresh connection {what}: {}", chain(e)),
+        )
+    };
+    let stream = inst.connect().map_err(|e| unusable("cannot be made", &e))?;
+    let mut s = oracle::session(stream, timeout);
+    let n = oracle::negotiate(&mut s).map_err(|e| unusable("fails to negotiate", &e))?;
+    let mut mem = oracle::memory(&mut s).map_err(|e| unusable("fails SET_MEM_TABLE", &e))?;
+    ring_at(&mut s, &mut mem, n.features, 0, RING_SIZE)
+        .map_err(|e| unusable("fails to set up ring 0", &e))?;
+    s.get_features()
+        .map(drop)
+        .map_err(|e| unusable("does not answer GET_FEATURES", &e))
 }

@@ -337,6 +337,12 @@ impl<'a> Ctx<'a> {
         self.deadline
     }
 
+    /// The device type of the back-end, when known (`--device`, `--backend-json`,
+    /// `--print-capabilities`).
+    pub fn device(&self) -> Option<crate::device::DeviceType> {
+        self.offer.device
+    }
+
     /// The per-step timeout of this run.
     pub fn step_timeout(&self) -> Duration {
         self.opts.step_timeout
