@@ -89,6 +89,9 @@ pub struct Ctx<'a> {
     step_no: usize,
     /// The back-end is ended on purpose by the scenario.
     exit_expected: bool,
+    /// A new connection followed the front-end leaving (`reconnect`): a back-end that exits
+    /// once its front-end left may have accepted it while shutting down.
+    reconnected: bool,
     /// The next session is the first on a freshly started process: its first reply gets the
     /// start-up allowance measured at preflight.
     fresh_start: bool,
@@ -137,6 +140,7 @@ impl<'a> Ctx<'a> {
             archive: vec![],
             step_no: 0,
             exit_expected: false,
+            reconnected: false,
             fresh_start,
             first_reply_pending: false,
             net: net::NetState::default(),
@@ -600,10 +604,19 @@ impl<'a> Ctx<'a> {
         let closed = matches!(e, SessionError::Closed { .. });
         if closed {
             let after = self.last_sent();
-            if let Some(StepError::Finding) =
-                self.gone(self.rule_of(step), Duration::from_millis(200), &after)
-            {
-                return StepError::Finding;
+            match self.gone(self.rule_of(step), Duration::from_millis(200), &after) {
+                Some(StepError::Finding) => return StepError::Finding,
+                // The connection made after the front-end left was closed by a process that
+                // was exiting: the policy R-ROB-09 allows, not this step's failure.
+                Some(StepError::Ended(_)) if self.reconnected => {
+                    let st = self.inst().state();
+                    return StepError::NotApplicable(format!(
+                        "the back-end exits when its front-end leaves ({st}), a policy the spec \
+                         allows (R-ROB-09, reported by session/serves-after-disconnect); this \
+                         scenario needs a reconnect to the same process"
+                    ));
+                }
+                _ => {}
             }
         }
         // The framing rule a malformed reply breaks; a payload the step's own rule describes
@@ -774,6 +787,7 @@ impl<'a> Ctx<'a> {
         match self.inst().connect() {
             Ok(stream) => {
                 // The socket accepts a new front-end after one left.
+                self.reconnected = true;
                 self.mark(id::R_ROB_09);
                 self.session = Some(self.new_session(stream));
                 Ok(())
