@@ -358,24 +358,9 @@ impl VirtioDevice for NetDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::Segment;
     use crate::memory::VecMemory;
 
-    fn chain(segments: &[(u64, u32, bool)]) -> Chain {
-        Chain {
-            segments: segments
-                .iter()
-                .map(|&(gpa, len, writable)| Segment { gpa, len, writable })
-                .collect(),
-            ..Chain::default()
-        }
-    }
-
-    fn read(mem: &VecMemory, gpa: u64, len: usize) -> Vec<u8> {
-        let mut b = vec![0; len];
-        mem.read(gpa, &mut b).unwrap();
-        b
-    }
+    use crate::sg::testing::{chain_at as chain, read_at as read};
 
     fn lens(done: &[(Chain, u32)]) -> Vec<u32> {
         done.iter().map(|d| d.1).collect()

@@ -137,24 +137,9 @@ impl VirtioDevice for RngDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::Segment;
     use crate::memory::VecMemory;
 
-    fn chain(segments: &[(u64, u32, bool)]) -> Chain {
-        Chain {
-            segments: segments
-                .iter()
-                .map(|&(gpa, len, writable)| Segment { gpa, len, writable })
-                .collect(),
-            ..Chain::default()
-        }
-    }
-
-    fn read(mem: &VecMemory, gpa: u64, len: usize) -> Vec<u8> {
-        let mut b = vec![0; len];
-        mem.read(gpa, &mut b).unwrap();
-        b
-    }
+    use crate::sg::testing::{chain_at as chain, read_at as read};
 
     #[test]
     fn writable_buffers_get_random_bytes_and_readable_ones_stay() {

@@ -60,6 +60,24 @@ pub(crate) mod testing {
     use crate::chain::{Chain, Segment};
     use crate::memory::{GuestMemory, VecMemory};
 
+    /// A chain of `(gpa, len, writable)` segments at fixed addresses.
+    pub(crate) fn chain_at(segments: &[(u64, u32, bool)]) -> Chain {
+        Chain {
+            segments: segments
+                .iter()
+                .map(|&(gpa, len, writable)| Segment { gpa, len, writable })
+                .collect(),
+            ..Chain::default()
+        }
+    }
+
+    /// `len` bytes of `mem` at `gpa`.
+    pub(crate) fn read_at(mem: &VecMemory, gpa: u64, len: usize) -> Vec<u8> {
+        let mut b = vec![0; len];
+        mem.read(gpa, &mut b).unwrap();
+        b
+    }
+
     /// Lays buffers out one after another in one region and builds chains over them.
     pub(crate) struct Builder {
         pub(crate) mem: VecMemory,
