@@ -138,6 +138,15 @@ pub enum Fault {
     InbandWithoutChannel,
     /// A socket path that cannot be bound is reported, and the process keeps running.
     KeepRunningWithoutSocket,
+    /// With XEN_MMAP negotiated, memory regions are still read as 32 bytes.
+    XenRegionsIgnored,
+    /// With XEN_MMAP negotiated, the region flags are not checked: every region is mapped as
+    /// plain shared memory.
+    XenFlagsUnchecked,
+    /// GPU_SET_SOCKET is accepted (acked 0), with or without its socket fd.
+    AcceptGpuSocket,
+    /// CLOSE_CRYPTO_SESSION is accepted without CRYPTO_SESSION negotiated.
+    AcceptCryptoSession,
     /// Legal: after refusing a message (nacked if asked), the process exits with status 1.
     ExitAfterRefusal,
     /// Legal: after refusing a message (nacked if asked), that connection is closed.
@@ -535,6 +544,30 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "keep-running-without-socket",
         "R-PROG-08",
         "a socket path that cannot be bound is reported and the process keeps running",
+    ),
+    (
+        Fault::XenRegionsIgnored,
+        "xen-regions-ignored",
+        "R-MEM-17",
+        "with XEN_MMAP negotiated, memory regions are still read as 32 bytes",
+    ),
+    (
+        Fault::XenFlagsUnchecked,
+        "xen-flags-unchecked",
+        "R-MISC-06",
+        "with XEN_MMAP negotiated, region flags are not checked (mapped as plain memory)",
+    ),
+    (
+        Fault::AcceptGpuSocket,
+        "accept-gpu-socket",
+        "R-MISC-03",
+        "GPU_SET_SOCKET is acked 0, with or without its socket fd",
+    ),
+    (
+        Fault::AcceptCryptoSession,
+        "accept-crypto-session",
+        "R-MISC-05",
+        "CLOSE_CRYPTO_SESSION is acked 0 without CRYPTO_SESSION negotiated",
     ),
 ];
 

@@ -40,6 +40,7 @@ mod rings;
 mod server;
 mod session;
 mod state;
+mod xen;
 
 use std::ffi::OsString;
 use std::path::PathBuf;

@@ -96,7 +96,7 @@ pub struct Session<'a> {
     pub(crate) transfer: Option<Transfer>,
     /// What was wrong with the request being refused (payload, fds), for the refusal line of
     /// `exit-after-refusal` and `close-after-refusal`.
-    why: Option<String>,
+    pub(crate) why: Option<String>,
     /// `exit-after-refusal`: the refusal that ends the process.
     exit_refusal: Option<String>,
 }
@@ -135,6 +135,7 @@ impl<'a> Session<'a> {
             | ProtocolFeatures::STATUS
             | ProtocolFeatures::DEVICE_STATE
             | ProtocolFeatures::CROSS_ENDIAN
+            | ProtocolFeatures::XEN_MMAP
             | reply_ack
             | shmem;
         let offered_protocol = match dev {
@@ -341,6 +342,11 @@ impl<'a> Session<'a> {
     /// The flat dispatcher: one handler per request.
     fn dispatch(&mut self, req: FrontendReq, mut msg: Message) -> Outcome {
         use FrontendReq::*;
+        let xen = self.negotiated(ProtocolFeatures::XEN_MMAP) && !self.has(Fault::XenRegionsIgnored);
+        if xen && matches!(req, SetMemTable | AddMemReg) {
+            // R-MEM-17: 40-byte regions, not the usual 32.
+            return self.xen_regions(req, msg);
+        }
         let body = match msg
             .body(req.request_body())
             .and_then(|b| b.validate().map(|()| b))
@@ -415,6 +421,10 @@ impl<'a> Session<'a> {
             (SetDeviceStateFd, Body::DeviceState(p)) => self.set_device_state_fd(p.direction, fds),
             (CheckDeviceState, _) => self.check_device_state(),
             (GetShmemConfig, _) => self.get_shmem_config(),
+            // R-MISC-03: GPU_SET_SOCKET is a gpu device's message; R-MISC-05: crypto sessions
+            // are a crypto device's, with CRYPTO_SESSION (never offered here).
+            (GpuSetSocket, _) if self.has(Fault::AcceptGpuSocket) => Outcome::Done,
+            (CloseCryptoSession, _) if self.has(Fault::AcceptCryptoSession) => Outcome::Done,
             (GetInflightFd, Body::Inflight(d)) => self.get_inflight_fd(d),
             (SetInflightFd, Body::Inflight(d)) => self.set_inflight_fd(d, fds),
             _ => Outcome::Failed,
@@ -462,7 +472,7 @@ impl<'a> Session<'a> {
         Outcome::Reply(Body::U64(slots))
     }
 
-    fn set_mem_table(&mut self, regions: Vec<MemRegion>, fds: Vec<OwnedFd>) -> Outcome {
+    pub(crate) fn set_mem_table(&mut self, regions: Vec<MemRegion>, fds: Vec<OwnedFd>) -> Outcome {
         if regions.len() != fds.len() || regions.is_empty() {
             return Outcome::Failed; // R-MEM-20
         }
@@ -481,7 +491,7 @@ impl<'a> Session<'a> {
         Outcome::Done
     }
 
-    fn add_mem_reg(&mut self, r: MemRegion, mut fds: Vec<OwnedFd>) -> Outcome {
+    pub(crate) fn add_mem_reg(&mut self, r: MemRegion, mut fds: Vec<OwnedFd>) -> Outcome {
         let Some(fd) = fds.pop().filter(|_| fds.is_empty()) else {
             return Outcome::Failed;
         };

@@ -114,6 +114,7 @@ pub fn to_scenario(b: &'static dyn Builtin) -> Scenario {
             rules: b.rules().to_vec(),
             level: b.level(),
             device: None,
+            not_device: None,
             requires: Requires {
                 virtio: names(b.requires_virtio()),
                 protocol: names(b.requires_protocol()),

@@ -245,6 +245,19 @@ pub fn skip_reason(s: &Scenario, offer: &Offer) -> Option<String> {
             Some(_) => {}
         }
     }
+    if let Some(not) = s.spec.not_device {
+        match offer.device {
+            None => {
+                return Some(format!(
+                    "device type unknown: pass --device TYPE (this scenario is for any device but {not})"
+                ));
+            }
+            Some(d) if d == not => {
+                return Some(format!("written for every device but {not}"));
+            }
+            Some(_) => {}
+        }
+    }
     (!parts.is_empty()).then(|| format!("back-end does not offer {}", parts.join(", ")))
 }
 

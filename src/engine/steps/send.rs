@@ -547,8 +547,14 @@ fn config_sizes(
 
 struct ExtraFds {
     sent: Vec<OwnedFd>,
+    /// Our end of the first pipe or socket pair sent: it reads EOF (hang-up) once the
+    /// back-end has closed every copy of the end it was given.
     pipe_read: Option<OwnedFd>,
 }
+
+/// Size of a memfd sent as an extra fd: large enough for the regions scenarios describe, so
+/// a refusal is never just "the fd is smaller than the region" (sparse: costs no memory).
+const EXTRA_MEMFD_BYTES: u64 = 2 << 20;
 
 fn make_fds(step: &Step) -> Result<ExtraFds, StepError> {
     let n = step.fds.unwrap_or(0);
@@ -571,7 +577,22 @@ fn make_fds(step: &Step) -> Result<ExtraFds, StepError> {
                 let m = memfd::MemfdOptions::default()
                     .create("vhu-extra")
                     .map_err(|e| local("a memfd", &e))?;
-                out.sent.push(m.into_file().into());
+                let file = m.into_file();
+                file.set_len(EXTRA_MEMFD_BYTES)
+                    .map_err(|e| local("a memfd's size", &e))?;
+                out.sent.push(file.into());
+            }
+            "socket" => {
+                use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+                let (ours, theirs) = socketpair(
+                    AddressFamily::Unix,
+                    SockType::Stream,
+                    None,
+                    SockFlag::SOCK_CLOEXEC,
+                )
+                .map_err(|e| local("a socket pair", &e))?;
+                out.pipe_read.get_or_insert(ours);
+                out.sent.push(theirs);
             }
             _ => {
                 let e = EventFd::from_flags(EfdFlags::EFD_CLOEXEC)
