@@ -147,6 +147,9 @@ pub enum Fault {
     AcceptGpuSocket,
     /// CLOSE_CRYPTO_SESSION is accepted without CRYPTO_SESSION negotiated.
     AcceptCryptoSession,
+    /// GET_VRING_BASE_SKIP_DRAIN takes every available request and drops it: neither used nor
+    /// recorded in flight.
+    SkipDrainDrops,
     /// Legal: after refusing a message (nacked if asked), the process exits with status 1.
     ExitAfterRefusal,
     /// Legal: after refusing a message (nacked if asked), that connection is closed.
@@ -569,6 +572,12 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "R-MISC-05",
         "CLOSE_CRYPTO_SESSION is acked 0 without CRYPTO_SESSION negotiated",
     ),
+    (
+        Fault::SkipDrainDrops,
+        "skip-drain-drops",
+        "R-INFL-07",
+        "GET_VRING_BASE_SKIP_DRAIN takes the available requests and drops them (not used, not in flight)",
+    ),
 ];
 
 /// The only device a fault makes sense with (`None`: every device). The data-path faults of
@@ -578,7 +587,9 @@ pub fn device(f: Fault) -> Option<DeviceKind> {
     match f {
         WrongUsedLen | WritePastDescriptor | BadDeviceState | ShmemConfigCount
         | ShmemOutOfRange | NoInflightResubmit | ShmemUnnegotiated | ShmemNoNeedReply
-        | CrashOnShmemRefusal | ShmemSizeUnaligned | ConfigWriteInvisible => Some(DeviceKind::Blk),
+        | CrashOnShmemRefusal | ShmemSizeUnaligned | ConfigWriteInvisible | SkipDrainDrops => {
+            Some(DeviceKind::Blk)
+        }
         NetRxLegacyHeader | NetNumBuffers0 | NetTxUsedLen | NetCtrlNoAck | NetRxCsumFlag => {
             Some(DeviceKind::Net)
         }

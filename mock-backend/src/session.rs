@@ -125,6 +125,8 @@ impl<'a> Session<'a> {
             ProtocolFeatures::REPLY_ACK | ProtocolFeatures::INBAND_NOTIFICATIONS
         };
         let offered_protocol = ProtocolFeatures::MQ
+            | ProtocolFeatures::GET_VRING_BASE_INFLIGHT
+            | ProtocolFeatures::GET_VRING_BASE_SKIP_DRAIN
             | ProtocolFeatures::LOG_SHMFD
             | ProtocolFeatures::BACKEND_REQ
             | ProtocolFeatures::CONFIG
@@ -145,6 +147,8 @@ impl<'a> Session<'a> {
             Device::Virtio(_) => {
                 let mut p = offered_protocol
                     - (ProtocolFeatures::INFLIGHT_SHMFD
+                        | ProtocolFeatures::GET_VRING_BASE_INFLIGHT
+                        | ProtocolFeatures::GET_VRING_BASE_SKIP_DRAIN
                         | ProtocolFeatures::DEVICE_STATE
                         | ProtocolFeatures::SHMEM);
                 if dev.config_len() == 0 {
@@ -342,7 +346,8 @@ impl<'a> Session<'a> {
     /// The flat dispatcher: one handler per request.
     fn dispatch(&mut self, req: FrontendReq, mut msg: Message) -> Outcome {
         use FrontendReq::*;
-        let xen = self.negotiated(ProtocolFeatures::XEN_MMAP) && !self.has(Fault::XenRegionsIgnored);
+        let xen =
+            self.negotiated(ProtocolFeatures::XEN_MMAP) && !self.has(Fault::XenRegionsIgnored);
         if xen && matches!(req, SetMemTable | AddMemReg) {
             // R-MEM-17: 40-byte regions, not the usual 32.
             return self.xen_regions(req, msg);
@@ -407,6 +412,11 @@ impl<'a> Session<'a> {
             (SetVringAddr, Body::VringAddr(a)) => self.set_vring_addr(a),
             (SetVringEndian, Body::VringState(s)) => self.set_vring_endian(s),
             (GetVringBase, Body::VringState(s)) => self.get_vring_base(s),
+            (GetVringBaseSkipDrain, Body::VringState(s))
+                if self.negotiated(ProtocolFeatures::GET_VRING_BASE_SKIP_DRAIN) =>
+            {
+                self.get_vring_base_skip_drain(s)
+            }
             (SetVringKick | SetVringCall | SetVringErr, Body::U64(w)) => {
                 self.set_vring_fd(req, w, fds)
             }
@@ -448,6 +458,15 @@ impl<'a> Session<'a> {
     fn set_protocol_features(&mut self, v: u64) -> Outcome {
         if v & !self.offered_protocol != 0 {
             return Outcome::Failed; // R-NEG-05
+        }
+        // R-NEG-13: SKIP_DRAIN needs GET_VRING_BASE_INFLIGHT and INFLIGHT_SHMFD; bit 20 needs 12.
+        let p = ProtocolFeatures::from_bits_retain(v);
+        let inflight = p.contains(ProtocolFeatures::INFLIGHT_SHMFD);
+        let base_inflight = p.contains(ProtocolFeatures::GET_VRING_BASE_INFLIGHT);
+        if (p.contains(ProtocolFeatures::GET_VRING_BASE_SKIP_DRAIN) && !(base_inflight && inflight))
+            || (base_inflight && !inflight)
+        {
+            return Outcome::Failed;
         }
         let inband = ProtocolFeatures::INBAND_NOTIFICATIONS.bits();
         let needs = (ProtocolFeatures::BACKEND_REQ | ProtocolFeatures::REPLY_ACK).bits();

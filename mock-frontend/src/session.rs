@@ -791,7 +791,17 @@ impl Session {
 
     /// GET_VRING_BASE: stops the ring, returns its state.
     pub fn get_vring_base(&mut self, index: u32) -> Result<VringState, SessionError> {
-        let req = FrontendReq::GetVringBase;
+        self.vring_base_of(FrontendReq::GetVringBase, index)
+    }
+
+    /// GET_VRING_BASE_SKIP_DRAIN (45, protocol bit 23): stops the ring without waiting for the
+    /// requests in flight, which the back-end records in the inflight buffer; the reply is a
+    /// vring state, as GET_VRING_BASE's.
+    pub fn get_vring_base_skip_drain(&mut self, index: u32) -> Result<VringState, SessionError> {
+        self.vring_base_of(FrontendReq::GetVringBaseSkipDrain, index)
+    }
+
+    fn vring_base_of(&mut self, req: FrontendReq, index: u32) -> Result<VringState, SessionError> {
         let m = self
             .request(
                 req,

@@ -84,6 +84,7 @@ pub fn all() -> &'static [&'static dyn Builtin] {
         &hygiene::ServesAfterDisconnect,
         &inflight::Bookkeeping,
         &inflight::ResubmitAfterReconnect,
+        &inflight::SkipDrainKeepsTaken,
         &log::LogBlkRead,
         &log::LogReplaceUnmaps,
         &log::LogTooSmall,
