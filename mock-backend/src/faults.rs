@@ -150,6 +150,9 @@ pub enum Fault {
     /// GET_VRING_BASE_SKIP_DRAIN takes every available request and drops it: neither used nor
     /// recorded in flight.
     SkipDrainDrops,
+    /// A SET_MEM_TABLE refused for its payload (a lying nregions) first unmaps the table in
+    /// use.
+    MemTableDroppedOnRefusal,
     /// Legal: after refusing a message (nacked if asked), the process exits with status 1.
     ExitAfterRefusal,
     /// Legal: after refusing a message (nacked if asked), that connection is closed.
@@ -577,6 +580,12 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "skip-drain-drops",
         "R-INFL-07",
         "GET_VRING_BASE_SKIP_DRAIN takes the available requests and drops them (not used, not in flight)",
+    ),
+    (
+        Fault::MemTableDroppedOnRefusal,
+        "mem-table-dropped-on-refusal",
+        "R-WIRE-12",
+        "a SET_MEM_TABLE refused for a lying nregions first unmaps the table in use",
     ),
 ];
 

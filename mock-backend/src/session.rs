@@ -358,6 +358,10 @@ impl<'a> Session<'a> {
         {
             Ok(b) => b,
             Err(e) => {
+                if req == SetMemTable && self.has(Fault::MemTableDroppedOnRefusal) {
+                    // The fault half-executes the message: the old table goes first.
+                    self.mem.regions.clear();
+                }
                 self.why = Some(format!("malformed payload: {e}"));
                 self.take_fds(&mut msg, 0);
                 return Outcome::Failed;

@@ -6,6 +6,7 @@
 
 mod blk;
 mod channel;
+mod counts;
 mod descriptors;
 mod framing;
 mod hygiene;
@@ -64,6 +65,10 @@ pub fn all() -> &'static [&'static dyn Builtin] {
         &blk::ScatteredPatterns,
         &channel::ReplacedChannelClosed,
         &channel::FrontendClosesChannel,
+        &counts::MidSession(counts::Lie::MemTableRegions),
+        &counts::MidSession(counts::Lie::GetConfigSize),
+        &counts::MidSession(counts::Lie::SetConfigSize),
+        &counts::MidSession(counts::Lie::InflightCounts),
         &descriptors::Descriptors(descriptors::Abuse::NextLoop),
         &descriptors::Descriptors(descriptors::Abuse::NextOutOfRange),
         &descriptors::Descriptors(descriptors::Abuse::HeadOutOfRange),
