@@ -683,6 +683,33 @@ impl Session {
         }
     }
 
+    /// Sends GET_FEATURES and reads until its reply arrives (within `timeout`), returning what
+    /// came before it. A back-end serves one connection's messages in order, so a message it
+    /// answers comes before the reply to the GET_FEATURES sent after it: an empty list proves
+    /// that nothing answered the messages sent earlier, without waiting out a window (the probe
+    /// of checklist R-ACK-03).
+    pub fn round_trip(&mut self, timeout: Duration) -> Result<Vec<Message>, SessionError> {
+        /// Messages read before giving up on the probe's reply.
+        const AT_MOST: usize = 8;
+        let deadline = std::time::Instant::now() + timeout;
+        let probe = Header::request(FrontendReq::GetFeatures as u32, 0, false);
+        self.send_raw(&RawMessage::new(probe, vec![]), &[])?;
+        let mut before = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let m = self.recv_any(left)?;
+            if m.header.request == FrontendReq::GetFeatures as u32 && m.header.is_reply() {
+                return Ok(before);
+            }
+            before.push(m);
+            if before.len() >= AT_MOST {
+                return Err(SessionError::UnexpectedMessage {
+                    message: Box::new(before.swap_remove(0)),
+                });
+            }
+        }
+    }
+
     fn ack(
         &mut self,
         req: FrontendReq,
