@@ -68,7 +68,7 @@ pub enum Error {
     Listen {
         /// The path.
         path: PathBuf,
-        /// Why.
+        /// The I/O error the system reported.
         #[source]
         source: std::io::Error,
     },

@@ -217,7 +217,7 @@ pub enum SessionError {
     Local {
         /// What failed.
         what: String,
-        /// Why.
+        /// The I/O error the system reported.
         #[source]
         source: std::io::Error,
     },

@@ -99,12 +99,12 @@ pub enum Outcome {
     Warn,
     /// Not applicable to this back-end.
     Skip {
-        /// Why.
+        /// Why it does not apply (a missing feature, another device type), as reported.
         reason: String,
     },
     /// The harness could not judge; not the back-end's fault.
     Error {
-        /// Why.
+        /// What kept the harness from judging (a local resource, a malformed scenario).
         reason: String,
     },
 }

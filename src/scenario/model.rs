@@ -219,9 +219,9 @@ pub enum Expect {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum NumOrWord {
-    /// A number.
+    /// A plain number (a queue index, a value).
     Num(u64),
-    /// A word.
+    /// A word such as `all`, `past_end` or `reached`.
     Word(String),
 }
 
