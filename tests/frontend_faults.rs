@@ -48,7 +48,14 @@ fn the_honest_mock_frontend_passes_every_scenario_for_blk_and_net() {
             assert!(r.findings.is_empty(), "{device} {}: {:?}", s.id, r.findings);
             // A check passes only where it ran: the basics ran in every full session.
             if s.id != "frontend/close-after-3" && s.id != "frontend/nack-mem-table" {
-                for rule in ["R-WIRE-03", "R-WIRE-06", "R-FE-01", "R-FE-02", "R-VRING-01", "R-FE-05"] {
+                for rule in [
+                    "R-WIRE-03",
+                    "R-WIRE-06",
+                    "R-FE-01",
+                    "R-FE-02",
+                    "R-VRING-01",
+                    "R-FE-05",
+                ] {
                     assert!(
                         r.checked_rules.iter().any(|c| c.as_str() == rule),
                         "{device} {}: {rule} not checked",
@@ -60,35 +67,117 @@ fn the_honest_mock_frontend_passes_every_scenario_for_blk_and_net() {
     }
     // The blk session's requests were served by the judging back-end.
     let r = run("frontend/baseline", "blk", None);
-    assert!(r.notes.iter().any(|n| n == "served 3 blk requests"), "{:?}", r.notes);
+    assert!(
+        r.notes.iter().any(|n| n == "served 3 blk requests"),
+        "{:?}",
+        r.notes
+    );
 }
 
 #[test]
 fn every_fault_mode_is_caught_by_exactly_its_rule() {
     let cases = [
-        ("set-unoffered-feature", "frontend/baseline", "R-FE-01", Outcome::Fail),
-        ("region-without-fd", "frontend/baseline", "R-FE-02", Outcome::Fail),
-        ("short-payload", "frontend/baseline", "R-FE-02", Outcome::Fail),
-        ("kick-before-addr", "frontend/baseline", "R-VRING-01", Outcome::Fail),
-        ("exceed-mem-slots", "frontend/baseline", "R-FE-04", Outcome::Fail),
-        ("need-reply-without-reply-ack", "frontend/baseline", "R-WIRE-06", Outcome::Fail),
-        ("reply-flag-on-request", "frontend/baseline", "R-WIRE-06", Outcome::Fail),
-        ("bad-version", "frontend/baseline", "R-WIRE-03", Outcome::Fail),
-        ("no-set-owner", "frontend/baseline", "R-NEG-09", Outcome::Fail),
-        ("queue-num-without-mq", "frontend/baseline", "R-NEG-14", Outcome::Fail),
-        ("ring-index-past-end", "frontend/baseline", "R-MQ-02", Outcome::Fail),
-        ("ring-outside-memory", "frontend/baseline", "R-FE-05", Outcome::Fail),
-        ("overlapping-regions", "frontend/baseline", "R-MEM-04", Outcome::Fail),
+        (
+            "set-unoffered-feature",
+            "frontend/baseline",
+            "R-FE-01",
+            Outcome::Fail,
+        ),
+        (
+            "region-without-fd",
+            "frontend/baseline",
+            "R-FE-02",
+            Outcome::Fail,
+        ),
+        (
+            "short-payload",
+            "frontend/baseline",
+            "R-FE-02",
+            Outcome::Fail,
+        ),
+        (
+            "kick-before-addr",
+            "frontend/baseline",
+            "R-VRING-01",
+            Outcome::Fail,
+        ),
+        (
+            "exceed-mem-slots",
+            "frontend/baseline",
+            "R-FE-04",
+            Outcome::Fail,
+        ),
+        (
+            "need-reply-without-reply-ack",
+            "frontend/baseline",
+            "R-WIRE-06",
+            Outcome::Fail,
+        ),
+        (
+            "reply-flag-on-request",
+            "frontend/baseline",
+            "R-WIRE-06",
+            Outcome::Fail,
+        ),
+        (
+            "bad-version",
+            "frontend/baseline",
+            "R-WIRE-03",
+            Outcome::Fail,
+        ),
+        (
+            "no-set-owner",
+            "frontend/baseline",
+            "R-NEG-09",
+            Outcome::Fail,
+        ),
+        (
+            "queue-num-without-mq",
+            "frontend/baseline",
+            "R-NEG-14",
+            Outcome::Fail,
+        ),
+        (
+            "ring-index-past-end",
+            "frontend/baseline",
+            "R-MQ-02",
+            Outcome::Fail,
+        ),
+        (
+            "ring-outside-memory",
+            "frontend/baseline",
+            "R-FE-05",
+            Outcome::Fail,
+        ),
+        (
+            "overlapping-regions",
+            "frontend/baseline",
+            "R-MEM-04",
+            Outcome::Fail,
+        ),
         // SHOULD: the spec only says QEMU "is expected to terminate" on a refusal.
-        ("ignore-mem-table-nack", "frontend/nack-mem-table", "R-FE-06", Outcome::Warn),
-        ("abort-on-disconnect", "frontend/close-after-3", "R-FE-07", Outcome::Fail),
+        (
+            "ignore-mem-table-nack",
+            "frontend/nack-mem-table",
+            "R-FE-06",
+            Outcome::Warn,
+        ),
+        (
+            "abort-on-disconnect",
+            "frontend/close-after-3",
+            "R-FE-07",
+            Outcome::Fail,
+        ),
     ];
     for (fault, id, rule, outcome) in cases {
         let r = run(id, "blk", Some(fault));
         assert_eq!(rules_of(&r), [rule], "{fault} in {id}: {:#?}", r.findings);
         assert_eq!(r.outcome, outcome, "{fault} in {id}");
         if fault == "abort-on-disconnect" {
-            let crash = r.findings[0].crash.as_ref().expect("a crash is reported as one");
+            let crash = r.findings[0]
+                .crash
+                .as_ref()
+                .expect("a crash is reported as one");
             assert_eq!(crash.signal_name, "SIGABRT");
         }
     }
@@ -104,6 +193,14 @@ fn a_frontend_that_never_connects_is_a_harness_error_not_a_verdict() {
         strict: false,
     };
     let r = run_scenario(&opts, &scenario("frontend/baseline"));
-    assert!(matches!(r.outcome, Outcome::Error { .. }), "{:?}", r.outcome);
-    assert!(r.duration_ms < 4000, "it noticed the exit: {} ms", r.duration_ms);
+    assert!(
+        matches!(r.outcome, Outcome::Error { .. }),
+        "{:?}",
+        r.outcome
+    );
+    assert!(
+        r.duration_ms < 4000,
+        "it noticed the exit: {} ms",
+        r.duration_ms
+    );
 }

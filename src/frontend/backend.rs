@@ -223,7 +223,12 @@ impl JudgingBackend {
     }
 
     /// Serves one connection until the front-end closes it, `stop` says so, or `deadline`.
-    pub fn serve(&mut self, conn: Connection, deadline: Instant, stop: &mut dyn FnMut() -> bool) -> End {
+    pub fn serve(
+        &mut self,
+        conn: Connection,
+        deadline: Instant,
+        stop: &mut dyn FnMut() -> bool,
+    ) -> End {
         self.connections += 1;
         self.judge.new_connection();
         self.mem.clear();
@@ -493,7 +498,11 @@ impl JudgingBackend {
         let mut at = head;
         while chain.len() < usize::from(num) && at < num {
             let mut raw = [0u8; 16];
-            if self.mem.read(table + 16 * u64::from(at), &mut raw).is_none() {
+            if self
+                .mem
+                .read(table + 16 * u64::from(at), &mut raw)
+                .is_none()
+            {
                 return 0;
             }
             let Ok(d) = SplitDesc::read_from_bytes(&raw) else {
@@ -539,7 +548,9 @@ impl JudgingBackend {
                 id[..BLK_ID.len()].copy_from_slice(BLK_ID);
                 let n = data_len.min(u64::from(blk::ID_BYTES));
                 if let Some(d) = writable.first() {
-                    let _ = self.mem.write(d.addr, &id[..n.min(u64::from(d.len)) as usize]);
+                    let _ = self
+                        .mem
+                        .write(d.addr, &id[..n.min(u64::from(d.len)) as usize]);
                 }
                 (blk::S_OK, n)
             }

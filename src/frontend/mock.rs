@@ -57,7 +57,10 @@ pub enum FeFault {
 
 /// The mock front-end's command line.
 #[derive(Debug, Parser)]
-#[command(name = "vhu-conform mock-frontend", about = "A mock vhost-user front-end with fault modes")]
+#[command(
+    name = "vhu-conform mock-frontend",
+    about = "A mock vhost-user front-end with fault modes"
+)]
 pub struct MockArgs {
     /// The back-end's socket.
     #[arg(long)]
@@ -72,7 +75,8 @@ pub struct MockArgs {
 
 /// `vhu-conform mock-frontend ARGS`.
 pub fn run_from_args(argv: Vec<OsString>) -> ExitCode {
-    let rest = std::iter::once(OsString::from("vhu-conform mock-frontend")).chain(argv.into_iter().skip(2));
+    let rest = std::iter::once(OsString::from("vhu-conform mock-frontend"))
+        .chain(argv.into_iter().skip(2));
     let a = match MockArgs::try_parse_from(rest) {
         Ok(a) => a,
         Err(e) => {
@@ -170,17 +174,27 @@ fn session(a: &MockArgs, device: DeviceType) -> Result<(), SessionError> {
     let mut mem = GuestMemory::new(&layout)?;
     let ack = if is(FeFault::RegionWithoutFd) {
         let fds = [mem.regions()[0].fd()];
-        s.request(FrontendReq::SetMemTable, &Body::MemTable(mem.mem_regions()), &fds, None)
-            .map(|r| match r.and_then(|m| m.u64()) {
-                Some(0) | None => Ack::Ok,
-                Some(v) => Ack::Failed(v),
-            })?
+        s.request(
+            FrontendReq::SetMemTable,
+            &Body::MemTable(mem.mem_regions()),
+            &fds,
+            None,
+        )
+        .map(|r| match r.and_then(|m| m.u64()) {
+            Some(0) | None => Ack::Ok,
+            Some(v) => Ack::Failed(v),
+        })?
     } else if is(FeFault::OverlappingRegions) {
         let mut regions = mem.mem_regions();
         // The second region moved onto the first's guest range (its user range stays apart).
         regions[1].guest_addr = regions[0].guest_addr + 0x1000;
         let fds: Vec<_> = mem.regions().iter().map(|r| r.fd()).collect();
-        s.request(FrontendReq::SetMemTable, &Body::MemTable(regions), &fds, None)?;
+        s.request(
+            FrontendReq::SetMemTable,
+            &Body::MemTable(regions),
+            &fds,
+            None,
+        )?;
         Ack::Ok
     } else {
         s.set_mem_table(&mem)?
@@ -216,7 +230,10 @@ fn session(a: &MockArgs, device: DeviceType) -> Result<(), SessionError> {
     if is(FeFault::NeedReplyWithoutReplyAck) {
         // NEED_REPLY (bit 3) without REPLY_ACK: a strict back-end does not answer, so nothing
         // is waited for.
-        s.send_raw(&raw(FrontendReq::SetVringNum, 0x9, vec![0, 0, 0, 0, 64, 0, 0, 0]), &[])?;
+        s.send_raw(
+            &raw(FrontendReq::SetVringNum, 0x9, vec![0, 0, 0, 0, 64, 0, 0, 0]),
+            &[],
+        )?;
     }
     if is(FeFault::KickBeforeAddr) {
         s.set_vring_num(0, 64)?;

@@ -264,18 +264,28 @@ fn verdict(findings: &[Finding], strict: bool) -> Outcome {
     }
 }
 
-fn drive(opts: &FeOptions, be: &mut JudgingBackend, notes: &mut Vec<String>) -> Result<(), FrontendError> {
+fn drive(
+    opts: &FeOptions,
+    be: &mut JudgingBackend,
+    notes: &mut Vec<String>,
+) -> Result<(), FrontendError> {
     let deadline = Instant::now() + opts.scenario_timeout;
     match &opts.target {
         FeTarget::Listen(path) => {
             let _ = std::fs::remove_file(path);
             let listener = UnixListener::bind(path).map_err(local("cannot listen"))?;
-            listener.set_nonblocking(true).map_err(local("cannot listen"))?;
+            listener
+                .set_nonblocking(true)
+                .map_err(local("cannot listen"))?;
             let mut never = || false;
             let mut until = Instant::now() + opts.connect_timeout;
             // One front-end: its first connection, and reconnects that follow within 1 s.
             while let Some(stream) = accept(&listener, until.min(deadline), &mut never) {
-                let end = be.serve(Connection::new(stream, Some(Duration::from_secs(2))), deadline, &mut never);
+                let end = be.serve(
+                    Connection::new(stream, Some(Duration::from_secs(2))),
+                    deadline,
+                    &mut never,
+                );
                 note_end(&end, notes);
                 if end == End::Stopped {
                     break;
@@ -289,7 +299,9 @@ fn drive(opts: &FeOptions, be: &mut JudgingBackend, notes: &mut Vec<String>) -> 
             let dir = tempfile::tempdir().map_err(local("cannot make a temp dir"))?;
             let sock = dir.path().join("vhu.sock");
             let listener = UnixListener::bind(&sock).map_err(local("cannot listen"))?;
-            listener.set_nonblocking(true).map_err(local("cannot listen"))?;
+            listener
+                .set_nonblocking(true)
+                .map_err(local("cannot listen"))?;
             let line = cmd.replace("{socket}", &sock.display().to_string());
             let log = dir.path().join("frontend.log");
             let out = std::fs::File::create(&log).map_err(local("cannot create the log"))?;
@@ -316,7 +328,11 @@ fn drive(opts: &FeOptions, be: &mut JudgingBackend, notes: &mut Vec<String>) -> 
                     break;
                 };
                 let mut gone = || sp.poll().is_some();
-                let end = be.serve(Connection::new(stream, Some(Duration::from_secs(2))), deadline, &mut gone);
+                let end = be.serve(
+                    Connection::new(stream, Some(Duration::from_secs(2))),
+                    deadline,
+                    &mut gone,
+                );
                 note_end(&end, notes);
                 if end == End::Stopped {
                     break;
@@ -342,7 +358,9 @@ fn note_end(end: &End, notes: &mut Vec<String>) {
     match end {
         End::FrontendClosed => notes.push("the front-end closed the connection".into()),
         End::WeClosed => notes.push("the judging back-end closed the connection on purpose".into()),
-        End::Unreadable(why) => notes.push(format!("closed: the front-end sent an unreadable message: {why}")),
+        End::Unreadable(why) => notes.push(format!(
+            "closed: the front-end sent an unreadable message: {why}"
+        )),
         End::Stopped => {}
     }
 }
@@ -369,7 +387,9 @@ fn judge_process(be: &mut JudgingBackend, end: &ProcessEnd, tail: &str, notes: &
     notes.push(match end {
         ProcessEnd::Exited(c) => format!("the front-end exited with status {c}"),
         ProcessEnd::Signalled(s) => format!("the front-end was ended by signal {s}"),
-        ProcessEnd::EndedByUs => "the front-end was still running at the end: ended by vhu-conform".into(),
+        ProcessEnd::EndedByUs => {
+            "the front-end was still running at the end: ended by vhu-conform".into()
+        }
     });
     if !matches!(end, ProcessEnd::EndedByUs | ProcessEnd::Exited(0 | 124)) && !tail.is_empty() {
         notes.push(format!("its output ends: {}", tail.replace('\n', " | ")));
@@ -399,14 +419,21 @@ pub fn coverage(results: Option<&[ScenarioResult]>) -> Vec<RuleCoverage> {
                 }
                 None => Status::NotRun,
                 Some(rs) => {
-                    let fs: Vec<&Finding> = rs.iter().flat_map(|r| &r.findings).filter(|f| f.rule == rule.id).collect();
+                    let fs: Vec<&Finding> = rs
+                        .iter()
+                        .flat_map(|r| &r.findings)
+                        .filter(|f| f.rule == rule.id)
+                        .collect();
                     if fs.iter().any(|f| f.level == Level::Must) {
                         Status::CheckedFail
                     } else if !fs.is_empty() {
                         Status::CheckedWarn
                     } else if rs.iter().any(|r| r.checked_rules.contains(&rule.id)) {
                         Status::CheckedPass
-                    } else if rs.iter().any(|r| matches!(r.outcome, Outcome::Pass | Outcome::Warn | Outcome::Fail)) {
+                    } else if rs
+                        .iter()
+                        .any(|r| matches!(r.outcome, Outcome::Pass | Outcome::Warn | Outcome::Fail))
+                    {
                         Status::NotObserved
                     } else {
                         Status::Error
@@ -479,14 +506,16 @@ fn glob(pat: &str, s: &str) -> bool {
     match pat.split_once('*') {
         None => pat == s,
         Some((head, rest)) => {
-            s.starts_with(head) && (0..=s.len() - head.len()).any(|i| glob(rest, &s[head.len() + i..]))
+            s.starts_with(head)
+                && (0..=s.len() - head.len()).any(|i| glob(rest, &s[head.len() + i..]))
         }
     }
 }
 
 /// `vhu-conform frontend ARGS`.
 pub fn run_from_args(argv: Vec<OsString>) -> ExitCode {
-    let rest = std::iter::once(OsString::from("vhu-conform frontend")).chain(argv.into_iter().skip(2));
+    let rest =
+        std::iter::once(OsString::from("vhu-conform frontend")).chain(argv.into_iter().skip(2));
     match FeArgs::try_parse_from(rest) {
         Ok(a) => ExitCode::from(run_cli(&a)),
         Err(e) => {
@@ -515,7 +544,12 @@ fn run_cli(a: &FeArgs) -> u8 {
         .collect();
     if a.list {
         for s in &selected {
-            println!("{:<28} {:<7} {}", s.id, format!("{:?}", s.level).to_lowercase(), s.title);
+            println!(
+                "{:<28} {:<7} {}",
+                s.id,
+                format!("{:?}", s.level).to_lowercase(),
+                s.title
+            );
         }
         if a.rules {
             print!("{}", rules::render(&coverage(None)));
