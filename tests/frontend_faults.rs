@@ -168,6 +168,31 @@ fn every_fault_mode_is_caught_by_exactly_its_rule() {
             "R-FE-07",
             Outcome::Fail,
         ),
+        (
+            "channel-no-ack",
+            "frontend/backend-channel",
+            "R-ACK-08",
+            Outcome::Fail,
+        ),
+        (
+            "channel-reply-without-reply-flag",
+            "frontend/backend-channel",
+            "R-WIRE-16",
+            Outcome::Fail,
+        ),
+        // SHOULD: QEMU's behaviour, which the checklist asks for.
+        (
+            "channel-acks-unknown-code",
+            "frontend/backend-channel",
+            "R-BCH-08",
+            Outcome::Warn,
+        ),
+        (
+            "channel-only-when-idle",
+            "frontend/channel-during-reply",
+            "R-BCH-07",
+            Outcome::Fail,
+        ),
     ];
     for (fault, id, rule, outcome) in cases {
         let r = run(id, "blk", Some(fault));

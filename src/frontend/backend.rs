@@ -7,13 +7,15 @@
 //! every message it sees to the [`Judge`] first.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use vhu_protocol::virtio::{SplitDesc, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, blk};
 use vhu_protocol::wire::payload::{Body, ConfigHeader, VringState};
-use vhu_protocol::{Connection, FrontendReq, Header, Message, ProtocolFeatures, VirtioFeatures};
+use vhu_protocol::{
+    BackendReq, Connection, FrontendReq, Header, Message, ProtocolFeatures, VirtioFeatures,
+};
 use zerocopy::FromBytes;
 
 use crate::device::DeviceType;
@@ -101,7 +103,23 @@ pub enum Misbehave {
     NackMemTable,
     /// Closes the connection after answering this many messages (the first connection only).
     CloseAfter(usize),
+    /// Once the front-end gave a back-end channel and REPLY_ACK is negotiated, sends it
+    /// requests with NEED_REPLY (CONFIG_CHANGE_MSG where CONFIG is negotiated, then an unknown
+    /// code) at a moment it waits for nothing, serving the main socket while the acks come
+    /// (R-ACK-08, R-WIRE-16, R-BCH-08).
+    ChannelProbe,
+    /// On the first request after SET_BACKEND_REQ_FD that the front-end awaits a reply to,
+    /// sends a NEED_REPLY channel request first and blocks on its ack before answering, as a
+    /// simple single-threaded back-end does (R-BCH-07).
+    ChannelBlock,
 }
+
+/// A code no back-end request has (the spec's run 1..=10 and crosvm's 1002..): R-BCH-08.
+pub const UNKNOWN_BACKEND_REQ: u32 = 99;
+/// How long the judging back-end waits for a channel ack. Shorter than the 2 s a front-end
+/// typically waits for a main-socket reply, so a front-end that cannot serve the channel while
+/// it waits does not give up on the main socket first.
+pub const CHANNEL_ACK_WAIT: Duration = Duration::from_millis(1500);
 
 /// One message as the judging back-end saw or sent it.
 #[derive(Clone, Debug)]
@@ -116,6 +134,8 @@ pub struct Recorded {
     pub payload: Vec<u8>,
     /// fds attached.
     pub fds: usize,
+    /// On the back-end channel (else the main socket).
+    pub on_channel: bool,
 }
 
 /// How a connection ended.
@@ -164,7 +184,15 @@ pub struct JudgingBackend {
     rings: BTreeMap<u32, Ring>,
     acked_features: u64,
     acked_protocol: u64,
-    backend_channel: Option<OwnedFd>,
+    backend_channel: Option<Connection>,
+    /// Channel requests still to send ([`Misbehave::ChannelProbe`]).
+    probes: Vec<u32>,
+    /// A channel request sent and not yet acked: its code and when it went.
+    pending: Option<(u32, Instant)>,
+    /// The channel is usable for probes: a message after SET_BACKEND_REQ_FD was answered.
+    channel_armed: bool,
+    /// [`Misbehave::ChannelBlock`] has blocked once.
+    blocked_once: bool,
     start: Instant,
 }
 
@@ -200,6 +228,10 @@ impl JudgingBackend {
             acked_features: 0,
             acked_protocol: 0,
             backend_channel: None,
+            probes: Vec::new(),
+            pending: None,
+            channel_armed: false,
+            blocked_once: false,
             start: Instant::now(),
         }
     }
@@ -211,7 +243,97 @@ impl JudgingBackend {
             header,
             payload: payload.to_vec(),
             fds,
+            on_channel: false,
         });
+    }
+
+    fn record_channel(&mut self, from_frontend: bool, header: Header, payload: &[u8], fds: usize) {
+        self.record(from_frontend, header, payload, fds);
+        if let Some(r) = self.records.last_mut() {
+            r.on_channel = true;
+        }
+    }
+
+    fn reply_ack_acked(&self) -> bool {
+        self.acked_protocol & ProtocolFeatures::REPLY_ACK.bits() != 0
+    }
+
+    /// Sends back-end request `code` with NEED_REPLY on the channel; false if it could not go.
+    fn send_channel(&mut self, code: u32) -> bool {
+        // CONFIG_CHANGE_MSG has no payload; the unknown code none either.
+        let header = Header::request(code, 0, true);
+        let Some(ch) = &self.backend_channel else {
+            return false;
+        };
+        let ok = ch.send(header, &[], &[]).is_ok();
+        self.record_channel(false, header, &[], 0);
+        ok
+    }
+
+    /// The next probe, if one is due now: the channel is armed, no ack is awaited.
+    fn next_probe(&mut self) {
+        if self.misbehave != Misbehave::ChannelProbe
+            || !self.channel_armed
+            || self.pending.is_some()
+            || !self.reply_ack_acked()
+        {
+            return;
+        }
+        if self.probes.is_empty() {
+            return;
+        }
+        let code = self.probes.remove(0);
+        if self.send_channel(code) {
+            self.pending = Some((code, Instant::now()));
+        } else {
+            self.judge.channel_reply(code, None, false);
+            self.probes.clear();
+        }
+    }
+
+    /// The channel request for [`Misbehave::ChannelBlock`]: a known one where its feature is
+    /// negotiated (CONFIG_CHANGE_MSG needs CONFIG), else the unknown code.
+    fn block_code(&self) -> u32 {
+        if self.acked_protocol & ProtocolFeatures::CONFIG.bits() != 0 {
+            BackendReq::ConfigChangeMsg as u32
+        } else {
+            UNKNOWN_BACKEND_REQ
+        }
+    }
+
+    /// [`Misbehave::ChannelBlock`]: before answering `msg`, which the front-end waits on, block
+    /// on a channel ack as a single-threaded back-end does.
+    fn maybe_block(&mut self, msg: &Message) {
+        if self.misbehave != Misbehave::ChannelBlock
+            || self.blocked_once
+            || !self.channel_armed
+            || !self.reply_ack_acked()
+        {
+            return;
+        }
+        let Ok(req) = FrontendReq::from_code(msg.header.request) else {
+            return;
+        };
+        let awaited = req.reply_kind() == vhu_protocol::wire::ReplyKind::Always
+            || (msg.header.need_reply()
+                && req.reply_kind() == vhu_protocol::wire::ReplyKind::AckOnly);
+        if !awaited || req == FrontendReq::SetBackendReqFd {
+            return;
+        }
+        self.blocked_once = true;
+        let code = self.block_code();
+        if !self.send_channel(code) {
+            self.judge.channel_blocked(code, req, None);
+            return;
+        }
+        let reply = self.backend_channel.as_ref().map(|ch| ch.recv_unchecked());
+        match reply {
+            Some(Ok(m)) => {
+                self.record_channel(true, m.header, &m.payload, m.fds.len());
+                self.judge.channel_blocked(code, req, Some(&m));
+            }
+            _ => self.judge.channel_blocked(code, req, None),
+        }
     }
 
     fn reply(&mut self, conn: &Connection, code: u32, body: &Body) {
@@ -236,6 +358,10 @@ impl JudgingBackend {
         self.acked_features = 0;
         self.acked_protocol = 0;
         self.backend_channel = None;
+        self.pending = None;
+        self.channel_armed = false;
+        self.blocked_once = false;
+        self.probes = Vec::new();
         let mut handled = 0usize;
         loop {
             if Instant::now() >= deadline || stop() {
@@ -247,7 +373,27 @@ impl JudgingBackend {
                 .filter(|(_, r)| r.started && r.kick.is_some())
                 .map(|(i, _)| *i)
                 .collect();
+            self.next_probe();
+            if let Some((code, at)) = self.pending {
+                if at.elapsed() >= CHANNEL_ACK_WAIT {
+                    // No ack in time: judged once, and the channel is not probed again (one
+                    // missing ack is one finding, not one per probe).
+                    self.pending = None;
+                    self.probes.clear();
+                    self.judge.channel_reply(code, None, true);
+                }
+            }
+            let channel_fd = self
+                .pending
+                .and(self.backend_channel.as_ref())
+                .map(|c| c.stream().as_raw_fd());
             let mut fds = vec![PollFd::new(conn.as_fd(), PollFlags::POLLIN)];
+            // SAFETY: the channel's fd lives in self.backend_channel for the whole poll.
+            let channel_borrow = channel_fd.map(|fd| unsafe { BorrowedFd::borrow_raw(fd) });
+            if let Some(b) = channel_borrow {
+                fds.push(PollFd::new(b, PollFlags::POLLIN));
+            }
+            let kick_base = fds.len();
             for i in &kicks {
                 if let Some(k) = &self.rings[i].kick {
                     fds.push(PollFd::new(k.as_fd(), PollFlags::POLLIN));
@@ -259,8 +405,23 @@ impl JudgingBackend {
                 .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
                 .collect();
             drop(fds);
+            if channel_fd.is_some() && ready[1] {
+                if let Some((code, _)) = self.pending.take() {
+                    let got = self.backend_channel.as_ref().map(|c| c.recv_unchecked());
+                    match got {
+                        Some(Ok(m)) => {
+                            self.record_channel(true, m.header, &m.payload, m.fds.len());
+                            self.judge.channel_reply(code, Some(&m), false);
+                        }
+                        _ => {
+                            self.probes.clear();
+                            self.judge.channel_reply(code, None, false);
+                        }
+                    }
+                }
+            }
             for (n, i) in kicks.iter().enumerate() {
-                if ready[n + 1] {
+                if ready[n + kick_base] {
                     if let Some(k) = &self.rings[i].kick {
                         drain_eventfd(k);
                     }
@@ -286,7 +447,13 @@ impl JudgingBackend {
             };
             self.record(true, msg.header, &msg.payload, msg.fds.len());
             self.judge.observe(&msg);
+            self.maybe_block(&msg);
+            let after_channel = self.backend_channel.is_some()
+                && msg.header.request != FrontendReq::SetBackendReqFd as u32;
             self.handle(&conn, msg);
+            // Probes start once a message after SET_BACKEND_REQ_FD was answered: the front-end
+            // has had its ack and serves the channel by then.
+            self.channel_armed |= after_channel;
             handled += 1;
             if self.misbehave == Misbehave::CloseAfter(handled) && self.connections == 1 {
                 return End::WeClosed;
@@ -426,7 +593,19 @@ impl JudgingBackend {
             }
             (SetBackendReqFd, _) => {
                 let mut fds = msg.fds;
-                self.backend_channel = fds.pop();
+                self.backend_channel = fds.pop().map(|fd| {
+                    Connection::new(
+                        std::os::unix::net::UnixStream::from(fd),
+                        Some(CHANNEL_ACK_WAIT),
+                    )
+                });
+                if self.misbehave == Misbehave::ChannelProbe {
+                    self.probes = if self.acked_protocol & ProtocolFeatures::CONFIG.bits() != 0 {
+                        vec![BackendReq::ConfigChangeMsg as u32, UNKNOWN_BACKEND_REQ]
+                    } else {
+                        vec![UNKNOWN_BACKEND_REQ]
+                    };
+                }
                 let m = Message {
                     header: msg.header,
                     payload: msg.payload,
@@ -561,8 +740,9 @@ impl JudgingBackend {
         (written + 1) as u32
     }
 
-    /// Sends nothing: the back-end channel fd is only kept open (closing it could make a
-    /// front-end tear the session down, which no passive check wants).
+    /// Whether the front-end gave a back-end channel on the current connection. Outside the
+    /// channel scenarios nothing is sent on it; it is only kept open (closing it could make a
+    /// front-end tear the session down).
     pub fn has_channel(&self) -> bool {
         self.backend_channel.is_some()
     }

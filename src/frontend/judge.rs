@@ -6,13 +6,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use vhu_protocol::wire::payload::{Body, BodyKind, MemRegion, VRING_NOFD_MASK, VringAddr};
-use vhu_protocol::{FrontendReq, Message, ProtocolFeatures, VirtioFeatures};
+use vhu_protocol::{BackendReq, FrontendReq, Message, ProtocolFeatures, VirtioFeatures};
 
 use crate::engine::Finding;
 use crate::rules::{RuleId, id};
 use crate::scenario::Level;
 
-use super::backend::Profile;
+use super::backend::{CHANNEL_ACK_WAIT, Profile};
 
 /// What the front-end told us about one ring so far.
 #[derive(Clone, Debug, Default)]
@@ -90,6 +90,20 @@ pub fn describe(m: &Message) -> String {
     )
 }
 
+fn req_name(code: u32) -> String {
+    BackendReq::from_code(code).map_or_else(
+        |_| format!("unknown back-end request {code}"),
+        |r| format!("{r:?}"),
+    )
+}
+
+fn channel_sent(code: u32) -> String {
+    format!(
+        "{} flags 0x9 (NEED_REPLY) size 0, on the back-end channel",
+        req_name(code)
+    )
+}
+
 fn overlaps(a: &MemRegion, b: &MemRegion) -> Option<&'static str> {
     let meet = |s1: u64, s2: u64, n1: u64, n2: u64| {
         s1 < s2.saturating_add(n2) && s2 < s1.saturating_add(n1)
@@ -158,6 +172,20 @@ impl Judge {
         summary: impl FnOnce() -> String,
         expected: &str,
     ) {
+        self.check_raw(rule, cap, ok, || describe(m), summary, expected);
+    }
+
+    /// The core of every check: `sent` describes what the finding is about (a message, or a
+    /// request the judging back-end sent on the channel).
+    fn check_raw(
+        &mut self,
+        rule: RuleId,
+        cap: Level,
+        ok: bool,
+        sent: impl FnOnce() -> String,
+        summary: impl FnOnce() -> String,
+        expected: &str,
+    ) {
         self.checked.insert(rule);
         if ok {
             return;
@@ -179,7 +207,7 @@ impl Judge {
                 rule,
                 level,
                 summary: summary(),
-                sent: describe(m),
+                sent: sent(),
                 received,
                 expected: expected.into(),
                 crash: None,
@@ -223,6 +251,113 @@ impl Judge {
     pub fn answered(&mut self, req: FrontendReq, ack: Option<u64>) {
         if matches!(req, FrontendReq::SetMemTable | FrontendReq::AddMemReg) {
             self.table_refused = ack.is_some_and(|v| v != 0);
+        }
+    }
+
+    /// Judges the framing of a reply on the back-end channel to request `code` (R-WIRE-16:
+    /// "the same framing and flag rules apply", roles swapped): version 1, REPLY set, no
+    /// NEED_REPLY, the request's code, a u64 payload, no fds. Returns the u64 when well formed.
+    fn channel_framing(&mut self, code: u32, m: &Message) -> Option<u64> {
+        let flags = m.header.flags();
+        let problems: Vec<String> = [
+            (flags.version() != 1, format!("version {}", flags.version())),
+            (!m.header.is_reply(), "no REPLY flag (bit 2)".into()),
+            (m.header.need_reply(), "NEED_REPLY set on a reply".into()),
+            (
+                m.header.request != code,
+                format!("code {} for request {code}", m.header.request),
+            ),
+            (
+                m.header.size != 8 || m.payload.len() != 8,
+                format!("size {} (a u64 reply has 8)", m.header.size),
+            ),
+            (!m.fds.is_empty(), format!("{} fds", m.fds.len())),
+        ]
+        .into_iter()
+        .filter_map(|(bad, what)| bad.then_some(what))
+        .collect();
+        let sent = channel_sent(code);
+        self.check_raw(
+            id::R_WIRE_16,
+            Level::Must,
+            problems.is_empty(),
+            || sent,
+            || {
+                format!(
+                    "the front-end's reply on the back-end channel is malformed: {}",
+                    problems.join(", ")
+                )
+            },
+            "a reply with version 1, the REPLY flag, the request's code and a u64 payload",
+        );
+        if problems.is_empty() { m.u64() } else { None }
+    }
+
+    /// The front-end's answer on the back-end channel to a NEED_REPLY request the judging
+    /// back-end sent while serving the main socket: `None` when none came (`timed_out`: within
+    /// the wait; else the channel closed). A known request must get a u64 ack (R-ACK-08); an
+    /// unknown code a non-zero one (R-BCH-08, SHOULD).
+    pub fn channel_reply(&mut self, code: u32, reply: Option<&Message>, timed_out: bool) {
+        let unknown = BackendReq::from_code(code).is_err();
+        let (rule, cap) = if unknown {
+            (id::R_BCH_08, Level::Should)
+        } else {
+            (id::R_ACK_08, Level::Must)
+        };
+        let Some(m) = reply else {
+            let why = if timed_out {
+                format!("no reply within {} ms", CHANNEL_ACK_WAIT.as_millis())
+            } else {
+                "the channel closed (or could not be written) before a reply".into()
+            };
+            self.check_raw(
+                rule,
+                cap,
+                false,
+                || channel_sent(code),
+                || format!("{} with NEED_REPLY on the back-end channel: {why}", req_name(code)),
+                "a u64 reply (0 success, non-zero failure) to every NEED_REPLY request once REPLY_ACK is negotiated",
+            );
+            return;
+        };
+        let Some(v) = self.channel_framing(code, m) else {
+            return;
+        };
+        if unknown {
+            self.check_raw(
+                rule,
+                cap,
+                v != 0,
+                || channel_sent(code),
+                || format!("the unknown back-end request {code} was acked {v} (success)"),
+                "a non-zero ack to a request code the front-end does not know",
+            );
+        } else {
+            self.check_raw(rule, cap, true, || channel_sent(code), String::new, "");
+        }
+    }
+
+    /// [`Misbehave::ChannelBlock`](super::backend::Misbehave::ChannelBlock): the judging
+    /// back-end held its reply to `awaited` and blocked on channel request `code`; `reply` is
+    /// what came. No reply means the front-end served neither: a deadlock (R-BCH-07).
+    pub fn channel_blocked(&mut self, code: u32, awaited: FrontendReq, reply: Option<&Message>) {
+        let ok = reply.is_some();
+        self.check_raw(
+            id::R_BCH_07,
+            Level::Must,
+            ok,
+            || channel_sent(code),
+            || {
+                format!(
+                    "no reply on the back-end channel within {} ms while the front-end waited for the reply to its {}: neither side can go on",
+                    CHANNEL_ACK_WAIT.as_millis(),
+                    awaited.spec_name()
+                )
+            },
+            "the front-end serves the back-end channel while it waits for a main-socket reply",
+        );
+        if let Some(m) = reply {
+            let _ = self.channel_framing(code, m);
         }
     }
 

@@ -5,8 +5,12 @@
 //! breaks exactly one front-end rule, which a front-end scenario must catch.
 
 use std::ffi::OsString;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -16,7 +20,9 @@ use vhu_mock_frontend::{
     Ack, DriverQueue, GuestMemory, RingLayout, Session, SessionError, SessionOptions, Wanted,
 };
 use vhu_protocol::wire::payload::{Body, VringAddr};
-use vhu_protocol::{FrontendReq, Header, ProtocolFeatures, RawMessage, VirtioFeatures};
+use vhu_protocol::{
+    BackendReq, Connection, FrontendReq, Header, ProtocolFeatures, RawMessage, VirtioFeatures,
+};
 
 use crate::device::DeviceType;
 
@@ -53,6 +59,85 @@ pub enum FeFault {
     IgnoreMemTableNack,
     /// Dies by SIGABRT when the back-end closes the connection (R-FE-07).
     AbortOnDisconnect,
+    /// Serves the back-end channel but never replies, NEED_REPLY or not (R-ACK-08).
+    ChannelNoAck,
+    /// Replies on the back-end channel without the REPLY flag (R-WIRE-16).
+    ChannelReplyWithoutReplyFlag,
+    /// Acks an unknown back-end request code with 0, success (R-BCH-08).
+    ChannelAcksUnknownCode,
+    /// Serves the back-end channel only when no main-socket reply is awaited: a single
+    /// thread that blocks on the main socket (R-BCH-07).
+    ChannelOnlyWhenIdle,
+}
+
+impl FeFault {
+    fn own_channel(self) -> bool {
+        matches!(
+            self,
+            Self::ChannelNoAck
+                | Self::ChannelReplyWithoutReplyFlag
+                | Self::ChannelAcksUnknownCode
+                | Self::ChannelOnlyWhenIdle
+        )
+    }
+}
+
+/// A faulty server of the back-end channel (the honest one is the mock-frontend crate's
+/// `BackendChannel`): it breaks the one rule its fault names. `idle` is set once the main
+/// session awaits nothing more ([`FeFault::ChannelOnlyWhenIdle`] waits for it).
+fn faulty_channel(
+    s: &mut Session,
+    fault: FeFault,
+    idle: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, SessionError> {
+    let local = |what: &str| {
+        let what = what.to_string();
+        move |source| SessionError::Local { what, source }
+    };
+    let (ours, theirs) = UnixStream::pair().map_err(local("cannot create the channel pair"))?;
+    s.request(
+        FrontendReq::SetBackendReqFd,
+        &Body::Empty,
+        &[theirs.as_fd()],
+        None,
+    )?;
+    drop(theirs);
+    let conn = Connection::new(ours, Some(Duration::from_millis(50)));
+    std::thread::Builder::new()
+        .name("faulty-channel".into())
+        .spawn(move || {
+            loop {
+                let m = match conn.recv_unchecked() {
+                    Ok(m) => m,
+                    Err(e) if e.is_timeout() => {
+                        if idle.load(Ordering::Relaxed) && fault != FeFault::ChannelOnlyWhenIdle {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(_) => return,
+                };
+                if !m.header.need_reply() || fault == FeFault::ChannelNoAck {
+                    continue;
+                }
+                let known = BackendReq::from_code(m.header.request).is_ok();
+                let value: u64 = match fault {
+                    FeFault::ChannelAcksUnknownCode => 0,
+                    _ => u64::from(!known),
+                };
+                let mut header = Header::reply(m.header.request, 8);
+                if fault == FeFault::ChannelReplyWithoutReplyFlag {
+                    header.flags = 0x1;
+                }
+                if fault == FeFault::ChannelOnlyWhenIdle {
+                    while !idle.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+                let _ = conn.send(header, &value.to_le_bytes(), &[]);
+            }
+        })
+        .map_err(local("cannot start the channel thread"))
 }
 
 /// The mock front-end's command line.
@@ -131,6 +216,8 @@ fn session(a: &MockArgs, device: DeviceType) -> Result<(), SessionError> {
     let bit30 = VirtioFeatures::PROTOCOL_FEATURES.bits();
     let mut queue_num = 1;
     let mut slots = None;
+    let idle = Arc::new(AtomicBool::new(false));
+    let mut channel = None;
     if offered & bit30 != 0 {
         let pf = s.get_protocol_features()?;
         let mut proto = pf & Wanted::all().protocol;
@@ -144,6 +231,14 @@ fn session(a: &MockArgs, device: DeviceType) -> Result<(), SessionError> {
         let has = |f: ProtocolFeatures| proto & f.bits() != 0;
         if has(ProtocolFeatures::MQ) || is(FeFault::QueueNumWithoutMq) {
             queue_num = s.get_queue_num()?;
+        }
+        if has(ProtocolFeatures::BACKEND_REQ) {
+            match fault.filter(|f| f.own_channel()) {
+                Some(f) => channel = Some(faulty_channel(&mut s, f, idle.clone())?),
+                None => {
+                    s.set_backend_req_fd()?;
+                }
+            }
         }
         if has(ProtocolFeatures::CONFIGURE_MEM_SLOTS) {
             slots = Some(s.get_max_mem_slots()?);
@@ -274,5 +369,13 @@ fn session(a: &MockArgs, device: DeviceType) -> Result<(), SessionError> {
         }
     }
     s.get_vring_base(0)?;
+    // Give the back-end a moment to use its channel (the channel scenarios), then let a
+    // faulty channel server answer what it held back.
+    std::thread::sleep(Duration::from_millis(200));
+    idle.store(true, Ordering::Relaxed);
+    if let Some(t) = channel {
+        std::thread::sleep(Duration::from_millis(100));
+        drop(t);
+    }
     Ok(())
 }

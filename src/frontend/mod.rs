@@ -231,7 +231,18 @@ pub fn run_scenario(opts: &FeOptions, s: &FeScenario) -> ScenarioResult {
         } else {
             Direction::FromBackend
         };
-        t.record(r.at_us, Channel::Main, dir, &r.header, &r.payload, r.fds);
+        let (ch, dir) = if r.on_channel {
+            // On the channel the roles swap: the judging back-end's requests go "from" it.
+            let d = if r.from_frontend {
+                Direction::ToBackend
+            } else {
+                Direction::FromBackend
+            };
+            (Channel::Backend, d)
+        } else {
+            (Channel::Main, dir)
+        };
+        t.record(r.at_us, ch, dir, &r.header, &r.payload, r.fds);
     }
     let mut cited: Vec<RuleId> = PASSIVE_RULES.to_vec();
     cited.extend_from_slice(s.rules);
@@ -398,48 +409,56 @@ fn judge_process(be: &mut JudgingBackend, end: &ProcessEnd, tail: &str, notes: &
 
 /// The front-end rules and where they stand after `results` (or, without, what checks them).
 pub fn coverage(results: Option<&[ScenarioResult]>) -> Vec<RuleCoverage> {
-    let ids: Vec<&str> = scenarios::all().iter().map(|s| s.id).collect();
+    let all = scenarios::all();
+    let ids: Vec<&str> = all.iter().map(|s| s.id).collect();
     rules::all()
         .iter()
         .filter(|r| matches!(r.side, rules::Side::Frontend | rules::Side::Both))
         .map(|rule| {
-            let judged = PASSIVE_RULES.contains(&rule.id) || rule.id == id::R_FE_07;
-            let scenarios: Vec<String> = if judged {
+            let passive = PASSIVE_RULES.contains(&rule.id) || rule.id == id::R_FE_07;
+            // A passive rule is judged in every scenario; another only where one cites it.
+            let scenarios: Vec<String> = if passive {
                 ids.iter().map(|s| s.to_string()).collect()
             } else {
-                Vec::new()
+                all.iter()
+                    .filter(|s| s.rules.contains(&rule.id))
+                    .map(|s| s.id.to_string())
+                    .collect()
             };
-            let status = match results {
-                _ if !judged => {
-                    if rule.untestable.is_some() {
-                        Status::Untestable
-                    } else {
-                        Status::NoScenario
+            let judged = !scenarios.is_empty();
+            let status =
+                match results {
+                    _ if !judged => {
+                        if rule.untestable.is_some() {
+                            Status::Untestable
+                        } else {
+                            Status::NoScenario
+                        }
                     }
-                }
-                None => Status::NotRun,
-                Some(rs) => {
-                    let fs: Vec<&Finding> = rs
-                        .iter()
-                        .flat_map(|r| &r.findings)
-                        .filter(|f| f.rule == rule.id)
-                        .collect();
-                    if fs.iter().any(|f| f.level == Level::Must) {
-                        Status::CheckedFail
-                    } else if !fs.is_empty() {
-                        Status::CheckedWarn
-                    } else if rs.iter().any(|r| r.checked_rules.contains(&rule.id)) {
-                        Status::CheckedPass
-                    } else if rs
-                        .iter()
-                        .any(|r| matches!(r.outcome, Outcome::Pass | Outcome::Warn | Outcome::Fail))
-                    {
-                        Status::NotObserved
-                    } else {
-                        Status::Error
+                    None => Status::NotRun,
+                    Some(rs) => {
+                        let fs: Vec<&Finding> = rs
+                            .iter()
+                            .flat_map(|r| &r.findings)
+                            .filter(|f| f.rule == rule.id)
+                            .collect();
+                        if fs.iter().any(|f| f.level == Level::Must) {
+                            Status::CheckedFail
+                        } else if !fs.is_empty() {
+                            Status::CheckedWarn
+                        } else if rs.iter().any(|r| r.checked_rules.contains(&rule.id)) {
+                            Status::CheckedPass
+                        } else if !rs.iter().any(|r| scenarios.contains(&r.id)) {
+                            Status::NotRun
+                        } else if rs.iter().filter(|r| scenarios.contains(&r.id)).any(|r| {
+                            matches!(r.outcome, Outcome::Pass | Outcome::Warn | Outcome::Fail)
+                        }) {
+                            Status::NotObserved
+                        } else {
+                            Status::Error
+                        }
                     }
-                }
-            };
+                };
             RuleCoverage {
                 rule: rule.clone(),
                 status,

@@ -113,6 +113,34 @@ pub fn all() -> Vec<FeScenario> {
             tweak: none,
             misbehave: Misbehave::CloseAfter(3),
         },
+        FeScenario {
+            id: "frontend/backend-channel",
+            title: "the back-end sends NEED_REPLY requests on its channel: each gets a well-formed u64 ack",
+            description: "Once the front-end gave a channel (SET_BACKEND_REQ_FD) and REPLY_ACK is \
+                negotiated, the judging back-end sends CONFIG_CHANGE_MSG (where CONFIG is negotiated) \
+                and then an unknown request code, each with NEED_REPLY, while it keeps serving the main \
+                socket. Each must get a reply framed as the main socket's are (R-WIRE-16) carrying a \
+                u64 (R-ACK-08: \"the back-end ... can set the need_reply flag\" and the front-end \
+                answers); the unknown code a non-zero one (R-BCH-08, SHOULD). Not observed where the \
+                front-end gives no channel.",
+            level: Level::Must,
+            rules: &[id::R_ACK_08, id::R_WIRE_16, id::R_BCH_08],
+            tweak: none,
+            misbehave: Misbehave::ChannelProbe,
+        },
+        FeScenario {
+            id: "frontend/channel-during-reply",
+            title: "the back-end blocks on a channel ack while the front-end waits for its reply: no deadlock",
+            description: "On the first request after SET_BACKEND_REQ_FD that the front-end awaits a reply \
+                to, the judging back-end first sends a NEED_REPLY request on the channel \
+                (CONFIG_CHANGE_MSG with CONFIG, else an unknown code) and blocks on its ack, as a \
+                single-threaded back-end does, before it answers. The front-end must serve the channel \
+                while it waits (R-BCH-07): otherwise neither side can go on.",
+            level: Level::Must,
+            rules: &[id::R_BCH_07, id::R_WIRE_16],
+            tweak: none,
+            misbehave: Misbehave::ChannelBlock,
+        },
     ]
 }
 
