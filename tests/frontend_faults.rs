@@ -168,6 +168,13 @@ fn every_fault_mode_is_caught_by_exactly_its_rule() {
             "R-FE-07",
             Outcome::Fail,
         ),
+        ("require-mq", "frontend/no-mq", "R-NEG-17", Outcome::Fail),
+        (
+            "vring-log-without-log-all",
+            "frontend/baseline",
+            "R-LOG-01",
+            Outcome::Fail,
+        ),
         (
             "channel-no-ack",
             "frontend/backend-channel",

@@ -47,6 +47,7 @@ pub const PASSIVE_RULES: &[RuleId] = &[
     id::R_FE_04,
     id::R_FE_05,
     id::R_FE_06,
+    id::R_LOG_01,
 ];
 
 /// The judge of one front-end run (all its connections).
@@ -67,6 +68,8 @@ pub struct Judge {
     checked: BTreeSet<RuleId>,
     /// Messages judged.
     pub messages: usize,
+    /// SET_FEATURES came on this connection (negotiation completed).
+    negotiated: bool,
 }
 
 /// A one-line description of a message for a finding's "sent".
@@ -132,6 +135,7 @@ impl Judge {
             findings: Vec::new(),
             checked: BTreeSet::new(),
             messages: 0,
+            negotiated: false,
         }
     }
 
@@ -143,6 +147,29 @@ impl Judge {
         self.table.clear();
         self.rings.clear();
         self.table_refused = false;
+        self.negotiated = false;
+    }
+
+    /// A connection ended (`by_frontend`: the front-end closed it). Where MQ was not offered, a
+    /// front-end that hangs up before it completes negotiation (SET_FEATURES) depends on MQ
+    /// (R-NEG-17); one that got that far did not. Where the judging back-end or the deadline
+    /// ended it first, nothing is judged.
+    pub fn connection_ended(&mut self, by_frontend: bool) {
+        if self.profile.protocol & ProtocolFeatures::MQ.bits() != 0 {
+            return;
+        }
+        if self.negotiated {
+            self.checked.insert(id::R_NEG_17);
+        } else if by_frontend {
+            self.check_raw(
+                id::R_NEG_17,
+                Level::Must,
+                false,
+                || "the offer without MQ (protocol bit 0)".into(),
+                || "the front-end hung up before SET_FEATURES when MQ was not offered".into(),
+                "a device with a fixed queue count set up without MQ",
+            );
+        }
     }
 
     fn has_protocol(&self, f: ProtocolFeatures) -> bool {
@@ -624,6 +651,7 @@ impl Judge {
                     "only offered feature bits",
                 );
                 self.acked_features = Some(f);
+                self.negotiated = true;
             }
             (SetProtocolFeatures, Some(Body::U64(p))) => {
                 let extra = p & !self.profile.protocol;
@@ -738,6 +766,20 @@ impl Judge {
             }
             (SetVringAddr, Some(Body::VringAddr(a))) => {
                 self.ring_index(req, m, a.index);
+                // Ring logging is switched on by VHOST_VRING_F_LOG only together with
+                // VHOST_F_LOG_ALL in the features (R-LOG-01).
+                if a.flags & 1 != 0 {
+                    let log_all = self
+                        .acked_features
+                        .is_some_and(|f| f & VirtioFeatures::LOG_ALL.bits() != 0);
+                    self.check(
+                        id::R_LOG_01,
+                        log_all,
+                        m,
+                        || format!("SET_VRING_ADDR for ring {} with VHOST_VRING_F_LOG while VHOST_F_LOG_ALL (bit 26) is not set", a.index),
+                        "VHOST_VRING_F_LOG only while SET_FEATURES has VHOST_F_LOG_ALL",
+                    );
+                }
                 self.rings.entry(a.index).or_default().addr = Some(a);
             }
             (SetVringEnable, Some(Body::VringState(s))) => self.ring_index(req, m, s.index),

@@ -59,6 +59,10 @@ pub enum FeFault {
     IgnoreMemTableNack,
     /// Dies by SIGABRT when the back-end closes the connection (R-FE-07).
     AbortOnDisconnect,
+    /// Hangs up when MQ is not offered (R-NEG-17).
+    RequireMq,
+    /// SET_VRING_ADDR with VHOST_VRING_F_LOG while VHOST_F_LOG_ALL is not set (R-LOG-01).
+    VringLogWithoutLogAll,
     /// Serves the back-end channel but never replies, NEED_REPLY or not (R-ACK-08).
     ChannelNoAck,
     /// Replies on the back-end channel without the REPLY flag (R-WIRE-16).
@@ -229,6 +233,9 @@ fn session(a: &MockArgs, device: DeviceType) -> Result<(), SessionError> {
         }
         s.set_protocol_features(proto)?;
         let has = |f: ProtocolFeatures| proto & f.bits() != 0;
+        if is(FeFault::RequireMq) && !has(ProtocolFeatures::MQ) {
+            return Err(gave_up("MQ (not offered)", 0));
+        }
         if has(ProtocolFeatures::MQ) || is(FeFault::QueueNumWithoutMq) {
             queue_num = s.get_queue_num()?;
         }
@@ -350,6 +357,20 @@ fn session(a: &MockArgs, device: DeviceType) -> Result<(), SessionError> {
         s.set_vring_kick(0, None)?;
         // Stop it again before the real setup.
         s.get_vring_base(0)?;
+    }
+    if is(FeFault::VringLogWithoutLogAll) {
+        // Logging asked for ring 0 although SET_FEATURES left VHOST_F_LOG_ALL out; the real
+        // setup below sends the address again without the flag.
+        let base = mem.mem_regions()[0].user_addr;
+        let a = VringAddr {
+            index: 0,
+            flags: 1,
+            desc: base,
+            used: base + 0x2000,
+            avail: base + 0x1000,
+            log: 0,
+        };
+        let _ = s.set_vring_addr(&a)?;
     }
     let mut q = DriverQueue::new(&mut mem, 0, 64, RingLayout::Split, false)?;
     q.setup(&mut s, &mem, 0)?;

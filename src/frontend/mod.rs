@@ -298,6 +298,7 @@ fn drive(
                     &mut never,
                 );
                 note_end(&end, notes);
+                be.judge.connection_ended(end == End::FrontendClosed);
                 if end == End::Stopped {
                     break;
                 }
@@ -345,6 +346,7 @@ fn drive(
                     &mut gone,
                 );
                 note_end(&end, notes);
+                be.judge.connection_ended(end == End::FrontendClosed);
                 if end == End::Stopped {
                     break;
                 }

@@ -39,6 +39,10 @@ fn no_mem_slots(p: &mut Profile) {
     p.protocol &= !ProtocolFeatures::CONFIGURE_MEM_SLOTS.bits();
 }
 
+fn no_mq(p: &mut Profile) {
+    p.protocol &= !ProtocolFeatures::MQ.bits();
+}
+
 fn one_mem_slot(p: &mut Profile) {
     p.max_mem_slots = 1;
 }
@@ -112,6 +116,17 @@ pub fn all() -> Vec<FeScenario> {
             rules: &[id::R_FE_07, id::R_NEG_09],
             tweak: none,
             misbehave: Misbehave::CloseAfter(3),
+        },
+        FeScenario {
+            id: "frontend/no-mq",
+            title: "no MQ offered: a fixed-queue device still sets up",
+            description: "MQ (protocol bit 0) is not offered, so GET_QUEUE_NUM is not allowed \
+                (R-NEG-14). A front-end must not depend on MQ for a device whose queue count is \
+                fixed (R-NEG-17): it completes negotiation (SET_FEATURES) instead of hanging up.",
+            level: Level::Must,
+            rules: &[id::R_NEG_17, id::R_NEG_14],
+            tweak: no_mq,
+            misbehave: Misbehave::None,
         },
         FeScenario {
             id: "frontend/backend-channel",
