@@ -96,7 +96,7 @@ fn qemu_7_2_net_fs_vsock_rng_end_with_verdicts_and_only_the_known_warning() {
             .collect();
         if device == "net" {
             assert_eq!(r["outcome"], "warn", "{r:#}");
-            assert_eq!(rules, ["R-FE-03"], "{r:#}");
+            assert_eq!(rules, ["R-NEG-14"], "{r:#}");
         } else {
             assert_eq!(r["outcome"], "pass", "{device}: {r:#}");
         }

@@ -76,10 +76,10 @@ pub fn all() -> Vec<FeScenario> {
             id: "frontend/no-mem-slots",
             title: "no CONFIGURE_MEM_SLOTS offered: SET_MEM_TABLE only, at most 8 regions",
             description: "Without CONFIGURE_MEM_SLOTS (protocol bit 15) the front-end must not send \
-                GET_MAX_MEM_SLOTS, ADD_MEM_REG or REM_MEM_REG (R-FE-03) and its SET_MEM_TABLE holds at \
+                GET_MAX_MEM_SLOTS, ADD_MEM_REG or REM_MEM_REG (R-NEG-14) and its SET_MEM_TABLE holds at \
                 most 8 regions (R-MEM-02).",
             level: Level::Must,
-            rules: &[id::R_FE_03, id::R_MEM_02],
+            rules: &[id::R_NEG_14, id::R_MEM_02],
             tweak: no_mem_slots,
             misbehave: Misbehave::None,
         },
