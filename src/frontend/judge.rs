@@ -67,7 +67,8 @@ pub struct Judge {
     checked: BTreeSet<RuleId>,
     /// Messages judged.
     pub messages: usize,
-    /// SET_FEATURES came on this connection (negotiation completed).
+    /// SET_OWNER or SET_FEATURES came on this connection: the front-end went on past the
+    /// offer (R-NEG-17).
     negotiated: bool,
 }
 
@@ -150,9 +151,10 @@ impl Judge {
     }
 
     /// A connection ended (`by_frontend`: the front-end closed it). Where MQ was not offered, a
-    /// front-end that hangs up before it completes negotiation (SET_FEATURES) depends on MQ
-    /// (R-NEG-17); one that got that far did not. Where the judging back-end or the deadline
-    /// ended it first, nothing is judged.
+    /// front-end that hangs up before it takes the device on (SET_OWNER or SET_FEATURES)
+    /// depends on MQ (R-NEG-17); one that got that far did not (QEMU without a guest never
+    /// sends SET_FEATURES for net or fs, so SET_OWNER counts). Where the judging back-end or
+    /// the deadline ended it first, nothing is judged.
     pub fn connection_ended(&mut self, by_frontend: bool) {
         if self.profile.protocol & ProtocolFeatures::MQ.bits() != 0 {
             return;
@@ -165,7 +167,7 @@ impl Judge {
                 Level::Must,
                 false,
                 || "the offer without MQ (protocol bit 0)".into(),
-                || "the front-end hung up before SET_FEATURES when MQ was not offered".into(),
+                || "the front-end hung up before SET_OWNER and SET_FEATURES when MQ was not offered".into(),
                 "a device with a fixed queue count set up without MQ",
             );
         }
@@ -689,7 +691,10 @@ impl Judge {
                 }
                 self.acked_protocol = Some(p);
             }
-            (SetOwner, _) => self.owner = true,
+            (SetOwner, _) => {
+                self.owner = true;
+                self.negotiated = true;
+            }
             (SetMemTable, Some(Body::MemTable(regions))) => {
                 let n = regions.len();
                 self.check(
