@@ -194,11 +194,12 @@ fn every_fault_mode_is_caught_by_exactly_its_rule() {
             "R-BCH-08",
             Outcome::Warn,
         ),
+        // SHOULD here: the checklist's rule, which the vhost-user text does not state.
         (
             "channel-only-when-idle",
             "frontend/channel-during-reply",
             "R-BCH-07",
-            Outcome::Fail,
+            Outcome::Warn,
         ),
     ];
     for (fault, id, rule, outcome) in cases {

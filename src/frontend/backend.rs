@@ -364,8 +364,17 @@ impl JudgingBackend {
         self.probes = Vec::new();
         let mut handled = 0usize;
         loop {
-            if Instant::now() >= deadline || stop() {
+            if Instant::now() >= deadline {
                 return End::Stopped;
+            }
+            if stop() {
+                // The process is gone; what it sent before it went (and the hang-up its exit
+                // caused) is still read, so an ending the front-end chose is judged as one.
+                let mut pfd = [PollFd::new(conn.as_fd(), PollFlags::POLLIN)];
+                let readable = poll(&mut pfd, PollTimeout::ZERO).is_ok_and(|n| n > 0);
+                if !readable {
+                    return End::Stopped;
+                }
             }
             let kicks: Vec<u32> = self
                 .rings
