@@ -138,6 +138,21 @@ pub enum Fault {
     InbandWithoutChannel,
     /// A socket path that cannot be bound is reported, and the process keeps running.
     KeepRunningWithoutSocket,
+    // IOTLB (VIRTIO_F_ACCESS_PLATFORM, checklist 4.18)
+    /// IOTLB_MSG is answered only when it carries NEED_REPLY, as an ack-only message.
+    IotlbAckOnly,
+    /// Ring and descriptor addresses are used as without ACCESS_PLATFORM (user and guest
+    /// addresses), the IOTLB ignored.
+    IotlbIgnored,
+    /// Rings go through the IOTLB, but the buffers descriptors point at through the region
+    /// guest addresses.
+    IotlbGuestAddr,
+    /// An access the IOTLB does not map is never reported: the ring just waits.
+    IotlbNoMiss,
+    /// IOTLB updates whose user range lies outside the memory table are accepted.
+    IotlbAcceptOutside,
+    /// IOTLB invalidations are answered 0 but the entries are kept.
+    IotlbStale,
     /// Legal: after refusing a message (nacked if asked), the process exits with status 1.
     ExitAfterRefusal,
     /// Legal: after refusing a message (nacked if asked), that connection is closed.
@@ -535,6 +550,43 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "keep-running-without-socket",
         "R-PROG-08",
         "a socket path that cannot be bound is reported and the process keeps running",
+    ),
+    // IOTLB (VIRTIO_F_ACCESS_PLATFORM): caught by the iotlb/* scenarios.
+    (
+        Fault::IotlbAckOnly,
+        "iotlb-ack-only",
+        "R-IOTLB-02",
+        "IOTLB_MSG is answered only when it carries NEED_REPLY",
+    ),
+    (
+        Fault::IotlbIgnored,
+        "iotlb-ignored",
+        "R-IOTLB-03",
+        "ring and descriptor addresses are taken as user and guest addresses, the IOTLB ignored",
+    ),
+    (
+        Fault::IotlbGuestAddr,
+        "iotlb-guest-addr",
+        "R-MEM-19",
+        "buffers are reached through the region guest addresses, not the IOTLB",
+    ),
+    (
+        Fault::IotlbNoMiss,
+        "iotlb-no-miss",
+        "R-IOTLB-03",
+        "an access the IOTLB does not map is never reported as a miss; the ring waits",
+    ),
+    (
+        Fault::IotlbAcceptOutside,
+        "iotlb-accept-outside",
+        "R-IOTLB-05",
+        "IOTLB updates whose user range is outside the memory table are accepted",
+    ),
+    (
+        Fault::IotlbStale,
+        "iotlb-stale",
+        "R-IOTLB-03",
+        "IOTLB invalidations are answered 0 but the entries are kept",
     ),
 ];
 
