@@ -108,6 +108,8 @@ struct State {
     mappings: Vec<Mapping>,
     hold: bool,
     held: Vec<Pending>,
+    /// Misses being answered now (their update's reply not read yet).
+    answering: usize,
     answers: Vec<MissAnswer>,
 }
 
@@ -161,6 +163,21 @@ impl Iommu {
         self.lock().answers.clone()
     }
 
+    /// Waits up to `within` until no miss is being answered (an update's reply may take the
+    /// whole reply timeout); whether none is.
+    pub fn settle(&self, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if self.lock().answering == 0 {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// Keeps `p` for later when holding; otherwise gives it back to be answered now.
     pub(crate) fn hold_or_pass(&self, p: Pending) -> Option<Pending> {
         let mut s = self.lock();
@@ -168,6 +185,7 @@ impl Iommu {
             s.held.push(p);
             None
         } else {
+            s.answering += 1;
             Some(p)
         }
     }
@@ -178,11 +196,16 @@ impl Iommu {
         if s.hold {
             return Vec::new();
         }
-        std::mem::take(&mut s.held)
+        let held = std::mem::take(&mut s.held);
+        s.answering += held.len();
+        held
     }
 
+    /// Records what was done for a miss [`hold_or_pass`](Self::hold_or_pass) or
+    /// [`released`](Self::released) handed out.
     pub(crate) fn record(&self, a: MissAnswer) {
         let mut s = self.lock();
+        s.answering = s.answering.saturating_sub(1);
         if s.answers.len() < crate::channel::MAX_RECORDS {
             s.answers.push(a);
         }
