@@ -30,7 +30,7 @@ pub enum BackendJsonError {
     Read {
         /// The file.
         path: PathBuf,
-        /// Why.
+        /// The I/O error the system reported.
         #[source]
         source: std::io::Error,
     },

@@ -62,7 +62,7 @@ pub enum ExpectError {
     Read {
         /// The file.
         path: PathBuf,
-        /// Why.
+        /// The I/O error the system reported.
         #[source]
         source: std::io::Error,
     },

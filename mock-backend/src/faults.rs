@@ -138,6 +138,21 @@ pub enum Fault {
     InbandWithoutChannel,
     /// A socket path that cannot be bound is reported, and the process keeps running.
     KeepRunningWithoutSocket,
+    /// With XEN_MMAP negotiated, memory regions are still read as 32 bytes.
+    XenRegionsIgnored,
+    /// With XEN_MMAP negotiated, the region flags are not checked: every region is mapped as
+    /// plain shared memory.
+    XenFlagsUnchecked,
+    /// GPU_SET_SOCKET is accepted (acked 0), with or without its socket fd.
+    AcceptGpuSocket,
+    /// CLOSE_CRYPTO_SESSION is accepted without CRYPTO_SESSION negotiated.
+    AcceptCryptoSession,
+    /// GET_VRING_BASE_SKIP_DRAIN takes every available request and drops it: neither used nor
+    /// recorded in flight.
+    SkipDrainDrops,
+    /// A SET_MEM_TABLE refused for its payload (a lying nregions) first unmaps the table in
+    /// use.
+    MemTableDroppedOnRefusal,
     // IOTLB (VIRTIO_F_ACCESS_PLATFORM, checklist 4.18)
     /// IOTLB_MSG is answered only when it carries NEED_REPLY, as an ack-only message.
     IotlbAckOnly,
@@ -551,6 +566,42 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "R-PROG-08",
         "a socket path that cannot be bound is reported and the process keeps running",
     ),
+    (
+        Fault::XenRegionsIgnored,
+        "xen-regions-ignored",
+        "R-MEM-17",
+        "with XEN_MMAP negotiated, memory regions are still read as 32 bytes",
+    ),
+    (
+        Fault::XenFlagsUnchecked,
+        "xen-flags-unchecked",
+        "R-MISC-06",
+        "with XEN_MMAP negotiated, region flags are not checked (mapped as plain memory)",
+    ),
+    (
+        Fault::AcceptGpuSocket,
+        "accept-gpu-socket",
+        "R-MISC-03",
+        "GPU_SET_SOCKET is acked 0, with or without its socket fd",
+    ),
+    (
+        Fault::AcceptCryptoSession,
+        "accept-crypto-session",
+        "R-MISC-05",
+        "CLOSE_CRYPTO_SESSION is acked 0 without CRYPTO_SESSION negotiated",
+    ),
+    (
+        Fault::SkipDrainDrops,
+        "skip-drain-drops",
+        "R-INFL-07",
+        "GET_VRING_BASE_SKIP_DRAIN takes the available requests and drops them (not used, not in flight)",
+    ),
+    (
+        Fault::MemTableDroppedOnRefusal,
+        "mem-table-dropped-on-refusal",
+        "R-WIRE-12",
+        "a SET_MEM_TABLE refused for a lying nregions first unmaps the table in use",
+    ),
     // IOTLB (VIRTIO_F_ACCESS_PLATFORM): caught by the iotlb/* scenarios.
     (
         Fault::IotlbAckOnly,
@@ -597,7 +648,9 @@ pub fn device(f: Fault) -> Option<DeviceKind> {
     match f {
         WrongUsedLen | WritePastDescriptor | BadDeviceState | ShmemConfigCount
         | ShmemOutOfRange | NoInflightResubmit | ShmemUnnegotiated | ShmemNoNeedReply
-        | CrashOnShmemRefusal | ShmemSizeUnaligned | ConfigWriteInvisible => Some(DeviceKind::Blk),
+        | CrashOnShmemRefusal | ShmemSizeUnaligned | ConfigWriteInvisible | SkipDrainDrops => {
+            Some(DeviceKind::Blk)
+        }
         NetRxLegacyHeader | NetNumBuffers0 | NetTxUsedLen | NetCtrlNoAck | NetRxCsumFlag => {
             Some(DeviceKind::Net)
         }

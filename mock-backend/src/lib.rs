@@ -41,6 +41,7 @@ mod rings;
 mod server;
 mod session;
 mod state;
+mod xen;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -68,7 +69,7 @@ pub enum Error {
     Listen {
         /// The path.
         path: PathBuf,
-        /// Why.
+        /// The I/O error the system reported.
         #[source]
         source: std::io::Error,
     },

@@ -237,6 +237,25 @@ impl Session<'_> {
         }))
     }
 
+    /// GET_VRING_BASE_SKIP_DRAIN (R-INFL-07): stops the ring at once, without waiting for
+    /// requests in flight, which stay recorded in the inflight area. This back-end completes
+    /// each request before it takes the next one, so none is in flight here and the ring
+    /// stops as with GET_VRING_BASE.
+    pub(crate) fn get_vring_base_skip_drain(&mut self, s: VringState) -> Outcome {
+        if self.has(Fault::SkipDrainDrops) {
+            // The fault takes what is available and forgets it: neither used nor in flight.
+            let mem = &self.mem;
+            if let Some(q) = self
+                .queues
+                .get_mut(s.index as usize)
+                .and_then(|q| q.queue.as_mut())
+            {
+                while let Ok(Some(_)) = q.pop(mem) {}
+            }
+        }
+        self.get_vring_base(s)
+    }
+
     /// SET_VRING_KICK / CALL / ERR (R-VRING-11): bit 8 set exactly when no fd comes.
     pub(crate) fn set_vring_fd(
         &mut self,

@@ -104,7 +104,7 @@ pub struct Session<'a> {
     pub(crate) iotlb_changed: bool,
     /// What was wrong with the request being refused (payload, fds), for the refusal line of
     /// `exit-after-refusal` and `close-after-refusal`.
-    why: Option<String>,
+    pub(crate) why: Option<String>,
     /// `exit-after-refusal`: the refusal that ends the process.
     exit_refusal: Option<String>,
 }
@@ -133,6 +133,8 @@ impl<'a> Session<'a> {
             ProtocolFeatures::REPLY_ACK | ProtocolFeatures::INBAND_NOTIFICATIONS
         };
         let offered_protocol = ProtocolFeatures::MQ
+            | ProtocolFeatures::GET_VRING_BASE_INFLIGHT
+            | ProtocolFeatures::GET_VRING_BASE_SKIP_DRAIN
             | ProtocolFeatures::LOG_SHMFD
             | ProtocolFeatures::BACKEND_REQ
             | ProtocolFeatures::CONFIG
@@ -143,6 +145,7 @@ impl<'a> Session<'a> {
             | ProtocolFeatures::STATUS
             | ProtocolFeatures::DEVICE_STATE
             | ProtocolFeatures::CROSS_ENDIAN
+            | ProtocolFeatures::XEN_MMAP
             | reply_ack
             | shmem;
         let offered_protocol = match dev {
@@ -152,6 +155,8 @@ impl<'a> Session<'a> {
             Device::Virtio(_) => {
                 let mut p = offered_protocol
                     - (ProtocolFeatures::INFLIGHT_SHMFD
+                        | ProtocolFeatures::GET_VRING_BASE_INFLIGHT
+                        | ProtocolFeatures::GET_VRING_BASE_SKIP_DRAIN
                         | ProtocolFeatures::DEVICE_STATE
                         | ProtocolFeatures::SHMEM);
                 if dev.config_len() == 0 {
@@ -355,12 +360,22 @@ impl<'a> Session<'a> {
     /// The flat dispatcher: one handler per request.
     fn dispatch(&mut self, req: FrontendReq, mut msg: Message) -> Outcome {
         use FrontendReq::*;
+        let xen =
+            self.negotiated(ProtocolFeatures::XEN_MMAP) && !self.has(Fault::XenRegionsIgnored);
+        if xen && matches!(req, SetMemTable | AddMemReg) {
+            // R-MEM-17: 40-byte regions, not the usual 32.
+            return self.xen_regions(req, msg);
+        }
         let body = match msg
             .body(req.request_body())
             .and_then(|b| b.validate().map(|()| b))
         {
             Ok(b) => b,
             Err(e) => {
+                if req == SetMemTable && self.has(Fault::MemTableDroppedOnRefusal) {
+                    // The fault half-executes the message: the old table goes first.
+                    self.mem.regions.clear();
+                }
                 self.why = Some(format!("malformed payload: {e}"));
                 self.take_fds(&mut msg, 0);
                 return Outcome::Failed;
@@ -416,6 +431,11 @@ impl<'a> Session<'a> {
             (SetVringAddr, Body::VringAddr(a)) => self.set_vring_addr(a),
             (SetVringEndian, Body::VringState(s)) => self.set_vring_endian(s),
             (GetVringBase, Body::VringState(s)) => self.get_vring_base(s),
+            (GetVringBaseSkipDrain, Body::VringState(s))
+                if self.negotiated(ProtocolFeatures::GET_VRING_BASE_SKIP_DRAIN) =>
+            {
+                self.get_vring_base_skip_drain(s)
+            }
             (SetVringKick | SetVringCall | SetVringErr, Body::U64(w)) => {
                 self.set_vring_fd(req, w, fds)
             }
@@ -430,6 +450,10 @@ impl<'a> Session<'a> {
             (SetDeviceStateFd, Body::DeviceState(p)) => self.set_device_state_fd(p.direction, fds),
             (CheckDeviceState, _) => self.check_device_state(),
             (GetShmemConfig, _) => self.get_shmem_config(),
+            // R-MISC-03: GPU_SET_SOCKET is a gpu device's message; R-MISC-05: crypto sessions
+            // are a crypto device's, with CRYPTO_SESSION (never offered here).
+            (GpuSetSocket, _) if self.has(Fault::AcceptGpuSocket) => Outcome::Done,
+            (CloseCryptoSession, _) if self.has(Fault::AcceptCryptoSession) => Outcome::Done,
             (GetInflightFd, Body::Inflight(d)) => self.get_inflight_fd(d),
             (SetInflightFd, Body::Inflight(d)) => self.set_inflight_fd(d, fds),
             (IotlbMsg, Body::Iotlb(m)) => self.iotlb_msg(m, need_reply),
@@ -455,6 +479,15 @@ impl<'a> Session<'a> {
         if v & !self.offered_protocol != 0 {
             return Outcome::Failed; // R-NEG-05
         }
+        // R-NEG-13: SKIP_DRAIN needs GET_VRING_BASE_INFLIGHT and INFLIGHT_SHMFD; bit 20 needs 12.
+        let p = ProtocolFeatures::from_bits_retain(v);
+        let inflight = p.contains(ProtocolFeatures::INFLIGHT_SHMFD);
+        let base_inflight = p.contains(ProtocolFeatures::GET_VRING_BASE_INFLIGHT);
+        if (p.contains(ProtocolFeatures::GET_VRING_BASE_SKIP_DRAIN) && !(base_inflight && inflight))
+            || (base_inflight && !inflight)
+        {
+            return Outcome::Failed;
+        }
         let inband = ProtocolFeatures::INBAND_NOTIFICATIONS.bits();
         let needs = (ProtocolFeatures::BACKEND_REQ | ProtocolFeatures::REPLY_ACK).bits();
         if v & inband != 0 && v & needs != needs && !self.has(Fault::InbandWithoutChannel) {
@@ -478,7 +511,7 @@ impl<'a> Session<'a> {
         Outcome::Reply(Body::U64(slots))
     }
 
-    fn set_mem_table(&mut self, regions: Vec<MemRegion>, fds: Vec<OwnedFd>) -> Outcome {
+    pub(crate) fn set_mem_table(&mut self, regions: Vec<MemRegion>, fds: Vec<OwnedFd>) -> Outcome {
         if regions.len() != fds.len() || regions.is_empty() {
             return Outcome::Failed; // R-MEM-20
         }
@@ -497,7 +530,7 @@ impl<'a> Session<'a> {
         Outcome::Done
     }
 
-    fn add_mem_reg(&mut self, r: MemRegion, mut fds: Vec<OwnedFd>) -> Outcome {
+    pub(crate) fn add_mem_reg(&mut self, r: MemRegion, mut fds: Vec<OwnedFd>) -> Outcome {
         let Some(fd) = fds.pop().filter(|_| fds.is_empty()) else {
             return Outcome::Failed;
         };

@@ -70,6 +70,9 @@ pub struct BlkReq<'a> {
     pub segments: u32,
     /// Put the whole chain in an indirect table (VIRTIO_F_INDIRECT_DESC).
     pub indirect: bool,
+    /// Made available without a kick: the device finds it only when it looks (a kick for a
+    /// later request, a ring start, polling).
+    pub unkicked: bool,
 }
 
 /// Sends one request and waits for it: header, optional data out, optional data in, status.
@@ -83,7 +86,8 @@ pub fn blk_request(
     blk_complete(q, mem, pending, timeout)
 }
 
-/// Builds one request in guest memory, makes it available and kicks; does not wait.
+/// Builds one request in guest memory, makes it available and kicks (unless `unkicked`); does
+/// not wait.
 pub fn blk_submit(
     q: &mut DriverQueue,
     mem: &mut GuestMemory,
@@ -110,6 +114,7 @@ fn build(
         data_in_len,
         segments,
         indirect,
+        unkicked,
     } = req;
     let header = BlkReqHeader {
         kind,
@@ -163,7 +168,9 @@ fn build(
         q.add_chain(mem, &bufs)?
     };
     q.publish(mem)?;
-    q.kick();
+    if !unkicked {
+        q.kick();
+    }
     Ok(Pending {
         calls_before,
         mark,
@@ -289,6 +296,12 @@ impl<'a> BlkReq<'a> {
         self
     }
 
+    /// The same request made available without a kick.
+    pub fn unkicked(mut self) -> Self {
+        self.unkicked = true;
+        self
+    }
+
     /// The same request through an indirect descriptor table.
     pub fn through_indirect(mut self) -> Self {
         self.indirect = true;
@@ -304,6 +317,7 @@ impl<'a> BlkReq<'a> {
             data_in_len: 0,
             segments: 1,
             indirect: false,
+            unkicked: false,
         }
     }
 
@@ -316,6 +330,7 @@ impl<'a> BlkReq<'a> {
             data_in_len: len,
             segments: 1,
             indirect: false,
+            unkicked: false,
         }
     }
 
@@ -328,6 +343,7 @@ impl<'a> BlkReq<'a> {
             data_in_len: 0,
             segments: 1,
             indirect: false,
+            unkicked: false,
         }
     }
 
@@ -340,6 +356,7 @@ impl<'a> BlkReq<'a> {
             data_in_len: blk::ID_BYTES,
             segments: 1,
             indirect: false,
+            unkicked: false,
         }
     }
 }

@@ -97,7 +97,7 @@ pub enum InflightError {
     Io {
         /// The call.
         op: &'static str,
-        /// Why.
+        /// The errno the call returned.
         #[source]
         source: nix::Error,
     },

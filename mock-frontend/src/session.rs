@@ -219,7 +219,7 @@ pub enum SessionError {
     Local {
         /// What failed.
         what: String,
-        /// Why.
+        /// The I/O error the system reported.
         #[source]
         source: std::io::Error,
     },
@@ -708,6 +708,33 @@ impl Session {
         }
     }
 
+    /// Sends GET_FEATURES and reads until its reply arrives (within `timeout`), returning what
+    /// came before it. A back-end serves one connection's messages in order, so a message it
+    /// answers comes before the reply to the GET_FEATURES sent after it: an empty list proves
+    /// that nothing answered the messages sent earlier, without waiting out a window (the probe
+    /// of checklist R-ACK-03).
+    pub fn round_trip(&mut self, timeout: Duration) -> Result<Vec<Message>, SessionError> {
+        /// Messages read before giving up on the probe's reply.
+        const AT_MOST: usize = 8;
+        let deadline = std::time::Instant::now() + timeout;
+        let probe = Header::request(FrontendReq::GetFeatures as u32, 0, false);
+        self.send_raw(&RawMessage::new(probe, vec![]), &[])?;
+        let mut before = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let m = self.recv_any(left)?;
+            if m.header.request == FrontendReq::GetFeatures as u32 && m.header.is_reply() {
+                return Ok(before);
+            }
+            before.push(m);
+            if before.len() >= AT_MOST {
+                return Err(SessionError::UnexpectedMessage {
+                    message: Box::new(before.swap_remove(0)),
+                });
+            }
+        }
+    }
+
     fn ack(
         &mut self,
         req: FrontendReq,
@@ -816,7 +843,17 @@ impl Session {
 
     /// GET_VRING_BASE: stops the ring, returns its state.
     pub fn get_vring_base(&mut self, index: u32) -> Result<VringState, SessionError> {
-        let req = FrontendReq::GetVringBase;
+        self.vring_base_of(FrontendReq::GetVringBase, index)
+    }
+
+    /// GET_VRING_BASE_SKIP_DRAIN (45, protocol bit 23): stops the ring without waiting for the
+    /// requests in flight, which the back-end records in the inflight buffer; the reply is a
+    /// vring state, as GET_VRING_BASE's.
+    pub fn get_vring_base_skip_drain(&mut self, index: u32) -> Result<VringState, SessionError> {
+        self.vring_base_of(FrontendReq::GetVringBaseSkipDrain, index)
+    }
+
+    fn vring_base_of(&mut self, req: FrontendReq, index: u32) -> Result<VringState, SessionError> {
         let m = self
             .request(
                 req,

@@ -226,16 +226,18 @@ A death by a signal is a crash (R-CRASH-01)."
             ));
         }
         ctx.step(&Step::new(Action::Disconnect))?;
-        let st = ctx.target().wait_exit(Duration::from_millis(100));
-        if let ProcessState::Exited(_) = st {
-            ctx.note(format!(
-                "the back-end ended ({st}) after the malformed chain: allowed"
-            ));
-            return Ok(());
-        }
-        if !matches!(st, ProcessState::Running) {
+        // No wait for an exit here: a process still running is tried at once, and one that
+        // is on its way out fails the new session and is told apart below.
+        match ctx.target().state() {
+            st @ ProcessState::Exited(_) => {
+                ctx.note(format!(
+                    "the back-end ended ({st}) after the malformed chain: allowed"
+                ));
+                return Ok(());
+            }
             // A signal: the engine reports the crash.
-            return Ok(());
+            ProcessState::Signaled(_) => return Ok(()),
+            ProcessState::Running | ProcessState::Unknown => {}
         }
         let fresh = if device == DeviceType::Block {
             oracle::fresh_session(ctx.target(), timeout, 0x3c).map(drop)
@@ -243,9 +245,13 @@ A death by a signal is a crash (R-CRASH-01)."
             control_session(ctx.target(), timeout)
         };
         if let Err(f) = fresh {
-            if let ProcessState::Exited(_) = ctx.target().wait_exit(Duration::from_millis(100)) {
-                ctx.note("the back-end ended after its front-end left: allowed".into());
-                return Ok(());
+            match ctx.target().wait_exit(Duration::from_millis(100)) {
+                ProcessState::Exited(_) => {
+                    ctx.note("the back-end ended after its front-end left: allowed".into());
+                    return Ok(());
+                }
+                ProcessState::Signaled(_) => return Ok(()),
+                ProcessState::Running | ProcessState::Unknown => {}
             }
             return Err(ctx.fail(
                 id::R_ROB_08,

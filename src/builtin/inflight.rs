@@ -69,8 +69,16 @@ impl Buffer {
 /// checks the description (R-INFL-01): exactly one fd, a size that holds queue 0's region and
 /// is bounded, an area that neither wraps nor leaves the fd.
 fn inflight_session(ctx: &mut Ctx<'_>) -> Result<(Buffer, u64), StepError> {
+    inflight_session_with(ctx, ProtocolFeatures::empty())
+}
+
+/// As [`inflight_session`], with `extra` protocol bits negotiated too.
+fn inflight_session_with(
+    ctx: &mut Ctx<'_>,
+    extra: ProtocolFeatures,
+) -> Result<(Buffer, u64), StepError> {
     let mut wanted = Wanted::all();
-    wanted.protocol |= ProtocolFeatures::INFLIGHT_SHMFD.bits();
+    wanted.protocol |= (ProtocolFeatures::INFLIGHT_SHMFD | extra).bits();
     let r = ctx.session_mut()?.negotiate(&wanted);
     let n = r.map_err(|e| ctx.session_error(id::R_INFL_01, e))?;
     let qs = ctx.queue_size();
@@ -300,6 +308,153 @@ used index 2 and no further completion."
                 format!("used index {used}; the completion: {o:?}"),
             ));
         }
+        Ok(())
+    }
+}
+
+/// Requests made available before GET_VRING_BASE_SKIP_DRAIN.
+const SKIP_DRAIN_REQUESTS: usize = 8;
+
+/// GET_VRING_BASE_SKIP_DRAIN stops the ring at once and loses no request it took (R-INFL-07).
+#[derive(Debug)]
+pub struct SkipDrainKeepsTaken;
+
+impl Builtin for SkipDrainKeepsTaken {
+    fn id(&self) -> &'static str {
+        "inflight/skip-drain-keeps-taken"
+    }
+    fn title(&self) -> &'static str {
+        "GET_VRING_BASE_SKIP_DRAIN stops the ring at once, every request it took is used or recorded in flight, and a restart completes them all"
+    }
+    fn rules(&self) -> &'static [RuleId] {
+        &[id::R_INFL_07]
+    }
+    fn requires_protocol(&self) -> &'static [&'static str] {
+        &[
+            "INFLIGHT_SHMFD",
+            "GET_VRING_BASE_INFLIGHT",
+            "GET_VRING_BASE_SKIP_DRAIN",
+        ]
+    }
+    fn device(&self) -> Option<crate::device::DeviceType> {
+        Some(crate::device::DeviceType::Block)
+    }
+    fn description(&self) -> &'static str {
+        "With INFLIGHT_SHMFD, GET_VRING_BASE_INFLIGHT and GET_VRING_BASE_SKIP_DRAIN (protocol bits \
+12, 20, 23) negotiated and the inflight buffer set, 8 GET_ID requests are made available on \
+queue 0: four kicked and given up to the step timeout to complete, then four made available \
+without a kick, and GET_VRING_BASE_SKIP_DRAIN follows at once. The ring stops without \
+draining: from the reply on the used index must not move. Every request the back-end took (the \
+returned base counts them) must be either used or marked in flight in the inflight buffer; none \
+may be lost. Then the ring restarts on the same connection (SET_INFLIGHT_FD with the same \
+buffer, SET_VRING_BASE at the returned base, kick): every request not yet used must complete, \
+the ones in flight resubmitted from the buffer."
+    }
+    fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+        let extra =
+            ProtocolFeatures::GET_VRING_BASE_INFLIGHT | ProtocolFeatures::GET_VRING_BASE_SKIP_DRAIN;
+        let (buf, features) = inflight_session_with(ctx, extra)?;
+        let mut mem = default_memory(ctx)?;
+        let mut q = start_queue(ctx, &mut mem, features, id::R_VRING_01, |_| {})?;
+        let timeout = ctx.step_timeout();
+        let avail_start = q.avail_idx();
+        let used_start = q.used_idx(&mem);
+        let mark = mem.mark();
+        let n = SKIP_DRAIN_REQUESTS.min(usize::from(ctx.queue_size() / 3));
+        let mut heads = Vec::with_capacity(n);
+        let mut done: Vec<u32> = Vec::new();
+        for i in 0..n {
+            // The first half is kicked, and given time to complete (a back-end still serving
+            // it when the stop arrives holds it in flight); the second half is not kicked: it
+            // is available and untaken when the stop arrives at a back-end that serves kicks
+            // (one that polls may take it: allowed).
+            if i == n / 2
+                && let Ok(used) = q.wait_used(&mem, i, timeout)
+            {
+                done.extend(used.iter().map(|u| u.id));
+            }
+            let req = if i < n / 2 {
+                BlkReq::get_id()
+            } else {
+                BlkReq::get_id().unkicked()
+            };
+            let p = blk::blk_submit(&mut q, &mut mem, req)
+                .map_err(|e| StepError::Harness(crate::engine::chain(&e)))?;
+            heads.push(p.head());
+        }
+        let r = ctx.session_mut()?.get_vring_base_skip_drain(0);
+        let at_reply = q.used_idx(&mem);
+        let state = r.map_err(|e| ctx.session_error(id::R_INFL_07, e))?;
+        ctx.mark(id::R_INFL_07);
+        // Stopped at once: nothing is used after the reply.
+        std::thread::sleep(Duration::from_millis(100));
+        let later = q.used_idx(&mem);
+        if later != at_reply {
+            return Err(ctx.fail(
+                id::R_INFL_07,
+                "requests kept completing after GET_VRING_BASE_SKIP_DRAIN replied",
+                "the ring stopped when the reply was sent: the used index no longer moves",
+                format!("used index {at_reply} at the reply, {later} 100 ms later"),
+            ));
+        }
+        let base = state.num as u16;
+        let taken = usize::from(base.wrapping_sub(avail_start));
+        let used = usize::from(later.wrapping_sub(used_start));
+        if taken > n || used > taken {
+            return Err(ctx.fail(
+                id::R_INFL_07,
+                "GET_VRING_BASE_SKIP_DRAIN returned a base that does not fit the ring",
+                &format!("a base from {avail_start} to {} (the requests made available), at least the used count", avail_start.wrapping_add(n as u16)),
+                format!("base {base}; {used} of {n} requests used"),
+            ));
+        }
+        let rest = q
+            .wait_used(&mem, used - done.len(), Duration::ZERO)
+            .map_err(|e| StepError::Harness(crate::engine::chain(&e)))?;
+        done.extend(rest.iter().map(|u| u.id));
+        let mut in_flight = Vec::new();
+        for &h in &heads {
+            if done.contains(&u32::from(h)) {
+                continue;
+            }
+            let (flag, _) = buf
+                .entry(h)
+                .map_err(|e| access_error(ctx, id::R_INFL_07, &e))?;
+            if flag != 0 {
+                in_flight.push(h);
+            }
+        }
+        if used + in_flight.len() < taken {
+            return Err(ctx.fail(
+                id::R_INFL_07,
+                "requests taken before GET_VRING_BASE_SKIP_DRAIN were neither completed nor recorded in flight: they are lost",
+                "every request the returned base counts as taken is used, or marked in flight in the inflight buffer",
+                format!("base {base}: {taken} taken; {used} used (heads {done:?}), {} in flight (heads {in_flight:?})", in_flight.len()),
+            ));
+        }
+        ctx.note(format!(
+            "GET_VRING_BASE_SKIP_DRAIN returned base {base}: {taken} of {n} requests taken, {used} used, {} in flight",
+            in_flight.len()
+        ));
+        // Restart on the same connection from the returned base.
+        let r = ctx.session_mut()?.set_inflight_fd(&buf.0);
+        r.map_err(|e| ctx.session_error(id::R_INFL_03, e))?;
+        let s = ctx.session_mut()?;
+        let r = q
+            .reattach(s, &mem, base)
+            .and_then(|()| s.checked(FrontendReq::SetVringEnable, |s| s.set_vring_enable(0, true)));
+        r.map_err(|e| ctx.session_error(id::R_INFL_07, e))?;
+        q.kick();
+        let rest = n - used;
+        if let Err(e) = q.wait_used(&mem, rest, timeout) {
+            return Err(ctx.fail(
+                id::R_INFL_07,
+                "after the restart, the requests GET_VRING_BASE_SKIP_DRAIN left did not all complete",
+                &format!("the {} in flight resubmitted from the buffer and the {} not taken processed: {rest} completions", in_flight.len(), n - taken),
+                crate::engine::chain(&e),
+            ));
+        }
+        mem.release(mark);
         Ok(())
     }
 }

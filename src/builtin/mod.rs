@@ -6,6 +6,7 @@
 
 mod blk;
 mod channel;
+mod counts;
 mod descriptors;
 mod framing;
 mod hygiene;
@@ -64,6 +65,10 @@ pub fn all() -> &'static [&'static dyn Builtin] {
         &blk::ScatteredPatterns,
         &channel::ReplacedChannelClosed,
         &channel::FrontendClosesChannel,
+        &counts::MidSession(counts::Lie::MemTableRegions),
+        &counts::MidSession(counts::Lie::GetConfigSize),
+        &counts::MidSession(counts::Lie::SetConfigSize),
+        &counts::MidSession(counts::Lie::InflightCounts),
         &descriptors::Descriptors(descriptors::Abuse::NextLoop),
         &descriptors::Descriptors(descriptors::Abuse::NextOutOfRange),
         &descriptors::Descriptors(descriptors::Abuse::HeadOutOfRange),
@@ -84,6 +89,7 @@ pub fn all() -> &'static [&'static dyn Builtin] {
         &hygiene::ServesAfterDisconnect,
         &inflight::Bookkeeping,
         &inflight::ResubmitAfterReconnect,
+        &inflight::SkipDrainKeepsTaken,
         &log::LogBlkRead,
         &log::LogReplaceUnmaps,
         &log::LogTooSmall,
@@ -114,6 +120,7 @@ pub fn to_scenario(b: &'static dyn Builtin) -> Scenario {
             rules: b.rules().to_vec(),
             level: b.level(),
             device: None,
+            not_device: None,
             requires: Requires {
                 virtio: names(b.requires_virtio()),
                 protocol: names(b.requires_protocol()),

@@ -99,12 +99,12 @@ pub enum Outcome {
     Warn,
     /// Not applicable to this back-end.
     Skip {
-        /// Why.
+        /// Why it does not apply (a missing feature, another device type), as reported.
         reason: String,
     },
     /// The harness could not judge; not the back-end's fault.
     Error {
-        /// Why.
+        /// What kept the harness from judging (a local resource, a malformed scenario).
         reason: String,
     },
 }
@@ -241,6 +241,19 @@ pub fn skip_reason(s: &Scenario, offer: &Offer) -> Option<String> {
                 return Some(format!(
                     "written for a {need} device; the back-end is a {d} device"
                 ));
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(not) = s.spec.not_device {
+        match offer.device {
+            None => {
+                return Some(format!(
+                    "device type unknown: pass --device TYPE (this scenario is for any device but {not})"
+                ));
+            }
+            Some(d) if d == not => {
+                return Some(format!("written for every device but {not}"));
             }
             Some(_) => {}
         }

@@ -33,7 +33,7 @@ pub enum FuzzError {
     Io {
         /// The file.
         path: PathBuf,
-        /// Why.
+        /// The I/O error the system reported.
         #[source]
         source: std::io::Error,
     },

@@ -171,6 +171,7 @@ fn scenario(n: usize, r: &Reproducer) -> ScenarioFile {
         ),
         rules: vec![crate::rules::RuleId::parse(&r.rule).unwrap_or(crate::rules::id::R_ROB_01)],
         device: None,
+        not_device: None,
         level: Level::Rob,
         requires: Default::default(),
         fresh_process: true,

@@ -289,6 +289,16 @@ impl<W: Write> Human<W> {
             let tag = paint(tag, self.color);
             let _ = writeln!(self.out, "  {tag} {} {}{why}", r.id, rules.join(" "));
         }
+        // How to reproduce: every scenario is its own reproducer, on a fresh process in spawn
+        // mode (the transcript above shows what it sends).
+        let failed = results.iter().find(|r| matches!(r.outcome, Outcome::Fail));
+        if let Some(r) = failed {
+            let _ = writeln!(
+                self.out,
+                "to reproduce: the same command with a scenario id as filter (`vhu-conform ... {}`), or all failures with --json-report FILE, then --rerun-failed FILE",
+                r.id
+            );
+        }
     }
 
     /// Expectation entries that matched nothing.

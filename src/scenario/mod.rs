@@ -223,7 +223,11 @@ fn check_values(step: usize, s: &Step) -> Result<(), LoadErrorKind> {
     };
     one_of("layout", &s.layout, &["default", "single"])?;
     one_of("via", &s.via, &["table", "add_mem_reg"])?;
-    one_of("fd_kind", &s.fd_kind, &["eventfd", "memfd", "pipe"])?;
+    one_of(
+        "fd_kind",
+        &s.fd_kind,
+        &["eventfd", "memfd", "pipe", "socket"],
+    )?;
     match (&s.queue, s.action) {
         (Some(model::NumOrWord::Word(w)), Action::Send) if w != "past_end" => {
             return Err(bad(

@@ -53,6 +53,10 @@ pub struct ScenarioFile {
     /// for other types, and when the type is unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<DeviceType>,
+    /// The one device type the scenario is not for (a message only that type may accept, such
+    /// as GPU_SET_SOCKET for gpu): skipped for it, and when the type is unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_device: Option<DeviceType>,
     /// Needs a fresh back-end process (crash risk).
     #[serde(default)]
     pub fresh_process: bool,
@@ -243,9 +247,9 @@ pub enum Expect {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum NumOrWord {
-    /// A number.
+    /// A plain number (a queue index, a value).
     Num(u64),
-    /// A word.
+    /// A word such as `all`, `past_end` or `reached`.
     Word(String),
 }
 
@@ -365,7 +369,8 @@ pub struct Step {
     pub need_reply: Option<bool>,
     /// send/raw: number of extra fds to attach.
     pub fds: Option<usize>,
-    /// send/raw: kind of fd attached ("eventfd", "memfd", "pipe").
+    /// send/raw: kind of fd attached ("eventfd", "memfd" of 2 MiB, "pipe", "socket": one end
+    /// of a Unix socket pair).
     pub fd_kind: Option<String>,
     /// raw: the header's flags.
     pub flags: Option<u32>,

@@ -57,9 +57,8 @@ impl Ctx<'_> {
             }
             (Expect::Reply, Ok(None)) => return Err(StepError::Harness("expect = \"reply\" on a request sent without NEED_REPLY that has no reply of its own".into())),
             (Expect::NoReply, Ok(None)) => {
-                let window = Duration::from_millis(step.window_ms.unwrap_or(300));
                 self.mark(self.rule_of(step));
-                match self.session()?.expect_silence(window) {
+                match self.no_reply(step)? {
                     Ok(()) => {}
                     // Closing is not "a message arrived": judged as a close during the step.
                     Err(e @ SessionError::Closed { .. }) => {
@@ -252,15 +251,21 @@ impl Ctx<'_> {
         match step.expect.unwrap_or(Expect::Alive) {
             Expect::NoReply => {
                 self.mark(self.rule_of(step));
-                let r = self
-                    .session()?
-                    .expect_silence(Duration::from_millis(step.window_ms.unwrap_or(300)));
+                let r = self.no_reply(step)?;
                 r.map_err(|e| self.session_failed(step, e))
             }
             Expect::Alive => {
-                let _ = self
-                    .session()?
-                    .recv_any(Duration::from_millis(step.window_ms.unwrap_or(300)));
+                if step.window_ms.is_none() {
+                    // Answered at once: GET_FEATURES comes back, whatever came before it.
+                    let t = self.opts.step_timeout;
+                    if self.session()?.round_trip(t).is_ok() {
+                        self.mark(self.rule_of(step));
+                        return Ok(());
+                    }
+                } else {
+                    let window = Duration::from_millis(step.window_ms.unwrap_or_default());
+                    let _ = self.session()?.recv_any(window);
+                }
                 self.alive(step)
             }
             expect => {
@@ -274,6 +279,24 @@ impl Ctx<'_> {
                 self.judge_ack(step, ack, expect)
             }
         }
+    }
+
+    /// Nothing answers what was sent: by a GET_FEATURES round trip (its reply must come first),
+    /// or, when the step gives `window_ms`, by waiting out that window.
+    fn no_reply(&mut self, step: &Step) -> Result<Result<(), SessionError>, StepError> {
+        let t = self.opts.step_timeout;
+        let s = self.session()?;
+        Ok(match step.window_ms {
+            Some(ms) => s.expect_silence(Duration::from_millis(ms)),
+            None => s
+                .round_trip(t)
+                .and_then(|before| match before.into_iter().next() {
+                    None => Ok(()),
+                    Some(m) => Err(SessionError::UnexpectedMessage {
+                        message: Box::new(m),
+                    }),
+                }),
+        })
     }
 
     /// The back-end still serves: on this connection if it is open, else on a new one.
@@ -547,8 +570,14 @@ fn config_sizes(
 
 struct ExtraFds {
     sent: Vec<OwnedFd>,
+    /// Our end of the first pipe or socket pair sent: it reads EOF (hang-up) once the
+    /// back-end has closed every copy of the end it was given.
     pipe_read: Option<OwnedFd>,
 }
+
+/// Size of a memfd sent as an extra fd: large enough for the regions scenarios describe, so
+/// a refusal is never just "the fd is smaller than the region" (sparse: costs no memory).
+const EXTRA_MEMFD_BYTES: u64 = 2 << 20;
 
 fn make_fds(step: &Step) -> Result<ExtraFds, StepError> {
     let n = step.fds.unwrap_or(0);
@@ -571,7 +600,22 @@ fn make_fds(step: &Step) -> Result<ExtraFds, StepError> {
                 let m = memfd::MemfdOptions::default()
                     .create("vhu-extra")
                     .map_err(|e| local("a memfd", &e))?;
-                out.sent.push(m.into_file().into());
+                let file = m.into_file();
+                file.set_len(EXTRA_MEMFD_BYTES)
+                    .map_err(|e| local("a memfd's size", &e))?;
+                out.sent.push(file.into());
+            }
+            "socket" => {
+                use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+                let (ours, theirs) = socketpair(
+                    AddressFamily::Unix,
+                    SockType::Stream,
+                    None,
+                    SockFlag::SOCK_CLOEXEC,
+                )
+                .map_err(|e| local("a socket pair", &e))?;
+                out.pipe_read.get_or_insert(ours);
+                out.sent.push(theirs);
             }
             _ => {
                 let e = EventFd::from_flags(EfdFlags::EFD_CLOEXEC)

@@ -238,6 +238,7 @@ impl Ctx<'_> {
             data_in_len: 0,
             segments: 1,
             indirect: false,
+            unkicked: false,
         };
         let timeout = self.opts.step_timeout.max(Duration::from_millis(500));
         let r = blk::blk_request(&mut q, &mut mem, req, timeout);

@@ -1,0 +1,156 @@
+//! Payload counts that lie, mid-session (checklist R-WIRE-12): the counts/* scenario files send
+//! each lying message as the first of a fresh process; here it comes after a normal setup, with
+//! memory mapped and queue 0 running, where a back-end that half-executes it (drops its old
+//! memory table, resizes its config space) breaks what was working.
+
+use crate::device::DeviceType;
+use crate::engine::{Ctx, StepError};
+use crate::rules::{RuleId, id};
+use crate::scenario::model::RequestName;
+use crate::scenario::{Action, Expect, Level, Step};
+
+/// A message whose count field says more than its payload holds.
+#[derive(Copy, Clone, Debug)]
+pub enum Lie {
+    /// SET_MEM_TABLE: nregions 8, one region and one memfd.
+    MemTableRegions,
+    /// GET_CONFIG: size 256, the 12-byte header alone.
+    GetConfigSize,
+    /// SET_CONFIG: size 256, 4 data bytes.
+    SetConfigSize,
+    /// GET_INFLIGHT_FD: 65535 queues of 65535 entries.
+    InflightCounts,
+}
+
+/// The lie sent after setup, then the session (and for blk the running ring) still works.
+#[derive(Debug)]
+pub struct MidSession(pub Lie);
+
+impl Lie {
+    fn name(self) -> &'static str {
+        match self {
+            Self::MemTableRegions => "counts/mid-session-mem-table-nregions",
+            Self::GetConfigSize => "counts/mid-session-get-config-size",
+            Self::SetConfigSize => "counts/mid-session-set-config-size",
+            Self::InflightCounts => "counts/mid-session-inflight-counts",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Self::MemTableRegions => {
+                "SET_MEM_TABLE whose nregions says 8 for one region, sent while a ring runs, is refused and the old table keeps working"
+            }
+            Self::GetConfigSize => {
+                "GET_CONFIG whose size says 256 with its header alone, sent while a ring runs, leaves the session working"
+            }
+            Self::SetConfigSize => {
+                "SET_CONFIG whose size says 256 with 4 data bytes, sent while a ring runs, is refused and the session keeps working"
+            }
+            Self::InflightCounts => {
+                "GET_INFLIGHT_FD for 65535 queues of 65535 entries, sent while a ring runs, leaves the session working"
+            }
+        }
+    }
+
+    fn requires(self) -> &'static [&'static str] {
+        match self {
+            Self::MemTableRegions => &["REPLY_ACK"],
+            Self::GetConfigSize => &["CONFIG"],
+            Self::SetConfigSize => &["CONFIG", "REPLY_ACK"],
+            Self::InflightCounts => &["INFLIGHT_SHMFD"],
+        }
+    }
+
+    /// The raw message: request, flags, payload, memfds, what must come of it.
+    fn message(self) -> (&'static str, u32, &'static str, usize, Expect) {
+        match self {
+            Self::MemTableRegions => (
+                "SET_MEM_TABLE",
+                0x9,
+                "08000000 00000000  0000000000000000 0000100000000000 00000000007f0000 0000000000000000",
+                1,
+                Expect::Rejected,
+            ),
+            Self::GetConfigSize => (
+                "GET_CONFIG",
+                0x1,
+                "00000000 00010000 00000000",
+                0,
+                Expect::Alive,
+            ),
+            Self::SetConfigSize => (
+                "SET_CONFIG",
+                0x9,
+                "00000000 00010000 00000000 00000000",
+                0,
+                Expect::Rejected,
+            ),
+            Self::InflightCounts => (
+                "GET_INFLIGHT_FD",
+                0x1,
+                "0000000000000000 0000000000000000 ffff ffff",
+                0,
+                Expect::Alive,
+            ),
+        }
+    }
+}
+
+impl crate::builtin::Builtin for MidSession {
+    fn id(&self) -> &'static str {
+        self.0.name()
+    }
+    fn title(&self) -> &'static str {
+        self.0.title()
+    }
+    fn rules(&self) -> &'static [RuleId] {
+        &[id::R_WIRE_12]
+    }
+    fn level(&self) -> Level {
+        Level::Rob
+    }
+    fn fresh_process(&self) -> bool {
+        true
+    }
+    fn requires_protocol(&self) -> &'static [&'static str] {
+        self.0.requires()
+    }
+    fn description(&self) -> &'static str {
+        "Negotiation, the default memory table and queue 0 set up and running, then one message \
+whose count field says more than its payload holds (the counts/* scenario files send the same \
+message to a fresh process). A message that must be refused is acked non-zero or the connection \
+closed; any answer or a refusal is allowed for the others. A closed connection ends the scenario \
+(a refusal the spec allows; a death by a signal is a crash). On an open connection GET_FEATURES \
+must be answered, and for blk a GET_ID on the running ring must complete: the lie did not \
+replace the memory table or break the ring."
+    }
+    fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+        super::clean_session(ctx, true)?;
+        let (request, flags, payload, fds, expect) = self.0.message();
+        let mut lie = Step::new(Action::Raw);
+        lie.request = Some(RequestName::Name(request.into()));
+        lie.flags = Some(flags);
+        lie.payload_hex = Some(payload.into());
+        lie.fds = Some(fds);
+        lie.fd_kind = Some("memfd".into());
+        lie.expect = Some(expect);
+        ctx.step(&lie)?;
+        match ctx.session_mut()?.get_features() {
+            Ok(_) => {}
+            Err(vhu_mock_frontend::SessionError::Closed { .. }) => {
+                ctx.note("the back-end closed the connection after the message (a refusal)".into());
+                return Ok(());
+            }
+            Err(e) => return Err(ctx.session_error(id::R_WIRE_12, e)),
+        }
+        if ctx.device() == Some(DeviceType::Block) {
+            let mut get_id = Step::new(Action::BlkGetId);
+            get_id.rule = Some(id::R_WIRE_12);
+            ctx.step(&get_id)?;
+        } else {
+            ctx.note("the running ring's data path is checked for blk only".into());
+        }
+        Ok(())
+    }
+}
