@@ -178,6 +178,8 @@ pub enum Fault {
     NoReplyAck,
     /// Legal: the device config space is 8 bytes long.
     Config8,
+    /// Legal: VIRTIO_F_ACCESS_PLATFORM is not offered (no IOMMU support).
+    NoAccessPlatform,
 }
 
 /// Every fault: name, the rule it breaks, what it does.
@@ -696,6 +698,12 @@ pub const VARIATIONS: &[(Fault, &str, &str)] = &[
         Fault::NoReplyAck,
         "no-reply-ack",
         "REPLY_ACK (bit 3) and INBAND_NOTIFICATIONS, which needs it, are not offered",
+    ),
+    (
+        Fault::NoAccessPlatform,
+        "no-access-platform",
+        "VIRTIO_F_ACCESS_PLATFORM (bit 33) is not offered, as most back-ends do: the iotlb/* \
+         scenarios are skipped naming the bit",
     ),
     (
         Fault::Config8,

@@ -206,6 +206,9 @@ impl<'a> Session<'a> {
                 | VirtioFeatures::PROTOCOL_FEATURES
                 | VirtioFeatures::ACCESS_PLATFORM)
                 .bits();
+        if self.has(Fault::NoAccessPlatform) {
+            f &= !VirtioFeatures::ACCESS_PLATFORM.bits();
+        }
         if self.has(Fault::Config8) && matches!(self.dev, Device::Blk(_)) {
             // An 8-byte config space has no writeback byte (offset 32) to make writable.
             f &= !vhu_protocol::virtio::blk::F_CONFIG_WCE;
