@@ -702,7 +702,7 @@ pub const VARIATIONS: &[(Fault, &str, &str)] = &[
     (
         Fault::NoAccessPlatform,
         "no-access-platform",
-        "VIRTIO_F_ACCESS_PLATFORM (bit 33) is not offered, as most back-ends do: the iotlb/* \
+        "VIRTIO_F_ACCESS_PLATFORM (bit 33) is not offered (no IOMMU support): the iotlb/* \
          scenarios are skipped naming the bit",
     ),
     (

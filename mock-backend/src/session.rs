@@ -486,7 +486,7 @@ impl<'a> Session<'a> {
         let p = ProtocolFeatures::from_bits_retain(v);
         let inflight = p.contains(ProtocolFeatures::INFLIGHT_SHMFD);
         let base_inflight = p.contains(ProtocolFeatures::GET_VRING_BASE_INFLIGHT);
-        if (p.contains(ProtocolFeatures::GET_VRING_BASE_SKIP_DRAIN) && !(base_inflight && inflight))
+        if (p.contains(ProtocolFeatures::GET_VRING_BASE_SKIP_DRAIN) && !base_inflight)
             || (base_inflight && !inflight)
         {
             return Outcome::Failed;
