@@ -74,10 +74,19 @@ fn the_reference_passes_the_whole_family_on_every_device() {
                 "--device {device}: {id}\n{text}"
             );
         }
-        if device == "blk" {
-            for id in ["iotlb/miss-on-ring", "iotlb/invalidate-then-miss"] {
-                assert_eq!(outcome(&report, id), "pass", "{id}\n{text}");
-            }
+        // Misses on an unmapped ring and after an invalidation, for the devices that have them.
+        let misses: &[&str] = match device {
+            "blk" => &["iotlb/miss-on-ring", "iotlb/invalidate-then-miss"],
+            "net" => &["iotlb/net-miss-on-ring", "iotlb/net-invalidate-then-miss"],
+            "rng" => &["iotlb/rng-miss-on-ring", "iotlb/rng-invalidate-then-miss"],
+            _ => &[],
+        };
+        for id in misses {
+            assert_eq!(
+                outcome(&report, id),
+                "pass",
+                "--device {device}: {id}\n{text}"
+            );
         }
     }
 }
@@ -120,8 +129,11 @@ fn each_iotlb_fault_fails_exactly_its_rule() {
         .map(|f| (f.1, f.2))
         .collect();
     assert_eq!(faults.len(), 6, "{faults:?}");
-    for (name, rule) in faults {
-        let (report, text) = run("blk", &[name], &["iotlb"]);
+    for (device, (name, rule)) in ["blk", "net", "rng"]
+        .into_iter()
+        .flat_map(|d| faults.iter().map(move |f| (d, *f)))
+    {
+        let (report, text) = run(device, &[name], &["iotlb"]);
         let verdict = if rule == "R-IOTLB-05" { "warn" } else { "fail" };
         let mut cited = std::collections::BTreeSet::new();
         let mut caught = false;
@@ -129,16 +141,20 @@ fn each_iotlb_fault_fails_exactly_its_rule() {
             let findings = r["findings"].as_array().unwrap();
             cited.extend(findings.iter().filter_map(|f| f["rule"].as_str()));
             caught |= r["outcome"] == verdict && findings.iter().any(|f| f["rule"] == rule);
-            assert_ne!(r["outcome"], "error", "{name}: {}\n{text}", r["id"]);
+            assert_ne!(
+                r["outcome"], "error",
+                "{device} {name}: {}\n{text}",
+                r["id"]
+            );
         }
         assert!(
             caught,
-            "{name} is not caught as {verdict} under {rule}\n{text}"
+            "--device {device}: {name} is not caught as {verdict} under {rule}\n{text}"
         );
         assert_eq!(
             cited.into_iter().collect::<Vec<_>>(),
             vec![rule],
-            "{name}: findings cite other rules too\n{text}"
+            "--device {device}: {name}: findings cite other rules too\n{text}"
         );
     }
 }

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use vhu_protocol::wire::payload::Body;
+use vhu_protocol::wire::payload::{Body, IotlbMsg};
 use vhu_protocol::{BackendReq, ConnError, Connection, Message, Violation};
 
 use crate::iommu::{Iommu, MainLink, MissAnswer, Pending, TYPE_MISS};
@@ -189,6 +189,8 @@ pub struct IotlbLink {
     pub main: MainLink,
     /// The mappings, the hold switch and the answers.
     pub iommu: Iommu,
+    /// Send the update with NEED_REPLY (its u64 reply is due either way, R-IOTLB-02).
+    pub need_reply: bool,
 }
 
 impl BackendChannel {
@@ -376,24 +378,7 @@ fn handle(
         && m.kind == TYPE_MISS
     {
         // Answered outside the lock: the update's round trip on the main socket comes first.
-        let pending = Pending {
-            miss: *m,
-            need_reply: msg.header.need_reply(),
-            record: keep.then_some(s.records.len()),
-        };
-        if keep {
-            s.records.push(BackendRecord {
-                code: msg.header.request,
-                flags: msg.header.flags,
-                payload: msg.payload.clone(),
-                fds: 0,
-                ack: None,
-                at_us,
-                refused: None,
-            });
-        } else {
-            s.dropped += 1;
-        }
+        let pending = record_miss(&mut s, &msg, *m, at_us, keep);
         drop(s);
         if let Some(p) = link.iommu.hold_or_pass(pending) {
             answer_miss(conn, shared, link, p, epoch);
@@ -442,6 +427,29 @@ fn handle(
     });
 }
 
+/// Records a miss whose ack waits for its answer; what [`answer_miss`] needs.
+fn record_miss(s: &mut Shared, msg: &Message, miss: IotlbMsg, at_us: u64, keep: bool) -> Pending {
+    let pending = Pending {
+        miss,
+        need_reply: msg.header.need_reply(),
+        record: keep.then_some(s.records.len()),
+    };
+    if keep {
+        s.records.push(BackendRecord {
+            code: msg.header.request,
+            flags: msg.header.flags,
+            payload: msg.payload.clone(),
+            fds: 0,
+            ack: None,
+            at_us,
+            refused: None,
+        });
+    } else {
+        s.dropped += 1;
+    }
+    pending
+}
+
 /// Answers a miss (R-IOTLB-04): the update of the mapping that covers it on the main socket,
 /// then, if asked, the ack: 0 once the back-end answered the update 0, non-zero otherwise; a
 /// miss no mapping covers is invalid: nothing is sent and the ack is non-zero.
@@ -454,17 +462,19 @@ fn answer_miss(
 ) {
     let update = link.iommu.lookup(p.miss.iova, p.miss.perm);
     let reply = match update {
-        Some(m) => link.main.iotlb(&m.update(), |header, payload| {
-            let dir = if header.is_reply() {
-                Direction::FromBackend
-            } else {
-                Direction::ToBackend
-            };
-            let at = epoch.elapsed().as_micros() as u64;
-            lock(shared)
-                .transcript
-                .record(at, Channel::Main, dir, header, payload, 0);
-        }),
+        Some(m) => link
+            .main
+            .iotlb(&m.update(), link.need_reply, |header, payload| {
+                let dir = if header.is_reply() {
+                    Direction::FromBackend
+                } else {
+                    Direction::ToBackend
+                };
+                let at = epoch.elapsed().as_micros() as u64;
+                lock(shared)
+                    .transcript
+                    .record(at, Channel::Main, dir, header, payload, 0);
+            }),
         None => Err(format!(
             "no mapping covers iova {:#x} with perm {}: nothing sent (an invalid miss)",
             p.miss.iova, p.miss.perm

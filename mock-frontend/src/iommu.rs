@@ -11,7 +11,7 @@
 //! a test can see that a request is not completed without the translation. What was done for
 //! each miss is recorded as a [`MissAnswer`]: facts, no verdicts.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use vhu_protocol::wire::payload::{Body, IotlbMsg};
@@ -214,27 +214,34 @@ impl Iommu {
 
 /// The main socket, shared by the session and the back-end channel's thread, which sends the
 /// IOTLB update a miss asks for. Each takes the lock for a whole request and its reply, so a
-/// reply always reaches the side that asked.
+/// reply always reaches the side that asked. The channel only borrows it: once the session is
+/// dropped the socket closes, even if a channel taken out of it lives on.
 #[derive(Clone, Debug)]
-pub struct MainLink(pub(crate) Arc<Mutex<Connection>>);
+pub struct MainLink(Weak<Mutex<Connection>>);
 
 impl MainLink {
-    /// Locks the connection.
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Connection> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    /// A link to the session's connection.
+    pub(crate) fn new(conn: &Arc<Mutex<Connection>>) -> Self {
+        Self(Arc::downgrade(conn))
     }
 
-    /// Sends `msg` as an IOTLB_MSG (no NEED_REPLY: the reply is always due, R-IOTLB-02) and
-    /// reads its u64 reply; `seen` is told of each message, as it is sent and as it arrives.
+    /// Sends `msg` as an IOTLB_MSG (with NEED_REPLY if asked: the reply is due either way,
+    /// R-IOTLB-02) and reads its u64 reply; `seen` is told of each message, as it is sent and
+    /// as it arrives.
     pub(crate) fn iotlb(
         &self,
         msg: &IotlbMsg,
+        need_reply: bool,
         mut seen: impl FnMut(&Header, &[u8]),
     ) -> Result<u64, String> {
-        let conn = self.lock();
+        let shared = self
+            .0
+            .upgrade()
+            .ok_or("the session is gone: no main socket to send the update on")?;
+        let conn = shared.lock().unwrap_or_else(PoisonError::into_inner);
         let req = FrontendReq::IotlbMsg as u32;
         let payload = Body::Iotlb(*msg).encode();
-        let header = Header::request(req, payload.len() as u32, false);
+        let header = Header::request(req, payload.len() as u32, need_reply);
         seen(&header, &payload);
         conn.send(header, &payload, &[])
             .map_err(|e| describe(&e, conn.timeout()))?;

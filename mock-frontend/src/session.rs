@@ -1043,20 +1043,31 @@ impl Session {
     }
 
     /// IOTLB_MSG: `msg` as given (an update, an invalidation, or anything a test wants to
-    /// send) and the back-end's u64 answer, which is always due (R-IOTLB-02): [`Ack::Ok`] for
-    /// 0, [`Ack::Failed`] otherwise.
-    pub fn iotlb_msg(&mut self, msg: &IotlbMsg) -> Result<Ack, SessionError> {
-        self.ack(FrontendReq::IotlbMsg, &Body::Iotlb(*msg), &[])
+    /// send), with NEED_REPLY if `need_reply` (QEMU sets it whenever REPLY_ACK is negotiated),
+    /// and the back-end's u64 answer, which is due either way (R-IOTLB-02): [`Ack::Ok`] for 0,
+    /// [`Ack::Failed`] otherwise.
+    pub fn iotlb_msg(&mut self, msg: &IotlbMsg, need_reply: bool) -> Result<Ack, SessionError> {
+        let m = self.request(
+            FrontendReq::IotlbMsg,
+            &Body::Iotlb(*msg),
+            &[],
+            Some(need_reply),
+        )?;
+        Ok(match m.and_then(|m| m.u64()) {
+            Some(0) => Ack::Ok,
+            Some(v) => Ack::Failed(v),
+            None => Ack::Failed(u64::MAX),
+        })
     }
 
     /// IOTLB_MSG update of `m` (type 2: iova, size, user address, perm).
-    pub fn iotlb_update(&mut self, m: &Mapping) -> Result<Ack, SessionError> {
-        self.iotlb_msg(&m.update())
+    pub fn iotlb_update(&mut self, m: &Mapping, need_reply: bool) -> Result<Ack, SessionError> {
+        self.iotlb_msg(&m.update(), need_reply)
     }
 
     /// IOTLB_MSG invalidation of `m`'s range (type 3: iova, size).
-    pub fn iotlb_invalidate(&mut self, m: &Mapping) -> Result<Ack, SessionError> {
-        self.iotlb_msg(&m.invalidate())
+    pub fn iotlb_invalidate(&mut self, m: &Mapping, need_reply: bool) -> Result<Ack, SessionError> {
+        self.iotlb_msg(&m.invalidate(), need_reply)
     }
 
     /// SET_DEVICE_STATE_FD: the raw reply (u64 result, maybe an fd).
@@ -1092,7 +1103,9 @@ impl Session {
             source,
         })?;
         let link = IotlbLink {
-            main: MainLink(Arc::clone(&self.conn)),
+            main: MainLink::new(&self.conn),
+            // As QEMU: NEED_REPLY on the update once REPLY_ACK is negotiated.
+            need_reply: self.reply_ack(),
             iommu: self.iommu.clone(),
         };
         let channel = BackendChannel::start(ours, self.start, Some(link)).map_err(|source| {

@@ -177,7 +177,7 @@ fn a_back_end_that_never_answers_the_update_is_recorded_and_the_session_goes_on(
     );
     // The main socket is free again for the session.
     let server = std::thread::spawn(move || serve_update(&be, 0));
-    assert_eq!(s.iotlb_update(&MAPPING).unwrap(), Ack::Ok);
+    assert_eq!(s.iotlb_update(&MAPPING, false).unwrap(), Ack::Ok);
     assert_eq!(server.join().unwrap().kind, TYPE_UPDATE);
 }
 
@@ -226,8 +226,8 @@ fn updates_and_invalidations_read_their_u64_reply() {
         let second = serve_update(&be, 1);
         (first, second)
     });
-    assert_eq!(s.iotlb_update(&MAPPING).unwrap(), Ack::Ok);
-    assert_eq!(s.iotlb_invalidate(&MAPPING).unwrap(), Ack::Failed(1));
+    assert_eq!(s.iotlb_update(&MAPPING, false).unwrap(), Ack::Ok);
+    assert_eq!(s.iotlb_invalidate(&MAPPING, false).unwrap(), Ack::Failed(1));
     let (first, second) = server.join().unwrap();
     assert_eq!(first.kind, TYPE_UPDATE);
     assert_eq!(

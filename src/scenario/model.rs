@@ -212,7 +212,8 @@ pub enum IotlbOp {
     Hold,
     /// Held misses are answered, and later ones as they come.
     Release,
-    /// A miss (BACKEND_IOTLB_MSG type 1) must have come since the previous `iotlb` step, for
+    /// A miss (BACKEND_IOTLB_MSG type 1) must have come since the last `map`, `unmap`, `hold`
+    /// or `release` began (the start of the session without one), for
     /// an address the IOMMU maps (R-IOTLB-03), within `window_ms` (default 300).
     ExpectMiss,
     /// Nothing was written where the memory table's guest addresses would put the IOVAs

@@ -166,23 +166,7 @@ impl Ctx<'_> {
             Ok(Some(o)) => {
                 blk::blk_release(mem, pending);
                 self.mark(self.rule_of(step));
-                let (summary, expected) = if self.iotlb.invalidated && !self.idle.contains(&idx) {
-                    (
-                        format!(
-                            "{:?} on queue {idx} completed from IOTLB entries the front-end had invalidated",
-                            step.action
-                        ),
-                        "after the invalidation, no completion before a miss is answered with a new update",
-                    )
-                } else {
-                    (
-                        format!(
-                            "{:?} on queue {idx} was processed although the ring must not be",
-                            step.action
-                        ),
-                        "no used buffer and no call while the ring is stopped or disabled",
-                    )
-                };
+                let (summary, expected) = self.completed_anyway(idx, &format!("{:?}", step.action));
                 self.finding(step, &summary, expected, format!("{o:?}"));
                 Err(StepError::Finding)
             }

@@ -27,8 +27,8 @@ const DECOY_REGION: usize = 1;
 /// Where the harness stands in an IOMMU scenario.
 #[derive(Debug, Default)]
 pub(super) struct IotlbState {
-    /// Back-end channel requests received before the last `iotlb` step: `expect_miss` looks at
-    /// those after.
+    /// Back-end channel requests received before the last `map`, `unmap`, `hold` or `release`
+    /// began: `expect_miss` looks at those after.
     since: usize,
     /// The mappings were invalidated (`unmap`) and not mapped again.
     pub(super) invalidated: bool,
@@ -78,6 +78,25 @@ impl Ctx<'_> {
         ))
     }
 
+    /// How to say that a request a `no_reply` step left waiting on queue `idx` completed: from
+    /// IOTLB entries the front-end had invalidated (R-IOTLB-03), when they were and the ring
+    /// runs, else on a ring that must not be processed. The summary and what was expected.
+    pub(super) fn completed_anyway(&self, idx: u16, what: &str) -> (String, &'static str) {
+        if self.iotlb.invalidated && !self.idle.contains(&idx) {
+            (
+                format!(
+                    "{what} on queue {idx} completed from IOTLB entries the front-end had invalidated"
+                ),
+                "after the invalidation, no completion before a miss is answered with a new update",
+            )
+        } else {
+            (
+                format!("{what} on queue {idx} was processed although the ring must not be"),
+                "no used buffer and no call while the ring is stopped or disabled",
+            )
+        }
+    }
+
     pub(super) fn iotlb_step(&mut self, step: &Step) -> StepResult {
         if !self.iommu_negotiated() {
             return Err(StepError::Harness(
@@ -87,7 +106,15 @@ impl Ctx<'_> {
         let op = step
             .op
             .ok_or_else(|| StepError::Harness("`iotlb` needs `op`".into()))?;
-        let r = match op {
+        if matches!(
+            op,
+            IotlbOp::Map | IotlbOp::Unmap | IotlbOp::Hold | IotlbOp::Release
+        ) {
+            // `expect_miss` looks at what came from here on: a back-end that polls its rings
+            // may miss while the invalidations are still being answered.
+            self.iotlb.since = self.channel_records().len();
+        }
+        match op {
             IotlbOp::Map => self.iotlb_map(step, false),
             IotlbOp::Unmap => self.iotlb_map(step, true),
             IotlbOp::Outside => self.iotlb_outside(step),
@@ -97,9 +124,7 @@ impl Ctx<'_> {
             }
             IotlbOp::ExpectMiss => self.iotlb_expect_miss(step),
             IotlbOp::Check => self.iotlb_check(),
-        };
-        self.iotlb.since = self.channel_records().len();
-        r
+        }
     }
 
     /// `map`: an update per mapping; `unmap`: an invalidation per mapping. Each is answered
@@ -113,12 +138,13 @@ impl Ctx<'_> {
         }
         let rule = step.rule.unwrap_or(id::R_IOTLB_02);
         let what = if invalidate { "invalidation" } else { "update" };
+        let need_reply = self.iotlb_need_reply(step);
         for m in &mappings {
             let s = self.session()?;
             let r = if invalidate {
-                s.iotlb_invalidate(m)
+                s.iotlb_invalidate(m, need_reply)
             } else {
-                s.iotlb_update(m)
+                s.iotlb_update(m, need_reply)
             };
             self.mark(rule);
             match r {
@@ -133,28 +159,39 @@ impl Ctx<'_> {
                         format!("u64 {v} for {}", describe(m)),
                     ));
                 }
-                Err(e) => return Err(self.iotlb_error(rule, what, e)),
+                Err(e) => return Err(self.iotlb_error(rule, what, need_reply, e)),
             }
         }
         self.iotlb.invalidated = invalidate;
         Ok(())
     }
 
-    /// A session error on IOTLB_MSG: no reply at all is the ack-only reading R-IOTLB-02
-    /// rules out.
+    /// NEED_REPLY on IOTLB_MSG: the step's `need_reply`, else as QEMU (whenever REPLY_ACK is
+    /// negotiated). The reply is due either way; `need_reply = false` checks just that.
+    fn iotlb_need_reply(&self, step: &Step) -> bool {
+        let reply_ack = self.protocol & vhu_protocol::ProtocolFeatures::REPLY_ACK.bits() != 0;
+        step.need_reply.unwrap_or(reply_ack)
+    }
+
+    /// A session error on IOTLB_MSG: no reply at all, without NEED_REPLY, is the ack-only
+    /// reading R-IOTLB-02 rules out.
     fn iotlb_error(
         &mut self,
         rule: crate::rules::RuleId,
         what: &str,
+        need_reply: bool,
         e: SessionError,
     ) -> StepError {
         if let SessionError::Timeout { waited, .. } = &e {
+            let how = if need_reply {
+                "it was sent with NEED_REPLY"
+            } else {
+                "it was sent without NEED_REPLY, and the reply is due anyway: IOTLB_MSG is not \
+                 an ack-only message"
+            };
             return self.fail(
                 rule,
-                &format!(
-                    "the IOTLB {what} got no reply within {waited:?}: IOTLB_MSG is always \
-                     answered, with or without NEED_REPLY (it was sent without)"
-                ),
+                &format!("the IOTLB {what} got no reply within {waited:?} ({how})"),
                 "a u64 reply (0 on success, non-zero otherwise) to every IOTLB_MSG",
                 "nothing".into(),
             );
@@ -188,7 +225,8 @@ impl Ctx<'_> {
             uaddr: end.next_multiple_of(1 << 30) + (1 << 30),
             perm: PERM_RW,
         };
-        let r = self.session()?.iotlb_update(&m);
+        let need_reply = self.iotlb_need_reply(step);
+        let r = self.session()?.iotlb_update(&m, need_reply);
         self.mark(rule);
         match r {
             Ok(Ack::Failed(_)) | Err(SessionError::Closed { .. }) => Ok(()),
@@ -198,11 +236,11 @@ impl Ctx<'_> {
                 "a non-zero reply: the update's addresses are not in the memory table",
                 format!("u64 0 for {}", describe(&m)),
             )),
-            Err(e) => Err(self.iotlb_error(id::R_IOTLB_02, "update", e)),
+            Err(e) => Err(self.iotlb_error(id::R_IOTLB_02, "update", need_reply, e)),
         }
     }
 
-    /// `expect_miss`: a miss or access failure since the previous `iotlb` step, for an IOVA
+    /// `expect_miss`: a miss or access failure since the last map, unmap, hold or release began, for an IOVA
     /// the IOMMU maps (R-IOTLB-03); the updates sent for misses so far answered 0.
     fn iotlb_expect_miss(&mut self, step: &Step) -> StepResult {
         let rule = step.rule.unwrap_or(id::R_IOTLB_03);
