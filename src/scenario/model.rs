@@ -214,7 +214,7 @@ pub enum IotlbOp {
     Release,
     /// A miss (BACKEND_IOTLB_MSG type 1) must have come since the last `map`, `unmap`, `hold`
     /// or `release` began (the start of the session without one), for
-    /// an address the IOMMU maps (R-IOTLB-03), within `window_ms` (default 300).
+    /// an address the IOMMU maps (R-IOTLB-03), within `window_ms` (default: the step timeout).
     ExpectMiss,
     /// Nothing was written where the memory table's guest addresses would put the IOVAs
     /// (R-MEM-19), and every update sent for a miss was answered 0 (R-IOTLB-02).
