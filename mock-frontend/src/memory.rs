@@ -33,6 +33,14 @@ pub enum MemoryError {
         /// The region.
         spec: RegionSpec,
     },
+    /// IOVA bases that do not name one base per region.
+    #[error("{bases} IOVA bases for {regions} regions")]
+    IovaBases {
+        /// Bases given.
+        bases: usize,
+        /// Regions of the memory.
+        regions: usize,
+    },
     /// A range is not inside one region.
     #[error("guest range {gpa:#x}+{len:#x} is not inside one region")]
     Unmapped {
@@ -296,7 +304,10 @@ impl GuestMemory {
     /// Not one base per region, or a base whose range wraps around.
     pub fn map_iova(&mut self, bases: Vec<u64>) -> Result<(), MemoryError> {
         if bases.len() != self.regions.len() {
-            return Err(MemoryError::OutOfSpace { len: 0 });
+            return Err(MemoryError::IovaBases {
+                bases: bases.len(),
+                regions: self.regions.len(),
+            });
         }
         for (r, &b) in self.regions.iter().zip(&bases) {
             if b.checked_add(r.spec.size).is_none() {
