@@ -170,6 +170,13 @@ pub fn run() -> ExitCode {
     if argv.get(1).is_some_and(|a| a == "mock-backend") {
         return mock_backend(&argv[2..]);
     }
+    // Judging front-ends (issue 16) and the mock front-end that proves those checks.
+    if argv.get(1).is_some_and(|a| a == "frontend") {
+        return crate::frontend::run_from_args(argv);
+    }
+    if argv.get(1).is_some_and(|a| a == "mock-frontend") {
+        return crate::frontend::mock::run_from_args(argv);
+    }
     if argv.get(1).is_some_and(|a| a == "fuzz" || a == "replay") {
         return crate::fuzz::run_from_args(argv);
     }

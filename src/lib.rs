@@ -13,6 +13,7 @@ pub mod engine;
 pub mod exit_code;
 pub mod expect;
 pub mod features;
+pub mod frontend;
 pub mod fuzz;
 pub mod report;
 pub mod rules;

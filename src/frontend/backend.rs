@@ -1,0 +1,754 @@
+//! The judging back-end: a strict, minimal vhost-user back-end inside the harness, written on
+//! `vhu-protocol` alone (it shares no code with the reference back-end, `mock-backend`). It
+//! answers a front-end with a chosen offer, maps its memory, and for blk serves split-ring
+//! requests (reads return zeros, GET_ID an id, flush and writes succeed) so a real front-end's
+//! firmware gets going; for the other devices it keeps the control plane and discards kicks.
+//! It can misbehave on purpose (refuse the memory table, close after N messages), and hands
+//! every message it sees to the [`Judge`] first.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use vhu_protocol::virtio::{SplitDesc, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, blk};
+use vhu_protocol::wire::payload::{Body, ConfigHeader, VringState};
+use vhu_protocol::{
+    BackendReq, Connection, FrontendReq, Header, Message, ProtocolFeatures, VirtioFeatures,
+};
+use zerocopy::FromBytes;
+
+use crate::device::DeviceType;
+
+use super::judge::Judge;
+use super::memory::GuestMap;
+
+/// What the judging back-end offers.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    /// The device type it plays.
+    pub device: DeviceType,
+    /// GET_FEATURES.
+    pub features: u64,
+    /// GET_PROTOCOL_FEATURES.
+    pub protocol: u64,
+    /// GET_QUEUE_NUM (in the device's reading: queue pairs for net).
+    pub queue_num: u64,
+    /// GET_MAX_MEM_SLOTS.
+    pub max_mem_slots: u64,
+    /// The config space GET_CONFIG reads.
+    pub config: Vec<u8>,
+}
+
+/// The capacity the blk config space announces, in 512-byte sectors (1 MiB).
+pub const BLK_CAPACITY: u64 = 2048;
+/// What GET_ID answers (20 bytes, NUL-padded).
+pub const BLK_ID: &[u8] = b"vhu-conform-judge";
+
+impl Profile {
+    /// A sane offer for `device`: VERSION_1, bit 30, and the protocol features a front-end
+    /// uses at start-up (MQ, REPLY_ACK, BACKEND_REQ, CONFIGURE_MEM_SLOTS, CONFIG where the
+    /// device has a config space QEMU reads).
+    pub fn for_device(device: DeviceType) -> Self {
+        let base = VirtioFeatures::VERSION_1.bits() | VirtioFeatures::PROTOCOL_FEATURES.bits();
+        let proto = ProtocolFeatures::MQ
+            | ProtocolFeatures::REPLY_ACK
+            | ProtocolFeatures::BACKEND_REQ
+            | ProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        let (features, protocol, queue_num, config) = match device {
+            DeviceType::Block => {
+                let mut cfg = vec![0u8; 60];
+                cfg[..8].copy_from_slice(&BLK_CAPACITY.to_le_bytes());
+                // seg_max (offset 12): SeaBIOS and Linux read it with F_SEG_MAX.
+                cfg[12..16].copy_from_slice(&126u32.to_le_bytes());
+                cfg[20..24].copy_from_slice(&512u32.to_le_bytes());
+                cfg[34..36].copy_from_slice(&1u16.to_le_bytes());
+                (
+                    base | blk::F_SEG_MAX | blk::F_BLK_SIZE | blk::F_FLUSH,
+                    proto | ProtocolFeatures::CONFIG,
+                    1,
+                    cfg,
+                )
+            }
+            DeviceType::Vsock => (
+                base,
+                proto | ProtocolFeatures::CONFIG,
+                // rx, tx, event.
+                3,
+                3u64.to_le_bytes().to_vec(),
+            ),
+            // MRG_RXBUF (15): the header size QEMU assumes with VERSION_1 either way.
+            DeviceType::Net => (base | 1 << 15, proto, 1, Vec::new()),
+            // hiprio and one request queue.
+            DeviceType::Fs => (base, proto, 2, Vec::new()),
+            _ => (base, proto, 1, Vec::new()),
+        };
+        Self {
+            device,
+            features,
+            protocol: protocol.bits(),
+            queue_num,
+            max_mem_slots: 32,
+            config,
+        }
+    }
+}
+
+/// A chosen departure of the judging back-end, to see what the front-end does about it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Misbehave {
+    /// None: a normal back-end.
+    None,
+    /// Acks SET_MEM_TABLE and ADD_MEM_REG with 1 (failure) when NEED_REPLY asks.
+    NackMemTable,
+    /// Closes the connection after answering this many messages (the first connection only).
+    CloseAfter(usize),
+    /// Once the front-end gave a back-end channel and REPLY_ACK is negotiated, sends it
+    /// requests with NEED_REPLY (CONFIG_CHANGE_MSG where CONFIG is negotiated, then an unknown
+    /// code) at a moment it waits for nothing, serving the main socket while the acks come
+    /// (R-ACK-08, R-WIRE-16, R-BCH-08).
+    ChannelProbe,
+    /// On the first request after SET_BACKEND_REQ_FD that the front-end awaits a reply to,
+    /// sends a NEED_REPLY channel request first and blocks on its ack before answering, as a
+    /// simple single-threaded back-end does (R-BCH-07).
+    ChannelBlock,
+}
+
+/// A code no back-end request has (the spec's run 1..=10 and crosvm's 1002..): R-BCH-08.
+pub const UNKNOWN_BACKEND_REQ: u32 = 99;
+/// How long the judging back-end waits for a channel ack. Shorter than the 2 s a front-end
+/// typically waits for a main-socket reply, so a front-end that cannot serve the channel while
+/// it waits does not give up on the main socket first.
+pub const CHANNEL_ACK_WAIT: Duration = Duration::from_millis(1500);
+
+/// One message as the judging back-end saw or sent it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    /// Microseconds since the run started.
+    pub at_us: u64,
+    /// From the front-end (true) or to it.
+    pub from_frontend: bool,
+    /// The header.
+    pub header: Header,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// fds attached.
+    pub fds: usize,
+    /// On the back-end channel (else the main socket).
+    pub on_channel: bool,
+}
+
+/// How a connection ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The front-end closed it.
+    FrontendClosed,
+    /// The judging back-end closed it on purpose ([`Misbehave::CloseAfter`]).
+    WeClosed,
+    /// The front-end sent something unreadable (framing, too many fds): closed.
+    Unreadable(String),
+    /// The run's time ran out, or the front-end process is gone.
+    Stopped,
+}
+
+#[derive(Debug, Default)]
+struct Ring {
+    num: u16,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    last_avail: u16,
+    used_idx: u16,
+    kick: Option<OwnedFd>,
+    call: Option<OwnedFd>,
+    started: bool,
+    enabled: bool,
+    /// Polling was asked (bit 8 on KICK): look at the ring on every turn.
+    poll: bool,
+}
+
+/// The judging back-end of one run (possibly several connections).
+#[derive(Debug)]
+pub struct JudgingBackend {
+    profile: Profile,
+    misbehave: Misbehave,
+    /// The judge every message goes through.
+    pub judge: Judge,
+    /// Every message both ways.
+    pub records: Vec<Recorded>,
+    /// blk requests completed.
+    pub served: usize,
+    /// Connections accepted.
+    pub connections: usize,
+    mem: GuestMap,
+    rings: BTreeMap<u32, Ring>,
+    acked_features: u64,
+    acked_protocol: u64,
+    backend_channel: Option<Connection>,
+    /// Channel requests still to send ([`Misbehave::ChannelProbe`]).
+    probes: Vec<u32>,
+    /// A channel request sent and not yet acked: its code and when it went.
+    pending: Option<(u32, Instant)>,
+    /// The channel is usable for probes: a message after SET_BACKEND_REQ_FD was answered.
+    channel_armed: bool,
+    /// [`Misbehave::ChannelBlock`] has blocked once.
+    blocked_once: bool,
+    start: Instant,
+}
+
+fn write_eventfd(fd: &OwnedFd) {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writes 8 bytes from a live buffer to an fd we own; an error (a full counter,
+    // a non-eventfd) is ignored: the front-end polls or misses one notification.
+    unsafe {
+        libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8);
+    }
+}
+
+fn drain_eventfd(fd: &OwnedFd) {
+    let mut buf = [0u8; 8];
+    // SAFETY: reads into a live 8-byte buffer; called only after poll said readable.
+    unsafe {
+        libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), 8);
+    }
+}
+
+impl JudgingBackend {
+    /// A judging back-end with this offer and departure, judged by `judge`.
+    pub fn new(profile: Profile, misbehave: Misbehave, judge: Judge) -> Self {
+        Self {
+            profile,
+            misbehave,
+            judge,
+            records: Vec::new(),
+            served: 0,
+            connections: 0,
+            mem: GuestMap::default(),
+            rings: BTreeMap::new(),
+            acked_features: 0,
+            acked_protocol: 0,
+            backend_channel: None,
+            probes: Vec::new(),
+            pending: None,
+            channel_armed: false,
+            blocked_once: false,
+            start: Instant::now(),
+        }
+    }
+
+    fn record(&mut self, from_frontend: bool, header: Header, payload: &[u8], fds: usize) {
+        self.records.push(Recorded {
+            at_us: self.start.elapsed().as_micros() as u64,
+            from_frontend,
+            header,
+            payload: payload.to_vec(),
+            fds,
+            on_channel: false,
+        });
+    }
+
+    fn record_channel(&mut self, from_frontend: bool, header: Header, payload: &[u8], fds: usize) {
+        self.record(from_frontend, header, payload, fds);
+        if let Some(r) = self.records.last_mut() {
+            r.on_channel = true;
+        }
+    }
+
+    fn reply_ack_acked(&self) -> bool {
+        self.acked_protocol & ProtocolFeatures::REPLY_ACK.bits() != 0
+    }
+
+    /// Sends back-end request `code` with NEED_REPLY on the channel; false if it could not go.
+    fn send_channel(&mut self, code: u32) -> bool {
+        // CONFIG_CHANGE_MSG has no payload; the unknown code none either.
+        let header = Header::request(code, 0, true);
+        let Some(ch) = &self.backend_channel else {
+            return false;
+        };
+        let ok = ch.send(header, &[], &[]).is_ok();
+        self.record_channel(false, header, &[], 0);
+        ok
+    }
+
+    /// The next probe, if one is due now: the channel is armed, no ack is awaited.
+    fn next_probe(&mut self) {
+        if self.misbehave != Misbehave::ChannelProbe
+            || !self.channel_armed
+            || self.pending.is_some()
+            || !self.reply_ack_acked()
+        {
+            return;
+        }
+        if self.probes.is_empty() {
+            return;
+        }
+        let code = self.probes.remove(0);
+        if self.send_channel(code) {
+            self.pending = Some((code, Instant::now()));
+        } else {
+            self.judge.channel_reply(code, None, false);
+            self.probes.clear();
+        }
+    }
+
+    /// The channel request for [`Misbehave::ChannelBlock`]: a known one where its feature is
+    /// negotiated (CONFIG_CHANGE_MSG needs CONFIG), else the unknown code.
+    fn block_code(&self) -> u32 {
+        if self.acked_protocol & ProtocolFeatures::CONFIG.bits() != 0 {
+            BackendReq::ConfigChangeMsg as u32
+        } else {
+            UNKNOWN_BACKEND_REQ
+        }
+    }
+
+    /// [`Misbehave::ChannelBlock`]: before answering `msg`, which the front-end waits on, block
+    /// on a channel ack as a single-threaded back-end does.
+    fn maybe_block(&mut self, msg: &Message) {
+        if self.misbehave != Misbehave::ChannelBlock
+            || self.blocked_once
+            || !self.channel_armed
+            || !self.reply_ack_acked()
+        {
+            return;
+        }
+        let Ok(req) = FrontendReq::from_code(msg.header.request) else {
+            return;
+        };
+        let awaited = req.reply_kind() == vhu_protocol::wire::ReplyKind::Always
+            || (msg.header.need_reply()
+                && req.reply_kind() == vhu_protocol::wire::ReplyKind::AckOnly);
+        if !awaited || req == FrontendReq::SetBackendReqFd {
+            return;
+        }
+        self.blocked_once = true;
+        let code = self.block_code();
+        if !self.send_channel(code) {
+            self.judge.channel_blocked(code, req, None);
+            return;
+        }
+        let reply = self.backend_channel.as_ref().map(|ch| ch.recv_unchecked());
+        match reply {
+            Some(Ok(m)) => {
+                self.record_channel(true, m.header, &m.payload, m.fds.len());
+                self.judge.channel_blocked(code, req, Some(&m));
+            }
+            _ => self.judge.channel_blocked(code, req, None),
+        }
+    }
+
+    fn reply(&mut self, conn: &Connection, code: u32, body: &Body) {
+        let payload = body.encode();
+        let header = Header::reply(code, payload.len() as u32);
+        self.record(false, header, &payload, 0);
+        // A front-end that is gone shows on the next receive.
+        let _ = conn.send(header, &payload, &[]);
+    }
+
+    /// Serves one connection until the front-end closes it, `stop` says so, or `deadline`.
+    pub fn serve(
+        &mut self,
+        conn: Connection,
+        deadline: Instant,
+        stop: &mut dyn FnMut() -> bool,
+    ) -> End {
+        self.connections += 1;
+        self.judge.new_connection();
+        self.mem.clear();
+        self.rings.clear();
+        self.acked_features = 0;
+        self.acked_protocol = 0;
+        self.backend_channel = None;
+        self.pending = None;
+        self.channel_armed = false;
+        self.blocked_once = false;
+        self.probes = Vec::new();
+        let mut handled = 0usize;
+        loop {
+            if Instant::now() >= deadline || stop() {
+                return End::Stopped;
+            }
+            let kicks: Vec<u32> = self
+                .rings
+                .iter()
+                .filter(|(_, r)| r.started && r.kick.is_some())
+                .map(|(i, _)| *i)
+                .collect();
+            self.next_probe();
+            if let Some((code, at)) = self.pending {
+                if at.elapsed() >= CHANNEL_ACK_WAIT {
+                    // No ack in time: judged once, and the channel is not probed again (one
+                    // missing ack is one finding, not one per probe).
+                    self.pending = None;
+                    self.probes.clear();
+                    self.judge.channel_reply(code, None, true);
+                }
+            }
+            let channel_fd = self
+                .pending
+                .and(self.backend_channel.as_ref())
+                .map(|c| c.stream().as_raw_fd());
+            let mut fds = vec![PollFd::new(conn.as_fd(), PollFlags::POLLIN)];
+            // SAFETY: the channel's fd lives in self.backend_channel for the whole poll.
+            let channel_borrow = channel_fd.map(|fd| unsafe { BorrowedFd::borrow_raw(fd) });
+            if let Some(b) = channel_borrow {
+                fds.push(PollFd::new(b, PollFlags::POLLIN));
+            }
+            let kick_base = fds.len();
+            for i in &kicks {
+                if let Some(k) = &self.rings[i].kick {
+                    fds.push(PollFd::new(k.as_fd(), PollFlags::POLLIN));
+                }
+            }
+            let _ = poll(&mut fds, PollTimeout::from(50u16));
+            let ready: Vec<bool> = fds
+                .iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect();
+            drop(fds);
+            if channel_fd.is_some() && ready[1] {
+                if let Some((code, _)) = self.pending.take() {
+                    let got = self.backend_channel.as_ref().map(|c| c.recv_unchecked());
+                    match got {
+                        Some(Ok(m)) => {
+                            self.record_channel(true, m.header, &m.payload, m.fds.len());
+                            self.judge.channel_reply(code, Some(&m), false);
+                        }
+                        _ => {
+                            self.probes.clear();
+                            self.judge.channel_reply(code, None, false);
+                        }
+                    }
+                }
+            }
+            for (n, i) in kicks.iter().enumerate() {
+                if ready[n + kick_base] {
+                    if let Some(k) = &self.rings[i].kick {
+                        drain_eventfd(k);
+                    }
+                    self.process(*i);
+                }
+            }
+            let polled: Vec<u32> = self
+                .rings
+                .iter()
+                .filter(|(_, r)| r.started && r.poll)
+                .map(|(i, _)| *i)
+                .collect();
+            for i in polled {
+                self.process(i);
+            }
+            if !ready[0] {
+                continue;
+            }
+            let msg = match conn.recv_unchecked() {
+                Ok(m) => m,
+                Err(e) if e.is_peer_gone() => return End::FrontendClosed,
+                Err(e) => return End::Unreadable(e.to_string()),
+            };
+            self.record(true, msg.header, &msg.payload, msg.fds.len());
+            self.judge.observe(&msg);
+            self.maybe_block(&msg);
+            let after_channel = self.backend_channel.is_some()
+                && msg.header.request != FrontendReq::SetBackendReqFd as u32;
+            self.handle(&conn, msg);
+            // Probes start once a message after SET_BACKEND_REQ_FD was answered: the front-end
+            // has had its ack and serves the channel by then.
+            self.channel_armed |= after_channel;
+            handled += 1;
+            if self.misbehave == Misbehave::CloseAfter(handled) && self.connections == 1 {
+                return End::WeClosed;
+            }
+        }
+    }
+
+    fn ack(&mut self, conn: &Connection, msg: &Message, req: FrontendReq, value: u64) {
+        let asked = msg.header.need_reply()
+            && self.acked_protocol & ProtocolFeatures::REPLY_ACK.bits() != 0;
+        self.judge.answered(req, asked.then_some(value));
+        if asked {
+            self.reply(conn, msg.header.request, &Body::U64(value));
+        }
+    }
+
+    fn handle(&mut self, conn: &Connection, msg: Message) {
+        use FrontendReq::*;
+        let Ok(req) = FrontendReq::from_code(msg.header.request) else {
+            return;
+        };
+        let body = Body::decode(req.request_body(), &msg.payload).ok();
+        let code = msg.header.request;
+        let p = self.profile.clone();
+        match (req, body) {
+            (GetFeatures, _) => self.reply(conn, code, &Body::U64(p.features)),
+            (GetProtocolFeatures, _) => self.reply(conn, code, &Body::U64(p.protocol)),
+            (GetQueueNum, _) => self.reply(conn, code, &Body::U64(p.queue_num)),
+            (GetMaxMemSlots, _) => self.reply(conn, code, &Body::U64(p.max_mem_slots)),
+            (GetStatus, _) => self.reply(conn, code, &Body::U64(0)),
+            (SetLogBase, _) => self.reply(conn, code, &Body::U64(0)),
+            (GetConfig, Some(Body::Config(h, _))) => {
+                let mut bytes = vec![0u8; h.size as usize];
+                for (i, b) in bytes.iter_mut().enumerate() {
+                    *b = p.config.get(h.offset as usize + i).copied().unwrap_or(0);
+                }
+                self.reply(conn, code, &Body::Config(ConfigHeader { ..h }, bytes));
+            }
+            (GetVringBase | GetVringBaseSkipDrain, Some(Body::VringState(s))) => {
+                let num = self.rings.get_mut(&s.index).map_or(0, |r| {
+                    r.started = false;
+                    r.kick = None;
+                    r.last_avail
+                });
+                let state = VringState {
+                    index: s.index,
+                    num: u32::from(num),
+                };
+                self.reply(conn, code, &Body::VringState(state));
+            }
+            (r, _) if r.reply_kind() == vhu_protocol::wire::ReplyKind::Always => {
+                // An explicit-reply request this back-end does not implement (it offered
+                // nothing that gates it): the error form, an empty payload, so the front-end
+                // is not left waiting.
+                self.reply(conn, code, &Body::Empty);
+            }
+            (SetFeatures, Some(Body::U64(f))) => {
+                self.acked_features = f;
+                self.ack(conn, &msg, req, 0);
+            }
+            (SetProtocolFeatures, Some(Body::U64(f))) => {
+                // Takes effect at once (R-NEG-03): its own ack is already due under it.
+                self.acked_protocol = f;
+                self.ack(conn, &msg, req, 0);
+            }
+            (SetMemTable, Some(Body::MemTable(regions))) => {
+                self.mem.clear();
+                let mut ok = regions.len() == msg.fds.len();
+                if ok {
+                    for (r, fd) in regions.iter().zip(&msg.fds) {
+                        ok &= self.mem.add(*r, fd).is_ok();
+                    }
+                }
+                let nack = self.misbehave == Misbehave::NackMemTable;
+                self.ack(conn, &msg, req, u64::from(!ok || nack));
+            }
+            (AddMemReg, Some(Body::SingleRegion(r))) => {
+                let ok = msg.fds.len() == 1 && self.mem.add(r, &msg.fds[0]).is_ok();
+                let nack = self.misbehave == Misbehave::NackMemTable;
+                self.ack(conn, &msg, req, u64::from(!ok || nack));
+            }
+            (RemMemReg, Some(Body::SingleRegion(r))) => {
+                let ok = self.mem.remove(&r);
+                self.ack(conn, &msg, req, u64::from(!ok));
+            }
+            (SetVringNum, Some(Body::VringState(s))) => {
+                self.rings.entry(s.index).or_default().num = s.num as u16;
+                self.ack(conn, &msg, req, 0);
+            }
+            (SetVringBase, Some(Body::VringState(s))) => {
+                let r = self.rings.entry(s.index).or_default();
+                r.last_avail = s.num as u16;
+                r.used_idx = s.num as u16;
+                self.ack(conn, &msg, req, 0);
+            }
+            (SetVringAddr, Some(Body::VringAddr(a))) => {
+                // Ring locations are user addresses (no IOMMU is offered): kept as guest
+                // addresses for the data path.
+                let g = |ua| self.mem.user_to_guest(ua);
+                let (d, av, u) = (g(a.desc), g(a.avail), g(a.used));
+                let r = self.rings.entry(a.index).or_default();
+                let ok = d.is_some() && av.is_some() && u.is_some();
+                (r.desc, r.avail, r.used) = (d.unwrap_or(0), av.unwrap_or(0), u.unwrap_or(0));
+                self.ack(conn, &msg, req, u64::from(!ok));
+            }
+            (SetVringKick, Some(Body::U64(w))) => {
+                let bit30 = self.acked_features & VirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
+                let r = self.rings.entry((w & 0xff) as u32).or_default();
+                r.kick = msg.fds.into_iter().next();
+                r.poll = r.kick.is_none();
+                r.started = true;
+                // Without bit 30 a ring starts enabled (spec "Ring states").
+                r.enabled |= !bit30;
+                let idx = (w & 0xff) as u32;
+                self.process(idx);
+                let m = Message {
+                    header: msg.header,
+                    payload: msg.payload,
+                    fds: Vec::new(),
+                };
+                self.ack(conn, &m, req, 0);
+            }
+            (SetVringCall, Some(Body::U64(w))) => {
+                let r = self.rings.entry((w & 0xff) as u32).or_default();
+                r.call = msg.fds.into_iter().next();
+                let m = Message {
+                    header: msg.header,
+                    payload: msg.payload,
+                    fds: Vec::new(),
+                };
+                self.ack(conn, &m, req, 0);
+            }
+            (SetVringEnable, Some(Body::VringState(s))) => {
+                self.rings.entry(s.index).or_default().enabled = s.num == 1;
+                self.process(s.index);
+                self.ack(conn, &msg, req, 0);
+            }
+            (SetBackendReqFd, _) => {
+                let mut fds = msg.fds;
+                self.backend_channel = fds.pop().map(|fd| {
+                    Connection::new(
+                        std::os::unix::net::UnixStream::from(fd),
+                        Some(CHANNEL_ACK_WAIT),
+                    )
+                });
+                if self.misbehave == Misbehave::ChannelProbe {
+                    self.probes = if self.acked_protocol & ProtocolFeatures::CONFIG.bits() != 0 {
+                        vec![BackendReq::ConfigChangeMsg as u32, UNKNOWN_BACKEND_REQ]
+                    } else {
+                        vec![UNKNOWN_BACKEND_REQ]
+                    };
+                }
+                let m = Message {
+                    header: msg.header,
+                    payload: msg.payload,
+                    fds: Vec::new(),
+                };
+                self.ack(conn, &m, req, 0);
+            }
+            (ResetDevice, _) => {
+                self.rings.clear();
+                self.ack(conn, &msg, req, 0);
+            }
+            _ => self.ack(conn, &msg, req, 0),
+        }
+    }
+
+    /// Serves a started, enabled blk ring: every available chain is completed and the call
+    /// fd signalled once. Other devices consume nothing (their kicks were drained).
+    fn process(&mut self, index: u32) {
+        if self.profile.device != DeviceType::Block {
+            return;
+        }
+        let Some(r) = self.rings.get(&index) else {
+            return;
+        };
+        if !(r.started && r.enabled) || r.num == 0 || r.desc == 0 && r.avail == 0 {
+            return;
+        }
+        let (num, desc, avail, used) = (r.num, r.desc, r.avail, r.used);
+        let (mut last, mut used_idx) = (r.last_avail, r.used_idx);
+        let mut done = 0;
+        // At most one ring's worth per turn: a front-end that moves its index on and on cannot
+        // keep the back-end from its socket.
+        while done < usize::from(num) {
+            let Some(avail_idx) = self.mem.read_u16(avail + 2) else {
+                break;
+            };
+            if avail_idx == last {
+                break;
+            }
+            let Some(head) = self.mem.read_u16(avail + 4 + 2 * u64::from(last % num)) else {
+                break;
+            };
+            let len = self.blk_request(desc, num, head);
+            let elem = used + 4 + 8 * u64::from(used_idx % num);
+            let mut e = [0u8; 8];
+            e[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+            e[4..].copy_from_slice(&len.to_le_bytes());
+            if self.mem.write(elem, &e).is_none() {
+                break;
+            }
+            used_idx = used_idx.wrapping_add(1);
+            let _ = self.mem.write_u16(used + 2, used_idx);
+            last = last.wrapping_add(1);
+            done += 1;
+        }
+        self.served += done;
+        let r = self.rings.get_mut(&index).expect("looked up above");
+        (r.last_avail, r.used_idx) = (last, used_idx);
+        if done > 0 {
+            if let Some(c) = &r.call {
+                write_eventfd(c);
+            }
+        }
+    }
+
+    /// Executes one virtio-blk chain; returns the bytes written into it.
+    fn blk_request(&self, table: u64, num: u16, head: u16) -> u32 {
+        let mut chain: Vec<SplitDesc> = Vec::new();
+        let mut at = head;
+        while chain.len() < usize::from(num) && at < num {
+            let mut raw = [0u8; 16];
+            if self
+                .mem
+                .read(table + 16 * u64::from(at), &mut raw)
+                .is_none()
+            {
+                return 0;
+            }
+            let Ok(d) = SplitDesc::read_from_bytes(&raw) else {
+                return 0;
+            };
+            chain.push(d);
+            if d.flags & VIRTQ_DESC_F_NEXT == 0 {
+                break;
+            }
+            at = d.next;
+        }
+        let Some(first) = chain.first() else {
+            return 0;
+        };
+        let mut hdr = [0u8; 16];
+        if first.len < 16 || self.mem.read(first.addr, &mut hdr).is_none() {
+            return 0;
+        }
+        let kind = u32::from_le_bytes(hdr[..4].try_into().expect("4 bytes"));
+        let writable: Vec<&SplitDesc> = chain
+            .iter()
+            .filter(|d| d.flags & VIRTQ_DESC_F_WRITE != 0 && d.len > 0)
+            .collect();
+        let Some(last) = writable.last() else {
+            return 0;
+        };
+        // The status byte is the last byte of the last writable buffer (virtio 1.2 5.2.6).
+        let status_at = last.addr + u64::from(last.len) - 1;
+        let data_len: u64 = writable.iter().map(|d| u64::from(d.len)).sum::<u64>() - 1;
+        let (status, written) = match kind {
+            blk::T_IN => {
+                // Zeros: a disk with nothing on it.
+                let mut left = data_len;
+                for d in &writable {
+                    let n = u64::from(d.len).min(left);
+                    let _ = self.mem.write(d.addr, &vec![0u8; n as usize]);
+                    left -= n;
+                }
+                (blk::S_OK, data_len)
+            }
+            blk::T_GET_ID => {
+                let mut id = [0u8; blk::ID_BYTES as usize];
+                id[..BLK_ID.len()].copy_from_slice(BLK_ID);
+                let n = data_len.min(u64::from(blk::ID_BYTES));
+                if let Some(d) = writable.first() {
+                    let _ = self
+                        .mem
+                        .write(d.addr, &id[..n.min(u64::from(d.len)) as usize]);
+                }
+                (blk::S_OK, n)
+            }
+            blk::T_OUT | blk::T_FLUSH => (blk::S_OK, 0),
+            _ => (blk::S_UNSUPP, 0),
+        };
+        let _ = self.mem.write(status_at, &[status]);
+        (written + 1) as u32
+    }
+
+    /// Whether the front-end gave a back-end channel on the current connection. Outside the
+    /// channel scenarios nothing is sent on it; it is only kept open (closing it could make a
+    /// front-end tear the session down).
+    pub fn has_channel(&self) -> bool {
+        self.backend_channel.is_some()
+    }
+
+    /// How long the run has lasted.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+}
