@@ -114,6 +114,7 @@ impl Session<'_> {
         };
         let ignore_enable = self.has(Fault::IgnoreVringEnable);
         let forget_inflight = self.has(Fault::NoInflightResubmit);
+        let (iommu, areas) = (self.iommu(), self.fault_ring_areas());
         let shmem_ok = self.negotiated(ProtocolFeatures::SHMEM | ProtocolFeatures::BACKEND_REQ);
         let shmem_ok = shmem_ok || self.has(Fault::ShmemUnnegotiated);
         let ctx = ShmemCtx {
@@ -146,9 +147,15 @@ impl Session<'_> {
         if forget_inflight {
             resubmit.clear();
         }
-        let result = inflight::resubmit(queue, &self.mem, &resubmit, &mut chains)
-            .and_then(|()| process_queue_with(queue, &self.mem, &mut chains));
-        self.signal_run(i, result);
+        let mem = Self::dma_view(&self.mem, &self.iotlb, iommu, areas);
+        let result = inflight::resubmit(queue, &mem, &resubmit, &mut chains)
+            .and_then(|()| process_queue_with(queue, &mem, &mut chains));
+        match (result, mem.miss()) {
+            (Err(_), Some(miss)) => self.on_iotlb_miss(i, miss, true),
+            (result, _) => {
+                self.signal_run(i, result);
+            }
+        }
     }
 
     /// Signals what a run of ring `i` did; the chains it completed.
@@ -178,6 +185,7 @@ impl Session<'_> {
     /// chains completed.
     fn drain_device_queue(&mut self, i: usize) -> usize {
         let ignore_enable = self.has(Fault::IgnoreVringEnable);
+        let (iommu, areas) = (self.iommu(), self.fault_ring_areas());
         let Device::Virtio(dev) = &mut *self.dev else {
             return 0;
         };
@@ -187,16 +195,23 @@ impl Session<'_> {
         let Some(queue) = v.queue.as_mut().filter(|_| enabled || discard) else {
             return 0;
         };
+        let mem = Self::dma_view(&self.mem, &self.iotlb, iommu, areas);
         let result = if discard {
-            process_queue_with(queue, &self.mem, &mut Discard)
+            process_queue_with(queue, &mem, &mut Discard)
         } else {
             let mut chains = DeviceChains {
                 queue: i as u16,
                 dev: dev.as_mut(),
             };
-            process_queue_with(queue, &self.mem, &mut chains)
+            process_queue_with(queue, &mem, &mut chains)
         };
-        self.signal_run(i, result)
+        match (result, mem.miss()) {
+            (Err(_), Some(miss)) => {
+                self.on_iotlb_miss(i, miss, true);
+                0
+            }
+            (result, _) => self.signal_run(i, result),
+        }
     }
 
     /// Runs every ready queue of a non-blk device again until a round completes nothing (at
@@ -217,6 +232,13 @@ impl Session<'_> {
             if completed == 0 {
                 break;
             }
+        }
+    }
+
+    /// Signals used buffers on the call eventfd (or in band), unless the fault `no-call`.
+    pub(crate) fn signal_call(&self, i: usize) {
+        if !self.has(Fault::NoCall) {
+            self.signal(i, false);
         }
     }
 

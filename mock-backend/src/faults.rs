@@ -153,6 +153,21 @@ pub enum Fault {
     /// A SET_MEM_TABLE refused for its payload (a lying nregions) first unmaps the table in
     /// use.
     MemTableDroppedOnRefusal,
+    // IOTLB (VIRTIO_F_ACCESS_PLATFORM, checklist 4.18)
+    /// IOTLB_MSG is answered only when it carries NEED_REPLY, as an ack-only message.
+    IotlbAckOnly,
+    /// Ring and descriptor addresses are used as without ACCESS_PLATFORM (user and guest
+    /// addresses), the IOTLB ignored.
+    IotlbIgnored,
+    /// Rings go through the IOTLB, but the buffers descriptors point at through the region
+    /// guest addresses.
+    IotlbGuestAddr,
+    /// An access the IOTLB does not map is never reported: the ring just waits.
+    IotlbNoMiss,
+    /// IOTLB updates whose user range lies outside the memory table are accepted.
+    IotlbAcceptOutside,
+    /// IOTLB invalidations are answered 0 but the entries are kept.
+    IotlbStale,
     /// Legal: after refusing a message (nacked if asked), the process exits with status 1.
     ExitAfterRefusal,
     /// Legal: after refusing a message (nacked if asked), that connection is closed.
@@ -163,6 +178,8 @@ pub enum Fault {
     NoReplyAck,
     /// Legal: the device config space is 8 bytes long.
     Config8,
+    /// Legal: VIRTIO_F_ACCESS_PLATFORM is not offered (no IOMMU support).
+    NoAccessPlatform,
 }
 
 /// Every fault: name, the rule it breaks, what it does.
@@ -587,6 +604,43 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "R-WIRE-12",
         "a SET_MEM_TABLE refused for a lying nregions first unmaps the table in use",
     ),
+    // IOTLB (VIRTIO_F_ACCESS_PLATFORM): caught by the iotlb/* scenarios.
+    (
+        Fault::IotlbAckOnly,
+        "iotlb-ack-only",
+        "R-IOTLB-02",
+        "IOTLB_MSG is answered only when it carries NEED_REPLY",
+    ),
+    (
+        Fault::IotlbIgnored,
+        "iotlb-ignored",
+        "R-IOTLB-03",
+        "ring and descriptor addresses are taken as user and guest addresses, the IOTLB ignored",
+    ),
+    (
+        Fault::IotlbGuestAddr,
+        "iotlb-guest-addr",
+        "R-MEM-19",
+        "buffers are reached through the region guest addresses, not the IOTLB",
+    ),
+    (
+        Fault::IotlbNoMiss,
+        "iotlb-no-miss",
+        "R-IOTLB-03",
+        "an access the IOTLB does not map is never reported as a miss; the ring waits",
+    ),
+    (
+        Fault::IotlbAcceptOutside,
+        "iotlb-accept-outside",
+        "R-IOTLB-05",
+        "IOTLB updates whose user range is outside the memory table are accepted",
+    ),
+    (
+        Fault::IotlbStale,
+        "iotlb-stale",
+        "R-IOTLB-03",
+        "IOTLB invalidations are answered 0 but the entries are kept",
+    ),
 ];
 
 /// The only device a fault makes sense with (`None`: every device). The data-path faults of
@@ -644,6 +698,12 @@ pub const VARIATIONS: &[(Fault, &str, &str)] = &[
         Fault::NoReplyAck,
         "no-reply-ack",
         "REPLY_ACK (bit 3) and INBAND_NOTIFICATIONS, which needs it, are not offered",
+    ),
+    (
+        Fault::NoAccessPlatform,
+        "no-access-platform",
+        "VIRTIO_F_ACCESS_PLATFORM (bit 33) is not offered (no IOMMU support): the iotlb/* \
+         scenarios are skipped naming the bit",
     ),
     (
         Fault::Config8,

@@ -35,6 +35,7 @@ mod datapath;
 pub mod devices;
 pub mod faults;
 mod inflight;
+mod iotlb;
 mod memory;
 mod rings;
 mod server;

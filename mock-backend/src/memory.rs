@@ -220,6 +220,96 @@ impl Memory {
             .find(|r| ua >= r.desc.user_addr && ua - r.desc.user_addr < r.desc.size)
             .map(|r| ua - r.desc.user_addr + r.desc.guest_addr)
     }
+
+    /// The region holding `[ua, ua + len)` by its user address, and the offset in it.
+    fn find_ua(&self, ua: u64, len: u64) -> Option<(&Region, u64)> {
+        self.regions.iter().find_map(|r| {
+            let off = ua.checked_sub(r.desc.user_addr)?;
+            r.ptr(off, len).map(|_| (r, off))
+        })
+    }
+
+    /// Whether every byte of `[ua, ua + len)` lies in some region's user range (the ranges of
+    /// adjacent regions may together cover it): what an IOTLB update may map (R-IOTLB-05).
+    pub fn covers_ua(&self, ua: u64, len: u64) -> bool {
+        let Some(end) = ua.checked_add(len) else {
+            return false;
+        };
+        let mut at = ua;
+        while at < end {
+            let Some(r) = self
+                .regions
+                .iter()
+                .find(|r| at >= r.desc.user_addr && at - r.desc.user_addr < r.desc.size)
+            else {
+                return false;
+            };
+            at = r.desc.user_addr.saturating_add(r.desc.size);
+        }
+        true
+    }
+
+    /// Reads at a front-end user address (the IOTLB's translations, R-IOTLB-03): the whole range
+    /// inside one region or an error naming the user address.
+    pub fn read_ua(&self, ua: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        let len = buf.len() as u64;
+        let (r, off) = self
+            .find_ua(ua, len)
+            .ok_or(MemError::Unmapped { gpa: ua, len })?;
+        let p = r.ptr(off, len).ok_or(MemError::Unmapped { gpa: ua, len })?;
+        copy_out(p, buf);
+        Ok(())
+    }
+
+    /// Writes at a front-end user address, logging the pages at the region's guest address
+    /// when LOG_ALL is on (the dirty log is kept in guest pages, R-LOG-04).
+    pub fn write_ua(&self, ua: u64, data: &[u8]) -> Result<(), MemError> {
+        let len = data.len() as u64;
+        let (r, off) = self
+            .find_ua(ua, len)
+            .ok_or(MemError::Unmapped { gpa: ua, len })?;
+        let p = r.ptr(off, len).ok_or(MemError::Unmapped { gpa: ua, len })?;
+        copy_in(p, data);
+        self.logged(r.desc.guest_addr.wrapping_add(off), len);
+        Ok(())
+    }
+
+    /// Whether `[ua, ua + len)` lies inside one region's user range.
+    pub fn check_ua(&self, ua: u64, len: u64) -> Result<(), MemError> {
+        end_of(ua, len)?;
+        self.find_ua(ua, len)
+            .map(drop)
+            .ok_or(MemError::Unmapped { gpa: ua, len })
+    }
+}
+
+/// Copies `buf.len()` mapped bytes at `p` out, with volatile reads; an aligned 2-byte access is
+/// one access (ring indices and packed flags are read that way).
+fn copy_out(p: *mut u8, buf: &mut [u8]) {
+    if let ([lo, hi], true) = (&mut *buf, p as usize % 2 == 0) {
+        // SAFETY: the caller found `p` to address 2 mapped bytes; aligned for u16 (checked).
+        let v = unsafe { std::ptr::read_volatile(p.cast::<u16>()) };
+        [*lo, *hi] = v.to_ne_bytes();
+        return;
+    }
+    for (i, b) in buf.iter_mut().enumerate() {
+        // SAFETY: the caller found `p` to address buf.len() mapped bytes.
+        *b = unsafe { std::ptr::read_volatile(p.add(i)) };
+    }
+}
+
+/// Copies `data` into the mapped bytes at `p`, with volatile writes (an aligned 2-byte write
+/// is one access).
+fn copy_in(p: *mut u8, data: &[u8]) {
+    if let (&[lo, hi], true) = (data, p as usize % 2 == 0) {
+        // SAFETY: the caller found `p` to address 2 mapped bytes; aligned for u16 (checked).
+        unsafe { std::ptr::write_volatile(p.cast::<u16>(), u16::from_ne_bytes([lo, hi])) };
+        return;
+    }
+    for (i, b) in data.iter().enumerate() {
+        // SAFETY: the caller found `p` to address data.len() mapped bytes.
+        unsafe { std::ptr::write_volatile(p.add(i), *b) };
+    }
 }
 
 /// The device's view of guest memory. Copies are volatile because the driver (another process)
@@ -229,30 +319,13 @@ impl Memory {
 impl GuestMemory for Memory {
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
         let p = self.range(gpa, buf.len())?;
-        if let ([lo, hi], true) = (&mut *buf, p as usize % 2 == 0) {
-            // SAFETY: `p` addresses 2 mapped bytes, aligned for u16 (checked just above).
-            let v = unsafe { std::ptr::read_volatile(p.cast::<u16>()) };
-            [*lo, *hi] = v.to_ne_bytes();
-            return Ok(());
-        }
-        for (i, b) in buf.iter_mut().enumerate() {
-            // SAFETY: `p` addresses buf.len() mapped bytes.
-            *b = unsafe { std::ptr::read_volatile(p.add(i)) };
-        }
+        copy_out(p, buf);
         Ok(())
     }
 
     fn write(&self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
         let p = self.range(gpa, data.len())?;
-        if let (&[lo, hi], true) = (data, p as usize % 2 == 0) {
-            // SAFETY: `p` addresses 2 mapped bytes, aligned for u16 (checked just above).
-            unsafe { std::ptr::write_volatile(p.cast::<u16>(), u16::from_ne_bytes([lo, hi])) };
-        } else {
-            for (i, b) in data.iter().enumerate() {
-                // SAFETY: `p` addresses data.len() mapped bytes.
-                unsafe { std::ptr::write_volatile(p.add(i), *b) };
-            }
-        }
+        copy_in(p, data);
         self.logged(gpa, data.len() as u64);
         Ok(())
     }

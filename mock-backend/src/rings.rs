@@ -47,6 +47,8 @@ pub struct Vring {
     pub(crate) queue: Option<Queue>,
     /// Heads in flight in the inflight area when the ring started, to complete first.
     pub(crate) resubmit: Vec<u16>,
+    /// The last run stopped at an IOTLB miss: run again after the next update.
+    pub(crate) iotlb_wait: bool,
 }
 
 impl Vring {
@@ -101,6 +103,7 @@ impl Session<'_> {
             if ready[0] && !self.handle_one() {
                 return;
             }
+            self.retry_after_iotlb();
         }
     }
 
@@ -187,11 +190,13 @@ impl Session<'_> {
 
     /// SET_VRING_ADDR (R-VRING-03/05): user addresses inside the memory table; the only flag is
     /// VHOST_VRING_F_LOG (used-ring writes are logged at their guest address, which is the log
-    /// address front-ends give).
+    /// address front-ends give). With ACCESS_PLATFORM they are IOVAs (R-IOTLB-03), which the
+    /// IOTLB may not map yet: their accesses report a miss then.
     pub(crate) fn set_vring_addr(&mut self, a: VringAddr) -> Outcome {
-        let covered = [a.desc, a.avail, a.used]
-            .iter()
-            .all(|&ua| self.mem.ua_to_gpa(ua).is_some());
+        let covered = self.iommu()
+            || [a.desc, a.avail, a.used]
+                .iter()
+                .all(|&ua| self.mem.ua_to_gpa(ua).is_some());
         let num_first = self.has(Fault::RequireNumFirst);
         match self.queue(a.index) {
             Some(q) if num_first && q.size == 0 => Outcome::Failed,
@@ -311,8 +316,18 @@ impl Session<'_> {
             return Outcome::Failed;
         };
         // R-VRING-06: the used index is read from the ring in memory.
-        let Ok(used_idx) = queue.sync_used_idx(&self.mem) else {
-            return Outcome::Failed;
+        let view = Self::dma_view(&self.mem, &self.iotlb, self.iommu(), None);
+        let synced = queue.sync_used_idx(&view);
+        let miss = view.miss();
+        let used_idx = match (synced, miss) {
+            (Ok(u), _) => u,
+            (Err(_), Some(miss)) => {
+                // The used ring is not in the IOTLB yet: the ring starts and waits for it.
+                self.queues[i].queue = Some(queue);
+                self.on_iotlb_miss(i, miss, false);
+                return Outcome::Done;
+            }
+            (Err(_), None) => return Outcome::Failed,
         };
         if let Some(area) = self.inflight.as_mut().filter(|_| !cfg.packed) {
             self.queues[i].resubmit = area.start(i, used_idx);
@@ -329,16 +344,26 @@ impl Session<'_> {
         self.features & VirtioFeatures::RING_PACKED.bits() != 0
     }
 
-    /// The ring's guest addresses and negotiated ring features, if its addresses translate.
+    /// The ring's guest addresses (IOVAs with ACCESS_PLATFORM) and negotiated ring features,
+    /// if its addresses translate.
     fn ring_config(&self, i: usize) -> Option<RingConfig> {
         let q = &self.queues[i];
         let a = q.addr?;
         let has = |f: VirtioFeatures| self.features & f.bits() != 0;
+        // With ACCESS_PLATFORM the addresses stay IOVAs: the IOTLB translates every access.
+        let iommu = self.iommu();
+        let at = |ua: u64| {
+            if iommu {
+                Some(ua)
+            } else {
+                self.mem.ua_to_gpa(ua)
+            }
+        };
         Some(RingConfig {
             size: q.size,
-            desc: self.mem.ua_to_gpa(a.desc)?,
-            driver: self.mem.ua_to_gpa(a.avail)?,
-            device: self.mem.ua_to_gpa(a.used)?,
+            desc: at(a.desc)?,
+            driver: at(a.avail)?,
+            device: at(a.used)?,
             packed: self.packed(),
             event_idx: has(VirtioFeatures::EVENT_IDX),
             indirect: has(VirtioFeatures::INDIRECT_DESC),

@@ -16,6 +16,7 @@ use crate::channel::{BackendChannel, Shmem};
 use crate::devices::Device;
 use crate::faults::{Fault, Faults};
 use crate::inflight::InflightArea;
+use crate::iotlb::Iotlb;
 use crate::memory::{DirtyLog, Memory, Region};
 use crate::rings::Vring;
 use crate::state::Transfer;
@@ -44,6 +45,9 @@ pub(crate) enum Outcome {
     Refused(Body),
     /// The connection must close (R-NEG-12, R-WIRE-13).
     Close,
+    /// Nothing is sent back, not even for a request that is always answered (the fault
+    /// `iotlb-ack-only`).
+    Silent,
 }
 
 impl Outcome {
@@ -94,6 +98,10 @@ pub struct Session<'a> {
     pub(crate) inflight: Option<InflightArea>,
     /// A device state transfer in progress.
     pub(crate) transfer: Option<Transfer>,
+    /// The device IOTLB (VIRTIO_F_ACCESS_PLATFORM).
+    pub(crate) iotlb: Iotlb,
+    /// An IOTLB update arrived: rings held up by a miss are retried after its reply.
+    pub(crate) iotlb_changed: bool,
     /// What was wrong with the request being refused (payload, fds), for the refusal line of
     /// `exit-after-refusal` and `close-after-refusal`.
     pub(crate) why: Option<String>,
@@ -174,6 +182,8 @@ impl<'a> Session<'a> {
             status: 0,
             log_fd: None,
             transfer: None,
+            iotlb: Iotlb::default(),
+            iotlb_changed: false,
             inflight: None,
             why: None,
             exit_refusal: None,
@@ -189,10 +199,16 @@ impl<'a> Session<'a> {
     }
 
     /// The device's bits (blk, VERSION_1 and the ring layouts it drives) and the vhost-user
-    /// ones.
+    /// ones, with ACCESS_PLATFORM for every device: addresses through the IOTLB (`iotlb`).
     fn offered_features(&self) -> u64 {
         let mut f = self.dev.device_features()
-            | (VirtioFeatures::LOG_ALL | VirtioFeatures::PROTOCOL_FEATURES).bits();
+            | (VirtioFeatures::LOG_ALL
+                | VirtioFeatures::PROTOCOL_FEATURES
+                | VirtioFeatures::ACCESS_PLATFORM)
+                .bits();
+        if self.has(Fault::NoAccessPlatform) {
+            f &= !VirtioFeatures::ACCESS_PLATFORM.bits();
+        }
         if self.has(Fault::Config8) && matches!(self.dev, Device::Blk(_)) {
             // An 8-byte config space has no writeback byte (offset 32) to make writable.
             f &= !vhu_protocol::virtio::blk::F_CONFIG_WCE;
@@ -292,6 +308,7 @@ impl<'a> Session<'a> {
         let mut fd = None;
         let body = match outcome {
             Outcome::Close => return false,
+            Outcome::Silent => return true,
             Outcome::Reply(b) | Outcome::Refused(b) => Some(b),
             Outcome::ReplyWithFd(b, f) => {
                 fd = Some(f);
@@ -387,6 +404,7 @@ impl<'a> Session<'a> {
             self.why = Some(format!("{shown}{fds}"));
         }
         let fds = self.take_fds(&mut msg, max_fds);
+        let need_reply = msg.header.need_reply();
         match (req, body) {
             (GetFeatures, _) if self.has(Fault::NoReplyGetFeatures) => hang(),
             (GetFeatures, _) => Outcome::Reply(Body::U64(self.offered_features())),
@@ -441,6 +459,7 @@ impl<'a> Session<'a> {
             (CloseCryptoSession, _) if self.has(Fault::AcceptCryptoSession) => Outcome::Done,
             (GetInflightFd, Body::Inflight(d)) => self.get_inflight_fd(d),
             (SetInflightFd, Body::Inflight(d)) => self.set_inflight_fd(d, fds),
+            (IotlbMsg, Body::Iotlb(m)) => self.iotlb_msg(m, need_reply),
             _ => Outcome::Failed,
         }
     }

@@ -4,7 +4,8 @@
 //! violations are noted, and NEED_REPLY requests are acked (R-ACK-08): 0 when the request is
 //! valid and done, non-zero otherwise (unknown codes included, R-BCH-08). SHMEM_MAP and
 //! SHMEM_UNMAP really map and unmap the back-end's fd in the regions GET_SHMEM_CONFIG declared
-//! (see [`crate::shmem`]).
+//! (see [`crate::shmem`]). An IOTLB miss is answered with the IOTLB update on the main socket
+//! before it is acked (see [`crate::iommu`]).
 
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,9 +14,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use vhu_protocol::wire::payload::Body;
+use vhu_protocol::wire::payload::{Body, IotlbMsg};
 use vhu_protocol::{BackendReq, ConnError, Connection, Message, Violation};
 
+use crate::iommu::{Iommu, MainLink, MissAnswer, Pending, TYPE_MISS};
 use crate::shmem::{MAX_SHMEM_TOTAL, ShmemMapping, ShmemRefusal, ShmemSpace};
 
 /// What the back-end sent wrong on the channel. The texts say what happened and name no rule:
@@ -106,6 +108,10 @@ pub enum Refusal {
         /// Why it could not be done.
         error: ShmemRefusal,
     },
+    /// A request this front-end cannot act on although it breaks no rule the harness checks
+    /// (an IOTLB type only front-ends send, a miss no mapping covers: an invalid miss).
+    #[error("{0}")]
+    Invalid(String),
     /// A local resource failed (not the back-end's fault).
     #[error("{0}")]
     Local(String),
@@ -176,16 +182,32 @@ pub struct BackendChannel {
     thread: Option<JoinHandle<()>>,
 }
 
+/// What the channel needs to answer IOTLB misses: the main socket and the IOMMU's mappings.
+#[derive(Clone, Debug)]
+pub struct IotlbLink {
+    /// The main socket the update goes out on.
+    pub main: MainLink,
+    /// The mappings, the hold switch and the answers.
+    pub iommu: Iommu,
+    /// Send the update with NEED_REPLY (its u64 reply is due either way, R-IOTLB-02).
+    pub need_reply: bool,
+}
+
 impl BackendChannel {
-    /// Starts serving `stream` on a thread.
-    pub fn start(stream: UnixStream, epoch: Instant, _reply_ack: bool) -> std::io::Result<Self> {
+    /// Starts serving `stream` on a thread; `iotlb` answers misses (without it a miss is
+    /// recorded and acked as any other request).
+    pub fn start(
+        stream: UnixStream,
+        epoch: Instant,
+        iotlb: Option<IotlbLink>,
+    ) -> std::io::Result<Self> {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let conn = Connection::new(stream, Some(Duration::from_millis(50)));
         let (s, st) = (shared.clone(), stop.clone());
         let thread = std::thread::Builder::new()
             .name("vhu-backend-channel".into())
-            .spawn(move || serve(&conn, &s, &st, epoch))?;
+            .spawn(move || serve(&conn, &s, &st, epoch, iotlb.as_ref()))?;
         Ok(Self {
             shared,
             stop,
@@ -277,10 +299,21 @@ impl Drop for BackendChannel {
     }
 }
 
-fn serve(conn: &Connection, shared: &Mutex<Shared>, stop: &AtomicBool, epoch: Instant) {
+fn serve(
+    conn: &Connection,
+    shared: &Mutex<Shared>,
+    stop: &AtomicBool,
+    epoch: Instant,
+    iotlb: Option<&IotlbLink>,
+) {
     while !stop.load(Ordering::Relaxed) {
+        if let Some(link) = iotlb {
+            for p in link.iommu.released() {
+                answer_miss(conn, shared, link, p, epoch);
+            }
+        }
         match conn.recv_unchecked() {
-            Ok(msg) => handle(conn, shared, msg, epoch),
+            Ok(msg) => handle(conn, shared, msg, epoch, iotlb),
             Err(ConnError::Timeout { .. }) => {}
             Err(e) if e.is_peer_gone() => {
                 shared
@@ -307,10 +340,20 @@ fn trim_zeros(sizes: &[u64]) -> &[u64] {
     &sizes[..len]
 }
 
-fn handle(conn: &Connection, shared: &Mutex<Shared>, msg: Message, epoch: Instant) {
-    let mut s = shared
+fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn handle(
+    conn: &Connection,
+    shared: &Mutex<Shared>,
+    msg: Message,
+    epoch: Instant,
+    iotlb: Option<&IotlbLink>,
+) {
+    let mut s = lock(shared);
     let at_us = epoch.elapsed().as_micros() as u64;
     let keep = s.records.len() < MAX_RECORDS;
     if keep {
@@ -329,7 +372,20 @@ fn handle(conn: &Connection, shared: &Mutex<Shared>, msg: Message, epoch: Instan
     if refuse {
         s.refuse -= 1;
     }
-    let outcome = match check(&msg) {
+    let checked = check(&msg);
+    if let (Ok((BackendReq::IotlbMsg, Body::Iotlb(m))), Some(link), false) =
+        (&checked, iotlb, refuse)
+        && m.kind == TYPE_MISS
+    {
+        // Answered outside the lock: the update's round trip on the main socket comes first.
+        let pending = record_miss(&mut s, &msg, *m, at_us, keep);
+        drop(s);
+        if let Some(p) = link.iommu.hold_or_pass(pending) {
+            answer_miss(conn, shared, link, p, epoch);
+        }
+        return;
+    }
+    let outcome = match checked {
         Err(violation) => Err(Refusal::Violation(violation)),
         Ok(_) if refuse => Err(Refusal::OnPurpose),
         Ok((req, body)) => carry_out(&mut s, &msg, req, body),
@@ -371,9 +427,102 @@ fn handle(conn: &Connection, shared: &Mutex<Shared>, msg: Message, epoch: Instan
     });
 }
 
-/// Does what a valid request asks: SHMEM_MAP/UNMAP act on the shared memory regions; the others
-/// only need recording. `Err` when it cannot be done.
+/// Records a miss whose ack waits for its answer; what [`answer_miss`] needs.
+fn record_miss(s: &mut Shared, msg: &Message, miss: IotlbMsg, at_us: u64, keep: bool) -> Pending {
+    let pending = Pending {
+        miss,
+        need_reply: msg.header.need_reply(),
+        record: keep.then_some(s.records.len()),
+    };
+    if keep {
+        s.records.push(BackendRecord {
+            code: msg.header.request,
+            flags: msg.header.flags,
+            payload: msg.payload.clone(),
+            fds: 0,
+            ack: None,
+            at_us,
+            refused: None,
+        });
+    } else {
+        s.dropped += 1;
+    }
+    pending
+}
+
+/// Answers a miss (R-IOTLB-04): the update of the mapping that covers it on the main socket,
+/// then, if asked, the ack: 0 once the back-end answered the update 0, non-zero otherwise; a
+/// miss no mapping covers is invalid: nothing is sent and the ack is non-zero.
+fn answer_miss(
+    conn: &Connection,
+    shared: &Mutex<Shared>,
+    link: &IotlbLink,
+    p: Pending,
+    epoch: Instant,
+) {
+    let update = link.iommu.lookup(p.miss.iova, p.miss.perm);
+    let reply = match update {
+        Some(m) => link
+            .main
+            .iotlb(&m.update(), link.need_reply, |header, payload| {
+                let dir = if header.is_reply() {
+                    Direction::FromBackend
+                } else {
+                    Direction::ToBackend
+                };
+                let at = epoch.elapsed().as_micros() as u64;
+                lock(shared)
+                    .transcript
+                    .record(at, Channel::Main, dir, header, payload, 0);
+            }),
+        None => Err(format!(
+            "no mapping covers iova {:#x} with perm {}: nothing sent (an invalid miss)",
+            p.miss.iova, p.miss.perm
+        )),
+    };
+    let ack = p.need_reply.then(|| u64::from(reply != Ok(0)));
+    // Recorded before the ack goes out: whoever sees the ack finds the answer.
+    let refused = reply.clone().err().filter(|_| update.is_none());
+    link.iommu.record(MissAnswer {
+        miss: p.miss,
+        need_reply: p.need_reply,
+        update,
+        reply,
+        ack,
+        at_us: epoch.elapsed().as_micros() as u64,
+    });
+    let mut s = lock(shared);
+    if let Some(r) = p.record.and_then(|i| s.records.get_mut(i)) {
+        r.ack = ack;
+        r.refused = refused.map(Refusal::Invalid);
+    }
+    if let Some(value) = ack {
+        let header = vhu_protocol::Header::reply(BackendReq::IotlbMsg as u32, 8);
+        let at = epoch.elapsed().as_micros() as u64;
+        s.transcript.record(
+            at,
+            Channel::Backend,
+            Direction::ToBackend,
+            &header,
+            &value.to_ne_bytes(),
+            0,
+        );
+        let _ = conn.send_reply(BackendReq::IotlbMsg as u32, &Body::U64(value), &[]);
+    }
+}
+
+/// Does what a valid request asks: SHMEM_MAP/UNMAP act on the shared memory regions; an IOTLB
+/// message of a type only front-ends send is refused; the others only need recording. `Err`
+/// when it cannot be done.
 fn carry_out(s: &mut Shared, msg: &Message, req: BackendReq, body: Body) -> Result<(), Refusal> {
+    if let Body::Iotlb(m) = &body
+        && !matches!(m.kind, TYPE_MISS | crate::iommu::TYPE_ACCESS_FAIL)
+    {
+        return Err(Refusal::Invalid(format!(
+            "BACKEND_IOTLB_MSG of type {}: back-ends send misses (1) and access failures (4)",
+            m.kind
+        )));
+    }
     let r = match (req, &body) {
         (BackendReq::ShmemMap, Body::ShmemMap(m)) => {
             let Some(fd) = msg.fds.first().and_then(|fd| fd.try_clone().ok()) else {

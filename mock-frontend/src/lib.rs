@@ -1,6 +1,6 @@
 //! The mock VMM (front-end) of vhu-conform: guest memory over memfd, a strict vhost-user session
 //! that tracks what was negotiated, the driver side of virtqueues, virtio-blk requests, the
-//! back-end request channel, and a transcript of every message.
+//! back-end request channel, an IOMMU that answers IOTLB misses, and a transcript of every message.
 //!
 //! A back-end that misbehaves is never a panic here: it is a [`session::SessionError`] whose
 //! [`is_backend_fault`](session::SessionError::is_backend_fault) says so, for the engine to turn
@@ -11,6 +11,7 @@ pub mod channel;
 pub mod exchange;
 pub mod fs;
 pub mod inflight;
+pub mod iommu;
 pub mod memory;
 pub mod net;
 pub mod rng;

@@ -33,6 +33,14 @@ pub enum MemoryError {
         /// The region.
         spec: RegionSpec,
     },
+    /// IOVA bases that do not name one base per region.
+    #[error("{bases} IOVA bases for {regions} regions")]
+    IovaBases {
+        /// Bases given.
+        bases: usize,
+        /// Regions of the memory.
+        regions: usize,
+    },
     /// A range is not inside one region.
     #[error("guest range {gpa:#x}+{len:#x} is not inside one region")]
     Unmapped {
@@ -152,12 +160,19 @@ impl Drop for GuestRegion {
     }
 }
 
+/// Offset of I/O virtual addresses from guest addresses where no swap is possible (see
+/// [`GuestMemory::iova_bases_for`]): far from both the guest and the user addresses.
+pub const IOVA_OFFSET: u64 = 0x40_0000_0000;
+
 /// The guest's memory: regions and a bump allocator for rings and buffers.
 #[derive(Debug)]
 pub struct GuestMemory {
     regions: Vec<GuestRegion>,
     /// Allocation cursor: region index and offset into it.
     cursor: (usize, u64),
+    /// Where the device finds each region through the IOMMU (VIRTIO_F_ACCESS_PLATFORM): the
+    /// I/O virtual address of its first byte. `None`: the device uses guest addresses.
+    iova: Option<Vec<u64>>,
 }
 
 impl GuestMemory {
@@ -170,6 +185,7 @@ impl GuestMemory {
         Ok(Self {
             regions,
             cursor: (0, 0),
+            iova: None,
         })
     }
 
@@ -267,6 +283,90 @@ impl GuestMemory {
             .iter()
             .find(|r| gpa >= r.spec.guest_addr && gpa < r.spec.guest_addr + r.spec.size)
             .map(|r| gpa - r.spec.guest_addr + r.spec.user_addr)
+    }
+
+    /// I/O virtual addresses for the regions of `specs`, chosen so that a device ignoring the
+    /// IOMMU fails visibly: with two regions of one size each is mapped at the *other*
+    /// region's guest range, so an IOVA taken for a guest address (R-MEM-19) reaches the wrong
+    /// region, and none is a user address (R-IOTLB-03); otherwise guest address +
+    /// [`IOVA_OFFSET`], which no region's guest or user range holds.
+    pub fn iova_bases_for(specs: &[RegionSpec]) -> Vec<u64> {
+        match specs {
+            [a, b] if a.size == b.size => vec![b.guest_addr, a.guest_addr],
+            _ => specs.iter().map(|s| s.guest_addr + IOVA_OFFSET).collect(),
+        }
+    }
+
+    /// Puts the memory behind the IOMMU: region `i` is addressed by the device from IOVA
+    /// `bases[i]`; descriptors and ring addresses then carry IOVAs (R-IOTLB-03).
+    ///
+    /// # Errors
+    /// Not one base per region, or a base whose range wraps around.
+    pub fn map_iova(&mut self, bases: Vec<u64>) -> Result<(), MemoryError> {
+        if bases.len() != self.regions.len() {
+            return Err(MemoryError::IovaBases {
+                bases: bases.len(),
+                regions: self.regions.len(),
+            });
+        }
+        for (r, &b) in self.regions.iter().zip(&bases) {
+            if b.checked_add(r.spec.size).is_none() {
+                return Err(MemoryError::BadRegion { spec: r.spec });
+            }
+        }
+        self.iova = Some(bases);
+        Ok(())
+    }
+
+    /// Whether the device addresses this memory through the IOMMU.
+    pub fn behind_iommu(&self) -> bool {
+        self.iova.is_some()
+    }
+
+    /// The address the device knows `gpa` by: its IOVA behind the IOMMU, else `gpa` itself.
+    pub fn device_addr(&self, gpa: u64) -> u64 {
+        let Some(bases) = &self.iova else {
+            return gpa;
+        };
+        self.regions
+            .iter()
+            .zip(bases)
+            .find(|(r, _)| gpa >= r.spec.guest_addr && gpa - r.spec.guest_addr < r.spec.size)
+            .map_or(gpa, |(r, base)| base + (gpa - r.spec.guest_addr))
+    }
+
+    /// The IOMMU's mappings: each region's IOVA range to its user addresses, read-write.
+    pub fn iommu_mappings(&self) -> Vec<crate::iommu::Mapping> {
+        let Some(bases) = &self.iova else {
+            return Vec::new();
+        };
+        self.regions
+            .iter()
+            .zip(bases)
+            .map(|(r, &iova)| crate::iommu::Mapping {
+                iova,
+                size: r.spec.size,
+                uaddr: r.spec.user_addr,
+                perm: crate::iommu::PERM_RW,
+            })
+            .collect()
+    }
+
+    /// The first non-zero byte of region `i` (its guest address and value), if any: a region
+    /// nothing was allocated in holds only zeros unless the device wrote there.
+    pub fn first_nonzero(&self, i: usize) -> Option<(u64, u8)> {
+        let r = self.regions.get(i)?;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut at = 0;
+        while at < r.spec.size {
+            let n = (r.spec.size - at).min(buf.len() as u64) as usize;
+            self.read(r.spec.guest_addr + at, &mut buf[..n]).ok()?;
+            if let Some(k) = buf[..n].iter().position(|&b| b != 0) {
+                return Some((r.spec.guest_addr + at + k as u64, buf[k]));
+            }
+            at += n as u64;
+        }
+        None
     }
 
     /// Allocates `len` bytes aligned to `align` (a power of two), returning the guest address.

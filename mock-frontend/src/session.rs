@@ -6,21 +6,23 @@
 use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use vhu_protocol::wire::ReplyKind;
 use vhu_protocol::wire::payload::{
-    Body, ConfigHeader, DeviceStateParams, InflightDesc, MemRegion, VringAddr, VringState,
-    vring_fd_word,
+    Body, ConfigHeader, DeviceStateParams, InflightDesc, IotlbMsg, MemRegion, VringAddr,
+    VringState, vring_fd_word,
 };
 use vhu_protocol::{
     ConnError, Connection, FrontendReq, Header, Message, ProtocolFeatures, RawMessage, Violation,
     VirtioFeatures,
 };
 
-use crate::channel::BackendChannel;
+use crate::channel::{BackendChannel, IotlbLink};
 use crate::inflight::{InflightBuffer, split_area_size};
+use crate::iommu::{Iommu, MainLink, Mapping};
 use crate::memory::{GuestMemory, GuestRegion, MemoryError};
 use crate::transcript::{Channel, Direction, Recorder, Transcript};
 
@@ -282,7 +284,11 @@ impl SessionError {
 /// A front-end session over one connection.
 #[derive(Debug)]
 pub struct Session {
-    conn: Connection,
+    /// The main socket; the back-end channel's thread borrows it to answer IOTLB misses, so
+    /// every request holds the lock until its reply is read.
+    conn: Arc<Mutex<Connection>>,
+    /// The IOMMU's mappings and the misses answered (VIRTIO_F_ACCESS_PLATFORM).
+    iommu: Iommu,
     opts: SessionOptions,
     /// Every message on the main socket, decoded only when the transcript is asked for.
     transcript: Recorder,
@@ -306,7 +312,8 @@ impl Session {
     pub fn new(mut conn: Connection, opts: SessionOptions) -> Self {
         conn.set_timeout(Some(opts.reply_timeout));
         Self {
-            conn,
+            conn: Arc::new(Mutex::new(conn)),
+            iommu: Iommu::default(),
             opts,
             transcript: Recorder::default(),
             start: Instant::now(),
@@ -324,7 +331,17 @@ impl Session {
     /// Changes how long each reply is waited for (a slow-starting back-end's first reply).
     pub fn set_reply_timeout(&mut self, timeout: Duration) {
         self.opts.reply_timeout = timeout;
-        self.conn.set_timeout(Some(timeout));
+        self.conn().set_timeout(Some(timeout));
+    }
+
+    /// The main connection, locked (see [`Session`]'s `conn`).
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The IOMMU: its mappings answer the back-end's IOTLB misses; misses can be held.
+    pub fn iommu(&self) -> &Iommu {
+        &self.iommu
     }
 
     /// How many messages arrived on the main socket so far.
@@ -441,13 +458,14 @@ impl Session {
         let need = need_reply.unwrap_or(self.opts.auto_need_reply && ack_only && self.reply_ack());
         let payload = body.encode();
         let header = Header::request(req as u32, payload.len() as u32, need);
+        let shared = Arc::clone(&self.conn);
+        let conn = shared.lock().unwrap_or_else(PoisonError::into_inner);
         self.record_sent(&header, &payload, fds.len());
-        self.conn
-            .send(header, &payload, fds)
+        conn.send(header, &payload, fds)
             .map_err(|e| self.conn_error(Some(req), e))?;
         self.track(req, body);
         if !ack_only || need {
-            let r = self.receive_reply(req, ack_only).map(Some);
+            let r = self.receive_reply(&conn, req, ack_only).map(Some);
             self.last_unacked = None;
             return r;
         }
@@ -464,8 +482,13 @@ impl Session {
         }
     }
 
-    fn receive_reply(&mut self, req: FrontendReq, ack_only: bool) -> Result<Message, SessionError> {
-        let msg = match self.conn.recv_reply(req as u32) {
+    fn receive_reply(
+        &mut self,
+        conn: &Connection,
+        req: FrontendReq,
+        ack_only: bool,
+    ) -> Result<Message, SessionError> {
+        let msg = match conn.recv_reply(req as u32) {
             Ok(m) => m,
             Err(ConnError::UnexpectedReply { message, .. }) => {
                 self.record_received(&message);
@@ -617,9 +640,8 @@ impl Session {
     ) -> Result<(), SessionError> {
         let header = Header::from_bytes(&raw.header);
         self.record_sent(&header, &raw.body, fds.len());
-        self.conn
-            .send_raw(raw, fds)
-            .map_err(|e| self.conn_error(None, e))
+        let r = self.conn().send_raw(raw, fds);
+        r.map_err(|e| self.conn_error(None, e))
     }
 
     /// Sends `messages` as one byte stream cut at `cuts` (ascending offsets into their
@@ -650,9 +672,8 @@ impl Session {
                 continue;
             }
             let with = if start == 0 { fds } else { &[] };
-            self.conn
-                .send_bytes(&bytes[start..end], with)
-                .map_err(|e| self.conn_error(None, e))?;
+            let r = self.conn().send_bytes(&bytes[start..end], with);
+            r.map_err(|e| self.conn_error(None, e))?;
             start = end;
             if start < bytes.len() {
                 std::thread::sleep(pause);
@@ -663,10 +684,14 @@ impl Session {
 
     /// Receives whatever comes next within `timeout`.
     pub fn recv_any(&mut self, timeout: Duration) -> Result<Message, SessionError> {
-        let old = self.conn.timeout();
-        self.conn.set_timeout(Some(timeout));
-        let r = self.conn.recv_unchecked();
-        self.conn.set_timeout(old);
+        let r = {
+            let mut conn = self.conn();
+            let old = conn.timeout();
+            conn.set_timeout(Some(timeout));
+            let r = conn.recv_unchecked();
+            conn.set_timeout(old);
+            r
+        };
         let msg = r.map_err(|e| self.conn_error(None, e))?;
         self.record_received(&msg);
         Ok(msg)
@@ -1017,6 +1042,34 @@ impl Session {
         )
     }
 
+    /// IOTLB_MSG: `msg` as given (an update, an invalidation, or anything a test wants to
+    /// send), with NEED_REPLY if `need_reply` (QEMU sets it whenever REPLY_ACK is negotiated),
+    /// and the back-end's u64 answer, which is due either way (R-IOTLB-02): [`Ack::Ok`] for 0,
+    /// [`Ack::Failed`] otherwise.
+    pub fn iotlb_msg(&mut self, msg: &IotlbMsg, need_reply: bool) -> Result<Ack, SessionError> {
+        let m = self.request(
+            FrontendReq::IotlbMsg,
+            &Body::Iotlb(*msg),
+            &[],
+            Some(need_reply),
+        )?;
+        Ok(match m.and_then(|m| m.u64()) {
+            Some(0) => Ack::Ok,
+            Some(v) => Ack::Failed(v),
+            None => Ack::Failed(u64::MAX),
+        })
+    }
+
+    /// IOTLB_MSG update of `m` (type 2: iova, size, user address, perm).
+    pub fn iotlb_update(&mut self, m: &Mapping, need_reply: bool) -> Result<Ack, SessionError> {
+        self.iotlb_msg(&m.update(), need_reply)
+    }
+
+    /// IOTLB_MSG invalidation of `m`'s range (type 3: iova, size).
+    pub fn iotlb_invalidate(&mut self, m: &Mapping, need_reply: bool) -> Result<Ack, SessionError> {
+        self.iotlb_msg(&m.invalidate(), need_reply)
+    }
+
     /// SET_DEVICE_STATE_FD: the raw reply (u64 result, maybe an fd).
     pub fn set_device_state_fd(
         &mut self,
@@ -1049,13 +1102,18 @@ impl Session {
             what: "cannot create the back-end channel socketpair".into(),
             source,
         })?;
-        let channel =
-            BackendChannel::start(ours, self.start, self.reply_ack()).map_err(|source| {
-                SessionError::Local {
-                    what: "cannot start the back-end channel".into(),
-                    source,
-                }
-            })?;
+        let link = IotlbLink {
+            main: MainLink::new(&self.conn),
+            // As QEMU: NEED_REPLY on the update once REPLY_ACK is negotiated.
+            need_reply: self.reply_ack(),
+            iommu: self.iommu.clone(),
+        };
+        let channel = BackendChannel::start(ours, self.start, Some(link)).map_err(|source| {
+            SessionError::Local {
+                what: "cannot start the back-end channel".into(),
+                source,
+            }
+        })?;
         if let Some(sizes) = &self.shmem_sizes {
             channel.set_shmem_config(sizes);
         }

@@ -182,9 +182,16 @@ impl DriverQueue {
         })
     }
 
-    /// SET_VRING_ADDR's payload: ring locations as user addresses (R-VRING-03).
+    /// SET_VRING_ADDR's payload: ring locations as user addresses (R-VRING-03), or as IOVAs
+    /// when the memory is behind the IOMMU (R-IOTLB-03).
     pub fn vring_addr(&self, mem: &GuestMemory) -> VringAddr {
-        let ua = |gpa| mem.gpa_to_ua(gpa).unwrap_or(gpa);
+        let ua = |gpa| {
+            if mem.behind_iommu() {
+                mem.device_addr(gpa)
+            } else {
+                mem.gpa_to_ua(gpa).unwrap_or(gpa)
+            }
+        };
         VringAddr {
             index: self.index.into(),
             flags: u32::from(self.log_used),
@@ -351,11 +358,14 @@ impl DriverQueue {
     }
 
     /// Adds a direct chain; returns its head (split) or buffer id (packed). Not visible to the
-    /// device until [`publish`](Self::publish).
+    /// device until [`publish`](Self::publish). Descriptors carry the addresses the device
+    /// knows the buffers by (IOVAs behind the IOMMU).
     pub fn add_chain(&mut self, mem: &GuestMemory, bufs: &[Buffer]) -> Result<u16, MemoryError> {
         if self.layout == RingLayout::Packed {
-            let descs: Vec<(u64, u32, u16)> =
-                bufs.iter().map(|b| (b.gpa, b.len, write_flag(b))).collect();
+            let descs: Vec<(u64, u32, u16)> = bufs
+                .iter()
+                .map(|b| (mem.device_addr(b.gpa), b.len, write_flag(b)))
+                .collect();
             return self.packed_place(mem, &descs);
         }
         if bufs.is_empty() || bufs.len() > self.free.len() {
@@ -374,7 +384,7 @@ impl DriverQueue {
                 self.desc,
                 ids[k],
                 &SplitDesc {
-                    addr: b.gpa,
+                    addr: mem.device_addr(b.gpa),
                     len: b.len,
                     flags,
                     next,
@@ -400,7 +410,7 @@ impl DriverQueue {
             let entry = match self.layout {
                 // Packed indirect tables are sequential: no NEXT, no id (virtio 2.8.19).
                 RingLayout::Packed => PackedDesc {
-                    addr: b.gpa,
+                    addr: mem.device_addr(b.gpa),
                     len: b.len,
                     id: 0,
                     flags: write_flag(b),
@@ -410,7 +420,7 @@ impl DriverQueue {
                 RingLayout::Split => {
                     let last = k + 1 == n;
                     SplitDesc {
-                        addr: b.gpa,
+                        addr: mem.device_addr(b.gpa),
                         len: b.len,
                         flags: write_flag(b) | if last { 0 } else { VIRTQ_DESC_F_NEXT },
                         next: if last { 0 } else { k + 1 },
@@ -422,8 +432,9 @@ impl DriverQueue {
             mem.write(table + 16 * u64::from(k), &entry)?;
         }
         let len = 16 * u32::from(n);
+        let table_addr = mem.device_addr(table);
         if self.layout == RingLayout::Packed {
-            return self.packed_place(mem, &[(table, len, VIRTQ_DESC_F_INDIRECT)]);
+            return self.packed_place(mem, &[(table_addr, len, VIRTQ_DESC_F_INDIRECT)]);
         }
         let head = self.free.pop().ok_or(MemoryError::OutOfSpace { len: 1 })?;
         self.write_desc(
@@ -431,7 +442,7 @@ impl DriverQueue {
             self.desc,
             head,
             &SplitDesc {
-                addr: table,
+                addr: table_addr,
                 len,
                 flags: VIRTQ_DESC_F_INDIRECT,
                 next: 0,

@@ -160,6 +160,7 @@ fn check(spec: &ScenarioFile) -> Result<(), LoadErrorKind> {
             }
             Action::RemMemReg if s.region.is_none() => return Err(missing("region")),
             Action::Sleep if s.ms.is_none() => return Err(missing("ms")),
+            Action::Iotlb if s.op.is_none() => return Err(missing("op")),
             Action::NetCtrl if s.class.is_none() => return Err(missing("class")),
             Action::NetCtrl if s.command.is_none() => return Err(missing("command")),
             Action::RngRead

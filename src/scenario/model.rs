@@ -190,6 +190,35 @@ pub enum Action {
     /// <port>`); the device's REQUEST is checked and accepted; the host side then echoes (and
     /// first writes `bytes` bytes when given). Later steps name the connection by `port`.
     VsockHostConnect,
+    // IOTLB (VIRTIO_F_ACCESS_PLATFORM)
+    /// IOTLB: what `op` says (updates, invalidations, holding misses, checking them).
+    Iotlb,
+}
+
+/// What an `iotlb` step does. Behind the IOMMU (VIRTIO_F_ACCESS_PLATFORM negotiated, then a
+/// `memory` step) every region is mapped at an IOVA of the harness's choosing, and the
+/// back-end's misses are answered from those mappings while requests are waited for.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IotlbOp {
+    /// An IOTLB_MSG update for every mapping; each must be answered 0 (R-IOTLB-02).
+    Map,
+    /// An IOTLB_MSG invalidation of every mapping; each must be answered 0 (R-IOTLB-02), and
+    /// requests after it must not complete from the old entries.
+    Unmap,
+    /// An update whose user range no region holds: it must be refused (R-IOTLB-05).
+    Outside,
+    /// Misses wait unanswered (and unacked) from now on.
+    Hold,
+    /// Held misses are answered, and later ones as they come.
+    Release,
+    /// A miss (BACKEND_IOTLB_MSG type 1) must have come since the last `map`, `unmap`, `hold`
+    /// or `release` began (the start of the session without one), for
+    /// an address the IOMMU maps (R-IOTLB-03), within `window_ms` (default: the step timeout).
+    ExpectMiss,
+    /// Nothing was written where the memory table's guest addresses would put the IOVAs
+    /// (R-MEM-19), and every update sent for a miss was answered 0 (R-IOTLB-02).
+    Check,
 }
 
 /// What a step expects of the back-end.
@@ -430,6 +459,8 @@ pub struct Step {
     pub socket_type: Option<u16>,
     /// vsock: rx buffers with the header in its own 44-byte descriptor (default one buffer).
     pub rx_split: Option<bool>,
+    /// iotlb: what the step does.
+    pub op: Option<IotlbOp>,
 }
 
 impl Step {
@@ -510,6 +541,7 @@ impl Step {
             bytes: None,
             socket_type: None,
             rx_split: None,
+            op: None,
         }
     }
 }

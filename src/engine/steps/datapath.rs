@@ -166,15 +166,8 @@ impl Ctx<'_> {
             Ok(Some(o)) => {
                 blk::blk_release(mem, pending);
                 self.mark(self.rule_of(step));
-                self.finding(
-                    step,
-                    &format!(
-                        "{:?} on queue {idx} was processed although the ring must not be",
-                        step.action
-                    ),
-                    "no used buffer and no call while the ring is stopped or disabled",
-                    format!("{o:?}"),
-                );
+                let (summary, expected) = self.completed_anyway(idx, &format!("{:?}", step.action));
+                self.finding(step, &summary, expected, format!("{o:?}"));
                 Err(StepError::Finding)
             }
             Err(e) => Err(StepError::Harness(chain(&e))),

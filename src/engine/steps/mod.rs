@@ -17,6 +17,7 @@ mod backend_requests;
 mod chains;
 mod datapath;
 mod fs;
+mod iotlb;
 mod liveness;
 mod net;
 mod rng;
@@ -104,6 +105,8 @@ pub struct Ctx<'a> {
     /// fs and vsock: the FUSE session and the vsock driver of the current session.
     fs: fs::FsState,
     vsock: vsock::VsockState,
+    /// IOTLB steps: what was invalidated, which misses were looked at.
+    iotlb: iotlb::IotlbState,
 }
 
 impl<'a> Ctx<'a> {
@@ -147,6 +150,7 @@ impl<'a> Ctx<'a> {
             rng: rng::RngState::default(),
             fs: fs::FsState::default(),
             vsock: vsock::VsockState::default(),
+            iotlb: iotlb::IotlbState::default(),
         }
     }
 
@@ -211,6 +215,7 @@ impl<'a> Ctx<'a> {
 
     /// Findings, notes, the whole transcript and the rules whose checks ran.
     pub(super) fn finish(mut self) -> (Vec<Finding>, Vec<String>, Vec<Entry>, Vec<RuleId>) {
+        self.report_guest_addr_write();
         self.report_channel_violations();
         self.archive_session();
         let checked = self.checked.into_iter().collect();
@@ -227,6 +232,19 @@ impl<'a> Ctx<'a> {
         expected: &str,
         received: String,
     ) -> StepError {
+        // Behind the IOMMU, a write where only an IOVA taken for a guest address leads
+        // explains whatever failed: the device did not translate through the IOTLB (R-MEM-19).
+        if let Some(write) = self.guest_addr_write().filter(|_| rule != id::R_MEM_19) {
+            if self.findings.iter().any(|f| f.rule == id::R_MEM_19) {
+                return StepError::Finding;
+            }
+            return self.fail(
+                id::R_MEM_19,
+                &format!("{summary}: the device reached guest memory through the region guest addresses"),
+                "with ACCESS_PLATFORM every ring and buffer access goes through the IOTLB; the region guest addresses are unused",
+                format!("{received}; {write}"),
+            );
+        }
         let sent = self.last_sent();
         let finding = Finding {
             level: self.level_for(rule),
@@ -239,6 +257,21 @@ impl<'a> Ctx<'a> {
         };
         self.push(finding);
         StepError::Finding
+    }
+
+    /// Behind the IOMMU, a write into the decoy region no check reported yet (R-MEM-19).
+    fn report_guest_addr_write(&mut self) {
+        if self.findings.iter().any(|f| f.rule == id::R_MEM_19) {
+            return;
+        }
+        if let Some(write) = self.guest_addr_write() {
+            self.fail(
+                id::R_MEM_19,
+                "with ACCESS_PLATFORM, the device reached guest memory through the region guest addresses",
+                "every ring and buffer access through the IOTLB; the region guest addresses unused",
+                write,
+            );
+        }
     }
 
     /// Findings for what the back-end sent wrong on the back-end channel (framing, flags,
@@ -360,6 +393,7 @@ impl<'a> Ctx<'a> {
         self.rng = rng::RngState::default();
         self.fs.new_session();
         self.vsock.new_session();
+        self.iotlb = iotlb::IotlbState::default();
         if let Some(s) = self.session.take() {
             if s.received() > 0 {
                 // Every reply the session took passed its framing checks.
@@ -769,6 +803,7 @@ impl<'a> Ctx<'a> {
             | Action::VsockUnknownType
             | Action::VsockNoConnection
             | Action::VsockHostConnect => self.vsock_step(step),
+            Action::Iotlb => self.iotlb_step(step),
             Action::Sleep => {
                 let left = self.deadline.saturating_duration_since(Instant::now());
                 std::thread::sleep(Duration::from_millis(step.ms.unwrap_or(0)).min(left));

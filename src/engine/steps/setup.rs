@@ -104,6 +104,8 @@ impl Ctx<'_> {
         };
         self.mem = Some(mem);
         self.judge_ack(step, r, Expect::Ok)?;
+        // With ACCESS_PLATFORM the device addresses this memory by IOVA (R-IOTLB-03).
+        self.iommu_memory()?;
         self.mark(if via_add {
             crate::rules::id::R_MEM_08
         } else {
