@@ -380,6 +380,12 @@ impl<'a> Ctx<'a> {
         self.offer.device
     }
 
+    /// Whether ring `index` is set up on the current connection (a step that reconnected
+    /// leaves none).
+    pub fn has_queue(&self, index: u16) -> bool {
+        self.queues.contains_key(&index)
+    }
+
     /// The per-step timeout of this run.
     pub fn step_timeout(&self) -> Duration {
         self.opts.step_timeout
