@@ -12,7 +12,7 @@ use vhu_mock_frontend::{
 };
 use vhu_protocol::{Connection, FrontendReq, VirtioFeatures};
 
-use crate::target::{Instance, ProcessState};
+use crate::target::{Death, Instance};
 
 /// Bytes of guest memory per session: two regions with a hole (the default layout).
 pub const GUEST_BYTES: u64 = 2 << 20;
@@ -21,8 +21,11 @@ pub const GUEST_BYTES: u64 = 2 << 20;
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
-    /// The process exited or was killed.
+    /// The process was killed by a signal (or a wrapper reported one as 128 + N).
     Crash,
+    /// The process exited with a status: its own choice, not a crash; the socket it served
+    /// no longer accepts the next front-end (R-ROB-09, a robustness rule).
+    Exit,
     /// Neither an answer nor a close within the timeout.
     Hang,
     /// A valid session could not reach the case's stage.
@@ -74,16 +77,26 @@ pub fn session(stream: UnixStream, timeout: Duration) -> Session {
 }
 
 /// A crash, if the process has ended (spawn mode); waits up to `grace` for a dying process.
+/// An exit with a status is [`FailureKind::Exit`], a death by a signal [`FailureKind::Crash`].
 pub fn crashed(inst: &mut Instance, grace: Duration) -> Option<Failure> {
     let st = inst.wait_exit(grace);
-    matches!(st, ProcessState::Exited(_) | ProcessState::Signaled(_)).then(|| {
-        let tail = inst.stderr_tail(300);
-        let tail = if tail.is_empty() {
-            String::new()
-        } else {
-            format!("; stderr: {tail}")
-        };
-        Failure::new(FailureKind::Crash, format!("the back-end {st}{tail}"))
+    let death = st.death()?;
+    let tail = inst.stderr_tail(300);
+    let tail = if tail.is_empty() {
+        String::new()
+    } else {
+        format!("; stderr: {tail}")
+    };
+    Some(match death {
+        Death::Exit(_) => Failure::new(
+            FailureKind::Exit,
+            format!(
+                "the back-end {st} (not a crash, but its socket serves no next front-end){tail}"
+            ),
+        ),
+        Death::Crash { .. } | Death::Killed(_) => {
+            Failure::new(FailureKind::Crash, format!("the back-end {st}{tail}"))
+        }
     })
 }
 
@@ -94,9 +107,73 @@ pub fn negotiate(s: &mut Session) -> Result<Negotiated, SessionError> {
 
 /// Creates the default guest memory layout and announces it with SET_MEM_TABLE.
 pub fn memory(s: &mut Session) -> Result<GuestMemory, SessionError> {
-    let mem = GuestMemory::new(&GuestMemory::default_layout(GUEST_BYTES))?;
-    s.checked(FrontendReq::SetMemTable, |s| s.set_mem_table(&mem))?;
-    Ok(mem)
+    memory_from(s, &mut GuestPool::default())
+}
+
+/// As [`memory`], with guest memory from `pool` (zeroed, as new).
+pub fn memory_from(s: &mut Session, pool: &mut GuestPool) -> Result<GuestMemory, SessionError> {
+    let mem = pool.take()?;
+    match s.checked(FrontendReq::SetMemTable, |s| s.set_mem_table(&mem)) {
+        Ok(()) => Ok(mem),
+        Err(e) => {
+            pool.give(mem);
+            Err(e)
+        }
+    }
+}
+
+/// Guest memory reused from one session to the next by one worker. Creating the memfds and
+/// faulting in fresh pages was most of a case's system time (the kernel allocates and clears
+/// every page of a new memfd on first touch); a reused memory is zeroed with its pages already
+/// resident, so a session sees exactly what a new memory holds: zeros, the allocation cursor at
+/// the start, the same default layout.
+#[derive(Debug, Default)]
+pub struct GuestPool {
+    spare: Vec<GuestMemory>,
+    /// The allocation cursor of a new memory, to rewind a reused one to.
+    origin: Option<(usize, u64)>,
+}
+
+/// What a case can hold at once: its own memory (kept for the comparison of a chain case) and
+/// the fresh session's.
+const POOL_SPARES: usize = 2;
+
+/// Zeros written a chunk at a time, so zeroing needs no allocation.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
+impl GuestPool {
+    /// A zeroed guest memory in the default layout: a spare one, or a new one.
+    pub fn take(&mut self) -> Result<GuestMemory, vhu_mock_frontend::MemoryError> {
+        let Some(mut mem) = self.spare.pop() else {
+            let mem = GuestMemory::new(&GuestMemory::default_layout(GUEST_BYTES))?;
+            self.origin.get_or_insert(mem.mark());
+            return Ok(mem);
+        };
+        if let Some(origin) = self.origin {
+            mem.release(origin);
+        }
+        let ranges: Vec<(u64, u64)> = mem
+            .regions()
+            .iter()
+            .map(|r| (r.spec.guest_addr, r.spec.size))
+            .collect();
+        for (gpa, size) in ranges {
+            let mut done = 0;
+            while done < size {
+                let n = (size - done).min(ZEROS.len() as u64);
+                mem.write(gpa + done, &ZEROS[..n as usize])?;
+                done += n;
+            }
+        }
+        Ok(mem)
+    }
+
+    /// Gives `mem` back for a later [`take`](Self::take).
+    pub fn give(&mut self, mem: GuestMemory) {
+        if self.spare.len() < POOL_SPARES {
+            self.spare.push(mem);
+        }
+    }
 }
 
 /// Sets up ring 0 of `size` entries and enables it when bit 30 was negotiated.
@@ -123,6 +200,31 @@ pub fn fresh_session(
     timeout: Duration,
     pattern: u8,
 ) -> Result<Option<u64>, Failure> {
+    fresh_session_in(inst, &mut GuestPool::default(), timeout, pattern)
+}
+
+/// As [`fresh_session`], with guest memory from `pool` (given back after).
+pub fn fresh_session_in(
+    inst: &mut Instance,
+    pool: &mut GuestPool,
+    timeout: Duration,
+    pattern: u8,
+) -> Result<Option<u64>, Failure> {
+    let mut mem = None;
+    let r = data_session(inst, pool, &mut mem, timeout, pattern);
+    if let Some(m) = mem {
+        pool.give(m);
+    }
+    r
+}
+
+fn data_session(
+    inst: &mut Instance,
+    pool: &mut GuestPool,
+    kept: &mut Option<GuestMemory>,
+    timeout: Duration,
+    pattern: u8,
+) -> Result<Option<u64>, Failure> {
     let unusable = |what: &str, e: &dyn std::error::Error| {
         Failure::new(
             FailureKind::Unusable,
@@ -132,9 +234,10 @@ pub fn fresh_session(
     let stream = inst.connect().map_err(|e| unusable("cannot be made", &e))?;
     let mut s = session(stream, timeout);
     let n = negotiate(&mut s).map_err(|e| unusable("fails to negotiate", &e))?;
-    let mut mem = memory(&mut s).map_err(|e| unusable("fails SET_MEM_TABLE", &e))?;
-    let mut q = ring(&mut s, &mut mem, n.features, 128)
-        .map_err(|e| unusable("fails to set up ring 0", &e))?;
+    let mem =
+        kept.insert(memory_from(&mut s, pool).map_err(|e| unusable("fails SET_MEM_TABLE", &e))?);
+    let mut q =
+        ring(&mut s, mem, n.features, 128).map_err(|e| unusable("fails to set up ring 0", &e))?;
     let data = vec![pattern; 4096];
     let path = |what: &str, e: &dyn std::error::Error| {
         Failure::new(
@@ -142,9 +245,9 @@ pub fn fresh_session(
             format!("{what} on a fresh connection: {}", crate::engine::chain(e)),
         )
     };
-    let w = blk_write(&mut q, &mut mem, 0, &data, timeout)
+    let w = blk_write(&mut q, mem, 0, &data, timeout)
         .map_err(|e| path("the blk write did not complete", &e))?;
-    let r = blk_read(&mut q, &mut mem, 0, 4096, timeout)
+    let r = blk_read(&mut q, mem, 0, 4096, timeout)
         .map_err(|e| path("the blk read did not complete", &e))?;
     let mut wrong = vec![];
     if w.status != 0 || r.status != 0 {
@@ -187,14 +290,22 @@ pub fn usage(inst: &Instance) -> Option<Usage> {
 /// Waits up to `settle` for the usage to fall back to `before` (a back-end closes a
 /// connection's resources when it notices the close, which takes a moment).
 pub fn leaked(inst: &Instance, before: Usage, settle: Duration) -> Option<Failure> {
+    settled(inst, before, settle).err()
+}
+
+/// As [`leaked`]; once the usage is back, what it is (the next case's baseline: nothing runs
+/// between two cases of a worker, so measuring it again would find the same).
+pub fn settled(inst: &Instance, before: Usage, settle: Duration) -> Result<Option<Usage>, Failure> {
     let deadline = Instant::now() + settle;
     loop {
-        let now = usage(inst)?;
+        let Some(now) = usage(inst) else {
+            return Ok(None);
+        };
         if now.fds <= before.fds && now.guest_maps <= before.guest_maps {
-            return None;
+            return Ok(Some(now));
         }
         if Instant::now() >= deadline {
-            return Some(if now.fds > before.fds {
+            return Err(if now.fds > before.fds {
                 Failure::new(
                     FailureKind::FdLeak,
                     format!(
