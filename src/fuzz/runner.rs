@@ -92,12 +92,15 @@ pub struct Summary {
 type Standby = JoinHandle<Result<Instance, TargetError>>;
 
 /// The back-end of one worker: started on demand, kept from case to case, replaced after it
-/// died or failed a case (spawn mode). A replacement is started in the background as soon as
-/// a process is taken into use, so a respawn rarely waits for a process to start.
+/// died or failed a case (spawn mode). With a standby, a replacement is started in the
+/// background as soon as a process is taken into use, so a respawn rarely waits for a process
+/// to start.
 pub struct Target {
     spec: TargetSpec,
     connect_timeout: Duration,
     inst: Option<Instance>,
+    /// Whether a standby process is kept ([`Target::with_standby`]).
+    keep_standby: bool,
     standby: Option<Standby>,
     /// Whether the current process has served a connection.
     used: bool,
@@ -113,11 +116,20 @@ impl Target {
             spec,
             connect_timeout,
             inst: None,
+            keep_standby: false,
             standby: None,
             used: false,
             warm: Warm::default(),
             queues: None,
         }
+    }
+
+    /// Keeps a second process started in the background (spawn mode), to take over at once
+    /// when the current one must go: for a run's workers, which replace their process after
+    /// every failure and for every [`Stage::NewProcess`] case.
+    pub fn with_standby(mut self) -> Self {
+        self.keep_standby = true;
+        self
     }
 
     fn spawned(&self) -> bool {
@@ -144,7 +156,7 @@ impl Target {
             self.inst = Some(inst);
             self.used = false;
             self.warm.new_process();
-            if self.spawned() {
+            if self.keep_standby && self.spawned() {
                 let (spec, timeout) = (self.spec.clone(), self.connect_timeout);
                 self.standby = Some(std::thread::spawn(move || Instance::start(&spec, timeout)));
             }
@@ -296,7 +308,7 @@ impl Shared {
 /// One worker of the scan: its own strategy, back-end and guest memory.
 fn scan(cfg: &RunConfig, shared: &Shared, worker: usize) {
     let strategy = strategy::case(&cfg.selection);
-    let mut target = Target::new(cfg.target.clone(), cfg.connect_timeout);
+    let mut target = Target::new(cfg.target.clone(), cfg.connect_timeout).with_standby();
     if let Err(e) = target.warm_up(cfg.limits) {
         return shared.abort(e);
     }
@@ -393,7 +405,7 @@ fn shrink(
 ) -> Result<(Case, Failure), FuzzError> {
     let mut tree = draw(strategy, cfg.seed, hit.index)?;
     let mut minimal = (hit.case.clone(), hit.failure.clone());
-    let mut target = Target::new(cfg.target.clone(), cfg.connect_timeout);
+    let mut target = Target::new(cfg.target.clone(), cfg.connect_timeout).with_standby();
     let started = Instant::now();
     progress.shrinking = true;
     progress.shrink_steps = 0;

@@ -94,7 +94,8 @@ pub fn rule_for(case: &Case, failure: &Failure, queues: Option<u64>) -> RuleId {
 /// `counts/mem-table-nregions-past-payload`), past 8 (R-MEM-02) or not the number of fds
 /// (R-MEM-01); GET/SET_CONFIG's `size` past 256 (R-CFG-07) or past the bytes sent (R-WIRE-12);
 /// the inflight description's `num_queues` past the queues or `queue_size` past 32768
-/// (R-INFL-01), its area past the end of the memfd sent (R-INFL-03).
+/// (R-INFL-01), its area past the end of the memfd sent or too small for those rings
+/// (R-INFL-03).
 pub fn count_lie(
     r: vhu_protocol::FrontendReq,
     m: &MessageCase,
@@ -132,11 +133,14 @@ pub fn count_lie(
             if queues.is_some_and(|q| num_queues > q) || queue_size > 0x8000 {
                 Some(id::R_INFL_01)
             } else {
-                let past_fd = r == SetInflightFd
+                // The area must hold the rings it describes (at least a 16-byte header and
+                // 16 bytes per entry for each queue) and lie inside the memfd sent.
+                let area_lies = r == SetInflightFd
                     && m.fds > 0
                     && m.fd_kind == super::case::FdKind::Memfd
-                    && mmap_size.saturating_add(mmap_offset) > super::exec::MEMFD_BYTES;
-                past_fd.then_some(id::R_INFL_03)
+                    && (mmap_size.saturating_add(mmap_offset) > super::exec::MEMFD_BYTES
+                        || mmap_size < num_queues * (16 + 16 * queue_size));
+                area_lies.then_some(id::R_INFL_03)
             }
         }
         _ => None,

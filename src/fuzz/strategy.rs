@@ -546,6 +546,66 @@ mod tests {
     }
 
     #[test]
+    fn every_lying_count_case_lies_and_all_kinds_come_early_and_late() {
+        use crate::fuzz::oracle::{Failure, FailureKind};
+        use crate::rules::id;
+        let mut runner = TestRunner::deterministic();
+        let strategy = lying_count();
+        let crash = Failure::new(FailureKind::Crash, "killed by signal 6");
+        let mut codes = std::collections::BTreeSet::new();
+        let mut stages = std::collections::BTreeSet::new();
+        let mut rules = std::collections::BTreeSet::new();
+        for _ in 0..2000 {
+            let c = strategy.new_tree(&mut runner).unwrap().current();
+            let Input::Message(m) = &c.input else {
+                panic!("a lying count is a message: {c}");
+            };
+            assert!(m.framed(), "the size field tells the truth: {c}");
+            // One queue: what the reference blk device has.
+            let rule = crate::fuzz::save::rule_for(&c, &crash, Some(1));
+            assert!(
+                [
+                    id::R_MEM_01,
+                    id::R_MEM_02,
+                    id::R_WIRE_12,
+                    id::R_CFG_07,
+                    id::R_INFL_01,
+                    id::R_INFL_03
+                ]
+                .contains(&rule),
+                "{c} cites {}",
+                rule.as_str()
+            );
+            codes.insert(m.code);
+            stages.insert(c.stage);
+            rules.insert(rule);
+        }
+        for r in [
+            FrontendReq::SetMemTable,
+            FrontendReq::GetConfig,
+            FrontendReq::SetConfig,
+            FrontendReq::GetInflightFd,
+            FrontendReq::SetInflightFd,
+            FrontendReq::GetShmemConfig,
+        ] {
+            assert!(codes.contains(&(r as u32)), "{r:?} never lies");
+        }
+        assert!(stages.contains(&Stage::NewProcess) && stages.contains(&Stage::Rings));
+        assert_eq!(
+            rules.len(),
+            6,
+            "{:?}",
+            rules.iter().map(|r| r.as_str()).collect::<Vec<_>>()
+        );
+        let all = case(&Selection::all());
+        assert!((0..500).any(|_| {
+            let c = all.new_tree(&mut runner).unwrap().current();
+            matches!(&c.input, Input::Message(m) if m.code == FrontendReq::SetInflightFd as u32)
+                && c.stage == Stage::NewProcess
+        }));
+    }
+
+    #[test]
     fn generated_cases_cover_stages_lies_fds_and_chains() {
         let mut runner = TestRunner::deterministic();
         let strategy = case(&Selection::all());
@@ -562,6 +622,7 @@ mod tests {
         assert!(msgs().any(|(_, m)| m.fds > 1));
         assert!(msgs().any(|(_, m)| UNKNOWN_CODES.contains(&m.code)));
         assert!(msgs().any(|(s, _)| s == Stage::Fresh));
+        assert!(msgs().any(|(s, _)| s == Stage::NewProcess));
         assert!(msgs().any(|(s, _)| s == Stage::Rings));
         assert!(cases.iter().any(|c| matches!(c.input, Input::Chain(_))));
     }
