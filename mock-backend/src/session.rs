@@ -473,7 +473,8 @@ impl<'a> Session<'a> {
         let p = ProtocolFeatures::from_bits_retain(v);
         let inflight = p.contains(ProtocolFeatures::INFLIGHT_SHMFD);
         let base_inflight = p.contains(ProtocolFeatures::GET_VRING_BASE_INFLIGHT);
-        if (p.contains(ProtocolFeatures::GET_VRING_BASE_SKIP_DRAIN) && !(base_inflight && inflight))
+        // SKIP_DRAIN without bit 20 is refused, and bit 20 without 12 (so SKIP_DRAIN without 12).
+        if (p.contains(ProtocolFeatures::GET_VRING_BASE_SKIP_DRAIN) && !base_inflight)
             || (base_inflight && !inflight)
         {
             return Outcome::Failed;

@@ -435,7 +435,7 @@ fn inflight_lie() -> impl Strategy<Value = MessageCase> {
                 0x1000,
                 super::exec::MEMFD_BYTES,
                 1 << 40,
-                u64::MAX & !0xfff
+                !0xfffu64
             ]),
             select(vec![super::exec::MEMFD_BYTES + 0x1000, 1 << 32, u64::MAX])
         )
