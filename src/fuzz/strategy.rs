@@ -100,10 +100,10 @@ pub fn case(sel: &Selection) -> BoxedStrategy<Case> {
 fn stage() -> impl Strategy<Value = Stage> {
     prop_oneof![
         1 => Just(Stage::NewProcess),
-        6 => Just(Stage::Fresh),
-        6 => Just(Stage::Negotiated),
-        6 => Just(Stage::Memory),
-        6 => Just(Stage::Rings),
+        12 => Just(Stage::Fresh),
+        12 => Just(Stage::Negotiated),
+        12 => Just(Stage::Memory),
+        12 => Just(Stage::Rings),
     ]
 }
 
@@ -294,11 +294,11 @@ fn u16_value() -> impl Strategy<Value = u16> {
 /// GET/SET_CONFIG's `size` past the bytes sent or past 256; the inflight description's
 /// `num_queues` and `queue_size` past the limits, its area past the memfd or too small for
 /// them; GET_SHMEM_CONFIG (which takes no payload) with a configuration whose `nregions` lies.
-/// Half of them go first on a new process, most others after a normal setup with ring 0
+/// A quarter go first on a new process, most others after a normal setup with ring 0
 /// running. A refusal or a close is the right answer; a crash, hang or leak is a finding.
 pub fn lying_count() -> BoxedStrategy<Case> {
     let stage = prop_oneof![
-        3 => Just(Stage::NewProcess),
+        2 => Just(Stage::NewProcess),
         1 => Just(Stage::Fresh),
         1 => Just(Stage::Negotiated),
         1 => Just(Stage::Memory),
