@@ -102,6 +102,9 @@ pub struct Target {
     /// Whether a standby process is kept ([`Target::with_standby`]).
     keep_standby: bool,
     standby: Option<Standby>,
+    /// Processes being ended in the background (an Instance's drop waits for its process to
+    /// go, polling every 10 ms: the worker does not wait with it).
+    retiring: Vec<JoinHandle<()>>,
     /// Whether the current process has served a connection.
     used: bool,
     warm: Warm,
@@ -118,6 +121,7 @@ impl Target {
             inst: None,
             keep_standby: false,
             standby: None,
+            retiring: vec![],
             used: false,
             warm: Warm::default(),
             queues: None,
@@ -145,7 +149,7 @@ impl Target {
             )
         });
         if dead {
-            self.inst = None;
+            self.retire();
             let started = match self.standby.take().map(JoinHandle::join) {
                 Some(Ok(Ok(inst))) => Ok(inst),
                 // A standby that failed to start is retried in the foreground, so the error
@@ -170,7 +174,15 @@ impl Target {
     /// state do not carry over into the next case or shrink step).
     pub fn reset(&mut self) {
         if self.spawned() {
-            self.inst = None;
+            self.retire();
+        }
+    }
+
+    /// Ends the current process, if any, on a thread of its own.
+    fn retire(&mut self) {
+        self.retiring.retain(|t| !t.is_finished());
+        if let Some(inst) = self.inst.take() {
+            self.retiring.push(std::thread::spawn(move || drop(inst)));
         }
     }
 
@@ -215,9 +227,13 @@ impl Target {
 
 impl Drop for Target {
     fn drop(&mut self) {
-        // The standby's process is ended with it (Instance's own drop), not left behind.
+        // Every process is gone when the target is: the standby's with its Instance, the
+        // retiring ones with their threads.
         if let Some(standby) = self.standby.take() {
             let _ = standby.join();
+        }
+        for t in self.retiring.drain(..) {
+            let _ = t.join();
         }
     }
 }
