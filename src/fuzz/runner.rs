@@ -303,6 +303,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     fn failed(&self, hit: Hit) {
+        if hit.index >= self.limit.load(Ordering::SeqCst) {
+            // Past the failures already chosen: a run with fewer workers never gets here.
+            return;
+        }
         eprintln!("fuzz: case {} failed ({})", hit.index, hit.failure);
         let mut hits = lock(&self.hits);
         hits.push(hit);
