@@ -1,9 +1,10 @@
 //! Fuzz cases per second against the reference back-end (issue 6): each iteration runs one case
 //! from the fuzzer's own strategies (`vhu_conform::fuzz::strategy::case`) through its whole
 //! oracle (`fuzz::runner::Target::run`: the malformed input, the liveness probe, a fresh session
-//! with a blk write and read-back, canaries, fd and mapping accounting). The back-end is the
-//! bundled one, spawned once; cases are drawn up front from a fixed seed so every run measures
-//! the same inputs.
+//! with a blk write and read-back, canaries, fd and mapping accounting), as one worker of
+//! `vhu-conform fuzz -j 1` does: the bundled back-end kept from case to case, a standby process
+//! for the cases that need a new one. Cases 0..256 of a fixed seed are drawn up front
+//! (`fuzz::runner::draw`), so every run measures the same inputs.
 
 // criterion_group! generates an undocumented `benches` function.
 #![allow(missing_docs)]
@@ -11,10 +12,9 @@
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use proptest::strategy::{Strategy, ValueTree};
-use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+use proptest::strategy::ValueTree;
 use vhu_conform::fuzz::exec::Limits;
-use vhu_conform::fuzz::runner::Target;
+use vhu_conform::fuzz::runner::{Target, draw};
 use vhu_conform::fuzz::strategy::{Selection, case};
 use vhu_conform::target::TargetSpec;
 
@@ -28,17 +28,13 @@ fn fuzz_cases(c: &mut Criterion) {
         timeout: Duration::from_secs(2),
         settle: Duration::from_millis(200),
     };
-    let mut target = Target::new(spec, Duration::from_secs(10));
+    let mut target = Target::new(spec, Duration::from_secs(10)).with_standby();
     target
         .warm_up(limits)
         .expect("the bundled back-end serves a clean session");
-    let mut runner = TestRunner::new_with_rng(
-        Config::default(),
-        TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]),
-    );
     let strategy = case(&Selection::all());
-    let cases: Vec<_> = (0..CASES)
-        .map(|_| strategy.new_tree(&mut runner).expect("a case").current())
+    let cases: Vec<_> = (0..CASES as u64)
+        .map(|i| draw(&strategy, 7, i).expect("a case").current())
         .collect();
     let mut g = c.benchmark_group("fuzz");
     g.sample_size(20).measurement_time(Duration::from_secs(10));

@@ -75,18 +75,38 @@ fn fuzzing_the_reference_backend_finds_nothing() {
     assert!(saved(dir.path()).is_empty());
 }
 
-/// Every crash- and leak-related fault mode of the reference back-end, with the rule the
-/// reproducer must cite.
-const FAULTS: &[(&str, &str)] = &[
-    ("crash-on-bad-index", "R-VRING-17"),
-    ("crash-on-unknown-code", "R-ROB-01"),
-    ("leak-fds", "R-WIRE-09"),
-    ("exit-on-disconnect", "R-ROB-09"),
+/// Every crash- and leak-related fault mode of the reference back-end, with the rules the
+/// reproducer may cite: an unknown code is R-ROB-01, except code 0, which has its own rule.
+const FAULTS: &[(&str, &[&str])] = &[
+    ("crash-on-bad-index", &["R-VRING-17"]),
+    ("crash-on-unknown-code", &["R-ROB-01", "R-ROB-02"]),
+    ("leak-fds", &["R-WIRE-09"]),
+    ("exit-on-disconnect", &["R-ROB-09"]),
 ];
+
+/// The rules a lying count breaks (`vhu_conform::fuzz::save::count_lie`, and R-WIRE-12 for a
+/// payload where none belongs).
+const COUNT_RULES: &[&str] = &[
+    "R-MEM-01",
+    "R-MEM-02",
+    "R-WIRE-12",
+    "R-CFG-07",
+    "R-INFL-01",
+    "R-INFL-03",
+];
+
+/// The rule a saved reproducer cites.
+fn cited_rule(saved_text: &str) -> String {
+    saved_text
+        .lines()
+        .find_map(|l| l.strip_prefix("rules = [\"")?.strip_suffix("\"]"))
+        .unwrap_or_default()
+        .to_string()
+}
 
 #[test]
 fn each_crash_or_leak_fault_is_found_shrunk_saved_and_replayed() {
-    for (fault, rule) in FAULTS {
+    for (fault, rules) in FAULTS {
         let dir = tempfile::tempdir().unwrap();
         let o = fuzz(&mock(Some(fault)), "500", "2", dir.path());
         let t = text(&o);
@@ -101,9 +121,10 @@ fn each_crash_or_leak_fault_is_found_shrunk_saved_and_replayed() {
         let file = files[0].to_str().unwrap();
         let saved_text = std::fs::read_to_string(file).unwrap();
         assert!(
-            saved_text.contains(&format!("rules = [\"{rule}\"]")),
+            rules.contains(&cited_rule(&saved_text).as_str()),
             "{fault}: {saved_text}"
         );
+        assert!(saved_text.contains("#! case_number = "), "{saved_text}");
 
         let r = run(&["replay", file]);
         assert_eq!(r.status.code(), Some(1), "{fault} replay: {}", text(&r));
@@ -117,6 +138,143 @@ fn each_crash_or_leak_fault_is_found_shrunk_saved_and_replayed() {
             text(&clean)
         );
     }
+}
+
+#[test]
+fn lying_counts_crash_a_back_end_that_trusts_them_and_not_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let trusting = mock(Some("crash-on-lying-count"));
+    let out = dir.path().to_str().unwrap();
+    let o = run(&[
+        "fuzz",
+        "--spawn",
+        &trusting,
+        "--message",
+        "counts",
+        "--cases",
+        "200",
+        "--seed",
+        "3",
+        "--out",
+        out,
+        "--max-shrink-iters",
+        "40",
+    ]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("SIGABRT") && t.contains("fails again"), "{t}");
+    let files = saved(dir.path());
+    assert_eq!(files.len(), 1, "{t}");
+    let file = files[0].to_str().unwrap();
+    let saved_text = std::fs::read_to_string(file).unwrap();
+    let rule = cited_rule(&saved_text);
+    assert!(COUNT_RULES.contains(&rule.as_str()), "{rule}: {saved_text}");
+    let r = run(&["replay", file]);
+    assert!(text(&r).contains("REPRODUCED"), "{}", text(&r));
+    let clean = run(&["replay", file, "--spawn", &mock(None)]);
+    assert_eq!(clean.status.code(), Some(0), "{}", text(&clean));
+
+    // The reference refuses or closes on every one of them, first on a new process or after
+    // a normal setup, and stays healthy.
+    let clean_dir = tempfile::tempdir().unwrap();
+    let o = run(&[
+        "fuzz",
+        "--message",
+        "counts",
+        "--cases",
+        "300",
+        "--seed",
+        "4",
+        "--out",
+        clean_dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+/// The line naming the case that found the failure, and the minimal case.
+fn found_lines(t: &str) -> Vec<String> {
+    t.lines()
+        .filter(|l| l.contains("found by case") || l.contains("minimal case:"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_failure_reported_is_the_same_whatever_the_number_of_workers() {
+    let mut seen = vec![];
+    for jobs in ["1", "2", "3"] {
+        let dir = tempfile::tempdir().unwrap();
+        let o = run(&[
+            "fuzz",
+            "--spawn",
+            &mock(Some("crash-on-bad-index")),
+            "--cases",
+            "300",
+            "--seed",
+            "11",
+            "--out",
+            dir.path().to_str().unwrap(),
+            "--max-shrink-iters",
+            "30",
+            "-j",
+            jobs,
+        ]);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(1), "-j {jobs}: {t}");
+        assert!(t.contains(&format!("{jobs} worker")), "-j {jobs}: {t}");
+        let lines = found_lines(&t);
+        assert_eq!(lines.len(), 2, "-j {jobs}: {t}");
+        seen.push((jobs, lines));
+    }
+    for (jobs, lines) in &seen[1..] {
+        assert_eq!(lines, &seen[0].1, "-j {jobs} against -j 1");
+    }
+}
+
+/// A spawn command that logs the pid of every back-end process it starts to `log`.
+fn logged_mock(log: &Path) -> String {
+    format!(
+        "sh -c 'echo $$ >> {}; exec \"$0\" mock-backend --socket-path \"$1\"' '{BIN}' {{socket}}",
+        log.display()
+    )
+}
+
+#[test]
+fn a_worker_keeps_its_process_while_healthy_unless_told_otherwise() {
+    let processes = |extra: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("pids");
+        let spawn = logged_mock(&log);
+        let out = dir.path().join("out");
+        let mut args = vec![
+            "fuzz",
+            "--spawn",
+            &spawn,
+            "--cases",
+            "120",
+            "--seed",
+            "5",
+            "--message",
+            "SET_VRING_NUM",
+            "--out",
+            out.to_str().unwrap(),
+            "-j",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(0), "{extra:?}: {}", text(&o));
+        std::fs::read_to_string(&log).unwrap().lines().count()
+    };
+    // Two workers, a standby each, and one process per case that needs a process that served
+    // nothing (a few in a hundred).
+    let kept = processes(&[]);
+    assert!((2..=30).contains(&kept), "{kept} processes for 120 cases");
+    let fresh = processes(&["--fresh-process"]);
+    assert!(
+        fresh >= 120,
+        "{fresh} processes for 120 cases on fresh processes"
+    );
 }
 
 #[test]

@@ -168,6 +168,9 @@ pub enum Fault {
     IotlbAcceptOutside,
     /// IOTLB invalidations are answered 0 but the entries are kept.
     IotlbStale,
+    /// A count inside a payload is trusted ([`count_lies`]): the process aborts, as a back-end
+    /// reading past its buffer or mapping past a file would die.
+    CrashOnLyingCount,
     /// Legal: after refusing a message (nacked if asked), the process exits with status 1.
     ExitAfterRefusal,
     /// Legal: after refusing a message (nacked if asked), that connection is closed.
@@ -641,7 +644,64 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "R-IOTLB-03",
         "IOTLB invalidations are answered 0 but the entries are kept",
     ),
+    (
+        Fault::CrashOnLyingCount,
+        "crash-on-lying-count",
+        "R-CRASH-01",
+        "a payload count past what the payload holds or the protocol allows (SET_MEM_TABLE \
+         nregions, GET/SET_CONFIG size, inflight counts and area, GET_SHMEM_CONFIG nregions) \
+         aborts the process",
+    ),
 ];
+
+/// `crash-on-lying-count`: whether a count field of `req`'s payload says more than the payload
+/// holds or the protocol allows: SET_MEM_TABLE's `nregions` past the regions sent, past 8 or
+/// not the number of fds; GET/SET_CONFIG's `size` past the bytes after its header or past
+/// 256; the inflight description's `num_queues` past the device's `queues` or `queue_size`
+/// past 32768, or (SET_INFLIGHT_FD) its area past the end of the fd or smaller than those
+/// rings need; GET_SHMEM_CONFIG's (unexpected) `nregions` past 256 or past the sizes sent.
+pub fn count_lies(
+    req: vhu_protocol::FrontendReq,
+    payload: &[u8],
+    fds: &[std::os::fd::OwnedFd],
+    queues: usize,
+) -> bool {
+    use vhu_protocol::FrontendReq::*;
+    let le = |at: usize, n: usize| {
+        payload
+            .get(at..at + n)
+            .map(|b| b.iter().rev().fold(0u64, |a, &x| a << 8 | u64::from(x)))
+    };
+    let past = |n: u64, max: u64| n > max;
+    match req {
+        SetMemTable => le(0, 4).is_some_and(|n| {
+            let present = (payload.len().saturating_sub(8) / 32) as u64;
+            past(n, present) || past(n, 8) || n != fds.len() as u64
+        }),
+        GetConfig | SetConfig => le(4, 4).is_some_and(|size| {
+            past(size, payload.len().saturating_sub(12) as u64) || past(size, 256)
+        }),
+        GetInflightFd | SetInflightFd => {
+            let (Some(size), Some(offset), Some(n), Some(q)) =
+                (le(0, 8), le(8, 8), le(16, 2), le(18, 2))
+            else {
+                return false;
+            };
+            let fd_len = fds
+                .first()
+                .and_then(|fd| nix::sys::stat::fstat(fd).ok())
+                .map(|st| st.st_size as u64);
+            let area_lies = req == SetInflightFd
+                && fd_len.is_some_and(|len| {
+                    past(size.saturating_add(offset), len) || size < n * (16 + 16 * q)
+                });
+            past(n, queues as u64) || past(q, 0x8000) || area_lies
+        }
+        GetShmemConfig => le(0, 4)
+            .is_some_and(|n| past(n, 256) || past(n, (payload.len().saturating_sub(8) / 8) as u64)),
+        _ => false,
+    }
+}
 
 /// The only device a fault makes sense with (`None`: every device). The data-path faults of
 /// blk, and those of the blk-only SHMEM, inflight and device state features, are blk's.

@@ -265,6 +265,12 @@ impl<'a> Session<'a> {
             return self.refused(format!("unknown request code {}", h.request)) && open;
         };
         self.why = None;
+        if self.has(Fault::CrashOnLyingCount)
+            && crate::faults::count_lies(req, &msg.payload, &msg.fds, self.queues.len())
+        {
+            // The fault trusts the count, as a back-end reading past its buffer would: it dies.
+            std::process::abort();
+        }
         let outcome = self.dispatch(req, msg);
         let refused = outcome.refuses();
         let open = self.finish(h, Some(req), outcome);

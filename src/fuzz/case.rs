@@ -8,7 +8,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
-    /// Nothing sent yet.
+    /// Nothing sent yet, on a process that has served no connection before: some back-ends
+    /// only crash on a malformed first message (a short payload read past its end finds
+    /// leftover valid bytes once a session has run). A persistent worker starts a new process
+    /// for it; with `--backend` (one process) it is [`Stage::Fresh`].
+    NewProcess,
+    /// Nothing sent yet on this connection.
     Fresh,
     /// GET_FEATURES .. SET_FEATURES done (QEMU's order).
     Negotiated,
@@ -79,7 +84,7 @@ impl MessageCase {
 pub enum FdKind {
     /// An eventfd (what KICK/CALL/ERR take).
     Eventfd,
-    /// A 64 KiB memfd (what memory messages take).
+    /// A 64 KiB memfd (what memory messages take; [`crate::fuzz::exec::MEMFD_BYTES`]).
     Memfd,
     /// The read end of a pipe whose write end is closed.
     Pipe,

@@ -87,8 +87,23 @@ pub struct FuzzArgs {
     /// Seconds between progress lines on stderr.
     #[arg(long, default_value_t = 2.0)]
     progress_secs: f64,
+    /// Workers running cases at once, each with its own back-end process (default: the number
+    /// of CPUs, at least 2; one with --backend, whose one back-end serves one front-end at a
+    /// time). The cases and the failures reported are the same whatever the number.
+    #[arg(short = 'j', long = "jobs", value_name = "N")]
+    jobs: Option<usize>,
+    /// Every case on a new back-end process (default: one process per worker, kept while the
+    /// oracle finds it healthy, replaced after any failure).
+    #[arg(long)]
+    fresh_process: bool,
     #[command(flatten)]
     timeouts: TimeoutArgs,
+}
+
+/// The default number of workers: the CPUs, at least 2 (a case mostly waits on the back-end,
+/// so two workers pay off even on one CPU).
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
 }
 
 const FUZZ_AFTER: &str = "Exit codes: 0 nothing found; 1 failures found (reproducers saved); 2 usage error; \
@@ -183,6 +198,8 @@ fn run_fuzz(a: &FuzzArgs) -> u8 {
         max_failures: a.max_failures.max(1),
         max_shrink_iters: a.max_shrink_iters,
         progress_every: Duration::from_secs_f64(a.progress_secs.max(0.05)),
+        jobs: a.jobs.unwrap_or_else(default_jobs).max(1),
+        fresh_process: a.fresh_process,
     };
     match runner::run(&cfg) {
         Ok(summary) => print_summary(&summary, seed),
@@ -194,6 +211,9 @@ fn print_summary(s: &Summary, seed: u64) -> u8 {
     for f in &s.found {
         let r = &f.reproducer;
         println!("FAIL  {} {}", r.rule, r.failure);
+        if let Some(n) = r.case_number {
+            println!("      found by case {n} of seed {seed:#x}");
+        }
         println!("      minimal case: {}", r.case);
         println!(
             "      rerun alone on a fresh back-end: {}",
@@ -208,9 +228,11 @@ fn print_summary(s: &Summary, seed: u64) -> u8 {
     }
     let secs = s.elapsed.as_secs_f64();
     println!(
-        "vhu-conform fuzz: {} cases in {secs:.1} s ({:.1} cases/s), {} failure{} found, seed {seed:#x}",
+        "vhu-conform fuzz: {} cases in {secs:.1} s ({:.1} cases/s, {} worker{}), {} failure{} found, seed {seed:#x}",
         s.cases,
         s.cases as f64 / secs.max(1e-3),
+        s.workers,
+        if s.workers == 1 { "" } else { "s" },
         s.found.len(),
         if s.found.len() == 1 { "" } else { "s" }
     );
@@ -276,10 +298,15 @@ mod tests {
             "--message",
             "SET_VRING_NUM",
             "chain",
+            "-j",
+            "3",
         ])
         .unwrap();
         assert_eq!(a.cases, 5);
         assert_eq!(a.message.len(), 2);
+        assert_eq!(a.jobs, Some(3));
+        assert!(!a.fresh_process);
+        assert!(default_jobs() >= 2);
         assert!(FuzzArgs::try_parse_from(["fuzz", "--spawn", "x", "--backend", "y"]).is_err());
     }
 }

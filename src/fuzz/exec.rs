@@ -12,7 +12,7 @@ use zerocopy::IntoBytes;
 
 use super::FuzzError;
 use super::case::{Addr, Case, ChainCase, Desc, FdKind, Input, Len, MessageCase, RING_SIZE, Stage};
-use super::oracle::{self, Failure, FailureKind, Snapshot};
+use super::oracle::{self, Failure, FailureKind, Snapshot, Usage};
 use crate::target::Instance;
 
 /// Timeouts of a case.
@@ -24,6 +24,22 @@ pub struct Limits {
     pub settle: Duration,
 }
 
+/// What a worker keeps from one case to the next on the same back-end process: guest memory
+/// to reuse, and the process's usage after the last case (the next case's baseline).
+#[derive(Debug, Default)]
+pub struct Warm {
+    /// Guest memory for the sessions of a case.
+    pub pool: oracle::GuestPool,
+    usage: Option<Usage>,
+}
+
+impl Warm {
+    /// The process changed (started again): its usage must be measured anew.
+    pub fn new_process(&mut self) {
+        self.usage = None;
+    }
+}
+
 /// Runs `case` and checks everything the oracle checks; `pattern` is the data byte of the
 /// fresh session's blk write.
 pub fn run_case(
@@ -32,34 +48,66 @@ pub fn run_case(
     limits: Limits,
     pattern: u8,
 ) -> Result<Option<Failure>, FuzzError> {
-    let before = oracle::usage(inst);
-    let (outcome, kept) = match send_case(inst, case, limits.timeout) {
+    run_case_warm(inst, &mut Warm::default(), case, limits, pattern)
+}
+
+/// As [`run_case`], reusing what `warm` keeps from the last case on this process; a failed
+/// case leaves no baseline (the process is to be replaced).
+pub fn run_case_warm(
+    inst: &mut Instance,
+    warm: &mut Warm,
+    case: &Case,
+    limits: Limits,
+    pattern: u8,
+) -> Result<Option<Failure>, FuzzError> {
+    let before = warm.usage.take().or_else(|| oracle::usage(inst));
+    let (outcome, kept) = match send_case(inst, &mut warm.pool, case, limits.timeout) {
         Ok(r) => r,
         Err(Outcome::Failed(f)) => (Err(f), None),
         Err(Outcome::Harness(e)) => return Err(e),
     };
-    if let Some(f) = oracle::crashed(inst, Duration::ZERO) {
+    let judged = judge(inst, &mut warm.pool, outcome, kept, limits, pattern);
+    if let Some(f) = judged {
         return Ok(Some(f));
+    }
+    let Some(before) = before else {
+        return Ok(None);
+    };
+    match oracle::settled(inst, before, limits.settle) {
+        Ok(now) => {
+            warm.usage = now;
+            Ok(None)
+        }
+        Err(f) => Ok(Some(f)),
+    }
+}
+
+/// Everything but the leak check, in the oracle's order; a chain case's memory goes back to
+/// the pool once compared.
+fn judge(
+    inst: &mut Instance,
+    pool: &mut oracle::GuestPool,
+    outcome: Result<(), Failure>,
+    kept: Kept,
+    limits: Limits,
+    pattern: u8,
+) -> Option<Failure> {
+    if let Some(f) = oracle::crashed(inst, Duration::ZERO) {
+        return Some(f);
     }
     if let Err(f) = outcome {
-        return Ok(Some(
-            oracle::crashed(inst, Duration::from_millis(200)).unwrap_or(f),
-        ));
+        return Some(oracle::crashed(inst, Duration::from_millis(200)).unwrap_or(f));
     }
-    if let Err(f) = oracle::fresh_session(inst, limits.timeout, pattern) {
-        return Ok(Some(
-            oracle::crashed(inst, Duration::from_millis(300)).unwrap_or(f),
-        ));
+    if let Err(f) = oracle::fresh_session_in(inst, pool, limits.timeout, pattern) {
+        return Some(oracle::crashed(inst, Duration::from_millis(300)).unwrap_or(f));
     }
     if let Some(f) = oracle::crashed(inst, Duration::ZERO) {
-        return Ok(Some(f));
+        return Some(f);
     }
-    if let Some((mem, snap)) = &kept
-        && let Some(f) = snap.corrupted(mem)
-    {
-        return Ok(Some(f));
-    }
-    Ok(before.and_then(|b| oracle::leaked(inst, b, limits.settle)))
+    let (mem, snap) = kept?;
+    let corrupted = snap.corrupted(&mem);
+    pool.give(mem);
+    corrupted
 }
 
 enum Outcome {
@@ -92,9 +140,10 @@ fn memory_error(e: MemoryError) -> Outcome {
 type Kept = Option<(GuestMemory, Snapshot)>;
 
 /// Connects, reaches the stage, sends the input and watches the connection. The connection is
-/// closed on return.
+/// closed on return; a message case's memory is back in `pool`.
 fn send_case(
     inst: &mut Instance,
+    pool: &mut oracle::GuestPool,
     case: &Case,
     timeout: Duration,
 ) -> Result<(Result<(), Failure>, Kept), Outcome> {
@@ -105,19 +154,24 @@ fn send_case(
         ))
     })?;
     let mut s = oracle::session(stream, timeout);
-    let mut ready = reach(&mut s, case.stage).map_err(|e| Outcome::setup(case.stage, e))?;
+    let mut ready = reach(&mut s, pool, case.stage).map_err(|e| Outcome::setup(case.stage, e))?;
     match &case.input {
         Input::Message(m) => {
             let framed = m.framed();
-            let (sent, ours) = send_message(&mut s, m).map_err(Outcome::Harness)?;
-            let watched = if sent && framed {
-                watch(&mut s, timeout).and_then(|()| stray_fds_closed(inst, m, &ours))
-            } else {
+            let sent = send_message(&mut s, m);
+            let watched = match &sent {
+                Ok((true, ours)) if framed => {
+                    watch(&mut s, timeout).and_then(|()| stray_fds_closed(inst, m, ours))
+                }
                 // A message that lies about its size leaves the stream out of step: nothing can
                 // be expected on this connection, only that closing it is handled (R-WIRE-15).
-                Ok(())
+                _ => Ok(()),
             };
-            drop(ready);
+            drop(s);
+            if let Some(mem) = ready.mem.take() {
+                pool.give(mem);
+            }
+            sent.map_err(Outcome::Harness)?;
             Ok((watched, None))
         }
         Input::Chain(c) => {
@@ -125,10 +179,20 @@ fn send_case(
                 let why = "a chain case needs the rings stage".into();
                 return Err(Outcome::Harness(FuzzError::Harness(why)));
             };
-            let snap = write_chains(&mut mem, &q, c).map_err(memory_error)?;
+            let snap = match write_chains(&mut mem, &q, c) {
+                Ok(snap) => snap,
+                Err(e) => {
+                    pool.give(mem);
+                    return Err(memory_error(e));
+                }
+            };
+            // The kick goes out before the probe: a back-end that serves kicks and messages
+            // in one loop has walked the chains by the time it answers the probe. One that
+            // walks them on another thread may answer first; every check that judges the
+            // walk (the process alive, a fresh session, the memory comparison) comes after
+            // the fresh session, many round trips later. (A fixed 10 ms pause here was a
+            // fifth of the run's time.)
             q.kick();
-            // Give the device a moment to walk the chains before the probe goes out.
-            std::thread::sleep(Duration::from_millis(10));
             let watched = watch(&mut s, timeout);
             drop(s);
             Ok((watched, Some((mem, snap))))
@@ -136,7 +200,7 @@ fn send_case(
     }
 }
 
-/// What the stage leaves behind: for [`Stage::Rings`], memory and ring 0.
+/// What the stage leaves behind: for [`Stage::Memory`] the memory, for [`Stage::Rings`] ring 0.
 struct Reached {
     mem: Option<GuestMemory>,
     queue: Option<vhu_mock_frontend::DriverQueue>,
@@ -148,23 +212,26 @@ impl Reached {
     }
 }
 
-fn reach(s: &mut Session, stage: Stage) -> Result<Reached, SessionError> {
+fn reach(
+    s: &mut Session,
+    pool: &mut oracle::GuestPool,
+    stage: Stage,
+) -> Result<Reached, SessionError> {
     let mut r = Reached {
         mem: None,
         queue: None,
     };
-    if stage == Stage::Fresh {
+    if stage <= Stage::Fresh {
         return Ok(r);
     }
     let features = oracle::negotiate(s)?.features;
     if stage == Stage::Negotiated {
         return Ok(r);
     }
-    let mut mem = oracle::memory(s)?;
+    let mem = r.mem.insert(oracle::memory_from(s, pool)?);
     if stage == Stage::Rings {
-        r.queue = Some(oracle::ring(s, &mut mem, features, RING_SIZE)?);
+        r.queue = Some(oracle::ring(s, mem, features, RING_SIZE)?);
     }
-    r.mem = Some(mem);
     Ok(r)
 }
 
@@ -279,6 +346,9 @@ fn is_probe_reply(h: &Header) -> bool {
     h.request == FrontendReq::GetFeatures as u32 && h.flags & HeaderFlags::REPLY.bits() != 0
 }
 
+/// The size of each memfd sent with a fuzzed message.
+pub const MEMFD_BYTES: u64 = 64 << 10;
+
 /// Opens `n` fds of `kind`; our ends of pipes and socket pairs are closed at once, so a
 /// back-end reading them sees EOF instead of blocking.
 pub fn make_fds(n: usize, kind: FdKind) -> Result<Vec<OwnedFd>, FuzzError> {
@@ -298,7 +368,7 @@ pub fn make_fds(n: usize, kind: FdKind) -> Result<Vec<OwnedFd>, FuzzError> {
                         .create("vhu-fuzz-fd")
                         .map_err(|e| local("a memfd", &e))?;
                     let f = m.into_file();
-                    f.set_len(64 << 10).map_err(|e| local("a memfd", &e))?;
+                    f.set_len(MEMFD_BYTES).map_err(|e| local("a memfd", &e))?;
                     f.into()
                 }
                 FdKind::Pipe => {

@@ -11,8 +11,10 @@ use serde::{Deserialize, Serialize};
 use super::FuzzError;
 use super::case::{Case, Input, MessageCase, Stage};
 use super::oracle::{Failure, FailureKind};
+use crate::rules::{RuleId, id};
 use crate::scenario::model::{Action, Level, NumOrWord, RequestName, ScenarioFile, Step};
 use crate::target::TargetSpec;
+use vhu_protocol::wire::payload::MAX_MEM_TABLE_REGIONS;
 
 /// Prefix of the lines holding the fuzz case.
 const MARK: &str = "#! ";
@@ -22,6 +24,10 @@ const MARK: &str = "#! ";
 pub struct Reproducer {
     /// The run's seed.
     pub seed: u64,
+    /// The number of the case that found the failure (`--seed` and this name it whatever
+    /// `-j` was); absent in files saved before cases were numbered.
+    #[serde(default)]
+    pub case_number: Option<u64>,
     /// The `--spawn` command of the run, if it spawned.
     pub spawn: Option<String>,
     /// The `--backend` socket of the run, if it connected.
@@ -45,34 +51,99 @@ impl Reproducer {
 }
 
 /// The checklist rule a failure of `case` breaks; `queues` is the back-end's queue count.
-pub fn rule_for(case: &Case, failure: &Failure, queues: Option<u64>) -> &'static str {
+pub fn rule_for(case: &Case, failure: &Failure, queues: Option<u64>) -> RuleId {
     let m = match &case.input {
-        Input::Chain(_) => return "R-ROB-08",
+        Input::Chain(_) => return id::R_ROB_08,
         Input::Message(m) => m,
     };
     let version = m.flags & 3;
+    let lie = vhu_protocol::FrontendReq::from_code(m.code)
+        .ok()
+        .and_then(|r| count_lie(r, m, queues));
     match vhu_protocol::FrontendReq::from_code(m.code) {
-        _ if m.code == 0 => "R-ROB-02",
-        Err(_) => "R-ROB-01",
-        _ if failure.kind == FailureKind::FdLeak && m.fds > 0 => "R-WIRE-09",
-        _ if !m.framed() && m.size_field() > 4096 => "R-WIRE-11",
-        _ if !m.framed() => "R-WIRE-15",
-        _ if version != 1 => "R-WIRE-13",
-        _ if m.flags & !0xf != 0 => "R-WIRE-14",
-        _ if m.flags & 4 != 0 => "R-ROB-03",
-        Ok(r) if m.fds > r.fd_range().1 => "R-WIRE-10",
+        _ if m.code == 0 => id::R_ROB_02,
+        // A process that goes with a status chose to: what it breaks is serving the next
+        // front-end on its socket, whatever the message was.
+        _ if failure.kind == FailureKind::Exit => id::R_ROB_09,
+        Err(_) => id::R_ROB_01,
+        _ if failure.kind == FailureKind::FdLeak && m.fds > 0 => id::R_WIRE_09,
+        _ if !m.framed() && m.size_field() > 4096 => id::R_WIRE_11,
+        _ if !m.framed() => id::R_WIRE_15,
+        _ if version != 1 => id::R_WIRE_13,
+        _ if m.flags & !0xf != 0 => id::R_WIRE_14,
+        _ if m.flags & 4 != 0 => id::R_ROB_03,
+        Ok(r) if m.fds > r.fd_range().1 => id::R_WIRE_10,
         Ok(r)
             if r.request_size()
                 .is_some_and(|n| n != m.payload_hex.len() / 2) =>
         {
-            "R-WIRE-12"
+            id::R_WIRE_12
         }
-        Ok(r) if ring_index(r, m).zip(queues).is_some_and(|(i, q)| i >= q) => "R-VRING-17",
-        Ok(r) if ring_index(r, m).is_some() && case.stage < Stage::Memory => "R-ROB-06",
+        Ok(_) if lie.is_some() => lie.unwrap_or(id::R_WIRE_12),
+        Ok(r) if ring_index(r, m).zip(queues).is_some_and(|(i, q)| i >= q) => id::R_VRING_17,
+        Ok(r) if ring_index(r, m).is_some() && case.stage < Stage::Memory => id::R_ROB_06,
         // Nothing in the message stands out: the back-end did not survive a session that
         // ended after it (a disconnect at that point, R-ROB-09), or mishandled a legal one.
-        _ if failure.kind == FailureKind::Crash => "R-ROB-09",
-        _ => "R-ROB-04",
+        _ if failure.kind == FailureKind::Crash => id::R_ROB_09,
+        _ => id::R_ROB_04,
+    }
+}
+
+/// The rule a count field of the payload breaks when it says more than the payload holds or
+/// the protocol allows: SET_MEM_TABLE's `nregions` past the regions sent (R-WIRE-12, as
+/// `counts/mem-table-nregions-past-payload`), past 8 (R-MEM-02) or not the number of fds
+/// (R-MEM-01); GET/SET_CONFIG's `size` past 256 (R-CFG-07) or past the bytes sent (R-WIRE-12);
+/// the inflight description's `num_queues` past the queues or `queue_size` past 32768
+/// (R-INFL-01), its area past the end of the memfd sent or too small for those rings
+/// (R-INFL-03).
+pub fn count_lie(
+    r: vhu_protocol::FrontendReq,
+    m: &MessageCase,
+    queues: Option<u64>,
+) -> Option<RuleId> {
+    use vhu_protocol::FrontendReq::*;
+    let p = m.payload();
+    let le = |at: usize, n: usize| {
+        p.get(at..at + n)
+            .map(|b| b.iter().rev().fold(0u64, |a, &x| a << 8 | u64::from(x)))
+    };
+    match r {
+        SetMemTable => {
+            let n = le(0, 4)?;
+            let present = (p.len().saturating_sub(8) / 32) as u64;
+            if n > MAX_MEM_TABLE_REGIONS as u64 {
+                Some(id::R_MEM_02)
+            } else if n > present {
+                Some(id::R_WIRE_12)
+            } else {
+                (n != m.fds as u64).then_some(id::R_MEM_01)
+            }
+        }
+        GetConfig | SetConfig => {
+            let size = le(4, 4)?;
+            if size > 256 {
+                Some(id::R_CFG_07)
+            } else {
+                (size > p.len().saturating_sub(12) as u64).then_some(id::R_WIRE_12)
+            }
+        }
+        GetInflightFd | SetInflightFd => {
+            let (mmap_size, mmap_offset) = (le(0, 8)?, le(8, 8)?);
+            let (num_queues, queue_size) = (le(16, 2)?, le(18, 2)?);
+            if queues.is_some_and(|q| num_queues > q) || queue_size > 0x8000 {
+                Some(id::R_INFL_01)
+            } else {
+                // The area must hold the rings it describes (at least a 16-byte header and
+                // 16 bytes per entry for each queue) and lie inside the memfd sent.
+                let area_lies = r == SetInflightFd
+                    && m.fds > 0
+                    && m.fd_kind == super::case::FdKind::Memfd
+                    && (mmap_size.saturating_add(mmap_offset) > super::exec::MEMFD_BYTES
+                        || mmap_size < num_queues * (16 + 16 * queue_size));
+                area_lies.then_some(id::R_INFL_03)
+            }
+        }
+        _ => None,
     }
 }
 
@@ -236,6 +307,7 @@ mod tests {
     fn reproducer(case: Case) -> Reproducer {
         Reproducer {
             seed: 42,
+            case_number: Some(17),
             spawn: Some("backend --socket-path {socket}".into()),
             backend: None,
             rule: "R-VRING-17".into(),
@@ -290,13 +362,13 @@ mod tests {
     #[test]
     fn rules_follow_what_was_malformed() {
         let r = reproducer(message());
-        assert_eq!(rule_for(&r.case, &r.failure, Some(2)), "R-WIRE-15");
+        assert_eq!(rule_for(&r.case, &r.failure, Some(2)), id::R_WIRE_15);
         let mut case = message();
         if let Input::Message(m) = &mut case.input {
             m.size = None;
             m.fds = 0;
         }
-        assert_eq!(rule_for(&case, &r.failure, Some(2)), "R-VRING-17");
-        assert_eq!(rule_for(&case, &r.failure, Some(0x100)), "R-ROB-09");
+        assert_eq!(rule_for(&case, &r.failure, Some(2)), id::R_VRING_17);
+        assert_eq!(rule_for(&case, &r.failure, Some(0x100)), id::R_ROB_09);
     }
 }
