@@ -228,16 +228,9 @@ A death by a signal is a crash (R-CRASH-01)."
         ctx.step(&Step::new(Action::Disconnect))?;
         // No wait for an exit here: a process still running is tried at once, and one that
         // is on its way out fails the new session and is told apart below.
-        match ctx.target().state() {
-            st @ ProcessState::Exited(_) => {
-                ctx.note(format!(
-                    "the back-end ended ({st}) after the malformed chain: allowed"
-                ));
-                return Ok(());
-            }
-            // A signal: the engine reports the crash.
-            ProcessState::Signaled(_) => return Ok(()),
-            ProcessState::Running | ProcessState::Unknown => {}
+        let st = ctx.target().state();
+        if ended(ctx, st, "after the malformed chain") {
+            return Ok(());
         }
         let fresh = if device == DeviceType::Block {
             oracle::fresh_session(ctx.target(), timeout, 0x3c).map(drop)
@@ -245,13 +238,9 @@ A death by a signal is a crash (R-CRASH-01)."
             control_session(ctx.target(), timeout)
         };
         if let Err(f) = fresh {
-            match ctx.target().wait_exit(Duration::from_millis(100)) {
-                ProcessState::Exited(_) => {
-                    ctx.note("the back-end ended after its front-end left: allowed".into());
-                    return Ok(());
-                }
-                ProcessState::Signaled(_) => return Ok(()),
-                ProcessState::Running | ProcessState::Unknown => {}
+            let st = ctx.target().wait_exit(Duration::from_millis(100));
+            if ended(ctx, st, "after its front-end left") {
+                return Ok(());
             }
             return Err(ctx.fail(
                 id::R_ROB_08,
@@ -261,6 +250,19 @@ A death by a signal is a crash (R-CRASH-01)."
             ));
         }
         Ok(())
+    }
+}
+
+/// Whether the back-end process has ended: by a status (allowed, noted `when`) or by a signal
+/// (the engine reports the crash).
+fn ended(ctx: &mut Ctx<'_>, st: ProcessState, when: &str) -> bool {
+    match st {
+        ProcessState::Exited(_) => {
+            ctx.note(format!("the back-end ended ({st}) {when}: allowed"));
+            true
+        }
+        ProcessState::Signaled(_) => true,
+        ProcessState::Running | ProcessState::Unknown => false,
     }
 }
 

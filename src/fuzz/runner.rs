@@ -189,19 +189,27 @@ impl Target {
     /// Checks that a clean session with a data-path request works before any case, so a
     /// back-end that never works is a setup error, not a fuzz finding.
     pub fn warm_up(&mut self, limits: Limits) -> Result<(), FuzzError> {
+        let (inst, warm) = self.in_use()?;
+        let queues =
+            oracle::fresh_session_in(inst, &mut warm.pool, limits.timeout, 0xa5).map_err(|f| {
+                FuzzError::Setup(format!(
+                    "the back-end fails a clean session before any fuzz case: {f}"
+                ))
+            })?;
+        self.queues = queues;
+        Ok(())
+    }
+
+    /// The current instance (started if there is none), marked as having served, and the
+    /// state its sessions reuse.
+    fn in_use(&mut self) -> Result<(&mut Instance, &mut Warm), FuzzError> {
         self.get()?;
         self.used = true;
         let Self { inst, warm, .. } = self;
         let inst = inst
             .as_mut()
             .ok_or_else(|| FuzzError::Harness("no instance".into()))?;
-        self.queues = oracle::fresh_session_in(inst, &mut warm.pool, limits.timeout, 0xa5)
-            .map_err(|f| {
-                FuzzError::Setup(format!(
-                    "the back-end fails a clean session before any fuzz case: {f}"
-                ))
-            })?;
-        Ok(())
+        Ok((inst, warm))
     }
 
     /// Runs one case on the current instance, or a fresh one if the case needs a process that
@@ -215,12 +223,7 @@ impl Target {
         if case.stage == Stage::NewProcess && self.used {
             self.reset();
         }
-        self.get()?;
-        self.used = true;
-        let Self { inst, warm, .. } = self;
-        let inst = inst
-            .as_mut()
-            .ok_or_else(|| FuzzError::Harness("no instance".into()))?;
+        let (inst, warm) = self.in_use()?;
         exec::run_case_warm(inst, warm, case, limits, pattern)
     }
 }
