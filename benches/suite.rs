@@ -1,5 +1,5 @@
 //! Whole-run wall times (issue 15): the suite against the bundled reference back-end with
-//! `-j 1`, `-j 2` and `-j 4`, and the fuzzer for a fixed number of cases with `-j 1` and `-j 2`,
+//! `-j 1`, `-j 2`, `-j 4`, `-j 8` and the default (four per CPU for the bundled back-end), and the fuzzer for a fixed number of cases with `-j 1` and `-j 2`,
 //! with its persistent back-end processes and with `--fresh-process`, each the best of two
 //! runs of the built `vhu-conform`; prints the figures and the ratios. Run with
 //! `cargo bench --bench suite` (`cargo bench --bench suite -- fuzz`: the fuzzer alone);
@@ -52,8 +52,13 @@ fn main() {
 fn suite(cpus: usize) {
     println!("suite against the bundled reference back-end ({cpus} CPUs):");
     let mut serial = None;
-    for jobs in ["1", "2", "4"] {
-        let t = best_of_two(&["-j", jobs]);
+    for jobs in ["1", "2", "4", "8", "default"] {
+        let args: &[&str] = if jobs == "default" {
+            &[]
+        } else {
+            &["-j", jobs]
+        };
+        let t = best_of_two(args);
         let ratio = serial.map_or(String::new(), |s: Duration| {
             format!(", {:.2}x the -j 1 time", t.as_secs_f64() / s.as_secs_f64())
         });

@@ -108,7 +108,7 @@ pub struct Args {
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
     /// Scenarios run at once in spawn mode, each with its own back-end process (default: the
-    /// number of CPUs, at least 2); the report and exit code are those of a serial run. With
+    /// number of CPUs, at least 2; four per CPU for the bundled back-end); the report and exit code are those of a serial run. With
     /// --backend or --listen (one running back-end) scenarios always run one at a time.
     #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub jobs: Option<u32>,
@@ -346,6 +346,8 @@ fn suite(args: &Args) -> Result<Suite, CliError> {
     };
     if let Some(j) = args.jobs {
         s.jobs = j as usize;
+    } else if bundled {
+        s.jobs = engine::bundled_default_jobs();
     }
     s.partition = args.partition;
     let from_json = description

@@ -27,6 +27,9 @@ const BLOCK: usize = 4096;
 /// Bytes of one block record: index and data.
 const RECORD: usize = 4 + BLOCK;
 
+/// A block of zeroes, what an unwritten block holds.
+static ZERO_BLOCK: [u8; BLOCK] = [0; BLOCK];
+
 /// Why a saved state was refused (the device is left unchanged).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StateError {
@@ -93,7 +96,9 @@ impl BlkDevice {
             .disk
             .chunks(BLOCK)
             .enumerate()
-            .filter(|(_, b)| b.iter().any(|&x| x != 0))
+            // A slice comparison is one memcmp even in a debug build, where a byte loop over a
+            // 64 MiB disk takes seconds under load.
+            .filter(|(_, b)| *b != &ZERO_BLOCK[..b.len()])
             .collect();
         let mut out = Vec::with_capacity(
             PREFIX + CONFIG_SIZE + section.len() + written.len() * RECORD + CHECKSUM,
