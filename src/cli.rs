@@ -112,6 +112,12 @@ pub struct Args {
     /// --backend or --listen (one running back-end) scenarios always run one at a time.
     #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub jobs: Option<u32>,
+    /// Spawn mode: keep a back-end process for the next scenario while it stays healthy (the
+    /// scenario passed, warned or was skipped and the process still runs) instead of a fresh
+    /// one per scenario: for back-ends with a slow start-up. A scenario may then meet what an
+    /// earlier one left, as with --backend; `fresh_process` scenarios still get a new process.
+    #[arg(long)]
+    pub keep_process: bool,
     /// Run only shard K of N of the selected scenarios, to split a run over a CI matrix:
     /// `count:K/N` (or `K/N`) takes every N-th from the K-th, `hash:K/N` those whose id's
     /// stable hash falls in shard K; applied after the filters, before --shuffle.
@@ -339,6 +345,7 @@ fn suite(args: &Args) -> Result<Suite, CliError> {
             fs_dir: args.fs_dir.clone(),
             vsock_uds: args.vsock_uds.clone(),
         },
+        keep_process: args.keep_process,
     };
     s.repeat = engine::Repeat {
         times: args.repeat.max(1),

@@ -39,6 +39,7 @@ fn opts() -> RunOptions {
         strict: false,
         queue_size: None,
         host: Default::default(),
+        keep_process: false,
     }
 }
 

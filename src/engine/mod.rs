@@ -2,6 +2,7 @@
 //! the back-end's offered features, and turns what the back-end did into findings that cite
 //! rules. It reaches the back-end only through the mock front-end's session.
 
+mod keep;
 mod steps;
 mod violations;
 
@@ -17,7 +18,7 @@ use crate::device::{DeviceSource, DeviceType};
 use crate::features::{describe_missing, protocol_bit, virtio_bit};
 use crate::rules::RuleId;
 use crate::scenario::{Level, Scenario};
-use crate::target::{Instance, ProcessState, TargetError, TargetSpec};
+use crate::target::{Death, Instance, ProcessState, TargetError, TargetSpec};
 
 mod preflight;
 
@@ -39,6 +40,9 @@ pub struct RunOptions {
     pub queue_size: Option<u16>,
     /// Host-side context for fs and vsock scenarios (`--fs-dir`, `--vsock-uds`).
     pub host: crate::target::HostContext,
+    /// Spawn mode: keep a healthy back-end process for the next scenario (`--keep-process`,
+    /// [`keep`]) instead of a fresh one each.
+    pub keep_process: bool,
 }
 
 impl Default for RunOptions {
@@ -50,6 +54,7 @@ impl Default for RunOptions {
             strict: false,
             queue_size: None,
             host: crate::target::HostContext::default(),
+            keep_process: false,
         }
     }
 }
@@ -303,13 +308,21 @@ pub fn run_scenario(
         + s.spec
             .timeout_ms
             .map_or(opts.scenario_timeout, Duration::from_millis);
-    let mut ctx = steps::Ctx::new(s, offer, inst, spec, opts, deadline);
+    let mut ctx = steps::Ctx::new(s, offer, &mut *inst, spec, opts, deadline);
     let run = ctx.run_all();
     let (findings, notes, transcript, checked) = ctx.finish();
     result.findings = findings;
     result.notes = notes;
     result.transcript = transcript;
     result.checked_rules = checked;
+    if inst.is_spawned() && !result.findings.iter().any(|f| f.crash.is_some()) {
+        // The scenario's last connection has closed: a back-end whose teardown crashes dies
+        // now, after every step's own check.
+        let st = inst.wait_exit(TEARDOWN_WATCH);
+        if let Some(death) = st.death() {
+            crashed_at_end(&mut result, &death, &inst.stderr_tail(600));
+        }
+    }
     result.outcome = match run {
         Ok(()) => verdict(&result.findings, opts.strict),
         Err(StepError::NotApplicable(reason)) if result.findings.is_empty() => {
@@ -320,6 +333,49 @@ pub fn run_scenario(
     };
     result.duration_ms = start.elapsed().as_millis() as u64;
     result
+}
+
+/// How long a spawned back-end is watched after a scenario's last connection closed, for a
+/// crash in its teardown (which shows within milliseconds of the close).
+const TEARDOWN_WATCH: Duration = Duration::from_millis(20);
+
+/// A death by a signal after the scenario's last connection closed: a crash (R-CRASH-01, MUST
+/// whatever the scenario's level), as a step would have recorded it.
+pub(crate) fn crashed_at_end(r: &mut ScenarioResult, death: &Death, tail: &str) {
+    let Death::Crash { signal, via_status } = *death else {
+        return;
+    };
+    let name = crate::target::signal_name(signal);
+    let how = if via_status {
+        format!(
+            "exit status {} (128 + {name}, as its wrapper reports a signal)",
+            128 + signal
+        )
+    } else {
+        format!("killed by {name}")
+    };
+    r.findings.push(Finding {
+        rule: crate::rules::id::R_CRASH_01,
+        level: Level::Must,
+        summary: format!(
+            "CRASH: the back-end process died, {how}, when the scenario's last connection closed"
+        ),
+        sent: "the front-end closed its connection at the end of the scenario".into(),
+        received: if tail.is_empty() {
+            how.clone()
+        } else {
+            format!("{how}; stderr: {tail}")
+        },
+        expected: "the back-end never dies by a signal, whatever the front-end sends".into(),
+        crash: Some(Crash {
+            signal,
+            signal_name: name,
+            stderr_tail: tail.to_string(),
+        }),
+    });
+    if !r.checked_rules.contains(&crate::rules::id::R_CRASH_01) {
+        r.checked_rules.push(crate::rules::id::R_CRASH_01);
+    }
 }
 
 fn errored(mut r: ScenarioResult, e: &TargetError, start: Instant) -> ScenarioResult {
@@ -466,10 +522,11 @@ pub fn run_suite_repeated(
         _ => Instance::start(spec, opts.connect_timeout).ok(),
     };
     let mut results = Vec::new();
+    let mut kept = keep::Kept::new(opts.keep_process);
     for s in scenarios {
         emit(RunEvent::ScenarioStarted { id: &s.spec.id });
         let r = match (spec, &mut shared) {
-            (TargetSpec::Spawn(_), _) => run_repeated(s, spec, None, offer, opts, repeat),
+            (TargetSpec::Spawn(_), _) => kept.run(s, spec, offer, opts, repeat),
             (_, Some(inst)) => run_repeated(s, spec, Some(inst), offer, opts, repeat),
             (_, None) => run_repeated(s, spec, None, offer, opts, repeat),
         };
@@ -502,13 +559,14 @@ fn run_parallel(
         for _ in 0..jobs.min(scenarios.len()) {
             let (tx, next) = (tx.clone(), &next);
             scope.spawn(move || {
+                let mut kept = keep::Kept::new(opts.keep_process);
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(s) = scenarios.get(i) else { break };
                     if tx.send(Progress::Started(i)).is_err() {
                         break;
                     }
-                    let r = run_repeated(s, spec, None, offer, opts, repeat);
+                    let r = kept.run(s, spec, offer, opts, repeat);
                     if tx.send(Progress::Done(i, Box::new(r))).is_err() {
                         break;
                     }
