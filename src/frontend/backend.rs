@@ -6,13 +6,16 @@
 //! It can misbehave on purpose (refuse the memory table, close after N messages), and hands
 //! every message it sees to the [`Judge`] first.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use vhu_protocol::virtio::{SplitDesc, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, blk};
-use vhu_protocol::wire::payload::{Body, ConfigHeader, VringState};
+use vhu_protocol::wire::payload::{
+    Body, ConfigHeader, InflightDesc, ShmemConfig, ShmemMapMsg, VringState,
+};
 use vhu_protocol::{
     BackendReq, Connection, FrontendReq, Header, Message, ProtocolFeatures, VirtioFeatures,
 };
@@ -20,7 +23,9 @@ use zerocopy::FromBytes;
 
 use crate::device::DeviceType;
 
-use super::judge::Judge;
+use crate::rules::{RuleId, id};
+
+use super::judge::{InflightGiven, Judge, file_id};
 use super::memory::GuestMap;
 
 /// What the judging back-end offers.
@@ -38,6 +43,8 @@ pub struct Profile {
     pub max_mem_slots: u64,
     /// The config space GET_CONFIG reads.
     pub config: Vec<u8>,
+    /// The shared memory regions GET_SHMEM_CONFIG declares (index = shmid); empty: none.
+    pub shmem: Vec<u64>,
 }
 
 /// The capacity the blk config space announces, in 512-byte sectors (1 MiB).
@@ -90,6 +97,7 @@ impl Profile {
             queue_num,
             max_mem_slots: 32,
             config,
+            shmem: Vec::new(),
         }
     }
 }
@@ -112,6 +120,186 @@ pub enum Misbehave {
     /// sends a NEED_REPLY channel request first and blocks on its ack before answering, as a
     /// simple single-threaded back-end does (R-BCH-07).
     ChannelBlock,
+    /// Closes the first connection right after the first SET_VRING_KICK: the rings ran, and a
+    /// front-end that reconnects must give the inflight buffer back (R-INFL-03).
+    CloseAfterKick,
+    /// With SHMEM negotiated and a ring running, sends SHMEM_MAP/UNMAP requests the spec has
+    /// succeed or fail (R-SHM-06/07/08/14), one at a time, each with NEED_REPLY.
+    ShmemProbe,
+}
+
+/// The size of the one shared memory region the SHMEM scenario declares (shmid 0).
+pub const SHMEM_REGION: u64 = 0x1_0000;
+/// How long the main socket is silent before [`JudgingBackend::idle_probe`] asks the
+/// front-end whether it still serves its channel. Long against a front-end's own pace (a few
+/// ms between setup messages), short against the scenario's time.
+pub const IDLE_BEFORE_PROBE: Duration = Duration::from_millis(1000);
+/// At most this many IOTLB misses per connection: a front-end that never sends the update
+/// is judged on the first and not asked forever.
+const MAX_MISSES: usize = 16;
+
+/// What a request on the back-end channel is for, and so how its answer is judged.
+#[derive(Clone, Debug)]
+enum ProbeKind {
+    /// A request any front-end must ack (R-ACK-08; an unknown code R-BCH-08).
+    Plain,
+    /// Asked after the main socket fell silent: no answer is a hang.
+    Liveness,
+    /// An IOTLB miss for `iova`; `mark` counts the updates seen when it went (R-IOTLB-04).
+    Miss { iova: u64, mark: usize },
+    /// A SHMEM_MAP/UNMAP (`what`), judged under `rule`: `want_fail` as
+    /// [`Judge::shmem_answered`]; `needs_map`: only sent after the first map succeeded.
+    Shmem {
+        what: &'static str,
+        rule: RuleId,
+        want_fail: Option<bool>,
+        needs_map: bool,
+    },
+}
+
+/// A request the judging back-end sends on the channel with NEED_REPLY.
+#[derive(Clone, Debug)]
+struct Probe {
+    code: u32,
+    payload: Vec<u8>,
+    /// Attach a fresh 4 KiB memfd (SHMEM_MAP carries exactly one).
+    with_fd: bool,
+    kind: ProbeKind,
+}
+
+impl Probe {
+    fn plain(code: u32) -> Self {
+        Self {
+            code,
+            payload: Vec::new(),
+            with_fd: false,
+            kind: ProbeKind::Plain,
+        }
+    }
+}
+
+fn shmem_msg(shmid: u8, shm_offset: u64, len: u64, flags: u64) -> Vec<u8> {
+    Body::ShmemMap(ShmemMapMsg {
+        shmid,
+        padding: [0; 7],
+        fd_offset: 0,
+        shm_offset,
+        len,
+        flags,
+    })
+    .encode()
+}
+
+/// The SHMEM probes, in order: one valid map, then maps and unmaps the spec has fail, then
+/// the unmap of the first map.
+fn shmem_probes() -> Vec<Probe> {
+    let map = BackendReq::ShmemMap as u32;
+    let unmap = BackendReq::ShmemUnmap as u32;
+    let p = |code, payload, what, rule, want_fail, needs_map| Probe {
+        code,
+        payload,
+        with_fd: code == map,
+        kind: ProbeKind::Shmem {
+            what,
+            rule,
+            want_fail,
+            needs_map,
+        },
+    };
+    vec![
+        p(map, shmem_msg(0, 0, 4096, 1), "of shmid 0 [0, 4 KiB) read-write", id::R_SHM_06, None, false),
+        p(map, shmem_msg(0, 0, 4096, 1), "of the same range again (an overlap)", id::R_SHM_07, Some(true), true),
+        p(map, shmem_msg(0, SHMEM_REGION, 4096, 1), "past the end of shmid 0", id::R_SHM_07, Some(true), false),
+        p(map, shmem_msg(7, 0x4000, 4096, 1), "of shmid 7, which GET_SHMEM_CONFIG did not declare", id::R_SHM_07, Some(true), false),
+        p(map, shmem_msg(0, 0x8000, 4096, 3), "with flags 0x3 (bits other than 0)", id::R_SHM_14, Some(true), false),
+        p(map, shmem_msg(0, 0x8000, 0, 1), "of length 0", id::R_SHM_14, Some(true), false),
+        p(unmap, shmem_msg(0, 0, 8192, 0), "of [0, 8 KiB), which is not exactly one mapping", id::R_SHM_08, Some(true), false),
+        p(unmap, shmem_msg(0, 0, 4096, 0), "of the first mapping, exactly", id::R_SHM_08, Some(false), true),
+    ]
+}
+
+/// A fresh memfd of `len` bytes.
+fn memfd(name: &std::ffi::CStr, len: u64) -> Option<OwnedFd> {
+    // SAFETY: memfd_create with a NUL-terminated name; the result is checked before use and
+    // owned from here on.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    nix::unistd::ftruncate(&fd, len as i64).ok()?;
+    Some(fd)
+}
+
+/// A userfaultfd for POSTCOPY_ADVISE's reply: user-mode only first (allowed unprivileged),
+/// then a plain one; `None` where the host allows neither (the reply then carries no fd,
+/// the error form QEMU reads as "failed to get PostCopy ufd").
+fn userfaultfd() -> Option<OwnedFd> {
+    const UFFD_USER_MODE_ONLY: libc::c_int = 1;
+    for flags in [UFFD_USER_MODE_ONLY, 0] {
+        // SAFETY: the userfaultfd syscall takes one int of flags and returns a new fd or -1.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_userfaultfd,
+                libc::O_CLOEXEC | libc::O_NONBLOCK | flags,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: a fresh descriptor nothing else owns.
+            return Some(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+        }
+    }
+    None
+}
+
+/// The size of a split-ring inflight area for `num_queues` rings of `queue_size` (spec
+/// "Inflight I/O tracking": a 16-byte header and 16 bytes per descriptor per queue, each
+/// queue's region aligned to 64 bytes as QEMU and libvhost-user do).
+fn inflight_size(num_queues: u16, queue_size: u16) -> u64 {
+    let per = (16 + 16 * u64::from(queue_size)).div_ceil(64) * 64;
+    per * u64::from(num_queues.max(1))
+}
+
+/// One IOTLB entry the front-end gave (type 2 update).
+#[derive(Copy, Clone, Debug)]
+struct IotlbEntry {
+    iova: u64,
+    size: u64,
+    uaddr: u64,
+    perm: u8,
+}
+
+/// SET_DEVICE_STATE_FD's transfer, off the serving thread: a save writes a short state and
+/// closes the fd (EOF ends the transfer, spec "Migrating back-end state"); a load reads to EOF
+/// (bounded, so a front-end that never closes its end costs one thread for 5 s, not a hang).
+fn transfer_state(direction: u32, fd: OwnedFd) {
+    let _ = std::thread::Builder::new()
+        .name("vhu-device-state".into())
+        .spawn(move || {
+            use std::io::{Read, Write};
+            let mut f = std::fs::File::from(fd);
+            if direction == 0 {
+                let _ = f.write_all(b"vhu-conform judging back-end: no state\n");
+                return;
+            }
+            let until = Instant::now() + Duration::from_secs(5);
+            let mut buf = [0u8; 4096];
+            let _ = nix::fcntl::fcntl(
+                &f,
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            );
+            while Instant::now() < until {
+                match f.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
 }
 
 /// A code no back-end request has (the spec's run 1..=10 and crosvm's 1002..): R-BCH-08.
@@ -149,6 +337,9 @@ pub enum End {
     Unreadable(String),
     /// The run's time ran out, or the front-end process is gone.
     Stopped,
+    /// The front-end hung: silent on the main socket and no answer on its channel; the
+    /// judging back-end hung up.
+    Hung,
 }
 
 #[derive(Debug, Default)]
@@ -185,15 +376,32 @@ pub struct JudgingBackend {
     acked_features: u64,
     acked_protocol: u64,
     backend_channel: Option<Connection>,
-    /// Channel requests still to send ([`Misbehave::ChannelProbe`]).
-    probes: Vec<u32>,
-    /// A channel request sent and not yet acked: its code and when it went.
-    pending: Option<(u32, Instant)>,
+    /// Channel requests still to send.
+    probes: Vec<Probe>,
+    /// A channel request sent and not yet acked, and when it went.
+    pending: Option<(Probe, Instant)>,
     /// The channel is usable for probes: a message after SET_BACKEND_REQ_FD was answered.
     channel_armed: bool,
     /// [`Misbehave::ChannelBlock`] has blocked once.
     blocked_once: bool,
     start: Instant,
+    /// Ask an idle front-end once per connection whether it still serves its channel: no
+    /// answer is a hang (R-ACK-08).
+    pub idle_probe: bool,
+    /// When the front-end last sent on the main socket.
+    last_main: Instant,
+    /// The liveness probe went on this connection.
+    liveness_sent: bool,
+    /// The first SHMEM map was acked 0: the probes that need it are due.
+    shmem_mapped: bool,
+    /// The IOTLB entries of this connection.
+    iotlb: Vec<IotlbEntry>,
+    /// The first address a translation missed since the last look (IOMMU mode).
+    miss: Cell<Option<(u64, u8)>>,
+    /// Misses sent on this connection.
+    misses: usize,
+    /// Inflight buffers handed out, kept open so no later memfd can take their inode.
+    inflight_fds: Vec<OwnedFd>,
 }
 
 fn write_eventfd(fd: &OwnedFd) {
@@ -233,6 +441,14 @@ impl JudgingBackend {
             channel_armed: false,
             blocked_once: false,
             start: Instant::now(),
+            idle_probe: false,
+            last_main: Instant::now(),
+            liveness_sent: false,
+            shmem_mapped: false,
+            iotlb: Vec::new(),
+            miss: Cell::new(None),
+            misses: 0,
+            inflight_fds: Vec::new(),
         }
     }
 
@@ -260,34 +476,123 @@ impl JudgingBackend {
 
     /// Sends back-end request `code` with NEED_REPLY on the channel; false if it could not go.
     fn send_channel(&mut self, code: u32) -> bool {
-        // CONFIG_CHANGE_MSG has no payload; the unknown code none either.
-        let header = Header::request(code, 0, true);
+        self.send_probe(&Probe::plain(code))
+    }
+
+    fn send_probe(&mut self, p: &Probe) -> bool {
+        let header = Header::request(p.code, p.payload.len() as u32, true);
+        let fd = if p.with_fd {
+            memfd(c"vhu-shmem", 4096)
+        } else {
+            None
+        };
         let Some(ch) = &self.backend_channel else {
             return false;
         };
-        let ok = ch.send(header, &[], &[]).is_ok();
-        self.record_channel(false, header, &[], 0);
+        let fds: Vec<BorrowedFd<'_>> = fd.iter().map(|f| f.as_fd()).collect();
+        let ok = ch.send(header, &p.payload, &fds).is_ok();
+        let n = fds.len();
+        self.record_channel(false, header, &p.payload, n);
         ok
+    }
+
+    fn shmem_negotiated(&self) -> bool {
+        self.acked_protocol & ProtocolFeatures::SHMEM.bits() != 0
+    }
+
+    fn ring_running(&self) -> bool {
+        self.rings.values().any(|r| r.started)
+    }
+
+    /// Whether `p` may go now: SHMEM requests only with SHMEM negotiated and a ring running
+    /// (a back-end sends none while suspended, R-SHM-10), and those that need the first map
+    /// only after it succeeded.
+    fn due(&self, p: &Probe) -> Option<bool> {
+        match &p.kind {
+            ProbeKind::Shmem { needs_map, .. } => {
+                if !self.shmem_negotiated() || !self.ring_running() {
+                    None
+                } else {
+                    Some(!*needs_map || self.shmem_mapped)
+                }
+            }
+            _ => Some(true),
+        }
     }
 
     /// The next probe, if one is due now: the channel is armed, no ack is awaited.
     fn next_probe(&mut self) {
-        if self.misbehave != Misbehave::ChannelProbe
-            || !self.channel_armed
+        if !self.channel_armed || self.pending.is_some() || !self.reply_ack_acked() {
+            return;
+        }
+        while let Some(p) = self.probes.first().cloned() {
+            match self.due(&p) {
+                None => return,
+                Some(false) => {
+                    self.probes.remove(0);
+                    continue;
+                }
+                Some(true) => {}
+            }
+            self.probes.remove(0);
+            let mut p = p;
+            if let ProbeKind::Miss { mark, .. } = &mut p.kind {
+                *mark = self.judge.iotlb_mark();
+            }
+            if self.send_probe(&p) {
+                self.pending = Some((p, Instant::now()));
+            } else {
+                self.judge_probe(&p, None, false);
+                self.probes.clear();
+            }
+            return;
+        }
+    }
+
+    /// Judges the answer (or its absence) to probe `p`.
+    fn judge_probe(&mut self, p: &Probe, reply: Option<&Message>, timed_out: bool) {
+        match &p.kind {
+            ProbeKind::Plain => self.judge.channel_reply(p.code, reply, timed_out),
+            ProbeKind::Liveness => self.judge.liveness(p.code, reply, timed_out),
+            ProbeKind::Miss { iova, mark } => self.judge.miss_answered(*iova, *mark, reply),
+            ProbeKind::Shmem {
+                what,
+                rule,
+                want_fail,
+                ..
+            } => {
+                let v = self
+                    .judge
+                    .shmem_answered(what, p.code, *rule, *want_fail, reply);
+                if *rule == id::R_SHM_06 {
+                    self.shmem_mapped = v == Some(0);
+                }
+            }
+        }
+    }
+
+    /// [`idle_probe`](Self::idle_probe): after [`IDLE_BEFORE_PROBE`] of silence on the main
+    /// socket, one NEED_REPLY request on the channel (CONFIG_CHANGE_MSG where CONFIG is
+    /// negotiated, which every front-end must ack, else an unknown code, which it should).
+    fn maybe_liveness(&mut self) {
+        if !self.idle_probe
+            || self.liveness_sent
             || self.pending.is_some()
+            || !self.channel_armed
             || !self.reply_ack_acked()
+            || self.last_main.elapsed() < IDLE_BEFORE_PROBE
         {
             return;
         }
-        if self.probes.is_empty() {
-            return;
-        }
-        let code = self.probes.remove(0);
-        if self.send_channel(code) {
-            self.pending = Some((code, Instant::now()));
+        self.liveness_sent = true;
+        let p = Probe {
+            kind: ProbeKind::Liveness,
+            ..Probe::plain(self.block_code())
+        };
+        if self.send_probe(&p) {
+            self.pending = Some((p, Instant::now()));
         } else {
-            self.judge.channel_reply(code, None, false);
-            self.probes.clear();
+            self.judge_probe(&p, None, false);
         }
     }
 
@@ -362,6 +667,11 @@ impl JudgingBackend {
         self.channel_armed = false;
         self.blocked_once = false;
         self.probes = Vec::new();
+        self.last_main = Instant::now();
+        self.liveness_sent = false;
+        self.shmem_mapped = false;
+        self.iotlb.clear();
+        self.misses = 0;
         let mut handled = 0usize;
         loop {
             if Instant::now() >= deadline {
@@ -383,17 +693,23 @@ impl JudgingBackend {
                 .map(|(i, _)| *i)
                 .collect();
             self.next_probe();
-            if let Some((code, at)) = self.pending {
+            self.maybe_liveness();
+            if let Some((p, at)) = &self.pending {
                 if at.elapsed() >= CHANNEL_ACK_WAIT {
                     // No ack in time: judged once, and the channel is not probed again (one
                     // missing ack is one finding, not one per probe).
+                    let p = p.clone();
                     self.pending = None;
                     self.probes.clear();
-                    self.judge.channel_reply(code, None, true);
+                    self.judge_probe(&p, None, true);
+                    if matches!(p.kind, ProbeKind::Liveness) {
+                        return End::Hung;
+                    }
                 }
             }
             let channel_fd = self
                 .pending
+                .as_ref()
                 .and(self.backend_channel.as_ref())
                 .map(|c| c.stream().as_raw_fd());
             let mut fds = vec![PollFd::new(conn.as_fd(), PollFlags::POLLIN)];
@@ -414,17 +730,46 @@ impl JudgingBackend {
                 .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
                 .collect();
             drop(fds);
-            if channel_fd.is_some() && ready[1] {
-                if let Some((code, _)) = self.pending.take() {
+            // The main socket first: a front-end that sent an IOTLB update and then acked the
+            // miss on its channel is seen in that order (R-IOTLB-04).
+            if ready[0] {
+                let msg = match conn.recv_unchecked() {
+                    Ok(m) => m,
+                    Err(e) if e.is_peer_gone() => return End::FrontendClosed,
+                    Err(e) => return End::Unreadable(e.to_string()),
+                };
+                self.last_main = Instant::now();
+                self.record(true, msg.header, &msg.payload, msg.fds.len());
+                self.judge.observe(&msg);
+                self.maybe_block(&msg);
+                let after_channel = self.backend_channel.is_some()
+                    && msg.header.request != FrontendReq::SetBackendReqFd as u32;
+                let kick = msg.header.request == FrontendReq::SetVringKick as u32;
+                self.handle(&conn, msg);
+                // Probes start once a message after SET_BACKEND_REQ_FD was answered: the
+                // front-end has had its ack and serves the channel by then.
+                self.channel_armed |= after_channel;
+                handled += 1;
+                if self.connections == 1
+                    && (self.misbehave == Misbehave::CloseAfter(handled)
+                        || self.misbehave == Misbehave::CloseAfterKick && kick)
+                {
+                    return End::WeClosed;
+                }
+            }
+            if channel_fd.is_some() && ready[1] && self.pending.is_some() {
+                if let Some((p, _)) = self.pending.take() {
                     let got = self.backend_channel.as_ref().map(|c| c.recv_unchecked());
                     match got {
                         Some(Ok(m)) => {
                             self.record_channel(true, m.header, &m.payload, m.fds.len());
-                            self.judge.channel_reply(code, Some(&m), false);
+                            self.judge_probe(&p, Some(&m), false);
                         }
                         _ => {
+                            // The channel closed: the front-end is going away, which is no
+                            // hang (its main socket's end follows).
                             self.probes.clear();
-                            self.judge.channel_reply(code, None, false);
+                            self.judge_probe(&p, None, false);
                         }
                     }
                 }
@@ -434,6 +779,7 @@ impl JudgingBackend {
                     if let Some(k) = &self.rings[i].kick {
                         drain_eventfd(k);
                     }
+                    self.judge.kicked(*i);
                     self.process(*i);
                 }
             }
@@ -445,27 +791,6 @@ impl JudgingBackend {
                 .collect();
             for i in polled {
                 self.process(i);
-            }
-            if !ready[0] {
-                continue;
-            }
-            let msg = match conn.recv_unchecked() {
-                Ok(m) => m,
-                Err(e) if e.is_peer_gone() => return End::FrontendClosed,
-                Err(e) => return End::Unreadable(e.to_string()),
-            };
-            self.record(true, msg.header, &msg.payload, msg.fds.len());
-            self.judge.observe(&msg);
-            self.maybe_block(&msg);
-            let after_channel = self.backend_channel.is_some()
-                && msg.header.request != FrontendReq::SetBackendReqFd as u32;
-            self.handle(&conn, msg);
-            // Probes start once a message after SET_BACKEND_REQ_FD was answered: the front-end
-            // has had its ack and serves the channel by then.
-            self.channel_armed |= after_channel;
-            handled += 1;
-            if self.misbehave == Misbehave::CloseAfter(handled) && self.connections == 1 {
-                return End::WeClosed;
             }
         }
     }
@@ -513,6 +838,54 @@ impl JudgingBackend {
                 };
                 self.reply(conn, code, &Body::VringState(state));
             }
+            (PostcopyAdvise, _) => {
+                // The userfaultfd, or no fd (the error form) where the host allows none.
+                let ufd = userfaultfd();
+                let header = Header::reply(code, 0);
+                let fds: Vec<BorrowedFd<'_>> = ufd.iter().map(|f| f.as_fd()).collect();
+                self.record(false, header, &[], fds.len());
+                let _ = conn.send(header, &[], &fds);
+            }
+            (PostcopyEnd | CheckDeviceState, _) => self.reply(conn, code, &Body::U64(0)),
+            (SetDeviceStateFd, Some(Body::DeviceState(d))) => {
+                let fd = msg.fds.into_iter().next();
+                // Success, bit 8: no fd of our own, the front-end's is used.
+                let ok = fd.is_some() && d.phase == 0 && d.direction <= 1;
+                self.reply(conn, code, &Body::U64(if ok { 0x100 } else { 1 }));
+                if let (true, Some(fd)) = (ok, fd) {
+                    transfer_state(d.direction, fd);
+                }
+            }
+            (GetInflightFd, Some(Body::Inflight(ask))) => self.give_inflight(conn, code, ask),
+            (GetShmemConfig, _) => {
+                let mut c = ShmemConfig::default();
+                for (i, &size) in p.shmem.iter().enumerate().take(c.sizes.len()) {
+                    c.sizes[i] = size;
+                }
+                c.nregions = p.shmem.iter().filter(|&&n| n != 0).count() as u32;
+                self.reply(conn, code, &Body::ShmemConfig(Box::new(c)));
+            }
+            (IotlbMsg, Some(Body::Iotlb(t))) => {
+                match t.kind {
+                    2 => self.iotlb.push(IotlbEntry {
+                        iova: t.iova,
+                        size: t.size,
+                        uaddr: t.uaddr,
+                        perm: t.perm,
+                    }),
+                    3 => self.iotlb.retain(|e| {
+                        !(e.iova < t.iova.saturating_add(t.size)
+                            && t.iova < e.iova.saturating_add(e.size))
+                    }),
+                    _ => {}
+                }
+                self.reply(conn, code, &Body::U64(0));
+                // An update may be what a stalled ring waited for.
+                let started: Vec<u32> = self.rings.keys().copied().collect();
+                for i in started {
+                    self.process(i);
+                }
+            }
             (r, _) if r.reply_kind() == vhu_protocol::wire::ReplyKind::Always => {
                 // An explicit-reply request this back-end does not implement (it offered
                 // nothing that gates it): the error form, an empty payload, so the front-end
@@ -558,9 +931,15 @@ impl JudgingBackend {
                 r.used_idx = s.num as u16;
                 self.ack(conn, &msg, req, 0);
             }
+            (SetVringAddr, Some(Body::VringAddr(a))) if self.iommu() => {
+                // IOVAs: translated through the IOTLB on every access.
+                let r = self.rings.entry(a.index).or_default();
+                (r.desc, r.avail, r.used) = (a.desc, a.avail, a.used);
+                self.ack(conn, &msg, req, 0);
+            }
             (SetVringAddr, Some(Body::VringAddr(a))) => {
-                // Ring locations are user addresses (no IOMMU is offered): kept as guest
-                // addresses for the data path.
+                // Ring locations are user addresses: kept as guest addresses for the data
+                // path.
                 let g = |ua| self.mem.user_to_guest(ua);
                 let (d, av, u) = (g(a.desc), g(a.avail), g(a.used));
                 let r = self.rings.entry(a.index).or_default();
@@ -600,6 +979,10 @@ impl JudgingBackend {
                 self.process(s.index);
                 self.ack(conn, &msg, req, 0);
             }
+            (VringKick, Some(Body::VringState(s))) => {
+                self.process(s.index);
+                self.ack(conn, &msg, req, 0);
+            }
             (SetBackendReqFd, _) => {
                 let mut fds = msg.fds;
                 self.backend_channel = fds.pop().map(|fd| {
@@ -610,10 +993,16 @@ impl JudgingBackend {
                 });
                 if self.misbehave == Misbehave::ChannelProbe {
                     self.probes = if self.acked_protocol & ProtocolFeatures::CONFIG.bits() != 0 {
-                        vec![BackendReq::ConfigChangeMsg as u32, UNKNOWN_BACKEND_REQ]
+                        vec![
+                            Probe::plain(BackendReq::ConfigChangeMsg as u32),
+                            Probe::plain(UNKNOWN_BACKEND_REQ),
+                        ]
                     } else {
-                        vec![UNKNOWN_BACKEND_REQ]
+                        vec![Probe::plain(UNKNOWN_BACKEND_REQ)]
                     };
+                }
+                if self.misbehave == Misbehave::ShmemProbe {
+                    self.probes = shmem_probes();
                 }
                 let m = Message {
                     header: msg.header,
@@ -630,9 +1019,91 @@ impl JudgingBackend {
         }
     }
 
+    /// Whether ring and descriptor addresses are IOVAs (ACCESS_PLATFORM negotiated).
+    fn iommu(&self) -> bool {
+        self.acked_features & VirtioFeatures::ACCESS_PLATFORM.bits() != 0
+    }
+
+    /// The guest address the data path reaches `addr` by for `len` bytes with `perm` (1 read,
+    /// 2 write): itself without an IOMMU, else through the IOTLB, where a miss is remembered
+    /// for [`process`](Self::process) to ask the front-end about (R-IOTLB-03/04).
+    fn xlate(&self, addr: u64, len: u64, perm: u8) -> Option<u64> {
+        if !self.iommu() {
+            return Some(addr);
+        }
+        let hit = self.iotlb.iter().rev().find(|e| {
+            addr >= e.iova
+                && addr - e.iova < e.size
+                && (addr - e.iova).saturating_add(len) <= e.size
+                && e.perm & perm == perm
+        });
+        let gpa = hit.and_then(|e| self.mem.user_to_guest(e.uaddr + (addr - e.iova)));
+        if gpa.is_none() && self.miss.get().is_none() {
+            self.miss.set(Some((addr, perm)));
+        }
+        gpa
+    }
+
+    fn rd(&self, addr: u64, buf: &mut [u8]) -> Option<()> {
+        let g = self.xlate(addr, buf.len() as u64, 1)?;
+        self.mem.read(g, buf)
+    }
+
+    fn wr(&self, addr: u64, data: &[u8]) -> Option<()> {
+        let g = self.xlate(addr, data.len() as u64, 2)?;
+        self.mem.write(g, data)
+    }
+
+    fn rd16(&self, addr: u64) -> Option<u16> {
+        let g = self.xlate(addr, 2, 1)?;
+        self.mem.read_u16(g)
+    }
+
+    fn wr16(&self, addr: u64, v: u16) -> Option<()> {
+        let g = self.xlate(addr, 2, 2)?;
+        self.mem.write_u16(g, v)
+    }
+
+    /// A translation missed while processing: ask the front-end for the mapping with a
+    /// BACKEND_IOTLB_MSG miss (type 1), once at a time and at most [`MAX_MISSES`] times.
+    fn ask_for_miss(&mut self) {
+        let Some((iova, perm)) = self.miss.take() else {
+            return;
+        };
+        let queued = self.probes.iter().any(|p| matches!(p.kind, ProbeKind::Miss { .. }))
+            || self
+                .pending
+                .as_ref()
+                .is_some_and(|(p, _)| matches!(p.kind, ProbeKind::Miss { .. }));
+        if queued || self.misses >= MAX_MISSES || self.backend_channel.is_none() {
+            return;
+        }
+        self.misses += 1;
+        let payload = Body::Iotlb(vhu_protocol::wire::payload::IotlbMsg {
+            iova,
+            size: 0,
+            uaddr: 0,
+            perm,
+            kind: 1,
+            padding: [0; 6],
+        })
+        .encode();
+        self.probes.push(Probe {
+            code: BackendReq::IotlbMsg as u32,
+            payload,
+            with_fd: false,
+            kind: ProbeKind::Miss { iova, mark: 0 },
+        });
+    }
+
     /// Serves a started, enabled blk ring: every available chain is completed and the call
     /// fd signalled once. Other devices consume nothing (their kicks were drained).
     fn process(&mut self, index: u32) {
+        self.process_ring(index);
+        self.ask_for_miss();
+    }
+
+    fn process_ring(&mut self, index: u32) {
         if self.profile.device != DeviceType::Block {
             return;
         }
@@ -648,25 +1119,31 @@ impl JudgingBackend {
         // At most one ring's worth per turn: a front-end that moves its index on and on cannot
         // keep the back-end from its socket.
         while done < usize::from(num) {
-            let Some(avail_idx) = self.mem.read_u16(avail + 2) else {
+            let Some(avail_idx) = self.rd16(avail + 2) else {
                 break;
             };
             if avail_idx == last {
                 break;
             }
-            let Some(head) = self.mem.read_u16(avail + 4 + 2 * u64::from(last % num)) else {
+            let Some(head) = self.rd16(avail + 4 + 2 * u64::from(last % num)) else {
                 break;
             };
             let len = self.blk_request(desc, num, head);
+            if self.miss.get().is_some() {
+                // Not consumed: done again once the front-end sent the mapping.
+                break;
+            }
             let elem = used + 4 + 8 * u64::from(used_idx % num);
             let mut e = [0u8; 8];
             e[..4].copy_from_slice(&u32::from(head).to_le_bytes());
             e[4..].copy_from_slice(&len.to_le_bytes());
-            if self.mem.write(elem, &e).is_none() {
+            if self.wr(elem, &e).is_none() {
                 break;
             }
             used_idx = used_idx.wrapping_add(1);
-            let _ = self.mem.write_u16(used + 2, used_idx);
+            if self.wr16(used + 2, used_idx).is_none() {
+                break;
+            }
             last = last.wrapping_add(1);
             done += 1;
         }
@@ -686,11 +1163,7 @@ impl JudgingBackend {
         let mut at = head;
         while chain.len() < usize::from(num) && at < num {
             let mut raw = [0u8; 16];
-            if self
-                .mem
-                .read(table + 16 * u64::from(at), &mut raw)
-                .is_none()
-            {
+            if self.rd(table + 16 * u64::from(at), &mut raw).is_none() {
                 return 0;
             }
             let Ok(d) = SplitDesc::read_from_bytes(&raw) else {
@@ -706,7 +1179,7 @@ impl JudgingBackend {
             return 0;
         };
         let mut hdr = [0u8; 16];
-        if first.len < 16 || self.mem.read(first.addr, &mut hdr).is_none() {
+        if first.len < 16 || self.rd(first.addr, &mut hdr).is_none() {
             return 0;
         }
         let kind = u32::from_le_bytes(hdr[..4].try_into().expect("4 bytes"));
@@ -726,7 +1199,7 @@ impl JudgingBackend {
                 let mut left = data_len;
                 for d in &writable {
                     let n = u64::from(d.len).min(left);
-                    let _ = self.mem.write(d.addr, &vec![0u8; n as usize]);
+                    let _ = self.wr(d.addr, &vec![0u8; n as usize]);
                     left -= n;
                 }
                 (blk::S_OK, data_len)
@@ -736,17 +1209,39 @@ impl JudgingBackend {
                 id[..BLK_ID.len()].copy_from_slice(BLK_ID);
                 let n = data_len.min(u64::from(blk::ID_BYTES));
                 if let Some(d) = writable.first() {
-                    let _ = self
-                        .mem
-                        .write(d.addr, &id[..n.min(u64::from(d.len)) as usize]);
+                    let _ = self.wr(d.addr, &id[..n.min(u64::from(d.len)) as usize]);
                 }
                 (blk::S_OK, n)
             }
             blk::T_OUT | blk::T_FLUSH => (blk::S_OK, 0),
             _ => (blk::S_UNSUPP, 0),
         };
-        let _ = self.mem.write(status_at, &[status]);
+        let _ = self.wr(status_at, &[status]);
         (written + 1) as u32
+    }
+
+    /// GET_INFLIGHT_FD: a zeroed memfd of the size the queues need, with its description
+    /// (spec "Inflight I/O tracking"); the judge remembers it (R-INFL-03).
+    fn give_inflight(&mut self, conn: &Connection, code: u32, ask: InflightDesc) {
+        let desc = InflightDesc {
+            mmap_size: inflight_size(ask.num_queues, ask.queue_size),
+            mmap_offset: 0,
+            num_queues: ask.num_queues,
+            queue_size: ask.queue_size,
+            padding: 0,
+        };
+        let fd = memfd(c"vhu-inflight", desc.mmap_size);
+        let payload = Body::Inflight(desc).encode();
+        let header = Header::reply(code, payload.len() as u32);
+        let fds: Vec<BorrowedFd<'_>> = fd.iter().map(|f| f.as_fd()).collect();
+        self.record(false, header, &payload, fds.len());
+        let _ = conn.send(header, &payload, &fds);
+        if let Some(fd) = fd {
+            if let Some(file) = file_id(&fd) {
+                self.judge.inflight_given(InflightGiven { desc, file });
+            }
+            self.inflight_fds.push(fd);
+        }
     }
 
     /// Whether the front-end gave a back-end channel on the current connection. Outside the

@@ -5,7 +5,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use vhu_protocol::wire::payload::{Body, BodyKind, MemRegion, VRING_NOFD_MASK, VringAddr};
+use vhu_protocol::wire::payload::{
+    Body, BodyKind, InflightDesc, MemRegion, VRING_NOFD_MASK, VringAddr,
+};
 use vhu_protocol::{BackendReq, FrontendReq, Message, ProtocolFeatures, VirtioFeatures};
 
 use crate::engine::Finding;
@@ -20,6 +22,38 @@ struct RingSeen {
     num: Option<u32>,
     base: bool,
     addr: Option<VringAddr>,
+    /// SET_VRING_KICK came and no GET_VRING_BASE since: the ring runs (R-MIG-03).
+    started: bool,
+    /// It started with a kick eventfd (not bit 8, polling).
+    kick_fd: bool,
+    /// That eventfd was signalled since the ring started (R-RING-05).
+    kicked: bool,
+}
+
+/// Where a postcopy sequence stands on this connection (R-PC-01: ADVISE, LISTEN, END).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+enum Postcopy {
+    #[default]
+    Before,
+    Advised,
+    Listening,
+}
+
+/// An inflight buffer the judging back-end handed out (GET_INFLIGHT_FD): its description and
+/// the file behind its fd (device and inode), which is what "the same buffer" means.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct InflightGiven {
+    /// The description the reply carried.
+    pub desc: InflightDesc,
+    /// `(st_dev, st_ino)` of the memfd.
+    pub file: (u64, u64),
+}
+
+/// The file an fd refers to, as `(st_dev, st_ino)`.
+pub fn file_id(fd: &impl std::os::fd::AsFd) -> Option<(u64, u64)> {
+    nix::sys::stat::fstat(fd)
+        .ok()
+        .map(|st| (st.st_dev as u64, st.st_ino as u64))
 }
 
 /// The rules the passive checks can cite: every front-end run cites them all, and each is
@@ -47,6 +81,12 @@ pub const PASSIVE_RULES: &[RuleId] = &[
     id::R_FE_05,
     id::R_FE_06,
     id::R_LOG_01,
+    id::R_RING_05,
+    id::R_MEM_18,
+    id::R_MIG_03,
+    id::R_PC_01,
+    id::R_INB_05,
+    id::R_SHM_01,
 ];
 
 /// The judge of one front-end run (all its connections).
@@ -70,6 +110,19 @@ pub struct Judge {
     /// SET_OWNER or SET_FEATURES came on this connection: the front-end went on past the
     /// offer (R-NEG-17).
     negotiated: bool,
+    /// The postcopy sequence on this connection (R-PC-01).
+    postcopy: Postcopy,
+    /// The inflight buffer handed out last (any connection).
+    inflight: Option<InflightGiven>,
+    /// The buffer in use when an earlier connection whose rings ran ended: the one a
+    /// reconnecting front-end must give back before its rings start (R-INFL-03).
+    inflight_due: Option<InflightGiven>,
+    /// SET_INFLIGHT_FD gave [`inflight_due`](Self::inflight_due) back on this connection.
+    inflight_returned: bool,
+    /// A ring started on this connection.
+    ring_ran: bool,
+    /// IOTLB updates (iova, size) the front-end sent, in order (R-IOTLB-04).
+    iotlb_updates: Vec<(u64, u64)>,
 }
 
 /// A one-line description of a message for a finding's "sent".
@@ -136,6 +189,12 @@ impl Judge {
             checked: BTreeSet::new(),
             messages: 0,
             negotiated: false,
+            postcopy: Postcopy::Before,
+            inflight: None,
+            inflight_due: None,
+            inflight_returned: false,
+            ring_ran: false,
+            iotlb_updates: Vec::new(),
         }
     }
 
@@ -148,6 +207,9 @@ impl Judge {
         self.rings.clear();
         self.table_refused = false;
         self.negotiated = false;
+        self.postcopy = Postcopy::Before;
+        self.inflight_returned = false;
+        self.ring_ran = false;
     }
 
     /// A connection ended (`by_frontend`: the front-end closed it). Where MQ was not offered, a
@@ -155,7 +217,23 @@ impl Judge {
     /// depends on MQ (R-NEG-17); one that got that far did not (QEMU without a guest never
     /// sends SET_FEATURES for net or fs, so SET_OWNER counts). Where the judging back-end or
     /// the deadline ended it first, nothing is judged.
-    pub fn connection_ended(&mut self, by_frontend: bool) {
+    pub fn connection_ended(&mut self, by_frontend: bool, by_us: bool) {
+        // A ring still running when the front-end left (or the run ended) never got its kick;
+        // where the judging back-end hung up it had no chance to (R-RING-05).
+        if !by_us {
+            let idle: Vec<u32> = self
+                .rings
+                .iter()
+                .filter(|(_, r)| r.started && r.kick_fd)
+                .map(|(i, _)| *i)
+                .collect();
+            for i in idle {
+                self.judge_kicked(i);
+            }
+        }
+        if self.ring_ran && self.inflight.is_some() {
+            self.inflight_due = self.inflight;
+        }
         if self.profile.protocol & ProtocolFeatures::MQ.bits() != 0 {
             return;
         }
@@ -365,6 +443,42 @@ impl Judge {
         }
     }
 
+    /// The liveness probe of an idle front-end was answered, or not within the wait
+    /// (`timed_out`; a channel that closed instead means the front-end is leaving, no hang).
+    /// What the judge calls a hang: the main socket silent for
+    /// [`IDLE_BEFORE_PROBE`](super::backend::IDLE_BEFORE_PROBE) and then a NEED_REPLY request
+    /// on the back-end channel, which the front-end must ack (R-ACK-08; an unknown code only
+    /// should be, R-BCH-08), unanswered for [`CHANNEL_ACK_WAIT`]. A front-end that is only
+    /// idle answers it; one that gave no channel cannot be told from an idle one.
+    pub fn liveness(&mut self, code: u32, reply: Option<&Message>, timed_out: bool) {
+        if reply.is_none() && !timed_out {
+            return;
+        }
+        if reply.is_some() {
+            return self.channel_reply(code, reply, false);
+        }
+        let unknown = BackendReq::from_code(code).is_err();
+        let (rule, cap) = if unknown {
+            (id::R_BCH_08, Level::Should)
+        } else {
+            (id::R_ACK_08, Level::Must)
+        };
+        self.check_raw(
+            rule,
+            cap,
+            false,
+            || channel_sent(code),
+            || {
+                format!(
+                    "the front-end hangs: silent on the main socket for {} ms, then no reply on its back-end channel within {} ms",
+                    super::backend::IDLE_BEFORE_PROBE.as_millis(),
+                    CHANNEL_ACK_WAIT.as_millis()
+                )
+            },
+            "an idle front-end still acks a NEED_REPLY request on its back-end channel",
+        );
+    }
+
     /// [`Misbehave::ChannelBlock`](super::backend::Misbehave::ChannelBlock): the judging
     /// back-end held its reply to `awaited` and blocked on channel request `code`; `reply` is
     /// what came. No reply means the front-end served neither: a deadlock (R-BCH-07).
@@ -387,6 +501,173 @@ impl Judge {
         if let Some(m) = reply {
             let _ = self.channel_framing(code, m);
         }
+    }
+
+    /// The kick eventfd of ring `index` was signalled (R-RING-05).
+    pub fn kicked(&mut self, index: u32) {
+        if let Some(r) = self.rings.get_mut(&index) {
+            r.kicked = true;
+        }
+    }
+
+    /// R-RING-05 for ring `index`, which started with a kick fd and now stops or is left: was
+    /// it kicked meanwhile? A SHOULD of the checklist for back-ends written to the old "start
+    /// on the first kick" text: the newest spec starts a ring on SET_VRING_KICK itself.
+    fn judge_kicked(&mut self, index: u32) {
+        let Some(r) = self.rings.get(&index).cloned() else {
+            return;
+        };
+        if !(r.started && r.kick_fd) {
+            return;
+        }
+        self.check_raw(
+            id::R_RING_05,
+            Level::Should,
+            r.kicked,
+            || format!("SET_VRING_KICK for ring {index} with a kick eventfd"),
+            || format!("ring {index} was never kicked between SET_VRING_KICK and its stop (or the session's end)"),
+            "one kick after SET_VRING_KICK, for back-ends that start a ring on its first kick",
+        );
+        if let Some(r) = self.rings.get_mut(&index) {
+            r.kick_fd = false;
+        }
+    }
+
+    /// The judging back-end answered GET_INFLIGHT_FD with this buffer.
+    pub fn inflight_given(&mut self, given: InflightGiven) {
+        self.inflight = Some(given);
+    }
+
+    /// SET_INFLIGHT_FD on a connection after one whose rings ran with a buffer: it must be
+    /// that buffer, description and file (R-INFL-03).
+    fn inflight_back(&mut self, m: &Message, desc: InflightDesc) {
+        let Some(due) = self.inflight_due else {
+            return;
+        };
+        let file = m.fds.first().and_then(file_id);
+        let same_desc = desc.mmap_size == due.desc.mmap_size
+            && desc.mmap_offset == due.desc.mmap_offset
+            && desc.num_queues == due.desc.num_queues
+            && desc.queue_size == due.desc.queue_size;
+        let same = same_desc && file == Some(due.file);
+        self.check(
+            id::R_INFL_03,
+            same,
+            m,
+            || {
+                if same_desc {
+                    "SET_INFLIGHT_FD on the reconnect carries another file than the buffer the rings ran with".into()
+                } else {
+                    format!(
+                        "SET_INFLIGHT_FD on the reconnect describes {desc:?}, the buffer the rings ran with was {:?}",
+                        due.desc
+                    )
+                }
+            },
+            "SET_INFLIGHT_FD with the buffer GET_INFLIGHT_FD gave (same description, same file) before the rings start again",
+        );
+        self.inflight_returned = same;
+    }
+
+    /// The first ring start on a reconnect after rings ran with an inflight buffer: the buffer
+    /// must have come back first (R-INFL-03: "before rings start").
+    fn inflight_before_start(&mut self, m: &Message, index: u32) {
+        if self.inflight_due.is_none() || self.ring_ran {
+            return;
+        }
+        let back = self.inflight_returned;
+        self.check(
+            id::R_INFL_03,
+            back,
+            m,
+            || format!("ring {index} starts on a reconnect before SET_INFLIGHT_FD gave the inflight buffer back"),
+            "SET_INFLIGHT_FD with the earlier buffer before the rings start",
+        );
+    }
+
+    /// The number of IOTLB updates seen so far: a miss sent now is answered by those after it.
+    pub fn iotlb_mark(&self) -> usize {
+        self.iotlb_updates.len()
+    }
+
+    /// The front-end acked (or did not ack) an IOTLB miss for `iova` the judging back-end sent
+    /// when `mark` updates had come: "On a miss the FE sends the update ... and then, if
+    /// asked, acks the miss" (R-IOTLB-04). The miss was for an address the front-end itself put
+    /// in a ring it started, so it is valid.
+    pub fn miss_answered(&mut self, iova: u64, mark: usize, reply: Option<&Message>) {
+        let code = BackendReq::IotlbMsg as u32;
+        let sent = || format!("BACKEND_IOTLB_MSG miss for iova {iova:#x} with NEED_REPLY, on the back-end channel");
+        let Some(m) = reply else {
+            self.check_raw(
+                id::R_IOTLB_04,
+                Level::Must,
+                false,
+                sent,
+                || format!("no ack to the miss within {} ms", CHANNEL_ACK_WAIT.as_millis()),
+                "the update, then the ack the miss asked for",
+            );
+            return;
+        };
+        if self.channel_framing(code, m).is_none() {
+            return;
+        }
+        let updated = self.iotlb_updates[mark.min(self.iotlb_updates.len())..]
+            .iter()
+            .any(|&(a, n)| iova >= a && iova - a < n);
+        self.check_raw(
+            id::R_IOTLB_04,
+            Level::Must,
+            updated,
+            sent,
+            || format!("the miss for iova {iova:#x} was acked with no IOTLB_MSG update covering it before"),
+            "an IOTLB_MSG update covering the missed iova on the main socket, then the ack",
+        );
+    }
+
+    /// A SHMEM_MAP/UNMAP probe was answered (`None`: not in time): `want_fail` says the spec
+    /// demands a refusal, `Some(false)` success, `None` either (a map may fail for lack of
+    /// resources). Returns the u64 when one came well-formed.
+    pub fn shmem_answered(
+        &mut self,
+        probe: &str,
+        code: u32,
+        rule: RuleId,
+        want_fail: Option<bool>,
+        reply: Option<&Message>,
+    ) -> Option<u64> {
+        let sent = || format!("{} {probe} with NEED_REPLY, on the back-end channel", req_name(code));
+        let Some(m) = reply else {
+            self.check_raw(
+                id::R_ACK_08,
+                Level::Must,
+                false,
+                sent,
+                || format!("no ack within {} ms", CHANNEL_ACK_WAIT.as_millis()),
+                "a u64 ack to every SHMEM_MAP/UNMAP that asks for one",
+            );
+            return None;
+        };
+        let v = self.channel_framing(code, m)?;
+        self.checked.insert(id::R_ACK_08);
+        let ok = match want_fail {
+            Some(true) => v != 0,
+            Some(false) => v == 0,
+            None => true,
+        };
+        // The rule's own level caps the finding (R-SHM-14 is a robustness rule: a warning).
+        self.check_raw(
+            rule,
+            Level::Must,
+            ok,
+            sent,
+            || format!("acked {v} ({})", if v == 0 { "success" } else { "failure" }),
+            if want_fail == Some(true) {
+                "a non-zero ack: the spec has this map or unmap fail"
+            } else {
+                "ack 0: the range is exactly the mapping made before"
+            },
+        );
+        Some(v)
     }
 
     /// Judges one message from the front-end, before the back-end acts on it.
@@ -541,6 +822,10 @@ impl Judge {
                 GetQueueNum => id::R_NEG_14,
                 ResetDevice => id::R_RST_02,
                 SetDeviceStateFd | CheckDeviceState => id::R_MIG_01,
+                PostcopyAdvise | PostcopyListen | PostcopyEnd => id::R_PC_01,
+                // SHMEM is bit 22 (R-SHM-01): a front-end that acked bit 21 (GPA_ADDRESSES,
+                // the bit rust-vmm up to 0.16 used for it) is caught here.
+                GetShmemConfig => id::R_SHM_01,
                 // The checklist's gate table (section 2) and R-NEG-14 cover every other gate.
                 _ => id::R_NEG_14,
             };
@@ -789,8 +1074,12 @@ impl Judge {
                 self.rings.entry(a.index).or_default().addr = Some(a);
             }
             (SetVringEnable, Some(Body::VringState(s))) => self.ring_index(req, m, s.index),
-            (GetVringBase, Some(Body::VringState(s))) => {
+            (GetVringBase | GetVringBaseSkipDrain, Some(Body::VringState(s))) => {
                 self.ring_index(req, m, s.index);
+                self.judge_kicked(s.index);
+                if let Some(r) = self.rings.get_mut(&s.index) {
+                    r.started = false;
+                }
                 self.check(
                     id::R_VRING_08,
                     s.num == 0,
@@ -805,10 +1094,121 @@ impl Judge {
             (SetVringKick, Some(Body::U64(w))) => {
                 let index = (w & 0xff) as u32;
                 self.ring_index(req, m, index);
+                self.inflight_before_start(m, index);
                 self.ring_start(m, index);
+                let r = self.rings.entry(index).or_default();
+                r.started = true;
+                r.kick_fd = w & VRING_NOFD_MASK == 0 && !m.fds.is_empty();
+                r.kicked = false;
+                self.ring_ran = true;
+            }
+            (SetInflightFd, Some(Body::Inflight(d))) => self.inflight_back(m, d),
+            (SetDeviceStateFd, _) => self.state_transfer(m),
+            (PostcopyAdvise | PostcopyListen | PostcopyEnd, _) => self.postcopy_order(req, m),
+            (VringKick, _) => {
+                // "The front-end is expected to ask for a reply" (spec VHOST_USER_VRING_KICK):
+                // the kick then completes synchronously, as a simulation needs.
+                let asked = m.header.need_reply() || !self.has_protocol(ProtocolFeatures::REPLY_ACK);
+                self.check_capped(
+                    id::R_INB_05,
+                    Level::Should,
+                    asked,
+                    m,
+                    || "VRING_KICK without NEED_REPLY while REPLY_ACK is negotiated".into(),
+                    "NEED_REPLY on every VRING_KICK",
+                );
+            }
+            (IotlbMsg, Some(Body::Iotlb(t))) if t.kind == 2 => {
+                self.iotlb_updates.push((t.iova, t.size));
             }
             _ => {}
         }
+        if matches!(req, SetMemTable | AddMemReg) {
+            self.gpa_regions(req, m, body_regions(req, m));
+        }
+    }
+
+    /// With GPA_ADDRESSES negotiated "the user address field ... equals the guest physical
+    /// address" of every region (R-MEM-18); ring addresses are then guest addresses too, which
+    /// the ring-inside-memory check (R-FE-05) judges through them.
+    fn gpa_regions(&mut self, req: FrontendReq, m: &Message, regions: Vec<MemRegion>) {
+        if !self.has_protocol(ProtocolFeatures::GPA_ADDRESSES) {
+            return;
+        }
+        let bad = regions.iter().find(|r| r.user_addr != r.guest_addr).copied();
+        self.check(
+            id::R_MEM_18,
+            bad.is_none(),
+            m,
+            || {
+                let r = bad.unwrap_or_default();
+                format!(
+                    "{} region at guest {:#x} with user address {:#x} while GPA_ADDRESSES (21) is negotiated",
+                    req.spec_name(),
+                    r.guest_addr,
+                    r.user_addr
+                )
+            },
+            "user address = guest physical address in every region once GPA_ADDRESSES is negotiated",
+        );
+    }
+
+    /// SET_DEVICE_STATE_FD's phase 0 means "stopped": every ring stopped with GET_VRING_BASE
+    /// before (R-MIG-03).
+    fn state_transfer(&mut self, m: &Message) {
+        let running: Vec<String> = self
+            .rings
+            .iter()
+            .filter(|(_, r)| r.started)
+            .map(|(i, _)| i.to_string())
+            .collect();
+        self.check(
+            id::R_MIG_03,
+            running.is_empty(),
+            m,
+            || {
+                format!(
+                    "SET_DEVICE_STATE_FD while ring {} still runs (no GET_VRING_BASE since its SET_VRING_KICK)",
+                    running.join(", ")
+                )
+            },
+            "every ring stopped (GET_VRING_BASE) before a transfer in the stopped phase",
+        );
+    }
+
+    /// POSTCOPY_LISTEN only after ADVISE, END only after LISTEN, none of them with
+    /// CONFIGURE_MEM_SLOTS negotiated (R-PC-01; the PAGEFAULT gate is judged in `gates`).
+    fn postcopy_order(&mut self, req: FrontendReq, m: &Message) {
+        use FrontendReq::*;
+        let slots = self.has_protocol(ProtocolFeatures::CONFIGURE_MEM_SLOTS);
+        self.check(
+            id::R_PC_01,
+            !slots,
+            m,
+            || format!("{} while CONFIGURE_MEM_SLOTS (15) is negotiated", req.spec_name()),
+            "no postcopy message once CONFIGURE_MEM_SLOTS is negotiated",
+        );
+        let (ok, want, next) = match req {
+            PostcopyAdvise => (true, "", Postcopy::Advised),
+            PostcopyListen => (
+                self.postcopy == Postcopy::Advised,
+                "POSTCOPY_ADVISE",
+                Postcopy::Listening,
+            ),
+            _ => (
+                self.postcopy == Postcopy::Listening,
+                "POSTCOPY_LISTEN",
+                Postcopy::Before,
+            ),
+        };
+        self.check(
+            id::R_PC_01,
+            ok,
+            m,
+            || format!("{} before {want}", req.spec_name()),
+            "POSTCOPY_LISTEN only after POSTCOPY_ADVISE, POSTCOPY_END only after POSTCOPY_LISTEN",
+        );
+        self.postcopy = next;
     }
 
     /// SET_VRING_KICK starts the ring: it must be fully described and inside the memory table.
@@ -875,6 +1275,15 @@ impl Judge {
             || format!("ring {index} starts on a memory table the back-end refused"),
             "no ring started on a refused memory table",
         );
+    }
+}
+
+/// The regions a SET_MEM_TABLE or ADD_MEM_REG carries.
+fn body_regions(req: FrontendReq, m: &Message) -> Vec<MemRegion> {
+    match Body::decode(req.request_body(), &m.payload) {
+        Ok(Body::MemTable(r)) => r,
+        Ok(Body::SingleRegion(r)) => vec![r],
+        _ => Vec::new(),
     }
 }
 
