@@ -207,14 +207,70 @@ fn shmem_probes() -> Vec<Probe> {
         },
     };
     vec![
-        p(map, shmem_msg(0, 0, 4096, 1), "of shmid 0 [0, 4 KiB) read-write", id::R_SHM_06, None, false),
-        p(map, shmem_msg(0, 0, 4096, 1), "of the same range again (an overlap)", id::R_SHM_07, Some(true), true),
-        p(map, shmem_msg(0, SHMEM_REGION, 4096, 1), "past the end of shmid 0", id::R_SHM_07, Some(true), false),
-        p(map, shmem_msg(7, 0x4000, 4096, 1), "of shmid 7, which GET_SHMEM_CONFIG did not declare", id::R_SHM_07, Some(true), false),
-        p(map, shmem_msg(0, 0x8000, 4096, 3), "with flags 0x3 (bits other than 0)", id::R_SHM_14, Some(true), false),
-        p(map, shmem_msg(0, 0x8000, 0, 1), "of length 0", id::R_SHM_14, Some(true), false),
-        p(unmap, shmem_msg(0, 0, 8192, 0), "of [0, 8 KiB), which is not exactly one mapping", id::R_SHM_08, Some(true), false),
-        p(unmap, shmem_msg(0, 0, 4096, 0), "of the first mapping, exactly", id::R_SHM_08, Some(false), true),
+        p(
+            map,
+            shmem_msg(0, 0, 4096, 1),
+            "of shmid 0 [0, 4 KiB) read-write",
+            id::R_SHM_06,
+            None,
+            false,
+        ),
+        p(
+            map,
+            shmem_msg(0, 0, 4096, 1),
+            "of the same range again (an overlap)",
+            id::R_SHM_07,
+            Some(true),
+            true,
+        ),
+        p(
+            map,
+            shmem_msg(0, SHMEM_REGION, 4096, 1),
+            "past the end of shmid 0",
+            id::R_SHM_07,
+            Some(true),
+            false,
+        ),
+        p(
+            map,
+            shmem_msg(7, 0x4000, 4096, 1),
+            "of shmid 7, which GET_SHMEM_CONFIG did not declare",
+            id::R_SHM_07,
+            Some(true),
+            false,
+        ),
+        p(
+            map,
+            shmem_msg(0, 0x8000, 4096, 3),
+            "with flags 0x3 (bits other than 0)",
+            id::R_SHM_14,
+            Some(true),
+            false,
+        ),
+        p(
+            map,
+            shmem_msg(0, 0x8000, 0, 1),
+            "of length 0",
+            id::R_SHM_14,
+            Some(true),
+            false,
+        ),
+        p(
+            unmap,
+            shmem_msg(0, 0, 8192, 0),
+            "of [0, 8 KiB), which is not exactly one mapping",
+            id::R_SHM_08,
+            Some(true),
+            false,
+        ),
+        p(
+            unmap,
+            shmem_msg(0, 0, 4096, 0),
+            "of the first mapping, exactly",
+            id::R_SHM_08,
+            Some(false),
+            true,
+        ),
     ]
 }
 
@@ -1070,7 +1126,10 @@ impl JudgingBackend {
         let Some((iova, perm)) = self.miss.take() else {
             return;
         };
-        let queued = self.probes.iter().any(|p| matches!(p.kind, ProbeKind::Miss { .. }))
+        let queued = self
+            .probes
+            .iter()
+            .any(|p| matches!(p.kind, ProbeKind::Miss { .. }))
             || self
                 .pending
                 .as_ref()

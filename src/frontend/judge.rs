@@ -596,14 +596,23 @@ impl Judge {
     /// in a ring it started, so it is valid.
     pub fn miss_answered(&mut self, iova: u64, mark: usize, reply: Option<&Message>) {
         let code = BackendReq::IotlbMsg as u32;
-        let sent = || format!("BACKEND_IOTLB_MSG miss for iova {iova:#x} with NEED_REPLY, on the back-end channel");
+        let sent = || {
+            format!(
+                "BACKEND_IOTLB_MSG miss for iova {iova:#x} with NEED_REPLY, on the back-end channel"
+            )
+        };
         let Some(m) = reply else {
             self.check_raw(
                 id::R_IOTLB_04,
                 Level::Must,
                 false,
                 sent,
-                || format!("no ack to the miss within {} ms", CHANNEL_ACK_WAIT.as_millis()),
+                || {
+                    format!(
+                        "no ack to the miss within {} ms",
+                        CHANNEL_ACK_WAIT.as_millis()
+                    )
+                },
                 "the update, then the ack the miss asked for",
             );
             return;
@@ -635,7 +644,12 @@ impl Judge {
         want_fail: Option<bool>,
         reply: Option<&Message>,
     ) -> Option<u64> {
-        let sent = || format!("{} {probe} with NEED_REPLY, on the back-end channel", req_name(code));
+        let sent = || {
+            format!(
+                "{} {probe} with NEED_REPLY, on the back-end channel",
+                req_name(code)
+            )
+        };
         let Some(m) = reply else {
             // The valid map's answer is R-SHM-06's own duty ("answers 0 on success, non-zero
             // otherwise"); the others' R-ACK-08's.
@@ -1115,7 +1129,8 @@ impl Judge {
             (VringKick, _) => {
                 // "The front-end is expected to ask for a reply" (spec VHOST_USER_VRING_KICK):
                 // the kick then completes synchronously, as a simulation needs.
-                let asked = m.header.need_reply() || !self.has_protocol(ProtocolFeatures::REPLY_ACK);
+                let asked =
+                    m.header.need_reply() || !self.has_protocol(ProtocolFeatures::REPLY_ACK);
                 self.check_capped(
                     id::R_INB_05,
                     Level::Should,
@@ -1142,7 +1157,10 @@ impl Judge {
         if !self.has_protocol(ProtocolFeatures::GPA_ADDRESSES) {
             return;
         }
-        let bad = regions.iter().find(|r| r.user_addr != r.guest_addr).copied();
+        let bad = regions
+            .iter()
+            .find(|r| r.user_addr != r.guest_addr)
+            .copied();
         self.check(
             id::R_MEM_18,
             bad.is_none(),
@@ -1192,7 +1210,12 @@ impl Judge {
             id::R_PC_01,
             !slots,
             m,
-            || format!("{} while CONFIGURE_MEM_SLOTS (15) is negotiated", req.spec_name()),
+            || {
+                format!(
+                    "{} while CONFIGURE_MEM_SLOTS (15) is negotiated",
+                    req.spec_name()
+                )
+            },
             "no postcopy message once CONFIGURE_MEM_SLOTS is negotiated",
         );
         let (ok, want, next) = match req {

@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use vhu_mock_frontend::blk::{BlkReq, blk_request};
+use vhu_mock_frontend::inflight::InflightBuffer;
 use vhu_mock_frontend::memory::RegionSpec;
 use vhu_mock_frontend::{
     Ack, DriverQueue, GuestMemory, RingLayout, Session, SessionError, SessionOptions, Wanted,
 };
-use vhu_mock_frontend::inflight::InflightBuffer;
 use vhu_protocol::wire::payload::{Body, VringAddr, VringState};
 use vhu_protocol::{
     BackendReq, Connection, FrontendReq, Header, Message, ProtocolFeatures, RawMessage,
@@ -135,7 +135,9 @@ struct ChannelShared {
 /// The faulty channel's SHMEM bookkeeping: mappings as (shmid, offset, len), refused as the
 /// spec says except where the fault says otherwise.
 fn shmem_answer(fault: FeFault, sizes: &[u64], maps: &mut Vec<(u8, u64, u64)>, m: &Message) -> u64 {
-    let Ok(Body::ShmemMap(r)) = Body::decode(vhu_protocol::wire::payload::BodyKind::ShmemMap, &m.payload) else {
+    let Ok(Body::ShmemMap(r)) =
+        Body::decode(vhu_protocol::wire::payload::BodyKind::ShmemMap, &m.payload)
+    else {
         return 1;
     };
     let size = sizes.get(usize::from(r.shmid)).copied().unwrap_or(0);
@@ -193,7 +195,8 @@ fn faulty_channel(
                 let m = match conn.recv_unchecked() {
                     Ok(m) => m,
                     Err(e) if e.is_timeout() => {
-                        let stay = matches!(fault, FeFault::ChannelOnlyWhenIdle | FeFault::HangAfterNack);
+                        let stay =
+                            matches!(fault, FeFault::ChannelOnlyWhenIdle | FeFault::HangAfterNack);
                         if idle.load(Ordering::Relaxed) && !stay {
                             return;
                         }

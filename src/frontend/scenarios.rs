@@ -139,9 +139,12 @@ pub fn all() -> Vec<FeScenario> {
             title: "the back-end refuses every memory table: no ring may start on it",
             description: "SET_MEM_TABLE and ADD_MEM_REG are acked with 1 (REPLY_ACK). The front-end \
                 stops or sends a table that is acked before it starts a ring (R-FE-06, SHOULD: the spec \
-                says only that QEMU \"is expected to terminate\" on such errors).",
-            level: Level::Should,
-            rules: &[id::R_FE_06],
+                says only that QEMU \"is expected to terminate\" on such errors). A front-end that \
+                then neither goes on nor leaves is asked, after a second of silence, to ack a request \
+                on its back-end channel: no answer is a hang (R-ACK-08, a MUST, so the scenario \
+                weighs MUST and R-FE-06 keeps its own SHOULD).",
+            level: Level::Must,
+            rules: &[id::R_FE_06, id::R_ACK_08],
             tweak: none,
             misbehave: Misbehave::NackMemTable,
             idle_probe: true,
