@@ -458,6 +458,9 @@ pub struct JudgingBackend {
     misses: usize,
     /// Inflight buffers handed out, kept open so no later memfd can take their inode.
     inflight_fds: Vec<OwnedFd>,
+    /// What happened that is no finding but a reader wants to know (a liveness probe that
+    /// was answered, an ADVISE without a userfaultfd).
+    pub notes: Vec<String>,
 }
 
 fn write_eventfd(fd: &OwnedFd) {
@@ -505,6 +508,7 @@ impl JudgingBackend {
             miss: Cell::new(None),
             misses: 0,
             inflight_fds: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -609,7 +613,15 @@ impl JudgingBackend {
     fn judge_probe(&mut self, p: &Probe, reply: Option<&Message>, timed_out: bool) {
         match &p.kind {
             ProbeKind::Plain => self.judge.channel_reply(p.code, reply, timed_out),
-            ProbeKind::Liveness => self.judge.liveness(p.code, reply, timed_out),
+            ProbeKind::Liveness => {
+                if reply.is_some() {
+                    self.notes.push(format!(
+                        "idle, not hung: after {} ms of silence it answered a request on its channel",
+                        IDLE_BEFORE_PROBE.as_millis()
+                    ));
+                }
+                self.judge.liveness(p.code, reply, timed_out);
+            }
             ProbeKind::Miss { iova, mark } => self.judge.miss_answered(*iova, *mark, reply),
             ProbeKind::Shmem {
                 what,
@@ -897,6 +909,12 @@ impl JudgingBackend {
             (PostcopyAdvise, _) => {
                 // The userfaultfd, or no fd (the error form) where the host allows none.
                 let ufd = userfaultfd();
+                if ufd.is_none() {
+                    self.notes.push(
+                        "POSTCOPY_ADVISE answered without a userfaultfd: the host allows none"
+                            .into(),
+                    );
+                }
                 let header = Header::reply(code, 0);
                 let fds: Vec<BorrowedFd<'_>> = ufd.iter().map(|f| f.as_fd()).collect();
                 self.record(false, header, &[], fds.len());

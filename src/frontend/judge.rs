@@ -53,7 +53,7 @@ pub struct InflightGiven {
 pub fn file_id(fd: &impl std::os::fd::AsFd) -> Option<(u64, u64)> {
     nix::sys::stat::fstat(fd)
         .ok()
-        .map(|st| (st.st_dev as u64, st.st_ino as u64))
+        .map(|st| (st.st_dev, st.st_ino))
 }
 
 /// The rules the passive checks can cite: every front-end run cites them all, and each is
@@ -935,12 +935,11 @@ impl Judge {
         );
     }
 
-    fn slots(&self) -> u64 {
-        if self.has_protocol(ProtocolFeatures::CONFIGURE_MEM_SLOTS) {
-            self.profile.max_mem_slots
-        } else {
-            8
-        }
+    /// GET_MAX_MEM_SLOTS's answer where CONFIGURE_MEM_SLOTS is negotiated; `None` without
+    /// it, where the 8-region bound is R-MEM-02's alone (R-FE-04 does not repeat it).
+    fn slots(&self) -> Option<u64> {
+        self.has_protocol(ProtocolFeatures::CONFIGURE_MEM_SLOTS)
+            .then_some(self.profile.max_mem_slots)
     }
 
     fn semantics(&mut self, req: FrontendReq, m: &Message, body: Option<Body>) {
@@ -1010,14 +1009,19 @@ impl Judge {
                     || format!("SET_MEM_TABLE with {n} regions"),
                     "at most 8 regions on SET_MEM_TABLE",
                 );
-                let slots = self.slots();
-                self.check(
-                    id::R_FE_04,
-                    n as u64 <= slots,
-                    m,
-                    || format!("SET_MEM_TABLE with {n} regions; the back-end has {slots} slots"),
-                    "no more regions than GET_MAX_MEM_SLOTS answered",
-                );
+                if let Some(slots) = self.slots() {
+                    self.check(
+                        id::R_FE_04,
+                        n as u64 <= slots,
+                        m,
+                        || {
+                            format!(
+                                "SET_MEM_TABLE with {n} regions; the back-end has {slots} slots"
+                            )
+                        },
+                        "no more regions than GET_MAX_MEM_SLOTS answered",
+                    );
+                }
                 let clash = regions.iter().enumerate().find_map(|(i, a)| {
                     regions[i + 1..]
                         .iter()
@@ -1050,15 +1054,21 @@ impl Judge {
                     },
                     "regions never overlap in guest nor in user space; to change one, remove it first",
                 );
-                let slots = self.slots();
-                let n = self.table.len() as u64 + 1;
-                self.check(
-                    id::R_FE_04,
-                    n <= slots,
-                    m,
-                    || format!("ADD_MEM_REG makes {n} regions; GET_MAX_MEM_SLOTS answered {slots}"),
-                    "no more regions than GET_MAX_MEM_SLOTS answered",
-                );
+                // ADD_MEM_REG without CONFIGURE_MEM_SLOTS is R-NEG-14's (the gate).
+                if let Some(slots) = self.slots() {
+                    let n = self.table.len() as u64 + 1;
+                    self.check(
+                        id::R_FE_04,
+                        n <= slots,
+                        m,
+                        || {
+                            format!(
+                                "ADD_MEM_REG makes {n} regions; GET_MAX_MEM_SLOTS answered {slots}"
+                            )
+                        },
+                        "no more regions than GET_MAX_MEM_SLOTS answered",
+                    );
+                }
                 self.table.push(r);
             }
             (RemMemReg, Some(Body::SingleRegion(r))) => {

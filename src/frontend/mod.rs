@@ -218,6 +218,7 @@ pub fn run_scenario(opts: &FeOptions, s: &FeScenario) -> ScenarioResult {
             verdict(&findings, opts.strict)
         }
     });
+    notes.append(&mut be.notes);
     if be.served > 0 {
         notes.push(format!("served {} blk requests", be.served));
     }
