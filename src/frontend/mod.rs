@@ -579,7 +579,7 @@ fn run_cli(a: &FeArgs) -> u8 {
     if a.list {
         for s in &selected {
             println!(
-                "{:<28} {:<7} {}",
+                "{:<30} {:<7} {}",
                 s.id,
                 format!("{:?}", s.level).to_lowercase(),
                 s.title
