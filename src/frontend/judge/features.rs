@@ -190,3 +190,212 @@ impl Judge {
         self.postcopy = next;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::OwnedFd;
+
+    use vhu_protocol::wire::payload::{Body, DeviceStateParams, VringAddr, VringState};
+    use vhu_protocol::{FrontendReq, Header, Message, ProtocolFeatures};
+
+    use crate::device::DeviceType;
+    use crate::frontend::backend::Profile;
+    use crate::frontend::judge::{InflightGiven, Judge, file_id};
+    use crate::rules::RuleId;
+    use crate::scenario::Level;
+
+    fn msg(req: FrontendReq, body: Body, fds: Vec<OwnedFd>) -> Message {
+        let payload = body.encode();
+        Message {
+            header: Header::request(req as u32, payload.len() as u32, false),
+            payload,
+            fds,
+        }
+    }
+
+    fn eventfd() -> OwnedFd {
+        nix::sys::eventfd::EventFd::new().expect("eventfd").into()
+    }
+
+    fn memfd() -> OwnedFd {
+        nix::sys::memfd::memfd_create(c"judge-test", nix::sys::memfd::MFdFlags::empty())
+            .expect("memfd")
+    }
+
+    /// A judge whose profile offers `extra` and that saw SET_PROTOCOL_FEATURES with it and
+    /// REPLY_ACK, and SET_OWNER.
+    fn judge(extra: ProtocolFeatures) -> Judge {
+        let mut p = Profile::for_device(DeviceType::Block);
+        p.protocol |= extra.bits();
+        let acked = (ProtocolFeatures::REPLY_ACK | extra).bits();
+        let mut j = Judge::new(p, Level::Must);
+        j.new_connection();
+        j.observe(&msg(
+            FrontendReq::SetProtocolFeatures,
+            Body::U64(acked),
+            vec![],
+        ));
+        j.observe(&msg(FrontendReq::SetOwner, Body::Empty, vec![]));
+        j
+    }
+
+    fn start_ring(j: &mut Judge) {
+        let state = |num| Body::VringState(VringState { index: 0, num });
+        j.observe(&msg(FrontendReq::SetVringNum, state(64), vec![]));
+        j.observe(&msg(FrontendReq::SetVringBase, state(0), vec![]));
+        let addr = VringAddr {
+            index: 0,
+            ..VringAddr::default()
+        };
+        j.observe(&msg(
+            FrontendReq::SetVringAddr,
+            Body::VringAddr(addr),
+            vec![],
+        ));
+        j.observe(&msg(
+            FrontendReq::SetVringKick,
+            Body::U64(0),
+            vec![eventfd()],
+        ));
+    }
+
+    fn cites(j: &Judge, rule: &str) -> bool {
+        j.findings().iter().any(|f| f.rule.as_str() == rule)
+    }
+
+    fn checked(j: &Judge, rule: &str) -> bool {
+        j.checked().iter().any(|r: &RuleId| r.as_str() == rule)
+    }
+
+    #[test]
+    fn postcopy_messages_in_order_pass_and_listen_before_advise_fails() {
+        let mut j = judge(ProtocolFeatures::PAGEFAULT);
+        for req in [
+            FrontendReq::PostcopyAdvise,
+            FrontendReq::PostcopyListen,
+            FrontendReq::PostcopyEnd,
+        ] {
+            j.observe(&msg(req, Body::Empty, vec![]));
+        }
+        assert!(checked(&j, "R-PC-01") && !cites(&j, "R-PC-01"));
+        let mut j = judge(ProtocolFeatures::PAGEFAULT);
+        j.observe(&msg(FrontendReq::PostcopyListen, Body::Empty, vec![]));
+        assert!(cites(&j, "R-PC-01"), "{:?}", j.findings());
+    }
+
+    #[test]
+    fn postcopy_with_configure_mem_slots_negotiated_fails() {
+        let mut j = judge(ProtocolFeatures::PAGEFAULT | ProtocolFeatures::CONFIGURE_MEM_SLOTS);
+        j.observe(&msg(FrontendReq::PostcopyAdvise, Body::Empty, vec![]));
+        assert!(cites(&j, "R-PC-01"));
+    }
+
+    #[test]
+    fn a_state_transfer_while_a_ring_runs_fails_and_after_its_stop_passes() {
+        let params = || {
+            Body::DeviceState(DeviceStateParams {
+                direction: 0,
+                phase: 0,
+            })
+        };
+        let mut j = judge(ProtocolFeatures::DEVICE_STATE);
+        start_ring(&mut j);
+        j.observe(&msg(
+            FrontendReq::SetDeviceStateFd,
+            params(),
+            vec![eventfd()],
+        ));
+        assert!(cites(&j, "R-MIG-03"));
+        let mut j = judge(ProtocolFeatures::DEVICE_STATE);
+        start_ring(&mut j);
+        let stop = Body::VringState(VringState { index: 0, num: 0 });
+        j.observe(&msg(FrontendReq::GetVringBase, stop, vec![]));
+        j.observe(&msg(
+            FrontendReq::SetDeviceStateFd,
+            params(),
+            vec![eventfd()],
+        ));
+        assert!(checked(&j, "R-MIG-03") && !cites(&j, "R-MIG-03"));
+    }
+
+    #[test]
+    fn a_ring_stopped_without_a_kick_warns_and_a_kicked_one_passes() {
+        let stop = || Body::VringState(VringState { index: 0, num: 0 });
+        let mut j = judge(ProtocolFeatures::empty());
+        start_ring(&mut j);
+        j.observe(&msg(FrontendReq::GetVringBase, stop(), vec![]));
+        let f = j.findings();
+        let f = f
+            .iter()
+            .find(|f| f.rule.as_str() == "R-RING-05")
+            .expect("R-RING-05");
+        assert_eq!(f.level, Level::Should);
+        let mut j = judge(ProtocolFeatures::empty());
+        start_ring(&mut j);
+        j.kicked(0);
+        j.observe(&msg(FrontendReq::GetVringBase, stop(), vec![]));
+        assert!(checked(&j, "R-RING-05") && !cites(&j, "R-RING-05"));
+    }
+
+    #[test]
+    fn gpa_addresses_need_user_addresses_equal_to_guest_addresses() {
+        let region = |user| vhu_protocol::wire::payload::MemRegion {
+            guest_addr: 0x10_0000,
+            size: 0x10_0000,
+            user_addr: user,
+            mmap_offset: 0,
+        };
+        let mut j = judge(ProtocolFeatures::GPA_ADDRESSES);
+        let table = Body::MemTable(vec![region(0x10_0000)]);
+        j.observe(&msg(FrontendReq::SetMemTable, table, vec![memfd()]));
+        assert!(checked(&j, "R-MEM-18") && !cites(&j, "R-MEM-18"));
+        let table = Body::MemTable(vec![region(0x7f00_0010_0000)]);
+        j.observe(&msg(FrontendReq::SetMemTable, table, vec![memfd()]));
+        assert!(cites(&j, "R-MEM-18"));
+    }
+
+    #[test]
+    fn the_inflight_buffer_on_a_reconnect_must_be_the_same_file() {
+        let given_fd = memfd();
+        let desc = vhu_protocol::wire::payload::InflightDesc {
+            mmap_size: 4096,
+            mmap_offset: 0,
+            num_queues: 1,
+            queue_size: 64,
+            padding: 0,
+        };
+        let given = InflightGiven {
+            desc,
+            file: file_id(&given_fd).expect("fstat"),
+        };
+        let reconnect = |fd: OwnedFd| {
+            let mut j = judge(ProtocolFeatures::INFLIGHT_SHMFD);
+            j.inflight_given(given);
+            start_ring(&mut j);
+            j.connection_ended(false, true);
+            j.new_connection();
+            let acked = (ProtocolFeatures::REPLY_ACK | ProtocolFeatures::INFLIGHT_SHMFD).bits();
+            j.observe(&msg(
+                FrontendReq::SetProtocolFeatures,
+                Body::U64(acked),
+                vec![],
+            ));
+            j.observe(&msg(FrontendReq::SetOwner, Body::Empty, vec![]));
+            j.observe(&msg(
+                FrontendReq::SetInflightFd,
+                Body::Inflight(desc),
+                vec![fd],
+            ));
+            start_ring(&mut j);
+            j
+        };
+        let same = given_fd.try_clone().expect("dup");
+        let j = reconnect(same);
+        assert!(checked(&j, "R-INFL-03") && !cites(&j, "R-INFL-03"));
+        let j = reconnect(memfd());
+        assert!(
+            cites(&j, "R-INFL-03"),
+            "another file is not the same buffer"
+        );
+    }
+}
