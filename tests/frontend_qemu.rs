@@ -114,3 +114,28 @@ fn qemu_7_2_rng_aborts_when_the_backend_closes_during_start_up() {
     assert_eq!(f["rule"], "R-FE-07", "{r:#}");
     assert_eq!(f["crash"]["signal_name"], "SIGABRT", "{r:#}");
 }
+
+/// Idle is not hung: QEMU's net front-end without a guest sends nothing after its start-up, and
+/// after a second of silence it still answers a NEED_REPLY request on its back-end channel, so
+/// `nack-mem-table`'s liveness probe notes it idle and finds no hang (only the known warning).
+#[test]
+fn qemu_7_2_idle_net_is_not_taken_for_a_hang() {
+    let r = run_scenario("net", "frontend/nack-mem-table");
+    let rules: Vec<&str> = r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["rule"].as_str())
+        .collect();
+    assert_eq!(rules, ["R-NEG-14"], "{r:#}");
+    let notes: Vec<&str> = r["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    assert!(
+        notes.iter().any(|n| n.starts_with("idle, not hung")),
+        "the liveness probe was answered: {notes:?}"
+    );
+}

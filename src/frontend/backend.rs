@@ -6,22 +6,30 @@
 //! It can misbehave on purpose (refuse the memory table, close after N messages), and hands
 //! every message it sees to the [`Judge`] first.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use vhu_protocol::virtio::{SplitDesc, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, blk};
-use vhu_protocol::wire::payload::{Body, ConfigHeader, VringState};
+use vhu_protocol::virtio::blk;
+use vhu_protocol::wire::payload::{Body, ConfigHeader, ShmemConfig, VringState};
 use vhu_protocol::{
     BackendReq, Connection, FrontendReq, Header, Message, ProtocolFeatures, VirtioFeatures,
 };
-use zerocopy::FromBytes;
 
 use crate::device::DeviceType;
 
 use super::judge::Judge;
+
+mod datapath;
+mod probe;
+mod resources;
+
 use super::memory::GuestMap;
+use datapath::{IotlbEntry, drain_eventfd};
+use probe::{Probe, ProbeKind, shmem_probes};
+use resources::{transfer_state, userfaultfd};
 
 /// What the judging back-end offers.
 #[derive(Clone, Debug)]
@@ -38,6 +46,8 @@ pub struct Profile {
     pub max_mem_slots: u64,
     /// The config space GET_CONFIG reads.
     pub config: Vec<u8>,
+    /// The shared memory regions GET_SHMEM_CONFIG declares (index = shmid); empty: none.
+    pub shmem: Vec<u64>,
 }
 
 /// The capacity the blk config space announces, in 512-byte sectors (1 MiB).
@@ -90,6 +100,7 @@ impl Profile {
             queue_num,
             max_mem_slots: 32,
             config,
+            shmem: Vec::new(),
         }
     }
 }
@@ -112,7 +123,23 @@ pub enum Misbehave {
     /// sends a NEED_REPLY channel request first and blocks on its ack before answering, as a
     /// simple single-threaded back-end does (R-BCH-07).
     ChannelBlock,
+    /// Closes the first connection right after the first SET_VRING_KICK: the rings ran, and a
+    /// front-end that reconnects must give the inflight buffer back (R-INFL-03).
+    CloseAfterKick,
+    /// With SHMEM negotiated and a ring running, sends SHMEM_MAP/UNMAP requests the spec has
+    /// succeed or fail (R-SHM-06/07/08/14), one at a time, each with NEED_REPLY.
+    ShmemProbe,
 }
+
+/// The size of the one shared memory region the SHMEM scenario declares (shmid 0).
+pub const SHMEM_REGION: u64 = 0x1_0000;
+/// How long the main socket is silent before [`JudgingBackend::idle_probe`] asks the
+/// front-end whether it still serves its channel. Long against a front-end's own pace (a few
+/// ms between setup messages), short against the scenario's time.
+pub const IDLE_BEFORE_PROBE: Duration = Duration::from_millis(1000);
+/// At most this many IOTLB misses per connection: a front-end that never sends the update
+/// is judged on the first and not asked forever.
+const MAX_MISSES: usize = 16;
 
 /// A code no back-end request has (the spec's run 1..=10 and crosvm's 1002..): R-BCH-08.
 pub const UNKNOWN_BACKEND_REQ: u32 = 99;
@@ -149,6 +176,9 @@ pub enum End {
     Unreadable(String),
     /// The run's time ran out, or the front-end process is gone.
     Stopped,
+    /// The front-end hung: silent on the main socket and no answer on its channel; the
+    /// judging back-end hung up.
+    Hung,
 }
 
 #[derive(Debug, Default)]
@@ -185,32 +215,35 @@ pub struct JudgingBackend {
     acked_features: u64,
     acked_protocol: u64,
     backend_channel: Option<Connection>,
-    /// Channel requests still to send ([`Misbehave::ChannelProbe`]).
-    probes: Vec<u32>,
-    /// A channel request sent and not yet acked: its code and when it went.
-    pending: Option<(u32, Instant)>,
+    /// Channel requests still to send.
+    probes: Vec<Probe>,
+    /// A channel request sent and not yet acked, and when it went.
+    pending: Option<(Probe, Instant)>,
     /// The channel is usable for probes: a message after SET_BACKEND_REQ_FD was answered.
     channel_armed: bool,
     /// [`Misbehave::ChannelBlock`] has blocked once.
     blocked_once: bool,
     start: Instant,
-}
-
-fn write_eventfd(fd: &OwnedFd) {
-    let one = 1u64.to_ne_bytes();
-    // SAFETY: writes 8 bytes from a live buffer to an fd we own; an error (a full counter,
-    // a non-eventfd) is ignored: the front-end polls or misses one notification.
-    unsafe {
-        libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8);
-    }
-}
-
-fn drain_eventfd(fd: &OwnedFd) {
-    let mut buf = [0u8; 8];
-    // SAFETY: reads into a live 8-byte buffer; called only after poll said readable.
-    unsafe {
-        libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), 8);
-    }
+    /// Ask an idle front-end once per connection whether it still serves its channel: no
+    /// answer is a hang (R-ACK-08).
+    pub idle_probe: bool,
+    /// When the front-end last sent on the main socket.
+    last_main: Instant,
+    /// The liveness probe went on this connection.
+    liveness_sent: bool,
+    /// The first SHMEM map was acked 0: the probes that need it are due.
+    shmem_mapped: bool,
+    /// The IOTLB entries of this connection.
+    iotlb: Vec<IotlbEntry>,
+    /// The first address a translation missed since the last look (IOMMU mode).
+    miss: Cell<Option<(u64, u8)>>,
+    /// Misses sent on this connection.
+    misses: usize,
+    /// Inflight buffers handed out, kept open so no later memfd can take their inode.
+    inflight_fds: Vec<OwnedFd>,
+    /// What happened that is no finding but a reader wants to know (a liveness probe that
+    /// was answered, an ADVISE without a userfaultfd).
+    pub notes: Vec<String>,
 }
 
 impl JudgingBackend {
@@ -233,6 +266,15 @@ impl JudgingBackend {
             channel_armed: false,
             blocked_once: false,
             start: Instant::now(),
+            idle_probe: false,
+            last_main: Instant::now(),
+            liveness_sent: false,
+            shmem_mapped: false,
+            iotlb: Vec::new(),
+            miss: Cell::new(None),
+            misses: 0,
+            inflight_fds: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -256,39 +298,6 @@ impl JudgingBackend {
 
     fn reply_ack_acked(&self) -> bool {
         self.acked_protocol & ProtocolFeatures::REPLY_ACK.bits() != 0
-    }
-
-    /// Sends back-end request `code` with NEED_REPLY on the channel; false if it could not go.
-    fn send_channel(&mut self, code: u32) -> bool {
-        // CONFIG_CHANGE_MSG has no payload; the unknown code none either.
-        let header = Header::request(code, 0, true);
-        let Some(ch) = &self.backend_channel else {
-            return false;
-        };
-        let ok = ch.send(header, &[], &[]).is_ok();
-        self.record_channel(false, header, &[], 0);
-        ok
-    }
-
-    /// The next probe, if one is due now: the channel is armed, no ack is awaited.
-    fn next_probe(&mut self) {
-        if self.misbehave != Misbehave::ChannelProbe
-            || !self.channel_armed
-            || self.pending.is_some()
-            || !self.reply_ack_acked()
-        {
-            return;
-        }
-        if self.probes.is_empty() {
-            return;
-        }
-        let code = self.probes.remove(0);
-        if self.send_channel(code) {
-            self.pending = Some((code, Instant::now()));
-        } else {
-            self.judge.channel_reply(code, None, false);
-            self.probes.clear();
-        }
     }
 
     /// The channel request for [`Misbehave::ChannelBlock`]: a known one where its feature is
@@ -362,6 +371,11 @@ impl JudgingBackend {
         self.channel_armed = false;
         self.blocked_once = false;
         self.probes = Vec::new();
+        self.last_main = Instant::now();
+        self.liveness_sent = false;
+        self.shmem_mapped = false;
+        self.iotlb.clear();
+        self.misses = 0;
         let mut handled = 0usize;
         loop {
             if Instant::now() >= deadline {
@@ -383,17 +397,23 @@ impl JudgingBackend {
                 .map(|(i, _)| *i)
                 .collect();
             self.next_probe();
-            if let Some((code, at)) = self.pending {
+            self.maybe_liveness();
+            if let Some((p, at)) = &self.pending {
                 if at.elapsed() >= CHANNEL_ACK_WAIT {
                     // No ack in time: judged once, and the channel is not probed again (one
                     // missing ack is one finding, not one per probe).
+                    let p = p.clone();
                     self.pending = None;
                     self.probes.clear();
-                    self.judge.channel_reply(code, None, true);
+                    self.judge_probe(&p, None, true);
+                    if matches!(p.kind, ProbeKind::Liveness) {
+                        return End::Hung;
+                    }
                 }
             }
             let channel_fd = self
                 .pending
+                .as_ref()
                 .and(self.backend_channel.as_ref())
                 .map(|c| c.stream().as_raw_fd());
             let mut fds = vec![PollFd::new(conn.as_fd(), PollFlags::POLLIN)];
@@ -414,17 +434,46 @@ impl JudgingBackend {
                 .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
                 .collect();
             drop(fds);
-            if channel_fd.is_some() && ready[1] {
-                if let Some((code, _)) = self.pending.take() {
+            // The main socket first: a front-end that sent an IOTLB update and then acked the
+            // miss on its channel is seen in that order (R-IOTLB-04).
+            if ready[0] {
+                let msg = match conn.recv_unchecked() {
+                    Ok(m) => m,
+                    Err(e) if e.is_peer_gone() => return End::FrontendClosed,
+                    Err(e) => return End::Unreadable(e.to_string()),
+                };
+                self.last_main = Instant::now();
+                self.record(true, msg.header, &msg.payload, msg.fds.len());
+                self.judge.observe(&msg);
+                self.maybe_block(&msg);
+                let after_channel = self.backend_channel.is_some()
+                    && msg.header.request != FrontendReq::SetBackendReqFd as u32;
+                let kick = msg.header.request == FrontendReq::SetVringKick as u32;
+                self.handle(&conn, msg);
+                // Probes start once a message after SET_BACKEND_REQ_FD was answered: the
+                // front-end has had its ack and serves the channel by then.
+                self.channel_armed |= after_channel;
+                handled += 1;
+                if self.connections == 1
+                    && (self.misbehave == Misbehave::CloseAfter(handled)
+                        || self.misbehave == Misbehave::CloseAfterKick && kick)
+                {
+                    return End::WeClosed;
+                }
+            }
+            if channel_fd.is_some() && ready[1] && self.pending.is_some() {
+                if let Some((p, _)) = self.pending.take() {
                     let got = self.backend_channel.as_ref().map(|c| c.recv_unchecked());
                     match got {
                         Some(Ok(m)) => {
                             self.record_channel(true, m.header, &m.payload, m.fds.len());
-                            self.judge.channel_reply(code, Some(&m), false);
+                            self.judge_probe(&p, Some(&m), false);
                         }
                         _ => {
+                            // The channel closed: the front-end is going away, which is no
+                            // hang (its main socket's end follows).
                             self.probes.clear();
-                            self.judge.channel_reply(code, None, false);
+                            self.judge_probe(&p, None, false);
                         }
                     }
                 }
@@ -434,6 +483,7 @@ impl JudgingBackend {
                     if let Some(k) = &self.rings[i].kick {
                         drain_eventfd(k);
                     }
+                    self.judge.kicked(*i);
                     self.process(*i);
                 }
             }
@@ -445,27 +495,6 @@ impl JudgingBackend {
                 .collect();
             for i in polled {
                 self.process(i);
-            }
-            if !ready[0] {
-                continue;
-            }
-            let msg = match conn.recv_unchecked() {
-                Ok(m) => m,
-                Err(e) if e.is_peer_gone() => return End::FrontendClosed,
-                Err(e) => return End::Unreadable(e.to_string()),
-            };
-            self.record(true, msg.header, &msg.payload, msg.fds.len());
-            self.judge.observe(&msg);
-            self.maybe_block(&msg);
-            let after_channel = self.backend_channel.is_some()
-                && msg.header.request != FrontendReq::SetBackendReqFd as u32;
-            self.handle(&conn, msg);
-            // Probes start once a message after SET_BACKEND_REQ_FD was answered: the front-end
-            // has had its ack and serves the channel by then.
-            self.channel_armed |= after_channel;
-            handled += 1;
-            if self.misbehave == Misbehave::CloseAfter(handled) && self.connections == 1 {
-                return End::WeClosed;
             }
         }
     }
@@ -513,6 +542,60 @@ impl JudgingBackend {
                 };
                 self.reply(conn, code, &Body::VringState(state));
             }
+            (PostcopyAdvise, _) => {
+                // The userfaultfd, or no fd (the error form) where the host allows none.
+                let ufd = userfaultfd();
+                if ufd.is_none() {
+                    self.notes.push(
+                        "POSTCOPY_ADVISE answered without a userfaultfd: the host allows none"
+                            .into(),
+                    );
+                }
+                let header = Header::reply(code, 0);
+                let fds: Vec<BorrowedFd<'_>> = ufd.iter().map(|f| f.as_fd()).collect();
+                self.record(false, header, &[], fds.len());
+                let _ = conn.send(header, &[], &fds);
+            }
+            (PostcopyEnd | CheckDeviceState, _) => self.reply(conn, code, &Body::U64(0)),
+            (SetDeviceStateFd, Some(Body::DeviceState(d))) => {
+                let fd = msg.fds.into_iter().next();
+                // Success, bit 8: no fd of our own, the front-end's is used.
+                let ok = fd.is_some() && d.phase == 0 && d.direction <= 1;
+                self.reply(conn, code, &Body::U64(if ok { 0x100 } else { 1 }));
+                if let (true, Some(fd)) = (ok, fd) {
+                    transfer_state(d.direction, fd);
+                }
+            }
+            (GetInflightFd, Some(Body::Inflight(ask))) => self.give_inflight(conn, code, ask),
+            (GetShmemConfig, _) => {
+                let mut c = ShmemConfig::default();
+                for (i, &size) in p.shmem.iter().enumerate().take(c.sizes.len()) {
+                    c.sizes[i] = size;
+                }
+                c.nregions = p.shmem.iter().filter(|&&n| n != 0).count() as u32;
+                self.reply(conn, code, &Body::ShmemConfig(Box::new(c)));
+            }
+            (IotlbMsg, Some(Body::Iotlb(t))) => {
+                match t.kind {
+                    2 => self.iotlb.push(IotlbEntry {
+                        iova: t.iova,
+                        size: t.size,
+                        uaddr: t.uaddr,
+                        perm: t.perm,
+                    }),
+                    3 => self.iotlb.retain(|e| {
+                        !(e.iova < t.iova.saturating_add(t.size)
+                            && t.iova < e.iova.saturating_add(e.size))
+                    }),
+                    _ => {}
+                }
+                self.reply(conn, code, &Body::U64(0));
+                // An update may be what a stalled ring waited for.
+                let started: Vec<u32> = self.rings.keys().copied().collect();
+                for i in started {
+                    self.process(i);
+                }
+            }
             (r, _) if r.reply_kind() == vhu_protocol::wire::ReplyKind::Always => {
                 // An explicit-reply request this back-end does not implement (it offered
                 // nothing that gates it): the error form, an empty payload, so the front-end
@@ -558,9 +641,15 @@ impl JudgingBackend {
                 r.used_idx = s.num as u16;
                 self.ack(conn, &msg, req, 0);
             }
+            (SetVringAddr, Some(Body::VringAddr(a))) if self.iommu() => {
+                // IOVAs: translated through the IOTLB on every access.
+                let r = self.rings.entry(a.index).or_default();
+                (r.desc, r.avail, r.used) = (a.desc, a.avail, a.used);
+                self.ack(conn, &msg, req, 0);
+            }
             (SetVringAddr, Some(Body::VringAddr(a))) => {
-                // Ring locations are user addresses (no IOMMU is offered): kept as guest
-                // addresses for the data path.
+                // Ring locations are user addresses: kept as guest addresses for the data
+                // path.
                 let g = |ua| self.mem.user_to_guest(ua);
                 let (d, av, u) = (g(a.desc), g(a.avail), g(a.used));
                 let r = self.rings.entry(a.index).or_default();
@@ -600,6 +689,10 @@ impl JudgingBackend {
                 self.process(s.index);
                 self.ack(conn, &msg, req, 0);
             }
+            (VringKick, Some(Body::VringState(s))) => {
+                self.process(s.index);
+                self.ack(conn, &msg, req, 0);
+            }
             (SetBackendReqFd, _) => {
                 let mut fds = msg.fds;
                 self.backend_channel = fds.pop().map(|fd| {
@@ -610,10 +703,16 @@ impl JudgingBackend {
                 });
                 if self.misbehave == Misbehave::ChannelProbe {
                     self.probes = if self.acked_protocol & ProtocolFeatures::CONFIG.bits() != 0 {
-                        vec![BackendReq::ConfigChangeMsg as u32, UNKNOWN_BACKEND_REQ]
+                        vec![
+                            Probe::plain(BackendReq::ConfigChangeMsg as u32),
+                            Probe::plain(UNKNOWN_BACKEND_REQ),
+                        ]
                     } else {
-                        vec![UNKNOWN_BACKEND_REQ]
+                        vec![Probe::plain(UNKNOWN_BACKEND_REQ)]
                     };
+                }
+                if self.misbehave == Misbehave::ShmemProbe {
+                    self.probes = shmem_probes();
                 }
                 let m = Message {
                     header: msg.header,
@@ -628,125 +727,6 @@ impl JudgingBackend {
             }
             _ => self.ack(conn, &msg, req, 0),
         }
-    }
-
-    /// Serves a started, enabled blk ring: every available chain is completed and the call
-    /// fd signalled once. Other devices consume nothing (their kicks were drained).
-    fn process(&mut self, index: u32) {
-        if self.profile.device != DeviceType::Block {
-            return;
-        }
-        let Some(r) = self.rings.get(&index) else {
-            return;
-        };
-        if !(r.started && r.enabled) || r.num == 0 || r.desc == 0 && r.avail == 0 {
-            return;
-        }
-        let (num, desc, avail, used) = (r.num, r.desc, r.avail, r.used);
-        let (mut last, mut used_idx) = (r.last_avail, r.used_idx);
-        let mut done = 0;
-        // At most one ring's worth per turn: a front-end that moves its index on and on cannot
-        // keep the back-end from its socket.
-        while done < usize::from(num) {
-            let Some(avail_idx) = self.mem.read_u16(avail + 2) else {
-                break;
-            };
-            if avail_idx == last {
-                break;
-            }
-            let Some(head) = self.mem.read_u16(avail + 4 + 2 * u64::from(last % num)) else {
-                break;
-            };
-            let len = self.blk_request(desc, num, head);
-            let elem = used + 4 + 8 * u64::from(used_idx % num);
-            let mut e = [0u8; 8];
-            e[..4].copy_from_slice(&u32::from(head).to_le_bytes());
-            e[4..].copy_from_slice(&len.to_le_bytes());
-            if self.mem.write(elem, &e).is_none() {
-                break;
-            }
-            used_idx = used_idx.wrapping_add(1);
-            let _ = self.mem.write_u16(used + 2, used_idx);
-            last = last.wrapping_add(1);
-            done += 1;
-        }
-        self.served += done;
-        let r = self.rings.get_mut(&index).expect("looked up above");
-        (r.last_avail, r.used_idx) = (last, used_idx);
-        if done > 0 {
-            if let Some(c) = &r.call {
-                write_eventfd(c);
-            }
-        }
-    }
-
-    /// Executes one virtio-blk chain; returns the bytes written into it.
-    fn blk_request(&self, table: u64, num: u16, head: u16) -> u32 {
-        let mut chain: Vec<SplitDesc> = Vec::new();
-        let mut at = head;
-        while chain.len() < usize::from(num) && at < num {
-            let mut raw = [0u8; 16];
-            if self
-                .mem
-                .read(table + 16 * u64::from(at), &mut raw)
-                .is_none()
-            {
-                return 0;
-            }
-            let Ok(d) = SplitDesc::read_from_bytes(&raw) else {
-                return 0;
-            };
-            chain.push(d);
-            if d.flags & VIRTQ_DESC_F_NEXT == 0 {
-                break;
-            }
-            at = d.next;
-        }
-        let Some(first) = chain.first() else {
-            return 0;
-        };
-        let mut hdr = [0u8; 16];
-        if first.len < 16 || self.mem.read(first.addr, &mut hdr).is_none() {
-            return 0;
-        }
-        let kind = u32::from_le_bytes(hdr[..4].try_into().expect("4 bytes"));
-        let writable: Vec<&SplitDesc> = chain
-            .iter()
-            .filter(|d| d.flags & VIRTQ_DESC_F_WRITE != 0 && d.len > 0)
-            .collect();
-        let Some(last) = writable.last() else {
-            return 0;
-        };
-        // The status byte is the last byte of the last writable buffer (virtio 1.2 5.2.6).
-        let status_at = last.addr + u64::from(last.len) - 1;
-        let data_len: u64 = writable.iter().map(|d| u64::from(d.len)).sum::<u64>() - 1;
-        let (status, written) = match kind {
-            blk::T_IN => {
-                // Zeros: a disk with nothing on it.
-                let mut left = data_len;
-                for d in &writable {
-                    let n = u64::from(d.len).min(left);
-                    let _ = self.mem.write(d.addr, &vec![0u8; n as usize]);
-                    left -= n;
-                }
-                (blk::S_OK, data_len)
-            }
-            blk::T_GET_ID => {
-                let mut id = [0u8; blk::ID_BYTES as usize];
-                id[..BLK_ID.len()].copy_from_slice(BLK_ID);
-                let n = data_len.min(u64::from(blk::ID_BYTES));
-                if let Some(d) = writable.first() {
-                    let _ = self
-                        .mem
-                        .write(d.addr, &id[..n.min(u64::from(d.len)) as usize]);
-                }
-                (blk::S_OK, n)
-            }
-            blk::T_OUT | blk::T_FLUSH => (blk::S_OK, 0),
-            _ => (blk::S_UNSUPP, 0),
-        };
-        let _ = self.mem.write(status_at, &[status]);
-        (written + 1) as u32
     }
 
     /// Whether the front-end gave a back-end channel on the current connection. Outside the

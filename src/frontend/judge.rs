@@ -5,14 +5,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use vhu_protocol::wire::payload::{Body, BodyKind, MemRegion, VRING_NOFD_MASK, VringAddr};
-use vhu_protocol::{BackendReq, FrontendReq, Message, ProtocolFeatures, VirtioFeatures};
+use vhu_protocol::wire::payload::{
+    Body, BodyKind, InflightDesc, MemRegion, VRING_NOFD_MASK, VringAddr,
+};
+use vhu_protocol::{FrontendReq, Message, ProtocolFeatures, VirtioFeatures};
 
 use crate::engine::Finding;
 use crate::rules::{RuleId, id};
 use crate::scenario::Level;
 
-use super::backend::{CHANNEL_ACK_WAIT, Profile};
+use super::backend::Profile;
+
+mod channel;
+mod features;
 
 /// What the front-end told us about one ring so far.
 #[derive(Clone, Debug, Default)]
@@ -20,6 +25,38 @@ struct RingSeen {
     num: Option<u32>,
     base: bool,
     addr: Option<VringAddr>,
+    /// SET_VRING_KICK came and no GET_VRING_BASE since: the ring runs (R-MIG-03).
+    started: bool,
+    /// It started with a kick eventfd (not bit 8, polling).
+    kick_fd: bool,
+    /// That eventfd was signalled since the ring started (R-RING-05).
+    kicked: bool,
+}
+
+/// Where a postcopy sequence stands on this connection (R-PC-01: ADVISE, LISTEN, END).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+enum Postcopy {
+    #[default]
+    Before,
+    Advised,
+    Listening,
+}
+
+/// An inflight buffer the judging back-end handed out (GET_INFLIGHT_FD): its description and
+/// the file behind its fd (device and inode), which is what "the same buffer" means.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct InflightGiven {
+    /// The description the reply carried.
+    pub desc: InflightDesc,
+    /// `(st_dev, st_ino)` of the memfd.
+    pub file: (u64, u64),
+}
+
+/// The file an fd refers to, as `(st_dev, st_ino)`.
+pub fn file_id(fd: &impl std::os::fd::AsFd) -> Option<(u64, u64)> {
+    nix::sys::stat::fstat(fd)
+        .ok()
+        .map(|st| (st.st_dev, st.st_ino))
 }
 
 /// The rules the passive checks can cite: every front-end run cites them all, and each is
@@ -47,6 +84,12 @@ pub const PASSIVE_RULES: &[RuleId] = &[
     id::R_FE_05,
     id::R_FE_06,
     id::R_LOG_01,
+    id::R_RING_05,
+    id::R_MEM_18,
+    id::R_MIG_03,
+    id::R_PC_01,
+    id::R_INB_05,
+    id::R_SHM_01,
 ];
 
 /// The judge of one front-end run (all its connections).
@@ -70,6 +113,19 @@ pub struct Judge {
     /// SET_OWNER or SET_FEATURES came on this connection: the front-end went on past the
     /// offer (R-NEG-17).
     negotiated: bool,
+    /// The postcopy sequence on this connection (R-PC-01).
+    postcopy: Postcopy,
+    /// The inflight buffer handed out last (any connection).
+    inflight: Option<InflightGiven>,
+    /// The buffer in use when an earlier connection whose rings ran ended: the one a
+    /// reconnecting front-end must give back before its rings start (R-INFL-03).
+    inflight_due: Option<InflightGiven>,
+    /// SET_INFLIGHT_FD gave [`inflight_due`](Self::inflight_due) back on this connection.
+    inflight_returned: bool,
+    /// A ring started on this connection.
+    ring_ran: bool,
+    /// IOTLB updates (iova, size) the front-end sent, in order (R-IOTLB-04).
+    iotlb_updates: Vec<(u64, u64)>,
 }
 
 /// A one-line description of a message for a finding's "sent".
@@ -90,20 +146,6 @@ pub fn describe(m: &Message) -> String {
         m.header.flags,
         m.header.size,
         m.fds.len()
-    )
-}
-
-fn req_name(code: u32) -> String {
-    BackendReq::from_code(code).map_or_else(
-        |_| format!("unknown back-end request {code}"),
-        |r| format!("{r:?}"),
-    )
-}
-
-fn channel_sent(code: u32) -> String {
-    format!(
-        "{} flags 0x9 (NEED_REPLY) size 0, on the back-end channel",
-        req_name(code)
     )
 }
 
@@ -136,6 +178,12 @@ impl Judge {
             checked: BTreeSet::new(),
             messages: 0,
             negotiated: false,
+            postcopy: Postcopy::Before,
+            inflight: None,
+            inflight_due: None,
+            inflight_returned: false,
+            ring_ran: false,
+            iotlb_updates: Vec::new(),
         }
     }
 
@@ -148,6 +196,9 @@ impl Judge {
         self.rings.clear();
         self.table_refused = false;
         self.negotiated = false;
+        self.postcopy = Postcopy::Before;
+        self.inflight_returned = false;
+        self.ring_ran = false;
     }
 
     /// A connection ended (`by_frontend`: the front-end closed it). Where MQ was not offered, a
@@ -155,7 +206,23 @@ impl Judge {
     /// depends on MQ (R-NEG-17); one that got that far did not (QEMU without a guest never
     /// sends SET_FEATURES for net or fs, so SET_OWNER counts). Where the judging back-end or
     /// the deadline ended it first, nothing is judged.
-    pub fn connection_ended(&mut self, by_frontend: bool) {
+    pub fn connection_ended(&mut self, by_frontend: bool, by_us: bool) {
+        // A ring still running when the front-end left (or the run ended) never got its kick;
+        // where the judging back-end hung up it had no chance to (R-RING-05).
+        if !by_us {
+            let idle: Vec<u32> = self
+                .rings
+                .iter()
+                .filter(|(_, r)| r.started && r.kick_fd)
+                .map(|(i, _)| *i)
+                .collect();
+            for i in idle {
+                self.judge_kicked(i);
+            }
+        }
+        if self.ring_ran && self.inflight.is_some() {
+            self.inflight_due = self.inflight;
+        }
         if self.profile.protocol & ProtocolFeatures::MQ.bits() != 0 {
             return;
         }
@@ -279,113 +346,6 @@ impl Judge {
     pub fn answered(&mut self, req: FrontendReq, ack: Option<u64>) {
         if matches!(req, FrontendReq::SetMemTable | FrontendReq::AddMemReg) {
             self.table_refused = ack.is_some_and(|v| v != 0);
-        }
-    }
-
-    /// Judges the framing of a reply on the back-end channel to request `code` (R-WIRE-16:
-    /// "the same framing and flag rules apply", roles swapped): version 1, REPLY set, no
-    /// NEED_REPLY, the request's code, a u64 payload, no fds. Returns the u64 when well formed.
-    fn channel_framing(&mut self, code: u32, m: &Message) -> Option<u64> {
-        let flags = m.header.flags();
-        let problems: Vec<String> = [
-            (flags.version() != 1, format!("version {}", flags.version())),
-            (!m.header.is_reply(), "no REPLY flag (bit 2)".into()),
-            (m.header.need_reply(), "NEED_REPLY set on a reply".into()),
-            (
-                m.header.request != code,
-                format!("code {} for request {code}", m.header.request),
-            ),
-            (
-                m.header.size != 8 || m.payload.len() != 8,
-                format!("size {} (a u64 reply has 8)", m.header.size),
-            ),
-            (!m.fds.is_empty(), format!("{} fds", m.fds.len())),
-        ]
-        .into_iter()
-        .filter_map(|(bad, what)| bad.then_some(what))
-        .collect();
-        let sent = channel_sent(code);
-        self.check_raw(
-            id::R_WIRE_16,
-            Level::Must,
-            problems.is_empty(),
-            || sent,
-            || {
-                format!(
-                    "the front-end's reply on the back-end channel is malformed: {}",
-                    problems.join(", ")
-                )
-            },
-            "a reply with version 1, the REPLY flag, the request's code and a u64 payload",
-        );
-        if problems.is_empty() { m.u64() } else { None }
-    }
-
-    /// The front-end's answer on the back-end channel to a NEED_REPLY request the judging
-    /// back-end sent while serving the main socket: `None` when none came (`timed_out`: within
-    /// the wait; else the channel closed). A known request must get a u64 ack (R-ACK-08); an
-    /// unknown code a non-zero one (R-BCH-08, SHOULD).
-    pub fn channel_reply(&mut self, code: u32, reply: Option<&Message>, timed_out: bool) {
-        let unknown = BackendReq::from_code(code).is_err();
-        let (rule, cap) = if unknown {
-            (id::R_BCH_08, Level::Should)
-        } else {
-            (id::R_ACK_08, Level::Must)
-        };
-        let Some(m) = reply else {
-            let why = if timed_out {
-                format!("no reply within {} ms", CHANNEL_ACK_WAIT.as_millis())
-            } else {
-                "the channel closed (or could not be written) before a reply".into()
-            };
-            self.check_raw(
-                rule,
-                cap,
-                false,
-                || channel_sent(code),
-                || format!("{} with NEED_REPLY on the back-end channel: {why}", req_name(code)),
-                "a u64 reply (0 success, non-zero failure) to every NEED_REPLY request once REPLY_ACK is negotiated",
-            );
-            return;
-        };
-        let Some(v) = self.channel_framing(code, m) else {
-            return;
-        };
-        if unknown {
-            self.check_raw(
-                rule,
-                cap,
-                v != 0,
-                || channel_sent(code),
-                || format!("the unknown back-end request {code} was acked {v} (success)"),
-                "a non-zero ack to a request code the front-end does not know",
-            );
-        } else {
-            self.check_raw(rule, cap, true, || channel_sent(code), String::new, "");
-        }
-    }
-
-    /// [`Misbehave::ChannelBlock`](super::backend::Misbehave::ChannelBlock): the judging
-    /// back-end held its reply to `awaited` and blocked on channel request `code`; `reply` is
-    /// what came. No reply means the front-end served neither: a deadlock (R-BCH-07).
-    pub fn channel_blocked(&mut self, code: u32, awaited: FrontendReq, reply: Option<&Message>) {
-        let ok = reply.is_some();
-        self.check_raw(
-            id::R_BCH_07,
-            Level::Must,
-            ok,
-            || channel_sent(code),
-            || {
-                format!(
-                    "no reply on the back-end channel within {} ms while the front-end waited for the reply to its {}: neither side can go on",
-                    CHANNEL_ACK_WAIT.as_millis(),
-                    awaited.spec_name()
-                )
-            },
-            "the front-end serves the back-end channel while it waits for a main-socket reply",
-        );
-        if let Some(m) = reply {
-            let _ = self.channel_framing(code, m);
         }
     }
 
@@ -541,6 +501,10 @@ impl Judge {
                 GetQueueNum => id::R_NEG_14,
                 ResetDevice => id::R_RST_02,
                 SetDeviceStateFd | CheckDeviceState => id::R_MIG_01,
+                PostcopyAdvise | PostcopyListen | PostcopyEnd => id::R_PC_01,
+                // SHMEM is bit 22 (R-SHM-01): a front-end that acked bit 21 (GPA_ADDRESSES,
+                // the bit rust-vmm up to 0.16 used for it) is caught here.
+                GetShmemConfig => id::R_SHM_01,
                 // The checklist's gate table (section 2) and R-NEG-14 cover every other gate.
                 _ => id::R_NEG_14,
             };
@@ -629,12 +593,11 @@ impl Judge {
         );
     }
 
-    fn slots(&self) -> u64 {
-        if self.has_protocol(ProtocolFeatures::CONFIGURE_MEM_SLOTS) {
-            self.profile.max_mem_slots
-        } else {
-            8
-        }
+    /// GET_MAX_MEM_SLOTS's answer where CONFIGURE_MEM_SLOTS is negotiated; `None` without
+    /// it, where the 8-region bound is R-MEM-02's alone (R-FE-04 does not repeat it).
+    fn slots(&self) -> Option<u64> {
+        self.has_protocol(ProtocolFeatures::CONFIGURE_MEM_SLOTS)
+            .then_some(self.profile.max_mem_slots)
     }
 
     fn semantics(&mut self, req: FrontendReq, m: &Message, body: Option<Body>) {
@@ -704,14 +667,19 @@ impl Judge {
                     || format!("SET_MEM_TABLE with {n} regions"),
                     "at most 8 regions on SET_MEM_TABLE",
                 );
-                let slots = self.slots();
-                self.check(
-                    id::R_FE_04,
-                    n as u64 <= slots,
-                    m,
-                    || format!("SET_MEM_TABLE with {n} regions; the back-end has {slots} slots"),
-                    "no more regions than GET_MAX_MEM_SLOTS answered",
-                );
+                if let Some(slots) = self.slots() {
+                    self.check(
+                        id::R_FE_04,
+                        n as u64 <= slots,
+                        m,
+                        || {
+                            format!(
+                                "SET_MEM_TABLE with {n} regions; the back-end has {slots} slots"
+                            )
+                        },
+                        "no more regions than GET_MAX_MEM_SLOTS answered",
+                    );
+                }
                 let clash = regions.iter().enumerate().find_map(|(i, a)| {
                     regions[i + 1..]
                         .iter()
@@ -744,15 +712,21 @@ impl Judge {
                     },
                     "regions never overlap in guest nor in user space; to change one, remove it first",
                 );
-                let slots = self.slots();
-                let n = self.table.len() as u64 + 1;
-                self.check(
-                    id::R_FE_04,
-                    n <= slots,
-                    m,
-                    || format!("ADD_MEM_REG makes {n} regions; GET_MAX_MEM_SLOTS answered {slots}"),
-                    "no more regions than GET_MAX_MEM_SLOTS answered",
-                );
+                // ADD_MEM_REG without CONFIGURE_MEM_SLOTS is R-NEG-14's (the gate).
+                if let Some(slots) = self.slots() {
+                    let n = self.table.len() as u64 + 1;
+                    self.check(
+                        id::R_FE_04,
+                        n <= slots,
+                        m,
+                        || {
+                            format!(
+                                "ADD_MEM_REG makes {n} regions; GET_MAX_MEM_SLOTS answered {slots}"
+                            )
+                        },
+                        "no more regions than GET_MAX_MEM_SLOTS answered",
+                    );
+                }
                 self.table.push(r);
             }
             (RemMemReg, Some(Body::SingleRegion(r))) => {
@@ -789,8 +763,12 @@ impl Judge {
                 self.rings.entry(a.index).or_default().addr = Some(a);
             }
             (SetVringEnable, Some(Body::VringState(s))) => self.ring_index(req, m, s.index),
-            (GetVringBase, Some(Body::VringState(s))) => {
+            (GetVringBase | GetVringBaseSkipDrain, Some(Body::VringState(s))) => {
                 self.ring_index(req, m, s.index);
+                self.judge_kicked(s.index);
+                if let Some(r) = self.rings.get_mut(&s.index) {
+                    r.started = false;
+                }
                 self.check(
                     id::R_VRING_08,
                     s.num == 0,
@@ -805,9 +783,38 @@ impl Judge {
             (SetVringKick, Some(Body::U64(w))) => {
                 let index = (w & 0xff) as u32;
                 self.ring_index(req, m, index);
+                self.inflight_before_start(m, index);
                 self.ring_start(m, index);
+                let r = self.rings.entry(index).or_default();
+                r.started = true;
+                r.kick_fd = w & VRING_NOFD_MASK == 0 && !m.fds.is_empty();
+                r.kicked = false;
+                self.ring_ran = true;
+            }
+            (SetInflightFd, Some(Body::Inflight(d))) => self.inflight_back(m, d),
+            (SetDeviceStateFd, _) => self.state_transfer(m),
+            (PostcopyAdvise | PostcopyListen | PostcopyEnd, _) => self.postcopy_order(req, m),
+            (VringKick, _) => {
+                // "The front-end is expected to ask for a reply" (spec VHOST_USER_VRING_KICK):
+                // the kick then completes synchronously, as a simulation needs.
+                let asked =
+                    m.header.need_reply() || !self.has_protocol(ProtocolFeatures::REPLY_ACK);
+                self.check_capped(
+                    id::R_INB_05,
+                    Level::Should,
+                    asked,
+                    m,
+                    || "VRING_KICK without NEED_REPLY while REPLY_ACK is negotiated".into(),
+                    "NEED_REPLY on every VRING_KICK",
+                );
+            }
+            (IotlbMsg, Some(Body::Iotlb(t))) if t.kind == 2 => {
+                self.iotlb_updates.push((t.iova, t.size));
             }
             _ => {}
+        }
+        if matches!(req, SetMemTable | AddMemReg) {
+            self.gpa_regions(req, m, body_regions(req, m));
         }
     }
 
@@ -875,6 +882,15 @@ impl Judge {
             || format!("ring {index} starts on a memory table the back-end refused"),
             "no ring started on a refused memory table",
         );
+    }
+}
+
+/// The regions a SET_MEM_TABLE or ADD_MEM_REG carries.
+fn body_regions(req: FrontendReq, m: &Message) -> Vec<MemRegion> {
+    match Body::decode(req.request_body(), &m.payload) {
+        Ok(Body::MemTable(r)) => r,
+        Ok(Body::SingleRegion(r)) => vec![r],
+        _ => Vec::new(),
     }
 }
 

@@ -195,6 +195,7 @@ pub fn run_scenario(opts: &FeOptions, s: &FeScenario) -> ScenarioResult {
     let profile = scenarios::profile(s, opts.device);
     let judge = Judge::new(profile.clone(), s.level);
     let mut be = JudgingBackend::new(profile, s.misbehave, judge);
+    be.idle_probe = s.idle_probe;
     let mut notes = Vec::new();
     let outcome = match drive(opts, &mut be, &mut notes) {
         Ok(()) => None,
@@ -217,6 +218,7 @@ pub fn run_scenario(opts: &FeOptions, s: &FeScenario) -> ScenarioResult {
             verdict(&findings, opts.strict)
         }
     });
+    notes.append(&mut be.notes);
     if be.served > 0 {
         notes.push(format!("served {} blk requests", be.served));
     }
@@ -298,8 +300,9 @@ fn drive(
                     &mut never,
                 );
                 note_end(&end, notes);
-                be.judge.connection_ended(end == End::FrontendClosed);
-                if end == End::Stopped {
+                be.judge
+                    .connection_ended(end == End::FrontendClosed, judged_by_us(&end));
+                if matches!(end, End::Stopped | End::Hung) {
                     break;
                 }
                 until = Instant::now() + Duration::from_secs(1);
@@ -346,8 +349,9 @@ fn drive(
                     &mut gone,
                 );
                 note_end(&end, notes);
-                be.judge.connection_ended(end == End::FrontendClosed);
-                if end == End::Stopped {
+                be.judge
+                    .connection_ended(end == End::FrontendClosed, judged_by_us(&end));
+                if matches!(end, End::Stopped | End::Hung) {
                     break;
                 }
                 // A front-end may reconnect: give it as long as it takes to start.
@@ -374,8 +378,17 @@ fn note_end(end: &End, notes: &mut Vec<String>) {
         End::Unreadable(why) => notes.push(format!(
             "closed: the front-end sent an unreadable message: {why}"
         )),
+        End::Hung => notes.push(
+            "the front-end hung (no answer on its channel after a silence): the judging back-end hung up"
+                .into(),
+        ),
         End::Stopped => {}
     }
+}
+
+/// Whether the judging back-end ended the connection itself (on purpose, or after a hang).
+fn judged_by_us(end: &End) -> bool {
+    matches!(end, End::WeClosed | End::Hung)
 }
 
 /// The front-end process's end: a death by a crash signal is R-FE-07; any other end is
@@ -566,7 +579,7 @@ fn run_cli(a: &FeArgs) -> u8 {
     if a.list {
         for s in &selected {
             println!(
-                "{:<28} {:<7} {}",
+                "{:<30} {:<7} {}",
                 s.id,
                 format!("{:?}", s.level).to_lowercase(),
                 s.title
