@@ -104,15 +104,15 @@ pub struct RunSummary {
 /// Counts per outcome.
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Totals {
-    /// Passed.
+    /// Scenarios whose every check held (unexpected passes included).
     pub pass: usize,
-    /// Failed.
+    /// Scenarios with a MUST-level finding (any, under `--strict`), expected failures aside.
     pub fail: usize,
-    /// Passed with warnings.
+    /// Scenarios whose findings are SHOULD or robustness ones only, expected ones aside.
     pub warn: usize,
-    /// Skipped.
+    /// Scenarios that did not apply to the back-end.
     pub skip: usize,
-    /// Harness errors.
+    /// Scenarios the harness could not judge (never the back-end's fault).
     pub error: usize,
     /// Failures (or warnings) an `--expect` entry expected: not counted in `fail` or `warn`.
     pub xfail: usize,

@@ -117,9 +117,9 @@ pub enum Outcome {
 /// Everything known about one scenario's run.
 #[derive(Clone, Debug, Serialize)]
 pub struct ScenarioResult {
-    /// Scenario id.
+    /// The scenario's id (`memory/rem-wrong-size`).
     pub id: String,
-    /// Its title.
+    /// Its one-line title, as `--list` shows it.
     pub title: String,
     /// The rules it cites.
     pub rules: Vec<RuleId>,
@@ -127,18 +127,21 @@ pub struct ScenarioResult {
     pub level: Level,
     /// Where it came from: a scenario file's path, or `builtin:<id>`.
     pub source: String,
-    /// The verdict.
+    /// The verdict as the checks gave it; what an `--expect` entry makes of it is in
+    /// `expectation`.
     #[serde(flatten)]
     pub outcome: Outcome,
-    /// Departures found.
+    /// Every departure the checks found, in order, each citing its check's rule.
     pub findings: Vec<Finding>,
-    /// Notes (info-level observations).
+    /// Observations that are not departures (a refusal the spec allows, the runs of a
+    /// `--repeat`).
     pub notes: Vec<String>,
     /// The rules whose checks ran (a cited rule is `pass` only when one of its checks ran).
     pub checked_rules: Vec<RuleId>,
-    /// Wall time.
+    /// Wall time of the run reported (under `--repeat`, the first that failed, else the
+    /// last), in milliseconds.
     pub duration_ms: u64,
-    /// Every message exchanged.
+    /// Every message of the session, on both channels, in order.
     pub transcript: Vec<Entry>,
     /// The `--expect` entry this result met or missed.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -148,9 +151,9 @@ pub struct ScenarioResult {
 /// What the back-end offered, read once per run, and what the run knows of the device.
 #[derive(Clone, Debug, Serialize)]
 pub struct Offer {
-    /// GET_FEATURES.
+    /// The virtio feature bits GET_FEATURES returned.
     pub features: u64,
-    /// GET_PROTOCOL_FEATURES (0 without bit 30).
+    /// The protocol feature bits GET_PROTOCOL_FEATURES returned (0 without virtio bit 30).
     pub protocol: u64,
     /// The device type, when known: device-specific scenarios are skipped without it.
     #[serde(skip_serializing_if = "Option::is_none")]
