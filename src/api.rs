@@ -18,7 +18,8 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::device::{DeviceSource, DeviceType};
-use crate::engine::{self, Offer, Repeat, RunEvent, RunOptions, ScenarioResult, Totals};
+use crate::engine::{self, Offer, Repeat, RunOptions, ScenarioResult, Totals};
+pub use crate::engine::{RunEvent, RunSummary};
 pub use crate::exit_code::{ExitPolicy, RunExit};
 use crate::expect::{Entry, Expectations};
 use crate::rules::RuleCoverage;

@@ -21,7 +21,7 @@
 use serde::Serialize;
 
 use super::{Offer, Outcome, ScenarioResult};
-use crate::exit_code::RunExit;
+use crate::exit_code::{ExitPolicy, RunExit};
 use crate::expect::{Entry, Verdict};
 use crate::rules::RuleCoverage;
 
@@ -99,6 +99,24 @@ pub struct RunSummary {
     pub stale: Vec<Entry>,
     /// How the run ends under its [`crate::exit_code::ExitPolicy`].
     pub exit: RunExit,
+}
+
+impl RunSummary {
+    /// The summary of a run with these results, rule coverage and stale entries, judged by
+    /// `policy`.
+    pub fn new(
+        results: &[ScenarioResult],
+        rules: Vec<RuleCoverage>,
+        stale: Vec<Entry>,
+        policy: ExitPolicy,
+    ) -> Self {
+        Self {
+            totals: Totals::of(results),
+            exit: policy.judge(results, &stale),
+            rules,
+            stale,
+        }
+    }
 }
 
 /// Counts per outcome.

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{Offer, Outcome, RunEvent, RunOptions, RunSummary, ScenarioResult, Totals};
+use super::{Offer, Outcome, RunEvent, RunOptions, RunSummary, ScenarioResult};
 use super::{run_scenario, skip_reason};
 use crate::exit_code::ExitPolicy;
 use crate::expect::Expectations;
@@ -81,12 +81,8 @@ pub fn run(
         }
     });
     let stale = plan.expectations.stale(plan.loaded);
-    let summary = RunSummary {
-        totals: Totals::of(&results),
-        rules: crate::rules::coverage(plan.loaded, Some(&results)),
-        exit: plan.policy.judge(&results, &stale),
-        stale,
-    };
+    let rules = crate::rules::coverage(plan.loaded, Some(&results));
+    let summary = RunSummary::new(&results, rules, stale, plan.policy);
     emit(RunEvent::RunFinished(&summary));
     (results, summary)
 }

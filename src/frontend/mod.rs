@@ -26,7 +26,7 @@ use vhu_protocol::Connection;
 use vhu_protocol::wire::payload::MemRegion;
 
 use crate::device::DeviceType;
-use crate::engine::{Finding, Offer, Outcome, RunEvent, RunSummary, ScenarioResult, Totals};
+use crate::engine::{Finding, Offer, Outcome, RunEvent, RunSummary, ScenarioResult};
 use crate::exit_code;
 use crate::exit_code::ExitPolicy;
 use crate::report::{self, Reporter};
@@ -654,12 +654,8 @@ fn run_cli(a: &FeArgs) -> u8 {
         emit(RunEvent::scenario_done(index, &res));
         results.push(res);
     }
-    let summary = RunSummary {
-        totals: Totals::of(&results),
-        rules: coverage(Some(&results)),
-        stale: vec![],
-        exit: ExitPolicy::default().judge(&results, &[]),
-    };
+    let rules = coverage(Some(&results));
+    let summary = RunSummary::new(&results, rules, vec![], ExitPolicy::default());
     emit(RunEvent::RunFinished(&summary));
     if let Some(e) = unwritten {
         return usage(format!("cannot write a report: {e}"));

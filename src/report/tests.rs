@@ -145,12 +145,7 @@ fn summary(results: &[ScenarioResult], policy: ExitPolicy) -> RunSummary {
     let cited = [id::R_MEM_11, id::R_ROB_08, id::R_CRASH_01];
     let mut rules = crate::rules::coverage(&[], Some(results));
     rules.retain(|c| cited.contains(&c.rule.id));
-    RunSummary {
-        totals: Totals::of(results),
-        rules,
-        exit: policy.judge(results, &stale),
-        stale,
-    }
+    RunSummary::new(results, rules, stale, policy)
 }
 
 /// Feeds `reporter` the run of `results` as the engine would: started, each scenario (started
