@@ -39,7 +39,7 @@ pub enum RunExit {
     Passed,
     /// Scenarios failed (expected failures aside).
     Failed {
-        /// How many.
+        /// Scenarios that failed, expected failures aside.
         failed: usize,
     },
     /// Some scenario could not be judged, and none failed.

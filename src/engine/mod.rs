@@ -68,11 +68,11 @@ pub struct Finding {
     /// What it weighs here: the scenario's level, capped by the rule's (a crash is always
     /// MUST).
     pub level: Level,
-    /// One line.
+    /// One line: the step and what went wrong (`step 3: the back-end acked 0 ...`).
     pub summary: String,
-    /// What was sent.
+    /// The message the failed check is about, as the transcript shows it.
     pub sent: String,
-    /// What came back.
+    /// What the back-end answered: a reply, an ack, a closed connection, nothing in time.
     pub received: String,
     /// What the rule wanted.
     pub expected: String,
