@@ -1,7 +1,8 @@
 //! The library API as a back-end project uses it from its own `cargo test`: one call with a
 //! spawn command, results as values. Here the back-end is the bundled reference back-end, once
 //! as it is and once with a fault, so the example shows both a gate that passes and the
-//! failure a real departure produces.
+//! failure a real departure produces; the exit code the command would return comes with the
+//! report, and the event stream a reporter gets is the same whatever the number of jobs.
 
 use std::time::Duration;
 
