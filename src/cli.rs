@@ -11,7 +11,7 @@ use crate::api::{RunExit, Suite, SuiteError};
 use crate::device::DeviceSource;
 use crate::engine::{self, RunOptions};
 use crate::exit_code;
-use crate::report::{Human, JsonReporter, JunitReporter, Reporter};
+use crate::report::{Human, JsonReporter, JunitReporter, Reporters};
 use crate::scenario;
 use crate::target::TargetSpec;
 
@@ -415,22 +415,13 @@ fn run_checked(args: &Args) -> Result<u8, CliError> {
         list(&selected, Some(&offer), args.verbose);
         return Ok(exit_code::ALL_PASSED);
     }
-    // A report that cannot be written does not stop the run (the others still get every
-    // event); the first such error is the run's outcome.
-    let mut unwritten: Option<std::io::Error> = None;
-    let report = suite.run_with(&mut |e| {
-        for r in &mut reporters {
-            if let Err(err) = r.on_event(&e) {
-                unwritten.get_or_insert(err);
-            }
-        }
-    })?;
+    let report = suite.run_with(&mut |e| reporters.emit(&e))?;
     if let Some(why) = &report.preflight_warning {
         eprintln!("vhu-conform: {why}; the scenarios that need no feature ran");
     }
-    if let Some(e) = unwritten {
-        return Err(CliError::Usage(format!("cannot write a report: {e}")));
-    }
+    reporters
+        .finish()
+        .map_err(|e| CliError::Usage(format!("cannot write a report: {e}")))?;
     if let RunExit::ExpectationsMissed { .. } = report.exit {
         eprintln!("vhu-conform: {}", report.exit);
     }
@@ -455,13 +446,14 @@ fn failed_in(path: &std::path::Path) -> Result<Vec<String>, String> {
 
 /// The reporters the options ask for; report files are created before the run so a bad path
 /// is a usage error before any back-end is judged.
-fn reporters(args: &Args) -> Result<Vec<Box<dyn Reporter>>, String> {
+fn reporters(args: &Args) -> Result<Reporters, String> {
     let create = |p: &PathBuf| {
         std::fs::File::create(p)
             .map(std::io::BufWriter::new)
             .map_err(|e| format!("cannot write {}: {e}", p.display()))
     };
-    let mut out: Vec<Box<dyn Reporter>> = vec![match args.format {
+    let mut out = Reporters::default();
+    out.push(match args.format {
         Format::Human => {
             use std::io::IsTerminal;
             let live = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
@@ -473,7 +465,7 @@ fn reporters(args: &Args) -> Result<Vec<Box<dyn Reporter>>, String> {
             )
         }
         Format::Json => Box::new(JsonReporter::new(std::io::stdout())),
-    }];
+    });
     if let Some(p) = &args.junit {
         out.push(Box::new(JunitReporter::new(create(p)?)));
     }

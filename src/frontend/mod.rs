@@ -29,7 +29,7 @@ use crate::device::DeviceType;
 use crate::engine::{Finding, Offer, Outcome, RunEvent, RunSummary, ScenarioResult};
 use crate::exit_code;
 use crate::exit_code::ExitPolicy;
-use crate::report::{self, Reporter};
+use crate::report;
 use crate::rules::{self, RuleCoverage, RuleId, Status, id};
 use crate::scenario::Level;
 
@@ -594,7 +594,7 @@ fn run_cli(a: &FeArgs) -> u8 {
         },
         None => None,
     };
-    let mut reporters: Vec<Box<dyn Reporter>> = Vec::new();
+    let mut reporters = report::Reporters::default();
     match a.format.as_str() {
         "human" => reporters.push(Box::new(
             report::Human::new(std::io::stdout(), a.verbose).show_rules(a.rules),
@@ -632,14 +632,7 @@ fn run_cli(a: &FeArgs) -> u8 {
         ..Offer::default()
     };
     // The same event stream as the back-end side's run, one scenario after the other.
-    let mut unwritten: Option<std::io::Error> = None;
-    let mut emit = |e: RunEvent<'_>| {
-        for r in &mut reporters {
-            if let Err(err) = r.on_event(&e) {
-                unwritten.get_or_insert(err);
-            }
-        }
-    };
+    let mut emit = |e: RunEvent<'_>| reporters.emit(&e);
     emit(RunEvent::RunStarted {
         total: selected.len(),
         offer: &offer,
@@ -657,7 +650,7 @@ fn run_cli(a: &FeArgs) -> u8 {
     let rules = coverage(Some(&results));
     let summary = RunSummary::new(&results, rules, vec![], ExitPolicy::default());
     emit(RunEvent::RunFinished(&summary));
-    if let Some(e) = unwritten {
+    if let Err(e) = reporters.finish() {
         return usage(format!("cannot write a report: {e}"));
     }
     summary.exit.code()

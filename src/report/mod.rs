@@ -25,5 +25,35 @@ pub trait Reporter {
     fn on_event(&mut self, e: &RunEvent<'_>) -> std::io::Result<()>;
 }
 
+/// Several reporters fed the same events, as the command line has them (stdout, then the
+/// report files). A reporter that cannot write does not stop the others or the run: the first
+/// error is kept for the end ([`Reporters::finish`]).
+#[derive(Default)]
+pub struct Reporters {
+    all: Vec<Box<dyn Reporter>>,
+    unwritten: Option<std::io::Error>,
+}
+
+impl Reporters {
+    /// Adds a reporter; each gets the events in the order added.
+    pub fn push(&mut self, r: Box<dyn Reporter>) {
+        self.all.push(r);
+    }
+
+    /// Passes one event to every reporter.
+    pub fn emit(&mut self, e: &RunEvent<'_>) {
+        for r in &mut self.all {
+            if let Err(err) = r.on_event(e) {
+                self.unwritten.get_or_insert(err);
+            }
+        }
+    }
+
+    /// The first write error any reporter had, if one had.
+    pub fn finish(self) -> std::io::Result<()> {
+        self.unwritten.map_or(Ok(()), Err)
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -335,3 +335,42 @@ fn the_run_summary_carries_the_exit_the_policy_gives() {
         "an unexpected pass and a stale entry, under --strict-expectations"
     );
 }
+
+/// A report destination that refuses every write (a full disk, a closed pipe).
+struct Refusing;
+
+impl std::io::Write for Refusing {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::other("disk full"))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_report_that_cannot_be_written_does_not_stop_the_others_and_is_told_at_the_end() {
+    let results = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("report.json");
+    let mut all = Reporters::default();
+    all.push(Box::new(JunitReporter::new(Refusing)));
+    all.push(Box::new(JsonReporter::new(
+        std::fs::File::create(&path).unwrap(),
+    )));
+    let offer = offer();
+    let summary = summary(&results, ExitPolicy::default());
+    all.emit(&RunEvent::RunStarted {
+        total: results.len(),
+        offer: &offer,
+    });
+    for (i, r) in results.iter().enumerate() {
+        all.emit(&RunEvent::scenario_done(i, r));
+    }
+    all.emit(&RunEvent::RunFinished(&summary));
+    let err = all.finish().unwrap_err();
+    assert_eq!(err.to_string(), "disk full");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(v["results"].as_array().unwrap().len(), results.len());
+}
