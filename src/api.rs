@@ -18,9 +18,10 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::device::{DeviceSource, DeviceType};
-use crate::engine::{self, Offer, Repeat, RunEvent, RunOptions, ScenarioResult};
+use crate::engine::{self, Offer, Repeat, RunOptions, ScenarioResult, Totals};
+pub use crate::engine::{RunEvent, RunSummary};
+pub use crate::exit_code::{ExitPolicy, RunExit};
 use crate::expect::{Entry, Expectations};
-use crate::report::Totals;
 use crate::rules::RuleCoverage;
 use crate::scenario::{self, Scenario, ScenarioLoadError};
 use crate::target::TargetSpec;
@@ -50,6 +51,8 @@ pub struct Suite {
     /// How many scenarios run at once in spawn mode (default [`engine::default_jobs`]); a
     /// connect or listen target (one running back-end) always runs them one at a time.
     pub jobs: usize,
+    /// Which finished runs fail (`--strict-expectations`).
+    pub exit_policy: ExitPolicy,
 }
 
 /// How a [`Partition`] shares the scenarios out.
@@ -172,6 +175,20 @@ pub enum SuiteError {
     Unreachable(String),
 }
 
+impl SuiteError {
+    /// The process exit code for a run that could not be made (README "Exit codes"): nothing
+    /// selected is [`crate::exit_code::NOTHING_RAN`], an unreachable back-end
+    /// [`crate::exit_code::SETUP`], a wrong scenario file [`crate::exit_code::USAGE`].
+    pub fn exit_code(&self) -> u8 {
+        use crate::exit_code::{NOTHING_RAN, SETUP, USAGE};
+        match self {
+            Self::Scenarios(_) => USAGE,
+            Self::NothingSelected(_) | Self::EmptyPartition { .. } => NOTHING_RAN,
+            Self::Unreachable(_) => SETUP,
+        }
+    }
+}
+
 /// What a run found.
 #[derive(Clone, Debug)]
 pub struct SuiteReport {
@@ -186,6 +203,9 @@ pub struct SuiteReport {
     /// The back-end answered its first GET_FEATURES badly: why (the run went on with the
     /// scenarios that need no feature).
     pub preflight_warning: Option<String>,
+    /// How the run ends under the suite's [`ExitPolicy`]; `exit.code()` is the process exit
+    /// code the command line returns for it.
+    pub exit: RunExit,
 }
 
 impl Suite {
@@ -202,6 +222,7 @@ impl Suite {
             shuffle: None,
             partition: None,
             jobs: engine::default_jobs(),
+            exit_policy: ExitPolicy::default(),
         }
     }
 
@@ -249,6 +270,13 @@ impl Suite {
     /// Sets the device type (`--device`).
     pub fn device(mut self, device: DeviceType) -> Self {
         self.device = Some((device, DeviceSource::Option));
+        self
+    }
+
+    /// An unexpected pass, a scenario that ran against an expected skip, or a stale
+    /// expectation fails the run (`--strict-expectations`).
+    pub fn strict_expectations(mut self, on: bool) -> Self {
+        self.exit_policy.strict_expectations = on;
         self
     }
 
@@ -301,35 +329,25 @@ impl Suite {
         let device = engine::device_type(self.device, &self.target);
         offer.device = device.map(|d| d.0);
         offer.device_source = device.map(|d| d.1);
-        // Expectations are applied to each result before it is reported, so the live line
-        // says XFAIL where the recap does.
-        let expectations = &self.expectations;
-        let mut judged = |e: RunEvent<'_>| match e {
-            RunEvent::Finished(r) => {
-                let mut r = r.clone();
-                expectations.apply(std::slice::from_mut(&mut r));
-                emit(RunEvent::Finished(&r));
-            }
-            other => emit(other),
+        let plan = engine::Plan {
+            scenarios: &selected,
+            loaded: &all,
+            target: &self.target,
+            offer: &offer,
+            options: &self.options,
+            repeat: self.repeat,
+            jobs: self.jobs,
+            expectations: &self.expectations,
+            policy: self.exit_policy,
         };
-        let mut results = engine::run_suite_repeated(
-            &selected,
-            &self.target,
-            &offer,
-            &self.options,
-            self.repeat,
-            self.jobs,
-            &mut judged,
-        );
-        self.expectations.apply(&mut results);
-        let stale = self.expectations.stale(&all);
-        let rules = crate::rules::coverage(&all, Some(&results));
+        let (results, summary) = engine::run(&plan, emit);
         Ok(SuiteReport {
             offer,
             results,
-            rules,
-            stale,
+            rules: summary.rules,
+            stale: summary.stale,
             preflight_warning,
+            exit: summary.exit,
         })
     }
 }
@@ -346,27 +364,21 @@ impl SuiteReport {
         t.fail == 0 && t.error == 0
     }
 
+    /// The process exit code of this run (README "Exit codes"), as the command line returns it.
+    pub fn exit_code(&self) -> u8 {
+        self.exit.code()
+    }
+
     /// The results that failed or errored (expected failures aside).
     pub fn failures(&self) -> impl Iterator<Item = &ScenarioResult> {
-        self.results.iter().filter(|r| {
-            let expected = r
-                .expectation
-                .as_ref()
-                .is_some_and(|a| a.verdict == crate::expect::Verdict::Xfail);
-            !expected
-                && matches!(
-                    r.outcome,
-                    engine::Outcome::Fail | engine::Outcome::Error { .. }
-                )
-        })
+        self.results
+            .iter()
+            .filter(|r| crate::exit_code::counts_against(r))
     }
 
     /// The human recap with every failure's details, for an assertion message.
     pub fn summary(&self) -> String {
-        let mut out = Vec::new();
-        let mut h = crate::report::Human::new(&mut out, false);
-        h.recap(&self.results);
-        let mut text = String::from_utf8_lossy(&out).into_owned();
+        let mut text = crate::report::recap::Recap::of(&self.results).render(&self.totals(), false);
         for r in self.failures() {
             text.push_str(&format!("\n{}\n{}", r.id, crate::report::details(r, true)));
         }

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::api::{Suite, SuiteError};
+use crate::api::{RunExit, Suite, SuiteError};
 use crate::device::DeviceSource;
 use crate::engine::{self, RunOptions};
 use crate::exit_code;
-use crate::report::{self, Human, JsonReporter, JunitReporter, Reporter};
+use crate::report::{Human, JsonReporter, JunitReporter, Reporters};
 use crate::scenario;
 use crate::target::TargetSpec;
 
@@ -276,6 +276,9 @@ pub enum CliError {
     /// Nothing was selected, or there is nothing to rerun.
     #[error("{0}")]
     NothingRan(String),
+    /// The library could not make the run (it knows the exit code).
+    #[error("{}", engine::chain(.0))]
+    Suite(#[from] SuiteError),
 }
 
 impl CliError {
@@ -285,6 +288,7 @@ impl CliError {
             Self::Usage(_) => exit_code::USAGE,
             Self::Setup(_) => exit_code::SETUP,
             Self::NothingRan(_) => exit_code::NOTHING_RAN,
+            Self::Suite(e) => e.exit_code(),
         }
     }
 }
@@ -357,6 +361,7 @@ fn suite(args: &Args) -> Result<Suite, CliError> {
         s.jobs = engine::bundled_default_jobs();
     }
     s.partition = args.partition;
+    s.exit_policy.strict_expectations = args.strict_expectations;
     let from_json = description
         .as_ref()
         .and_then(|d| crate::device::DeviceType::parse(&d.kind).ok());
@@ -398,12 +403,7 @@ fn run_checked(args: &Args) -> Result<u8, CliError> {
         return Ok(exit_code::ALL_PASSED);
     }
     let suite = suite(args)?;
-    let (selected, _) = suite.plan().map_err(|e| match e {
-        SuiteError::NothingSelected(_) | SuiteError::EmptyPartition { .. } => {
-            CliError::NothingRan(e.to_string())
-        }
-        other => CliError::Usage(engine::chain(&other)),
-    })?;
+    let (selected, _) = suite.plan()?;
     // Report files are created before the run: a bad path is a usage error before any
     // back-end is judged.
     let mut reporters = reporters(args).map_err(CliError::Usage)?;
@@ -424,49 +424,17 @@ fn run_checked(args: &Args) -> Result<u8, CliError> {
         list(&selected, Some(&offer), args.verbose);
         return Ok(exit_code::ALL_PASSED);
     }
-    let report = suite
-        .run_with(&mut |e| {
-            for r in &mut reporters {
-                r.event(&e);
-            }
-        })
-        .map_err(|e| match e {
-            SuiteError::Unreachable(_) => CliError::Setup(e.to_string()),
-            other => CliError::Usage(engine::chain(&other)),
-        })?;
+    let report = suite.run_with(&mut |e| reporters.emit(&e))?;
     if let Some(why) = &report.preflight_warning {
         eprintln!("vhu-conform: {why}; the scenarios that need no feature ran");
     }
-    let run = report::RunReport {
-        results: &report.results,
-        offer: &report.offer,
-        rules: &report.rules,
-        show_rules: args.rules,
-        stale: &report.stale,
-    };
-    for r in &mut reporters {
-        r.finish(&run)
-            .map_err(|e| CliError::Usage(format!("cannot write a report: {e}")))?;
+    reporters
+        .finish()
+        .map_err(|e| CliError::Usage(format!("cannot write a report: {e}")))?;
+    if let RunExit::ExpectationsMissed { .. } = report.exit {
+        eprintln!("vhu-conform: {}", report.exit);
     }
-    let code = exit_for(&report.results);
-    let t = report.totals();
-    let ran_unexpectedly = report.results.iter().any(|r| {
-        r.expectation
-            .as_ref()
-            .is_some_and(|a| a.verdict == crate::expect::Verdict::Ran)
-    });
-    if code == exit_code::ALL_PASSED
-        && args.strict_expectations
-        && (t.xpass > 0 || ran_unexpectedly || !report.stale.is_empty())
-    {
-        eprintln!(
-            "vhu-conform: --strict-expectations: {} unexpected passes, {} stale entries",
-            t.xpass,
-            report.stale.len()
-        );
-        return Ok(exit_code::FAILURES);
-    }
-    Ok(code)
+    Ok(report.exit_code())
 }
 
 /// Scenario ids that failed or errored in an earlier JSON report.
@@ -487,24 +455,26 @@ fn failed_in(path: &std::path::Path) -> Result<Vec<String>, String> {
 
 /// The reporters the options ask for; report files are created before the run so a bad path
 /// is a usage error before any back-end is judged.
-fn reporters(args: &Args) -> Result<Vec<Box<dyn Reporter>>, String> {
+fn reporters(args: &Args) -> Result<Reporters, String> {
     let create = |p: &PathBuf| {
         std::fs::File::create(p)
             .map(std::io::BufWriter::new)
             .map_err(|e| format!("cannot write {}: {e}", p.display()))
     };
-    let mut out: Vec<Box<dyn Reporter>> = vec![match args.format {
+    let mut out = Reporters::default();
+    out.push(match args.format {
         Format::Human => {
             use std::io::IsTerminal;
             let live = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
             Box::new(
                 Human::new(std::io::stdout(), args.verbose)
                     .with_color(args.color.enabled())
+                    .show_rules(args.rules)
                     .live(live),
             )
         }
         Format::Json => Box::new(JsonReporter::new(std::io::stdout())),
-    }];
+    });
     if let Some(p) = &args.junit {
         out.push(Box::new(JunitReporter::new(create(p)?)));
     }
@@ -512,20 +482,6 @@ fn reporters(args: &Args) -> Result<Vec<Box<dyn Reporter>>, String> {
         out.push(Box::new(JsonReporter::new(create(p)?)));
     }
     Ok(out)
-}
-
-/// The exit code a set of results earns.
-pub fn exit_for(results: &[engine::ScenarioResult]) -> u8 {
-    let t = report::Totals::of(results);
-    if t.fail > 0 {
-        exit_code::FAILURES
-    } else if t.error > 0 {
-        exit_code::HARNESS_ERROR
-    } else if t.pass + t.warn + t.xfail == 0 {
-        exit_code::NOTHING_RAN
-    } else {
-        exit_code::ALL_PASSED
-    }
 }
 
 fn list(selected: &[scenario::Scenario], offer: Option<&engine::Offer>, verbose: bool) {

@@ -1,6 +1,7 @@
 //! vhu-conform: a conformance and robustness harness for vhost-user back-ends.
 //!
-//! Layers, dependencies pointing down: [`cli`] → [`engine`] (scenarios, verdicts) and [`report`]
+//! Layers, dependencies pointing down: [`cli`] → [`api`] (a whole run, its exit code) →
+//! [`engine`] (scenarios, verdicts, the [`engine::RunEvent`] stream) and [`report`]
 //! (consumers of the engine's events) → [`target`] (reaching a back-end) and the mock front-end
 //! crate (the session) → the protocol crate (the wire).
 

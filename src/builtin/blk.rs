@@ -1,7 +1,7 @@
 //! virtio-blk data path over several requests (checklist R-RING-07, R-MEM-03): distinct
 //! patterns at scattered sectors and sizes, each read back.
 
-use super::{Builtin, clean_session};
+use super::{Builtin, BuiltinMeta, clean_session};
 use crate::device::DeviceType;
 use crate::engine::{Ctx, StepError};
 use crate::rules::id;
@@ -30,23 +30,21 @@ fn blk_step(action: Action, (sector, sectors, pattern): (u64, u32, u8)) -> Step 
     s
 }
 
-impl Builtin for ScatteredPatterns {
-    fn id(&self) -> &'static str {
-        "blk/scattered-patterns"
-    }
-    fn title(&self) -> &'static str {
-        "virtio-blk: several writes of different sizes and patterns each read back intact"
-    }
-    fn rules(&self) -> &'static [crate::rules::RuleId] {
-        &[id::R_RING_07, id::R_MEM_03]
-    }
-    fn description(&self) -> &'static str {
-        "Four writes (1, 3, 8 and 32 sectors, distinct patterns) at scattered sectors on queue 0, \
+/// What [`ScatteredPatterns`] declares.
+const SCATTERED_PATTERNS_META: BuiltinMeta = BuiltinMeta {
+    id: "blk/scattered-patterns",
+    title: "virtio-blk: several writes of different sizes and patterns each read back intact",
+    rules: &[id::R_RING_07, id::R_MEM_03],
+    device: Some(DeviceType::Block),
+    description: "Four writes (1, 3, 8 and 32 sectors, distinct patterns) at scattered sectors on queue 0, \
 then four reads of the same extents: each must return its own pattern, with the used length and \
-canaries checked on every request; a mix-up between extents or requests shows as a wrong pattern."
-    }
-    fn device(&self) -> Option<DeviceType> {
-        Some(DeviceType::Block)
+canaries checked on every request; a mix-up between extents or requests shows as a wrong pattern.",
+    ..BuiltinMeta::DEFAULT
+};
+
+impl Builtin for ScatteredPatterns {
+    fn meta(&self) -> &'static BuiltinMeta {
+        &SCATTERED_PATTERNS_META
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         clean_session(ctx, true)?;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use vhu_mock_frontend::Ack;
 
-use super::{Builtin, clean_session};
+use super::{Builtin, BuiltinMeta, Needs, clean_session};
 use crate::engine::{Ctx, StepError};
 use crate::rules::id;
 use crate::scenario::{Action, Level, Step};
@@ -18,24 +18,22 @@ const CLOSE_WITHIN: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 pub struct ReplacedChannelClosed;
 
-impl Builtin for ReplacedChannelClosed {
-    fn id(&self) -> &'static str {
-        "channel/replaced-channel-closed"
-    }
-    fn title(&self) -> &'static str {
-        "A second SET_BACKEND_REQ_FD replaces the first: the back-end closes the old socket and acks the new one"
-    }
-    fn rules(&self) -> &'static [crate::rules::RuleId] {
-        &[id::R_BCH_10, id::R_ACK_05]
-    }
-    fn requires_protocol(&self) -> &'static [&'static str] {
-        &["BACKEND_REQ"]
-    }
-    fn description(&self) -> &'static str {
-        "After a clean negotiation (which sends SET_BACKEND_REQ_FD), a second SET_BACKEND_REQ_FD \
+/// What [`ReplacedChannelClosed`] declares.
+const REPLACED_CHANNEL_CLOSED_META: BuiltinMeta = BuiltinMeta {
+    id: "channel/replaced-channel-closed",
+    title: "A second SET_BACKEND_REQ_FD replaces the first: the back-end closes the old socket and acks the new one",
+    rules: &[id::R_BCH_10, id::R_ACK_05],
+    requires: Needs::protocol(&["BACKEND_REQ"]),
+    description: "After a clean negotiation (which sends SET_BACKEND_REQ_FD), a second SET_BACKEND_REQ_FD \
 with a new socket. The back-end must use the new one only, so it closes the old: our end of the \
 first socketpair must see EOF within 500 ms. With REPLY_ACK the second SET_BACKEND_REQ_FD is \
-acked 0 (R-ACK-05: the spec says it is answered whenever REPLY_ACK is negotiated)."
+acked 0 (R-ACK-05: the spec says it is answered whenever REPLY_ACK is negotiated).",
+    ..BuiltinMeta::DEFAULT
+};
+
+impl Builtin for ReplacedChannelClosed {
+    fn meta(&self) -> &'static BuiltinMeta {
+        &REPLACED_CHANNEL_CLOSED_META
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         clean_session(ctx, false)?;
@@ -84,26 +82,22 @@ acked 0 (R-ACK-05: the spec says it is answered whenever REPLY_ACK is negotiated
 #[derive(Debug)]
 pub struct FrontendClosesChannel;
 
-impl Builtin for FrontendClosesChannel {
-    fn id(&self) -> &'static str {
-        "channel/front-end-closes-channel"
-    }
-    fn title(&self) -> &'static str {
-        "The front-end closing the back-end channel does not bring the back-end down"
-    }
-    fn rules(&self) -> &'static [crate::rules::RuleId] {
-        &[id::R_BCH_09]
-    }
-    fn level(&self) -> Level {
-        Level::Rob
-    }
-    fn requires_protocol(&self) -> &'static [&'static str] {
-        &["BACKEND_REQ"]
-    }
-    fn description(&self) -> &'static str {
-        "After a clean negotiation with the back-end channel and queue 0 set up, our end of the \
+/// What [`FrontendClosesChannel`] declares.
+const FRONTEND_CLOSES_CHANNEL_META: BuiltinMeta = BuiltinMeta {
+    id: "channel/front-end-closes-channel",
+    title: "The front-end closing the back-end channel does not bring the back-end down",
+    rules: &[id::R_BCH_09],
+    level: Level::Rob,
+    requires: Needs::protocol(&["BACKEND_REQ"]),
+    description: "After a clean negotiation with the back-end channel and queue 0 set up, our end of the \
 channel is closed; the back-end must still answer on the main socket (a GET_FEATURES round \
-trip) and not die. A back-end that needs the channel may report errors; it must not crash."
+trip) and not die. A back-end that needs the channel may report errors; it must not crash.",
+    ..BuiltinMeta::DEFAULT
+};
+
+impl Builtin for FrontendClosesChannel {
+    fn meta(&self) -> &'static BuiltinMeta {
+        &FRONTEND_CLOSES_CHANNEL_META
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         clean_session(ctx, true)?;

@@ -3,9 +3,10 @@
 //! memory mapped and queue 0 running, where a back-end that half-executes it (drops its old
 //! memory table, resizes its config space) breaks what was working.
 
+use super::{BuiltinMeta, Needs};
 use crate::device::DeviceType;
 use crate::engine::{Ctx, StepError};
-use crate::rules::{RuleId, id};
+use crate::rules::id;
 use crate::scenario::model::RequestName;
 use crate::scenario::{Action, Expect, Level, Step};
 
@@ -27,41 +28,6 @@ pub enum Lie {
 pub struct MidSession(pub Lie);
 
 impl Lie {
-    fn name(self) -> &'static str {
-        match self {
-            Self::MemTableRegions => "counts/mid-session-mem-table-nregions",
-            Self::GetConfigSize => "counts/mid-session-get-config-size",
-            Self::SetConfigSize => "counts/mid-session-set-config-size",
-            Self::InflightCounts => "counts/mid-session-inflight-counts",
-        }
-    }
-
-    fn title(self) -> &'static str {
-        match self {
-            Self::MemTableRegions => {
-                "SET_MEM_TABLE whose nregions says 8 for one region, sent while a ring runs, is refused and the old table keeps working"
-            }
-            Self::GetConfigSize => {
-                "GET_CONFIG whose size says 256 with its header alone, sent while a ring runs, leaves the session working"
-            }
-            Self::SetConfigSize => {
-                "SET_CONFIG whose size says 256 with 4 data bytes, sent while a ring runs, is refused and the session keeps working"
-            }
-            Self::InflightCounts => {
-                "GET_INFLIGHT_FD for 65535 queues of 65535 entries, sent while a ring runs, leaves the session working"
-            }
-        }
-    }
-
-    fn requires(self) -> &'static [&'static str] {
-        match self {
-            Self::MemTableRegions => &["REPLY_ACK"],
-            Self::GetConfigSize => &["CONFIG"],
-            Self::SetConfigSize => &["CONFIG", "REPLY_ACK"],
-            Self::InflightCounts => &["INFLIGHT_SHMFD"],
-        }
-    }
-
     /// The raw message: request, flags, payload, memfds, what must come of it.
     fn message(self) -> (&'static str, u32, &'static str, usize, Expect) {
         match self {
@@ -97,33 +63,56 @@ impl Lie {
     }
 }
 
-impl crate::builtin::Builtin for MidSession {
-    fn id(&self) -> &'static str {
-        self.0.name()
-    }
-    fn title(&self) -> &'static str {
-        self.0.title()
-    }
-    fn rules(&self) -> &'static [RuleId] {
-        &[id::R_WIRE_12]
-    }
-    fn level(&self) -> Level {
-        Level::Rob
-    }
-    fn fresh_process(&self) -> bool {
-        true
-    }
-    fn requires_protocol(&self) -> &'static [&'static str] {
-        self.0.requires()
-    }
-    fn description(&self) -> &'static str {
-        "Negotiation, the default memory table and queue 0 set up and running, then one message \
+/// What every [`MidSession`] scenario declares; each variant adds its id and title.
+const MID_SESSION: BuiltinMeta = BuiltinMeta {
+    rules: &[id::R_WIRE_12],
+    level: Level::Rob,
+    fresh_process: true,
+    description: "Negotiation, the default memory table and queue 0 set up and running, then one message \
 whose count field says more than its payload holds (the counts/* scenario files send the same \
 message to a fresh process). A message that must be refused is acked non-zero or the connection \
 closed; any answer or a refusal is allowed for the others. A closed connection ends the scenario \
 (a refusal the spec allows; a death by a signal is a crash). On an open connection GET_FEATURES \
 must be answered, and for blk a GET_ID on the running ring must complete: the lie did not \
-replace the memory table or break the ring."
+replace the memory table or break the ring.",
+    ..BuiltinMeta::DEFAULT
+};
+
+impl Lie {
+    const MEM_TABLE_REGIONS: BuiltinMeta = BuiltinMeta {
+        id: "counts/mid-session-mem-table-nregions",
+        title: "SET_MEM_TABLE whose nregions says 8 for one region, sent while a ring runs, is refused and the old table keeps working",
+        requires: Needs::protocol(&["REPLY_ACK"]),
+        ..MID_SESSION
+    };
+    const GET_CONFIG_SIZE: BuiltinMeta = BuiltinMeta {
+        id: "counts/mid-session-get-config-size",
+        title: "GET_CONFIG whose size says 256 with its header alone, sent while a ring runs, leaves the session working",
+        requires: Needs::protocol(&["CONFIG"]),
+        ..MID_SESSION
+    };
+    const SET_CONFIG_SIZE: BuiltinMeta = BuiltinMeta {
+        id: "counts/mid-session-set-config-size",
+        title: "SET_CONFIG whose size says 256 with 4 data bytes, sent while a ring runs, is refused and the session keeps working",
+        requires: Needs::protocol(&["CONFIG", "REPLY_ACK"]),
+        ..MID_SESSION
+    };
+    const INFLIGHT_COUNTS: BuiltinMeta = BuiltinMeta {
+        id: "counts/mid-session-inflight-counts",
+        title: "GET_INFLIGHT_FD for 65535 queues of 65535 entries, sent while a ring runs, leaves the session working",
+        requires: Needs::protocol(&["INFLIGHT_SHMFD"]),
+        ..MID_SESSION
+    };
+}
+
+impl crate::builtin::Builtin for MidSession {
+    fn meta(&self) -> &'static BuiltinMeta {
+        match self.0 {
+            Lie::MemTableRegions => &Lie::MEM_TABLE_REGIONS,
+            Lie::GetConfigSize => &Lie::GET_CONFIG_SIZE,
+            Lie::SetConfigSize => &Lie::SET_CONFIG_SIZE,
+            Lie::InflightCounts => &Lie::INFLIGHT_COUNTS,
+        }
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         super::clean_session(ctx, true)?;

@@ -16,12 +16,12 @@ use std::time::Duration;
 
 use vhu_protocol::virtio::{VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
 
-use super::Builtin;
+use super::{Builtin, BuiltinMeta};
 use crate::device::DeviceType;
 use crate::engine::{Ctx, StepError, chain};
 use crate::fuzz::case::{Addr, ChainCase, Desc, Len, RING_SIZE};
 use crate::fuzz::{exec, oracle};
-use crate::rules::{RuleId, id};
+use crate::rules::id;
 use crate::scenario::{Action, Level, Step};
 use crate::target::ProcessState;
 
@@ -60,48 +60,6 @@ fn d(addr: Addr, len: Len, flags: u16, next: u16) -> Desc {
 }
 
 impl Abuse {
-    fn name(self) -> &'static str {
-        match self {
-            Self::NextLoop => "descriptors/next-loop",
-            Self::NextOutOfRange => "descriptors/next-out-of-range",
-            Self::HeadOutOfRange => "descriptors/head-out-of-range",
-            Self::ZeroLength => "descriptors/zero-length",
-            Self::IndirectOddLength => "descriptors/indirect-odd-length",
-            Self::NestedIndirect => "descriptors/nested-indirect",
-            Self::OutsideMemory => "descriptors/outside-memory",
-            Self::PastEndOfMemory => "descriptors/past-end-of-memory",
-        }
-    }
-
-    fn title(self) -> &'static str {
-        match self {
-            Self::NextLoop => {
-                "A chain whose next fields loop (0 -> 1 -> 0) neither hangs nor crashes the back-end"
-            }
-            Self::NextOutOfRange => {
-                "A descriptor whose next is past the ring size is refused without a crash"
-            }
-            Self::HeadOutOfRange => {
-                "An avail entry naming a head past the ring size is refused without a crash"
-            }
-            Self::ZeroLength => {
-                "A blk read chain of zero-length buffers is handled without a crash or a write outside them"
-            }
-            Self::IndirectOddLength => {
-                "An indirect table of 24 bytes (not a multiple of 16) is refused without a crash"
-            }
-            Self::NestedIndirect => {
-                "An indirect descriptor inside an indirect table is refused without a crash"
-            }
-            Self::OutsideMemory => {
-                "A buffer at a guest address no region covers is refused without a crash"
-            }
-            Self::PastEndOfMemory => {
-                "A writable buffer running past the end of guest memory is refused without a write beyond it"
-            }
-        }
-    }
-
     /// The chain: a blk read (header in buffer 0) where a device that accepts it moves data.
     fn case(self) -> ChainCase {
         let (next, write, indirect) =
@@ -160,31 +118,77 @@ impl Abuse {
     }
 }
 
-impl Builtin for Descriptors {
-    fn id(&self) -> &'static str {
-        self.0.name()
-    }
-    fn title(&self) -> &'static str {
-        self.0.title()
-    }
-    fn rules(&self) -> &'static [RuleId] {
-        &[id::R_ROB_08, id::R_DEV_01]
-    }
-    fn level(&self) -> Level {
-        Level::Rob
-    }
-    fn fresh_process(&self) -> bool {
-        true
-    }
-    fn description(&self) -> &'static str {
-        "For a known device type. A working session (negotiation, the default memory, the ring \
+/// What every [`Descriptors`] scenario declares; each variant adds its id and title.
+const DESCRIPTORS: BuiltinMeta = BuiltinMeta {
+    rules: &[id::R_ROB_08, id::R_DEV_01],
+    level: Level::Rob,
+    fresh_process: true,
+    description: "For a known device type. A working session (negotiation, the default memory, the ring \
 the driver makes requests on, 64 entries, enabled: ring 0 for blk and rng, 1 for net, fs and \
 vsock) gets the malformed chain in its descriptor table and avail ring, and a kick. Then: a \
 GET_FEATURES round trip on that connection (a close is a refusal the spec allows), guest memory \
 compared with a snapshot (only device-writable buffers and the used ring may change: R-DEV-01, \
 MUST), and, after disconnecting, a new session that must work unless the process ended with a \
 status: for blk a write and read-back, for the others negotiation, memory table and ring setup. \
-A death by a signal is a crash (R-CRASH-01)."
+A death by a signal is a crash (R-CRASH-01).",
+    ..BuiltinMeta::DEFAULT
+};
+
+impl Abuse {
+    const NEXT_LOOP: BuiltinMeta = BuiltinMeta {
+        id: "descriptors/next-loop",
+        title: "A chain whose next fields loop (0 -> 1 -> 0) neither hangs nor crashes the back-end",
+        ..DESCRIPTORS
+    };
+    const NEXT_OUT_OF_RANGE: BuiltinMeta = BuiltinMeta {
+        id: "descriptors/next-out-of-range",
+        title: "A descriptor whose next is past the ring size is refused without a crash",
+        ..DESCRIPTORS
+    };
+    const HEAD_OUT_OF_RANGE: BuiltinMeta = BuiltinMeta {
+        id: "descriptors/head-out-of-range",
+        title: "An avail entry naming a head past the ring size is refused without a crash",
+        ..DESCRIPTORS
+    };
+    const ZERO_LENGTH: BuiltinMeta = BuiltinMeta {
+        id: "descriptors/zero-length",
+        title: "A blk read chain of zero-length buffers is handled without a crash or a write outside them",
+        ..DESCRIPTORS
+    };
+    const INDIRECT_ODD_LENGTH: BuiltinMeta = BuiltinMeta {
+        id: "descriptors/indirect-odd-length",
+        title: "An indirect table of 24 bytes (not a multiple of 16) is refused without a crash",
+        ..DESCRIPTORS
+    };
+    const NESTED_INDIRECT: BuiltinMeta = BuiltinMeta {
+        id: "descriptors/nested-indirect",
+        title: "An indirect descriptor inside an indirect table is refused without a crash",
+        ..DESCRIPTORS
+    };
+    const OUTSIDE_MEMORY: BuiltinMeta = BuiltinMeta {
+        id: "descriptors/outside-memory",
+        title: "A buffer at a guest address no region covers is refused without a crash",
+        ..DESCRIPTORS
+    };
+    const PAST_END_OF_MEMORY: BuiltinMeta = BuiltinMeta {
+        id: "descriptors/past-end-of-memory",
+        title: "A writable buffer running past the end of guest memory is refused without a write beyond it",
+        ..DESCRIPTORS
+    };
+}
+
+impl Builtin for Descriptors {
+    fn meta(&self) -> &'static BuiltinMeta {
+        match self.0 {
+            Abuse::NextLoop => &Abuse::NEXT_LOOP,
+            Abuse::NextOutOfRange => &Abuse::NEXT_OUT_OF_RANGE,
+            Abuse::HeadOutOfRange => &Abuse::HEAD_OUT_OF_RANGE,
+            Abuse::ZeroLength => &Abuse::ZERO_LENGTH,
+            Abuse::IndirectOddLength => &Abuse::INDIRECT_ODD_LENGTH,
+            Abuse::NestedIndirect => &Abuse::NESTED_INDIRECT,
+            Abuse::OutsideMemory => &Abuse::OUTSIDE_MEMORY,
+            Abuse::PastEndOfMemory => &Abuse::PAST_END_OF_MEMORY,
+        }
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         let Some(device) = ctx.device() else {

@@ -11,7 +11,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use vhu_protocol::wire::HEADER_SIZE;
 use vhu_protocol::{FrontendReq, Header, RawMessage};
 
-use super::{Builtin, clean_session};
+use super::{Builtin, BuiltinMeta, clean_session};
 use crate::engine::{Ctx, StepError};
 use crate::rules::id;
 use crate::scenario::Level;
@@ -36,45 +36,55 @@ pub struct Framing(pub Cut);
 /// Pause between pieces: long enough that the back-end's read returns what arrived so far.
 const PAUSE: Duration = Duration::from_millis(5);
 
-impl Builtin for Framing {
-    fn id(&self) -> &'static str {
-        match self.0 {
-            Cut::HeaderApart => "wire/header-and-payload-apart",
-            Cut::Coalesced => "wire/two-messages-in-one-write",
-            Cut::ByteByByte => "wire/one-byte-per-write",
-            Cut::FdOnFirstByte => "wire/fd-with-first-byte",
-        }
-    }
-    fn title(&self) -> &'static str {
-        match self.0 {
-            Cut::HeaderApart => {
-                "A message whose header and payload arrive in separate writes is read whole"
-            }
-            Cut::Coalesced => "Two messages arriving in one write are both answered",
-            Cut::ByteByByte => "Messages arriving one byte per write are read whole",
-            Cut::FdOnFirstByte => {
-                "SET_VRING_CALL whose eventfd travels with the first header byte, the rest later, is accepted"
-            }
-        }
-    }
-    fn rules(&self) -> &'static [crate::rules::RuleId] {
-        &[id::R_WIRE_07]
-    }
-    /// A warning: the spec puts the protocol on a stream socket, where a message may arrive in
-    /// pieces, but says nothing of how messages are written, and QEMU writes each message with
-    /// one `sendmsg`, so a back-end that reads a header with one `recvmsg` works with it.
-    fn level(&self) -> Level {
-        Level::Should
-    }
-    fn description(&self) -> &'static str {
-        "Graded as a warning: the protocol runs on a stream socket, which may deliver a message in \
+/// What every [`Framing`] scenario declares; each variant adds its id and title.
+const FRAMING: BuiltinMeta = BuiltinMeta {
+    rules: &[id::R_WIRE_07],
+    // A warning: the spec puts the protocol on a stream socket, where a message may arrive in
+    // pieces, but says nothing of how messages are written, and QEMU writes each message with
+    // one `sendmsg`, so a back-end that reads a header with one `recvmsg` works with it.
+    level: Level::Should,
+    description: "Graded as a warning: the protocol runs on a stream socket, which may deliver a message in \
 pieces, but the spec does not say so, and QEMU writes each message whole with one sendmsg. \
 After a clean negotiation and memory table, SET_VRING_NUM(0, queue size) (NEED_REPLY \
 with REPLY_ACK) and GET_FEATURES are written as one byte stream cut as the title says, 5 ms \
 between pieces. Wanted: the ack 0 (when asked for) and the GET_FEATURES reply carrying the \
 features the back-end offered, as if each message had been sent whole. The fd variant sends \
 SET_VRING_CALL instead of SET_VRING_NUM with its eventfd on the first byte (the fds travel with \
-the header's first byte, as the spec's newer text says)."
+the header's first byte, as the spec's newer text says).",
+    ..BuiltinMeta::DEFAULT
+};
+
+impl Cut {
+    const HEADER_APART: BuiltinMeta = BuiltinMeta {
+        id: "wire/header-and-payload-apart",
+        title: "A message whose header and payload arrive in separate writes is read whole",
+        ..FRAMING
+    };
+    const COALESCED: BuiltinMeta = BuiltinMeta {
+        id: "wire/two-messages-in-one-write",
+        title: "Two messages arriving in one write are both answered",
+        ..FRAMING
+    };
+    const BYTE_BY_BYTE: BuiltinMeta = BuiltinMeta {
+        id: "wire/one-byte-per-write",
+        title: "Messages arriving one byte per write are read whole",
+        ..FRAMING
+    };
+    const FD_ON_FIRST_BYTE: BuiltinMeta = BuiltinMeta {
+        id: "wire/fd-with-first-byte",
+        title: "SET_VRING_CALL whose eventfd travels with the first header byte, the rest later, is accepted",
+        ..FRAMING
+    };
+}
+
+impl Builtin for Framing {
+    fn meta(&self) -> &'static BuiltinMeta {
+        match self.0 {
+            Cut::HeaderApart => &Cut::HEADER_APART,
+            Cut::Coalesced => &Cut::COALESCED,
+            Cut::ByteByByte => &Cut::BYTE_BY_BYTE,
+            Cut::FdOnFirstByte => &Cut::FD_ON_FIRST_BYTE,
+        }
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         clean_session(ctx, false)?;
@@ -162,37 +172,37 @@ pub enum Cutoff {
 #[derive(Debug)]
 pub struct ClosedMidMessage(pub Cutoff);
 
-impl Builtin for ClosedMidMessage {
-    fn id(&self) -> &'static str {
-        match self.0 {
-            Cutoff::AfterHeader => "wire/closed-after-header",
-            Cutoff::MidPayload => "wire/closed-mid-payload",
-        }
-    }
-    fn title(&self) -> &'static str {
-        match self.0 {
-            Cutoff::AfterHeader => {
-                "The front-end closing after a header whose payload never comes leaves the back-end serving or exiting cleanly"
-            }
-            Cutoff::MidPayload => {
-                "The front-end closing half way through a payload leaves the back-end serving or exiting cleanly"
-            }
-        }
-    }
-    fn rules(&self) -> &'static [crate::rules::RuleId] {
-        &[id::R_WIRE_15]
-    }
-    fn level(&self) -> crate::scenario::Level {
-        crate::scenario::Level::Rob
-    }
-    fn fresh_process(&self) -> bool {
-        true
-    }
-    fn description(&self) -> &'static str {
-        "After negotiation, SET_VRING_NUM's header announcing 8 payload bytes is sent with none \
+/// What both [`ClosedMidMessage`] scenarios declare; each variant adds its id and title.
+const CLOSED_MID_MESSAGE: BuiltinMeta = BuiltinMeta {
+    rules: &[id::R_WIRE_15],
+    level: Level::Rob,
+    fresh_process: true,
+    description: "After negotiation, SET_VRING_NUM's header announcing 8 payload bytes is sent with none \
 (or 4) of them, and the connection is closed. The back-end must clean up: accept a new \
 connection that is then served (a GET_FEATURES round trip), or, as spawn mode allows, exit with \
-a status. A death by a signal is a crash."
+a status. A death by a signal is a crash.",
+    ..BuiltinMeta::DEFAULT
+};
+
+impl Cutoff {
+    const AFTER_HEADER: BuiltinMeta = BuiltinMeta {
+        id: "wire/closed-after-header",
+        title: "The front-end closing after a header whose payload never comes leaves the back-end serving or exiting cleanly",
+        ..CLOSED_MID_MESSAGE
+    };
+    const MID_PAYLOAD: BuiltinMeta = BuiltinMeta {
+        id: "wire/closed-mid-payload",
+        title: "The front-end closing half way through a payload leaves the back-end serving or exiting cleanly",
+        ..CLOSED_MID_MESSAGE
+    };
+}
+
+impl Builtin for ClosedMidMessage {
+    fn meta(&self) -> &'static BuiltinMeta {
+        match self.0 {
+            Cutoff::AfterHeader => &Cutoff::AFTER_HEADER,
+            Cutoff::MidPayload => &Cutoff::MID_PAYLOAD,
+        }
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         use crate::scenario::{Action, Step};

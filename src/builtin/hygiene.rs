@@ -5,7 +5,7 @@
 use crate::rules::id;
 use std::time::{Duration, Instant};
 
-use super::{Builtin, clean_session, needs_process, settle};
+use super::{Builtin, BuiltinMeta, Needs, clean_session, needs_process, settle};
 use crate::engine::{Ctx, StepError};
 use crate::scenario::{Action, Step};
 use crate::target::Instance;
@@ -31,23 +31,21 @@ pub(super) fn released(ctx: &mut Ctx<'_>, ino: u64) -> Option<(usize, usize)> {
 #[derive(Debug)]
 pub struct RemMemRegReleases;
 
-impl Builtin for RemMemRegReleases {
-    fn id(&self) -> &'static str {
-        "hygiene/rem-mem-reg-releases"
-    }
-    fn title(&self) -> &'static str {
-        "After REM_MEM_REG the back-end neither maps the region's memfd nor holds its fd"
-    }
-    fn rules(&self) -> &'static [crate::rules::RuleId] {
-        &[id::R_MEM_11]
-    }
-    fn requires_protocol(&self) -> &'static [&'static str] {
-        &["CONFIGURE_MEM_SLOTS", "REPLY_ACK"]
-    }
-    fn description(&self) -> &'static str {
-        "Spawn mode only. Two regions are added with ADD_MEM_REG; the second one's memfd is found \
+/// What [`RemMemRegReleases`] declares.
+const REM_MEM_REG_RELEASES_META: BuiltinMeta = BuiltinMeta {
+    id: "hygiene/rem-mem-reg-releases",
+    title: "After REM_MEM_REG the back-end neither maps the region's memfd nor holds its fd",
+    rules: &[id::R_MEM_11],
+    requires: Needs::protocol(&["CONFIGURE_MEM_SLOTS", "REPLY_ACK"]),
+    description: "Spawn mode only. Two regions are added with ADD_MEM_REG; the second one's memfd is found \
 by inode in /proc/<pid>/maps and /proc/<pid>/fd. After REM_MEM_REG of that region is acked, the \
-back-end must have unmapped it and closed the fd within a second."
+back-end must have unmapped it and closed the fd within a second.",
+    ..BuiltinMeta::DEFAULT
+};
+
+impl Builtin for RemMemRegReleases {
+    fn meta(&self) -> &'static BuiltinMeta {
+        &REM_MEM_REG_RELEASES_META
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         needs_process(ctx)?;
@@ -82,27 +80,23 @@ back-end must have unmapped it and closed the fd within a second."
 #[derive(Debug)]
 pub struct DisconnectReleases;
 
-impl Builtin for DisconnectReleases {
-    fn id(&self) -> &'static str {
-        "hygiene/disconnect-releases-memory"
-    }
-    fn title(&self) -> &'static str {
-        "After the front-end disconnects, the back-end drops the session's guest memory"
-    }
-    fn rules(&self) -> &'static [crate::rules::RuleId] {
-        &[id::R_ROB_09]
-    }
-    fn level(&self) -> crate::scenario::Level {
-        crate::scenario::Level::Rob
-    }
-    fn description(&self) -> &'static str {
-        "Spawn mode only. A full session (memory table, queue 0 running, one request), then the \
+/// What [`DisconnectReleases`] declares.
+const DISCONNECT_RELEASES_META: BuiltinMeta = BuiltinMeta {
+    id: "hygiene/disconnect-releases-memory",
+    title: "After the front-end disconnects, the back-end drops the session's guest memory",
+    rules: &[id::R_ROB_09],
+    level: crate::scenario::Level::Rob,
+    device: Some(crate::device::DeviceType::Block),
+    description: "Spawn mode only. A full session (memory table, queue 0 running, one request), then the \
 front-end closes the connection. The back-end must unmap every region's memfd and close its fds \
 (looked up by inode) and then serve a new session: memory of a gone front-end pinned in a \
-long-running back-end is a leak per reconnect."
-    }
-    fn device(&self) -> Option<crate::device::DeviceType> {
-        Some(crate::device::DeviceType::Block)
+long-running back-end is a leak per reconnect.",
+    ..BuiltinMeta::DEFAULT
+};
+
+impl Builtin for DisconnectReleases {
+    fn meta(&self) -> &'static BuiltinMeta {
+        &DISCONNECT_RELEASES_META
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         needs_process(ctx)?;
@@ -142,22 +136,20 @@ const CYCLES: usize = 1000;
 /// Growth tolerated (allocator arenas, lazily opened files).
 const SLACK: usize = 8;
 
+/// What [`AddRemRepeated`] declares.
+const ADD_REM_REPEATED_META: BuiltinMeta = BuiltinMeta {
+    id: "hygiene/add-rem-repeated",
+    title: "1,000 ADD_MEM_REG / REM_MEM_REG cycles do not grow the back-end's fds or mappings",
+    rules: &[id::R_MEM_11],
+    requires: Needs::protocol(&["CONFIGURE_MEM_SLOTS", "REPLY_ACK"]),
+    description: "Spawn mode only. The second region of the default layout is added and removed 1,000 \
+times; /proc/<pid>/fd and /proc/<pid>/maps may not grow by more than a small slack.",
+    ..BuiltinMeta::DEFAULT
+};
+
 impl Builtin for AddRemRepeated {
-    fn id(&self) -> &'static str {
-        "hygiene/add-rem-repeated"
-    }
-    fn title(&self) -> &'static str {
-        "1,000 ADD_MEM_REG / REM_MEM_REG cycles do not grow the back-end's fds or mappings"
-    }
-    fn rules(&self) -> &'static [crate::rules::RuleId] {
-        &[id::R_MEM_11]
-    }
-    fn requires_protocol(&self) -> &'static [&'static str] {
-        &["CONFIGURE_MEM_SLOTS", "REPLY_ACK"]
-    }
-    fn description(&self) -> &'static str {
-        "Spawn mode only. The second region of the default layout is added and removed 1,000 \
-times; /proc/<pid>/fd and /proc/<pid>/maps may not grow by more than a small slack."
+    fn meta(&self) -> &'static BuiltinMeta {
+        &ADD_REM_REPEATED_META
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         needs_process(ctx)?;
@@ -204,24 +196,22 @@ times; /proc/<pid>/fd and /proc/<pid>/maps may not grow by more than a small sla
 #[derive(Debug)]
 pub struct ServesAfterDisconnect;
 
-impl Builtin for ServesAfterDisconnect {
-    fn id(&self) -> &'static str {
-        "session/serves-after-disconnect"
-    }
-    fn title(&self) -> &'static str {
-        "After the front-end leaves, the back-end accepts and serves a new front-end"
-    }
-    fn rules(&self) -> &'static [crate::rules::RuleId] {
-        &[id::R_ROB_09]
-    }
-    fn level(&self) -> crate::scenario::Level {
-        crate::scenario::Level::Rob
-    }
-    fn description(&self) -> &'static str {
-        "A negotiated session, then the front-end closes the connection and connects again: the \
+/// What [`ServesAfterDisconnect`] declares.
+const SERVES_AFTER_DISCONNECT_META: BuiltinMeta = BuiltinMeta {
+    id: "session/serves-after-disconnect",
+    title: "After the front-end leaves, the back-end accepts and serves a new front-end",
+    rules: &[id::R_ROB_09],
+    level: crate::scenario::Level::Rob,
+    description: "A negotiated session, then the front-end closes the connection and connects again: the \
 back-end must answer GET_FEATURES on the new connection. A back-end that exits instead (status \
 0 or not) warns here once; the spec does not forbid it, and vhu-conform runs every other \
-scenario on a fresh process (spawn mode)."
+scenario on a fresh process (spawn mode).",
+    ..BuiltinMeta::DEFAULT
+};
+
+impl Builtin for ServesAfterDisconnect {
+    fn meta(&self) -> &'static BuiltinMeta {
+        &SERVES_AFTER_DISCONNECT_META
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         ctx.step(&Step::new(Action::Negotiate))?;

@@ -14,7 +14,7 @@ use vhu_mock_frontend::inflight::{InflightBuffer, InflightError, SPLIT_ENTRY, SP
 use vhu_mock_frontend::{ReplyViolation, SessionError, Wanted};
 use vhu_protocol::{FrontendReq, ProtocolFeatures};
 
-use super::{Builtin, default_memory, start_queue};
+use super::{Builtin, BuiltinMeta, Needs, default_memory, start_queue};
 use crate::engine::{Ctx, StepError};
 
 const HEADER: u64 = SPLIT_HEADER;
@@ -115,26 +115,22 @@ fn is_inflight_description(v: &ReplyViolation) -> bool {
 #[derive(Debug)]
 pub struct Bookkeeping;
 
-impl Builtin for Bookkeeping {
-    fn id(&self) -> &'static str {
-        "inflight/bookkeeping"
-    }
-    fn title(&self) -> &'static str {
-        "The inflight buffer is initialised (version 1) and tracks completions: used_idx follows the ring, nothing left in flight"
-    }
-    fn rules(&self) -> &'static [crate::rules::RuleId] {
-        &[id::R_INFL_04, id::R_INFL_02]
-    }
-    fn requires_protocol(&self) -> &'static [&'static str] {
-        &["INFLIGHT_SHMFD"]
-    }
-    fn device(&self) -> Option<crate::device::DeviceType> {
-        Some(crate::device::DeviceType::Block)
-    }
-    fn description(&self) -> &'static str {
-        "GET_INFLIGHT_FD for one queue of 128, SET_INFLIGHT_FD with it, queue 0 started, three \
+/// What [`Bookkeeping`] declares.
+const BOOKKEEPING_META: BuiltinMeta = BuiltinMeta {
+    id: "inflight/bookkeeping",
+    title: "The inflight buffer is initialised (version 1) and tracks completions: used_idx follows the ring, nothing left in flight",
+    rules: &[id::R_INFL_04, id::R_INFL_02],
+    requires: Needs::protocol(&["INFLIGHT_SHMFD"]),
+    device: Some(crate::device::DeviceType::Block),
+    description: "GET_INFLIGHT_FD for one queue of 128, SET_INFLIGHT_FD with it, queue 0 started, three \
 GET_ID requests completed. Queue 0's region (read through the memfd) must then say version 1, \
-desc_num 128, used_idx 3, every entry out of flight, and the heads used carry counters."
+desc_num 128, used_idx 3, every entry out of flight, and the heads used carry counters.",
+    ..BuiltinMeta::DEFAULT
+};
+
+impl Builtin for Bookkeeping {
+    fn meta(&self) -> &'static BuiltinMeta {
+        &BOOKKEEPING_META
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         let qs = ctx.queue_size();
@@ -206,29 +202,25 @@ desc_num 128, used_idx 3, every entry out of flight, and the heads used carry co
 #[derive(Debug)]
 pub struct ResubmitAfterReconnect;
 
-impl Builtin for ResubmitAfterReconnect {
-    fn id(&self) -> &'static str {
-        "inflight/resubmit-after-reconnect"
-    }
-    fn title(&self) -> &'static str {
-        "A request recorded in flight is resubmitted after a reconnect and completed exactly once"
-    }
-    fn rules(&self) -> &'static [crate::rules::RuleId] {
-        &[id::R_INFL_05]
-    }
-    fn requires_protocol(&self) -> &'static [&'static str] {
-        &["INFLIGHT_SHMFD"]
-    }
-    fn device(&self) -> Option<crate::device::DeviceType> {
-        Some(crate::device::DeviceType::Block)
-    }
-    fn description(&self) -> &'static str {
-        "One GET_ID completes; GET_VRING_BASE stops the ring (base 1). A second GET_ID is made \
+/// What [`ResubmitAfterReconnect`] declares.
+const RESUBMIT_AFTER_RECONNECT_META: BuiltinMeta = BuiltinMeta {
+    id: "inflight/resubmit-after-reconnect",
+    title: "A request recorded in flight is resubmitted after a reconnect and completed exactly once",
+    rules: &[id::R_INFL_05],
+    requires: Needs::protocol(&["INFLIGHT_SHMFD"]),
+    device: Some(crate::device::DeviceType::Block),
+    description: "One GET_ID completes; GET_VRING_BASE stops the ring (base 1). A second GET_ID is made \
 available and recorded in the inflight buffer as taken (inflight = 1, the next counter), as a \
 back-end that died while serving it would have left it; the front-end disconnects. On a new \
 connection: SET_INFLIGHT_FD with the same buffer, the same memory and ring from base 2 (the \
 request already taken). The back-end must complete that request from the inflight record, once: \
-used index 2 and no further completion."
+used index 2 and no further completion.",
+    ..BuiltinMeta::DEFAULT
+};
+
+impl Builtin for ResubmitAfterReconnect {
+    fn meta(&self) -> &'static BuiltinMeta {
+        &RESUBMIT_AFTER_RECONNECT_META
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         let qs = ctx.queue_size();
@@ -319,28 +311,18 @@ const SKIP_DRAIN_REQUESTS: usize = 8;
 #[derive(Debug)]
 pub struct SkipDrainKeepsTaken;
 
-impl Builtin for SkipDrainKeepsTaken {
-    fn id(&self) -> &'static str {
-        "inflight/skip-drain-keeps-taken"
-    }
-    fn title(&self) -> &'static str {
-        "GET_VRING_BASE_SKIP_DRAIN stops the ring at once, every request it took is used or recorded in flight, and a restart completes them all"
-    }
-    fn rules(&self) -> &'static [RuleId] {
-        &[id::R_INFL_07]
-    }
-    fn requires_protocol(&self) -> &'static [&'static str] {
-        &[
-            "INFLIGHT_SHMFD",
-            "GET_VRING_BASE_INFLIGHT",
-            "GET_VRING_BASE_SKIP_DRAIN",
-        ]
-    }
-    fn device(&self) -> Option<crate::device::DeviceType> {
-        Some(crate::device::DeviceType::Block)
-    }
-    fn description(&self) -> &'static str {
-        "With INFLIGHT_SHMFD, GET_VRING_BASE_INFLIGHT and GET_VRING_BASE_SKIP_DRAIN (protocol bits \
+/// What [`SkipDrainKeepsTaken`] declares.
+const SKIP_DRAIN_KEEPS_TAKEN_META: BuiltinMeta = BuiltinMeta {
+    id: "inflight/skip-drain-keeps-taken",
+    title: "GET_VRING_BASE_SKIP_DRAIN stops the ring at once, every request it took is used or recorded in flight, and a restart completes them all",
+    rules: &[id::R_INFL_07],
+    requires: Needs::protocol(&[
+        "INFLIGHT_SHMFD",
+        "GET_VRING_BASE_INFLIGHT",
+        "GET_VRING_BASE_SKIP_DRAIN",
+    ]),
+    device: Some(crate::device::DeviceType::Block),
+    description: "With INFLIGHT_SHMFD, GET_VRING_BASE_INFLIGHT and GET_VRING_BASE_SKIP_DRAIN (protocol bits \
 12, 20, 23) negotiated and the inflight buffer set, 8 GET_ID requests are made available on \
 queue 0: four kicked and given up to the step timeout to complete, then four made available \
 without a kick, and GET_VRING_BASE_SKIP_DRAIN follows at once. The ring stops without \
@@ -348,7 +330,13 @@ draining: from the reply on the used index must not move. Every request the back
 returned base counts them) must be either used or marked in flight in the inflight buffer; none \
 may be lost. Then the ring restarts on the same connection (SET_INFLIGHT_FD with the same \
 buffer, SET_VRING_BASE at the returned base, kick): every request not yet used must complete, \
-the ones in flight resubmitted from the buffer."
+the ones in flight resubmitted from the buffer.",
+    ..BuiltinMeta::DEFAULT
+};
+
+impl Builtin for SkipDrainKeepsTaken {
+    fn meta(&self) -> &'static BuiltinMeta {
+        &SKIP_DRAIN_KEEPS_TAKEN_META
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         let extra =

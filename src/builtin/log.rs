@@ -14,7 +14,7 @@ use vhu_protocol::FrontendReq;
 use vhu_protocol::wire::payload::{Body, LogDesc};
 use vhu_protocol::{ProtocolFeatures, VirtioFeatures};
 
-use super::{Builtin, MEMORY, default_memory, needs_process, start_queue};
+use super::{Builtin, BuiltinMeta, MEMORY, Needs, default_memory, needs_process, start_queue};
 use crate::engine::{Ctx, StepError};
 
 const PAGE: u64 = 4096;
@@ -78,30 +78,26 @@ fn logged_session(
 #[derive(Debug)]
 pub struct LogBlkRead;
 
-impl Builtin for LogBlkRead {
-    fn id(&self) -> &'static str {
-        "log/blk-read-logged"
-    }
-    fn title(&self) -> &'static str {
-        "With LOG_ALL and SET_LOG_BASE, a blk read logs every page it wrote and the used ring's page"
-    }
-    fn rules(&self) -> &'static [crate::rules::RuleId] {
-        &[id::R_LOG_04, id::R_LOG_02, id::R_LOG_03, id::R_VRING_04]
-    }
-    fn requires_virtio(&self) -> &'static [&'static str] {
-        &["LOG_ALL"]
-    }
-    fn requires_protocol(&self) -> &'static [&'static str] {
-        &["LOG_SHMFD"]
-    }
-    fn device(&self) -> Option<crate::device::DeviceType> {
-        Some(crate::device::DeviceType::Block)
-    }
-    fn description(&self) -> &'static str {
-        "LOG_ALL is negotiated, SET_LOG_BASE gives a memfd covering guest memory, queue 0 is set \
+/// What [`LogBlkRead`] declares.
+const LOG_BLK_READ_META: BuiltinMeta = BuiltinMeta {
+    id: "log/blk-read-logged",
+    title: "With LOG_ALL and SET_LOG_BASE, a blk read logs every page it wrote and the used ring's page",
+    rules: &[id::R_LOG_04, id::R_LOG_02, id::R_LOG_03, id::R_VRING_04],
+    requires: Needs {
+        virtio: &["LOG_ALL"],
+        protocol: &["LOG_SHMFD"],
+    },
+    device: Some(crate::device::DeviceType::Block),
+    description: "LOG_ALL is negotiated, SET_LOG_BASE gives a memfd covering guest memory, queue 0 is set \
 up with VHOST_VRING_F_LOG. A 16 KiB read makes the device write the data buffer, the status byte \
 and a used element: each of their pages must have its bit set in the log (bit p of page p = GPA / \
-4096 in byte p / 8)."
+4096 in byte p / 8).",
+    ..BuiltinMeta::DEFAULT
+};
+
+impl Builtin for LogBlkRead {
+    fn meta(&self) -> &'static BuiltinMeta {
+        &LOG_BLK_READ_META
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         let size = log_bytes().next_multiple_of(PAGE);
@@ -169,32 +165,26 @@ and a used element: each of their pages must have its bit set in the log (bit p 
 #[derive(Debug)]
 pub struct LogTooSmall;
 
-impl Builtin for LogTooSmall {
-    fn id(&self) -> &'static str {
-        "log/too-small"
-    }
-    fn title(&self) -> &'static str {
-        "A dirty log too small for guest memory is never written past its size, and the back-end survives"
-    }
-    fn rules(&self) -> &'static [crate::rules::RuleId] {
-        &[id::R_LOG_06]
-    }
-    fn level(&self) -> crate::scenario::Level {
-        crate::scenario::Level::Rob
-    }
-    fn requires_virtio(&self) -> &'static [&'static str] {
-        &["LOG_ALL"]
-    }
-    fn requires_protocol(&self) -> &'static [&'static str] {
-        &["LOG_SHMFD"]
-    }
-    fn device(&self) -> Option<crate::device::DeviceType> {
-        Some(crate::device::DeviceType::Block)
-    }
-    fn description(&self) -> &'static str {
-        "SET_LOG_BASE announces a 1-byte log (8 pages) in a one-page memfd; a read into guest \
+/// What [`LogTooSmall`] declares.
+const LOG_TOO_SMALL_META: BuiltinMeta = BuiltinMeta {
+    id: "log/too-small",
+    title: "A dirty log too small for guest memory is never written past its size, and the back-end survives",
+    rules: &[id::R_LOG_06],
+    level: crate::scenario::Level::Rob,
+    requires: Needs {
+        virtio: &["LOG_ALL"],
+        protocol: &["LOG_SHMFD"],
+    },
+    device: Some(crate::device::DeviceType::Block),
+    description: "SET_LOG_BASE announces a 1-byte log (8 pages) in a one-page memfd; a read into guest \
 memory far above 32 KiB follows. Bytes 1..4096 of the memfd must stay zero (nothing logged \
-outside the log), and the back-end must keep serving (libvhost-user asserts instead)."
+outside the log), and the back-end must keep serving (libvhost-user asserts instead).",
+    ..BuiltinMeta::DEFAULT
+};
+
+impl Builtin for LogTooSmall {
+    fn meta(&self) -> &'static BuiltinMeta {
+        &LOG_TOO_SMALL_META
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         let log = log_memfd(PAGE)?;
@@ -220,26 +210,24 @@ outside the log), and the back-end must keep serving (libvhost-user asserts inst
 #[derive(Debug)]
 pub struct LogReplaceUnmaps;
 
-impl Builtin for LogReplaceUnmaps {
-    fn id(&self) -> &'static str {
-        "log/replace-unmaps"
-    }
-    fn title(&self) -> &'static str {
-        "A second SET_LOG_BASE unmaps the first log and closes its fd"
-    }
-    fn rules(&self) -> &'static [crate::rules::RuleId] {
-        &[id::R_LOG_07]
-    }
-    fn requires_virtio(&self) -> &'static [&'static str] {
-        &["LOG_ALL"]
-    }
-    fn requires_protocol(&self) -> &'static [&'static str] {
-        &["LOG_SHMFD"]
-    }
-    fn description(&self) -> &'static str {
-        "Spawn mode only. After SET_LOG_BASE with a first memfd and then with a second one, the \
+/// What [`LogReplaceUnmaps`] declares.
+const LOG_REPLACE_UNMAPS_META: BuiltinMeta = BuiltinMeta {
+    id: "log/replace-unmaps",
+    title: "A second SET_LOG_BASE unmaps the first log and closes its fd",
+    rules: &[id::R_LOG_07],
+    requires: Needs {
+        virtio: &["LOG_ALL"],
+        protocol: &["LOG_SHMFD"],
+    },
+    description: "Spawn mode only. After SET_LOG_BASE with a first memfd and then with a second one, the \
 first memfd (found by inode) must be neither mapped in /proc/<pid>/maps nor open in \
-/proc/<pid>/fd of the back-end."
+/proc/<pid>/fd of the back-end.",
+    ..BuiltinMeta::DEFAULT
+};
+
+impl Builtin for LogReplaceUnmaps {
+    fn meta(&self) -> &'static BuiltinMeta {
+        &LOG_REPLACE_UNMAPS_META
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         use std::os::unix::fs::MetadataExt;

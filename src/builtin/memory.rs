@@ -5,7 +5,7 @@
 use crate::rules::id;
 use std::time::Duration;
 
-use super::{Builtin, clean_session, needs_process, settle};
+use super::{Builtin, BuiltinMeta, Needs, clean_session, needs_process, settle};
 use crate::engine::{Ctx, StepError};
 use crate::scenario::{Action, Step};
 use crate::target::Instance;
@@ -19,20 +19,20 @@ const REPLACEMENTS: usize = 20;
 /// Growth tolerated (allocator arenas, lazily opened files).
 const SLACK: usize = 8;
 
-impl Builtin for TableReplaceUnmaps {
-    fn id(&self) -> &'static str {
-        "memory/table-replace-unmaps"
-    }
-    fn title(&self) -> &'static str {
-        "SET_MEM_TABLE replacing the table unmaps the old regions and closes their fds"
-    }
-    fn rules(&self) -> &'static [crate::rules::RuleId] {
-        &[id::R_MEM_05, id::R_WIRE_09]
-    }
-    fn description(&self) -> &'static str {
-        "Spawn mode only. After a first two-region table, 20 more tables with fresh memfds replace \
+/// What [`TableReplaceUnmaps`] declares.
+const TABLE_REPLACE_UNMAPS_META: BuiltinMeta = BuiltinMeta {
+    id: "memory/table-replace-unmaps",
+    title: "SET_MEM_TABLE replacing the table unmaps the old regions and closes their fds",
+    rules: &[id::R_MEM_05, id::R_WIRE_09],
+    description: "Spawn mode only. After a first two-region table, 20 more tables with fresh memfds replace \
 it; the back-end's mapping count (/proc/<pid>/maps) and fd count (/proc/<pid>/fd) may not grow \
-by more than a small slack: one leaked mapping or fd per table is a failure."
+by more than a small slack: one leaked mapping or fd per table is a failure.",
+    ..BuiltinMeta::DEFAULT
+};
+
+impl Builtin for TableReplaceUnmaps {
+    fn meta(&self) -> &'static BuiltinMeta {
+        &TABLE_REPLACE_UNMAPS_META
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         needs_process(ctx)?;
@@ -80,30 +80,24 @@ const MAX_SLOTS_EXERCISED: u64 = 4096;
 /// Each region's size and the guest-address stride between them.
 const SLOT_REGION: u64 = 0x1_0000;
 
-impl Builtin for AddPastMaxSlots {
-    fn id(&self) -> &'static str {
-        "memory/add-past-max-slots"
-    }
-    fn title(&self) -> &'static str {
-        "ADD_MEM_REG fills every slot GET_MAX_MEM_SLOTS reports, and one region more is refused"
-    }
-    fn rules(&self) -> &'static [crate::rules::RuleId] {
-        &[id::R_MEM_10]
-    }
-    fn level(&self) -> crate::scenario::Level {
-        crate::scenario::Level::Should
-    }
-    fn requires_protocol(&self) -> &'static [&'static str] {
-        &["CONFIGURE_MEM_SLOTS", "REPLY_ACK"]
-    }
-    fn fresh_process(&self) -> bool {
-        true
-    }
-    fn description(&self) -> &'static str {
-        "After negotiation (no SET_MEM_TABLE), GET_MAX_MEM_SLOTS gives N; N regions of 64 KiB, \
+/// What [`AddPastMaxSlots`] declares.
+const ADD_PAST_MAX_SLOTS_META: BuiltinMeta = BuiltinMeta {
+    id: "memory/add-past-max-slots",
+    title: "ADD_MEM_REG fills every slot GET_MAX_MEM_SLOTS reports, and one region more is refused",
+    rules: &[id::R_MEM_10],
+    level: crate::scenario::Level::Should,
+    requires: Needs::protocol(&["CONFIGURE_MEM_SLOTS", "REPLY_ACK"]),
+    fresh_process: true,
+    description: "After negotiation (no SET_MEM_TABLE), GET_MAX_MEM_SLOTS gives N; N regions of 64 KiB, \
 each its own memfd, are added with ADD_MEM_REG and must each be acked 0 (the back-end said it \
 has room for them); region N+1 must be refused (non-zero ack or the connection closed) and the \
-back-end must survive. N above 4096 is not exercised."
+back-end must survive. N above 4096 is not exercised.",
+    ..BuiltinMeta::DEFAULT
+};
+
+impl Builtin for AddPastMaxSlots {
+    fn meta(&self) -> &'static BuiltinMeta {
+        &ADD_PAST_MAX_SLOTS_META
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         ctx.step(&Step::new(Action::Negotiate))?;

@@ -18,43 +18,80 @@ mod ring_state;
 mod robustness;
 mod suspended;
 
+use crate::device::DeviceType;
 use crate::engine::{Ctx, StepError};
-use crate::rules::id;
+use crate::rules::{RuleId, id};
 use crate::scenario::model::{Requires, ScenarioFile};
 use crate::scenario::{Level, Scenario};
 
-/// A scenario written in Rust.
-pub trait Builtin: Sync + std::fmt::Debug {
+/// What a built-in scenario declares about itself, as a scenario file's header would: a
+/// const per type (per variant for a type that is a family of scenarios), so the metadata is
+/// data to read, not code to run.
+#[derive(Clone, Copy, Debug)]
+pub struct BuiltinMeta {
     /// Stable, path-like id (`robustness/call-fd-flood`).
-    fn id(&self) -> &'static str;
+    pub id: &'static str,
     /// One line saying what is checked.
-    fn title(&self) -> &'static str;
+    pub title: &'static str,
     /// Checklist rule ids; every finding cites one of them.
-    fn rules(&self) -> &'static [crate::rules::RuleId];
+    pub rules: &'static [RuleId],
     /// Weight of a failed check.
-    fn level(&self) -> Level {
-        Level::Must
-    }
-    /// Protocol feature names the back-end must offer.
-    fn requires_protocol(&self) -> &'static [&'static str] {
-        &[]
-    }
-    /// Virtio feature names the back-end must offer.
-    fn requires_virtio(&self) -> &'static [&'static str] {
-        &[]
-    }
-    /// Needs its own back-end process (crash risk).
-    fn fresh_process(&self) -> bool {
-        false
-    }
-    /// Longer explanation, shown by `--list -v`.
-    fn description(&self) -> &'static str {
-        ""
-    }
+    pub level: Level,
+    /// Features the back-end must offer, by name, else the scenario is skipped.
+    pub requires: Needs,
     /// The device type it is written for (it sends that device's requests), if any.
-    fn device(&self) -> Option<crate::device::DeviceType> {
-        None
+    pub device: Option<DeviceType>,
+    /// Needs its own back-end process (crash risk).
+    pub fresh_process: bool,
+    /// Longer explanation, shown by `--list -v`.
+    pub description: &'static str,
+}
+
+/// Feature names a built-in needs ([`BuiltinMeta::requires`]), as in a scenario file's
+/// `[requires]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Needs {
+    /// Virtio feature names (`LOG_ALL`).
+    pub virtio: &'static [&'static str],
+    /// Protocol feature names (`REPLY_ACK`).
+    pub protocol: &'static [&'static str],
+}
+
+impl Needs {
+    /// No feature.
+    pub const NONE: Self = Self {
+        virtio: &[],
+        protocol: &[],
+    };
+
+    /// These protocol features only.
+    pub const fn protocol(names: &'static [&'static str]) -> Self {
+        Self {
+            virtio: &[],
+            protocol: names,
+        }
     }
+}
+
+impl BuiltinMeta {
+    /// What a built-in declares unless it says otherwise: MUST, no feature, any device, the
+    /// process of the run's target; the base of each const (`..BuiltinMeta::DEFAULT`).
+    pub const DEFAULT: Self = Self {
+        id: "",
+        title: "",
+        rules: &[],
+        level: Level::Must,
+        requires: Needs::NONE,
+        device: None,
+        fresh_process: false,
+        description: "",
+    };
+}
+
+/// A scenario written in Rust: its metadata, and the procedure.
+pub trait Builtin: Sync + std::fmt::Debug {
+    /// What it declares ([`BuiltinMeta`]).
+    fn meta(&self) -> &'static BuiltinMeta;
     /// The procedure. Findings are recorded on `ctx`; `Err(StepError::Finding)` stops early.
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError>;
 }
@@ -112,25 +149,26 @@ pub fn all() -> &'static [&'static dyn Builtin] {
 
 /// The scenario a built-in stands for: its metadata as a scenario file without steps.
 pub fn to_scenario(b: &'static dyn Builtin) -> Scenario {
+    let m = b.meta();
     let names = |v: &[&str]| v.iter().map(|s| (*s).to_string()).collect::<Vec<_>>();
     Scenario {
         spec: ScenarioFile {
-            id: b.id().to_string(),
-            title: b.title().to_string(),
-            rules: b.rules().to_vec(),
-            level: b.level(),
-            device: None,
+            id: m.id.to_string(),
+            title: m.title.to_string(),
+            rules: m.rules.to_vec(),
+            level: m.level,
+            device: m.device,
             not_device: None,
             requires: Requires {
-                virtio: names(b.requires_virtio()),
-                protocol: names(b.requires_protocol()),
+                virtio: names(m.requires.virtio),
+                protocol: names(m.requires.protocol),
             },
-            fresh_process: b.fresh_process(),
+            fresh_process: m.fresh_process,
             timeout_ms: None,
-            description: b.description().to_string(),
+            description: m.description.to_string(),
             steps: vec![],
         },
-        source: format!("builtin:{}", b.id()),
+        source: format!("builtin:{}", m.id),
         builtin: Some(b),
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use vhu_mock_frontend::{Session, SessionOptions};
 use vhu_protocol::Connection;
 
-use super::{Builtin, clean_session};
+use super::{Builtin, BuiltinMeta, clean_session};
 use crate::engine::{Ctx, StepError};
 
 /// How long a program may take to print its capabilities, refuse options, or exit on SIGTERM.
@@ -149,20 +149,20 @@ pub(crate) fn output(child: &mut Child) -> (String, String) {
 #[derive(Debug)]
 pub struct PrintCapabilities;
 
-impl Builtin for PrintCapabilities {
-    fn id(&self) -> &'static str {
-        "program/print-capabilities"
-    }
-    fn title(&self) -> &'static str {
-        "--print-capabilities prints one JSON object with a known type, exits 0, creates no socket"
-    }
-    fn rules(&self) -> &'static [crate::rules::RuleId] {
-        &[id::R_PROG_04, id::R_PROG_05]
-    }
-    fn description(&self) -> &'static str {
-        "Spawn mode with `--socket-path {socket}` in the command. The program is run with that \
+/// What [`PrintCapabilities`] declares.
+const PRINT_CAPABILITIES_META: BuiltinMeta = BuiltinMeta {
+    id: "program/print-capabilities",
+    title: "--print-capabilities prints one JSON object with a known type, exits 0, creates no socket",
+    rules: &[id::R_PROG_04, id::R_PROG_05],
+    description: "Spawn mode with `--socket-path {socket}` in the command. The program is run with that \
 option pointing at a fresh path plus --print-capabilities: it must print exactly one JSON object \
-whose `type` is one of VHostUserBackendType, exit 0 within 5 s, and not create the socket."
+whose `type` is one of VHostUserBackendType, exit 0 within 5 s, and not create the socket.",
+    ..BuiltinMeta::DEFAULT
+};
+
+impl Builtin for PrintCapabilities {
+    fn meta(&self) -> &'static BuiltinMeta {
+        &PRINT_CAPABILITIES_META
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         let dir = tempfile::tempdir().map_err(|e| StepError::Harness(e.to_string()))?;
@@ -232,20 +232,20 @@ whose `type` is one of VHostUserBackendType, exit 0 within 5 s, and not create t
 #[derive(Debug)]
 pub struct InheritedFd;
 
-impl Builtin for InheritedFd {
-    fn id(&self) -> &'static str {
-        "program/inherited-fd"
-    }
-    fn title(&self) -> &'static str {
-        "--fd 3 serves the inherited connected socket"
-    }
-    fn rules(&self) -> &'static [crate::rules::RuleId] {
-        &[id::R_PROG_02]
-    }
-    fn description(&self) -> &'static str {
-        "Spawn mode with `--socket-path {socket}` in the command. The program is run with \
+/// What [`InheritedFd`] declares.
+const INHERITED_FD_META: BuiltinMeta = BuiltinMeta {
+    id: "program/inherited-fd",
+    title: "--fd 3 serves the inherited connected socket",
+    rules: &[id::R_PROG_02],
+    description: "Spawn mode with `--socket-path {socket}` in the command. The program is run with \
 `--fd 3` instead, fd 3 being one end of a socketpair; on the other end a GET_FEATURES (and, \
-with bit 30, GET_PROTOCOL_FEATURES) must be answered."
+with bit 30, GET_PROTOCOL_FEATURES) must be answered.",
+    ..BuiltinMeta::DEFAULT
+};
+
+impl Builtin for InheritedFd {
+    fn meta(&self) -> &'static BuiltinMeta {
+        &INHERITED_FD_META
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         let command = derive(ctx, &format!("--fd {INHERITED_FD}"))?;
@@ -280,20 +280,20 @@ with bit 30, GET_PROTOCOL_FEATURES) must be answered."
 #[derive(Debug)]
 pub struct SocketPathAndFd;
 
-impl Builtin for SocketPathAndFd {
-    fn id(&self) -> &'static str {
-        "program/socket-path-and-fd"
-    }
-    fn title(&self) -> &'static str {
-        "--socket-path together with --fd is refused: the program exits non-zero"
-    }
-    fn rules(&self) -> &'static [crate::rules::RuleId] {
-        &[id::R_PROG_03]
-    }
-    fn description(&self) -> &'static str {
-        "Spawn mode with `--socket-path {socket}` in the command. The program is run with both \
+/// What [`SocketPathAndFd`] declares.
+const SOCKET_PATH_AND_FD_META: BuiltinMeta = BuiltinMeta {
+    id: "program/socket-path-and-fd",
+    title: "--socket-path together with --fd is refused: the program exits non-zero",
+    rules: &[id::R_PROG_03],
+    description: "Spawn mode with `--socket-path {socket}` in the command. The program is run with both \
 options (fd 3 a connected socket): the two are incompatible, so it must exit with a non-zero \
-status within 5 s."
+status within 5 s.",
+    ..BuiltinMeta::DEFAULT
+};
+
+impl Builtin for SocketPathAndFd {
+    fn meta(&self) -> &'static BuiltinMeta {
+        &SOCKET_PATH_AND_FD_META
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         let dir = tempfile::tempdir().map_err(|e| StepError::Harness(e.to_string()))?;
@@ -334,19 +334,19 @@ status within 5 s."
 #[derive(Debug)]
 pub struct Sigterm;
 
+/// What [`Sigterm`] declares.
+const SIGTERM_META: BuiltinMeta = BuiltinMeta {
+    id: "program/sigterm",
+    title: "SIGTERM during a session ends the back-end within 5 s, without a crash",
+    rules: &[id::R_PROG_07],
+    description: "Spawn mode. With a session running (memory, queue 0), the back-end's process group gets \
+SIGTERM; it must be gone within 5 s, by exiting or by the signal, not by a crash signal.",
+    ..BuiltinMeta::DEFAULT
+};
+
 impl Builtin for Sigterm {
-    fn id(&self) -> &'static str {
-        "program/sigterm"
-    }
-    fn title(&self) -> &'static str {
-        "SIGTERM during a session ends the back-end within 5 s, without a crash"
-    }
-    fn rules(&self) -> &'static [crate::rules::RuleId] {
-        &[id::R_PROG_07]
-    }
-    fn description(&self) -> &'static str {
-        "Spawn mode. With a session running (memory, queue 0), the back-end's process group gets \
-SIGTERM; it must be gone within 5 s, by exiting or by the signal, not by a crash signal."
+    fn meta(&self) -> &'static BuiltinMeta {
+        &SIGTERM_META
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         if !ctx.target().is_spawned() {
@@ -386,22 +386,22 @@ SIGTERM; it must be gone within 5 s, by exiting or by the signal, not by a crash
 #[derive(Debug)]
 pub struct SocketPathQuietStdio;
 
-impl Builtin for SocketPathQuietStdio {
-    fn id(&self) -> &'static str {
-        "program/socket-path-devnull-stdio"
-    }
-    fn title(&self) -> &'static str {
-        "With fds 0, 1, 2 on /dev/null, --socket-path is listened on within 5 s and served by the process itself (no daemonizing)"
-    }
-    fn rules(&self) -> &'static [crate::rules::RuleId] {
-        &[id::R_PROG_01, id::R_PROG_06, id::R_PROG_09]
-    }
-    fn description(&self) -> &'static str {
-        "Spawn mode with `--socket-path {socket}` in the command. The program is run with a \
+/// What [`SocketPathQuietStdio`] declares.
+const SOCKET_PATH_QUIET_STDIO_META: BuiltinMeta = BuiltinMeta {
+    id: "program/socket-path-devnull-stdio",
+    title: "With fds 0, 1, 2 on /dev/null, --socket-path is listened on within 5 s and served by the process itself (no daemonizing)",
+    rules: &[id::R_PROG_01, id::R_PROG_06, id::R_PROG_09],
+    description: "Spawn mode with `--socket-path {socket}` in the command. The program is run with a \
 fresh socket path and stdin, stdout and stderr all on /dev/null (no terminal): the path must \
 accept a connection within 5 s (R-PROG-01), a GET_FEATURES must be answered (R-PROG-09), and \
 the process started must still be running while it serves (R-PROG-06: a back-end that forks \
-and exits its parent has daemonized)."
+and exits its parent has daemonized).",
+    ..BuiltinMeta::DEFAULT
+};
+
+impl Builtin for SocketPathQuietStdio {
+    fn meta(&self) -> &'static BuiltinMeta {
+        &SOCKET_PATH_QUIET_STDIO_META
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         let dir = tempfile::tempdir()
@@ -476,24 +476,22 @@ and exits its parent has daemonized)."
 #[derive(Debug)]
 pub struct UnusableSocketPath;
 
-impl Builtin for UnusableSocketPath {
-    fn id(&self) -> &'static str {
-        "program/unusable-socket-path"
-    }
-    fn title(&self) -> &'static str {
-        "A --socket-path in a directory that does not exist makes the program exit early with a non-zero status"
-    }
-    fn rules(&self) -> &'static [crate::rules::RuleId] {
-        &[id::R_PROG_08]
-    }
-    fn level(&self) -> crate::scenario::Level {
-        crate::scenario::Level::Should
-    }
-    fn description(&self) -> &'static str {
-        "Spawn mode with `--socket-path {socket}` in the command. The program is run with a \
+/// What [`UnusableSocketPath`] declares.
+const UNUSABLE_SOCKET_PATH_META: BuiltinMeta = BuiltinMeta {
+    id: "program/unusable-socket-path",
+    title: "A --socket-path in a directory that does not exist makes the program exit early with a non-zero status",
+    rules: &[id::R_PROG_08],
+    level: crate::scenario::Level::Should,
+    description: "Spawn mode with `--socket-path {socket}` in the command. The program is run with a \
 socket path inside a directory that does not exist, so it cannot listen: its initialisation \
 fails, and it should exit within 5 s with a non-zero status (a message on stderr is allowed), \
-not keep running without a socket nor crash."
+not keep running without a socket nor crash.",
+    ..BuiltinMeta::DEFAULT
+};
+
+impl Builtin for UnusableSocketPath {
+    fn meta(&self) -> &'static BuiltinMeta {
+        &UNUSABLE_SOCKET_PATH_META
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         let dir = tempfile::tempdir().map_err(|e| StepError::Harness(e.to_string()))?;

@@ -9,10 +9,10 @@ use vhu_mock_frontend::blk::{self, BlkReq};
 use vhu_mock_frontend::{DriverQueue, GuestMemory, RingLayout};
 use vhu_protocol::{FrontendReq, VirtioFeatures};
 
-use super::{Builtin, default_memory};
+use super::{Builtin, BuiltinMeta, default_memory};
 use crate::device::DeviceType;
 use crate::engine::{Ctx, StepError, chain};
-use crate::rules::{RuleId, id};
+use crate::rules::id;
 use crate::scenario::{Action, Level, Step};
 
 /// How long a request on a ring that is not started must stay unprocessed.
@@ -31,52 +31,37 @@ pub enum Probe {
 #[derive(Debug)]
 pub struct RingStart(pub Probe);
 
-impl Builtin for RingStart {
-    fn id(&self) -> &'static str {
-        match self.0 {
-            Probe::NotStartedBeforeKick => "vring/not-started-before-kick",
-            Probe::AvailableBeforeStart => "vring/available-before-start",
-        }
-    }
-    fn title(&self) -> &'static str {
-        match self.0 {
-            Probe::NotStartedBeforeKick => {
-                "A ring set up and enabled but not given SET_VRING_KICK processes no request; SET_VRING_KICK starts it"
-            }
-            Probe::AvailableBeforeStart => {
-                "A request made available before SET_VRING_KICK is processed once the ring starts, without a kick"
-            }
-        }
-    }
-    fn rules(&self) -> &'static [RuleId] {
-        match self.0 {
-            Probe::NotStartedBeforeKick => &[id::R_RING_01, id::R_RING_03, id::R_RING_08],
-            Probe::AvailableBeforeStart => &[id::R_RING_04],
-        }
-    }
-    fn level(&self) -> Level {
-        match self.0 {
-            Probe::NotStartedBeforeKick => Level::Must,
-            Probe::AvailableBeforeStart => Level::Should,
-        }
-    }
-    fn device(&self) -> Option<DeviceType> {
-        Some(DeviceType::Block)
-    }
-    fn description(&self) -> &'static str {
-        match self.0 {
-            Probe::NotStartedBeforeKick => {
-                "Queue 0 gets SET_VRING_NUM, BASE, ADDR, CALL, ERR and SET_VRING_ENABLE(1) but no \
+impl Probe {
+    const NOT_STARTED_BEFORE_KICK: BuiltinMeta = BuiltinMeta {
+        id: "vring/not-started-before-kick",
+        title: "A ring set up and enabled but not given SET_VRING_KICK processes no request; SET_VRING_KICK starts it",
+        rules: &[id::R_RING_01, id::R_RING_03, id::R_RING_08],
+        device: Some(DeviceType::Block),
+        description: "Queue 0 gets SET_VRING_NUM, BASE, ADDR, CALL, ERR and SET_VRING_ENABLE(1) but no \
 SET_VRING_KICK (the enable, sent while the ring is stopped, must hold once it starts: R-RING-08). A GET_ID request is made available and kicked on the eventfd the back-end does \
 not have yet: a new ring is stopped (R-RING-01), so nothing may be used within 300 ms. Then \
 SET_VRING_KICK with that eventfd (its kick pending) starts the ring and the request completes \
-(R-RING-03)."
-            }
-            Probe::AvailableBeforeStart => {
-                "As for vring/not-started-before-kick, but the kick is taken back from the eventfd \
+(R-RING-03).",
+        ..BuiltinMeta::DEFAULT
+    };
+    const AVAILABLE_BEFORE_START: BuiltinMeta = BuiltinMeta {
+        id: "vring/available-before-start",
+        title: "A request made available before SET_VRING_KICK is processed once the ring starts, without a kick",
+        rules: &[id::R_RING_04],
+        level: Level::Should,
+        device: Some(DeviceType::Block),
+        description: "As for vring/not-started-before-kick, but the kick is taken back from the eventfd \
 before SET_VRING_KICK: the ring starts with a request available and no kick pending. The \
-back-end should look at the ring when it starts (R-RING-04), so the request completes."
-            }
+back-end should look at the ring when it starts (R-RING-04), so the request completes.",
+        ..BuiltinMeta::DEFAULT
+    };
+}
+
+impl Builtin for RingStart {
+    fn meta(&self) -> &'static BuiltinMeta {
+        match self.0 {
+            Probe::NotStartedBeforeKick => &Probe::NOT_STARTED_BEFORE_KICK,
+            Probe::AvailableBeforeStart => &Probe::AVAILABLE_BEFORE_START,
         }
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
@@ -170,24 +155,22 @@ pub struct BaseAfterInflight;
 /// Requests in flight when GET_VRING_BASE is sent.
 const IN_FLIGHT: usize = 16;
 
-impl Builtin for BaseAfterInflight {
-    fn id(&self) -> &'static str {
-        "vring/get-base-drains-in-flight"
-    }
-    fn title(&self) -> &'static str {
-        "GET_VRING_BASE sent right after 16 requests replies only once every request it took is used"
-    }
-    fn rules(&self) -> &'static [RuleId] {
-        &[id::R_VRING_09]
-    }
-    fn device(&self) -> Option<DeviceType> {
-        Some(DeviceType::Block)
-    }
-    fn description(&self) -> &'static str {
-        "Queue 0 running; 16 GET_ID requests are made available (one kick each) and \
+/// What [`BaseAfterInflight`] declares.
+const BASE_AFTER_INFLIGHT_META: BuiltinMeta = BuiltinMeta {
+    id: "vring/get-base-drains-in-flight",
+    title: "GET_VRING_BASE sent right after 16 requests replies only once every request it took is used",
+    rules: &[id::R_VRING_09],
+    device: Some(DeviceType::Block),
+    description: "Queue 0 running; 16 GET_ID requests are made available (one kick each) and \
 GET_VRING_BASE follows at once. Its reply's num is the next avail index the back-end would take: \
 the spec (GET_VRING_BASE without SKIP_DRAIN) has every in-flight request completed before the \
-reply, so the used index in guest memory, read as soon as the reply arrives, must equal it."
+reply, so the used index in guest memory, read as soon as the reply arrives, must equal it.",
+    ..BuiltinMeta::DEFAULT
+};
+
+impl Builtin for BaseAfterInflight {
+    fn meta(&self) -> &'static BuiltinMeta {
+        &BASE_AFTER_INFLIGHT_META
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         ctx.step(&Step::new(Action::Negotiate))?;

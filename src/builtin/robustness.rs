@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use vhu_mock_frontend::Ack;
 
-use super::{Builtin, clean_session, needs_process, settle};
+use super::{Builtin, BuiltinMeta, clean_session, needs_process, settle};
 use crate::engine::{Ctx, StepError};
 use crate::scenario::{Action, Level, Step};
 use crate::target::Instance;
@@ -22,23 +22,21 @@ const FLOOD: usize = 1000;
 /// Growth tolerated.
 const SLACK: usize = 8;
 
-impl Builtin for CallFdFlood {
-    fn id(&self) -> &'static str {
-        "robustness/call-fd-flood"
-    }
-    fn title(&self) -> &'static str {
-        "1000 SET_VRING_CALL replacements leave no fd behind"
-    }
-    fn rules(&self) -> &'static [crate::rules::RuleId] {
-        &[id::R_ROB_07, id::R_VRING_14]
-    }
-    fn level(&self) -> Level {
-        Level::Rob
-    }
-    fn description(&self) -> &'static str {
-        "Spawn mode only. Queue 0 set up, then 1000 SET_VRING_CALL messages each with a fresh \
+/// What [`CallFdFlood`] declares.
+const CALL_FD_FLOOD_META: BuiltinMeta = BuiltinMeta {
+    id: "robustness/call-fd-flood",
+    title: "1000 SET_VRING_CALL replacements leave no fd behind",
+    rules: &[id::R_ROB_07, id::R_VRING_14],
+    level: Level::Rob,
+    description: "Spawn mode only. Queue 0 set up, then 1000 SET_VRING_CALL messages each with a fresh \
 eventfd (our copy closed at once); the back-end must close each replaced fd: /proc/<pid>/fd may \
-not grow by more than a small slack, and the session must still answer."
+not grow by more than a small slack, and the session must still answer.",
+    ..BuiltinMeta::DEFAULT
+};
+
+impl Builtin for CallFdFlood {
+    fn meta(&self) -> &'static BuiltinMeta {
+        &CALL_FD_FLOOD_META
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         needs_process(ctx)?;

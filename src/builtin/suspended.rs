@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use vhu_mock_frontend::blk::{self, BlkReq};
 
-use super::{Builtin, default_memory, start_queue};
+use super::{Builtin, BuiltinMeta, Needs, default_memory, start_queue};
 use crate::device::DeviceType;
 use crate::engine::{Ctx, StepError, chain};
 use crate::fuzz::oracle::Snapshot;
-use crate::rules::{RuleId, id};
+use crate::rules::id;
 use crate::scenario::{Action, Step};
 
 /// How long the suspended device is watched.
@@ -30,44 +30,40 @@ pub enum When {
 #[derive(Debug)]
 pub struct Suspended(pub When);
 
-impl Builtin for Suspended {
-    fn id(&self) -> &'static str {
-        match self.0 {
-            When::Stopped => "vring/suspended-device-is-quiet",
-            When::AfterSave => "migration/suspended-after-save-is-quiet",
-        }
-    }
-    fn title(&self) -> &'static str {
-        match self.0 {
-            When::Stopped => {
-                "With every ring stopped, a kicked request is not processed: no guest-memory write, no call, no channel message, and messages are still answered"
-            }
-            When::AfterSave => {
-                "After the device state is saved (rings stopped), a kicked request is not processed: no guest-memory write, no call, no channel message"
-            }
-        }
-    }
-    fn rules(&self) -> &'static [RuleId] {
-        match self.0 {
-            When::Stopped => &[id::R_RING_12],
-            When::AfterSave => &[id::R_MIG_12, id::R_RING_12],
-        }
-    }
-    fn requires_protocol(&self) -> &'static [&'static str] {
-        match self.0 {
-            When::Stopped => &[],
-            When::AfterSave => &["DEVICE_STATE"],
-        }
-    }
-    fn device(&self) -> Option<DeviceType> {
-        Some(DeviceType::Block)
-    }
-    fn description(&self) -> &'static str {
-        "Queue 0 (the only ring set up) runs one GET_ID request, then GET_VRING_BASE stops it: \
+/// What both [`Suspended`] scenarios declare; each variant adds its id, title, rules and
+/// features.
+const SUSPENDED: BuiltinMeta = BuiltinMeta {
+    device: Some(DeviceType::Block),
+    description: "Queue 0 (the only ring set up) runs one GET_ID request, then GET_VRING_BASE stops it: \
 the device is suspended. (With the save variant, SET_DEVICE_STATE_FD saves its state then.) A \
 GET_ID request is made available and kicked; for 300 ms guest memory must not change at all, the \
 call eventfd must stay silent and no back-end request may arrive on the channel. GET_FEATURES \
-and GET_PROTOCOL_FEATURES are still answered."
+and GET_PROTOCOL_FEATURES are still answered.",
+    ..BuiltinMeta::DEFAULT
+};
+
+impl When {
+    const STOPPED: BuiltinMeta = BuiltinMeta {
+        id: "vring/suspended-device-is-quiet",
+        title: "With every ring stopped, a kicked request is not processed: no guest-memory write, no call, no channel message, and messages are still answered",
+        rules: &[id::R_RING_12],
+        ..SUSPENDED
+    };
+    const AFTER_SAVE: BuiltinMeta = BuiltinMeta {
+        id: "migration/suspended-after-save-is-quiet",
+        title: "After the device state is saved (rings stopped), a kicked request is not processed: no guest-memory write, no call, no channel message",
+        rules: &[id::R_MIG_12, id::R_RING_12],
+        requires: Needs::protocol(&["DEVICE_STATE"]),
+        ..SUSPENDED
+    };
+}
+
+impl Builtin for Suspended {
+    fn meta(&self) -> &'static BuiltinMeta {
+        match self.0 {
+            When::Stopped => &When::STOPPED,
+            When::AfterSave => &When::AFTER_SAVE,
+        }
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         let rule = match self.0 {

@@ -13,7 +13,8 @@ use std::time::Duration;
 use crate::scenario::Scenario;
 use crate::target::{Death, Instance, ProcessState, TargetSpec};
 
-use super::{Offer, Outcome, Repeat, RunOptions, ScenarioResult, run_repeated};
+use super::run::{Plan, run_repeated};
+use super::{Outcome, ScenarioResult};
 
 /// How long the first kept process is watched after its first scenario: whether the back-end
 /// exits when its front-end leaves shows within this (a back-end that does exits at once).
@@ -39,26 +40,20 @@ impl Kept {
     }
 
     /// Runs `s` as [`run_repeated`] does, on the kept process where it may.
-    pub(super) fn run(
-        &mut self,
-        s: &Scenario,
-        spec: &TargetSpec,
-        offer: &Offer,
-        opts: &RunOptions,
-        repeat: Repeat,
-    ) -> ScenarioResult {
+    pub(super) fn run(&mut self, s: &Scenario, plan: &Plan<'_>) -> ScenarioResult {
+        let spec = plan.target;
         if !self.on || s.spec.fresh_process || !matches!(spec, TargetSpec::Spawn(_)) {
-            return run_repeated(s, spec, None, offer, opts, repeat);
+            return run_repeated(s, plan, None);
         }
         let inst = match self.inst.take().map(|mut i| (i.state(), i)) {
             Some((ProcessState::Running, i)) => Some(i),
-            _ => Instance::start(spec, opts.connect_timeout).ok(),
+            _ => Instance::start(spec, plan.options.connect_timeout).ok(),
         };
         // A process that cannot start: the fresh path reports why, as it would without keeping.
         let Some(mut inst) = inst else {
-            return run_repeated(s, spec, None, offer, opts, repeat);
+            return run_repeated(s, plan, None);
         };
-        let r = run_repeated(s, spec, Some(&mut inst), offer, opts, repeat);
+        let r = run_repeated(s, plan, Some(&mut inst));
         if matches!(r.outcome, Outcome::Skip { .. }) && r.transcript.is_empty() {
             // Skipped before it connected: the process saw nothing.
             self.inst = Some(inst);

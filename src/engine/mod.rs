@@ -2,9 +2,14 @@
 //! the back-end's offered features, and turns what the back-end did into findings that cite
 //! rules. It reaches the back-end only through the mock front-end's session.
 
+mod events;
 mod keep;
+mod run;
 mod steps;
 mod violations;
+
+pub use events::{RunEvent, RunSummary, Totals};
+pub use run::{Plan, Repeat, bundled_default_jobs, default_jobs, run, run_suite};
 
 pub use steps::{Ctx, StepError};
 
@@ -68,11 +73,11 @@ pub struct Finding {
     /// What it weighs here: the scenario's level, capped by the rule's (a crash is always
     /// MUST).
     pub level: Level,
-    /// One line.
+    /// One line: the step and what went wrong (`step 3: the back-end acked 0 ...`).
     pub summary: String,
-    /// What was sent.
+    /// The message the failed check is about, as the transcript shows it.
     pub sent: String,
-    /// What came back.
+    /// What the back-end answered: a reply, an ack, a closed connection, nothing in time.
     pub received: String,
     /// What the rule wanted.
     pub expected: String,
@@ -117,9 +122,9 @@ pub enum Outcome {
 /// Everything known about one scenario's run.
 #[derive(Clone, Debug, Serialize)]
 pub struct ScenarioResult {
-    /// Scenario id.
+    /// The scenario's id (`memory/rem-wrong-size`).
     pub id: String,
-    /// Its title.
+    /// Its one-line title, as `--list` shows it.
     pub title: String,
     /// The rules it cites.
     pub rules: Vec<RuleId>,
@@ -127,18 +132,21 @@ pub struct ScenarioResult {
     pub level: Level,
     /// Where it came from: a scenario file's path, or `builtin:<id>`.
     pub source: String,
-    /// The verdict.
+    /// The verdict as the checks gave it; what an `--expect` entry makes of it is in
+    /// `expectation`.
     #[serde(flatten)]
     pub outcome: Outcome,
-    /// Departures found.
+    /// Every departure the checks found, in order, each citing its check's rule.
     pub findings: Vec<Finding>,
-    /// Notes (info-level observations).
+    /// Observations that are not departures (a refusal the spec allows, the runs of a
+    /// `--repeat`).
     pub notes: Vec<String>,
     /// The rules whose checks ran (a cited rule is `pass` only when one of its checks ran).
     pub checked_rules: Vec<RuleId>,
-    /// Wall time.
+    /// Wall time of the run reported (under `--repeat`, the first that failed, else the
+    /// last), in milliseconds.
     pub duration_ms: u64,
-    /// Every message exchanged.
+    /// Every message of the session, on both channels, in order.
     pub transcript: Vec<Entry>,
     /// The `--expect` entry this result met or missed.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -148,9 +156,9 @@ pub struct ScenarioResult {
 /// What the back-end offered, read once per run, and what the run knows of the device.
 #[derive(Clone, Debug, Serialize)]
 pub struct Offer {
-    /// GET_FEATURES.
+    /// The virtio feature bits GET_FEATURES returned.
     pub features: u64,
-    /// GET_PROTOCOL_FEATURES (0 without bit 30).
+    /// The protocol feature bits GET_PROTOCOL_FEATURES returned (0 without virtio bit 30).
     pub protocol: u64,
     /// The device type, when known: device-specific scenarios are skipped without it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -181,26 +189,6 @@ impl Default for Offer {
 
 /// The ring size when nothing says otherwise (and the largest preflight tries).
 pub const DEFAULT_QUEUE_SIZE: u16 = 256;
-
-/// Events the engine emits while it runs; reporters consume them.
-#[derive(Debug)]
-pub enum RunEvent<'a> {
-    /// The run starts.
-    Started {
-        /// Scenarios selected.
-        total: usize,
-        /// What the back-end offered.
-        offer: &'a Offer,
-    },
-    /// A scenario begins (with `-j N`, several run at once: these come in the order they
-    /// start, `Finished` in the suite's order). Only live views use it.
-    ScenarioStarted {
-        /// The scenario's id.
-        id: &'a str,
-    },
-    /// A scenario finished.
-    Finished(&'a ScenarioResult),
-}
 
 /// The error and its causes on one line.
 pub fn chain(e: &dyn std::error::Error) -> String {
@@ -392,209 +380,6 @@ fn verdict(findings: &[Finding], strict: bool) -> Outcome {
         Some(_) if strict => Outcome::Fail,
         Some(_) => Outcome::Warn,
     }
-}
-
-/// How many times each scenario runs (`--repeat`, `--until-failure`), for flaky back-ends.
-#[derive(Copy, Clone, Debug)]
-pub struct Repeat {
-    /// Runs per scenario (at least 1).
-    pub times: u32,
-    /// Stop repeating a scenario at its first failure.
-    pub until_failure: bool,
-}
-
-impl Default for Repeat {
-    fn default() -> Self {
-        Self {
-            times: 1,
-            until_failure: false,
-        }
-    }
-}
-
-/// Runs every scenario once, one at a time, emitting events. Spawn mode: a fresh process per
-/// scenario. Otherwise one target for all, and a hint when the back-end stops serving after a
-/// disconnect.
-pub fn run_suite(
-    scenarios: &[Scenario],
-    spec: &TargetSpec,
-    offer: &Offer,
-    opts: &RunOptions,
-    emit: &mut dyn FnMut(RunEvent<'_>),
-) -> Vec<ScenarioResult> {
-    run_suite_repeated(scenarios, spec, offer, opts, Repeat::default(), 1, emit)
-}
-
-/// Runs `s` up to `repeat.times` times; the result is the first run that failed (or errored),
-/// else the last, with a note of every run's outcome when there was more than one.
-fn run_repeated(
-    s: &Scenario,
-    spec: &TargetSpec,
-    mut shared: Option<&mut Instance>,
-    offer: &Offer,
-    opts: &RunOptions,
-    repeat: Repeat,
-) -> ScenarioResult {
-    let mut outcomes = Vec::new();
-    let mut kept: Option<ScenarioResult> = None;
-    for _ in 0..repeat.times.max(1) {
-        let r = run_scenario(s, spec, shared.as_deref_mut(), offer, opts);
-        let bad = matches!(r.outcome, Outcome::Fail | Outcome::Error { .. });
-        outcomes.push(match &r.outcome {
-            Outcome::Skip { .. } => "skip",
-            Outcome::Pass => "pass",
-            Outcome::Warn => "warn",
-            Outcome::Fail => "fail",
-            Outcome::Error { .. } => "error",
-        });
-        let skip = matches!(r.outcome, Outcome::Skip { .. });
-        let keep_first_bad = kept
-            .as_ref()
-            .is_some_and(|k| matches!(k.outcome, Outcome::Fail | Outcome::Error { .. }));
-        if !keep_first_bad {
-            kept = Some(r);
-        }
-        if skip || (bad && repeat.until_failure) {
-            break;
-        }
-    }
-    let mut r = kept.expect("at least one run");
-    if repeat.times > 1 {
-        let bad = outcomes
-            .iter()
-            .filter(|o| matches!(**o, "fail" | "error"))
-            .count();
-        let flaky = if bad > 0 && bad < outcomes.len() {
-            " (flaky)"
-        } else {
-            ""
-        };
-        let stopped = if outcomes.len() < repeat.times as usize {
-            format!(", stopped before the {} asked", repeat.times)
-        } else {
-            String::new()
-        };
-        r.notes.push(format!(
-            "{} runs: {}; {bad} failed{flaky}{stopped}",
-            outcomes.len(),
-            outcomes.join(", ")
-        ));
-    }
-    r
-}
-
-/// How many scenarios run at once by default: the number of CPUs, at least 2.
-pub fn default_jobs() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
-}
-
-/// How many scenarios run at once against the bundled reference back-end by default: four per
-/// CPU. Its scenarios spend over 90 % of their time in "nothing may happen" windows and its
-/// processes sleep while they wait (0.6 s of CPU for a 10 s serial suite), so the CPUs are idle
-/// at one per CPU; a back-end of unknown weight (DPDK busy-polls a core) keeps one per CPU.
-pub fn bundled_default_jobs() -> usize {
-    4 * default_jobs()
-}
-
-/// [`run_suite`] with each scenario repeated as `repeat` says, up to `jobs` scenarios at once
-/// in spawn mode (each has its own process and socket directory anyway); a target that is one
-/// running back-end (connect, listen) runs them one after the other. Results and events come
-/// in `scenarios`' order whatever `jobs` is: a scenario's `Finished` is emitted as soon as it
-/// and every scenario before it are done.
-pub fn run_suite_repeated(
-    scenarios: &[Scenario],
-    spec: &TargetSpec,
-    offer: &Offer,
-    opts: &RunOptions,
-    repeat: Repeat,
-    jobs: usize,
-    emit: &mut dyn FnMut(RunEvent<'_>),
-) -> Vec<ScenarioResult> {
-    emit(RunEvent::Started {
-        total: scenarios.len(),
-        offer,
-    });
-    if matches!(spec, TargetSpec::Spawn(_)) && jobs > 1 && scenarios.len() > 1 {
-        return run_parallel(scenarios, spec, offer, opts, repeat, jobs, emit);
-    }
-    let mut shared = match spec {
-        TargetSpec::Spawn(_) => None,
-        _ => Instance::start(spec, opts.connect_timeout).ok(),
-    };
-    let mut results = Vec::new();
-    let mut kept = keep::Kept::new(opts.keep_process);
-    for s in scenarios {
-        emit(RunEvent::ScenarioStarted { id: &s.spec.id });
-        let r = match (spec, &mut shared) {
-            (TargetSpec::Spawn(_), _) => kept.run(s, spec, offer, opts, repeat),
-            (_, Some(inst)) => run_repeated(s, spec, Some(inst), offer, opts, repeat),
-            (_, None) => run_repeated(s, spec, None, offer, opts, repeat),
-        };
-        emit(RunEvent::Finished(&r));
-        results.push(r);
-    }
-    results
-}
-
-/// Spawn mode with `jobs` worker threads taking the next scenario by index; this thread
-/// buffers what they finish and emits it in order.
-fn run_parallel(
-    scenarios: &[Scenario],
-    spec: &TargetSpec,
-    offer: &Offer,
-    opts: &RunOptions,
-    repeat: Repeat,
-    jobs: usize,
-    emit: &mut dyn FnMut(RunEvent<'_>),
-) -> Vec<ScenarioResult> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let next = AtomicUsize::new(0);
-    /// What a worker tells the emitting thread.
-    enum Progress {
-        Started(usize),
-        Done(usize, Box<ScenarioResult>),
-    }
-    let (tx, rx) = std::sync::mpsc::channel::<Progress>();
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.min(scenarios.len()) {
-            let (tx, next) = (tx.clone(), &next);
-            scope.spawn(move || {
-                let mut kept = keep::Kept::new(opts.keep_process);
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(s) = scenarios.get(i) else { break };
-                    if tx.send(Progress::Started(i)).is_err() {
-                        break;
-                    }
-                    let r = kept.run(s, spec, offer, opts, repeat);
-                    if tx.send(Progress::Done(i, Box::new(r))).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        drop(tx);
-        let mut done: Vec<Option<ScenarioResult>> = scenarios.iter().map(|_| None).collect();
-        let mut results = Vec::with_capacity(scenarios.len());
-        // Ends when every worker has finished (or died: the scope then re-raises its panic).
-        for msg in rx {
-            let (i, r) = match msg {
-                Progress::Started(i) => {
-                    emit(RunEvent::ScenarioStarted {
-                        id: &scenarios[i].spec.id,
-                    });
-                    continue;
-                }
-                Progress::Done(i, r) => (i, *r),
-            };
-            done[i] = Some(r);
-            while let Some(r) = done.get_mut(results.len()).and_then(Option::take) {
-                emit(RunEvent::Finished(&r));
-                results.push(r);
-            }
-        }
-        results
-    })
 }
 
 /// Describes the process state for a finding.

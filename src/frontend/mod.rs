@@ -26,9 +26,10 @@ use vhu_protocol::Connection;
 use vhu_protocol::wire::payload::MemRegion;
 
 use crate::device::DeviceType;
-use crate::engine::{Finding, Offer, Outcome, RunEvent, ScenarioResult};
+use crate::engine::{Finding, Offer, Outcome, RunEvent, RunSummary, ScenarioResult};
 use crate::exit_code;
-use crate::report::{self, Reporter};
+use crate::exit_code::ExitPolicy;
+use crate::report;
 use crate::rules::{self, RuleCoverage, RuleId, Status, id};
 use crate::scenario::Level;
 
@@ -606,9 +607,11 @@ fn run_cli(a: &FeArgs) -> u8 {
         },
         None => None,
     };
-    let mut reporters: Vec<Box<dyn Reporter>> = Vec::new();
+    let mut reporters = report::Reporters::default();
     match a.format.as_str() {
-        "human" => reporters.push(Box::new(report::Human::new(std::io::stdout(), a.verbose))),
+        "human" => reporters.push(Box::new(
+            report::Human::new(std::io::stdout(), a.verbose).show_rules(a.rules),
+        )),
         "json" => reporters.push(Box::new(report::JsonReporter::new(std::io::stdout()))),
         other => return usage(format!("unknown format {other:?} (human, json)")),
     }
@@ -641,38 +644,27 @@ fn run_cli(a: &FeArgs) -> u8 {
         device_source: Some(crate::device::DeviceSource::Option),
         ..Offer::default()
     };
-    for r in &mut reporters {
-        r.event(&RunEvent::Started {
-            total: selected.len(),
-            offer: &offer,
-        });
-    }
+    // The same event stream as the back-end side's run, one scenario after the other.
+    let mut emit = |e: RunEvent<'_>| reporters.emit(&e);
+    emit(RunEvent::RunStarted {
+        total: selected.len(),
+        offer: &offer,
+    });
     let mut results = Vec::new();
-    for s in &selected {
-        for r in &mut reporters {
-            r.event(&RunEvent::ScenarioStarted { id: s.id });
-        }
+    for (index, s) in selected.iter().enumerate() {
+        emit(RunEvent::ScenarioStarted { index, id: s.id });
         let mut res = run_scenario(&opts, s);
         if let Some(x) = &expect {
             x.apply(std::slice::from_mut(&mut res));
         }
-        for r in &mut reporters {
-            r.event(&RunEvent::Finished(&res));
-        }
+        emit(RunEvent::scenario_done(index, &res));
         results.push(res);
     }
     let rules = coverage(Some(&results));
-    let run = report::RunReport {
-        results: &results,
-        offer: &offer,
-        rules: &rules,
-        show_rules: a.rules,
-        stale: &[],
-    };
-    for r in &mut reporters {
-        if let Err(e) = r.finish(&run) {
-            return usage(format!("cannot write a report: {e}"));
-        }
+    let summary = RunSummary::new(&results, rules, vec![], ExitPolicy::default());
+    emit(RunEvent::RunFinished(&summary));
+    if let Err(e) = reporters.finish() {
+        return usage(format!("cannot write a report: {e}"));
     }
-    crate::cli::exit_for(&results)
+    summary.exit.code()
 }

@@ -358,7 +358,7 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 /// SHMEM device request travels as one), so only a block back-end can be judged by it.
 pub fn required_device(s: &Scenario) -> Option<crate::device::DeviceType> {
     if let Some(b) = s.builtin {
-        return b.device();
+        return b.meta().device;
     }
     s.spec
         .device

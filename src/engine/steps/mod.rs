@@ -161,7 +161,7 @@ impl<'a> Ctx<'a> {
             let r = b.run(self);
             if r.is_ok() {
                 // A built-in's body is its check: having run to the end, it checked its rules.
-                for &rule in b.rules() {
+                for &rule in b.meta().rules {
                     self.mark(rule);
                 }
             }
