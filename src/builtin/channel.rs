@@ -76,7 +76,7 @@ acked 0 (R-ACK-05: the spec says it is answered whenever REPLY_ACK is negotiated
                 format!("no EOF on the first channel within {CLOSE_WITHIN:?}"),
             ));
         }
-        ctx.step(&Step::new(Action::Probe))
+        ctx.step(&Step::of(Action::Probe(Default::default())))
     }
 }
 
@@ -115,8 +115,7 @@ trip) and not die. A back-end that needs the channel may report errors; it must 
         drop(ch);
         ctx.mark(id::R_BCH_09);
         std::thread::sleep(Duration::from_millis(50));
-        let mut probe = Step::new(Action::Probe);
-        probe.rule = Some(id::R_BCH_09);
+        let probe = Step::of(Action::Probe(Default::default())).citing(id::R_BCH_09);
         ctx.step(&probe)
     }
 }

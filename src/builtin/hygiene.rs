@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{Builtin, clean_session, needs_process, settle};
 use crate::engine::{Ctx, StepError};
+use crate::scenario::model::{AddMemRegArgs, MemoryArgs, RemMemRegArgs, Via};
 use crate::scenario::{Action, Step};
 use crate::target::Instance;
 
@@ -51,10 +52,8 @@ back-end must have unmapped it and closed the fd within a second."
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         needs_process(ctx)?;
-        ctx.step(&Step::new(Action::Negotiate))?;
-        let mut add = Step::new(Action::Memory);
-        add.via = Some("add_mem_reg".into());
-        ctx.step(&add)?;
+        ctx.step(&Step::of(Action::Negotiate(Default::default())))?;
+        ctx.step(&add_mem_reg_layout())?;
         let Some(&ino) = ctx.region_inodes().get(1) else {
             return Err(StepError::Harness("the layout has no second region".into()));
         };
@@ -63,9 +62,7 @@ back-end must have unmapped it and closed the fd within a second."
         if held == 0 {
             ctx.note("the back-end neither maps nor holds the added region's memfd (it may copy or map lazily): nothing to release".into());
         }
-        let mut rem = Step::new(Action::RemMemReg);
-        rem.region = Some(1);
-        ctx.step(&rem)?;
+        ctx.step(&remove_second())?;
         match released(ctx, ino) {
             Some((0, 0)) | None => Ok(()),
             Some((maps, fds)) => Err(ctx.fail(
@@ -107,9 +104,9 @@ long-running back-end is a leak per reconnect."
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         needs_process(ctx)?;
         clean_session(ctx, true)?;
-        ctx.step(&Step::new(Action::BlkGetId))?;
+        ctx.step(&Step::of(Action::BlkGetId(Default::default())))?;
         let inodes = ctx.region_inodes();
-        ctx.step(&Step::new(Action::Disconnect))?;
+        ctx.step(&Step::of(Action::Disconnect(Default::default())))?;
         let mut kept = Vec::new();
         for ino in inodes {
             if let Some((maps, fds)) = released(ctx, ino).filter(|&(m, f)| m + f > 0) {
@@ -127,9 +124,9 @@ long-running back-end is a leak per reconnect."
                 ),
             ));
         }
-        ctx.step(&Step::new(Action::Reconnect))?;
+        ctx.step(&Step::of(Action::Reconnect(Default::default())))?;
         clean_session(ctx, true)?;
-        ctx.step(&Step::new(Action::BlkGetId))
+        ctx.step(&Step::of(Action::BlkGetId(Default::default())))
     }
 }
 
@@ -161,23 +158,19 @@ times; /proc/<pid>/fd and /proc/<pid>/maps may not grow by more than a small sla
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         needs_process(ctx)?;
-        ctx.step(&Step::new(Action::Negotiate))?;
-        let mut add = Step::new(Action::Memory);
-        add.via = Some("add_mem_reg".into());
-        ctx.step(&add)?;
+        ctx.step(&Step::of(Action::Negotiate(Default::default())))?;
+        ctx.step(&add_mem_reg_layout())?;
         std::thread::sleep(Duration::from_millis(50));
         let (Some(maps0), Some(fds0)) = (ctx.target().map_count(), ctx.target().fd_count()) else {
             return Err(StepError::NotApplicable("/proc/<pid> vanished".into()));
         };
-        let mut rem = Step::new(Action::RemMemReg);
-        rem.region = Some(1);
-        let mut again = Step::new(Action::AddMemReg);
-        again.region = Some(1);
+        let rem = remove_second();
+        let again = Step::of(Action::AddMemReg(AddMemRegArgs { region: 1 }));
         for _ in 0..CYCLES {
             ctx.step(&rem)?;
             ctx.step(&again)?;
         }
-        ctx.step(&Step::new(Action::Probe))?;
+        ctx.step(&Step::of(Action::Probe(Default::default())))?;
         let within = Duration::from_millis(500);
         let maps = settle(ctx, Instance::map_count, maps0 + SLACK, within).unwrap_or(maps0);
         let fds = settle(ctx, Instance::fd_count, fds0 + SLACK, within).unwrap_or(fds0);
@@ -224,8 +217,8 @@ back-end must answer GET_FEATURES on the new connection. A back-end that exits i
 scenario on a fresh process (spawn mode)."
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
-        ctx.step(&Step::new(Action::Negotiate))?;
-        ctx.step(&Step::new(Action::Disconnect))?;
+        ctx.step(&Step::of(Action::Negotiate(Default::default())))?;
+        ctx.step(&Step::of(Action::Disconnect(Default::default())))?;
         ctx.mark(id::R_ROB_09);
         let st = ctx
             .target()
@@ -242,7 +235,23 @@ scenario on a fresh process (spawn mode)."
                 format!("back-end process {st}"),
             ));
         }
-        ctx.step(&Step::new(Action::Reconnect))?;
-        ctx.step(&Step::new(Action::Probe))
+        ctx.step(&Step::of(Action::Reconnect(Default::default())))?;
+        ctx.step(&Step::of(Action::Probe(Default::default())))
     }
+}
+
+/// The default layout announced region by region (ADD_MEM_REG).
+fn add_mem_reg_layout() -> Step {
+    Step::of(Action::Memory(MemoryArgs {
+        via: Some(Via::AddMemReg),
+        ..MemoryArgs::default()
+    }))
+}
+
+/// REM_MEM_REG of the layout's second region.
+fn remove_second() -> Step {
+    Step::of(Action::RemMemReg(RemMemRegArgs {
+        region: 1,
+        tweak: None,
+    }))
 }

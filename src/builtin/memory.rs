@@ -42,9 +42,9 @@ by more than a small slack: one leaked mapping or fd per table is a failure."
             return Err(StepError::NotApplicable("/proc/<pid> vanished".into()));
         };
         for _ in 0..REPLACEMENTS {
-            ctx.step(&Step::new(Action::Memory))?;
+            ctx.step(&Step::of(Action::Memory(Default::default())))?;
         }
-        ctx.step(&Step::new(Action::Probe))?;
+        ctx.step(&Step::of(Action::Probe(Default::default())))?;
         let within = Duration::from_millis(500);
         let maps = settle(ctx, Instance::map_count, maps0 + SLACK, within).unwrap_or(maps0);
         let fds = settle(ctx, Instance::fd_count, fds0 + SLACK, within).unwrap_or(fds0);
@@ -106,7 +106,7 @@ has room for them); region N+1 must be refused (non-zero ack or the connection c
 back-end must survive. N above 4096 is not exercised."
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
-        ctx.step(&Step::new(Action::Negotiate))?;
+        ctx.step(&Step::of(Action::Negotiate(Default::default())))?;
         let r = ctx.session_mut()?.get_max_mem_slots();
         let max = r.map_err(|e| ctx.session_error(id::R_MEM_10, e))?;
         if max == 0 || max > MAX_SLOTS_EXERCISED {
@@ -155,8 +155,7 @@ back-end must survive. N above 4096 is not exercised."
             )),
             Ok(_) => Ok(()),
             Err(vhu_mock_frontend::SessionError::Closed { .. }) => {
-                let mut probe = Step::new(Action::Probe);
-                probe.rule = Some(id::R_MEM_10);
+                let probe = Step::of(Action::Probe(Default::default())).citing(id::R_MEM_10);
                 ctx.step(&probe)
             }
             Err(e) => Err(ctx.session_error(id::R_MEM_10, e)),

@@ -80,7 +80,7 @@ back-end should look at the ring when it starts (R-RING-04), so the request comp
         }
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
-        ctx.step(&Step::new(Action::Negotiate))?;
+        ctx.step(&Step::of(Action::Negotiate(Default::default())))?;
         let features = ctx.session_mut()?.acked_features().unwrap_or(0);
         let mut mem = default_memory(ctx)?;
         let event_idx = features & VirtioFeatures::EVENT_IDX.bits() != 0;
@@ -190,7 +190,7 @@ the spec (GET_VRING_BASE without SKIP_DRAIN) has every in-flight request complet
 reply, so the used index in guest memory, read as soon as the reply arrives, must equal it."
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
-        ctx.step(&Step::new(Action::Negotiate))?;
+        ctx.step(&Step::of(Action::Negotiate(Default::default())))?;
         let features = ctx.session_mut()?.acked_features().unwrap_or(0);
         let mut mem = default_memory(ctx)?;
         let mut q = super::start_queue(ctx, &mut mem, features, id::R_VRING_01, |_| {})?;

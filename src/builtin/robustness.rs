@@ -70,7 +70,7 @@ not grow by more than a small slack, and the session must still answer."
                 "the scenario deadline allowed {sent} of {FLOOD} replacements"
             ));
         }
-        ctx.step(&Step::new(Action::Probe))?;
+        ctx.step(&Step::of(Action::Probe(Default::default())))?;
         let within = Duration::from_millis(500);
         let fds = settle(ctx, Instance::fd_count, fds0 + SLACK, within).unwrap_or(fds0);
         ctx.note(format!(
