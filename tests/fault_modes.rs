@@ -4,7 +4,12 @@
 //! (R-CRASH-01) must fail. Without a fault, everything passes, and against each legal variation
 //! of real back-ends (`faults::VARIATIONS`) nothing fails and nothing errs.
 
+use std::collections::BTreeMap;
 use std::process::Command;
+use std::sync::Mutex;
+
+#[path = "common/golden.rs"]
+mod golden;
 
 /// Step timeout of the fault runs: short, since many faults make steps time out.
 const STEP_TIMEOUT_MS: u32 = 400;
@@ -98,6 +103,9 @@ fn the_reference_back_end_passes_everything() {
         results.len() - gated,
         "{text}"
     );
+    if let Err(diff) = golden::check("bundled-blk.txt", &golden::verdicts(&report)) {
+        panic!("{diff}");
+    }
 }
 
 #[test]
@@ -121,6 +129,10 @@ fn the_reference_net_and_rng_back_ends_fail_nothing() {
             own_passed,
             "--device {device}: no {device}/ scenario passed\n{text}"
         );
+        let golden_file = format!("bundled-{device}.txt");
+        if let Err(diff) = golden::check(&golden_file, &golden::verdicts(&report)) {
+            panic!("{diff}");
+        }
     }
 }
 
@@ -152,8 +164,11 @@ fn every_fault_mode_is_caught_by_a_scenario_citing_its_rule() {
         .filter(|f| !f.3.starts_with("--device "))
         .map(|f| (f.1, f.2))
         .collect();
+    let runs = Mutex::new(BTreeMap::new());
     let missed = three_at_a_time(&faults, |&(name, rule)| {
         let (_, report, text) = run_suite(Some(name));
+        let verdicts = golden::verdicts(&report);
+        runs.lock().unwrap().insert(name.to_string(), verdicts);
         // A crash is always a failure; other rules may only warn (SHOULD, robustness).
         let verdicts: &[&str] = if rule == "R-CRASH-01" {
             &["fail"]
@@ -175,6 +190,11 @@ fn every_fault_mode_is_caught_by_a_scenario_citing_its_rule() {
         "fault modes not caught with their rule:\n{}",
         missed.join("\n")
     );
+    // Each fault's run gives the verdicts it gave before (what differs from the run without one).
+    let runs = runs.into_inner().unwrap();
+    if let Err(diff) = golden::check_runs("faults.txt", Some("bundled-blk.txt"), &runs) {
+        panic!("{diff}");
+    }
 }
 
 /// At most `n` characters of `s`, on one line.
@@ -225,8 +245,11 @@ fn legal_variations_give_no_fail() {
         .iter()
         .map(|v| v.1)
         .collect();
+    let runs = Mutex::new(BTreeMap::new());
     let dishonest = three_at_a_time(&variations, |&name| {
         let (code, report, text) = try_run_suite(Some(name), LEGAL_STEP_TIMEOUT_MS);
+        let verdicts = report.as_ref().map(golden::verdicts).unwrap_or_default();
+        runs.lock().unwrap().insert(name.to_string(), verdicts);
         let report = match report {
             Ok(r) => r,
             Err(e) => {
@@ -261,4 +284,8 @@ fn legal_variations_give_no_fail() {
         "failures or errors against legal variations (the spec allows them):\n{}",
         dishonest.join("\n")
     );
+    let runs = runs.into_inner().unwrap();
+    if let Err(diff) = golden::check_runs("variations.txt", Some("bundled-blk.txt"), &runs) {
+        panic!("{diff}");
+    }
 }

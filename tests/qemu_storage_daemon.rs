@@ -4,6 +4,11 @@
 use std::path::Path;
 use std::process::Command;
 
+// Only the one-run half of the golden verdicts is used here.
+#[allow(dead_code)]
+#[path = "common/golden.rs"]
+mod golden;
+
 #[test]
 fn every_applicable_scenario_reaches_a_verdict_against_qemu_storage_daemon() {
     let script =
@@ -90,4 +95,8 @@ fn every_applicable_scenario_reaches_a_verdict_against_qemu_storage_daemon() {
     );
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert!(xml.contains("<testsuites") && xml.contains("blk/write-read"));
+    // Every scenario reaches the verdict it reached before.
+    if let Err(diff) = golden::check("qemu-storage-daemon.txt", &golden::verdicts(&report)) {
+        panic!("{diff}\n{stdout}");
+    }
 }

@@ -5,7 +5,7 @@ use super::{Builtin, BuiltinMeta, clean_session};
 use crate::device::DeviceType;
 use crate::engine::{Ctx, StepError};
 use crate::rules::id;
-use crate::scenario::model::NumOrWord;
+use crate::scenario::model::{BlkIoArgs, Queues};
 use crate::scenario::{Action, Step};
 
 /// Writes distinct patterns to non-overlapping extents, then reads every extent back.
@@ -20,14 +20,15 @@ const EXTENTS: [(u64, u32, u8); 4] = [
     (4096, 32, 0x6e),
 ];
 
-fn blk_step(action: Action, (sector, sectors, pattern): (u64, u32, u8)) -> Step {
-    let mut s = Step::new(action);
-    s.queue = Some(NumOrWord::Num(0));
-    s.sector = Some(sector);
-    s.sectors = Some(sectors);
-    s.pattern = Some(pattern);
-    s.rule = Some(id::R_RING_07);
-    s
+/// The args of a request on queue 0 over one extent.
+fn extent((sector, sectors, pattern): (u64, u32, u8)) -> BlkIoArgs {
+    BlkIoArgs {
+        queue: Some(Queues::Index(0)),
+        sector: Some(sector),
+        sectors: Some(sectors),
+        pattern: Some(pattern),
+        ..BlkIoArgs::default()
+    }
 }
 
 /// What [`ScatteredPatterns`] declares.
@@ -49,10 +50,10 @@ impl Builtin for ScatteredPatterns {
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         clean_session(ctx, true)?;
         for e in EXTENTS {
-            ctx.step(&blk_step(Action::BlkWrite, e))?;
+            ctx.step(&Step::of(Action::BlkWrite(extent(e))).citing(id::R_RING_07))?;
         }
         for e in EXTENTS.iter().rev() {
-            ctx.step(&blk_step(Action::BlkRead, *e))?;
+            ctx.step(&Step::of(Action::BlkRead(extent(*e))).citing(id::R_RING_07))?;
         }
         Ok(())
     }

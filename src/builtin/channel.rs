@@ -74,7 +74,7 @@ impl Builtin for ReplacedChannelClosed {
                 format!("no EOF on the first channel within {CLOSE_WITHIN:?}"),
             ));
         }
-        ctx.step(&Step::new(Action::Probe))
+        ctx.step(&Step::of(Action::Probe(Default::default())))
     }
 }
 
@@ -109,8 +109,7 @@ impl Builtin for FrontendClosesChannel {
         drop(ch);
         ctx.mark(id::R_BCH_09);
         std::thread::sleep(Duration::from_millis(50));
-        let mut probe = Step::new(Action::Probe);
-        probe.rule = Some(id::R_BCH_09);
+        let probe = Step::of(Action::Probe(Default::default())).citing(id::R_BCH_09);
         ctx.step(&probe)
     }
 }

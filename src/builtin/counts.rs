@@ -7,7 +7,7 @@ use super::{BuiltinMeta, Needs};
 use crate::device::DeviceType;
 use crate::engine::{Ctx, StepError};
 use crate::rules::id;
-use crate::scenario::model::RequestName;
+use crate::scenario::model::{FdKind, Hex, RawArgs, RawRequest, RequestName};
 use crate::scenario::{Action, Expect, Level, Step};
 
 /// A message whose count field says more than its payload holds.
@@ -117,14 +117,17 @@ impl crate::builtin::Builtin for MidSession {
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         super::clean_session(ctx, true)?;
         let (request, flags, payload, fds, expect) = self.0.message();
-        let mut lie = Step::new(Action::Raw);
-        lie.request = Some(RequestName::Name(request.into()));
-        lie.flags = Some(flags);
-        lie.payload_hex = Some(payload.into());
-        lie.fds = Some(fds);
-        lie.fd_kind = Some("memfd".into());
-        lie.expect = Some(expect);
-        ctx.step(&lie)?;
+        let code = RequestName::Name(request.into()).resolve();
+        let lie = RawArgs {
+            request: RawRequest(code.map_err(StepError::Harness)? as u32),
+            flags: Some(flags),
+            header_size: None,
+            payload_hex: Some(payload.parse::<Hex>().map_err(StepError::Harness)?),
+            fds: Some(fds),
+            fd_kind: Some(FdKind::Memfd),
+            window_ms: None,
+        };
+        ctx.step(&Step::of(Action::Raw(lie)).expecting(expect))?;
         if !ctx.has_queue(0) {
             // The back-end closed the connection (a refusal) and a new one answered.
             ctx.note("the back-end closed the connection after the message (a refusal)".into());
@@ -139,8 +142,7 @@ impl crate::builtin::Builtin for MidSession {
             Err(e) => return Err(ctx.session_error(id::R_WIRE_12, e)),
         }
         if ctx.device() == Some(DeviceType::Block) {
-            let mut get_id = Step::new(Action::BlkGetId);
-            get_id.rule = Some(id::R_WIRE_12);
+            let get_id = Step::of(Action::BlkGetId(Default::default())).citing(id::R_WIRE_12);
             ctx.step(&get_id)?;
         } else {
             ctx.note("the running ring's data path is checked for blk only".into());

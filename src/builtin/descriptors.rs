@@ -197,7 +197,7 @@ impl Builtin for Descriptors {
             ));
         };
         let index = request_ring(device);
-        ctx.step(&Step::new(Action::Negotiate))?;
+        ctx.step(&Step::of(Action::Negotiate(Default::default())))?;
         let features = ctx.session_mut()?.acked_features().unwrap_or(0);
         let timeout = ctx.step_timeout();
         let s = ctx.session_mut()?;
@@ -229,7 +229,7 @@ impl Builtin for Descriptors {
                 f.detail,
             ));
         }
-        ctx.step(&Step::new(Action::Disconnect))?;
+        ctx.step(&Step::of(Action::Disconnect(Default::default())))?;
         // No wait for an exit here: a process still running is tried at once, and one that
         // is on its way out fails the new session and is told apart below.
         let st = ctx.target().state();

@@ -206,7 +206,7 @@ impl Builtin for ClosedMidMessage {
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         use crate::scenario::{Action, Step};
-        ctx.step(&Step::new(Action::Negotiate))?;
+        ctx.step(&Step::of(Action::Negotiate(Default::default())))?;
         let body: Vec<u8> = match self.0 {
             Cutoff::AfterHeader => vec![],
             Cutoff::MidPayload => 0u32.to_ne_bytes().to_vec(),
@@ -218,10 +218,9 @@ impl Builtin for ClosedMidMessage {
         let r = ctx.session_mut()?.send_stream(&[partial], &[], &[], PAUSE);
         r.map_err(|e| ctx.session_error(id::R_WIRE_15, e))?;
         std::thread::sleep(Duration::from_millis(20));
-        ctx.step(&Step::new(Action::Disconnect))?;
+        ctx.step(&Step::of(Action::Disconnect(Default::default())))?;
         ctx.mark(id::R_WIRE_15);
-        let mut again = Step::new(Action::Reconnect);
-        again.rule = Some(id::R_WIRE_15);
+        let again = Step::of(Action::Reconnect(Default::default())).citing(id::R_WIRE_15);
         match ctx.step(&again) {
             Ok(()) => {}
             Err(StepError::NotApplicable(_)) => {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{Builtin, BuiltinMeta, Needs, clean_session, needs_process, settle};
 use crate::engine::{Ctx, StepError};
+use crate::scenario::model::{AddMemRegArgs, MemoryArgs, RemMemRegArgs, Via};
 use crate::scenario::{Action, Step};
 use crate::target::Instance;
 
@@ -49,10 +50,8 @@ impl Builtin for RemMemRegReleases {
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         needs_process(ctx)?;
-        ctx.step(&Step::new(Action::Negotiate))?;
-        let mut add = Step::new(Action::Memory);
-        add.via = Some("add_mem_reg".into());
-        ctx.step(&add)?;
+        ctx.step(&Step::of(Action::Negotiate(Default::default())))?;
+        ctx.step(&add_mem_reg_layout())?;
         let Some(&ino) = ctx.region_inodes().get(1) else {
             return Err(StepError::Harness("the layout has no second region".into()));
         };
@@ -61,9 +60,7 @@ impl Builtin for RemMemRegReleases {
         if held == 0 {
             ctx.note("the back-end neither maps nor holds the added region's memfd (it may copy or map lazily): nothing to release".into());
         }
-        let mut rem = Step::new(Action::RemMemReg);
-        rem.region = Some(1);
-        ctx.step(&rem)?;
+        ctx.step(&remove_second())?;
         match released(ctx, ino) {
             Some((0, 0)) | None => Ok(()),
             Some((maps, fds)) => Err(ctx.fail(
@@ -101,9 +98,9 @@ impl Builtin for DisconnectReleases {
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         needs_process(ctx)?;
         clean_session(ctx, true)?;
-        ctx.step(&Step::new(Action::BlkGetId))?;
+        ctx.step(&Step::of(Action::BlkGetId(Default::default())))?;
         let inodes = ctx.region_inodes();
-        ctx.step(&Step::new(Action::Disconnect))?;
+        ctx.step(&Step::of(Action::Disconnect(Default::default())))?;
         let mut kept = Vec::new();
         for ino in inodes {
             if let Some((maps, fds)) = released(ctx, ino).filter(|&(m, f)| m + f > 0) {
@@ -121,9 +118,9 @@ impl Builtin for DisconnectReleases {
                 ),
             ));
         }
-        ctx.step(&Step::new(Action::Reconnect))?;
+        ctx.step(&Step::of(Action::Reconnect(Default::default())))?;
         clean_session(ctx, true)?;
-        ctx.step(&Step::new(Action::BlkGetId))
+        ctx.step(&Step::of(Action::BlkGetId(Default::default())))
     }
 }
 
@@ -153,23 +150,19 @@ impl Builtin for AddRemRepeated {
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
         needs_process(ctx)?;
-        ctx.step(&Step::new(Action::Negotiate))?;
-        let mut add = Step::new(Action::Memory);
-        add.via = Some("add_mem_reg".into());
-        ctx.step(&add)?;
+        ctx.step(&Step::of(Action::Negotiate(Default::default())))?;
+        ctx.step(&add_mem_reg_layout())?;
         std::thread::sleep(Duration::from_millis(50));
         let (Some(maps0), Some(fds0)) = (ctx.target().map_count(), ctx.target().fd_count()) else {
             return Err(StepError::NotApplicable("/proc/<pid> vanished".into()));
         };
-        let mut rem = Step::new(Action::RemMemReg);
-        rem.region = Some(1);
-        let mut again = Step::new(Action::AddMemReg);
-        again.region = Some(1);
+        let rem = remove_second();
+        let again = Step::of(Action::AddMemReg(AddMemRegArgs { region: 1 }));
         for _ in 0..CYCLES {
             ctx.step(&rem)?;
             ctx.step(&again)?;
         }
-        ctx.step(&Step::new(Action::Probe))?;
+        ctx.step(&Step::of(Action::Probe(Default::default())))?;
         let within = Duration::from_millis(500);
         let maps = settle(ctx, Instance::map_count, maps0 + SLACK, within).unwrap_or(maps0);
         let fds = settle(ctx, Instance::fd_count, fds0 + SLACK, within).unwrap_or(fds0);
@@ -214,8 +207,8 @@ impl Builtin for ServesAfterDisconnect {
         &SERVES_AFTER_DISCONNECT_META
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
-        ctx.step(&Step::new(Action::Negotiate))?;
-        ctx.step(&Step::new(Action::Disconnect))?;
+        ctx.step(&Step::of(Action::Negotiate(Default::default())))?;
+        ctx.step(&Step::of(Action::Disconnect(Default::default())))?;
         ctx.mark(id::R_ROB_09);
         let st = ctx
             .target()
@@ -232,7 +225,23 @@ impl Builtin for ServesAfterDisconnect {
                 format!("back-end process {st}"),
             ));
         }
-        ctx.step(&Step::new(Action::Reconnect))?;
-        ctx.step(&Step::new(Action::Probe))
+        ctx.step(&Step::of(Action::Reconnect(Default::default())))?;
+        ctx.step(&Step::of(Action::Probe(Default::default())))
     }
+}
+
+/// The default layout announced region by region (ADD_MEM_REG).
+fn add_mem_reg_layout() -> Step {
+    Step::of(Action::Memory(MemoryArgs {
+        via: Some(Via::AddMemReg),
+        ..MemoryArgs::default()
+    }))
+}
+
+/// REM_MEM_REG of the layout's second region.
+fn remove_second() -> Step {
+    Step::of(Action::RemMemReg(RemMemRegArgs {
+        region: 1,
+        tweak: None,
+    }))
 }

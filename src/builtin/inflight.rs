@@ -254,12 +254,12 @@ impl Builtin for ResubmitAfterReconnect {
         entry[8..].copy_from_slice(&counter.to_ne_bytes());
         let r = buf.write(HEADER + ENTRY * u64::from(head), &entry);
         r.map_err(|e| access_error(ctx, id::R_INFL_05, &e))?;
-        ctx.step(&crate::scenario::Step::new(
-            crate::scenario::Action::Disconnect,
+        ctx.step(&crate::scenario::Step::of(
+            crate::scenario::Action::Disconnect(Default::default()),
         ))?;
         // Skipped, saying why, for a back-end that exits when its front-end leaves.
-        ctx.step(&crate::scenario::Step::new(
-            crate::scenario::Action::Reconnect,
+        ctx.step(&crate::scenario::Step::of(
+            crate::scenario::Action::Reconnect(Default::default()),
         ))?;
         // A new connection: the same buffer, memory and ring, from the base after the request.
         let mut wanted = Wanted::all();

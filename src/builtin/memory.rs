@@ -42,9 +42,9 @@ impl Builtin for TableReplaceUnmaps {
             return Err(StepError::NotApplicable("/proc/<pid> vanished".into()));
         };
         for _ in 0..REPLACEMENTS {
-            ctx.step(&Step::new(Action::Memory))?;
+            ctx.step(&Step::of(Action::Memory(Default::default())))?;
         }
-        ctx.step(&Step::new(Action::Probe))?;
+        ctx.step(&Step::of(Action::Probe(Default::default())))?;
         let within = Duration::from_millis(500);
         let maps = settle(ctx, Instance::map_count, maps0 + SLACK, within).unwrap_or(maps0);
         let fds = settle(ctx, Instance::fd_count, fds0 + SLACK, within).unwrap_or(fds0);
@@ -100,7 +100,7 @@ impl Builtin for AddPastMaxSlots {
         &ADD_PAST_MAX_SLOTS_META
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
-        ctx.step(&Step::new(Action::Negotiate))?;
+        ctx.step(&Step::of(Action::Negotiate(Default::default())))?;
         let r = ctx.session_mut()?.get_max_mem_slots();
         let max = r.map_err(|e| ctx.session_error(id::R_MEM_10, e))?;
         if max == 0 || max > MAX_SLOTS_EXERCISED {
@@ -149,8 +149,7 @@ impl Builtin for AddPastMaxSlots {
             )),
             Ok(_) => Ok(()),
             Err(vhu_mock_frontend::SessionError::Closed { .. }) => {
-                let mut probe = Step::new(Action::Probe);
-                probe.rule = Some(id::R_MEM_10);
+                let probe = Step::of(Action::Probe(Default::default())).citing(id::R_MEM_10);
                 ctx.step(&probe)
             }
             Err(e) => Err(ctx.session_error(id::R_MEM_10, e)),

@@ -177,10 +177,10 @@ pub fn to_scenario(b: &'static dyn Builtin) -> Scenario {
 /// set) queue 0 set up and enabled.
 fn clean_session(ctx: &mut Ctx<'_>, queue: bool) -> Result<(), StepError> {
     use crate::scenario::{Action, Step};
-    ctx.step(&Step::new(Action::Negotiate))?;
-    ctx.step(&Step::new(Action::Memory))?;
+    ctx.step(&Step::of(Action::Negotiate(Default::default())))?;
+    ctx.step(&Step::of(Action::Memory(Default::default())))?;
     if queue {
-        ctx.step(&Step::new(Action::Vring))?;
+        ctx.step(&Step::of(Action::Vring(Default::default())))?;
     }
     Ok(())
 }

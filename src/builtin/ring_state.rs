@@ -65,7 +65,7 @@ impl Builtin for RingStart {
         }
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
-        ctx.step(&Step::new(Action::Negotiate))?;
+        ctx.step(&Step::of(Action::Negotiate(Default::default())))?;
         let features = ctx.session_mut()?.acked_features().unwrap_or(0);
         let mut mem = default_memory(ctx)?;
         let event_idx = features & VirtioFeatures::EVENT_IDX.bits() != 0;
@@ -173,7 +173,7 @@ impl Builtin for BaseAfterInflight {
         &BASE_AFTER_INFLIGHT_META
     }
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
-        ctx.step(&Step::new(Action::Negotiate))?;
+        ctx.step(&Step::of(Action::Negotiate(Default::default())))?;
         let features = ctx.session_mut()?.acked_features().unwrap_or(0);
         let mut mem = default_memory(ctx)?;
         let mut q = super::start_queue(ctx, &mut mem, features, id::R_VRING_01, |_| {})?;

@@ -68,7 +68,7 @@ impl Builtin for CallFdFlood {
                 "the scenario deadline allowed {sent} of {FLOOD} replacements"
             ));
         }
-        ctx.step(&Step::new(Action::Probe))?;
+        ctx.step(&Step::of(Action::Probe(Default::default())))?;
         let within = Duration::from_millis(500);
         let fds = settle(ctx, Instance::fd_count, fds0 + SLACK, within).unwrap_or(fds0);
         ctx.note(format!(

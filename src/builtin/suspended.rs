@@ -70,7 +70,7 @@ impl Builtin for Suspended {
             When::Stopped => id::R_RING_12,
             When::AfterSave => id::R_MIG_12,
         };
-        ctx.step(&Step::new(Action::Negotiate))?;
+        ctx.step(&Step::of(Action::Negotiate(Default::default())))?;
         let features = ctx.session_mut()?.acked_features().unwrap_or(0);
         let mut mem = default_memory(ctx)?;
         let mut q = start_queue(ctx, &mut mem, features, id::R_VRING_01, |_| {})?;
@@ -84,8 +84,7 @@ impl Builtin for Suspended {
         let r = ctx.session_mut()?.get_vring_base(0);
         r.map_err(|e| ctx.session_error(id::R_RING_12, e))?;
         if self.0 == When::AfterSave {
-            let mut save = Step::new(Action::SaveState);
-            save.rule = Some(id::R_MIG_12);
+            let save = Step::of(Action::SaveState(Default::default())).citing(id::R_MIG_12);
             ctx.step(&save)?;
         }
         let channel_before = ctx.session_mut()?.channel().map(|c| c.requests().len());
@@ -127,8 +126,7 @@ impl Builtin for Suspended {
                 format!("within {WATCH:?} of a kick on stopped queue 0"),
             ));
         }
-        let mut probe = Step::new(Action::Probe);
-        probe.rule = Some(id::R_RING_12);
+        let probe = Step::of(Action::Probe(Default::default())).citing(id::R_RING_12);
         ctx.step(&probe)?;
         let r = ctx.session_mut()?.get_protocol_features();
         r.map(drop).map_err(|e| ctx.session_error(id::R_RING_12, e))

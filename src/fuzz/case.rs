@@ -95,12 +95,14 @@ pub enum FdKind {
 }
 
 impl FdKind {
-    /// The scenario file's `fd_kind` for this kind; the engine knows eventfd, memfd and pipe.
-    pub fn scenario_name(self) -> &'static str {
+    /// The scenario file's `fd_kind` for this kind (a pipe stands for the kinds a scenario
+    /// cannot make).
+    pub fn scenario_kind(self) -> crate::scenario::model::FdKind {
+        use crate::scenario::model::FdKind as Kind;
         match self {
-            Self::Eventfd => "eventfd",
-            Self::Memfd => "memfd",
-            Self::Pipe | Self::Socket | Self::Null => "pipe",
+            Self::Eventfd => Kind::Eventfd,
+            Self::Memfd => Kind::Memfd,
+            Self::Pipe | Self::Socket | Self::Null => Kind::Pipe,
         }
     }
 }

@@ -12,7 +12,10 @@ use super::FuzzError;
 use super::case::{Case, Input, MessageCase, Stage};
 use super::oracle::{Failure, FailureKind};
 use crate::rules::{RuleId, id};
-use crate::scenario::model::{Action, Level, NumOrWord, RequestName, ScenarioFile, Step};
+use crate::scenario::model::{
+    Action, BlkIoArgs, Hex, Layout, Level, MemoryArgs, NoArgs, Queues, RawArgs, RawRequest,
+    ScenarioFile, Step, Via, VringArgs,
+};
 use crate::target::TargetSpec;
 use vhu_protocol::wire::payload::MAX_MEM_TABLE_REGIONS;
 
@@ -212,28 +215,25 @@ pub fn load(text: &str) -> Option<Result<Reproducer, String>> {
     (!body.is_empty()).then(|| toml::from_str(&body.join("\n")).map_err(|e| e.to_string()))
 }
 
-fn step(action: Action) -> Step {
-    Step::new(action)
-}
-
 /// The case as a scenario: reach the stage, send the message raw (alive expected), then a
 /// fresh connection runs a whole session and a blk write and read-back.
 fn scenario(n: usize, r: &Reproducer) -> ScenarioFile {
     let mut steps = stage_steps(r.case.stage, 64);
     match &r.case.input {
         Input::Message(m) => steps.push(raw_step(m)),
-        Input::Chain(_) => steps.push(step(Action::Probe)),
+        Input::Chain(_) => steps.push(Step::of(Action::Probe(NoArgs {}))),
     }
-    steps.push(step(Action::Reconnect));
+    steps.push(Step::of(Action::Reconnect(NoArgs {})));
     steps.extend(stage_steps(Stage::Rings, 128));
-    for action in [Action::BlkWrite, Action::BlkRead] {
-        let mut s = step(action);
-        s.queue = Some(NumOrWord::Num(0));
-        s.sector = Some(0);
-        s.sectors = Some(8);
-        s.pattern = Some(0x5a);
-        steps.push(s);
-    }
+    let io = BlkIoArgs {
+        queue: Some(Queues::Index(0)),
+        sector: Some(0),
+        sectors: Some(8),
+        pattern: Some(0x5a),
+        ..BlkIoArgs::default()
+    };
+    steps.push(Step::of(Action::BlkWrite(io.clone())));
+    steps.push(Step::of(Action::BlkRead(io)));
     ScenarioFile {
         id: format!("fuzz/{:016x}-{n}", r.seed),
         title: format!(
@@ -255,34 +255,36 @@ fn scenario(n: usize, r: &Reproducer) -> ScenarioFile {
 fn stage_steps(stage: Stage, ring_size: u64) -> Vec<Step> {
     let mut steps = vec![];
     if stage >= Stage::Negotiated {
-        steps.push(step(Action::Negotiate));
+        steps.push(Step::of(Action::Negotiate(Default::default())));
     }
     if stage >= Stage::Memory {
-        let mut s = step(Action::Memory);
-        s.layout = Some("default".into());
-        s.via = Some("table".into());
-        steps.push(s);
+        steps.push(Step::of(Action::Memory(MemoryArgs {
+            layout: Some(Layout::Default),
+            via: Some(Via::Table),
+            ..MemoryArgs::default()
+        })));
     }
     if stage >= Stage::Rings {
-        let mut s = step(Action::Vring);
-        s.queue = Some(NumOrWord::Num(0));
-        s.size = Some(ring_size);
-        steps.push(s);
+        steps.push(Step::of(Action::Vring(VringArgs {
+            queue: Some(Queues::Index(0)),
+            ring_size: Some(ring_size),
+            ..VringArgs::default()
+        })));
     }
     steps
 }
 
 fn raw_step(m: &MessageCase) -> Step {
-    let mut s = step(Action::Raw);
-    s.request = Some(RequestName::Code(m.code));
-    s.flags = Some(m.flags);
-    s.size = m.size.map(u64::from);
-    s.payload_hex = Some(m.payload_hex.clone());
-    if m.fds > 0 {
-        s.fds = Some(m.fds);
-        s.fd_kind = Some(m.fd_kind.scenario_name().into());
-    }
-    s
+    let with_fds = m.fds > 0;
+    Step::of(Action::Raw(RawArgs {
+        request: RawRequest(m.code),
+        flags: Some(m.flags),
+        header_size: m.size,
+        payload_hex: Some(Hex(m.payload())),
+        fds: with_fds.then_some(m.fds),
+        fd_kind: with_fds.then(|| m.fd_kind.scenario_kind()),
+        window_ms: None,
+    }))
 }
 
 #[cfg(test)]
@@ -326,11 +328,15 @@ mod tests {
             .spec
             .steps
             .iter()
-            .find(|s| s.action == Action::Raw)
+            .find_map(|s| match &s.action {
+                Action::Raw(a) => Some(a),
+                _ => None,
+            })
             .unwrap();
-        assert_eq!(raw.size, Some(9));
+        assert_eq!(raw.header_size, Some(9));
         assert_eq!(raw.fds, Some(2));
-        assert_eq!(s.spec.steps.last().unwrap().action, Action::BlkRead);
+        let last = &s.spec.steps.last().unwrap().action;
+        assert!(matches!(last, Action::BlkRead(_)), "{last:?}");
     }
 
     #[test]

@@ -120,15 +120,16 @@ impl Ctx<'_> {
         )
     }
 
-    /// When `step.new_call` is set: replaces ring `idx`'s call eventfd (SET_VRING_CALL while it
+    /// When `new_call` is set: replaces ring `idx`'s call eventfd (SET_VRING_CALL while it
     /// runs) and returns the old one, drained once the swap was handled, for
     /// [`check_old_call`](Self::check_old_call).
     pub(super) fn maybe_swap_call(
         &mut self,
         step: &Step,
+        new_call: bool,
         idx: u16,
     ) -> Result<Option<EventFd>, StepError> {
-        if step.new_call != Some(true) {
+        if !new_call {
             return Ok(None);
         }
         let mut q = self.queues.remove(&idx).ok_or_else(|| {

@@ -11,7 +11,7 @@ use vhu_protocol::{FrontendReq, Message};
 
 use super::{Ctx, StepError, StepResult};
 use crate::engine::{chain, describe_exit};
-use crate::scenario::model::{NumOrWord, Step};
+use crate::scenario::model::{BlkIoArgs, Queues, Step};
 use crate::scenario::{Action, Expect};
 use crate::target::ProcessState;
 
@@ -29,9 +29,10 @@ impl Ctx<'_> {
         r.map(drop).map_err(|e| self.session_failed(step, e))
     }
 
-    pub(super) fn blk(&mut self, step: &Step) -> StepResult {
+    /// A virtio-blk request (the step's action says which) on each ring `a.queue` names.
+    pub(super) fn blk(&mut self, step: &Step, a: &BlkIoArgs) -> StepResult {
         self.sync_unacked(step)?;
-        for idx in self.queue_indices(step) {
+        for idx in self.queue_indices(a.queue) {
             let mut q = self.queues.remove(&idx).ok_or_else(|| {
                 StepError::Harness(format!("queue {idx} is not set up: add a `vring` step"))
             })?;
@@ -39,30 +40,34 @@ impl Ctx<'_> {
                 .mem
                 .take()
                 .ok_or_else(|| StepError::Harness("no memory".into()))?;
-            let sector = step.sector.unwrap_or(0);
-            let len = step.sectors.unwrap_or(8) * 512;
-            let pattern = step.pattern.unwrap_or(0x5a);
+            let sector = a.sector.unwrap_or(0);
+            let len = a.sectors.unwrap_or(8) * 512;
+            let pattern = a.pattern.unwrap_or(0x5a);
             let data = vec![pattern; len as usize];
+            let is_read = matches!(step.action, Action::BlkRead(_));
             let mut req = match step.action {
-                Action::BlkWrite => blk::BlkReq::write(sector, &data),
-                Action::BlkRead => blk::BlkReq::read(sector, len),
-                Action::BlkFlush => blk::BlkReq::flush(),
+                Action::BlkWrite(_) => blk::BlkReq::write(sector, &data),
+                Action::BlkRead(_) => blk::BlkReq::read(sector, len),
+                Action::BlkFlush(_) => blk::BlkReq::flush(),
                 _ => blk::BlkReq::get_id(),
             }
-            .in_segments(step.segments.unwrap_or(1));
-            if step.indirect == Some(true) {
+            .in_segments(a.segments.unwrap_or(1));
+            if a.indirect == Some(true) {
                 req = req.through_indirect();
             }
+            let inband = a.inband_kick == Some(true);
             let calls_before = self.inband_calls(idx);
             let r = if step.expect == Some(Expect::NoReply) {
-                self.blk_must_wait(step, idx, &mut q, &mut mem, req)
+                let window = Duration::from_millis(a.window_ms.unwrap_or(300));
+                self.blk_must_wait(step, idx, &mut q, &mut mem, req, window)
             } else {
-                self.blk_now(step, idx, &mut q, &mut mem, req)
+                self.blk_now(step, idx, &mut q, &mut mem, req, inband)
             };
             self.mem = Some(mem);
             self.queues.insert(idx, q);
             if let Some(r) = r? {
-                self.judge_blk(step, idx, r, pattern)?;
+                let want = (is_read && a.pattern.is_some()).then_some(pattern);
+                self.judge_blk(step, idx, r, want, inband)?;
                 self.check_inband_call(step, idx, calls_before)?;
             }
         }
@@ -77,12 +82,13 @@ impl Ctx<'_> {
         q: &mut DriverQueue,
         mem: &mut GuestMemory,
         req: blk::BlkReq<'_>,
+        inband_kick: bool,
     ) -> Result<Option<Result<BlkOutcome, WaitError>>, StepError> {
         let pending = match blk::blk_submit(q, mem, req) {
             Ok(p) => p,
             Err(e) => return Ok(Some(Err(e))),
         };
-        if step.inband_kick == Some(true) {
+        if inband_kick {
             let kick = Body::VringState(VringState {
                 index: idx.into(),
                 num: 0,
@@ -140,7 +146,7 @@ impl Ctx<'_> {
             id::R_INB_04,
             &format!("queue {idx} completed a request without BACKEND_VRING_CALL"),
             "without a call fd and with in-band notifications, BACKEND_VRING_CALL (num 0) on the back-end channel",
-            format!("no BACKEND_VRING_CALL for the ring within 300 ms of step {:?}'s completion", step.action),
+            format!("no BACKEND_VRING_CALL for the ring within 300 ms of step {}'s completion", step.action.name()),
         );
         Err(StepError::Finding)
     }
@@ -154,9 +160,9 @@ impl Ctx<'_> {
         q: &mut DriverQueue,
         mem: &mut GuestMemory,
         req: blk::BlkReq<'_>,
+        window: Duration,
     ) -> Result<Option<Result<BlkOutcome, WaitError>>, StepError> {
         let pending = blk::blk_submit(q, mem, req).map_err(|e| StepError::Harness(chain(&e)))?;
-        let window = Duration::from_millis(step.window_ms.unwrap_or(300));
         match blk::blk_wait(q, mem, &pending, window) {
             Ok(None) => {
                 self.pending.insert(idx, pending);
@@ -166,7 +172,7 @@ impl Ctx<'_> {
             Ok(Some(o)) => {
                 blk::blk_release(mem, pending);
                 self.mark(self.rule_of(step));
-                let (summary, expected) = self.completed_anyway(idx, &format!("{:?}", step.action));
+                let (summary, expected) = self.completed_anyway(idx, step.action.name());
                 self.finding(step, &summary, expected, format!("{o:?}"));
                 Err(StepError::Finding)
             }
@@ -174,8 +180,8 @@ impl Ctx<'_> {
         }
     }
 
-    pub(super) fn blk_complete(&mut self, step: &Step) -> StepResult {
-        for idx in self.queue_indices(step) {
+    pub(super) fn blk_complete(&mut self, step: &Step, queue: Option<Queues>) -> StepResult {
+        for idx in self.queue_indices(queue) {
             let pending = self.pending.remove(&idx).ok_or_else(|| StepError::Harness(format!("no pending request on queue {idx}: use a blk step with expect = \"no_reply\" first")))?;
             let mut q = self
                 .queues
@@ -198,7 +204,7 @@ impl Ctx<'_> {
                 }),
                 Err(e) => Err(e),
             };
-            self.judge_blk(step, idx, r, 0)?;
+            self.judge_blk(step, idx, r, None, false)?;
         }
         Ok(())
     }
@@ -208,9 +214,10 @@ impl Ctx<'_> {
         step: &Step,
         idx: u16,
         r: Result<BlkOutcome, WaitError>,
-        pattern: u8,
+        read_pattern: Option<u8>,
+        inband: bool,
     ) -> StepResult {
-        let what = format!("{:?} on queue {idx}", step.action);
+        let what = format!("{} on queue {idx}", step.action.name());
         let o = match r {
             Ok(o) => o,
             Err(WaitError::Memory(e)) => return Err(StepError::Harness(chain(&e))),
@@ -225,7 +232,6 @@ impl Ctx<'_> {
                 }
                 // Announced by a VRING_KICK message, the request not completing is that
                 // message not processing the ring (R-INB-02).
-                let inband = step.inband_kick == Some(true);
                 self.fail(
                     step.rule
                         .unwrap_or(if inband { id::R_INB_02 } else { id::R_RING_07 }),
@@ -259,10 +265,7 @@ impl Ctx<'_> {
         if !o.readonly_intact {
             problems.push("a driver-readable buffer was written".into());
         }
-        if step.action == Action::BlkRead
-            && step.pattern.is_some()
-            && o.data.iter().any(|&b| b != pattern)
-        {
+        if let Some(pattern) = read_pattern.filter(|&p| o.data.iter().any(|&b| b != p)) {
             let at = o.data.iter().position(|&b| b != pattern).unwrap_or(0);
             problems.push(format!("data read differs from what was written at byte {at}: {:#04x}, wanted {pattern:#04x}", o.data[at]));
         }
@@ -305,8 +308,8 @@ impl Ctx<'_> {
 
     /// Replaces the call fd of running queues, then checks a completion is signalled on the
     /// new fd and not on the old one (R-RING-15).
-    pub(super) fn swap_call(&mut self, step: &Step) -> StepResult {
-        for idx in self.queue_indices(step) {
+    pub(super) fn swap_call(&mut self, step: &Step, queue: Option<Queues>) -> StepResult {
+        for idx in self.queue_indices(queue) {
             let mut q = self.queues.remove(&idx).ok_or_else(|| {
                 StepError::Harness(format!("queue {idx} is not set up: add a `vring` step"))
             })?;
@@ -319,10 +322,15 @@ impl Ctx<'_> {
             };
             self.queues.insert(idx, q);
             let old = r.map_err(|e| self.session_failed(step, e))?;
-            let mut read = Step::new(Action::BlkGetId);
-            read.queue = Some(NumOrWord::Num(idx.into()));
-            read.rule = Some(self.rule_of(step));
-            self.blk(&read)?;
+            let queue = Some(Queues::Index(idx));
+            let read = Step::of(Action::BlkGetId(Default::default())).citing(self.rule_of(step));
+            self.blk(
+                &read,
+                &BlkIoArgs {
+                    queue,
+                    ..BlkIoArgs::default()
+                },
+            )?;
             self.mark(id::R_RING_15);
             self.mark(id::R_WIRE_08);
             if old.read().is_ok() {

@@ -15,7 +15,7 @@ use super::{Ctx, StepError, StepResult};
 use crate::engine::{chain, describe_exit};
 use crate::rules::{RuleId, id};
 use crate::scenario::Action;
-use crate::scenario::model::{NumOrWord, Step};
+use crate::scenario::model::{FsFileArgs, FsReadArgs, Step};
 use crate::target::ProcessState;
 
 /// An opcode FUSE does not define (opcodes run from 1 to a few dozen, CUSE_INIT is 4096).
@@ -58,6 +58,18 @@ fn file_content(len: u32, pattern: Option<u8>) -> Vec<u8> {
 }
 
 /// The facts of an exchange on one line (its written bytes left out).
+/// The file an fs step names (`name`), for the steps that take one.
+fn name_of(step: &Step) -> Option<&str> {
+    match &step.action {
+        Action::FsGetattr(a) => a.name.as_deref(),
+        Action::FsLookup(a) => Some(&a.name),
+        Action::FsOpen(a) | Action::FsRelease(a) | Action::FsForget(a) => Some(&a.name),
+        Action::FsRead(a) => Some(&a.name),
+        Action::FsFile(a) => Some(&a.name),
+        _ => None,
+    }
+}
+
 pub(super) fn brief(x: &Exchanged) -> String {
     format!(
         "used element id {}, used length {} of {} device-writable bytes, canaries {}, readable buffers {}, notified {}",
@@ -84,9 +96,9 @@ impl Ctx<'_> {
     pub(super) fn fs_step(&mut self, step: &Step) -> StepResult {
         let before = self.findings.len();
         self.fs.last = None;
-        let r = match step.action {
-            Action::FsFile => self.fs_file(step),
-            Action::FsConfig => self.fs_config(step),
+        let r = match &step.action {
+            Action::FsFile(a) => self.fs_file(a),
+            Action::FsConfig(_) => self.fs_config(step),
             _ => self.fuse(step),
         };
         let sent = self.fs.last.clone();
@@ -106,14 +118,14 @@ impl Ctx<'_> {
         }
     }
 
-    fn fs_file(&mut self, step: &Step) -> StepResult {
-        let name = step.name.clone().unwrap_or_default();
+    fn fs_file(&mut self, a: &FsFileArgs) -> StepResult {
+        let name = a.name.clone();
         let Some(dir) = self.fs_dir() else {
             return Err(StepError::NotApplicable(
                 "the shared directory is unknown: pass --fs-dir DIR, or put {fs_dir} in the --spawn command".into(),
             ));
         };
-        let data = file_content(step.file_bytes.unwrap_or(4096), step.pattern);
+        let data = file_content(a.file_bytes.unwrap_or(4096), a.pattern);
         std::fs::write(dir.join(&name), &data).map_err(|e| {
             StepError::Harness(format!("cannot create {}: {e}", dir.join(&name).display()))
         })?;
@@ -121,17 +133,16 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// The request queue a FUSE step uses: `queue`, else 1 (0 is hiprio, for FORGET).
+    /// The queue a FUSE step uses: 1, the first request queue (0 is hiprio, for FORGET).
     fn fs_queue(step: &Step) -> u16 {
-        match step.queue {
-            Some(NumOrWord::Num(n)) => n as u16,
-            _ if step.action == Action::FsForget => 0,
+        match step.action {
+            Action::FsForget(_) => 0,
             _ => 1,
         }
     }
 
     fn node_of(&self, step: &Step) -> Result<u64, StepError> {
-        match &step.name {
+        match name_of(step) {
             None => Ok(fs::ROOT_ID),
             Some(n) => self.fs.nodes.get(n).copied().ok_or_else(|| {
                 StepError::Harness(format!(
@@ -143,41 +154,45 @@ impl Ctx<'_> {
 
     fn handle_of(&self, step: &Step) -> Result<(u64, u64), StepError> {
         let node = self.node_of(step)?;
-        let n = step.name.clone().unwrap_or_default();
-        let fh = self.fs.handles.get(&n).copied().ok_or_else(|| {
+        let n = name_of(step).unwrap_or_default();
+        let fh = self.fs.handles.get(n).copied().ok_or_else(|| {
             StepError::Harness(format!("{n:?} is not open: add an fs_open step first"))
         })?;
         Ok((node, fh))
     }
 
     fn fuse_request(&self, step: &Step) -> Result<FuseRequest, StepError> {
-        Ok(match step.action {
-            Action::FsInit => FuseRequest::init(),
-            Action::FsGetattr => FuseRequest::getattr(self.node_of(step)?),
-            Action::FsLookup => {
-                FuseRequest::lookup(fs::ROOT_ID, step.name.as_deref().unwrap_or_default())
-            }
-            Action::FsOpen => FuseRequest::open(self.node_of(step)?),
-            Action::FsRead => {
+        Ok(match &step.action {
+            Action::FsInit(_) => FuseRequest::init(),
+            Action::FsGetattr(_) => FuseRequest::getattr(self.node_of(step)?),
+            Action::FsLookup(a) => FuseRequest::lookup(fs::ROOT_ID, &a.name),
+            Action::FsOpen(_) => FuseRequest::open(self.node_of(step)?),
+            Action::FsRead(a) => {
                 let (node, fh) = self.handle_of(step)?;
                 FuseRequest::read(
                     node,
                     fh,
-                    step.read_offset.unwrap_or(0),
-                    step.read_size.unwrap_or(4096),
+                    a.read_offset.unwrap_or(0),
+                    a.read_size.unwrap_or(4096),
                 )
             }
-            Action::FsRelease => {
+            Action::FsRelease(_) => {
                 let (node, fh) = self.handle_of(step)?;
                 FuseRequest::release(node, fh)
             }
-            Action::FsForget => FuseRequest::forget(self.node_of(step)?, 1),
-            _ => FuseRequest::unknown(step.opcode.unwrap_or(UNKNOWN_OPCODE)),
+            Action::FsForget(_) => FuseRequest::forget(self.node_of(step)?, 1),
+            Action::FsUnknown(a) => FuseRequest::unknown(a.opcode.unwrap_or(UNKNOWN_OPCODE)),
+            other => {
+                return Err(StepError::Harness(format!(
+                    "{} is not a FUSE request",
+                    other.name()
+                )));
+            }
         })
     }
 
     fn fuse(&mut self, step: &Step) -> StepResult {
-        if step.action != Action::FsInit && !self.fs.initialized {
+        if !matches!(step.action, Action::FsInit(_)) && !self.fs.initialized {
             // INIT first (R-FS-02) is the driver's duty: a scenario without it is wrong.
             return Err(StepError::Harness(
                 "FUSE requests need an fs_init step first (FUSE_INIT opens the session)".into(),
@@ -189,7 +204,7 @@ impl Ctx<'_> {
         let unique = self.fs.unique;
         // SAFETY: getuid/getgid cannot fail and touch no memory.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        let spec = req.chain(unique, uid, gid, step.indirect == Some(true));
+        let spec = req.chain(unique, uid, gid, step.action.indirect());
         self.fs.last = Some(format!(
             "on queue {idx}: {:?} with a {}-byte body, {} device-writable bytes",
             req.header(unique, uid, gid),
@@ -215,7 +230,8 @@ impl Ctx<'_> {
             Err(e) => return self.judge_ring(step, idx, &what, Err(e)),
         };
         // FORGET has no reply: its used length is its rule's, before the generic bound.
-        if step.action == Action::FsForget && x.ring.canary_intact && x.ring.readonly_intact {
+        let forget = matches!(step.action, Action::FsForget(_));
+        if forget && x.ring.canary_intact && x.ring.readonly_intact {
             self.mark(id::R_FS_06);
             if x.ring.used_len != 0 {
                 return Err(self.fail(
@@ -227,7 +243,7 @@ impl Ctx<'_> {
             }
         }
         self.judge_ring(step, idx, &what, Ok(&x.ring))?;
-        if step.action == Action::FsForget {
+        if forget {
             return Ok(());
         }
         self.judge_fuse(step, &what, unique, &x)
@@ -335,24 +351,20 @@ impl Ctx<'_> {
                 format!("{h:?}"),
             ));
         }
-        match step.action {
-            Action::FsInit => self.judge_init(what, x),
-            Action::FsGetattr => self.judge_getattr(step, what, x),
-            Action::FsLookup => self.judge_lookup(step, what, x),
-            Action::FsOpen => {
+        match &step.action {
+            Action::FsInit(_) => self.judge_init(what, x),
+            Action::FsGetattr(_) => self.judge_getattr(step, what, x),
+            Action::FsLookup(a) => self.judge_lookup(&a.name, a.missing == Some(true), what, x),
+            Action::FsOpen(a) => {
                 self.expect_ok(id::R_FS_04, what, x, size_of::<OpenOut>())?;
                 let o = x.body_as::<OpenOut>().unwrap_or_default();
-                self.fs
-                    .handles
-                    .insert(step.name.clone().unwrap_or_default(), o.fh);
+                self.fs.handles.insert(a.name.clone(), o.fh);
                 Ok(())
             }
-            Action::FsRead => self.judge_read(step, what, x),
-            Action::FsRelease => {
+            Action::FsRead(a) => self.judge_read(a, what, x),
+            Action::FsRelease(a) => {
                 self.expect_ok(id::R_FS_04, what, x, 0)?;
-                self.fs
-                    .handles
-                    .remove(step.name.as_deref().unwrap_or_default());
+                self.fs.handles.remove(&a.name);
                 Ok(())
             }
             _ => self.expect_errno(id::R_FS_03, what, x, fs::ENOSYS, "ENOSYS"),
@@ -424,13 +436,11 @@ impl Ctx<'_> {
     fn judge_getattr(&mut self, step: &Step, what: &str, x: &FuseExchanged) -> StepResult {
         self.expect_ok(id::R_FS_04, what, x, size_of::<AttrOut>())?;
         let a = x.body_as::<AttrOut>().unwrap_or_default().attr;
-        let (want, kind) = match &step.name {
+        let (want, kind) = match name_of(step) {
             None => (fs::S_IFDIR, "a directory (the root)"),
             Some(_) => (fs::S_IFREG, "a regular file"),
         };
-        let size = step
-            .name
-            .as_ref()
+        let size = name_of(step)
             .and_then(|n| self.fs.files.get(n))
             .map(|d| d.len() as u64);
         if a.file_type() != want || size.is_some_and(|s| s != a.size) {
@@ -447,10 +457,16 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn judge_lookup(&mut self, step: &Step, what: &str, x: &FuseExchanged) -> StepResult {
-        let name = step.name.clone().unwrap_or_default();
+    fn judge_lookup(
+        &mut self,
+        name: &str,
+        missing: bool,
+        what: &str,
+        x: &FuseExchanged,
+    ) -> StepResult {
+        let name = name.to_string();
         let h = x.header.unwrap_or_default();
-        if step.missing == Some(true) {
+        if missing {
             // A successful reply with node id 0 is FUSE's negative entry (the kernel reads it as
             // ENOENT and caches it): legal.
             if h.error == 0 && x.body_as::<EntryOut>().is_some_and(|e| e.nodeid == 0) {
@@ -487,16 +503,16 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn judge_read(&mut self, step: &Step, what: &str, x: &FuseExchanged) -> StepResult {
+    fn judge_read(&mut self, a: &FsReadArgs, what: &str, x: &FuseExchanged) -> StepResult {
         self.expect_ok(id::R_FS_04, what, x, 0)?;
-        let name = step.name.clone().unwrap_or_default();
+        let name = a.name.clone();
         let Some(data) = self.fs.files.get(&name) else {
             // A file the scenario did not make: its bytes are unknown, only the reply's form
             // was checked.
             return Ok(());
         };
-        let off = (step.read_offset.unwrap_or(0) as usize).min(data.len());
-        let end = (off + step.read_size.unwrap_or(4096) as usize).min(data.len());
+        let off = (a.read_offset.unwrap_or(0) as usize).min(data.len());
+        let end = (off + a.read_size.unwrap_or(4096) as usize).min(data.len());
         let want = &data[off..end];
         if x.body != want {
             let at = x

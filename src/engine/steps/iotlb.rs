@@ -18,7 +18,7 @@ use zerocopy::FromBytes;
 
 use super::{Ctx, StepError, StepResult};
 use crate::rules::id;
-use crate::scenario::model::{IotlbOp, Step};
+use crate::scenario::model::{IotlbArgs, IotlbOp, Step};
 
 /// The region nothing is allocated in behind the IOMMU: region 0's IOVAs are its guest range,
 /// so a device that takes an IOVA for a guest address writes here.
@@ -97,15 +97,13 @@ impl Ctx<'_> {
         }
     }
 
-    pub(super) fn iotlb_step(&mut self, step: &Step) -> StepResult {
+    pub(super) fn iotlb_step(&mut self, step: &Step, a: &IotlbArgs) -> StepResult {
         if !self.iommu_negotiated() {
             return Err(StepError::Harness(
                 "an `iotlb` step needs ACCESS_PLATFORM negotiated: list it in `requires`".into(),
             ));
         }
-        let op = step
-            .op
-            .ok_or_else(|| StepError::Harness("`iotlb` needs `op`".into()))?;
+        let op = a.op;
         if matches!(
             op,
             IotlbOp::Map | IotlbOp::Unmap | IotlbOp::Hold | IotlbOp::Release
@@ -115,21 +113,21 @@ impl Ctx<'_> {
             self.iotlb.since = self.channel_records().len();
         }
         match op {
-            IotlbOp::Map => self.iotlb_map(step, false),
-            IotlbOp::Unmap => self.iotlb_map(step, true),
-            IotlbOp::Outside => self.iotlb_outside(step),
+            IotlbOp::Map => self.iotlb_map(step, a.need_reply, false),
+            IotlbOp::Unmap => self.iotlb_map(step, a.need_reply, true),
+            IotlbOp::Outside => self.iotlb_outside(step, a.need_reply),
             IotlbOp::Hold | IotlbOp::Release => {
                 self.session()?.iommu().hold(op == IotlbOp::Hold);
                 Ok(())
             }
-            IotlbOp::ExpectMiss => self.iotlb_expect_miss(step),
+            IotlbOp::ExpectMiss => self.iotlb_expect_miss(step, a.window_ms),
             IotlbOp::Check => self.iotlb_check(),
         }
     }
 
     /// `map`: an update per mapping; `unmap`: an invalidation per mapping. Each is answered
     /// with a u64 whatever NEED_REPLY says, 0 on success (R-IOTLB-02).
-    fn iotlb_map(&mut self, step: &Step, invalidate: bool) -> StepResult {
+    fn iotlb_map(&mut self, step: &Step, need_reply: Option<bool>, invalidate: bool) -> StepResult {
         let mappings = self.session()?.iommu().mappings();
         if mappings.is_empty() {
             return Err(StepError::Harness(
@@ -138,7 +136,7 @@ impl Ctx<'_> {
         }
         let rule = step.rule.unwrap_or(id::R_IOTLB_02);
         let what = if invalidate { "invalidation" } else { "update" };
-        let need_reply = self.iotlb_need_reply(step);
+        let need_reply = self.iotlb_need_reply(need_reply);
         for m in &mappings {
             let s = self.session()?;
             let r = if invalidate {
@@ -168,9 +166,9 @@ impl Ctx<'_> {
 
     /// NEED_REPLY on IOTLB_MSG: the step's `need_reply`, else as QEMU (whenever REPLY_ACK is
     /// negotiated). The reply is due either way; `need_reply = false` checks just that.
-    fn iotlb_need_reply(&self, step: &Step) -> bool {
+    fn iotlb_need_reply(&self, need_reply: Option<bool>) -> bool {
         let reply_ack = self.protocol & vhu_protocol::ProtocolFeatures::REPLY_ACK.bits() != 0;
-        step.need_reply.unwrap_or(reply_ack)
+        need_reply.unwrap_or(reply_ack)
     }
 
     /// A session error on IOTLB_MSG: no reply at all, without NEED_REPLY, is the ack-only
@@ -201,7 +199,7 @@ impl Ctx<'_> {
 
     /// `outside`: an update whose user range lies past every region must be refused (a non-zero
     /// reply, or the connection closed: R-IOTLB-05, SHOULD).
-    fn iotlb_outside(&mut self, step: &Step) -> StepResult {
+    fn iotlb_outside(&mut self, step: &Step, need_reply: Option<bool>) -> StepResult {
         let rule = step.rule.unwrap_or(id::R_IOTLB_05);
         let mem = self.mem.as_ref().ok_or_else(|| {
             StepError::Harness("no memory yet: add a `memory` step before `iotlb`".into())
@@ -225,7 +223,7 @@ impl Ctx<'_> {
             uaddr: end.next_multiple_of(1 << 30) + (1 << 30),
             perm: PERM_RW,
         };
-        let need_reply = self.iotlb_need_reply(step);
+        let need_reply = self.iotlb_need_reply(need_reply);
         let r = self.session()?.iotlb_update(&m, need_reply);
         self.mark(rule);
         match r {
@@ -242,13 +240,11 @@ impl Ctx<'_> {
 
     /// `expect_miss`: a miss or access failure since the last map, unmap, hold or release began, for an IOVA
     /// the IOMMU maps (R-IOTLB-03); the updates sent for misses so far answered 0.
-    fn iotlb_expect_miss(&mut self, step: &Step) -> StepResult {
+    fn iotlb_expect_miss(&mut self, step: &Step, window_ms: Option<u64>) -> StepResult {
         let rule = step.rule.unwrap_or(id::R_IOTLB_03);
         // How long a miss may take to show is not judged: a back-end starved of CPU (one that
         // busy-polls its rings, on a loaded machine) sends it late, and late is still a miss.
-        let window = step
-            .window_ms
-            .map_or(self.opts.step_timeout, Duration::from_millis);
+        let window = window_ms.map_or(self.opts.step_timeout, Duration::from_millis);
         let deadline = Instant::now() + window;
         let mappings = self.session()?.iommu().mappings();
         let found = loop {

@@ -6,8 +6,8 @@
 use vhu_mock_frontend::blk::{self, BlkReq};
 
 use super::{Ctx, StepResult};
+use crate::scenario::Expect;
 use crate::scenario::model::Step;
-use crate::scenario::{Action, Expect};
 
 impl Ctx<'_> {
     /// Probes after `step` if the back-end may have rejected what it sent.
@@ -15,7 +15,7 @@ impl Ctx<'_> {
         let may_reject = matches!(
             step.expect,
             Some(Expect::AckFail | Expect::Rejected | Expect::Closed | Expect::NoReply)
-        ) && !is_blk(step.action);
+        ) && !step.action.is_blk_request();
         if !may_reject {
             return Ok(());
         }
@@ -23,7 +23,7 @@ impl Ctx<'_> {
         let had_session = self.session.is_some();
         self.alive(step)?;
         // The data path only where this connection's rings run and the scenario drives blk.
-        let uses_blk = self.scenario.spec.steps.iter().any(|s| is_blk(s.action));
+        let uses_blk = (self.scenario.spec.steps.iter()).any(|s| s.action.is_blk_request());
         let Some(&idx) = self.queues.keys().find(|i| !self.idle.contains(i)) else {
             return Ok(());
         };
@@ -49,11 +49,4 @@ impl Ctx<'_> {
             }
         }
     }
-}
-
-fn is_blk(a: Action) -> bool {
-    matches!(
-        a,
-        Action::BlkWrite | Action::BlkRead | Action::BlkFlush | Action::BlkGetId
-    )
 }

@@ -25,11 +25,13 @@ mod send;
 mod setup;
 mod shmem;
 mod state;
+#[cfg(test)]
+mod tests;
 mod vsock;
 
 use super::{Crash, Finding, Offer, RunOptions, chain, describe_exit};
 use crate::rules::RuleId;
-use crate::scenario::model::Step;
+use crate::scenario::model::{NoArgs, Step};
 use crate::scenario::{Action, Level, Scenario};
 use crate::target::{Death, Instance, ProcessState, signal_name};
 
@@ -178,6 +180,21 @@ impl<'a> Ctx<'a> {
         let steps = self.scenario.spec.steps.clone();
         for (i, step) in steps.iter().enumerate() {
             self.step_no = i + 1;
+            let left = steps.len() - (i + 1);
+            match self.run_file_step(step, left) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        self.check_process();
+        Ok(())
+    }
+
+    /// Runs one step of the file (`repeat` times, each judged alone, then its liveness probe);
+    /// `Ok(false)` when the scenario ends there, `left` steps after it not run.
+    fn run_file_step(&mut self, step: &Step, left: usize) -> Result<bool, StepError> {
+        for _ in 0..step.times() {
             if Instant::now() >= self.deadline {
                 self.finding(
                     step,
@@ -185,32 +202,30 @@ impl<'a> Ctx<'a> {
                     "every step within the deadline",
                     "time ran out".into(),
                 );
-                break;
+                return Ok(false);
             }
             match self.step_inner(step).and_then(|()| self.liveness(step)) {
                 Ok(()) => {}
-                Err(StepError::Finding) => break,
+                Err(StepError::Finding) => return Ok(false),
                 Err(StepError::Ended(note)) => {
-                    let left = steps.len() - (i + 1);
                     self.notes.push(if left > 0 {
                         format!("{note}; the {left} step(s) after it did not run")
                     } else {
                         note
                     });
-                    break;
+                    return Ok(false);
                 }
                 Err(StepError::Harness(why)) => {
                     return Err(StepError::Harness(format!(
-                        "step {} ({:?}): {why}",
-                        i + 1,
-                        step.action
+                        "step {} ({}): {why}",
+                        self.step_no,
+                        step.action.name()
                     )));
                 }
                 Err(e @ StepError::NotApplicable(_)) => return Err(e),
             }
         }
-        self.check_process();
-        Ok(())
+        Ok(true)
     }
 
     /// Findings, notes, the whole transcript and the rules whose checks ran.
@@ -321,8 +336,7 @@ impl<'a> Ctx<'a> {
 
     /// Turns a session error into a finding citing `rule` (a back-end fault) or a harness error.
     pub fn session_error(&mut self, rule: RuleId, e: SessionError) -> StepError {
-        let mut step = Step::new(Action::Probe);
-        step.rule = Some(rule);
+        let step = Step::of(Action::Probe(NoArgs {})).citing(rule);
         self.session_failed(&step, e)
     }
 
@@ -330,7 +344,7 @@ impl<'a> Ctx<'a> {
     /// scenario not applicable, as for a file's setup step; anything else is `session_error`.
     pub fn setup_error(&mut self, rule: RuleId, e: SessionError) -> StepError {
         if matches!(e, SessionError::Nack { .. } | SessionError::Closed { .. }) {
-            let step = Step::new(Action::Vring);
+            let step = Step::of(Action::Vring(Default::default()));
             return self.refused_setup(&step, e.to_string());
         }
         self.session_error(rule, e)
@@ -608,11 +622,11 @@ impl<'a> Ctx<'a> {
             && step.rule.is_none()
             && matches!(
                 step.action,
-                Action::Negotiate
-                    | Action::Memory
-                    | Action::AddMemReg
-                    | Action::Vring
-                    | Action::Enable
+                Action::Negotiate(_)
+                    | Action::Memory(_)
+                    | Action::AddMemReg(_)
+                    | Action::Vring(_)
+                    | Action::Enable(_)
             )
     }
 
@@ -754,65 +768,66 @@ impl<'a> Ctx<'a> {
         self.step_inner(step)
     }
 
+    /// The dispatcher: one handler per action, given the action's arguments.
     fn step_inner(&mut self, step: &Step) -> StepResult {
-        match step.action {
-            Action::Negotiate => self.negotiate(step),
-            Action::Memory => self.memory(step),
-            Action::AddMemReg => self.add_mem_reg(step),
-            Action::RemMemReg => self.rem_mem_reg(step),
-            Action::Vring => self.vring(step),
-            Action::Enable => self.enable(step),
-            Action::BlkWrite | Action::BlkRead | Action::BlkFlush | Action::BlkGetId => {
-                self.blk(step)
-            }
-            Action::BlkComplete => self.blk_complete(step),
-            Action::SaveState => self.save_state(step),
-            Action::LoadState => self.load_state(step),
-            Action::NewProcess => self.new_process(),
-            Action::GetVringBase => self.get_vring_base(step),
-            Action::ShmemMap | Action::ShmemUnmap => self.shmem_request(step),
-            Action::SwapCall => self.swap_call(step),
-            Action::Send => self.send(step),
-            Action::Raw => self.raw(step),
-            Action::Probe => self.probe(step),
-            Action::Disconnect => {
+        match &step.action {
+            Action::Negotiate(a) => self.negotiate(step, a),
+            Action::Memory(a) => self.memory(step, a),
+            Action::AddMemReg(a) => self.add_mem_reg(step, a),
+            Action::RemMemReg(a) => self.rem_mem_reg(step, a),
+            Action::Vring(a) => self.vring(step, a),
+            Action::Enable(a) => self.enable(step, a),
+            Action::BlkWrite(a) | Action::BlkRead(a) => self.blk(step, a),
+            Action::BlkFlush(a) | Action::BlkGetId(a) => self.blk(step, &a.into()),
+            Action::BlkComplete(a) => self.blk_complete(step, a.queue),
+            Action::SaveState(_) => self.save_state(step),
+            Action::LoadState(a) => self.load_state(step, a),
+            Action::NewProcess(_) => self.new_process(),
+            Action::GetVringBase(a) => self.get_vring_base(step, a),
+            Action::ShmemMap(a) => self.shmem_request(step, &a.into(), a.refuse == Some(true)),
+            Action::ShmemUnmap(a) => self.shmem_request(step, a, false),
+            Action::SwapCall(a) => self.swap_call(step, a.queue),
+            Action::Send(a) => self.send(step, a),
+            Action::Raw(a) => self.raw(step, a),
+            Action::Probe(_) => self.probe(step),
+            Action::Disconnect(_) => {
                 self.archive_session();
                 self.mem = None;
                 Ok(())
             }
-            Action::Reconnect => self.reconnect(step),
-            Action::NetTx => self.net_tx(step),
-            Action::NetRxPost => self.net_rx_post(step),
-            Action::NetRx => self.net_rx(step),
-            Action::NetCtrl => self.net_ctrl(step),
-            Action::NetConfig => self.net_config(step),
-            Action::NetComplete => self.net_complete(step),
-            Action::RngRead => self.rng_read(step),
-            Action::RngComplete => self.rng_complete(step),
-            Action::FsFile
-            | Action::FsInit
-            | Action::FsGetattr
-            | Action::FsLookup
-            | Action::FsOpen
-            | Action::FsRead
-            | Action::FsRelease
-            | Action::FsForget
-            | Action::FsUnknown
-            | Action::FsConfig => self.fs_step(step),
-            Action::VsockConfig
-            | Action::VsockListen
-            | Action::VsockConnect
-            | Action::VsockSend
-            | Action::VsockRecv
-            | Action::VsockCreditRequest
-            | Action::VsockShutdown
-            | Action::VsockUnknownType
-            | Action::VsockNoConnection
-            | Action::VsockHostConnect => self.vsock_step(step),
-            Action::Iotlb => self.iotlb_step(step),
-            Action::Sleep => {
+            Action::Reconnect(_) => self.reconnect(step),
+            Action::NetTx(a) => self.net_tx(step, a),
+            Action::NetRxPost(a) => self.net_rx_post(a),
+            Action::NetRx(a) => self.net_rx(step, a),
+            Action::NetCtrl(a) => self.net_ctrl(step, a),
+            Action::NetConfig(_) => self.net_config(step),
+            Action::NetComplete(a) => self.net_complete(step, a.queue),
+            Action::RngRead(a) => self.rng_read(step, a),
+            Action::RngComplete(a) => self.rng_complete(step, a.queue),
+            Action::FsFile(_)
+            | Action::FsInit(_)
+            | Action::FsGetattr(_)
+            | Action::FsLookup(_)
+            | Action::FsOpen(_)
+            | Action::FsRead(_)
+            | Action::FsRelease(_)
+            | Action::FsForget(_)
+            | Action::FsUnknown(_)
+            | Action::FsConfig(_) => self.fs_step(step),
+            Action::VsockConfig(_)
+            | Action::VsockListen(_)
+            | Action::VsockConnect(_)
+            | Action::VsockSend(_)
+            | Action::VsockRecv(_)
+            | Action::VsockCreditRequest(_)
+            | Action::VsockShutdown(_)
+            | Action::VsockUnknownType(_)
+            | Action::VsockNoConnection(_)
+            | Action::VsockHostConnect(_) => self.vsock_step(step),
+            Action::Iotlb(a) => self.iotlb_step(step, a),
+            Action::Sleep(a) => {
                 let left = self.deadline.saturating_duration_since(Instant::now());
-                std::thread::sleep(Duration::from_millis(step.ms.unwrap_or(0)).min(left));
+                std::thread::sleep(Duration::from_millis(a.ms).min(left));
                 Ok(())
             }
         }

@@ -21,7 +21,7 @@ use super::{Ctx, StepError, StepResult};
 use crate::engine::chain;
 use crate::rules::id;
 use crate::scenario::Expect;
-use crate::scenario::model::{NumOrWord, Step};
+use crate::scenario::model::{NetCtrlArgs, NetRxArgs, NetRxPostArgs, NetTxArgs, Step};
 
 /// What net steps keep between steps.
 #[derive(Debug, Default)]
@@ -37,14 +37,6 @@ pub(super) struct NetState {
 }
 
 impl Ctx<'_> {
-    /// The step's queue, or `default` when it names none.
-    fn net_queue(step: &Step, default: u16) -> u16 {
-        match step.queue {
-            Some(NumOrWord::Num(n)) => n as u16,
-            _ => default,
-        }
-    }
-
     /// Forgets the receive buffers and pending transmits of a ring set up again.
     pub(super) fn net_ring_replaced(&mut self, idx: u16) {
         self.net.rx.remove(&idx);
@@ -55,33 +47,33 @@ impl Ctx<'_> {
         self.features & bits != 0
     }
 
-    pub(super) fn net_tx(&mut self, step: &Step) -> StepResult {
+    pub(super) fn net_tx(&mut self, step: &Step, a: &NetTxArgs) -> StepResult {
         self.sync_unacked(step)?;
-        let idx = Self::net_queue(step, 1);
+        let idx = a.queue.unwrap_or(1);
         if self.net.tx_pending.contains_key(&idx) {
             // Their completions would be used elements this transmit does not know.
             return Err(StepError::Harness(format!(
                 "queue {idx} still has frames a net_tx with expect = \"no_reply\" left pending: add net_complete first"
             )));
         }
-        let old_call = self.maybe_swap_call(step, idx)?;
-        let n = step.frames.unwrap_or(1).max(1);
-        let len = step.frame_len.unwrap_or(64) as usize;
+        let old_call = self.maybe_swap_call(step, a.new_call == Some(true), idx)?;
+        let n = a.frames.unwrap_or(1).max(1);
+        let len = a.frame_len.unwrap_or(64) as usize;
         let frames: Vec<Vec<u8>> = (0..n)
             .map(|_| {
                 self.net.seq += 1;
                 netdrv::frame(self.net.seq, len)
             })
             .collect();
-        let segments = step.segments.unwrap_or(1);
-        let indirect = step.indirect == Some(true);
+        let segments = a.segments.unwrap_or(1);
+        let indirect = a.indirect == Some(true);
         let specs: Vec<_> = frames
             .iter()
             .map(|f| netdrv::tx_chain(f, segments, indirect))
             .collect();
         if step.expect == Some(Expect::NoReply) {
             let mut pending = self.submit_chains(idx, &specs)?;
-            let window = Duration::from_millis(step.window_ms.unwrap_or(300));
+            let window = Duration::from_millis(a.window_ms.unwrap_or(300));
             self.mark(self.rule_of(step));
             return match self.wait_chains(idx, &mut pending, 1, window)? {
                 Err(WaitError::Timeout { got: 0, .. }) => {
@@ -163,8 +155,8 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    pub(super) fn net_complete(&mut self, step: &Step) -> StepResult {
-        let idx = Self::net_queue(step, 1);
+    pub(super) fn net_complete(&mut self, step: &Step, queue: Option<u16>) -> StepResult {
+        let idx = queue.unwrap_or(1);
         let (mut pending, frames) = self.net.tx_pending.remove(&idx).ok_or_else(|| {
             StepError::Harness(format!(
                 "no pending frame on queue {idx}: use net_tx with expect = \"no_reply\" first"
@@ -182,15 +174,11 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    pub(super) fn net_rx_post(&mut self, step: &Step) -> StepResult {
-        let idx = Self::net_queue(step, 0);
-        let size = step.buffer_size.unwrap_or(1526);
-        let n = step.buffers.unwrap_or(8);
-        let spec = netdrv::rx_chain(
-            size,
-            step.segments.unwrap_or(1),
-            step.indirect == Some(true),
-        );
+    pub(super) fn net_rx_post(&mut self, a: &NetRxPostArgs) -> StepResult {
+        let idx = a.queue.unwrap_or(0);
+        let size = a.buffer_size.unwrap_or(1526);
+        let n = a.buffers.unwrap_or(8);
+        let spec = netdrv::rx_chain(size, a.segments.unwrap_or(1), a.indirect == Some(true));
         let specs = vec![spec; n as usize];
         let posted = self.submit_chains(idx, &specs)?;
         self.net.rx.entry(idx).or_default().extend(posted);
@@ -199,9 +187,9 @@ impl Ctx<'_> {
 
     /// Waits for the frames sent on the TX ring of the RX ring's pair to come back, and checks
     /// each (or, with `expect = "no_reply"`, that none comes back within the window).
-    pub(super) fn net_rx(&mut self, step: &Step) -> StepResult {
+    pub(super) fn net_rx(&mut self, step: &Step, a: &NetRxArgs) -> StepResult {
         self.sync_unacked(step)?;
-        let idx = Self::net_queue(step, 0);
+        let idx = a.queue.unwrap_or(0);
         let tx = idx + 1;
         let mut expected = self.net.sent.remove(&tx).unwrap_or_default();
         let no_reply = step.expect == Some(Expect::NoReply);
@@ -217,7 +205,7 @@ impl Ctx<'_> {
         }
         let mut pending = self.net.rx.remove(&idx).unwrap_or_default();
         let window =
-            Duration::from_millis(step.window_ms.unwrap_or(if no_reply { 500 } else { 2000 }));
+            Duration::from_millis(a.window_ms.unwrap_or(if no_reply { 500 } else { 2000 }));
         let deadline = Instant::now() + window;
         let (total, mut seen, mut foreign) = (expected.len(), 0usize, 0usize);
         // Buffers used and collected but not yet read as frames, in used-ring order.
@@ -464,14 +452,14 @@ impl Ctx<'_> {
     /// A control command on the control ring (default queue 2: the one after the first pair,
     /// as without VIRTIO_NET_F_MQ). In vhost-user the front-end commonly serves the control
     /// queue itself (QEMU does), so a back-end that leaves it alone skips the scenario.
-    pub(super) fn net_ctrl(&mut self, step: &Step) -> StepResult {
+    pub(super) fn net_ctrl(&mut self, step: &Step, a: &NetCtrlArgs) -> StepResult {
         self.sync_unacked(step)?;
-        let idx = Self::net_queue(step, 2);
-        let data = step.payload_hex.as_deref().map(hex).unwrap_or_default();
-        let (class, command) = (step.class.unwrap_or(0), step.command.unwrap_or(0));
+        let idx = a.queue.unwrap_or(2);
+        let data = a.payload_hex.clone().unwrap_or_default().0;
+        let (class, command) = (a.class, a.command);
         let spec = netdrv::ctrl_chain(class, command, &data);
         let mut pending = self.submit_chains(idx, std::slice::from_ref(&spec))?;
-        let window = Duration::from_millis(step.window_ms.unwrap_or(1000));
+        let window = Duration::from_millis(a.window_ms.unwrap_or(1000));
         let done = match self.wait_chains(idx, &mut pending, 1, window)? {
             Ok(mut d) => d.remove(0),
             Err(WaitError::Timeout { .. }) => {
@@ -486,13 +474,13 @@ impl Ctx<'_> {
         self.judge_common(idx, &what, &done)?;
         self.mark(id::R_NET_06);
         let ack = netdrv::ctrl_ack(&done).filter(|_| done.used_len >= 1);
-        let ok = match (ack, step.ack) {
+        let ok = match (ack, a.ack) {
             (Some(a), Some(want)) => a == want,
             (Some(a), None) => a == vnet::OK || a == vnet::ERR,
             (None, _) => false,
         };
         if !ok {
-            let wanted = match step.ack {
+            let wanted = match a.ack {
                 Some(vnet::OK) => "the ack VIRTIO_NET_OK (0)".to_string(),
                 Some(vnet::ERR) => "the ack VIRTIO_NET_ERR (1)".to_string(),
                 Some(v) => format!("the ack {v}"),
@@ -557,12 +545,4 @@ impl Ctx<'_> {
             format!("config bytes {:02x?}", &data[..vnet::CFG_SIZE as usize]),
         ))
     }
-}
-
-/// Hex digits to bytes (validated when the scenario was loaded).
-fn hex(h: &str) -> Vec<u8> {
-    let d: Vec<u8> = h.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
-    d.chunks(2)
-        .filter_map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok())
-        .collect()
 }

@@ -13,7 +13,7 @@ use vhu_mock_frontend::rng;
 use super::{Ctx, StepError, StepResult};
 use crate::rules::id;
 use crate::scenario::Expect;
-use crate::scenario::model::Step;
+use crate::scenario::model::{Queues, RngReadArgs, Step};
 
 /// Bytes compared by the randomness heuristic (R-RNG-02).
 const SAMPLE: usize = 4096;
@@ -28,30 +28,31 @@ pub(super) struct RngState {
 }
 
 impl Ctx<'_> {
-    pub(super) fn rng_read(&mut self, step: &Step) -> StepResult {
+    pub(super) fn rng_read(&mut self, step: &Step, a: &RngReadArgs) -> StepResult {
         self.sync_unacked(step)?;
-        let sizes = step.sizes.clone().unwrap_or_else(|| vec![64]);
-        let segments = step.segments.unwrap_or(1);
-        let indirect = step.indirect == Some(true);
-        for idx in self.queue_indices(step) {
+        let sizes = a.sizes.clone().unwrap_or_else(|| vec![64]);
+        let segments = a.segments.unwrap_or(1);
+        let indirect = a.indirect == Some(true);
+        for idx in self.queue_indices(a.queue) {
             if self.rng.pending.contains_key(&idx) {
                 // Their completions would be used elements this request does not know.
                 return Err(StepError::Harness(format!(
                     "queue {idx} still has requests an rng_read with expect = \"no_reply\" left pending: add rng_complete first"
                 )));
             }
-            let old_call = self.maybe_swap_call(step, idx)?;
+            let old_call = self.maybe_swap_call(step, a.new_call == Some(true), idx)?;
             let specs: Vec<_> = sizes
                 .iter()
                 .map(|&s| rng::entropy_chain(s, segments, indirect))
                 .collect();
             if step.expect == Some(Expect::NoReply) {
-                self.rng_must_wait(step, idx, &specs)?;
+                let window = Duration::from_millis(a.window_ms.unwrap_or(300));
+                self.rng_must_wait(step, idx, &specs, window)?;
                 continue;
             }
             let mark = self.mem.as_ref().map(|m| m.mark());
             let mut done = Vec::new();
-            if step.at_once == Some(true) {
+            if a.at_once == Some(true) {
                 let mut pending = self.submit_chains(idx, &specs)?;
                 let n = pending.len();
                 match self.wait_chains(idx, &mut pending, n, self.opts.step_timeout)? {
@@ -95,9 +96,9 @@ impl Ctx<'_> {
         step: &Step,
         idx: u16,
         specs: &[vhu_mock_frontend::exchange::ChainSpec],
+        window: Duration,
     ) -> StepResult {
         let mut pending = self.submit_chains(idx, specs)?;
-        let window = Duration::from_millis(step.window_ms.unwrap_or(300));
         self.mark(self.rule_of(step));
         match self.wait_chains(idx, &mut pending, 1, window)? {
             Err(WaitError::Timeout { got: 0, .. }) => {
@@ -113,8 +114,8 @@ impl Ctx<'_> {
         }
     }
 
-    pub(super) fn rng_complete(&mut self, step: &Step) -> StepResult {
-        for idx in self.queue_indices(step) {
+    pub(super) fn rng_complete(&mut self, step: &Step, queue: Option<Queues>) -> StepResult {
+        for idx in self.queue_indices(queue) {
             let mut pending = self.rng.pending.remove(&idx).ok_or_else(|| {
                 StepError::Harness(format!(
                     "no pending entropy request on queue {idx}: use rng_read with expect = \"no_reply\" first"

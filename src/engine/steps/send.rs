@@ -13,13 +13,13 @@ use vhu_protocol::{FrontendReq, Header, Message, RawMessage};
 use super::{Ctx, StepError, StepResult};
 use crate::engine::chain;
 use crate::scenario::Expect;
-use crate::scenario::model::{NumOrWord, RequestName, Step};
+use crate::scenario::model::{BodyQueue, FdKind, RawArgs, SendArgs, Step};
 
 impl Ctx<'_> {
-    pub(super) fn send(&mut self, step: &Step) -> StepResult {
-        let req = resolve_request(step.request.as_ref())?;
-        let mut body = build_body(req, step, self.offer.device)?;
-        if step.queue == Some(NumOrWord::Word("past_end".into())) {
+    pub(super) fn send(&mut self, step: &Step, a: &SendArgs) -> StepResult {
+        let req = a.request.0;
+        let mut body = build_body(req, a, self.offer.device)?;
+        if a.queue == Some(BodyQueue::PastEnd) {
             // The first index past the rings GET_QUEUE_NUM's answer stands for, under the
             // device's reading (or every reading, when the type is unknown) (R-MQ-04).
             let idx = self.index_past_end(&body)?;
@@ -32,9 +32,9 @@ impl Ctx<'_> {
                 _ => {}
             }
         }
-        let extra = make_fds(step)?;
+        let extra = make_fds(a.fds.unwrap_or(0), a.fd_kind.unwrap_or_default())?;
         let fds: Vec<BorrowedFd<'_>> = extra.sent.iter().map(AsFd::as_fd).collect();
-        let r = self.session()?.request(req, &body, &fds, step.need_reply);
+        let r = self.session()?.request(req, &body, &fds, a.need_reply);
         drop(fds);
         drop(extra.sent);
         let default = if req.reply_kind() == ReplyKind::Always {
@@ -46,19 +46,19 @@ impl Ctx<'_> {
         match (expect, r) {
             (Expect::Reply, Ok(Some(m))) => {
                 if let Body::Config(h, _) = &body {
-                    self.check_config_reply(step, h, &m)?;
+                    self.check_config_reply(a, h, &m)?;
                 }
                 if req == FrontendReq::GetShmemConfig {
                     // The session validated its count and sizes on the way in.
                     self.mark(crate::rules::id::R_SHM_02);
                     self.mark(crate::rules::id::R_SHM_03);
                 }
-                self.check_value(step, &m)?;
+                self.check_value(step, a, &m)?;
             }
             (Expect::Reply, Ok(None)) => return Err(StepError::Harness("expect = \"reply\" on a request sent without NEED_REPLY that has no reply of its own".into())),
             (Expect::NoReply, Ok(None)) => {
                 self.mark(self.rule_of(step));
-                match self.no_reply(step)? {
+                match self.no_reply(a.window_ms)? {
                     Ok(()) => {}
                     // Closing is not "a message arrived": judged as a close during the step.
                     Err(e @ SessionError::Closed { .. }) => {
@@ -77,7 +77,7 @@ impl Ctx<'_> {
                     None => Ack::Failed(u64::MAX),
                 });
                 if let Some(m) = &m {
-                    self.check_value(step, m)?;
+                    self.check_value(step, a, m)?;
                 }
                 self.judge_ack(step, Ok(ack), expect)?;
             }
@@ -93,9 +93,14 @@ impl Ctx<'_> {
     /// the offset echoed. The error form (an empty payload, or a header whose size is 0:
     /// R-CFG-02, both readings accepted) is never a departure here: a back-end's config space
     /// may be smaller than the virtio layout (fields later features add), which the spec allows.
-    fn check_config_reply(&mut self, step: &Step, asked: &ConfigHeader, m: &Message) -> StepResult {
+    fn check_config_reply(
+        &mut self,
+        a: &SendArgs,
+        asked: &ConfigHeader,
+        m: &Message,
+    ) -> StepResult {
         use crate::rules::id;
-        if step.reply_size.is_some() {
+        if a.reply_size.is_some() {
             return Ok(());
         }
         self.mark(id::R_CFG_01);
@@ -130,43 +135,44 @@ impl Ctx<'_> {
         ))
     }
 
-    pub(super) fn check_value(&mut self, step: &Step, m: &Message) -> StepResult {
+    /// The reply checks a `send` step gives (value, size, flags, fds, config bytes).
+    pub(super) fn check_value(&mut self, step: &Step, a: &SendArgs, m: &Message) -> StepResult {
         self.mark(self.rule_of(step));
         let mut problems = Vec::new();
-        if let Some(hex) = step
+        if let Some(hex) = a
             .config_hex
             .as_ref()
             .filter(|_| m.header.request == FrontendReq::GetConfig as u32)
         {
-            let want = parse_hex(hex)?;
+            let want = &hex.0;
             let got = m.payload.get(12..).unwrap_or_default();
             if got != want.as_slice() {
                 problems.push(format!("config bytes {got:02x?}, wanted {want:02x?}"));
             }
         }
-        if let Some(size) = step.reply_size.filter(|&s| s as usize != m.payload.len()) {
+        if let Some(size) = a.reply_size.filter(|&s| s as usize != m.payload.len()) {
             problems.push(format!(
                 "reply payload is {} bytes, wanted {size}",
                 m.payload.len()
             ));
         }
-        if let Some(n) = step.reply_fds.filter(|&n| n != m.fds.len()) {
+        if let Some(n) = a.reply_fds.filter(|&n| n != m.fds.len()) {
             problems.push(format!("reply carries {} fds, wanted {n}", m.fds.len()));
         }
-        if let Some(flags) = step.reply_flags.filter(|&f| f != m.header.flags) {
+        if let Some(flags) = a.reply_flags.filter(|&f| f != m.header.flags) {
             problems.push(format!(
                 "reply flags are {:#x}, wanted exactly {flags:#x}",
                 m.header.flags
             ));
         }
         let v = m.u64();
-        if let Some(want) = step.value.filter(|&w| v != Some(w)) {
+        if let Some(want) = a.value.filter(|&w| v != Some(w)) {
             problems.push(format!("reply value {v:?}, wanted {want:#x}"));
         }
-        if let Some(mask) = step.value_mask.filter(|&k| v.is_none_or(|v| v & k != k)) {
+        if let Some(mask) = a.value_mask.filter(|&k| v.is_none_or(|v| v & k != k)) {
             problems.push(format!("reply value {v:?} lacks bits {mask:#x}"));
         }
-        if step.offered == Some(true) {
+        if a.offered == Some(true) {
             let offer = self.session.as_ref().and_then(Session::offered_features);
             if offer.is_some() && v != offer {
                 problems.push(format!(
@@ -174,12 +180,12 @@ impl Ctx<'_> {
                 ));
             }
         }
-        if step.error_code == Some(true) && v.is_none_or(|v| v & 0xff == 0) {
+        if a.error_code == Some(true) && v.is_none_or(|v| v & 0xff == 0) {
             problems.push(format!(
                 "reply value {v:#x?}: bits 0-7 (the error code) are 0, a success"
             ));
         }
-        if step.nonzero == Some(true) && v.is_none_or(|v| v == 0) {
+        if a.nonzero == Some(true) && v.is_none_or(|v| v == 0) {
             problems.push(format!("reply value {v:?}, wanted non-zero"));
         }
         if problems.is_empty() {
@@ -227,18 +233,14 @@ impl Ctx<'_> {
         }
     }
 
-    pub(super) fn raw(&mut self, step: &Step) -> StepResult {
-        let code = match step.request.as_ref() {
-            Some(RequestName::Code(c)) => *c,
-            other => resolve_request(other)? as u32,
-        };
-        let body = parse_hex(step.payload_hex.as_deref().unwrap_or(""))?;
+    pub(super) fn raw(&mut self, step: &Step, a: &RawArgs) -> StepResult {
+        let body = a.payload_hex.clone().unwrap_or_default().0;
         let header = Header {
-            request: code,
-            flags: step.flags.unwrap_or(1),
-            size: step.size.map_or(body.len() as u32, |s| s as u32),
+            request: a.request.0,
+            flags: a.flags.unwrap_or(1),
+            size: a.header_size.unwrap_or(body.len() as u32),
         };
-        let extra = make_fds(step)?;
+        let extra = make_fds(a.fds.unwrap_or(0), a.fd_kind.unwrap_or_default())?;
         let fds: Vec<BorrowedFd<'_>> = extra.sent.iter().map(AsFd::as_fd).collect();
         let r = self
             .session()?
@@ -251,11 +253,11 @@ impl Ctx<'_> {
         match step.expect.unwrap_or(Expect::Alive) {
             Expect::NoReply => {
                 self.mark(self.rule_of(step));
-                let r = self.no_reply(step)?;
+                let r = self.no_reply(a.window_ms)?;
                 r.map_err(|e| self.session_failed(step, e))
             }
             Expect::Alive => {
-                if step.window_ms.is_none() {
+                if a.window_ms.is_none() {
                     // Answered at once: GET_FEATURES comes back, whatever came before it.
                     let t = self.opts.step_timeout;
                     if self.session()?.round_trip(t).is_ok() {
@@ -263,7 +265,7 @@ impl Ctx<'_> {
                         return Ok(());
                     }
                 } else {
-                    let window = Duration::from_millis(step.window_ms.unwrap_or_default());
+                    let window = Duration::from_millis(a.window_ms.unwrap_or_default());
                     let _ = self.session()?.recv_any(window);
                 }
                 self.alive(step)
@@ -283,10 +285,10 @@ impl Ctx<'_> {
 
     /// Nothing answers what was sent: by a GET_FEATURES round trip (its reply must come first),
     /// or, when the step gives `window_ms`, by waiting out that window.
-    fn no_reply(&mut self, step: &Step) -> Result<Result<(), SessionError>, StepError> {
+    fn no_reply(&mut self, window_ms: Option<u64>) -> Result<Result<(), SessionError>, StepError> {
         let t = self.opts.step_timeout;
         let s = self.session()?;
-        Ok(match step.window_ms {
+        Ok(match window_ms {
             Some(ms) => s.expect_silence(Duration::from_millis(ms)),
             None => s
                 .round_trip(t)
@@ -468,20 +470,13 @@ impl Ctx<'_> {
     }
 }
 
-/// A request by code, spec name (with or without `VHOST_USER_`) or CamelCase name.
-fn resolve_request(name: Option<&RequestName>) -> Result<FrontendReq, StepError> {
-    name.ok_or_else(|| StepError::Harness("step needs `request`".into()))?
-        .resolve()
-        .map_err(StepError::Harness)
-}
-
 /// The typed body of a `send` step, from its `body` table (the payload struct's field names).
 fn build_body(
     req: FrontendReq,
-    step: &Step,
+    a: &SendArgs,
     device: Option<crate::device::DeviceType>,
 ) -> Result<Body, StepError> {
-    let mut table = step.body.clone().unwrap_or_default();
+    let mut table = a.body.clone().unwrap_or_default();
     if req.request_body() == BodyKind::Config {
         config_sizes(&mut table, device)?;
     }
@@ -506,9 +501,9 @@ fn build_body(
             let h: ConfigHeader = v.try_into().map_err(bad)?;
             let mut data = vec![0; h.size as usize];
             if req == FrontendReq::SetConfig
-                && let Some(hex) = &step.config_hex
+                && let Some(hex) = &a.config_hex
             {
-                let bytes = parse_hex(hex)?;
+                let bytes = &hex.0;
                 let n = bytes.len().min(data.len());
                 data[..n].copy_from_slice(&bytes[..n]);
             }
@@ -579,8 +574,8 @@ struct ExtraFds {
 /// a refusal is never just "the fd is smaller than the region" (sparse: costs no memory).
 const EXTRA_MEMFD_BYTES: u64 = 2 << 20;
 
-fn make_fds(step: &Step) -> Result<ExtraFds, StepError> {
-    let n = step.fds.unwrap_or(0);
+/// `n` fds of `kind` to attach to a message, and our end of a pipe or socket pair among them.
+fn make_fds(n: usize, kind: FdKind) -> Result<ExtraFds, StepError> {
     let mut out = ExtraFds {
         sent: vec![],
         pipe_read: None,
@@ -589,14 +584,14 @@ fn make_fds(step: &Step) -> Result<ExtraFds, StepError> {
         StepError::Harness(format!("cannot create {what}: {e}"))
     };
     for _ in 0..n {
-        match step.fd_kind.as_deref().unwrap_or("eventfd") {
-            "pipe" => {
+        match kind {
+            FdKind::Pipe => {
                 let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
                     .map_err(|e| local("a pipe", &e))?;
                 out.pipe_read.get_or_insert(r);
                 out.sent.push(w);
             }
-            "memfd" => {
+            FdKind::Memfd => {
                 let m = memfd::MemfdOptions::default()
                     .create("vhu-extra")
                     .map_err(|e| local("a memfd", &e))?;
@@ -605,7 +600,7 @@ fn make_fds(step: &Step) -> Result<ExtraFds, StepError> {
                     .map_err(|e| local("a memfd's size", &e))?;
                 out.sent.push(file.into());
             }
-            "socket" => {
+            FdKind::Socket => {
                 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
                 let (ours, theirs) = socketpair(
                     AddressFamily::Unix,
@@ -617,7 +612,7 @@ fn make_fds(step: &Step) -> Result<ExtraFds, StepError> {
                 out.pipe_read.get_or_insert(ours);
                 out.sent.push(theirs);
             }
-            _ => {
+            FdKind::Eventfd => {
                 let e = EventFd::from_flags(EfdFlags::EFD_CLOEXEC)
                     .map_err(|e| local("an eventfd", &e))?;
                 out.sent.push(e.into());
@@ -625,22 +620,6 @@ fn make_fds(step: &Step) -> Result<ExtraFds, StepError> {
         }
     }
     Ok(out)
-}
-
-fn parse_hex(s: &str) -> Result<Vec<u8>, StepError> {
-    let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    if s.len() % 2 != 0 {
-        return Err(StepError::Harness(
-            "payload_hex has an odd number of digits".into(),
-        ));
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&s[i..i + 2], 16)
-                .map_err(|e| StepError::Harness(format!("payload_hex: {e}")))
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -8,11 +8,15 @@ use vhu_protocol::{FrontendReq, VirtioFeatures};
 use super::{Ctx, LAYOUT_BYTES, StepError, StepResult};
 use crate::engine::chain;
 use crate::features::{protocol_bit, virtio_bit};
+
 use crate::scenario::Expect;
-use crate::scenario::model::{NumOrWord, NumOrWordList, Step};
+use crate::scenario::model::{
+    AddMemRegArgs, EnableArgs, Features, GetVringBaseArgs, Layout, MemoryArgs, NegotiateArgs,
+    Queues, RemMemRegArgs, Ring, Step, Via, VringArgs, VringNum,
+};
 
 impl Ctx<'_> {
-    pub(super) fn negotiate(&mut self, step: &Step) -> StepResult {
+    pub(super) fn negotiate(&mut self, step: &Step, a: &NegotiateArgs) -> StepResult {
         let mut wanted = Wanted::all();
         // What the scenario requires is negotiated too (RING_PACKED, INFLIGHT_SHMFD, ...).
         let req = &self.scenario.spec.requires;
@@ -26,14 +30,14 @@ impl Ctx<'_> {
             .iter()
             .filter_map(|n| protocol_bit(n))
             .fold(0, |a, b| a | b);
-        if let Some(sel) = &step.features {
-            wanted.features = select_bits(sel, virtio_bit, wanted.features);
+        if let Some(sel) = &a.features {
+            wanted.features = select_bits(sel, wanted.features);
         }
-        if let Some(sel) = &step.protocol {
-            wanted.protocol = select_bits(sel, protocol_bit, wanted.protocol);
+        if let Some(sel) = &a.protocol {
+            wanted.protocol = select_bits(sel, wanted.protocol);
         }
-        for name in step.exclude_protocol.iter().flatten() {
-            wanted.protocol &= !protocol_bit(name).unwrap_or(0);
+        for name in &a.exclude_protocol {
+            wanted.protocol &= !name.bits();
         }
         let r = self.session()?.negotiate(&wanted);
         match r {
@@ -66,8 +70,8 @@ impl Ctx<'_> {
         }
     }
 
-    pub(super) fn memory(&mut self, step: &Step) -> StepResult {
-        if step.resend == Some(true) {
+    pub(super) fn memory(&mut self, step: &Step, a: &MemoryArgs) -> StepResult {
+        if a.resend == Some(true) {
             // The same table again (same memfds, same addresses): running rings stay valid.
             let mem = self.mem.take().ok_or_else(|| {
                 StepError::Harness("`resend` needs an earlier `memory` step".into())
@@ -76,19 +80,14 @@ impl Ctx<'_> {
             self.mem = Some(mem);
             return self.judge_ack(step, r?, Expect::Ok);
         }
-        let specs: Vec<RegionSpec> = match (&step.regions, step.layout.as_deref()) {
-            (Some(r), _) => r.clone(),
-            (None, Some("single")) => GuestMemory::single_layout(LAYOUT_BYTES),
-            (None, Some("default") | None) => GuestMemory::default_layout(LAYOUT_BYTES),
-            (None, Some(other)) => {
-                return Err(StepError::Harness(format!(
-                    "unknown memory layout {other:?} (default, single)"
-                )));
-            }
+        let specs: Vec<RegionSpec> = match (&a.regions, a.layout.unwrap_or_default()) {
+            (Some(r), _) => r.iter().copied().map(RegionSpec::from).collect(),
+            (None, Layout::Single) => GuestMemory::single_layout(LAYOUT_BYTES),
+            (None, Layout::Default) => GuestMemory::default_layout(LAYOUT_BYTES),
         };
         let mem = GuestMemory::new(&specs).map_err(|e| StepError::Harness(chain(&e)))?;
         self.queues.clear();
-        let via_add = step.via.as_deref() == Some("add_mem_reg");
+        let via_add = a.via == Some(Via::AddMemReg);
         let session = self.session()?;
         let r = if via_add {
             let mut last = Ok(Ack::NotRequested);
@@ -116,30 +115,29 @@ impl Ctx<'_> {
 
     pub(super) fn region(
         &self,
-        step: &Step,
+        i: usize,
     ) -> Result<vhu_protocol::wire::payload::MemRegion, StepError> {
         let mem = self.mem.as_ref().ok_or_else(|| {
             StepError::Harness("no memory layout yet: add a `memory` step first".into())
         })?;
-        let i = step.region.unwrap_or(0);
         mem.regions()
             .get(i)
             .map(|r| r.mem_region())
             .ok_or_else(|| StepError::Harness(format!("the layout has no region {i}")))
     }
 
-    pub(super) fn add_mem_reg(&mut self, step: &Step) -> StepResult {
-        self.region(step)?;
-        let i = step.region.unwrap_or(0);
+    pub(super) fn add_mem_reg(&mut self, step: &Step, a: &AddMemRegArgs) -> StepResult {
+        self.region(a.region)?;
+        let i = a.region;
         let mem = self.mem.take().expect("checked");
         let r = self.session()?.add_mem_reg(&mem.regions()[i]);
         self.mem = Some(mem);
         self.judge_ack(step, r, Expect::Ok)
     }
 
-    pub(super) fn rem_mem_reg(&mut self, step: &Step) -> StepResult {
-        let mut region = self.region(step)?;
-        if let Some(t) = step.tweak {
+    pub(super) fn rem_mem_reg(&mut self, step: &Step, a: &RemMemRegArgs) -> StepResult {
+        let mut region = self.region(a.region)?;
+        if let Some(t) = a.tweak {
             region.guest_addr = t.guest_addr.unwrap_or(region.guest_addr);
             region.size = t.size.unwrap_or(region.size);
             region.user_addr = t.user_addr.unwrap_or(region.user_addr);
@@ -169,20 +167,23 @@ impl Ctx<'_> {
         Ok(idx as u32)
     }
 
-    pub(super) fn queue_indices(&self, step: &Step) -> Vec<u16> {
-        match &step.queue {
-            Some(NumOrWord::Word(w)) if w == "all" => (0..self.queue_num as u16).collect(),
-            Some(NumOrWord::Num(n)) => vec![*n as u16],
-            _ => vec![0],
+    /// The rings a step's `queue` names: one, every ring GET_QUEUE_NUM stands for, or 0.
+    pub(super) fn queue_indices(&self, queue: Option<Queues>) -> Vec<u16> {
+        match queue {
+            Some(Queues::All) => (0..self.queue_num as u16).collect(),
+            Some(Queues::Index(n)) => vec![n],
+            None => vec![0],
         }
     }
 
-    pub(super) fn vring(&mut self, step: &Step) -> StepResult {
+    pub(super) fn vring(&mut self, step: &Step, a: &VringArgs) -> StepResult {
         // The ring size a scenario asks for, but never more than the back-end accepts
         // (`--queue-size`, or the largest it acked at preflight).
-        let asked = step.size.map_or(128, |s| s.min(u64::from(u16::MAX)) as u16);
+        let asked = a
+            .ring_size
+            .map_or(128, |s| s.min(u64::from(u16::MAX)) as u16);
         let size = asked.min(self.offer.queue_size).max(1);
-        if size < asked && step.size.is_some() {
+        if size < asked && a.ring_size.is_some() {
             self.notes.push(format!(
                 "step {}: ring size {asked} lowered to {size}, the largest the back-end accepts",
                 self.step_no
@@ -190,7 +191,7 @@ impl Ctx<'_> {
         }
         let event_idx = self.features & VirtioFeatures::EVENT_IDX.bits() != 0;
         let bit30 = self.features & VirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
-        for idx in self.queue_indices(step) {
+        for idx in self.queue_indices(a.queue) {
             if u64::from(idx) >= self.queue_num {
                 // Configuring more queues than reported is a front-end error (R-MQ-02).
                 return Err(StepError::NotApplicable(format!(
@@ -201,15 +202,9 @@ impl Ctx<'_> {
             let mut mem = self.mem.take().ok_or_else(|| {
                 StepError::Harness("no memory yet: add a `memory` step before `vring`".into())
             })?;
-            let layout = match step.ring.as_deref() {
-                None | Some("split") => RingLayout::Split,
-                Some("packed") => RingLayout::Packed,
-                Some(other) => {
-                    self.mem = Some(mem);
-                    return Err(StepError::Harness(format!(
-                        "unknown ring {other:?} (split, packed)"
-                    )));
-                }
+            let layout = match a.ring.unwrap_or_default() {
+                Ring::Split => RingLayout::Split,
+                Ring::Packed => RingLayout::Packed,
             };
             let q = DriverQueue::new(&mut mem, idx, size, layout, event_idx);
             let mut q = match q {
@@ -219,14 +214,14 @@ impl Ctx<'_> {
                     return Err(StepError::Harness(chain(&e)));
                 }
             };
-            q.inject_kick = step.kick.unwrap_or(true);
-            q.call_fd = step.call_fd.unwrap_or(true);
-            q.reverse_setup = step.reverse_setup.unwrap_or(false);
-            q.kick_fd = step.kick_fd.unwrap_or(true);
-            let base = step.base.unwrap_or_else(|| q.initial_base());
+            q.inject_kick = a.kick.unwrap_or(true);
+            q.call_fd = a.call_fd.unwrap_or(true);
+            q.reverse_setup = a.reverse_setup.unwrap_or(false);
+            q.kick_fd = a.kick_fd.unwrap_or(true);
+            let base = a.base.unwrap_or_else(|| q.initial_base());
             let session = self.session()?;
             let mut r = q.setup(session, &mem, base);
-            if r.is_ok() && bit30 && step.enable.unwrap_or(true) {
+            if r.is_ok() && bit30 && a.enable.unwrap_or(true) {
                 r = session.checked(FrontendReq::SetVringEnable, |s| {
                     s.set_vring_enable(idx.into(), true)
                 });
@@ -243,9 +238,9 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    pub(super) fn enable(&mut self, step: &Step) -> StepResult {
-        for idx in self.queue_indices(step) {
-            let on = step.on.unwrap_or(true);
+    pub(super) fn enable(&mut self, step: &Step, a: &EnableArgs) -> StepResult {
+        for idx in self.queue_indices(a.queue) {
+            let on = a.on.unwrap_or(true);
             if on {
                 self.idle.remove(&idx);
             } else {
@@ -257,23 +252,23 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    pub(super) fn get_vring_base(&mut self, step: &Step) -> StepResult {
-        let idx = self.queue_indices(step)[0];
+    pub(super) fn get_vring_base(&mut self, step: &Step, a: &GetVringBaseArgs) -> StepResult {
+        let idx = self.queue_indices(a.queue)[0];
         self.idle.insert(idx);
         let r = self.session()?.get_vring_base(idx.into());
         let state = r.map_err(|e| self.session_failed(step, e))?;
-        let want = match &step.num {
-            Some(NumOrWord::Num(n)) => Some(*n as u32),
+        let want = match a.num {
+            Some(VringNum::Value(n)) => Some(n as u32),
             // Split: the next avail index. Packed: avail index and wrap (bits 0-15) and used
             // index and wrap (bits 16-31) (R-VRING-07).
-            Some(NumOrWord::Word(w)) if w == "reached" => self.queues.get(&idx).map(|q| {
+            Some(VringNum::Reached) => self.queues.get(&idx).map(|q| {
                 let avail = u32::from(q.avail_idx());
                 match (q.layout(), self.mem.as_ref()) {
                     (RingLayout::Packed, Some(mem)) => avail | u32::from(q.used_idx(mem)) << 16,
                     _ => avail,
                 }
             }),
-            _ => None,
+            None => None,
         };
         if state.index != u32::from(idx) {
             self.fail(
@@ -308,10 +303,11 @@ impl Ctx<'_> {
     }
 }
 
-fn select_bits(sel: &NumOrWordList, lookup: fn(&str) -> Option<u64>, all: u64) -> u64 {
+/// The bits a `negotiate` step takes: `all` (every one offered and required), or exactly those
+/// it names.
+fn select_bits<const VIRTIO: bool>(sel: &Features<VIRTIO>, all: u64) -> u64 {
     match sel {
-        NumOrWordList::Word(w) if w == "all" => all,
-        NumOrWordList::Word(w) => lookup(w).unwrap_or(0),
-        NumOrWordList::List(l) => l.iter().filter_map(|n| lookup(n)).fold(0, |a, b| a | b),
+        Features::All => all,
+        Features::Only(names) => names.iter().fold(0, |a, n| a | n.bits()),
     }
 }

@@ -23,13 +23,18 @@ const NEED_REPLY: u32 = 1 << 3;
 use super::{Ctx, StepError, StepResult};
 use crate::engine::chain;
 use crate::scenario::Action;
-use crate::scenario::model::Step;
+use crate::scenario::model::{ShmemRange, Step};
 
 impl Ctx<'_> {
     /// `shmem_map` / `shmem_unmap`: the device request on queue 0, then what the back-end sent
     /// on its channel while serving it.
-    pub(super) fn shmem_request(&mut self, step: &Step) -> StepResult {
-        let map = step.action == Action::ShmemMap;
+    pub(super) fn shmem_request(
+        &mut self,
+        step: &Step,
+        a: &ShmemRange,
+        refuse: bool,
+    ) -> StepResult {
+        let map = matches!(step.action, Action::ShmemMap(_));
         let session = self.session()?;
         if session.channel().is_none() {
             return Err(StepError::NotApplicable(
@@ -38,15 +43,15 @@ impl Ctx<'_> {
         }
         let negotiated = session.has_protocol(ProtocolFeatures::SHMEM);
         if !negotiated {
-            return self.shmem_not_negotiated(step);
+            return self.shmem_not_negotiated(a);
         }
         // Declares the regions the channel checks maps against (and maps into).
         let r = session.get_shmem_config();
         let config = r.map_err(|e| self.session_failed(step, e))?;
-        let shmid = step.shmid.unwrap_or(0);
-        let len = step.len.unwrap_or(DEFAULT_LEN);
-        let mut shm_offset = step.offset.unwrap_or(0);
-        if step.at_end == Some(true) {
+        let shmid = a.shmid.unwrap_or(0);
+        let len = a.len.unwrap_or(DEFAULT_LEN);
+        let mut shm_offset = a.offset.unwrap_or(0);
+        if a.at_end == Some(true) {
             let size = match config.body(vhu_protocol::FrontendReq::GetShmemConfig.reply_body()) {
                 Ok(vhu_protocol::wire::payload::Body::ShmemConfig(c)) => {
                     c.sizes.get(usize::from(shmid)).copied().unwrap_or(0)
@@ -60,7 +65,7 @@ impl Ctx<'_> {
             })?;
         }
         let body = shmem_body(shmid, shm_offset, len);
-        let refuse = step.refuse == Some(true);
+
         if refuse && let Some(c) = self.session.as_ref().and_then(|s| s.channel()) {
             c.refuse_next(1);
         }
@@ -198,13 +203,13 @@ impl Ctx<'_> {
     }
 
     /// R-SHM-10: without SHMEM negotiated, the device request must not lead to SHMEM_MAP.
-    fn shmem_not_negotiated(&mut self, step: &Step) -> StepResult {
+    fn shmem_not_negotiated(&mut self, a: &ShmemRange) -> StepResult {
         self.mark(id::R_SHM_10);
         let before = self.channel_records().len();
         let body = shmem_body(
-            step.shmid.unwrap_or(0),
-            step.offset.unwrap_or(0),
-            step.len.unwrap_or(DEFAULT_LEN),
+            a.shmid.unwrap_or(0),
+            a.offset.unwrap_or(0),
+            a.len.unwrap_or(DEFAULT_LEN),
         );
         let _ = self.vendor_request(T_VHU_SHMEM_MAP, body.as_bytes())?;
         let sent: Vec<_> = self.channel_records().split_off(before);

@@ -14,7 +14,7 @@ use vhu_protocol::Message;
 use super::{Ctx, StepError, StepResult};
 use crate::engine::chain;
 use crate::scenario::Expect;
-use crate::scenario::model::Step;
+use crate::scenario::model::{LoadStateArgs, Step};
 use crate::target::Instance;
 
 /// Largest device state read from a back-end: R-MIG-06 sets no bound, this one keeps a
@@ -208,12 +208,12 @@ impl Ctx<'_> {
     /// SET_DEVICE_STATE_FD(load), write the saved state, close, then CHECK_DEVICE_STATE = 0
     /// (R-MIG-07, R-MIG-08, R-MIG-11). The write is bounded by the step's deadline, on this
     /// thread.
-    pub(super) fn load_state(&mut self, step: &Step) -> StepResult {
+    pub(super) fn load_state(&mut self, step: &Step, a: &LoadStateArgs) -> StepResult {
         let mut state = self.saved_state.clone().ok_or_else(|| {
             StepError::Harness("no saved state: add a `save_state` step first".into())
         })?;
-        // `size`: only the first bytes of the state, to check a truncated stream is refused.
-        if let Some(n) = step.size {
+        // Only the first bytes of the state, to check a truncated stream is refused.
+        if let Some(n) = a.truncate_to {
             state.truncate(usize::try_from(n).unwrap_or(usize::MAX));
         }
         let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)

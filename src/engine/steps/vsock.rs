@@ -100,6 +100,63 @@ fn show(h: &Hdr) -> String {
     )
 }
 
+/// The port a vsock step names (0 for `vsock_config`).
+fn port_of(step: &Step) -> u32 {
+    match &step.action {
+        Action::VsockListen(a) => a.port,
+        Action::VsockConnect(a) => a.port,
+        Action::VsockSend(a) => a.port,
+        Action::VsockRecv(a) => a.port,
+        Action::VsockHostConnect(a) => a.port,
+        Action::VsockUnknownType(a) => a.port,
+        Action::VsockCreditRequest(a) | Action::VsockShutdown(a) | Action::VsockNoConnection(a) => {
+            a.port
+        }
+        _ => 0,
+    }
+}
+
+/// The payload bytes a vsock step moves (`bytes`), where it takes them.
+fn bytes_of(step: &Step) -> Option<u32> {
+    match &step.action {
+        Action::VsockListen(a) => a.bytes,
+        Action::VsockSend(a) => Some(a.bytes),
+        Action::VsockRecv(a) => Some(a.bytes),
+        Action::VsockHostConnect(a) => a.bytes,
+        _ => None,
+    }
+}
+
+/// The receive space a connecting step announces (`buf_alloc`).
+fn buf_alloc_of(step: &Step) -> Option<u32> {
+    match &step.action {
+        Action::VsockConnect(a) => a.buf_alloc,
+        Action::VsockHostConnect(a) => a.buf_alloc,
+        _ => None,
+    }
+}
+
+/// The seed of the bytes a `vsock_send` writes (`pattern`).
+fn pattern_of(step: &Step) -> Option<u8> {
+    match &step.action {
+        Action::VsockSend(a) => a.pattern,
+        _ => None,
+    }
+}
+
+/// The socket type a `vsock_unknown_type` step asks for.
+fn socket_type_of(step: &Step) -> Option<u16> {
+    match &step.action {
+        Action::VsockUnknownType(a) => a.socket_type,
+        _ => None,
+    }
+}
+
+/// Whether the receive buffers put the header in its own descriptor (`rx_split`).
+fn rx_split_of(step: &Step) -> bool {
+    matches!(&step.action, Action::VsockConnect(a) if a.rx_split == Some(true))
+}
+
 impl Ctx<'_> {
     pub(super) fn vsock_step(&mut self, step: &Step) -> StepResult {
         let before = self.findings.len();
@@ -111,16 +168,16 @@ impl Ctx<'_> {
     }
 
     fn vsock_inner(&mut self, step: &Step) -> StepResult {
-        let port = step.port.unwrap_or(0);
+        let port = port_of(step);
         match step.action {
-            Action::VsockConfig => self.read_guest_cid(step).map(drop),
-            Action::VsockListen => self.vsock_listen(step, port),
-            Action::VsockConnect => self.vsock_connect(step, port),
-            Action::VsockSend => self.vsock_send(step, port),
-            Action::VsockRecv => self.vsock_recv(step, port),
-            Action::VsockCreditRequest => self.vsock_credit_request(step, port),
-            Action::VsockShutdown => self.vsock_shutdown(step, port),
-            Action::VsockHostConnect => self.vsock_host_connect(step, port),
+            Action::VsockConfig(_) => self.read_guest_cid(step).map(drop),
+            Action::VsockListen(_) => self.vsock_listen(step, port),
+            Action::VsockConnect(_) => self.vsock_connect(step, port),
+            Action::VsockSend(_) => self.vsock_send(step, port),
+            Action::VsockRecv(_) => self.vsock_recv(step, port),
+            Action::VsockCreditRequest(_) => self.vsock_credit_request(step, port),
+            Action::VsockShutdown(_) => self.vsock_shutdown(step, port),
+            Action::VsockHostConnect(_) => self.vsock_host_connect(step, port),
             _ => self.vsock_probe_rst(step, port),
         }
     }
@@ -181,11 +238,7 @@ impl Ctx<'_> {
         if self.vsock.rx.is_some() {
             return Ok(());
         }
-        let mut pool = RxPool::new(
-            RX_BUF,
-            step.rx_split == Some(true),
-            step.indirect == Some(true),
-        );
+        let mut pool = RxPool::new(RX_BUF, rx_split_of(step), step.action.indirect());
         let (mut q, mut mem) = self.take_queue(vsock::RX_QUEUE)?;
         let n = RX_BUFFERS.min(usize::from(q.size / 2).max(1));
         let r = pool.post(&mut q, &mut mem, n);
@@ -231,7 +284,7 @@ impl Ctx<'_> {
 
     /// Sends one packet on the tx queue; its chain must be used like any other (R-DEV-*).
     fn vsock_tx(&mut self, step: &Step, pkt: &Packet) -> StepResult {
-        let chain = pkt.chain(!pkt.payload.is_empty(), step.indirect == Some(true));
+        let chain = pkt.chain(!pkt.payload.is_empty(), step.action.indirect());
         let (mut q, mut mem) = self.take_queue(vsock::TX_QUEUE)?;
         let r = drv::send(&mut q, &mut mem, &chain, self.opts.step_timeout);
         self.put_queue(vsock::TX_QUEUE, q, mem);
@@ -387,8 +440,7 @@ impl Ctx<'_> {
             )));
         }
         let path = PathBuf::from(format!("{}_{port}", uds.display()));
-        let first = step
-            .bytes
+        let first = bytes_of(step)
             .map(|n| stream_bytes(n, 0x31))
             .unwrap_or_default();
         let behaviour = if first.is_empty() {
@@ -406,7 +458,7 @@ impl Ctx<'_> {
         let cid = self.guest_cid(step)?;
         self.ensure_rx(step)?;
         let local = self.vsock.local_port();
-        let buf_alloc = step.buf_alloc.unwrap_or(DEFAULT_BUF_ALLOC);
+        let buf_alloc = buf_alloc_of(step).unwrap_or(DEFAULT_BUF_ALLOC);
         let mut conn = Conn::new(cid, vsock::HOST_CID, local, port, buf_alloc);
         let pkt = conn.packet(vsock::OP_REQUEST, 0, Vec::new());
         self.vsock.conns.insert(port, conn);
@@ -504,8 +556,8 @@ impl Ctx<'_> {
 
     fn vsock_send(&mut self, step: &Step, port: u32) -> StepResult {
         self.established(port)?;
-        let n = step.bytes.unwrap_or(0) as usize;
-        let data = stream_bytes(n as u32, step.pattern.unwrap_or(0x11));
+        let n = bytes_of(step).unwrap_or(0) as usize;
+        let data = stream_bytes(n as u32, pattern_of(step).unwrap_or(0x11));
         let rule = step.rule.unwrap_or(id::R_VSOCK_03);
         self.mark(rule);
         let before = self
@@ -585,7 +637,7 @@ impl Ctx<'_> {
             .get(&port)
             .map(|(_, first)| first.clone())
             .unwrap_or_default();
-        let n = (step.bytes.unwrap_or(0) as usize).min(want.len());
+        let n = (bytes_of(step).unwrap_or(0) as usize).min(want.len());
         self.mark(id::R_VSOCK_07);
         let got = self.collect_rx(step, port, n)?;
         let rule = step.rule.unwrap_or(id::R_VSOCK_03);
@@ -701,7 +753,7 @@ impl Ctx<'_> {
                 show(&h),
             ));
         }
-        let buf_alloc = step.buf_alloc.unwrap_or(DEFAULT_BUF_ALLOC);
+        let buf_alloc = buf_alloc_of(step).unwrap_or(DEFAULT_BUF_ALLOC);
         let mut conn = Conn::new(cid, vsock::HOST_CID, port, h.src_port, buf_alloc);
         conn.on_packet(&h, 0);
         let pkt = conn.packet(vsock::OP_RESPONSE, 0, Vec::new());
@@ -716,8 +768,7 @@ impl Ctx<'_> {
                 self.step_no
             )),
         }
-        let first = step
-            .bytes
+        let first = bytes_of(step)
             .map(|n| stream_bytes(n, 0x53))
             .unwrap_or_default();
         let behaviour = if first.is_empty() {
@@ -738,9 +789,9 @@ impl Ctx<'_> {
         self.ensure_rx(step)?;
         let local = self.vsock.local_port();
         let mut conn = Conn::new(cid, vsock::HOST_CID, local, port, DEFAULT_BUF_ALLOC);
-        let (pkt, what) = if step.action == Action::VsockUnknownType {
+        let (pkt, what) = if matches!(step.action, Action::VsockUnknownType(_)) {
             let mut p = conn.packet(vsock::OP_REQUEST, 0, Vec::new());
-            p.hdr.type_ = step.socket_type.unwrap_or(UNKNOWN_TYPE);
+            p.hdr.type_ = socket_type_of(step).unwrap_or(UNKNOWN_TYPE);
             let t = p.hdr.type_;
             (p, format!("REQUEST of socket type {t:#x} to port {port}"))
         } else {
