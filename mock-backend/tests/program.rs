@@ -41,8 +41,23 @@ fn start() -> Backend {
     Backend(child, sock, dir)
 }
 
+/// Connects, retrying while the socket file exists but is not yet listening (the back-end binds,
+/// then listens: a connect between the two is refused).
 fn connect(path: &Path) -> Connection {
-    Connection::new(UnixStream::connect(path).unwrap(), T)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match UnixStream::connect(path) {
+            Ok(s) => return Connection::new(s, T),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{path:?} refuses connections: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("connect {path:?}: {e}"),
+        }
+    }
 }
 
 /// A session with REPLY_ACK, so failures show as non-zero acks.

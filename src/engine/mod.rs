@@ -327,11 +327,17 @@ pub fn run_scenario(
 /// crash in its teardown (which shows within milliseconds of the close).
 const TEARDOWN_WATCH: Duration = Duration::from_millis(20);
 
-/// A death by a signal after the scenario's last connection closed: a crash (R-CRASH-01, MUST
-/// whatever the scenario's level), as a step would have recorded it.
-pub(crate) fn crashed_at_end(r: &mut ScenarioResult, death: &Death, tail: &str) {
+/// The finding of a back-end that died by a signal (R-CRASH-01, MUST whatever the scenario's
+/// level): `summary` says when ("step 3: ... , after SET_VRING_NUM"), `how` is filled in before
+/// it; `None` for a death that is not a crash.
+pub(crate) fn crash_finding(
+    death: &Death,
+    tail: String,
+    when: impl FnOnce(&str) -> String,
+    sent: String,
+) -> Option<Finding> {
     let Death::Crash { signal, via_status } = *death else {
-        return;
+        return None;
     };
     let name = crate::target::signal_name(signal);
     let how = if via_status {
@@ -342,13 +348,11 @@ pub(crate) fn crashed_at_end(r: &mut ScenarioResult, death: &Death, tail: &str) 
     } else {
         format!("killed by {name}")
     };
-    r.findings.push(Finding {
+    Some(Finding {
         rule: crate::rules::id::R_CRASH_01,
         level: Level::Must,
-        summary: format!(
-            "CRASH: the back-end process died, {how}, when the scenario's last connection closed"
-        ),
-        sent: "the front-end closed its connection at the end of the scenario".into(),
+        summary: when(&how),
+        sent,
         received: if tail.is_empty() {
             how.clone()
         } else {
@@ -358,9 +362,27 @@ pub(crate) fn crashed_at_end(r: &mut ScenarioResult, death: &Death, tail: &str) 
         crash: Some(Crash {
             signal,
             signal_name: name,
-            stderr_tail: tail.to_string(),
+            stderr_tail: tail,
         }),
-    });
+    })
+}
+
+/// A death by a signal after the scenario's last connection closed: a crash, as a step would
+/// have recorded it.
+pub(crate) fn crashed_at_end(r: &mut ScenarioResult, death: &Death, tail: &str) {
+    let Some(finding) = crash_finding(
+        death,
+        tail.to_string(),
+        |how| {
+            format!(
+                "CRASH: the back-end process died, {how}, when the scenario's last connection closed"
+            )
+        },
+        "the front-end closed its connection at the end of the scenario".into(),
+    ) else {
+        return;
+    };
+    r.findings.push(finding);
     if !r.checked_rules.contains(&crate::rules::id::R_CRASH_01) {
         r.checked_rules.push(crate::rules::id::R_CRASH_01);
     }

@@ -29,11 +29,11 @@ mod state;
 mod tests;
 mod vsock;
 
-use super::{Crash, Finding, Offer, RunOptions, chain, describe_exit};
+use super::{Finding, Offer, RunOptions, chain, describe_exit};
 use crate::rules::RuleId;
 use crate::scenario::model::{NoArgs, Step};
 use crate::scenario::{Action, Level, Scenario};
-use crate::target::{Death, Instance, ProcessState, signal_name};
+use crate::target::{Death, Instance, ProcessState};
 
 /// Guest memory size of the named layouts.
 const LAYOUT_BYTES: u64 = 16 << 20;
@@ -466,41 +466,13 @@ impl<'a> Ctx<'a> {
 
     /// Records the R-CRASH-01 finding for a back-end that died by a crash signal.
     fn crash_finding(&mut self, death: &Death, when: &str, sent: String) {
-        let Death::Crash { signal, via_status } = *death else {
-            return;
-        };
-        let name = signal_name(signal);
         let tail = self.inst().stderr_tail(600);
-        let how = if via_status {
-            format!(
-                "exit status {} (128 + {name}, as its wrapper reports a signal)",
-                128 + signal
-            )
-        } else {
-            format!("killed by {name}")
-        };
-        let received = if tail.is_empty() {
-            how.clone()
-        } else {
-            format!("{how}; stderr: {tail}")
-        };
-        self.push(Finding {
-            rule: crate::rules::id::R_CRASH_01,
-            // A crash fails whatever the scenario's level.
-            level: Level::Must,
-            summary: format!(
-                "step {}: CRASH: the back-end process died, {how}, {when}",
-                self.step_no
-            ),
-            sent,
-            received,
-            expected: "the back-end never dies by a signal, whatever the front-end sends".into(),
-            crash: Some(Crash {
-                signal,
-                signal_name: name,
-                stderr_tail: tail,
-            }),
-        });
+        let step_no = self.step_no;
+        let summary =
+            |how: &str| format!("step {step_no}: CRASH: the back-end process died, {how}, {when}");
+        if let Some(finding) = super::crash_finding(death, tail, summary, sent) {
+            self.push(finding);
+        }
     }
 
     /// Whether the back-end process has ended, waiting up to `within` (spawn mode). A crash is
