@@ -70,6 +70,8 @@ pub enum DeviceKind {
     Vsock,
     /// virtio-rng (5.4).
     Rng,
+    /// virtio-scmi, an SCMI platform with the BASE protocol (5.17).
+    Scmi,
 }
 
 impl DeviceKind {
@@ -81,6 +83,7 @@ impl DeviceKind {
             Self::Fs => "fs",
             Self::Vsock => "vsock",
             Self::Rng => "rng",
+            Self::Scmi => "scmi",
         }
     }
 

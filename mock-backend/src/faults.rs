@@ -101,6 +101,12 @@ pub enum Fault {
     RngZeroLen,
     /// rng: every byte written is 0x00.
     RngConstant,
+    /// scmi: the response header carries the command's token + 1.
+    ScmiTokenNotEchoed,
+    /// scmi: an error status is followed by four zero bytes.
+    ScmiErrorPadded,
+    /// scmi: a protocol that is not implemented answers SUCCESS.
+    ScmiUnknownProtocolSuccess,
     /// fs: replies carry the request's unique + 1.
     FsUniqueNotEchoed,
     /// fs: the out header's len is 8 more than the bytes written.
@@ -464,6 +470,24 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "--device rng: every random byte is 0x00",
     ),
     (
+        Fault::ScmiTokenNotEchoed,
+        "scmi-token-not-echoed",
+        "R-SCMI-01",
+        "--device scmi: the response header carries the command's token + 1",
+    ),
+    (
+        Fault::ScmiErrorPadded,
+        "scmi-error-padded",
+        "R-SCMI-02",
+        "--device scmi: an error status is followed by four zero bytes of return values",
+    ),
+    (
+        Fault::ScmiUnknownProtocolSuccess,
+        "scmi-unknown-protocol-success",
+        "R-SCMI-04",
+        "--device scmi: a command of a protocol not implemented is answered SUCCESS",
+    ),
+    (
         Fault::FsUniqueNotEchoed,
         "fs-unique-not-echoed",
         "R-FS-01",
@@ -717,6 +741,7 @@ pub fn device(f: Fault) -> Option<DeviceKind> {
             Some(DeviceKind::Net)
         }
         RngUsedLenPastBuffer | RngZeroLen | RngConstant => Some(DeviceKind::Rng),
+        ScmiTokenNotEchoed | ScmiErrorPadded | ScmiUnknownProtocolSuccess => Some(DeviceKind::Scmi),
         FsUniqueNotEchoed | FsLenMismatch | FsPositiveErrno | FsForgetReply => Some(DeviceKind::Fs),
         VsockNoRst | VsockBadDstCid | VsockCreditOverrun => Some(DeviceKind::Vsock),
         _ => None,
@@ -867,6 +892,15 @@ impl Faults {
             no_rst: self.has(Fault::VsockNoRst),
             bad_dst_cid: self.has(Fault::VsockBadDstCid),
             credit_overrun: self.has(Fault::VsockCreditOverrun),
+        }
+    }
+
+    /// The scmi device's share of the faults.
+    pub fn scmi(&self) -> vhu_mock_device::ScmiFaults {
+        vhu_mock_device::ScmiFaults {
+            token_not_echoed: self.has(Fault::ScmiTokenNotEchoed),
+            error_padded: self.has(Fault::ScmiErrorPadded),
+            unknown_protocol_success: self.has(Fault::ScmiUnknownProtocolSuccess),
         }
     }
 

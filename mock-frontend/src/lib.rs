@@ -15,6 +15,7 @@ pub mod iommu;
 pub mod memory;
 pub mod net;
 pub mod rng;
+pub mod scmi;
 pub mod session;
 pub mod shmem;
 pub mod transcript;

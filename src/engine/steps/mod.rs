@@ -21,6 +21,7 @@ mod iotlb;
 mod liveness;
 mod net;
 mod rng;
+mod scmi;
 mod send;
 mod setup;
 mod shmem;
@@ -825,6 +826,7 @@ impl<'a> Ctx<'a> {
             | Action::VsockNoConnection(_)
             | Action::VsockHostConnect(_) => self.vsock_step(step),
             Action::Iotlb(a) => self.iotlb_step(step, a),
+            Action::ScmiCommand(a) => self.scmi_command(step, a),
             Action::Sleep(a) => {
                 let left = self.deadline.saturating_duration_since(Instant::now());
                 std::thread::sleep(Duration::from_millis(a.ms).min(left));
