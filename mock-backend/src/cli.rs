@@ -72,6 +72,8 @@ pub enum DeviceKind {
     Rng,
     /// virtio-scmi, an SCMI platform with the BASE protocol (5.17).
     Scmi,
+    /// virtio-gpio, eight simulated lines (5.18).
+    Gpio,
 }
 
 impl DeviceKind {
@@ -84,6 +86,7 @@ impl DeviceKind {
             Self::Vsock => "vsock",
             Self::Rng => "rng",
             Self::Scmi => "scmi",
+            Self::Gpio => "gpio",
         }
     }
 

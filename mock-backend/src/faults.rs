@@ -107,6 +107,12 @@ pub enum Fault {
     ScmiErrorPadded,
     /// scmi: a protocol that is not implemented answers SUCCESS.
     ScmiUnknownProtocolSuccess,
+    /// gpio: only the status byte of a response is written.
+    GpioValueUnset,
+    /// gpio: a line past the last one is answered OK.
+    GpioPastEndOk,
+    /// gpio: the names block's last name has no terminator.
+    GpioNamesUnterminated,
     /// fs: replies carry the request's unique + 1.
     FsUniqueNotEchoed,
     /// fs: the out header's len is 8 more than the bytes written.
@@ -488,6 +494,24 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "--device scmi: a command of a protocol not implemented is answered SUCCESS",
     ),
     (
+        Fault::GpioValueUnset,
+        "gpio-value-unset",
+        "R-GPIO-01",
+        "--device gpio: only the status byte of a response is written, not its value",
+    ),
+    (
+        Fault::GpioPastEndOk,
+        "gpio-past-end-ok",
+        "R-GPIO-05",
+        "--device gpio: a request for a line past ngpio is answered OK",
+    ),
+    (
+        Fault::GpioNamesUnterminated,
+        "gpio-names-unterminated",
+        "R-GPIO-03",
+        "--device gpio: the last line name of GET_LINE_NAMES has no terminator",
+    ),
+    (
         Fault::FsUniqueNotEchoed,
         "fs-unique-not-echoed",
         "R-FS-01",
@@ -742,6 +766,7 @@ pub fn device(f: Fault) -> Option<DeviceKind> {
         }
         RngUsedLenPastBuffer | RngZeroLen | RngConstant => Some(DeviceKind::Rng),
         ScmiTokenNotEchoed | ScmiErrorPadded | ScmiUnknownProtocolSuccess => Some(DeviceKind::Scmi),
+        GpioValueUnset | GpioPastEndOk | GpioNamesUnterminated => Some(DeviceKind::Gpio),
         FsUniqueNotEchoed | FsLenMismatch | FsPositiveErrno | FsForgetReply => Some(DeviceKind::Fs),
         VsockNoRst | VsockBadDstCid | VsockCreditOverrun => Some(DeviceKind::Vsock),
         _ => None,
@@ -892,6 +917,15 @@ impl Faults {
             no_rst: self.has(Fault::VsockNoRst),
             bad_dst_cid: self.has(Fault::VsockBadDstCid),
             credit_overrun: self.has(Fault::VsockCreditOverrun),
+        }
+    }
+
+    /// The gpio device's share of the faults.
+    pub fn gpio(&self) -> vhu_mock_device::GpioFaults {
+        vhu_mock_device::GpioFaults {
+            value_unset: self.has(Fault::GpioValueUnset),
+            past_end_ok: self.has(Fault::GpioPastEndOk),
+            names_unterminated: self.has(Fault::GpioNamesUnterminated),
         }
     }
 

@@ -17,6 +17,7 @@ mod backend_requests;
 mod chains;
 mod datapath;
 mod fs;
+mod gpio;
 mod iotlb;
 mod liveness;
 mod net;
@@ -110,6 +111,8 @@ pub struct Ctx<'a> {
     vsock: vsock::VsockState,
     /// IOTLB steps: what was invalidated, which misses were looked at.
     iotlb: iotlb::IotlbState,
+    /// gpio steps: the config space read.
+    gpio: gpio::GpioState,
 }
 
 impl<'a> Ctx<'a> {
@@ -154,6 +157,7 @@ impl<'a> Ctx<'a> {
             fs: fs::FsState::default(),
             vsock: vsock::VsockState::default(),
             iotlb: iotlb::IotlbState::default(),
+            gpio: gpio::GpioState::default(),
         }
     }
 
@@ -827,6 +831,8 @@ impl<'a> Ctx<'a> {
             | Action::VsockHostConnect(_) => self.vsock_step(step),
             Action::Iotlb(a) => self.iotlb_step(step, a),
             Action::ScmiCommand(a) => self.scmi_command(step, a),
+            Action::GpioConfig(_) => self.gpio_config(step),
+            Action::GpioRequest(a) => self.gpio_request(step, a),
             Action::Sleep(a) => {
                 let left = self.deadline.saturating_duration_since(Instant::now());
                 std::thread::sleep(Duration::from_millis(a.ms).min(left));
