@@ -25,7 +25,7 @@ want scmi && cargo_install vhost-device-scmi 0.4.0
 want input && cargo_install vhost-device-input 0.1.0
 # vhost-device-gpio 0.1.0 (the only release) needs libgpiod >= 2 to build (Debian 12 has 1.6)
 # and a kernel GPIO chip (/dev/gpiochipN, gpio-sim) to run: neither is here, so it is not
-# installed; tests/gpio_real.rs says so (README, "vhost-device-gpio").
+# installed, and there is no tests/gpio_real.rs (README, "vhost-device-gpio").
 want gpio && log "gpio: vhost-device-gpio 0.1.0 needs libgpiod >= 2 and /dev/gpiochipN: not installed"
 want i2c && cargo_install vhost-device-i2c 0.1.0
 true

@@ -291,7 +291,7 @@ fn legal_variations_give_no_fail() {
 }
 
 /// The devices of issue 17 served by the reference back-end whose faults this file checks.
-const SIMPLE_DEVICES: &[&str] = &["scmi", "gpio"];
+const SIMPLE_DEVICES: &[&str] = &["scmi", "gpio", "i2c"];
 
 #[test]
 fn the_reference_simple_devices_fail_nothing_and_their_faults_are_caught() {

@@ -74,6 +74,8 @@ pub enum DeviceKind {
     Scmi,
     /// virtio-gpio, eight simulated lines (5.18).
     Gpio,
+    /// virtio-i2c, an adapter with one simulated client at 0x20 (5.19).
+    I2c,
 }
 
 impl DeviceKind {
@@ -87,6 +89,7 @@ impl DeviceKind {
             Self::Rng => "rng",
             Self::Scmi => "scmi",
             Self::Gpio => "gpio",
+            Self::I2c => "i2c",
         }
     }
 

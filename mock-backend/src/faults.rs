@@ -113,6 +113,10 @@ pub enum Fault {
     GpioPastEndOk,
     /// gpio: the names block's last name has no terminator.
     GpioNamesUnterminated,
+    /// i2c: the status byte is 2, neither OK nor ERR.
+    I2cBadStatus,
+    /// i2c: VIRTIO_I2C_F_ZERO_LENGTH_REQUEST is not offered.
+    I2cNoZeroLength,
     /// fs: replies carry the request's unique + 1.
     FsUniqueNotEchoed,
     /// fs: the out header's len is 8 more than the bytes written.
@@ -512,6 +516,18 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "--device gpio: the last line name of GET_LINE_NAMES has no terminator",
     ),
     (
+        Fault::I2cBadStatus,
+        "i2c-bad-status",
+        "R-I2C-01",
+        "--device i2c: the status byte is 2, neither VIRTIO_I2C_MSG_OK nor _ERR",
+    ),
+    (
+        Fault::I2cNoZeroLength,
+        "i2c-no-zero-length",
+        "R-I2C-02",
+        "--device i2c: VIRTIO_I2C_F_ZERO_LENGTH_REQUEST (bit 0) is not offered",
+    ),
+    (
         Fault::FsUniqueNotEchoed,
         "fs-unique-not-echoed",
         "R-FS-01",
@@ -767,6 +783,7 @@ pub fn device(f: Fault) -> Option<DeviceKind> {
         RngUsedLenPastBuffer | RngZeroLen | RngConstant => Some(DeviceKind::Rng),
         ScmiTokenNotEchoed | ScmiErrorPadded | ScmiUnknownProtocolSuccess => Some(DeviceKind::Scmi),
         GpioValueUnset | GpioPastEndOk | GpioNamesUnterminated => Some(DeviceKind::Gpio),
+        I2cBadStatus | I2cNoZeroLength => Some(DeviceKind::I2c),
         FsUniqueNotEchoed | FsLenMismatch | FsPositiveErrno | FsForgetReply => Some(DeviceKind::Fs),
         VsockNoRst | VsockBadDstCid | VsockCreditOverrun => Some(DeviceKind::Vsock),
         _ => None,
@@ -917,6 +934,14 @@ impl Faults {
             no_rst: self.has(Fault::VsockNoRst),
             bad_dst_cid: self.has(Fault::VsockBadDstCid),
             credit_overrun: self.has(Fault::VsockCreditOverrun),
+        }
+    }
+
+    /// The i2c device's share of the faults.
+    pub fn i2c(&self) -> vhu_mock_device::I2cFaults {
+        vhu_mock_device::I2cFaults {
+            bad_status: self.has(Fault::I2cBadStatus),
+            no_zero_length: self.has(Fault::I2cNoZeroLength),
         }
     }
 

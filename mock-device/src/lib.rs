@@ -24,6 +24,7 @@ mod chain;
 mod device;
 pub mod fs;
 mod gpio;
+mod i2c;
 pub mod memory;
 mod net;
 mod packed;
@@ -44,6 +45,7 @@ pub use chain::{Chain, RingError, Segment};
 pub use device::VirtioDevice;
 pub use fs::{FsDevice, FsError, FsFaults};
 pub use gpio::{GPIO_DEVICE_ID, GPIO_LINES, GpioDevice, GpioFaults};
+pub use i2c::{I2C_BAD_STATUS, I2C_CLIENT_ADDR, I2C_DEVICE_ID, I2cDevice, I2cFaults};
 pub use memory::{GuestMemory, MemError, VecMemory};
 pub use net::{
     NET_BACKLOG, NET_CONFIG_SIZE, NET_CTRL, NET_DEVICE_ID, NET_ERR, NET_HDR_LEN, NET_MAC, NET_MTU,

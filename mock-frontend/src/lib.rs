@@ -11,6 +11,7 @@ pub mod channel;
 pub mod exchange;
 pub mod fs;
 pub mod gpio;
+pub mod i2c;
 pub mod inflight;
 pub mod iommu;
 pub mod memory;

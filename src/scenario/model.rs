@@ -326,6 +326,9 @@ actions! {
     /// gpio: a requestq message (`request`, `gpio`, `value`), the response's status and value
     /// checked.
     "gpio_request" => GpioRequest(GpioRequestArgs),
+    /// i2c: a request on the requestq (a read of `read_len` bytes, a write of `write_hex`, both
+    /// as a write-read group, or a zero-length request), its status byte checked.
+    "i2c_transfer" => I2cTransfer(I2cTransferArgs),
 }
 
 impl Action {
@@ -355,6 +358,7 @@ impl Action {
             Self::VsockSend(a) => a.indirect,
             Self::ScmiCommand(a) => a.indirect,
             Self::GpioRequest(a) => a.indirect,
+            Self::I2cTransfer(a) => a.indirect,
             _ => None,
         };
         i == Some(true)
@@ -1523,7 +1527,7 @@ pub enum GpioMessage {
     Unknown,
 }
 
-/// The status a `gpio_request` expects.
+/// The status a `gpio_request` or an `i2c_transfer` expects (both devices answer OK 0 / ERR 1).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GpioStatus {
@@ -1559,6 +1563,33 @@ pub struct GpioRequestArgs {
     pub want_value: Option<u8>,
     /// Copies made available at once (one kick), answered in order for the same line
     /// (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// The chains go in indirect descriptor tables.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub indirect: Option<bool>,
+}
+
+/// `i2c_transfer`: requests on the I2C requestq.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct I2cTransferArgs {
+    /// The 7-bit address of the controlled device (default 0x20).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addr: Option<u8>,
+    /// Bytes to read (default 1 when nothing else is asked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_len: Option<u32>,
+    /// Bytes to write; with `read_len`, a write-read group (FAIL_NEXT on the write).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_hex: Option<Hex>,
+    /// A request without a buffer (the SMBus "Quick" command).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zero_length: Option<bool>,
+    /// The status every request of the step must get (`ok` or `err`; default: either).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<GpioStatus>,
+    /// Copies of the request (or group) made available at once, answered in order (default 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u32>,
     /// The chains go in indirect descriptor tables.

@@ -18,6 +18,7 @@ mod chains;
 mod datapath;
 mod fs;
 mod gpio;
+mod i2c;
 mod iotlb;
 mod liveness;
 mod net;
@@ -833,6 +834,7 @@ impl<'a> Ctx<'a> {
             Action::ScmiCommand(a) => self.scmi_command(step, a),
             Action::GpioConfig(_) => self.gpio_config(step),
             Action::GpioRequest(a) => self.gpio_request(step, a),
+            Action::I2cTransfer(a) => self.i2c_transfer(step, a),
             Action::Sleep(a) => {
                 let left = self.deadline.saturating_duration_since(Instant::now());
                 std::thread::sleep(Duration::from_millis(a.ms).min(left));
