@@ -1,7 +1,7 @@
 #!/bin/bash
 # A real vhost-user-scmi back-end: rust-vmm vhost-device-scmi 0.4.0 (ci/install-devices.sh scmi),
 # an SCMI platform with the BASE and SENSOR protocols over one fake accelerometer. It listens on
-# SOCKET_PATH itself (no "0" suffix). Two queues (cmdq, eventq: it offers P2A_CHANNELS), no
+# SOCKET_PATH itself (no "0" suffix). Two queues (cmdq, eventq: it offers P2A_CHANNELS),
 # REPLY_ACK, no CONFIG; keeps serving after a front-end leaves.
 #   usage: vhost-device-scmi.sh SOCKET_PATH   env: VHU_TARGETS (default ../../../shared/targets)
 set -u
