@@ -174,6 +174,19 @@ impl Ctx<'_> {
                 format!("{r:?}"),
             ));
         }
+        let header = r.header();
+        let shape = (header.protocol_id == scmi::BASE_PROTOCOL && r.status == scmi::SUCCESS)
+            .then(|| base_shape_problem(header.message_id, &r.values))
+            .flatten();
+        if let Some(problem) = shape {
+            self.mark(id::R_SCMI_03);
+            return Err(self.fail(
+                id::R_SCMI_03,
+                &format!("{what} on queue {idx}: SUCCESS, but {problem}"),
+                "the return values SCMI defines for the BASE command (SCMI 4.2.2)",
+                format!("{r:?}"),
+            ));
+        }
         match a.values_len {
             Some(n) if r.status == scmi::SUCCESS && r.values.len() != n as usize => Err(self.fail(
                 rule,
@@ -188,5 +201,60 @@ impl Ctx<'_> {
             )),
             _ => Ok(()),
         }
+    }
+}
+
+/// What is wrong with the return values (after the status) of a successful BASE command whose
+/// layout SCMI fixes (4.2.2.1 to 4.2.2.7), if anything; `None` for the other messages.
+fn base_shape_problem(message: u8, values: &[u8]) -> Option<String> {
+    let want = match message {
+        scmi::PROTOCOL_VERSION | scmi::PROTOCOL_ATTRIBUTES | scmi::PROTOCOL_MESSAGE_ATTRIBUTES => 4,
+        // BASE_DISCOVER_IMPLEMENTATION_VERSION: a uint32.
+        0x5 => 4,
+        scmi::BASE_DISCOVER_VENDOR | 0x4 => {
+            // A NUL-terminated ASCII string of up to 16 bytes.
+            let nul = values.iter().position(|&b| b == 0);
+            if values.len() == 16 && !nul.is_some_and(|n| values[..n].is_ascii()) {
+                return Some(format!(
+                    "the vendor string {values:02x?} is not NUL-terminated ASCII"
+                ));
+            }
+            16
+        }
+        scmi::BASE_DISCOVER_LIST_PROTOCOLS => {
+            // num_protocols, then that many protocol ids packed four to a uint32.
+            let n = values
+                .get(..4)
+                .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            4 + 4 * (n as usize).div_ceil(4)
+        }
+        _ => return None,
+    };
+    (values.len() != want).then(|| {
+        format!(
+            "{} bytes of return values after the status, not the {want} the command defines",
+            values.len()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base_shape_problem;
+
+    #[test]
+    fn base_return_values_are_measured_against_scmi() {
+        assert_eq!(base_shape_problem(0x0, &[0, 0, 2, 0]), None);
+        assert!(base_shape_problem(0x1, &[0; 8]).is_some());
+        let mut vendor = b"rust-vmm".to_vec();
+        vendor.resize(16, 0);
+        assert_eq!(base_shape_problem(0x3, &vendor), None);
+        assert!(base_shape_problem(0x3, &[b'a'; 16]).is_some());
+        // Five protocols: the count, then two words of ids.
+        let mut list = 5u32.to_le_bytes().to_vec();
+        list.extend_from_slice(&[0x11, 0x12, 0x13, 0x14, 0x15, 0, 0, 0]);
+        assert_eq!(base_shape_problem(0x6, &list), None);
+        assert!(base_shape_problem(0x6, &list[..8]).is_some());
+        assert_eq!(base_shape_problem(0x9, &[]), None);
     }
 }
