@@ -241,10 +241,18 @@ fn bundled_backend(device: Option<crate::device::DeviceType>) -> Result<TargetSp
         None | Some(DeviceType::Block) => "--shmem 0:0x100000".to_string(),
         Some(DeviceType::Fs) => "--device fs --shared-dir {fs_dir}".to_string(),
         Some(DeviceType::Vsock) => "--device vsock --uds-path {socket}.vsock".to_string(),
-        Some(d @ (DeviceType::Net | DeviceType::Rng)) => format!("--device {d}"),
+        Some(
+            d @ (DeviceType::Net
+            | DeviceType::Rng
+            | DeviceType::Scmi
+            | DeviceType::Gpio
+            | DeviceType::I2c),
+        ) => {
+            format!("--device {d}")
+        }
         Some(d) => {
             return Err(format!(
-                "the bundled reference back-end serves blk, net, fs, vsock and rng, not {d}: give the back-end with --spawn, --backend or --listen"
+                "the bundled reference back-end serves blk, net, fs, vsock, rng, scmi, gpio and i2c, not {d}: give the back-end with --spawn, --backend or --listen"
             ));
         }
     };

@@ -117,7 +117,8 @@ impl DeviceType {
             Self::Fs => 40,
             // guest_cid.
             Self::Vsock => 8,
-            Self::Rng | Self::Scmi => 0,
+            // I2C: "None currently defined" (virtio 1.2 5.19.4).
+            Self::Rng | Self::Scmi | Self::I2c => 0,
             // cols, rows, max_nr_ports, emerg_wr.
             Self::Console => 12,
             // events_read, events_clear, num_scanouts, num_capsets.

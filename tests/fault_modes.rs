@@ -289,3 +289,62 @@ fn legal_variations_give_no_fail() {
         panic!("{diff}");
     }
 }
+
+/// The devices of issue 17 served by the reference back-end whose faults this file checks.
+const SIMPLE_DEVICES: &[&str] = &["scmi", "gpio", "i2c"];
+
+#[test]
+fn the_reference_simple_devices_fail_nothing_and_their_faults_are_caught() {
+    for device in SIMPLE_DEVICES {
+        let (code, report, text) = run_suite_on(Some(device), None);
+        assert_eq!(code, Some(0), "--device {device}: {text}");
+        let t = &report["totals"];
+        assert_eq!(
+            (&t["fail"], &t["warn"], &t["error"]),
+            (&0.into(), &0.into(), &0.into()),
+            "--device {device}: {text}"
+        );
+        let own = report["results"].as_array().unwrap().iter().filter(|r| {
+            r["outcome"] == "pass"
+                && r["id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with(&format!("{device}/")))
+        });
+        assert!(
+            own.count() >= 6,
+            "--device {device}: too few {device}/ passes\n{text}"
+        );
+        if let Err(diff) =
+            golden::check(&format!("bundled-{device}.txt"), &golden::verdicts(&report))
+        {
+            panic!("{diff}");
+        }
+    }
+    let faults: Vec<_> = vhu_mock_backend::faults::ALL
+        .iter()
+        .filter(|f| {
+            SIMPLE_DEVICES
+                .iter()
+                .any(|d| f.3.starts_with(&format!("--device {d}:")))
+        })
+        .map(|f| (f.1, f.2))
+        .collect();
+    assert!(faults.len() >= 2 * SIMPLE_DEVICES.len(), "{faults:?}");
+    let missed = three_at_a_time(&faults, |&(name, rule)| {
+        let (_, report, text) = run_suite(Some(name));
+        let caught = report["results"].as_array().unwrap().iter().any(|r| {
+            r["outcome"] == "fail"
+                && r["findings"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|f| f["rule"] == rule)
+        });
+        (!caught).then(|| format!("{name} ({rule}):\n{text}"))
+    });
+    assert!(
+        missed.is_empty(),
+        "fault modes not caught with their rule:\n{}",
+        missed.join("\n")
+    );
+}

@@ -70,6 +70,12 @@ pub enum DeviceKind {
     Vsock,
     /// virtio-rng (5.4).
     Rng,
+    /// virtio-scmi, an SCMI platform with the BASE protocol (5.17).
+    Scmi,
+    /// virtio-gpio, eight simulated lines (5.18).
+    Gpio,
+    /// virtio-i2c, an adapter with one simulated client at 0x20 (5.19).
+    I2c,
 }
 
 impl DeviceKind {
@@ -81,6 +87,9 @@ impl DeviceKind {
             Self::Fs => "fs",
             Self::Vsock => "vsock",
             Self::Rng => "rng",
+            Self::Scmi => "scmi",
+            Self::Gpio => "gpio",
+            Self::I2c => "i2c",
         }
     }
 

@@ -33,6 +33,9 @@ pub fn device_for(
     match kind {
         DeviceKind::Net => Ok(Box::new(NetDevice::new(faults.net()))),
         DeviceKind::Rng => Ok(Box::new(RngDevice::new(faults.rng()))),
+        DeviceKind::Gpio => Ok(Box::new(vhu_mock_device::GpioDevice::new(faults.gpio()))),
+        DeviceKind::I2c => Ok(Box::new(vhu_mock_device::I2cDevice::new(faults.i2c()))),
+        DeviceKind::Scmi => Ok(Box::new(vhu_mock_device::ScmiDevice::new(faults.scmi()))),
         DeviceKind::Fs => {
             let mut fs = FsDevice::new(args.shared_dir.clone()).map_err(Error::device)?;
             fs.set_faults(faults.fs());

@@ -101,6 +101,22 @@ pub enum Fault {
     RngZeroLen,
     /// rng: every byte written is 0x00.
     RngConstant,
+    /// scmi: the response header carries the command's token + 1.
+    ScmiTokenNotEchoed,
+    /// scmi: an error status is followed by four zero bytes.
+    ScmiErrorPadded,
+    /// scmi: a protocol that is not implemented answers SUCCESS.
+    ScmiUnknownProtocolSuccess,
+    /// gpio: only the status byte of a response is written.
+    GpioValueUnset,
+    /// gpio: a line past the last one is answered OK.
+    GpioPastEndOk,
+    /// gpio: the names block's last name has no terminator.
+    GpioNamesUnterminated,
+    /// i2c: the status byte is 2, neither OK nor ERR.
+    I2cBadStatus,
+    /// i2c: VIRTIO_I2C_F_ZERO_LENGTH_REQUEST is not offered.
+    I2cNoZeroLength,
     /// fs: replies carry the request's unique + 1.
     FsUniqueNotEchoed,
     /// fs: the out header's len is 8 more than the bytes written.
@@ -464,6 +480,54 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "--device rng: every random byte is 0x00",
     ),
     (
+        Fault::ScmiTokenNotEchoed,
+        "scmi-token-not-echoed",
+        "R-SCMI-01",
+        "--device scmi: the response header carries the command's token + 1",
+    ),
+    (
+        Fault::ScmiErrorPadded,
+        "scmi-error-padded",
+        "R-SCMI-02",
+        "--device scmi: an error status is followed by four zero bytes of return values",
+    ),
+    (
+        Fault::ScmiUnknownProtocolSuccess,
+        "scmi-unknown-protocol-success",
+        "R-SCMI-04",
+        "--device scmi: a command of a protocol not implemented is answered SUCCESS",
+    ),
+    (
+        Fault::GpioValueUnset,
+        "gpio-value-unset",
+        "R-GPIO-01",
+        "--device gpio: only the status byte of a response is written, not its value",
+    ),
+    (
+        Fault::GpioPastEndOk,
+        "gpio-past-end-ok",
+        "R-GPIO-05",
+        "--device gpio: a request for a line past ngpio is answered OK",
+    ),
+    (
+        Fault::GpioNamesUnterminated,
+        "gpio-names-unterminated",
+        "R-GPIO-03",
+        "--device gpio: the last line name of GET_LINE_NAMES has no terminator",
+    ),
+    (
+        Fault::I2cBadStatus,
+        "i2c-bad-status",
+        "R-I2C-01",
+        "--device i2c: the status byte is 2, neither VIRTIO_I2C_MSG_OK nor _ERR",
+    ),
+    (
+        Fault::I2cNoZeroLength,
+        "i2c-no-zero-length",
+        "R-I2C-02",
+        "--device i2c: VIRTIO_I2C_F_ZERO_LENGTH_REQUEST (bit 0) is not offered",
+    ),
+    (
         Fault::FsUniqueNotEchoed,
         "fs-unique-not-echoed",
         "R-FS-01",
@@ -717,6 +781,9 @@ pub fn device(f: Fault) -> Option<DeviceKind> {
             Some(DeviceKind::Net)
         }
         RngUsedLenPastBuffer | RngZeroLen | RngConstant => Some(DeviceKind::Rng),
+        ScmiTokenNotEchoed | ScmiErrorPadded | ScmiUnknownProtocolSuccess => Some(DeviceKind::Scmi),
+        GpioValueUnset | GpioPastEndOk | GpioNamesUnterminated => Some(DeviceKind::Gpio),
+        I2cBadStatus | I2cNoZeroLength => Some(DeviceKind::I2c),
         FsUniqueNotEchoed | FsLenMismatch | FsPositiveErrno | FsForgetReply => Some(DeviceKind::Fs),
         VsockNoRst | VsockBadDstCid | VsockCreditOverrun => Some(DeviceKind::Vsock),
         _ => None,
@@ -867,6 +934,32 @@ impl Faults {
             no_rst: self.has(Fault::VsockNoRst),
             bad_dst_cid: self.has(Fault::VsockBadDstCid),
             credit_overrun: self.has(Fault::VsockCreditOverrun),
+        }
+    }
+
+    /// The i2c device's share of the faults.
+    pub fn i2c(&self) -> vhu_mock_device::I2cFaults {
+        vhu_mock_device::I2cFaults {
+            bad_status: self.has(Fault::I2cBadStatus),
+            no_zero_length: self.has(Fault::I2cNoZeroLength),
+        }
+    }
+
+    /// The gpio device's share of the faults.
+    pub fn gpio(&self) -> vhu_mock_device::GpioFaults {
+        vhu_mock_device::GpioFaults {
+            value_unset: self.has(Fault::GpioValueUnset),
+            past_end_ok: self.has(Fault::GpioPastEndOk),
+            names_unterminated: self.has(Fault::GpioNamesUnterminated),
+        }
+    }
+
+    /// The scmi device's share of the faults.
+    pub fn scmi(&self) -> vhu_mock_device::ScmiFaults {
+        vhu_mock_device::ScmiFaults {
+            token_not_echoed: self.has(Fault::ScmiTokenNotEchoed),
+            error_padded: self.has(Fault::ScmiErrorPadded),
+            unknown_protocol_success: self.has(Fault::ScmiUnknownProtocolSuccess),
         }
     }
 

@@ -23,12 +23,15 @@ mod blk;
 mod chain;
 mod device;
 pub mod fs;
+mod gpio;
+mod i2c;
 pub mod memory;
 mod net;
 mod packed;
 mod queue;
 mod rng;
 mod run;
+mod scmi;
 mod sg;
 mod split;
 pub mod vsock;
@@ -41,6 +44,8 @@ pub use blk::{
 pub use chain::{Chain, RingError, Segment};
 pub use device::VirtioDevice;
 pub use fs::{FsDevice, FsError, FsFaults};
+pub use gpio::{GPIO_DEVICE_ID, GPIO_LINES, GpioDevice, GpioFaults};
+pub use i2c::{I2C_BAD_STATUS, I2C_CLIENT_ADDR, I2C_DEVICE_ID, I2cDevice, I2cFaults};
 pub use memory::{GuestMemory, MemError, VecMemory};
 pub use net::{
     NET_BACKLOG, NET_CONFIG_SIZE, NET_CTRL, NET_DEVICE_ID, NET_ERR, NET_HDR_LEN, NET_MAC, NET_MTU,
@@ -49,4 +54,5 @@ pub use net::{
 pub use queue::{Queue, RingConfig};
 pub use rng::{RNG_DEVICE_ID, RNG_MAX_PER_REQUEST, RNG_PAST_BUFFER, RngDevice, RngFaults};
 pub use run::{ChainHandler, QueueRun, process_queue, process_queue_with};
+pub use scmi::{SCMI_DEVICE_ID, ScmiDevice, ScmiFaults};
 pub use vsock::{VsockDevice, VsockError, VsockFaults};

@@ -317,6 +317,18 @@ actions! {
     "vsock_host_connect" => VsockHostConnect(VsockHostConnectArgs),
     /// IOTLB: what `op` says (updates, invalidations, holding misses, checking them).
     "iotlb" => Iotlb(IotlbArgs),
+    /// scmi: SCMI commands on the cmdq (`protocol`, `message`, parameters in `params_hex`),
+    /// the response's header, status and return values checked.
+    "scmi_command" => ScmiCommand(ScmiCommandArgs),
+    /// gpio: GET_CONFIG of virtio_gpio_config (ngpio, padding, gpio_names_size), checked and
+    /// kept for later gpio steps.
+    "gpio_config" => GpioConfig(NoArgs),
+    /// gpio: a requestq message (`request`, `gpio`, `value`), the response's status and value
+    /// checked.
+    "gpio_request" => GpioRequest(GpioRequestArgs),
+    /// i2c: a request on the requestq (a read of `read_len` bytes, a write of `write_hex`, both
+    /// as a write-read group, or a zero-length request), its status byte checked.
+    "i2c_transfer" => I2cTransfer(I2cTransferArgs),
 }
 
 impl Action {
@@ -344,6 +356,9 @@ impl Action {
             Self::FsRead(a) => a.indirect,
             Self::VsockConnect(a) => a.indirect,
             Self::VsockSend(a) => a.indirect,
+            Self::ScmiCommand(a) => a.indirect,
+            Self::GpioRequest(a) => a.indirect,
+            Self::I2cTransfer(a) => a.indirect,
             _ => None,
         };
         i == Some(true)
@@ -1443,4 +1458,141 @@ pub enum Expect {
     Rejected,
     /// Anything but a crash or a hang: the next probe answers.
     Alive,
+}
+
+/// The SCMI status a `scmi_command` expects (SCMI 4.1.4).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScmiStatus {
+    /// SUCCESS (0).
+    Success,
+    /// NOT_SUPPORTED (-1).
+    NotSupported,
+    /// NOT_FOUND (-4).
+    NotFound,
+    /// Any status but SUCCESS.
+    Error,
+}
+
+/// `scmi_command`: SCMI commands on the cmdq.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScmiCommandArgs {
+    /// The cmdq (default 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<u16>,
+    /// The SCMI protocol id (default 0x10, BASE).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<u8>,
+    /// The message id within the protocol.
+    pub message: u8,
+    /// The command's parameters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub params_hex: Option<Hex>,
+    /// Device-writable bytes for the response (default 128; at least 8).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_size: Option<u32>,
+    /// The status the response must carry (default: any).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<ScmiStatus>,
+    /// With SUCCESS: the bytes of return values after the status (default: not checked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub values_len: Option<u32>,
+    /// Commands made available at once (one kick), each with its own token (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// The header and the parameters in two descriptors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub split: Option<bool>,
+    /// The chains go in indirect descriptor tables.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub indirect: Option<bool>,
+}
+
+/// The message of a `gpio_request` (virtio 1.2 5.18.6).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GpioMessage {
+    /// VIRTIO_GPIO_MSG_GET_LINE_NAMES.
+    GetLineNames,
+    /// VIRTIO_GPIO_MSG_GET_DIRECTION.
+    GetDirection,
+    /// VIRTIO_GPIO_MSG_SET_DIRECTION (`value`: 0 none, 1 output, 2 input).
+    SetDirection,
+    /// VIRTIO_GPIO_MSG_GET_VALUE.
+    GetValue,
+    /// VIRTIO_GPIO_MSG_SET_VALUE (`value`: 0 low, 1 high).
+    SetValue,
+    /// A message type the spec does not define (0x7f).
+    Unknown,
+}
+
+/// The status a `gpio_request` or an `i2c_transfer` expects (both devices answer OK 0 / ERR 1).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GpioStatus {
+    /// VIRTIO_GPIO_STATUS_OK.
+    Ok,
+    /// VIRTIO_GPIO_STATUS_ERR.
+    Err,
+}
+
+/// `gpio_request`: requestq messages.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpioRequestArgs {
+    /// The message.
+    pub request: GpioMessage,
+    /// The line (default 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpio: Option<u16>,
+    /// Send it for every line, 0 to ngpio - 1, one after the other.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub all_lines: Option<bool>,
+    /// The line is ngpio, one past the last: the device must answer ERR (R-GPIO-05).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub past_end: Option<bool>,
+    /// The request's value field (default 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<u32>,
+    /// The status the response must carry (default: OK or ERR).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<GpioStatus>,
+    /// With OK: the value the response must carry (R-GPIO-06, a SHOULD).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub want_value: Option<u8>,
+    /// Copies made available at once (one kick), answered in order for the same line
+    /// (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// The chains go in indirect descriptor tables.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub indirect: Option<bool>,
+}
+
+/// `i2c_transfer`: requests on the I2C requestq.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct I2cTransferArgs {
+    /// The 7-bit address of the controlled device (default 0x20).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addr: Option<u8>,
+    /// Bytes to read (default 1 when nothing else is asked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_len: Option<u32>,
+    /// Bytes to write; with `read_len`, a write-read group (FAIL_NEXT on the write).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_hex: Option<Hex>,
+    /// A request without a buffer (the SMBus "Quick" command).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zero_length: Option<bool>,
+    /// The status every request of the step must get (`ok` or `err`; default: either).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<GpioStatus>,
+    /// Copies of the request (or group) made available at once, answered in order (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// The chains go in indirect descriptor tables.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub indirect: Option<bool>,
 }

@@ -17,10 +17,13 @@ mod backend_requests;
 mod chains;
 mod datapath;
 mod fs;
+mod gpio;
+mod i2c;
 mod iotlb;
 mod liveness;
 mod net;
 mod rng;
+mod scmi;
 mod send;
 mod setup;
 mod shmem;
@@ -109,6 +112,8 @@ pub struct Ctx<'a> {
     vsock: vsock::VsockState,
     /// IOTLB steps: what was invalidated, which misses were looked at.
     iotlb: iotlb::IotlbState,
+    /// gpio steps: the config space read.
+    gpio: gpio::GpioState,
 }
 
 impl<'a> Ctx<'a> {
@@ -153,6 +158,7 @@ impl<'a> Ctx<'a> {
             fs: fs::FsState::default(),
             vsock: vsock::VsockState::default(),
             iotlb: iotlb::IotlbState::default(),
+            gpio: gpio::GpioState::default(),
         }
     }
 
@@ -797,6 +803,10 @@ impl<'a> Ctx<'a> {
             | Action::VsockNoConnection(_)
             | Action::VsockHostConnect(_) => self.vsock_step(step),
             Action::Iotlb(a) => self.iotlb_step(step, a),
+            Action::ScmiCommand(a) => self.scmi_command(step, a),
+            Action::GpioConfig(_) => self.gpio_config(step),
+            Action::GpioRequest(a) => self.gpio_request(step, a),
+            Action::I2cTransfer(a) => self.i2c_transfer(step, a),
             Action::Sleep(a) => {
                 let left = self.deadline.saturating_duration_since(Instant::now());
                 std::thread::sleep(Duration::from_millis(a.ms).min(left));
