@@ -8,9 +8,11 @@
 
 pub mod blk;
 pub mod channel;
+pub mod console;
 pub mod exchange;
 pub mod fs;
 pub mod inflight;
+pub mod input;
 pub mod iommu;
 pub mod memory;
 pub mod net;

@@ -15,8 +15,10 @@ use vhu_protocol::wire::ReplyKind;
 
 mod backend_requests;
 mod chains;
+mod console;
 mod datapath;
 mod fs;
+mod input;
 mod iotlb;
 mod liveness;
 mod net;
@@ -109,6 +111,10 @@ pub struct Ctx<'a> {
     vsock: vsock::VsockState,
     /// IOTLB steps: what was invalidated, which misses were looked at.
     iotlb: iotlb::IotlbState,
+    /// console steps: control buffers posted, ports added, the port's host side.
+    console: console::ConsoleState,
+    /// input steps: event buffers posted.
+    input: input::InputState,
 }
 
 impl<'a> Ctx<'a> {
@@ -153,6 +159,8 @@ impl<'a> Ctx<'a> {
             fs: fs::FsState::default(),
             vsock: vsock::VsockState::default(),
             iotlb: iotlb::IotlbState::default(),
+            console: console::ConsoleState::default(),
+            input: input::InputState::default(),
         }
     }
 
@@ -414,6 +422,8 @@ impl<'a> Ctx<'a> {
         self.fs.new_session();
         self.vsock.new_session();
         self.iotlb = iotlb::IotlbState::default();
+        self.console = console::ConsoleState::default();
+        self.input = input::InputState::default();
         if let Some(s) = self.session.take() {
             if s.received() > 0 {
                 // Every reply the session took passed its framing checks.
@@ -825,6 +835,13 @@ impl<'a> Ctx<'a> {
             | Action::VsockNoConnection(_)
             | Action::VsockHostConnect(_) => self.vsock_step(step),
             Action::Iotlb(a) => self.iotlb_step(step, a),
+            Action::ConsoleConfig(_) => self.console_step(|c| c.console_config(step)),
+            Action::ConsoleReady(a) => self.console_step(|c| c.console_ready(step, a)),
+            Action::ConsoleWrite(a) => self.console_step(|c| c.console_write(step, a)),
+            Action::ConsoleControl(a) => self.console_step(|c| c.console_control(step, a)),
+            Action::InputConfig(a) => self.input_config(step, a),
+            Action::InputPost(a) => self.input_post(step, a),
+            Action::InputStatus(a) => self.input_status(step, a),
             Action::Sleep(a) => {
                 let left = self.deadline.saturating_duration_since(Instant::now());
                 std::thread::sleep(Duration::from_millis(a.ms).min(left));
