@@ -247,9 +247,10 @@ fn bundled_backend(device: Option<crate::device::DeviceType>) -> Result<TargetSp
         Some(DeviceType::Fs) => "--device fs --shared-dir {fs_dir}".to_string(),
         Some(DeviceType::Vsock) => "--device vsock --uds-path {socket}.vsock".to_string(),
         Some(d @ (DeviceType::Net | DeviceType::Rng)) => format!("--device {d}"),
+        Some(d @ (DeviceType::Console | DeviceType::Input)) => format!("--device {d}"),
         Some(d) => {
             return Err(format!(
-                "the bundled reference back-end serves blk, net, fs, vsock and rng, not {d}: give the back-end with --spawn, --backend or --listen"
+                "the bundled reference back-end serves blk, net, fs, vsock, rng, console and input, not {d}: give the back-end with --spawn, --backend or --listen"
             ));
         }
     };

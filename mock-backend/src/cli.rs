@@ -9,11 +9,11 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(
     name = "vhu-mock-backend",
-    about = "Reference vhost-user back-end of vhu-conform (blk, net, rng, fs, vsock), with fault modes"
+    about = "Reference vhost-user back-end of vhu-conform (blk, net, rng, fs, vsock, console, input), with fault modes"
 )]
 pub struct Args {
     /// The virtio device served: blk (a RAM disk, the default), net (a loopback port), rng,
-    /// fs, vsock.
+    /// fs, vsock, console (one console port), input (a keyboard).
     #[arg(long, value_enum, default_value_t = DeviceKind::Blk)]
     pub device: DeviceKind,
     /// Listen on this Unix socket; keep serving front-ends one after another.
@@ -70,6 +70,10 @@ pub enum DeviceKind {
     Vsock,
     /// virtio-rng (5.4).
     Rng,
+    /// virtio-console, one console port with MULTIPORT (5.3).
+    Console,
+    /// virtio-input, a keyboard (5.8).
+    Input,
 }
 
 impl DeviceKind {
@@ -81,6 +85,8 @@ impl DeviceKind {
             Self::Fs => "fs",
             Self::Vsock => "vsock",
             Self::Rng => "rng",
+            Self::Console => "console",
+            Self::Input => "input",
         }
     }
 

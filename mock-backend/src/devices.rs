@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 
 use vhu_mock_device::{
-    BlkDevice, ConfigError, FsDevice, NetDevice, RngDevice, VirtioDevice, VsockDevice,
+    BlkDevice, ConfigError, ConsoleDevice, FsDevice, InputDevice, NetDevice, RngDevice,
+    VirtioDevice, VsockDevice,
 };
 
 use crate::Error;
@@ -33,6 +34,8 @@ pub fn device_for(
     match kind {
         DeviceKind::Net => Ok(Box::new(NetDevice::new(faults.net()))),
         DeviceKind::Rng => Ok(Box::new(RngDevice::new(faults.rng()))),
+        DeviceKind::Console => Ok(Box::new(ConsoleDevice::new(faults.console()))),
+        DeviceKind::Input => Ok(Box::new(InputDevice::new(faults.input()))),
         DeviceKind::Fs => {
             let mut fs = FsDevice::new(args.shared_dir.clone()).map_err(Error::device)?;
             fs.set_faults(faults.fs());
