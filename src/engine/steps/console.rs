@@ -48,14 +48,14 @@ pub(super) struct ConsoleState {
     tcp: Option<TcpStream>,
     /// The last chain sent, rendered (a finding's `sent`).
     last: Option<String>,
+    /// Queues whose chains broke R-DEV-01..03 once already (reported once per session).
+    reported: BTreeSet<u16>,
 }
 
 /// `n` bytes of printable text that differ chain to chain (so a lost or repeated chain shows,
 /// and a back-end that treats port data as text is not thrown).
 fn port_bytes(n: u32, seed: u32) -> Vec<u8> {
-    (0..n)
-        .map(|i| b'a' + ((i + seed * 7) % 26) as u8)
-        .collect()
+    (0..n).map(|i| b'a' + ((i + seed * 7) % 26) as u8).collect()
 }
 
 impl Ctx<'_> {
@@ -165,14 +165,14 @@ impl Ctx<'_> {
         }
     }
 
-    /// R-DEV-01..03 of a chain; a departure is recorded and `tainted` set, so the step goes on
-    /// to the console's own checks (the first departure of the step only is recorded).
-    fn console_judge(&mut self, idx: u16, what: &str, d: &Exchanged, tainted: &mut bool) {
-        if *tainted {
+    /// R-DEV-01..03 of a chain. A departure is recorded once per queue and session, and the
+    /// scenario goes on: the console's own checks still run (the verdict is a FAIL all the same).
+    fn console_judge(&mut self, idx: u16, what: &str, d: &Exchanged) {
+        if self.console.reported.contains(&idx) {
             return;
         }
         if self.judge_common(idx, what, d).is_err() {
-            *tainted = true;
+            self.console.reported.insert(idx);
         }
     }
 
@@ -198,9 +198,9 @@ impl Ctx<'_> {
         window: Duration,
         until: Option<u16>,
         indirect: bool,
-        tainted: &mut bool,
     ) -> Result<Vec<Control>, StepError> {
-        let end = Instant::now() + window.min(self.deadline.saturating_duration_since(Instant::now()));
+        let end =
+            Instant::now() + window.min(self.deadline.saturating_duration_since(Instant::now()));
         let mut got: Vec<Control> = Vec::new();
         let mut quiet_from: Option<Instant> = None;
         loop {
@@ -231,7 +231,7 @@ impl Ctx<'_> {
                 }
             };
             for d in &done {
-                let msg = self.judge_control(d, tainted)?;
+                let msg = self.judge_control(d)?;
                 if until == Some(msg.event) && quiet_from.is_none() {
                     quiet_from = Some(Instant::now());
                 }
@@ -242,8 +242,8 @@ impl Ctx<'_> {
     }
 
     /// R-CONSOLE-02 (and R-CONSOLE-01 for DEVICE_ADD) of one control message the device wrote.
-    fn judge_control(&mut self, d: &Exchanged, tainted: &mut bool) -> Result<Control, StepError> {
-        self.console_judge(con::CTRL_RX, "a control receive buffer", d, tainted);
+    fn judge_control(&mut self, d: &Exchanged) -> Result<Control, StepError> {
+        self.console_judge(con::CTRL_RX, "a control receive buffer", d);
         self.mark(id::R_CONSOLE_02);
         let Some((msg, _rest)) = con::received_control(d) else {
             return Err(self.fail(
@@ -299,16 +299,15 @@ impl Ctx<'_> {
     }
 
     /// Sends the driver's control message `msg` on the control transmitq; the chain must be used.
-    fn console_tell(
-        &mut self,
-        step: &Step,
-        msg: Control,
-        indirect: bool,
-        tainted: &mut bool,
-    ) -> StepResult {
+    fn console_tell(&mut self, step: &Step, msg: Control, indirect: bool) -> StepResult {
         let what = format!("control message {msg}");
-        let d = self.console_send(step, con::CTRL_TX, &con::control_chain(&msg, indirect), &what)?;
-        self.console_judge(con::CTRL_TX, &what, &d, tainted);
+        let d = self.console_send(
+            step,
+            con::CTRL_TX,
+            &con::control_chain(&msg, indirect),
+            &what,
+        )?;
+        self.console_judge(con::CTRL_TX, &what, &d);
         Ok(())
     }
 
@@ -330,16 +329,15 @@ impl Ctx<'_> {
                     .map(|c| c.max_nr_ports);
             }
         }
-        let mut tainted = false;
         self.post_ctrl_rx(indirect)?;
         let ready = Control {
             id: 0,
             event: con::DEVICE_READY,
             value: 1,
         };
-        self.console_tell(step, ready, indirect, &mut tainted)?;
+        self.console_tell(step, ready, indirect)?;
         let window = a.window_ms.map_or(READY_WINDOW, Duration::from_millis);
-        let got = self.console_receive(window, Some(con::DEVICE_ADD), indirect, &mut tainted)?;
+        let got = self.console_receive(window, Some(con::DEVICE_ADD), indirect)?;
         self.mark(id::R_CONSOLE_01);
         let added: Vec<u32> = got
             .iter()
@@ -364,8 +362,8 @@ impl Ctx<'_> {
                 event: con::PORT_READY,
                 value: 1,
             };
-            self.console_tell(step, msg, indirect, &mut tainted)?;
-            let more = self.console_receive(QUIET * 3, None, indirect, &mut tainted)?;
+            self.console_tell(step, msg, indirect)?;
+            let more = self.console_receive(QUIET * 3, None, indirect)?;
             consoles.extend(self.consoles_of(&more));
         }
         for port in consoles {
@@ -375,14 +373,11 @@ impl Ctx<'_> {
                     event: con::PORT_OPEN,
                     value: 1,
                 };
-                self.console_tell(step, open, indirect, &mut tainted)?;
+                self.console_tell(step, open, indirect)?;
             }
         }
         self.mark_datapath(step, con::CTRL_TX);
         self.mark_datapath(step, con::CTRL_RX);
-        if tainted {
-            return Err(StepError::Finding);
-        }
         Ok(())
     }
 
@@ -438,16 +433,12 @@ impl Ctx<'_> {
         if let (Some(m), Some(mark)) = (self.mem.as_mut(), mark) {
             m.release(mark);
         }
-        let mut tainted = false;
         for d in &done {
-            self.console_judge(tx, "a port data chain", d, &mut tainted);
+            self.console_judge(tx, "a port data chain", d);
         }
         self.mark_datapath(step, tx);
         if port == 0 {
             self.console_host_read(&sent)?;
-        }
-        if tainted {
-            return Err(StepError::Finding);
         }
         Ok(())
     }
@@ -496,13 +487,12 @@ impl Ctx<'_> {
             event: a.event.unwrap_or(UNKNOWN_EVENT),
             value: a.value.unwrap_or(1),
         };
-        self.mark(self.rule_of(step));
-        let mut tainted = false;
-        self.console_tell(step, msg, a.indirect == Some(true), &mut tainted)?;
+        let rule = self.rule_of(step);
+        self.mark(rule);
+        // A chain never used breaks the scenario's rule (R-CONSOLE-05), not only R-DEV-03.
+        let step = &step.clone().citing(rule);
+        self.console_tell(step, msg, a.indirect == Some(true))?;
         self.mark_datapath(step, con::CTRL_TX);
-        if tainted {
-            return Err(StepError::Finding);
-        }
         Ok(())
     }
 }
@@ -512,7 +502,10 @@ fn render(got: &[Control]) -> String {
     if got.is_empty() {
         return "none".into();
     }
-    got.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    got.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A connection to `addr`, retried until `within` passes (the back-end may listen only once

@@ -102,11 +102,7 @@ impl Ctx<'_> {
             ));
         }
         if matches!(select, inp::CFG_ID_NAME | inp::CFG_ID_SERIAL) && size > 0 {
-            self.note(format!(
-                "step {}: {what}: {:?}",
-                self.step_no,
-                ans.string()
-            ));
+            self.note(format!("step {}: {what}: {:?}", self.step_no, ans.string()));
         }
         Ok(())
     }
