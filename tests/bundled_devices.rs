@@ -1,4 +1,4 @@
-//! `vhu-conform --device net|rng` with no target runs the suite against the bundled reference
+//! `vhu-conform --device net|rng|console|input` with no target runs the suite against the bundled reference
 //! back-end started as that device (`vhu-conform mock-backend --device ...`); a device the
 //! bundled back-end does not serve is a usage error naming the way out.
 
@@ -29,7 +29,12 @@ fn run(args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
 
 #[test]
 fn device_selects_the_bundled_back_ends_device() {
-    for (device, scenario) in [("net", "net/loopback"), ("rng", "rng/looks-random")] {
+    for (device, scenario) in [
+        ("net", "net/loopback"),
+        ("rng", "rng/looks-random"),
+        ("console", "console/port-write"),
+        ("input", "input/ev-bits"),
+    ] {
         let (code, report, text) = run(&["--device", device, scenario]);
         assert_eq!(code, Some(0), "{text}");
         let results = report["results"].as_array().expect("a report");
