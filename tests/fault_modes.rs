@@ -336,11 +336,21 @@ fn the_reference_console_and_input_back_ends_fail_nothing_and_each_fault_is_caug
             .iter()
             .filter(|r| r["id"].as_str().is_some_and(|id| id.starts_with(&prefix)))
             .collect();
-        assert!(own.len() >= 6, "--device {device}: {} own scenarios", own.len());
+        assert!(
+            own.len() >= 6,
+            "--device {device}: {} own scenarios",
+            own.len()
+        );
         for r in &own {
-            assert_eq!(r["outcome"], "pass", "--device {device} {}: {text}", r["id"]);
+            assert_eq!(
+                r["outcome"], "pass",
+                "--device {device} {}: {text}",
+                r["id"]
+            );
         }
-        if let Err(diff) = golden::check(&format!("bundled-{device}.txt"), &golden::verdicts(&report)) {
+        if let Err(diff) =
+            golden::check(&format!("bundled-{device}.txt"), &golden::verdicts(&report))
+        {
             panic!("{diff}");
         }
         // Each of the device's faults is caught by one of its scenarios, citing the fault's rule.
