@@ -239,7 +239,7 @@ mod tests {
         bad.serve(CTRL_TX, &mem, &chain(&[(0, 8, false)]));
         assert!(!bad.ready(CTRL_RX));
         assert_eq!(bad.config()[4], 0);
-        assert!(bad.write_config(8, &[b'x']).is_ok());
+        assert!(bad.write_config(8, b"x").is_ok());
         assert!(bad.write_config(0, &[1]).is_err());
     }
 }
