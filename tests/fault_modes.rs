@@ -347,6 +347,16 @@ fn the_reference_console_and_input_back_ends_fail_nothing_and_each_fault_is_caug
                 "--device {device} {}: {text}",
                 r["id"]
             );
+            // A pass means the checks of every rule it cites ran (as tests/rule_coverage.rs
+            // asks of the blk suite).
+            let checked = r["checked_rules"].as_array().unwrap();
+            for rule in r["rules"].as_array().unwrap() {
+                assert!(
+                    checked.contains(rule),
+                    "{} passed without checking {rule}",
+                    r["id"]
+                );
+            }
         }
         if let Err(diff) =
             golden::check(&format!("bundled-{device}.txt"), &golden::verdicts(&report))
