@@ -12,7 +12,12 @@ use std::process::Command;
 /// driver-readable chains (control messages, port data) are used with the bytes read as used
 /// length (virtio 1.2 2.7.8.2: the used length counts bytes written into device-writable
 /// buffers; these chains have none).
+///
+/// Port data that is not UTF-8 is never consumed: the transmitq handler converts the bytes
+/// with `String::from_utf8(..).unwrap()` and its thread panics (virtio 1.2 5.3.6: a port
+/// carries characters, no encoding implied).
 const KNOWN_FAILS: &[(&str, &str)] = &[
+    ("console/binary-data", "R-CONSOLE-03"),
     ("console/device-ready", "R-DEV-02"),
     ("console/event-idx", "R-DEV-02"),
     ("console/indirect-control", "R-DEV-02"),

@@ -1432,6 +1432,10 @@ pub struct ConsoleWriteArgs {
     /// Chains written (default 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u32>,
+    /// Every byte value 0 to 255 in turn instead of lowercase text (a port carries bytes; no
+    /// encoding is implied).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub binary: Option<bool>,
     /// Submit every chain at once (one kick) before waiting.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub at_once: Option<bool>,

@@ -58,6 +58,11 @@ fn port_bytes(n: u32, seed: u32) -> Vec<u8> {
     (0..n).map(|i| b'a' + ((i + seed * 7) % 26) as u8).collect()
 }
 
+/// `n` bytes of every value in turn, starting past ASCII (not valid UTF-8).
+fn binary_bytes(n: u32, seed: u32) -> Vec<u8> {
+    (0..n).map(|i| (i + 0x80 + seed) as u8).collect()
+}
+
 impl Ctx<'_> {
     /// Forgets what was posted on a ring set up again.
     pub(super) fn console_ring_replaced(&mut self, idx: u16) {
@@ -407,7 +412,11 @@ impl Ctx<'_> {
         let specs: Vec<ChainSpec> = (0..n)
             .map(|_| {
                 self.console.written += 1;
-                let data = port_bytes(bytes, self.console.written);
+                let data = if a.binary == Some(true) {
+                    binary_bytes(bytes, self.console.written)
+                } else {
+                    port_bytes(bytes, self.console.written)
+                };
                 sent.extend_from_slice(&data);
                 con::data_chain(&data, segments, indirect)
             })
@@ -427,7 +436,11 @@ impl Ctx<'_> {
             let k = pending.len();
             match self.wait_chains(tx, &mut pending, k, self.opts.step_timeout)? {
                 Ok(d) => done.extend(d),
-                Err(e) => return Err(self.not_completed(step, tx, &what, e)),
+                Err(e) => {
+                    // Port data never consumed breaks R-CONSOLE-03 (unless the step cites another).
+                    let step = &step.clone().citing(step.rule.unwrap_or(id::R_CONSOLE_03));
+                    return Err(self.not_completed(step, tx, &what, e));
+                }
             }
         }
         if let (Some(m), Some(mark)) = (self.mem.as_mut(), mark) {
