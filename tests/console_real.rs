@@ -23,6 +23,7 @@ const KNOWN_FAILS: &[(&str, &str)] = &[
     ("console/indirect-control", "R-DEV-02"),
     ("console/port-write", "R-DEV-02"),
     ("console/restart-ring", "R-DEV-02"),
+    ("console/second-port", "R-DEV-02"),
     ("console/segments", "R-DEV-02"),
     ("console/unknown-control", "R-DEV-02"),
     ("console/write-no-multiport", "R-DEV-02"),

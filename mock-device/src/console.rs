@@ -1,8 +1,10 @@
-//! virtio-console (virtio 1.2 section 5.3) with VIRTIO_CONSOLE_F_MULTIPORT and one port, a
-//! console: port 0's receiveq (0) and transmitq (1), the control receiveq (2) and transmitq
-//! (3). The driver's DEVICE_READY is answered with DEVICE_ADD of port 0, its PORT_READY with
-//! CONSOLE_PORT and PORT_OPEN; port data written is consumed (no host side: it is dropped,
-//! counted). No input from the host, so the receiveq's buffers stay posted.
+//! virtio-console (virtio 1.2 section 5.3) with VIRTIO_CONSOLE_F_MULTIPORT and two ports: port
+//! 0, a console, on queues 0 (receiveq) and 1 (transmitq), the control receiveq (2) and
+//! transmitq (3), and port 1, a named generic port, on queues 4 and 5. The driver's
+//! DEVICE_READY is answered with DEVICE_ADD of each port; PORT_READY of port 0 with
+//! CONSOLE_PORT and PORT_OPEN, of port 1 with PORT_NAME and PORT_OPEN. Port data written is
+//! consumed (no host side: it is dropped, counted). No input from the host, so the receiveqs'
+//! buffers stay posted.
 
 use std::collections::VecDeque;
 
@@ -23,6 +25,8 @@ const RX0: u16 = 0;
 const TX0: u16 = 1;
 const CTRL_RX: u16 = 2;
 const CTRL_TX: u16 = 3;
+const RX1: u16 = 4;
+const TX1: u16 = 5;
 
 const F_SIZE: u64 = 1 << 0;
 const F_MULTIPORT: u64 = 1 << 1;
@@ -32,10 +36,13 @@ const DEVICE_ADD: u16 = 1;
 const PORT_READY: u16 = 3;
 const CONSOLE_PORT: u16 = 4;
 const PORT_OPEN: u16 = 6;
+const PORT_NAME: u16 = 7;
 
-/// The ports the device has. Why one: it is what rust-vmm's console serves, and the queues
-/// of port 0 and the control pair are what every driver uses.
-const MAX_NR_PORTS: u32 = 1;
+/// The ports the device has. Why two: port 0 and the control pair are what every driver uses,
+/// and a second port puts its queues after the control pair (5.3.2).
+const MAX_NR_PORTS: u32 = 2;
+/// Port 1's name (PORT_NAME).
+const PORT1_NAME: &[u8] = b"org.vhu.port1";
 /// Columns and rows the config space reports (F_SIZE).
 const COLS: u16 = 80;
 const ROWS: u16 = 25;
@@ -59,8 +66,8 @@ pub struct ConsoleFaults {
 #[derive(Clone, Debug, Default)]
 pub struct ConsoleDevice {
     faults: ConsoleFaults,
-    /// Control messages for the driver, oldest first.
-    to_driver: VecDeque<[u8; 8]>,
+    /// Control messages for the driver (header and any name), oldest first.
+    to_driver: VecDeque<Vec<u8>>,
     /// Port data bytes consumed.
     consumed: u64,
 }
@@ -79,11 +86,16 @@ impl ConsoleDevice {
         self.consumed
     }
 
-    fn tell(&mut self, id: u32, event: u16, value: u16) {
-        let mut m = [0u8; 8];
-        m[0..4].copy_from_slice(&id.to_le_bytes());
-        m[4..6].copy_from_slice(&event.to_le_bytes());
-        m[6..8].copy_from_slice(&value.to_le_bytes());
+    fn tell(&mut self, id: u32, event: u16, value: u16, name: &[u8]) {
+        let mut m = Vec::with_capacity(8 + name.len());
+        m.extend_from_slice(&id.to_le_bytes());
+        m.extend_from_slice(&event.to_le_bytes());
+        m.extend_from_slice(&value.to_le_bytes());
+        if self.faults.short_control {
+            m.truncate(6);
+        } else {
+            m.extend_from_slice(name);
+        }
         self.to_driver.push_back(m);
     }
 
@@ -96,12 +108,16 @@ impl ConsoleDevice {
         match (event, value) {
             (DEVICE_READY, 1) if !self.faults.no_device_add => {
                 for port in 0..MAX_NR_PORTS {
-                    self.tell(port, DEVICE_ADD, 0);
+                    self.tell(port, DEVICE_ADD, 0, &[]);
                 }
             }
+            (PORT_READY, 1) if id == 0 => {
+                self.tell(id, CONSOLE_PORT, 1, &[]);
+                self.tell(id, PORT_OPEN, 1, &[]);
+            }
             (PORT_READY, 1) if id < MAX_NR_PORTS => {
-                self.tell(id, CONSOLE_PORT, 1);
-                self.tell(id, PORT_OPEN, 1);
+                self.tell(id, PORT_NAME, 1, PORT1_NAME);
+                self.tell(id, PORT_OPEN, 1, &[]);
             }
             _ => {}
         }
@@ -114,7 +130,7 @@ impl VirtioDevice for ConsoleDevice {
     }
 
     fn num_queues(&self) -> u16 {
-        4
+        2 * (MAX_NR_PORTS as u16 + 1)
     }
 
     fn device_features(&self) -> u64 {
@@ -157,7 +173,7 @@ impl VirtioDevice for ConsoleDevice {
     /// never (no host input).
     fn ready(&self, queue: u16) -> bool {
         match queue {
-            RX0 => false,
+            RX0 | RX1 => false,
             CTRL_RX => !self.to_driver.is_empty(),
             _ => true,
         }
@@ -165,7 +181,7 @@ impl VirtioDevice for ConsoleDevice {
 
     fn serve(&mut self, queue: u16, mem: &dyn GuestMemory, chain: &Chain) -> u32 {
         match queue {
-            TX0 => {
+            TX0 | TX1 => {
                 let n = readable_len(chain);
                 self.consumed += n;
                 if self.faults.tx_used_len {
@@ -183,8 +199,7 @@ impl VirtioDevice for ConsoleDevice {
                 let Some(m) = self.to_driver.pop_front() else {
                     return 0;
                 };
-                let len = if self.faults.short_control { 6 } else { 8 };
-                write_writable(mem, chain, &m[..len]).unwrap_or(0)
+                write_writable(mem, chain, &m).unwrap_or(0)
             }
             _ => 0,
         }
@@ -212,12 +227,28 @@ mod tests {
         let rx = chain(&[(0x1000, 128, true)]);
         assert_eq!(dev.serve(CTRL_RX, &mem, &rx), 8);
         assert_eq!(read(&mem, 0x1000, 8), vec![0, 0, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(dev.serve(CTRL_RX, &mem, &rx), 8);
+        assert_eq!(
+            read(&mem, 0x1000, 8),
+            vec![1, 0, 0, 0, 1, 0, 0, 0],
+            "port 1 added"
+        );
+        mem.write(0, &[1, 0, 0, 0, 3, 0, 1, 0]).unwrap();
+        dev.serve(CTRL_TX, &mem, &chain(&[(0, 8, false)]));
+        assert_eq!(
+            dev.serve(CTRL_RX, &mem, &rx),
+            8 + 13,
+            "PORT_NAME and the name"
+        );
+        assert_eq!(read(&mem, 0x1008, 13), b"org.vhu.port1".to_vec());
+        dev.serve(CTRL_RX, &mem, &rx);
         mem.write(0, &[0, 0, 0, 0, 3, 0, 1, 0]).unwrap();
         dev.serve(CTRL_TX, &mem, &chain(&[(0, 8, false)]));
         dev.serve(CTRL_RX, &mem, &rx);
         assert_eq!(read(&mem, 0x1000, 8), vec![0, 0, 0, 0, 4, 0, 1, 0]);
         assert!(dev.ready(CTRL_RX), "PORT_OPEN follows");
-        assert_eq!(dev.config()[4], 1, "max_nr_ports");
+        assert_eq!(dev.config()[4], 2, "max_nr_ports");
+        assert_eq!(dev.num_queues(), 6);
     }
 
     #[test]

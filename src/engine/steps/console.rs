@@ -368,7 +368,7 @@ impl Ctx<'_> {
                 value: 1,
             };
             self.console_tell(step, msg, indirect)?;
-            let more = self.console_receive(QUIET * 3, None, indirect)?;
+            let more = self.console_receive(QUIET * 3, Some(con::PORT_OPEN), indirect)?;
             consoles.extend(self.consoles_of(&more));
         }
         for port in consoles {
@@ -399,8 +399,15 @@ impl Ctx<'_> {
         self.sync_unacked(step)?;
         let port = a.port.unwrap_or(0);
         if port > 0 && !self.console.ports.contains(&port) {
-            return Err(StepError::Harness(format!(
-                "port {port} was not added: add a console_ready step first"
+            if !self.multiport() {
+                return Err(StepError::Harness(format!(
+                    "port {port} needs MULTIPORT and a console_ready step first"
+                )));
+            }
+            // The device decides which ports exist (DEVICE_ADD): fewer is its right.
+            return Err(StepError::NotApplicable(format!(
+                "the device added ports {:?} (after a console_ready step), not port {port}",
+                self.console.ports
             )));
         }
         let (_, tx) = con::port_queues(port);
