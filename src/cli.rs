@@ -85,6 +85,11 @@ pub struct Args {
     /// Unix socket PATH_P (`{socket}` is the back-end's socket; default `{socket}.vsock`).
     #[arg(long, value_name = "PATH")]
     pub vsock_uds: Option<String>,
+    /// The host side of a console back-end's port 0: the TCP address (HOST:PORT) where the
+    /// bytes the guest writes on the port can be read (vhost-device-console's network
+    /// back-end); console scenarios then check the data arrives intact.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub console_tcp: Option<String>,
     /// Expectations file (TOML): known failures and skips with their reasons.
     #[arg(long, value_name = "FILE")]
     pub expect: Option<PathBuf>,
@@ -246,13 +251,15 @@ fn bundled_backend(device: Option<crate::device::DeviceType>) -> Result<TargetSp
             | DeviceType::Rng
             | DeviceType::Scmi
             | DeviceType::Gpio
-            | DeviceType::I2c),
+            | DeviceType::I2c
+            | DeviceType::Console
+            | DeviceType::Input),
         ) => {
             format!("--device {d}")
         }
         Some(d) => {
             return Err(format!(
-                "the bundled reference back-end serves blk, net, fs, vsock, rng, scmi, gpio and i2c, not {d}: give the back-end with --spawn, --backend or --listen"
+                "the bundled reference back-end serves blk, net, fs, vsock, rng, scmi, gpio, i2c, console and input, not {d}: give the back-end with --spawn, --backend or --listen"
             ));
         }
     };
@@ -356,6 +363,7 @@ fn suite(args: &Args) -> Result<Suite, CliError> {
         host: crate::target::HostContext {
             fs_dir: args.fs_dir.clone(),
             vsock_uds: args.vsock_uds.clone(),
+            console_tcp: args.console_tcp.clone(),
         },
         keep_process: args.keep_process,
     };

@@ -33,6 +33,9 @@ pub struct HostContext {
     /// The host side of a hybrid vsock back-end (`--vsock-uds`): a path, where `{socket}` is
     /// the back-end's socket; default `{socket}.vsock`.
     pub vsock_uds: Option<String>,
+    /// The host side of a console back-end's port 0 (`--console-tcp`): a TCP address
+    /// (`127.0.0.1:PORT`) where what the guest writes on the port can be read.
+    pub console_tcp: Option<String>,
 }
 
 /// The `{fs_dir}` placeholder of a spawn command.

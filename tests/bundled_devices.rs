@@ -1,4 +1,4 @@
-//! `vhu-conform --device net|rng` with no target runs the suite against the bundled reference
+//! `vhu-conform --device net|rng|console|input` with no target runs the suite against the bundled reference
 //! back-end started as that device (`vhu-conform mock-backend --device ...`); a device the
 //! bundled back-end does not serve is a usage error naming the way out.
 
@@ -35,6 +35,8 @@ fn device_selects_the_bundled_back_ends_device() {
         ("scmi", "scmi/base-version"),
         ("gpio", "gpio/get-line-names"),
         ("i2c", "i2c/read-one-byte"),
+        ("console", "console/port-write"),
+        ("input", "input/ev-bits"),
     ] {
         let (code, report, text) = run(&["--device", device, scenario]);
         assert_eq!(code, Some(0), "{text}");

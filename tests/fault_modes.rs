@@ -348,3 +348,98 @@ fn the_reference_simple_devices_fail_nothing_and_their_faults_are_caught() {
         missed.join("\n")
     );
 }
+
+/// As [`try_run_suite_on`] with only the scenarios `filter` selects, two at a time.
+fn run_area(device: &str, fault: Option<&str>, filter: &str) -> (serde_json::Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let exe = env!("CARGO_BIN_EXE_vhu-conform");
+    let fault_arg = fault.map(|f| format!(" --fault {f}")).unwrap_or_default();
+    let out = Command::new(exe)
+        .args(["--device", device, "--spawn"])
+        .arg(format!(
+            "'{exe}' mock-backend --socket-path {{socket}} --device {device}{fault_arg}"
+        ))
+        .args(["--step-timeout-ms", &STEP_TIMEOUT_MS.to_string()])
+        .args(["-j", "2", "--json-report"])
+        .arg(&json)
+        .arg(filter)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = std::fs::read_to_string(&json)
+        .ok()
+        .and_then(|j| serde_json::from_str(&j).ok())
+        .unwrap_or_else(|| panic!("no report: {text}"));
+    (report, text)
+}
+
+#[test]
+fn the_reference_console_and_input_back_ends_fail_nothing_and_each_fault_is_caught() {
+    for device in ["console", "input"] {
+        // Clean: the whole suite, nothing fails, warns or errs, the device's own scenarios pass.
+        let (code, report, text) = run_suite_on(Some(device), None);
+        assert_eq!(code, Some(0), "--device {device}: {text}");
+        let t = &report["totals"];
+        for k in ["fail", "error", "warn"] {
+            assert_eq!(t[k], 0, "--device {device} {k}: {text}");
+        }
+        let prefix = format!("{device}/");
+        let own: Vec<_> = report["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["id"].as_str().is_some_and(|id| id.starts_with(&prefix)))
+            .collect();
+        assert!(
+            own.len() >= 6,
+            "--device {device}: {} own scenarios",
+            own.len()
+        );
+        for r in &own {
+            assert_eq!(
+                r["outcome"], "pass",
+                "--device {device} {}: {text}",
+                r["id"]
+            );
+            // A pass means the checks of every rule it cites ran (as tests/rule_coverage.rs
+            // asks of the blk suite).
+            let checked = r["checked_rules"].as_array().unwrap();
+            for rule in r["rules"].as_array().unwrap() {
+                assert!(
+                    checked.contains(rule),
+                    "{} passed without checking {rule}",
+                    r["id"]
+                );
+            }
+        }
+        if let Err(diff) =
+            golden::check(&format!("bundled-{device}.txt"), &golden::verdicts(&report))
+        {
+            panic!("{diff}");
+        }
+        // Each of the device's faults is caught by one of its scenarios, citing the fault's rule.
+        let kind = vhu_mock_backend::faults::ALL
+            .iter()
+            .filter(|f| device_of(Some(f.1)) == Some(device));
+        let mut n = 0;
+        for (_, name, rule, _) in kind {
+            n += 1;
+            let (report, text) = run_area(device, Some(name), device);
+            let caught = report["results"].as_array().unwrap().iter().any(|r| {
+                matches!(r["outcome"].as_str(), Some("fail" | "warn"))
+                    && r["findings"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|f| f["rule"] == *rule)
+            });
+            assert!(caught, "{name} ({rule}) not caught:\n{text}");
+        }
+        assert!(n >= 2, "--device {device}: {n} fault modes");
+    }
+}

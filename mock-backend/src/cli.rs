@@ -9,11 +9,11 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(
     name = "vhu-mock-backend",
-    about = "Reference vhost-user back-end of vhu-conform (blk, net, rng, fs, vsock), with fault modes"
+    about = "Reference vhost-user back-end of vhu-conform (blk, net, rng, fs, vsock, console, input), with fault modes"
 )]
 pub struct Args {
     /// The virtio device served: blk (a RAM disk, the default), net (a loopback port), rng,
-    /// fs, vsock.
+    /// fs, vsock, console (one console port), input (a keyboard).
     #[arg(long, value_enum, default_value_t = DeviceKind::Blk)]
     pub device: DeviceKind,
     /// Listen on this Unix socket; keep serving front-ends one after another.
@@ -76,6 +76,10 @@ pub enum DeviceKind {
     Gpio,
     /// virtio-i2c, an adapter with one simulated client at 0x20 (5.19).
     I2c,
+    /// virtio-console, one console port with MULTIPORT (5.3).
+    Console,
+    /// virtio-input, a keyboard (5.8).
+    Input,
 }
 
 impl DeviceKind {
@@ -90,6 +94,8 @@ impl DeviceKind {
             Self::Scmi => "scmi",
             Self::Gpio => "gpio",
             Self::I2c => "i2c",
+            Self::Console => "console",
+            Self::Input => "input",
         }
     }
 

@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 
 use vhu_mock_device::{
-    BlkDevice, ConfigError, FsDevice, NetDevice, RngDevice, VirtioDevice, VsockDevice,
+    BlkDevice, ConfigError, ConsoleDevice, FsDevice, InputDevice, NetDevice, RngDevice,
+    VirtioDevice, VsockDevice,
 };
 
 use crate::Error;
@@ -36,6 +37,8 @@ pub fn device_for(
         DeviceKind::Gpio => Ok(Box::new(vhu_mock_device::GpioDevice::new(faults.gpio()))),
         DeviceKind::I2c => Ok(Box::new(vhu_mock_device::I2cDevice::new(faults.i2c()))),
         DeviceKind::Scmi => Ok(Box::new(vhu_mock_device::ScmiDevice::new(faults.scmi()))),
+        DeviceKind::Console => Ok(Box::new(ConsoleDevice::new(faults.console()))),
+        DeviceKind::Input => Ok(Box::new(InputDevice::new(faults.input()))),
         DeviceKind::Fs => {
             let mut fs = FsDevice::new(args.shared_dir.clone()).map_err(Error::device)?;
             fs.set_faults(faults.fs());

@@ -117,6 +117,20 @@ pub enum Fault {
     I2cBadStatus,
     /// i2c: VIRTIO_I2C_F_ZERO_LENGTH_REQUEST is not offered.
     I2cNoZeroLength,
+    /// console: DEVICE_READY is not answered with DEVICE_ADD.
+    ConsoleNoDeviceAdd,
+    /// console: control messages are written 6 bytes long.
+    ConsoleShortControl,
+    /// console: transmitq chains are used with the bytes read as used length.
+    ConsoleTxUsedLen,
+    /// console: the config's max_nr_ports is 0.
+    ConsoleMaxPortsZero,
+    /// input: ID_DEVIDS answers size 16.
+    InputDevidsSize,
+    /// input: a select the spec does not define answers size 128.
+    InputUnknownSelectSize,
+    /// input: eventq buffers are used at once with length 0.
+    InputEmptyEvents,
     /// fs: replies carry the request's unique + 1.
     FsUniqueNotEchoed,
     /// fs: the out header's len is 8 more than the bytes written.
@@ -528,6 +542,48 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "--device i2c: VIRTIO_I2C_F_ZERO_LENGTH_REQUEST (bit 0) is not offered",
     ),
     (
+        Fault::ConsoleNoDeviceAdd,
+        "console-no-device-add",
+        "R-CONSOLE-01",
+        "--device console: DEVICE_READY is consumed but no DEVICE_ADD follows",
+    ),
+    (
+        Fault::ConsoleShortControl,
+        "console-short-control",
+        "R-CONSOLE-02",
+        "--device console: control messages are written 6 bytes long, the value left out",
+    ),
+    (
+        Fault::ConsoleTxUsedLen,
+        "console-tx-used-len",
+        "R-DEV-02",
+        "--device console: transmitq chains are used with the bytes read as used length",
+    ),
+    (
+        Fault::ConsoleMaxPortsZero,
+        "console-max-ports-zero",
+        "R-CONSOLE-04",
+        "--device console: the config's max_nr_ports is 0 although MULTIPORT is offered",
+    ),
+    (
+        Fault::InputDevidsSize,
+        "input-devids-size",
+        "R-INPUT-01",
+        "--device input: ID_DEVIDS answers size 16, not the 8 bytes of virtio_input_devids",
+    ),
+    (
+        Fault::InputUnknownSelectSize,
+        "input-unknown-select-size",
+        "R-INPUT-02",
+        "--device input: a select the spec does not define answers size 128",
+    ),
+    (
+        Fault::InputEmptyEvents,
+        "input-empty-events",
+        "R-INPUT-03",
+        "--device input: posted eventq buffers are used at once with length 0, nothing written",
+    ),
+    (
         Fault::FsUniqueNotEchoed,
         "fs-unique-not-echoed",
         "R-FS-01",
@@ -786,6 +842,10 @@ pub fn device(f: Fault) -> Option<DeviceKind> {
         I2cBadStatus | I2cNoZeroLength => Some(DeviceKind::I2c),
         FsUniqueNotEchoed | FsLenMismatch | FsPositiveErrno | FsForgetReply => Some(DeviceKind::Fs),
         VsockNoRst | VsockBadDstCid | VsockCreditOverrun => Some(DeviceKind::Vsock),
+        ConsoleNoDeviceAdd | ConsoleShortControl | ConsoleTxUsedLen | ConsoleMaxPortsZero => {
+            Some(DeviceKind::Console)
+        }
+        InputDevidsSize | InputUnknownSelectSize | InputEmptyEvents => Some(DeviceKind::Input),
         _ => None,
     }
 }
@@ -960,6 +1020,25 @@ impl Faults {
             token_not_echoed: self.has(Fault::ScmiTokenNotEchoed),
             error_padded: self.has(Fault::ScmiErrorPadded),
             unknown_protocol_success: self.has(Fault::ScmiUnknownProtocolSuccess),
+        }
+    }
+
+    /// The console device's share of the faults.
+    pub fn console(&self) -> vhu_mock_device::ConsoleFaults {
+        vhu_mock_device::ConsoleFaults {
+            no_device_add: self.has(Fault::ConsoleNoDeviceAdd),
+            short_control: self.has(Fault::ConsoleShortControl),
+            tx_used_len: self.has(Fault::ConsoleTxUsedLen),
+            max_ports_zero: self.has(Fault::ConsoleMaxPortsZero),
+        }
+    }
+
+    /// The input device's share of the faults.
+    pub fn input(&self) -> vhu_mock_device::InputFaults {
+        vhu_mock_device::InputFaults {
+            devids_size: self.has(Fault::InputDevidsSize),
+            unknown_select_size: self.has(Fault::InputUnknownSelectSize),
+            empty_events: self.has(Fault::InputEmptyEvents),
         }
     }
 

@@ -12,7 +12,9 @@
 //! - [`process_queue`] drains a queue into the device; [`process_queue_with`] lets a
 //!   [`ChainHandler`] wrap each chain with the back-end's bookkeeping.
 //! - [`VirtioDevice`]: what the reference net, fs, vsock and rng devices implement;
-//!   [`NetDevice`] (5.1, a loopback port) and [`RngDevice`] (5.4) are two of them.
+//!   [`NetDevice`] (5.1, a loopback port) and [`RngDevice`] (5.4) are two of them;
+//!   [`ConsoleDevice`] (5.3, one console port with MULTIPORT) and [`InputDevice`] (5.8, a
+//!   keyboard) two more.
 //! - [`FsDevice`]: virtio-fs (5.11) speaking FUSE 7.31 over an empty root or a read-only
 //!   passthrough directory; [`VsockDevice`]: hybrid virtio-vsock (5.10) whose host ports are Unix
 //!   sockets `<uds path>_<port>`. Each has fault flags ([`FsFaults`], [`VsockFaults`]).
@@ -21,10 +23,12 @@
 
 mod blk;
 mod chain;
+mod console;
 mod device;
 pub mod fs;
 mod gpio;
 mod i2c;
+mod input;
 pub mod memory;
 mod net;
 mod packed;
@@ -42,10 +46,12 @@ pub use blk::{
     VendorRequests,
 };
 pub use chain::{Chain, RingError, Segment};
+pub use console::{CONSOLE_CONFIG_SIZE, CONSOLE_DEVICE_ID, ConsoleDevice, ConsoleFaults};
 pub use device::VirtioDevice;
 pub use fs::{FsDevice, FsError, FsFaults};
 pub use gpio::{GPIO_DEVICE_ID, GPIO_LINES, GpioDevice, GpioFaults};
 pub use i2c::{I2C_BAD_STATUS, I2C_CLIENT_ADDR, I2C_DEVICE_ID, I2cDevice, I2cFaults};
+pub use input::{INPUT_CONFIG_SIZE, INPUT_DEVICE_ID, InputDevice, InputFaults};
 pub use memory::{GuestMemory, MemError, VecMemory};
 pub use net::{
     NET_BACKLOG, NET_CONFIG_SIZE, NET_CTRL, NET_DEVICE_ID, NET_ERR, NET_HDR_LEN, NET_MAC, NET_MTU,

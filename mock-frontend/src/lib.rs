@@ -8,11 +8,13 @@
 
 pub mod blk;
 pub mod channel;
+pub mod console;
 pub mod exchange;
 pub mod fs;
 pub mod gpio;
 pub mod i2c;
 pub mod inflight;
+pub mod input;
 pub mod iommu;
 pub mod memory;
 pub mod net;

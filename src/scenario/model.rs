@@ -329,6 +329,26 @@ actions! {
     /// i2c: a request on the requestq (a read of `read_len` bytes, a write of `write_hex`, both
     /// as a write-read group, or a zero-length request), its status byte checked.
     "i2c_transfer" => I2cTransfer(I2cTransferArgs),
+    /// console: GET_CONFIG of cols, rows, max_nr_ports and emerg_wr, checked against the
+    /// queues GET_QUEUE_NUM reports (with MULTIPORT).
+    "console_config" => ConsoleConfig(NoArgs),
+    /// console (MULTIPORT): control receive buffers posted, DEVICE_READY sent: DEVICE_ADD must
+    /// come back; each port added gets PORT_READY, and a console port PORT_OPEN.
+    "console_ready" => ConsoleReady(ConsoleReadyArgs),
+    /// console: data written on a port's transmitq (`port`, `bytes`, `count` chains): every
+    /// chain must be consumed (and, with --console-tcp, reach the host side intact).
+    "console_write" => ConsoleWrite(ConsoleWriteArgs),
+    /// console (MULTIPORT): one control message of the driver's (`event`, `id`, `value`) on the
+    /// control transmitq: it must be consumed and the device must keep serving.
+    "console_control" => ConsoleControl(ConsoleControlArgs),
+    /// input: SET_CONFIG of `select` and `subsel`, then GET_CONFIG of the whole config space:
+    /// size and the union checked for that query.
+    "input_config" => InputConfig(InputConfigArgs),
+    /// input: eventq buffers posted; any used must carry a whole 8-byte event, and with no
+    /// input none is used within `window_ms`.
+    "input_post" => InputPost(InputPostArgs),
+    /// input: one event (`ev_type`, `code`, `value`) on the statusq: it must be consumed.
+    "input_status" => InputStatus(InputStatusArgs),
 }
 
 impl Action {
@@ -359,6 +379,11 @@ impl Action {
             Self::ScmiCommand(a) => a.indirect,
             Self::GpioRequest(a) => a.indirect,
             Self::I2cTransfer(a) => a.indirect,
+            Self::ConsoleReady(a) => a.indirect,
+            Self::ConsoleWrite(a) => a.indirect,
+            Self::ConsoleControl(a) => a.indirect,
+            Self::InputPost(a) => a.indirect,
+            Self::InputStatus(a) => a.indirect,
             _ => None,
         };
         i == Some(true)
@@ -1395,6 +1420,109 @@ pub struct VsockHostConnectArgs {
     /// The receive space the driver announces (default 65536).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub buf_alloc: Option<u32>,
+}
+
+/// `console_ready`: the MULTIPORT handshake.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleReadyArgs {
+    /// The chains go in indirect descriptor tables.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub indirect: Option<bool>,
+    /// How long to wait for the device's control messages, in ms (default 1000).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_ms: Option<u64>,
+}
+
+/// `console_write`: port data.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleWriteArgs {
+    /// The port (default 0; its transmitq is queue 1, or 2(port + 1) + 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+    /// Bytes of each chain (default 64).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u32>,
+    /// Chains written (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// Every byte value 0 to 255 in turn instead of lowercase text (a port carries bytes; no
+    /// encoding is implied).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub binary: Option<bool>,
+    /// Submit every chain at once (one kick) before waiting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at_once: Option<bool>,
+    /// Descriptors each chain is split over (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segments: Option<u32>,
+    /// The chains go in indirect descriptor tables.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub indirect: Option<bool>,
+}
+
+/// `console_control`: a control message of the driver's.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleControlArgs {
+    /// The event (default 0x7f, one the spec does not define).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<u16>,
+    /// The port (default 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<u32>,
+    /// The value (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<u16>,
+    /// The chain goes in an indirect descriptor table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub indirect: Option<bool>,
+}
+
+/// `input_config`: one config query.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfigArgs {
+    /// `VIRTIO_INPUT_CFG_*` (ID_NAME 1, ID_SERIAL 2, ID_DEVIDS 3, PROP_BITS 0x10, EV_BITS
+    /// 0x11, ABS_INFO 0x12; another value: a query without information, size 0).
+    pub select: u8,
+    /// The sub-selector (EV_BITS: the event type; default 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subsel: Option<u8>,
+}
+
+/// `input_post`: eventq buffers.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputPostArgs {
+    /// Buffers posted (default 8), each one 8-byte event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub buffers: Option<u32>,
+    /// The buffers go in indirect descriptor tables.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub indirect: Option<bool>,
+    /// How long to watch them, in ms (default 300).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_ms: Option<u64>,
+}
+
+/// `input_status`: an event on the statusq.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputStatusArgs {
+    /// The event type (default EV_LED, 0x11).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ev_type: Option<u16>,
+    /// The code (default LED_CAPSL, 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<u16>,
+    /// The value (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<u32>,
+    /// The chain goes in an indirect descriptor table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub indirect: Option<bool>,
 }
 
 /// `iotlb`: what it does.

@@ -172,5 +172,7 @@ impl Ctx<'_> {
     pub(super) fn ring_replaced(&mut self, idx: u16) {
         self.net_ring_replaced(idx);
         self.rng_ring_replaced(idx);
+        self.console_ring_replaced(idx);
+        self.input_ring_replaced(idx);
     }
 }

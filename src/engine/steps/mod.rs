@@ -15,10 +15,12 @@ use vhu_protocol::wire::ReplyKind;
 
 mod backend_requests;
 mod chains;
+mod console;
 mod datapath;
 mod fs;
 mod gpio;
 mod i2c;
+mod input;
 mod iotlb;
 mod liveness;
 mod net;
@@ -114,6 +116,10 @@ pub struct Ctx<'a> {
     iotlb: iotlb::IotlbState,
     /// gpio steps: the config space read.
     gpio: gpio::GpioState,
+    /// console steps: control buffers posted, ports added, the port's host side.
+    console: console::ConsoleState,
+    /// input steps: event buffers posted.
+    input: input::InputState,
 }
 
 impl<'a> Ctx<'a> {
@@ -159,6 +165,8 @@ impl<'a> Ctx<'a> {
             vsock: vsock::VsockState::default(),
             iotlb: iotlb::IotlbState::default(),
             gpio: gpio::GpioState::default(),
+            console: console::ConsoleState::default(),
+            input: input::InputState::default(),
         }
     }
 
@@ -420,6 +428,8 @@ impl<'a> Ctx<'a> {
         self.fs.new_session();
         self.vsock.new_session();
         self.iotlb = iotlb::IotlbState::default();
+        self.console = console::ConsoleState::default();
+        self.input = input::InputState::default();
         if let Some(s) = self.session.take() {
             if s.received() > 0 {
                 // Every reply the session took passed its framing checks.
@@ -820,6 +830,13 @@ impl<'a> Ctx<'a> {
             Action::GpioConfig(_) => self.gpio_config(step),
             Action::GpioRequest(a) => self.gpio_request(step, a),
             Action::I2cTransfer(a) => self.i2c_transfer(step, a),
+            Action::ConsoleConfig(_) => self.console_step(|c| c.console_config(step)),
+            Action::ConsoleReady(a) => self.console_step(|c| c.console_ready(step, a)),
+            Action::ConsoleWrite(a) => self.console_step(|c| c.console_write(step, a)),
+            Action::ConsoleControl(a) => self.console_step(|c| c.console_control(step, a)),
+            Action::InputConfig(a) => self.input_config(step, a),
+            Action::InputPost(a) => self.input_post(step, a),
+            Action::InputStatus(a) => self.input_status(step, a),
             Action::Sleep(a) => {
                 let left = self.deadline.saturating_duration_since(Instant::now());
                 std::thread::sleep(Duration::from_millis(a.ms).min(left));
