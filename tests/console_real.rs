@@ -4,9 +4,9 @@
 //! with --console-tcp, so what the guest writes is checked where it arrives. The only FAILs are
 //! the departures the README writes up.
 
-use std::collections::BTreeSet;
-use std::path::Path;
-use std::process::Command;
+#[path = "common/real_target.rs"]
+#[allow(dead_code)]
+mod real_target;
 
 /// The FAILs the README ("What it finds in real back-ends", vhost-device-console) writes up:
 /// driver-readable chains (control messages, port data) are used with the bytes read as used
@@ -37,64 +37,25 @@ fn free_port() -> u16 {
 
 #[test]
 fn console_data_path_against_vhost_device_console() {
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/vhost-device-console.sh");
-    let bin = std::env::var("VHU_TARGETS_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| Path::new(&std::env::var("HOME").unwrap()).join(".cache/vhu-targets"))
-        .join("bin/vhost-device-console");
-    assert!(
-        bin.exists(),
-        "missing {}: run ci/install-devices.sh console",
-        bin.display()
-    );
+    let script = real_target::installed_device("vhost-device-console", "console");
     let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_vhu-conform"))
-        .args(["--device", "console", "-j", "1", "--spawn"])
-        .arg(format!(
-            "env VHU_CONSOLE_TCP_PORT={port} '{}' {{socket}}",
-            script.display()
-        ))
-        .arg("--console-tcp")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--json-report")
-        .arg(&json)
-        // The console scenarios and device-neutral areas: enough to run 15 and more.
-        .args(["console", "negotiation", "session", "vring"])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let tcp = format!("127.0.0.1:{port}");
+    let run = real_target::run_spawned(
+        "console",
+        &script,
+        &format!("env VHU_CONSOLE_TCP_PORT={port} "),
+        // One at a time: every process binds the same TCP port. The console scenarios and
+        // device-neutral areas: enough to run 15 and more.
+        &["-j", "1", "--console-tcp", &tcp, "console", "negotiation", "session", "vring"],
+        "ci/install-devices.sh console",
     );
-    assert!(
-        json.exists() && out.status.code() != Some(3),
-        "vhost-device-console could not be started (exit {:?}): run ci/install-devices.sh console\n{text}",
-        out.status.code()
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let results = report["results"].as_array().unwrap();
-    let outcome = |r: &serde_json::Value| r["outcome"].as_str().unwrap().to_string();
-    let ran = results.iter().filter(|r| outcome(r) != "skip").count();
-    assert!(ran >= 15, "only {ran} scenarios ran (not skipped)\n{text}");
-    for r in results {
-        assert_ne!(
-            outcome(r),
-            "error",
-            "harness error in {}: {}\n{text}",
-            r["id"],
-            r["reason"]
-        );
-    }
+    run.assert_ran_at_least(15);
     // The console scenarios that move data through the rings ran to their end: no finding of
     // theirs but the written-up one.
-    let moved = results
+    let moved = run
+        .results()
         .iter()
-        .filter(|r| r["id"].as_str().unwrap().starts_with("console/") && outcome(r) != "skip")
+        .filter(|r| r["id"].as_str().unwrap().starts_with("console/") && r["outcome"] != "skip")
         .filter(|r| {
             r["findings"]
                 .as_array()
@@ -105,26 +66,9 @@ fn console_data_path_against_vhost_device_console() {
         .count();
     assert!(
         moved >= 4,
-        "only {moved} console scenarios moved data cleanly\n{text}"
+        "only {moved} console scenarios moved data cleanly\n{}",
+        run.text
     );
-    let fails: BTreeSet<(String, String)> = results
-        .iter()
-        .filter(|r| outcome(r) == "fail")
-        .flat_map(|r| {
-            let id = r["id"].as_str().unwrap().to_string();
-            r["findings"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|f| f["level"] == "must")
-                .map(move |f| (id.clone(), f["rule"].as_str().unwrap().to_string()))
-        })
-        .collect();
-    let known: BTreeSet<(String, String)> = KNOWN_FAILS
-        .iter()
-        .map(|(s, r)| (s.to_string(), r.to_string()))
-        .collect();
-    assert_eq!(fails, known, "FAILs differ from the README's\n{text}");
-    let config = results.iter().find(|r| r["id"] == "console/config");
-    assert_eq!(config.map(outcome).as_deref(), Some("pass"), "{text}");
+    run.assert_must_findings_exactly(KNOWN_FAILS);
+    assert_eq!(run.outcome("console/config"), "pass", "{}", run.text);
 }

@@ -5,6 +5,7 @@
 //! fails, saying so.
 
 #[path = "common/real_target.rs"]
+#[allow(dead_code)]
 mod common_real;
 
 use common_real::{Run, run_suite};

@@ -6,6 +6,7 @@
 //! without it the test fails, saying so.
 
 #[path = "common/real_target.rs"]
+#[allow(dead_code)]
 mod common_real;
 
 use common_real::run_suite;

@@ -8,7 +8,6 @@
 
 use std::collections::VecDeque;
 
-use vhu_protocol::wire::VirtioFeatures;
 
 use crate::blk::ConfigError;
 use crate::chain::Chain;
@@ -134,11 +133,7 @@ impl VirtioDevice for ConsoleDevice {
     }
 
     fn device_features(&self) -> u64 {
-        (VirtioFeatures::VERSION_1
-            | VirtioFeatures::INDIRECT_DESC
-            | VirtioFeatures::EVENT_IDX
-            | VirtioFeatures::RING_PACKED)
-            .bits()
+        crate::device::RING_FEATURES
             | F_SIZE
             | F_MULTIPORT
     }

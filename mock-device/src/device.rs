@@ -8,9 +8,18 @@
 
 use std::os::fd::RawFd;
 
+use vhu_protocol::VirtioFeatures;
+
 use crate::blk::ConfigError;
 use crate::chain::Chain;
 use crate::memory::GuestMemory;
+
+/// VERSION_1 and the ring layouts the queue code drives (indirect tables, EVENT_IDX, packed
+/// rings): what a device offers besides its own bits.
+pub const RING_FEATURES: u64 = VirtioFeatures::VERSION_1.bits()
+    | VirtioFeatures::INDIRECT_DESC.bits()
+    | VirtioFeatures::EVENT_IDX.bits()
+    | VirtioFeatures::RING_PACKED.bits();
 
 /// A virtio device served by the reference back-end.
 ///
@@ -25,12 +34,17 @@ pub trait VirtioDevice: Send {
     /// The queues the device has (what GET_QUEUE_NUM reports and the rings it serves).
     fn num_queues(&self) -> u16;
     /// The virtio feature bits offered (device bits and the ring bits the device supports;
-    /// the back-end adds PROTOCOL_FEATURES and the vhost-user bits).
-    fn device_features(&self) -> u64;
+    /// the back-end adds PROTOCOL_FEATURES and the vhost-user bits). Default: no device bit,
+    /// every ring layout the queue code drives ([`RING_FEATURES`]).
+    fn device_features(&self) -> u64 {
+        RING_FEATURES
+    }
     /// The features the driver acknowledged (SET_FEATURES), e.g. net's MRG_RXBUF.
     fn set_features(&mut self, _features: u64) {}
-    /// The whole config space (may be empty: rng has none).
-    fn config(&self) -> Vec<u8>;
+    /// The whole config space; default empty (rng, scmi and i2c have none).
+    fn config(&self) -> Vec<u8> {
+        Vec::new()
+    }
     /// A driver write to the config space; read-only by default.
     ///
     /// # Errors
@@ -43,8 +57,10 @@ pub trait VirtioDevice: Send {
     }
     /// Whether the back-end should take a chain from `queue` now: always for a
     /// driver-to-device queue; for a device-to-driver queue only while the device has data for
-    /// the driver.
-    fn ready(&self, queue: u16) -> bool;
+    /// the driver. Default: every queue is driver-to-device.
+    fn ready(&self, _queue: u16) -> bool {
+        true
+    }
     /// Serves one chain taken from `queue` and returns the used length (bytes written into
     /// its device-writable buffers). Malformed requests are answered as the device's section
     /// says, never with a panic.

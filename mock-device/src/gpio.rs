@@ -3,7 +3,6 @@
 //! line reads back the value it drives, an input line reads low. The config space is
 //! `virtio_gpio_config`: ngpio, zero padding, gpio_names_size.
 
-use vhu_protocol::wire::VirtioFeatures;
 
 use crate::blk::iov::Iov;
 use crate::chain::Chain;
@@ -116,14 +115,6 @@ impl VirtioDevice for GpioDevice {
         1
     }
 
-    /// No VIRTIO_GPIO_F_IRQ (5.18.3).
-    fn device_features(&self) -> u64 {
-        (VirtioFeatures::VERSION_1
-            | VirtioFeatures::INDIRECT_DESC
-            | VirtioFeatures::EVENT_IDX
-            | VirtioFeatures::RING_PACKED)
-            .bits()
-    }
 
     fn config(&self) -> Vec<u8> {
         let mut c = (self.lines.len() as u16).to_le_bytes().to_vec();
@@ -132,9 +123,6 @@ impl VirtioDevice for GpioDevice {
         c
     }
 
-    fn ready(&self, _queue: u16) -> bool {
-        true
-    }
 
     /// 5.18.6: an 8-byte request, then the response (status, value) in the writable buffers;
     /// a request shorter than 8 bytes is answered ERR.

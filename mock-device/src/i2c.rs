@@ -4,7 +4,6 @@
 //! pointer on, both advancing it). Any other address does not answer: ERR, as a NACK on a
 //! real bus. FAIL_NEXT groups fail together. No config space.
 
-use vhu_protocol::wire::VirtioFeatures;
 
 use crate::blk::iov::Iov;
 use crate::chain::Chain;
@@ -125,11 +124,7 @@ impl VirtioDevice for I2cDevice {
 
     /// VIRTIO_I2C_F_ZERO_LENGTH_REQUEST, which 5.19.6.2 makes mandatory.
     fn device_features(&self) -> u64 {
-        let rings = (VirtioFeatures::VERSION_1
-            | VirtioFeatures::INDIRECT_DESC
-            | VirtioFeatures::EVENT_IDX
-            | VirtioFeatures::RING_PACKED)
-            .bits();
+        let rings = crate::device::RING_FEATURES;
         if self.faults.no_zero_length {
             rings
         } else {
@@ -137,13 +132,7 @@ impl VirtioDevice for I2cDevice {
         }
     }
 
-    fn config(&self) -> Vec<u8> {
-        Vec::new()
-    }
 
-    fn ready(&self, _queue: u16) -> bool {
-        true
-    }
 
     /// 5.19.6: the status goes in the last writable byte, read data before it; a chain too
     /// short for an out header and a status is used with length 0.

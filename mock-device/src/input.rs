@@ -3,7 +3,6 @@
 //! ID_NAME, ID_SERIAL, ID_DEVIDS, EV_BITS of EV_KEY and EV_LED; anything else has size 0. The
 //! eventq's buffers stay posted (no input); statusq events (LEDs) are consumed.
 
-use vhu_protocol::wire::VirtioFeatures;
 
 use crate::blk::ConfigError;
 use crate::chain::Chain;
@@ -110,13 +109,6 @@ impl VirtioDevice for InputDevice {
         2
     }
 
-    fn device_features(&self) -> u64 {
-        (VirtioFeatures::VERSION_1
-            | VirtioFeatures::INDIRECT_DESC
-            | VirtioFeatures::EVENT_IDX
-            | VirtioFeatures::RING_PACKED)
-            .bits()
-    }
 
     fn config(&self) -> Vec<u8> {
         let answer = self.answer();

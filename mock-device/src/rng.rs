@@ -2,7 +2,6 @@
 //! device-writable buffers with random bytes and reports how many it wrote. No config space,
 //! no device feature bits.
 
-use vhu_protocol::wire::VirtioFeatures;
 
 use crate::blk::iov::Iov;
 use crate::chain::Chain;
@@ -93,22 +92,8 @@ impl VirtioDevice for RngDevice {
         1
     }
 
-    /// No device bits (5.4.3); the ring layouts the queue code drives.
-    fn device_features(&self) -> u64 {
-        (VirtioFeatures::VERSION_1
-            | VirtioFeatures::INDIRECT_DESC
-            | VirtioFeatures::EVENT_IDX
-            | VirtioFeatures::RING_PACKED)
-            .bits()
-    }
 
-    fn config(&self) -> Vec<u8> {
-        Vec::new()
-    }
 
-    fn ready(&self, _queue: u16) -> bool {
-        true
-    }
 
     /// 5.4.6.1: one or more random bytes into the writable buffers (at most
     /// [`RNG_MAX_PER_REQUEST`]); readable buffers are ignored.

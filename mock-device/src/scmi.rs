@@ -4,7 +4,6 @@
 //! (Arm SCMI DEN0056 section 4.2) and nothing else; it offers no notification or delayed
 //! response, so no VIRTIO_SCMI_F_P2A_CHANNELS and no eventq. No config space.
 
-use vhu_protocol::wire::VirtioFeatures;
 
 use crate::blk::iov::Iov;
 use crate::chain::Chain;
@@ -101,22 +100,8 @@ impl VirtioDevice for ScmiDevice {
         1
     }
 
-    /// No device bit: neither notifications (P2A_CHANNELS) nor shared memory (5.17.3).
-    fn device_features(&self) -> u64 {
-        (VirtioFeatures::VERSION_1
-            | VirtioFeatures::INDIRECT_DESC
-            | VirtioFeatures::EVENT_IDX
-            | VirtioFeatures::RING_PACKED)
-            .bits()
-    }
 
-    fn config(&self) -> Vec<u8> {
-        Vec::new()
-    }
 
-    fn ready(&self, _queue: u16) -> bool {
-        true
-    }
 
     /// 5.17.6.1: the response goes in the same chain's writable buffers; a chain too short for
     /// a header is used with length 0, a response longer than the room is cut.

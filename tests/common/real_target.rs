@@ -1,7 +1,7 @@
-//! Shared by tests/fs_virtiofsd.rs and tests/vsock_real.rs (a module of each, not a test):
-//! runs the whole suite against one of ../shared/targets/ and reads the JSON report.
+//! Shared by the end-to-end tests against real back-ends (a module of each, not a test): runs
+//! the suite against one of ../shared/targets/ or tests/targets/ and reads the JSON report.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// One suite run: the report and the console text.
@@ -25,13 +25,44 @@ fn script(name: &str) -> PathBuf {
 
 /// Runs every scenario with `--device DEVICE --spawn '<env>SCRIPT {socket}' -j 2`.
 pub fn run_suite(device: &str, script_name: &str, env: &str) -> Run {
+    run_spawned(
+        device,
+        &script(script_name),
+        env,
+        &["-j", "2"],
+        "../shared/targets/install.sh fs vsock",
+    )
+}
+
+/// The program a start script of tests/targets/ runs, installed by ci/install-devices.sh
+/// (`bin/NAME` under VHU_TARGETS_DIR, default ~/.cache/vhu-targets), or a loud failure naming
+/// the install step.
+pub fn installed_device(name: &str, device: &str) -> PathBuf {
+    let bin = std::env::var_os("VHU_TARGETS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap()).join(".cache/vhu-targets"))
+        .join("bin")
+        .join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run ci/install-devices.sh {device}",
+        bin.display()
+    );
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/targets")
+        .join(format!("{name}.sh"))
+}
+
+/// Runs `vhu-conform --device DEVICE --spawn '<env>SCRIPT {socket}' ARGS --json-report ...`; a
+/// run that gives no report (the target could not be started) fails naming `install`.
+pub fn run_spawned(device: &str, script: &Path, env: &str, args: &[&str], install: &str) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
-    let s = script(script_name);
     let out = Command::new(env!("CARGO_BIN_EXE_vhu-conform"))
         .args(["--device", device, "--spawn"])
-        .arg(format!("{env}'{}' {{socket}}", s.display()))
-        .args(["-j", "2", "--json-report"])
+        .arg(format!("{env}'{}' {{socket}}", script.display()))
+        .args(args)
+        .arg("--json-report")
         .arg(&json)
         .output()
         .unwrap();
@@ -41,16 +72,20 @@ pub fn run_suite(device: &str, script_name: &str, env: &str) -> Run {
         String::from_utf8_lossy(&out.stderr)
     );
     let report = match std::fs::read_to_string(&json) {
-        Ok(j) => serde_json::from_str(&j).expect("a JSON report"),
-        Err(e) => panic!(
-            "{script_name} could not be run ({e}); is it installed? run ../shared/targets/install.sh fs vsock\n{text}"
+        Ok(j) if out.status.code() != Some(3) => serde_json::from_str(&j).expect("a JSON report"),
+        r => panic!(
+            "{} could not be run (exit {:?}, {:?}); is it installed? run {install}\n{text}",
+            script.display(),
+            out.status.code(),
+            r.err()
         ),
     };
     Run { report, text }
 }
 
 impl Run {
-    fn results(&self) -> &Vec<serde_json::Value> {
+    /// Every scenario's result, in the suite's order.
+    pub fn results(&self) -> &Vec<serde_json::Value> {
         self.report["results"].as_array().expect("results")
     }
 
@@ -95,6 +130,40 @@ impl Run {
             "only {passed:?} of the {prefix} scenarios passed: {}",
             self.text
         );
+    }
+
+    /// The ids of the scenarios under `prefix` that passed.
+    pub fn passed(&self, prefix: &str) -> Vec<&str> {
+        self.results()
+            .iter()
+            .filter(|r| r["outcome"] == "pass")
+            .filter_map(|r| r["id"].as_str())
+            .filter(|id| id.starts_with(prefix))
+            .collect()
+    }
+
+    /// Every MUST finding of a failed scenario is one of `want` (scenario, rule) and each of
+    /// `want` is found.
+    pub fn assert_must_findings_exactly(&self, want: &[(&str, &str)]) {
+        let got: std::collections::BTreeSet<(String, String)> = self
+            .results()
+            .iter()
+            .filter(|r| r["outcome"] == "fail")
+            .flat_map(|r| {
+                let id = r["id"].as_str().unwrap_or("").to_string();
+                r["findings"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|f| f["level"] == "must")
+                    .map(move |f| (id.clone(), f["rule"].as_str().unwrap_or("").to_string()))
+            })
+            .collect();
+        let want: std::collections::BTreeSet<(String, String)> = want
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        assert_eq!(got, want, "FAILs differ from the README's\n{}", self.text);
     }
 
     /// The FAILs are exactly `want` (scenario, rule of its first finding).

@@ -15,7 +15,6 @@ pub mod wire;
 
 use std::path::PathBuf;
 
-use vhu_protocol::wire::VirtioFeatures;
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::chain::Chain;
@@ -140,15 +139,6 @@ impl VirtioDevice for FsDevice {
         2
     }
 
-    /// No virtio-fs feature bits (5.11.3 defines only NOTIFICATION, not offered); the ring bits
-    /// blk offers.
-    fn device_features(&self) -> u64 {
-        (VirtioFeatures::VERSION_1
-            | VirtioFeatures::INDIRECT_DESC
-            | VirtioFeatures::EVENT_IDX
-            | VirtioFeatures::RING_PACKED)
-            .bits()
-    }
 
     /// `struct virtio_fs_config` (5.11.4): the tag, then num_request_queues = 1 (R-FS-05).
     fn config(&self) -> Vec<u8> {
@@ -158,9 +148,6 @@ impl VirtioDevice for FsDevice {
         c
     }
 
-    fn ready(&self, _queue: u16) -> bool {
-        true
-    }
 
     fn serve(&mut self, queue: u16, mem: &dyn GuestMemory, chain: &Chain) -> u32 {
         if queue > FS_REQUEST {

@@ -26,7 +26,6 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-use vhu_protocol::wire::VirtioFeatures;
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::chain::Chain;
@@ -382,15 +381,6 @@ impl VirtioDevice for VsockDevice {
         3
     }
 
-    /// No vsock feature bit: STREAM is what a device without VIRTIO_VSOCK_F_SEQPACKET
-    /// serves (5.10.3); the ring bits blk offers.
-    fn device_features(&self) -> u64 {
-        (VirtioFeatures::VERSION_1
-            | VirtioFeatures::INDIRECT_DESC
-            | VirtioFeatures::EVENT_IDX
-            | VirtioFeatures::RING_PACKED)
-            .bits()
-    }
 
     /// `struct virtio_vsock_config`: guest_cid (R-VSOCK-06).
     fn config(&self) -> Vec<u8> {
