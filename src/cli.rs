@@ -242,9 +242,10 @@ fn bundled_backend(device: Option<crate::device::DeviceType>) -> Result<TargetSp
         Some(DeviceType::Fs) => "--device fs --shared-dir {fs_dir}".to_string(),
         Some(DeviceType::Vsock) => "--device vsock --uds-path {socket}.vsock".to_string(),
         Some(d @ (DeviceType::Net | DeviceType::Rng)) => format!("--device {d}"),
+        Some(DeviceType::Sound) => "--device sound".to_string(),
         Some(d) => {
             return Err(format!(
-                "the bundled reference back-end serves blk, net, fs, vsock and rng, not {d}: give the back-end with --spawn, --backend or --listen"
+                "the bundled reference back-end serves blk, net, fs, vsock, rng and sound, not {d}: give the back-end with --spawn, --backend or --listen"
             ));
         }
     };

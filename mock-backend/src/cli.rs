@@ -70,6 +70,8 @@ pub enum DeviceKind {
     Vsock,
     /// virtio-rng (5.4).
     Rng,
+    /// virtio-sound (5.14), a null audio back-end.
+    Sound,
 }
 
 impl DeviceKind {
@@ -81,6 +83,7 @@ impl DeviceKind {
             Self::Fs => "fs",
             Self::Vsock => "vsock",
             Self::Rng => "rng",
+            Self::Sound => "sound",
         }
     }
 

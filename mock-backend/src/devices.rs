@@ -33,6 +33,7 @@ pub fn device_for(
     match kind {
         DeviceKind::Net => Ok(Box::new(NetDevice::new(faults.net()))),
         DeviceKind::Rng => Ok(Box::new(RngDevice::new(faults.rng()))),
+        DeviceKind::Sound => Ok(Box::new(vhu_mock_device::SoundDevice::new(faults.sound()))),
         DeviceKind::Fs => {
             let mut fs = FsDevice::new(args.shared_dir.clone()).map_err(Error::device)?;
             fs.set_faults(faults.fs());

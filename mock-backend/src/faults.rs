@@ -101,6 +101,12 @@ pub enum Fault {
     RngZeroLen,
     /// rng: every byte written is 0x00.
     RngConstant,
+    /// sound: an information request past the announced items is answered OK.
+    SoundBadStartOk,
+    /// sound: control requests are used with length 0, no status written.
+    SoundNoStatus,
+    /// sound: PCM_INFO records carry a non-zero padding byte.
+    SoundPcmPadding,
     /// fs: replies carry the request's unique + 1.
     FsUniqueNotEchoed,
     /// fs: the out header's len is 8 more than the bytes written.
@@ -464,6 +470,24 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "--device rng: every random byte is 0x00",
     ),
     (
+        Fault::SoundBadStartOk,
+        "sound-bad-start-ok",
+        "R-SND-03",
+        "--device sound: JACK/PCM/CHMAP_INFO past the announced items answered OK with zeroed records",
+    ),
+    (
+        Fault::SoundNoStatus,
+        "sound-no-status",
+        "R-SND-01",
+        "--device sound: control requests are used with length 0, no status code written",
+    ),
+    (
+        Fault::SoundPcmPadding,
+        "sound-pcm-padding",
+        "R-SND-04",
+        "--device sound: PCM_INFO records carry a padding byte of 0xff",
+    ),
+    (
         Fault::FsUniqueNotEchoed,
         "fs-unique-not-echoed",
         "R-FS-01",
@@ -717,6 +741,7 @@ pub fn device(f: Fault) -> Option<DeviceKind> {
             Some(DeviceKind::Net)
         }
         RngUsedLenPastBuffer | RngZeroLen | RngConstant => Some(DeviceKind::Rng),
+        SoundBadStartOk | SoundNoStatus | SoundPcmPadding => Some(DeviceKind::Sound),
         FsUniqueNotEchoed | FsLenMismatch | FsPositiveErrno | FsForgetReply => Some(DeviceKind::Fs),
         VsockNoRst | VsockBadDstCid | VsockCreditOverrun => Some(DeviceKind::Vsock),
         _ => None,
@@ -867,6 +892,15 @@ impl Faults {
             no_rst: self.has(Fault::VsockNoRst),
             bad_dst_cid: self.has(Fault::VsockBadDstCid),
             credit_overrun: self.has(Fault::VsockCreditOverrun),
+        }
+    }
+
+    /// The sound device's share of the faults.
+    pub fn sound(&self) -> vhu_mock_device::SoundFaults {
+        vhu_mock_device::SoundFaults {
+            bad_start_ok: self.has(Fault::SoundBadStartOk),
+            no_status: self.has(Fault::SoundNoStatus),
+            pcm_padding: self.has(Fault::SoundPcmPadding),
         }
     }
 

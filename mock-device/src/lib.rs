@@ -30,6 +30,7 @@ mod queue;
 mod rng;
 mod run;
 mod sg;
+mod sound;
 mod split;
 pub mod vsock;
 
@@ -49,4 +50,5 @@ pub use net::{
 pub use queue::{Queue, RingConfig};
 pub use rng::{RNG_DEVICE_ID, RNG_MAX_PER_REQUEST, RNG_PAST_BUFFER, RngDevice, RngFaults};
 pub use run::{ChainHandler, QueueRun, process_queue, process_queue_with};
+pub use sound::{SoundDevice, SoundFaults};
 pub use vsock::{VsockDevice, VsockError, VsockFaults};

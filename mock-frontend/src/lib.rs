@@ -17,6 +17,7 @@ pub mod net;
 pub mod rng;
 pub mod session;
 pub mod shmem;
+pub mod sound;
 pub mod transcript;
 pub mod vring;
 pub mod vsock;

@@ -7,6 +7,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 pub mod fs;
 pub mod net;
+pub mod sound;
 pub mod vsock;
 
 /// Descriptor flag: the buffer continues in `next`.

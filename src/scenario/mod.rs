@@ -2,6 +2,7 @@
 //! from user directories), and selection by id glob.
 
 pub mod model;
+pub mod sound;
 
 use std::path::{Path, PathBuf};
 

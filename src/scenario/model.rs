@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::DeviceType;
 use crate::rules::RuleId;
+pub use crate::scenario::sound::{SoundPcmArgs, SoundQueryArgs, SoundTxArgs};
 
 /// How much a failed check of this scenario weighs (checklist legend).
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -317,6 +318,14 @@ actions! {
     "vsock_host_connect" => VsockHostConnect(VsockHostConnectArgs),
     /// IOTLB: what `op` says (updates, invalidations, holding misses, checking them).
     "iotlb" => Iotlb(IotlbArgs),
+    /// sound: the config space (jacks, streams, chmaps), with the CONFIG protocol feature.
+    "sound_config" => SoundConfig(NoArgs),
+    /// sound: JACK_INFO, PCM_INFO or CHMAP_INFO on the control queue, answers checked.
+    "sound_query" => SoundQuery(SoundQueryArgs),
+    /// sound: a PCM command (`set_params`, `prepare`, `start`, `stop`, `release`).
+    "sound_pcm" => SoundPcm(SoundPcmArgs),
+    /// sound: PCM frames for an output stream on the tx queue, each message's status checked.
+    "sound_tx" => SoundTx(SoundTxArgs),
 }
 
 impl Action {
@@ -344,6 +353,9 @@ impl Action {
             Self::FsRead(a) => a.indirect,
             Self::VsockConnect(a) => a.indirect,
             Self::VsockSend(a) => a.indirect,
+            Self::SoundQuery(a) => a.indirect,
+            Self::SoundPcm(a) => a.indirect,
+            Self::SoundTx(a) => a.indirect,
             _ => None,
         };
         i == Some(true)

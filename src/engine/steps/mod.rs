@@ -24,6 +24,7 @@ mod rng;
 mod send;
 mod setup;
 mod shmem;
+mod sound;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -109,6 +110,8 @@ pub struct Ctx<'a> {
     vsock: vsock::VsockState,
     /// IOTLB steps: what was invalidated, which misses were looked at.
     iotlb: iotlb::IotlbState,
+    /// sound steps: the config space and stream infos of the session.
+    sound: sound::SoundState,
 }
 
 impl<'a> Ctx<'a> {
@@ -153,6 +156,7 @@ impl<'a> Ctx<'a> {
             fs: fs::FsState::default(),
             vsock: vsock::VsockState::default(),
             iotlb: iotlb::IotlbState::default(),
+            sound: sound::SoundState::default(),
         }
     }
 
@@ -414,6 +418,7 @@ impl<'a> Ctx<'a> {
         self.fs.new_session();
         self.vsock.new_session();
         self.iotlb = iotlb::IotlbState::default();
+        self.sound = sound::SoundState::default();
         if let Some(s) = self.session.take() {
             if s.received() > 0 {
                 // Every reply the session took passed its framing checks.
@@ -825,6 +830,10 @@ impl<'a> Ctx<'a> {
             | Action::VsockNoConnection(_)
             | Action::VsockHostConnect(_) => self.vsock_step(step),
             Action::Iotlb(a) => self.iotlb_step(step, a),
+            Action::SoundConfig(_)
+            | Action::SoundQuery(_)
+            | Action::SoundPcm(_)
+            | Action::SoundTx(_) => self.sound_step(step),
             Action::Sleep(a) => {
                 let left = self.deadline.saturating_duration_since(Instant::now());
                 std::thread::sleep(Duration::from_millis(a.ms).min(left));
