@@ -29,7 +29,11 @@ fn run(args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
 
 #[test]
 fn device_selects_the_bundled_back_ends_device() {
-    for (device, scenario) in [("net", "net/loopback"), ("rng", "rng/looks-random")] {
+    for (device, scenario) in [
+        ("net", "net/loopback"),
+        ("rng", "rng/looks-random"),
+        ("sound", "sound/pcm-lifecycle"),
+    ] {
         let (code, report, text) = run(&["--device", device, scenario]);
         assert_eq!(code, Some(0), "{text}");
         let results = report["results"].as_array().expect("a report");
