@@ -243,9 +243,10 @@ fn bundled_backend(device: Option<crate::device::DeviceType>) -> Result<TargetSp
         Some(DeviceType::Vsock) => "--device vsock --uds-path {socket}.vsock".to_string(),
         Some(d @ (DeviceType::Net | DeviceType::Rng)) => format!("--device {d}"),
         Some(DeviceType::Sound) => "--device sound".to_string(),
+        Some(DeviceType::Gpu) => "--device gpu".to_string(),
         Some(d) => {
             return Err(format!(
-                "the bundled reference back-end serves blk, net, fs, vsock, rng and sound, not {d}: give the back-end with --spawn, --backend or --listen"
+                "the bundled reference back-end serves blk, net, fs, vsock, rng, sound and gpu, not {d}: give the back-end with --spawn, --backend or --listen"
             ));
         }
     };

@@ -72,6 +72,8 @@ pub enum DeviceKind {
     Rng,
     /// virtio-sound (5.14), a null audio back-end.
     Sound,
+    /// virtio-gpu (5.7) over the vhost-user-gpu protocol, one scanout, no 3D.
+    Gpu,
 }
 
 impl DeviceKind {
@@ -84,6 +86,7 @@ impl DeviceKind {
             Self::Vsock => "vsock",
             Self::Rng => "rng",
             Self::Sound => "sound",
+            Self::Gpu => "gpu",
         }
     }
 

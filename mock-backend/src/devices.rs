@@ -33,6 +33,7 @@ pub fn device_for(
     match kind {
         DeviceKind::Net => Ok(Box::new(NetDevice::new(faults.net()))),
         DeviceKind::Rng => Ok(Box::new(RngDevice::new(faults.rng()))),
+        DeviceKind::Gpu => Ok(Box::new(vhu_mock_device::GpuDevice::new(faults.gpu()))),
         DeviceKind::Sound => Ok(Box::new(vhu_mock_device::SoundDevice::new(faults.sound()))),
         DeviceKind::Fs => {
             let mut fs = FsDevice::new(args.shared_dir.clone()).map_err(Error::device)?;
@@ -146,6 +147,14 @@ impl Device {
         match self {
             Self::Blk(b) => b.write_config(offset, data, flags),
             Self::Virtio(d) => d.write_config(offset, data),
+        }
+    }
+
+    /// GPU_SET_SOCKET's socket; `false` when the device is not a gpu.
+    pub fn set_gpu_socket(&mut self, socket: std::os::unix::net::UnixStream) -> bool {
+        match self {
+            Self::Virtio(d) => d.set_gpu_socket(socket),
+            Self::Blk(_) => false,
         }
     }
 

@@ -107,6 +107,12 @@ pub enum Fault {
     SoundNoStatus,
     /// sound: PCM_INFO records carry a non-zero padding byte.
     SoundPcmPadding,
+    /// gpu: GET_DISPLAY_INFO is answered OK_NODATA.
+    GpuDisplayInfoNodata,
+    /// gpu: the config space says 0 scanouts.
+    GpuZeroScanouts,
+    /// gpu: GET_EDID on the gpu socket without the EDID protocol feature set.
+    GpuEdidUnnegotiated,
     /// fs: replies carry the request's unique + 1.
     FsUniqueNotEchoed,
     /// fs: the out header's len is 8 more than the bytes written.
@@ -488,6 +494,24 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "--device sound: PCM_INFO records carry a padding byte of 0xff",
     ),
     (
+        Fault::GpuDisplayInfoNodata,
+        "gpu-display-info-nodata",
+        "R-GPU-01",
+        "--device gpu: GET_DISPLAY_INFO answered OK_NODATA, a bare 24-byte header",
+    ),
+    (
+        Fault::GpuZeroScanouts,
+        "gpu-zero-scanouts",
+        "R-GPU-02",
+        "--device gpu: the config space's num_scanouts is 0",
+    ),
+    (
+        Fault::GpuEdidUnnegotiated,
+        "gpu-edid-unnegotiated",
+        "R-GPU-03",
+        "--device gpu: GET_EDID sent on the gpu socket without SET_PROTOCOL_FEATURES of F_EDID",
+    ),
+    (
         Fault::FsUniqueNotEchoed,
         "fs-unique-not-echoed",
         "R-FS-01",
@@ -742,6 +766,7 @@ pub fn device(f: Fault) -> Option<DeviceKind> {
         }
         RngUsedLenPastBuffer | RngZeroLen | RngConstant => Some(DeviceKind::Rng),
         SoundBadStartOk | SoundNoStatus | SoundPcmPadding => Some(DeviceKind::Sound),
+        GpuDisplayInfoNodata | GpuZeroScanouts | GpuEdidUnnegotiated => Some(DeviceKind::Gpu),
         FsUniqueNotEchoed | FsLenMismatch | FsPositiveErrno | FsForgetReply => Some(DeviceKind::Fs),
         VsockNoRst | VsockBadDstCid | VsockCreditOverrun => Some(DeviceKind::Vsock),
         _ => None,
@@ -892,6 +917,15 @@ impl Faults {
             no_rst: self.has(Fault::VsockNoRst),
             bad_dst_cid: self.has(Fault::VsockBadDstCid),
             credit_overrun: self.has(Fault::VsockCreditOverrun),
+        }
+    }
+
+    /// The gpu device's share of the faults.
+    pub fn gpu(&self) -> vhu_mock_device::GpuFaults {
+        vhu_mock_device::GpuFaults {
+            display_info_nodata: self.has(Fault::GpuDisplayInfoNodata),
+            zero_scanouts: self.has(Fault::GpuZeroScanouts),
+            edid_unnegotiated: self.has(Fault::GpuEdidUnnegotiated),
         }
     }
 

@@ -23,6 +23,7 @@ mod blk;
 mod chain;
 mod device;
 pub mod fs;
+mod gpu;
 pub mod memory;
 mod net;
 mod packed;
@@ -42,6 +43,7 @@ pub use blk::{
 pub use chain::{Chain, RingError, Segment};
 pub use device::VirtioDevice;
 pub use fs::{FsDevice, FsError, FsFaults};
+pub use gpu::{GpuDevice, GpuFaults};
 pub use memory::{GuestMemory, MemError, VecMemory};
 pub use net::{
     NET_BACKLOG, NET_CONFIG_SIZE, NET_CTRL, NET_DEVICE_ID, NET_ERR, NET_HDR_LEN, NET_MAC, NET_MTU,

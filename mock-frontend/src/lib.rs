@@ -10,6 +10,7 @@ pub mod blk;
 pub mod channel;
 pub mod exchange;
 pub mod fs;
+pub mod gpu;
 pub mod inflight;
 pub mod iommu;
 pub mod memory;

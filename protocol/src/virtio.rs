@@ -6,6 +6,7 @@
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 pub mod fs;
+pub mod gpu;
 pub mod net;
 pub mod sound;
 pub mod vsock;

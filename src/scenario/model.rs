@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::DeviceType;
 use crate::rules::RuleId;
-pub use crate::scenario::sound::{SoundPcmArgs, SoundQueryArgs, SoundTxArgs};
+pub use crate::scenario::sound::{GpuDisplayInfoArgs, SoundPcmArgs, SoundQueryArgs, SoundTxArgs};
 
 /// How much a failed check of this scenario weighs (checklist legend).
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -326,6 +326,13 @@ actions! {
     "sound_pcm" => SoundPcm(SoundPcmArgs),
     /// sound: PCM frames for an output stream on the tx queue, each message's status checked.
     "sound_tx" => SoundTx(SoundTxArgs),
+    /// gpu: GPU_SET_SOCKET with one end of a socket pair; the harness serves the vhost-user-gpu
+    /// protocol on the other.
+    "gpu_set_socket" => GpuSetSocket(NoArgs),
+    /// gpu: the config space's num_scanouts, with the CONFIG protocol feature.
+    "gpu_config" => GpuConfig(NoArgs),
+    /// gpu: GET_DISPLAY_INFO on the control queue, then what the back-end sent on the gpu socket.
+    "gpu_display_info" => GpuDisplayInfo(GpuDisplayInfoArgs),
 }
 
 impl Action {
@@ -356,6 +363,7 @@ impl Action {
             Self::SoundQuery(a) => a.indirect,
             Self::SoundPcm(a) => a.indirect,
             Self::SoundTx(a) => a.indirect,
+            Self::GpuDisplayInfo(a) => a.indirect,
             _ => None,
         };
         i == Some(true)

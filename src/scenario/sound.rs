@@ -1,5 +1,5 @@
-//! The arguments of the virtio-sound steps (README "Writing a scenario", sound): item
-//! information queries, PCM commands and PCM output on the tx queue.
+//! The arguments of the virtio-sound and virtio-gpu steps (README "Writing a scenario"): item
+//! information queries, PCM commands and PCM output on the tx queue; gpu display info.
 
 use serde::{Deserialize, Serialize};
 
@@ -90,6 +90,15 @@ pub struct SoundTxArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub at_once: Option<bool>,
     /// The messages go in indirect descriptor tables.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub indirect: Option<bool>,
+}
+
+/// `gpu_display_info`: GET_DISPLAY_INFO on the gpu control queue.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuDisplayInfoArgs {
+    /// The request goes in an indirect descriptor table.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub indirect: Option<bool>,
 }

@@ -17,6 +17,7 @@ mod backend_requests;
 mod chains;
 mod datapath;
 mod fs;
+mod gpu;
 mod iotlb;
 mod liveness;
 mod net;
@@ -112,6 +113,8 @@ pub struct Ctx<'a> {
     iotlb: iotlb::IotlbState,
     /// sound steps: the config space and stream infos of the session.
     sound: sound::SoundState,
+    /// gpu steps: the vhost-user-gpu socket's server and the config of the session.
+    gpu: gpu::GpuState,
 }
 
 impl<'a> Ctx<'a> {
@@ -157,6 +160,7 @@ impl<'a> Ctx<'a> {
             vsock: vsock::VsockState::default(),
             iotlb: iotlb::IotlbState::default(),
             sound: sound::SoundState::default(),
+            gpu: gpu::GpuState::default(),
         }
     }
 
@@ -419,6 +423,7 @@ impl<'a> Ctx<'a> {
         self.vsock.new_session();
         self.iotlb = iotlb::IotlbState::default();
         self.sound = sound::SoundState::default();
+        self.gpu = gpu::GpuState::default();
         if let Some(s) = self.session.take() {
             if s.received() > 0 {
                 // Every reply the session took passed its framing checks.
@@ -834,6 +839,9 @@ impl<'a> Ctx<'a> {
             | Action::SoundQuery(_)
             | Action::SoundPcm(_)
             | Action::SoundTx(_) => self.sound_step(step),
+            Action::GpuSetSocket(_) | Action::GpuConfig(_) | Action::GpuDisplayInfo(_) => {
+                self.gpu_step(step)
+            }
             Action::Sleep(a) => {
                 let left = self.deadline.saturating_duration_since(Instant::now());
                 std::thread::sleep(Duration::from_millis(a.ms).min(left));
