@@ -7,7 +7,7 @@
 #   env:   VHU_TARGETS_DIR  where the programs go (default: ~/.cache/vhu-targets, bin/ under it)
 set -euo pipefail
 DIR=${VHU_TARGETS_DIR:-$HOME/.cache/vhu-targets}
-PARTS=" ${*:-console sound scmi input gpio i2c} "
+PARTS=" ${*:-console sound scmi input gpio i2c gpu} "
 want() { [[ "$PARTS" == *" $1 "* ]]; }
 log() { printf '[devices] %s\n' "$*"; }
 mkdir -p "$DIR"
@@ -25,4 +25,7 @@ want scmi && cargo_install vhost-device-scmi 0.4.0
 want input && cargo_install vhost-device-input 0.1.0
 want gpio && cargo_install vhost-device-gpio 0.1.0
 want i2c && cargo_install vhost-device-i2c 0.1.0
+# The null renderer only: Debian 12's libvirglrenderer-dev (0.10.4) is older than the bindings of
+# the virglrenderer crate the virgl back-end needs, and gfxstream is not packaged.
+want gpu && cargo_install vhost-device-gpu 0.2.0 --no-default-features
 true

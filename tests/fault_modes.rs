@@ -112,7 +112,7 @@ fn the_reference_back_end_passes_everything() {
 fn the_reference_net_and_rng_back_ends_fail_nothing() {
     // Scenarios written for another device skip, and so do those needing what these devices
     // do not offer; what runs passes, and each device's own scenarios do run.
-    for device in ["net", "rng", "sound"] {
+    for device in ["net", "rng", "sound", "gpu"] {
         let (code, report, text) = run_suite_on(Some(device), None);
         assert_eq!(code, Some(0), "--device {device}: {text}");
         let t = &report["totals"];
