@@ -1,7 +1,7 @@
 //! End to end: `vhu-conform --device gpu` against rust-vmm's vhost-device-gpu 0.2 built with
 //! `--no-default-features` (the null renderer; `ci/install-devices.sh gpu`), one fresh process
 //! per scenario. GPU_SET_SOCKET hands it the vhost-user-gpu socket the harness serves; the
-//! control queue answers GET_DISPLAY_INFO; the only FAILs are the departure the README writes up.
+//! control queue answers GET_DISPLAY_INFO and creates and destroys 2D resources; the only FAILs are the departure the README writes up.
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -52,6 +52,41 @@ pub fn display_info_chain(indirect: bool) -> ChainSpec {
     )
 }
 
+/// RESOURCE_CREATE_2D of `resource_id`, 64x64 B8G8R8A8_UNORM, with room for a header.
+pub fn resource_create_2d_chain(resource_id: u32, indirect: bool) -> ChainSpec {
+    let mut req = CtrlHdr {
+        type_: gpu::CMD_RESOURCE_CREATE_2D,
+        ..CtrlHdr::default()
+    }
+    .as_bytes()
+    .to_vec();
+    for v in [resource_id, gpu::FORMAT_B8G8R8A8_UNORM, 64, 64] {
+        req.extend(v.to_le_bytes());
+    }
+    ChainSpec {
+        readable: vec![req],
+        writable: vec![gpu::CTRL_HDR_SIZE as u32],
+        indirect,
+    }
+}
+
+/// RESOURCE_UNREF of `resource_id`, with room for a header.
+pub fn resource_unref_chain(resource_id: u32, indirect: bool) -> ChainSpec {
+    let mut req = CtrlHdr {
+        type_: gpu::CMD_RESOURCE_UNREF,
+        ..CtrlHdr::default()
+    }
+    .as_bytes()
+    .to_vec();
+    req.extend(resource_id.to_le_bytes());
+    req.extend(0u32.to_le_bytes());
+    ChainSpec {
+        readable: vec![req],
+        writable: vec![gpu::CTRL_HDR_SIZE as u32],
+        indirect,
+    }
+}
+
 /// The response header, when the used length covers one.
 pub fn response_hdr(done: &Exchanged) -> Option<CtrlHdr> {
     CtrlHdr::read_from_prefix(&done.reply())

@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::DeviceType;
 use crate::rules::RuleId;
-pub use crate::scenario::sound::{GpuDisplayInfoArgs, SoundPcmArgs, SoundQueryArgs, SoundTxArgs};
+pub use crate::scenario::sound::{
+    GpuDisplayInfoArgs, GpuResourceArgs, SoundPcmArgs, SoundQueryArgs, SoundTxArgs,
+};
 
 /// How much a failed check of this scenario weighs (checklist legend).
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -333,6 +335,8 @@ actions! {
     "gpu_config" => GpuConfig(NoArgs),
     /// gpu: GET_DISPLAY_INFO on the control queue, then what the back-end sent on the gpu socket.
     "gpu_display_info" => GpuDisplayInfo(GpuDisplayInfoArgs),
+    /// gpu: RESOURCE_CREATE_2D or RESOURCE_UNREF of `resource_id`: OK_NODATA.
+    "gpu_resource" => GpuResource(GpuResourceArgs),
 }
 
 impl Action {
@@ -364,6 +368,7 @@ impl Action {
             Self::SoundPcm(a) => a.indirect,
             Self::SoundTx(a) => a.indirect,
             Self::GpuDisplayInfo(a) => a.indirect,
+            Self::GpuResource(a) => a.indirect,
             _ => None,
         };
         i == Some(true)

@@ -16,7 +16,8 @@ use vhu_protocol::{FrontendReq, Message};
 use super::{Ctx, StepError, StepResult};
 use crate::rules::id;
 use crate::scenario::Action;
-use crate::scenario::model::{GpuDisplayInfoArgs, Step};
+use crate::scenario::model::{GpuDisplayInfoArgs, GpuResourceArgs, Step};
+use crate::scenario::sound::GpuResourceCommand;
 
 /// What the gpu steps keep within a session.
 #[derive(Debug, Default)]
@@ -87,6 +88,7 @@ impl Ctx<'_> {
             Action::GpuSetSocket(_) => self.gpu_set_socket(step),
             Action::GpuConfig(_) => self.gpu_config(step).map(drop),
             Action::GpuDisplayInfo(a) => self.gpu_display_info(step, a),
+            Action::GpuResource(a) => self.gpu_resource(step, a),
             _ => Ok(()),
         };
         let sent = self.gpu.last.clone();
@@ -148,24 +150,71 @@ impl Ctx<'_> {
         Ok(c)
     }
 
-    /// GET_DISPLAY_INFO: R-DEV-01..03, R-GPU-01, then R-GPU-03 on the gpu socket.
-    fn gpu_display_info(&mut self, step: &Step, a: &GpuDisplayInfoArgs) -> StepResult {
+    /// One control request, judged on the ring (R-DEV-01..03).
+    fn gpu_control(
+        &mut self,
+        step: &Step,
+        spec: vhu_mock_frontend::exchange::ChainSpec,
+        what: &str,
+    ) -> Result<vhu_mock_frontend::exchange::Exchanged, StepError> {
         self.sync_unacked(step)?;
-        let what = "GET_DISPLAY_INFO".to_string();
-        self.gpu.last = Some(what.clone());
-        let spec = drv::display_info_chain(a.indirect == Some(true));
+        self.gpu.last = Some(what.to_string());
         let mark = self.mem.as_ref().map(|m| m.mark());
         let mut pending = self.submit_chains(CONTROL_QUEUE, &[spec])?;
         let r = self.wait_chains(CONTROL_QUEUE, &mut pending, 1, self.opts.step_timeout)?;
         let d = match r {
             Ok(mut d) => d.remove(0),
-            Err(e) => return Err(self.not_completed(step, CONTROL_QUEUE, &what, e)),
+            Err(e) => return Err(self.not_completed(step, CONTROL_QUEUE, what, e)),
         };
         if let (Some(m), Some(mark)) = (self.mem.as_mut(), mark) {
             m.release(mark);
         }
-        self.judge_common(CONTROL_QUEUE, &what, &d)?;
+        self.judge_common(CONTROL_QUEUE, what, &d)?;
         self.mark_datapath(step, CONTROL_QUEUE);
+        Ok(d)
+    }
+
+    /// R-GPU-04: a 2D resource command answered with a bare OK_NODATA header (or an error).
+    fn gpu_resource(&mut self, step: &Step, a: &GpuResourceArgs) -> StepResult {
+        let rid = a.resource_id.unwrap_or(1);
+        let indirect = a.indirect == Some(true);
+        let (spec, what) = match a.command {
+            GpuResourceCommand::Create2d => (
+                drv::resource_create_2d_chain(rid, indirect),
+                format!("RESOURCE_CREATE_2D resource {rid} 64x64 B8G8R8A8_UNORM"),
+            ),
+            GpuResourceCommand::Unref => (
+                drv::resource_unref_chain(rid, indirect),
+                format!("RESOURCE_UNREF resource {rid}"),
+            ),
+        };
+        let d = self.gpu_control(step, spec, &what)?;
+        self.mark(id::R_GPU_04);
+        let t = drv::response_hdr(&d).map(|h| h.type_);
+        let error = t
+            .is_some_and(|t| (gpu::RESP_ERR_UNSPEC..=gpu::RESP_ERR_INVALID_PARAMETER).contains(&t));
+        if d.used_len as usize == gpu::CTRL_HDR_SIZE && (t == Some(gpu::RESP_OK_NODATA) || error) {
+            if error {
+                self.note(format!(
+                    "{what} was answered with error type {:#x}",
+                    t.unwrap_or(0)
+                ));
+            }
+            return Ok(());
+        }
+        let shown = t.map_or("no header".into(), |t| format!("{t:#x} ({})", type_name(t)));
+        Err(self.fail(
+            id::R_GPU_04,
+            &format!("{what} was answered with type {shown} and used length {}", d.used_len),
+            "a 24-byte virtio_gpu_ctrl_hdr of type VIRTIO_GPU_RESP_OK_NODATA (0x1100), or an error type",
+            format!("type {shown}, used length {}", d.used_len),
+        ))
+    }
+
+    /// GET_DISPLAY_INFO: R-DEV-01..03, R-GPU-01, then R-GPU-03 on the gpu socket.
+    fn gpu_display_info(&mut self, step: &Step, a: &GpuDisplayInfoArgs) -> StepResult {
+        let spec = drv::display_info_chain(a.indirect == Some(true));
+        let d = self.gpu_control(step, spec, "GET_DISPLAY_INFO")?;
         self.mark(id::R_GPU_01);
         let t = drv::response_hdr(&d).map(|h| h.type_);
         let info = drv::display_info(&d).filter(|_| t == Some(gpu::RESP_OK_DISPLAY_INFO));

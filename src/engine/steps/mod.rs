@@ -839,9 +839,10 @@ impl<'a> Ctx<'a> {
             | Action::SoundQuery(_)
             | Action::SoundPcm(_)
             | Action::SoundTx(_) => self.sound_step(step),
-            Action::GpuSetSocket(_) | Action::GpuConfig(_) | Action::GpuDisplayInfo(_) => {
-                self.gpu_step(step)
-            }
+            Action::GpuSetSocket(_)
+            | Action::GpuConfig(_)
+            | Action::GpuDisplayInfo(_)
+            | Action::GpuResource(_) => self.gpu_step(step),
             Action::Sleep(a) => {
                 let left = self.deadline.saturating_duration_since(Instant::now());
                 std::thread::sleep(Duration::from_millis(a.ms).min(left));
