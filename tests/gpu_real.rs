@@ -34,7 +34,15 @@ fn gpu_socket_and_display_info_against_vhost_device_gpu() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
     let out = Command::new(env!("CARGO_BIN_EXE_vhu-conform"))
-        .args(["--device", "gpu", "-j", "2", "--spawn"])
+        .args([
+            "--device",
+            "gpu",
+            "--queue-size",
+            "64",
+            "-j",
+            "1",
+            "--spawn",
+        ])
         .arg(format!("{} {{socket}}", script.display()))
         .arg("--json-report")
         .arg(&json)
