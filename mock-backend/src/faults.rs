@@ -107,6 +107,8 @@ pub enum Fault {
     SoundNoStatus,
     /// sound: PCM_INFO records carry a non-zero padding byte.
     SoundPcmPadding,
+    /// sound: a control request of an undefined code is answered OK.
+    SoundUnknownOk,
     /// gpu: GET_DISPLAY_INFO is answered OK_NODATA.
     GpuDisplayInfoNodata,
     /// gpu: the config space says 0 scanouts.
@@ -494,6 +496,12 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "--device sound: PCM_INFO records carry a padding byte of 0xff",
     ),
     (
+        Fault::SoundUnknownOk,
+        "sound-unknown-ok",
+        "R-SND-07",
+        "--device sound: a control request of an undefined code is answered OK",
+    ),
+    (
         Fault::GpuDisplayInfoNodata,
         "gpu-display-info-nodata",
         "R-GPU-01",
@@ -765,7 +773,9 @@ pub fn device(f: Fault) -> Option<DeviceKind> {
             Some(DeviceKind::Net)
         }
         RngUsedLenPastBuffer | RngZeroLen | RngConstant => Some(DeviceKind::Rng),
-        SoundBadStartOk | SoundNoStatus | SoundPcmPadding => Some(DeviceKind::Sound),
+        SoundBadStartOk | SoundNoStatus | SoundPcmPadding | SoundUnknownOk => {
+            Some(DeviceKind::Sound)
+        }
         GpuDisplayInfoNodata | GpuZeroScanouts | GpuEdidUnnegotiated => Some(DeviceKind::Gpu),
         FsUniqueNotEchoed | FsLenMismatch | FsPositiveErrno | FsForgetReply => Some(DeviceKind::Fs),
         VsockNoRst | VsockBadDstCid | VsockCreditOverrun => Some(DeviceKind::Vsock),
@@ -935,6 +945,7 @@ impl Faults {
             bad_start_ok: self.has(Fault::SoundBadStartOk),
             no_status: self.has(Fault::SoundNoStatus),
             pcm_padding: self.has(Fault::SoundPcmPadding),
+            unknown_ok: self.has(Fault::SoundUnknownOk),
         }
     }
 

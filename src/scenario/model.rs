@@ -8,6 +8,7 @@ use crate::device::DeviceType;
 use crate::rules::RuleId;
 pub use crate::scenario::sound::{
     GpuDisplayInfoArgs, GpuResourceArgs, SoundPcmArgs, SoundQueryArgs, SoundTxArgs,
+    SoundUnknownArgs,
 };
 
 /// How much a failed check of this scenario weighs (checklist legend).
@@ -328,6 +329,8 @@ actions! {
     "sound_pcm" => SoundPcm(SoundPcmArgs),
     /// sound: PCM frames for an output stream on the tx queue, each message's status checked.
     "sound_tx" => SoundTx(SoundTxArgs),
+    /// sound: a control request of an undefined code (`code`): an error status, not a hang.
+    "sound_unknown" => SoundUnknown(SoundUnknownArgs),
     /// gpu: GPU_SET_SOCKET with one end of a socket pair; the harness serves the vhost-user-gpu
     /// protocol on the other.
     "gpu_set_socket" => GpuSetSocket(NoArgs),

@@ -127,3 +127,12 @@ pub struct GpuResourceArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub indirect: Option<bool>,
 }
+
+/// `sound_unknown`: a control request of a code virtio-sound does not define.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoundUnknownArgs {
+    /// The request code (default 0x0fff, in no range the spec uses).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<u32>,
+}

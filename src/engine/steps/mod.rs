@@ -838,7 +838,8 @@ impl<'a> Ctx<'a> {
             Action::SoundConfig(_)
             | Action::SoundQuery(_)
             | Action::SoundPcm(_)
-            | Action::SoundTx(_) => self.sound_step(step),
+            | Action::SoundTx(_)
+            | Action::SoundUnknown(_) => self.sound_step(step),
             Action::GpuSetSocket(_)
             | Action::GpuConfig(_)
             | Action::GpuDisplayInfo(_)

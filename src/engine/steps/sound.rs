@@ -16,7 +16,7 @@ use vhu_protocol::virtio::sound::{
 use super::{Ctx, StepError, StepResult};
 use crate::rules::id;
 use crate::scenario::Action;
-use crate::scenario::model::{SoundPcmArgs, SoundQueryArgs, SoundTxArgs, Step};
+use crate::scenario::model::{SoundPcmArgs, SoundQueryArgs, SoundTxArgs, SoundUnknownArgs, Step};
 use crate::scenario::sound::{PcmCommand, SoundItem};
 
 /// The period size when no `set_params` step gave one.
@@ -108,6 +108,7 @@ impl Ctx<'_> {
             Action::SoundQuery(a) => self.sound_query(step, a),
             Action::SoundPcm(a) => self.sound_pcm(step, a),
             Action::SoundTx(a) => self.sound_tx(step, a),
+            Action::SoundUnknown(a) => self.sound_unknown(step, a),
             _ => Ok(()),
         };
         let sent = self.sound.last.clone();
@@ -370,6 +371,23 @@ impl Ctx<'_> {
                 ),
                 "VIRTIO_SND_S_OK (parameters taken from the stream's PCM_INFO)",
                 format!("status {status:#x}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// R-SND-07: a request of a code the spec does not define gets an error status.
+    fn sound_unknown(&mut self, step: &Step, a: &SoundUnknownArgs) -> StepResult {
+        let code = a.code.unwrap_or(0x0fff);
+        let what = format!("a control request of undefined code {code:#x}");
+        let (_, status) = self.sound_control(step, drv::pcm_chain(code, 0, false), what.clone())?;
+        self.mark(id::R_SND_07);
+        if status == sound::S_OK {
+            return Err(self.fail(
+                id::R_SND_07,
+                &format!("{what} was answered VIRTIO_SND_S_OK"),
+                "an error status: VIRTIO_SND_S_NOT_SUPP (operation not supported) or BAD_MSG",
+                format!("status {status:#x} (OK)"),
             ));
         }
         Ok(())
