@@ -129,10 +129,8 @@ pub fn frontend_display_info() -> RespDisplayInfo {
 pub struct GpuMessage {
     /// The header.
     pub hdr: vugpu::Hdr,
-    /// The payload (cut at [`MAX_PAYLOAD`]).
+    /// The payload. Fds (DMABUF_SCANOUT's) are not taken: the plain reads drop them.
     pub payload: Vec<u8>,
-    /// Fds that came with it.
-    pub fds: usize,
 }
 
 #[derive(Debug, Default)]
@@ -258,11 +256,7 @@ fn serve_loop(mut s: UnixStream, seen: &Mutex<Seen>, stop: &AtomicBool) {
                     .get(..8)
                     .map(|b| u64::from_le_bytes(b.try_into().expect("8")));
             }
-            g.messages.push(GpuMessage {
-                hdr,
-                payload,
-                fds: 0,
-            });
+            g.messages.push(GpuMessage { hdr, payload });
         }
         if let Some(body) = reply {
             let rh = vugpu::Hdr {

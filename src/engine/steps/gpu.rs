@@ -290,3 +290,47 @@ impl Ctx<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use zerocopy::IntoBytes;
+
+    use super::*;
+
+    /// Serves a socket, writes `msgs` to it as the back-end would, and returns the judgement.
+    fn judge(msgs: &[(u32, u32, Vec<u8>)]) -> Option<String> {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let server = GpuSocketServer::serve(ours).unwrap();
+        for (request, flags, payload) in msgs {
+            let h = vugpu::Hdr {
+                request: *request,
+                flags: *flags,
+                size: payload.len() as u32,
+            };
+            theirs.write_all(h.as_bytes()).unwrap();
+            theirs.write_all(payload).unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while server.messages().len() < msgs.len() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        socket_problem(&server)
+    }
+
+    #[test]
+    fn the_protocol_order_passes_and_each_departure_is_named() {
+        let set = |v: u64| (vugpu::SET_PROTOCOL_FEATURES, 0, v.to_le_bytes().to_vec());
+        let edid = (vugpu::GET_EDID, 0, 0u32.to_le_bytes().to_vec());
+        assert_eq!(judge(&[set(vugpu::F_EDID), edid.clone()]), None);
+        let early = judge(&[edid.clone()]).unwrap();
+        assert!(early.contains("GET_EDID before"), "{early}");
+        let unoffered = judge(&[set(1 << 7)]).unwrap();
+        assert!(unoffered.contains("did not offer"), "{unoffered}");
+        let flagged = judge(&[(vugpu::CURSOR_POS, vugpu::FLAG_REPLY, vec![0; 16])]).unwrap();
+        assert!(flagged.contains("REPLY flag"), "{flagged}");
+        let unknown = judge(&[(99, 0, vec![])]).unwrap();
+        assert!(unknown.contains("99"), "{unknown}");
+    }
+}

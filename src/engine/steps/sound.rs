@@ -454,3 +454,84 @@ impl Ctx<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pcm() -> PcmInfo {
+        PcmInfo {
+            formats: 1 << sound::PCM_FMT_S16,
+            rates: 1 << sound::PCM_RATE_48000,
+            channels_min: 1,
+            channels_max: 2,
+            ..PcmInfo::default()
+        }
+    }
+
+    #[test]
+    fn well_formed_records_pass_and_each_undefined_value_is_named() {
+        assert_eq!(pcm_problem(&pcm()), None);
+        let cases = [
+            (
+                PcmInfo {
+                    padding: [0, 1, 0, 0, 0],
+                    ..pcm()
+                },
+                "padding",
+            ),
+            (
+                PcmInfo {
+                    formats: 1 << 25,
+                    ..pcm()
+                },
+                "format",
+            ),
+            (
+                PcmInfo {
+                    rates: 1 << 14,
+                    ..pcm()
+                },
+                "rate",
+            ),
+            (
+                PcmInfo {
+                    features: 1 << 5,
+                    ..pcm()
+                },
+                "feature",
+            ),
+            (
+                PcmInfo {
+                    direction: 2,
+                    ..pcm()
+                },
+                "direction",
+            ),
+            (
+                PcmInfo {
+                    channels_min: 3,
+                    ..pcm()
+                },
+                "channels_min",
+            ),
+        ];
+        for (p, word) in cases {
+            let why = pcm_problem(&p).unwrap_or_default();
+            assert!(why.contains(word), "{why} lacks {word}");
+        }
+        assert!(
+            jack_problem(&JackInfo {
+                features: 2,
+                ..JackInfo::default()
+            })
+            .is_some()
+        );
+        assert_eq!(jack_problem(&JackInfo::default()), None);
+        let c = ChmapInfo {
+            channels: 19,
+            ..ChmapInfo::default()
+        };
+        assert!(chmap_problem(&c).is_some_and(|w| w.contains("19")));
+    }
+}
