@@ -324,7 +324,7 @@ mod tests {
         let set = |v: u64| (vugpu::SET_PROTOCOL_FEATURES, 0, v.to_le_bytes().to_vec());
         let edid = (vugpu::GET_EDID, 0, 0u32.to_le_bytes().to_vec());
         assert_eq!(judge(&[set(vugpu::F_EDID), edid.clone()]), None);
-        let early = judge(&[edid.clone()]).unwrap();
+        let early = judge(std::slice::from_ref(&edid)).unwrap();
         assert!(early.contains("GET_EDID before"), "{early}");
         let unoffered = judge(&[set(1 << 7)]).unwrap();
         assert!(unoffered.contains("did not offer"), "{unoffered}");
