@@ -6,10 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::DeviceType;
 use crate::rules::RuleId;
-pub use crate::scenario::sound::{
-    GpuDisplayInfoArgs, GpuResourceArgs, SoundPcmArgs, SoundQueryArgs, SoundTxArgs,
-    SoundUnknownArgs,
-};
+pub use crate::scenario::gpu::{GpuDisplayInfoArgs, GpuResourceArgs};
+pub use crate::scenario::sound::{SoundPcmArgs, SoundQueryArgs, SoundTxArgs, SoundUnknownArgs};
 
 /// How much a failed check of this scenario weighs (checklist legend).
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

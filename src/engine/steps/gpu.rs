@@ -16,8 +16,8 @@ use vhu_protocol::{FrontendReq, Message};
 use super::{Ctx, StepError, StepResult};
 use crate::rules::id;
 use crate::scenario::Action;
+use crate::scenario::gpu::GpuResourceCommand;
 use crate::scenario::model::{GpuDisplayInfoArgs, GpuResourceArgs, Step};
-use crate::scenario::sound::GpuResourceCommand;
 
 /// What the gpu steps keep within a session.
 #[derive(Debug, Default)]
