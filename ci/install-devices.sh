@@ -7,7 +7,7 @@
 #   env:   VHU_TARGETS_DIR  where the programs go (default: ~/.cache/vhu-targets, bin/ under it)
 set -euo pipefail
 DIR=${VHU_TARGETS_DIR:-$HOME/.cache/vhu-targets}
-PARTS=" ${*:-console sound scmi input gpio i2c} "
+PARTS=" ${*:-console sound scmi input gpio i2c gpu} "
 want() { [[ "$PARTS" == *" $1 "* ]]; }
 log() { printf '[devices] %s\n' "$*"; }
 mkdir -p "$DIR"
@@ -28,4 +28,18 @@ want input && cargo_install vhost-device-input 0.1.0
 # installed, and there is no tests/gpio_real.rs (README, "vhost-device-gpio").
 want gpio && log "gpio: vhost-device-gpio 0.1.0 needs libgpiod >= 2 and /dev/gpiochipN: not installed"
 want i2c && cargo_install vhost-device-i2c 0.1.0
+# The null renderer only: Debian 12's libvirglrenderer-dev (0.10.4) is older than the bindings of
+# the virglrenderer crate the virgl back-end needs, and gfxstream is not packaged.
+# rutabaga_gfx's build looks for these even without a renderer (what the build here had).
+gpu_deps() {
+  local missing=()
+  for p in pkg-config libclang-dev libdrm-dev libepoxy-dev; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
+  log "apt: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  timeout 600 apt-get update -qq && timeout 1200 apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
+}
+want gpu && { gpu_deps; cargo_install vhost-device-gpu 0.2.0 --no-default-features; }
 true

@@ -253,13 +253,15 @@ fn bundled_backend(device: Option<crate::device::DeviceType>) -> Result<TargetSp
             | DeviceType::Gpio
             | DeviceType::I2c
             | DeviceType::Console
-            | DeviceType::Input),
+            | DeviceType::Input
+            | DeviceType::Sound
+            | DeviceType::Gpu),
         ) => {
             format!("--device {d}")
         }
         Some(d) => {
             return Err(format!(
-                "the bundled reference back-end serves blk, net, fs, vsock, rng, scmi, gpio, i2c, console and input, not {d}: give the back-end with --spawn, --backend or --listen"
+                "the bundled reference back-end serves blk, net, fs, vsock, rng, scmi, gpio, i2c, console, input, sound and gpu, not {d}: give the back-end with --spawn, --backend or --listen"
             ));
         }
     };

@@ -37,6 +37,7 @@ fn device_selects_the_bundled_back_ends_device() {
         ("i2c", "i2c/read-one-byte"),
         ("console", "console/port-write"),
         ("input", "input/ev-bits"),
+        ("sound", "sound/pcm-lifecycle"),
     ] {
         let (code, report, text) = run(&["--device", device, scenario]);
         assert_eq!(code, Some(0), "{text}");
@@ -54,10 +55,10 @@ fn device_selects_the_bundled_back_ends_device() {
 
 #[test]
 fn a_device_the_bundled_back_end_does_not_serve_is_a_usage_error() {
-    let (code, _, text) = run(&["--device", "gpu"]);
+    let (code, _, text) = run(&["--device", "crypto"]);
     assert_eq!(code, Some(2), "{text}");
     assert!(
-        text.contains("not gpu") && text.contains("--spawn"),
+        text.contains("not crypto") && text.contains("--spawn"),
         "{text}"
     );
 }

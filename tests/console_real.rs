@@ -46,7 +46,16 @@ fn console_data_path_against_vhost_device_console() {
         &format!("env VHU_CONSOLE_TCP_PORT={port} "),
         // One at a time: every process binds the same TCP port. The console scenarios and
         // device-neutral areas: enough to run 15 and more.
-        &["-j", "1", "--console-tcp", &tcp, "console", "negotiation", "session", "vring"],
+        &[
+            "-j",
+            "1",
+            "--console-tcp",
+            &tcp,
+            "console",
+            "negotiation",
+            "session",
+            "vring",
+        ],
         "ci/install-devices.sh console",
     );
     run.assert_ran_at_least(15);

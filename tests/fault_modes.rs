@@ -112,7 +112,7 @@ fn the_reference_back_end_passes_everything() {
 fn the_reference_net_and_rng_back_ends_fail_nothing() {
     // Scenarios written for another device skip, and so do those needing what these devices
     // do not offer; what runs passes, and each device's own scenarios do run.
-    for device in ["net", "rng"] {
+    for device in ["net", "rng", "sound", "gpu"] {
         let (code, report, text) = run_suite_on(Some(device), None);
         assert_eq!(code, Some(0), "--device {device}: {text}");
         let t = &report["totals"];
@@ -195,6 +195,54 @@ fn every_fault_mode_is_caught_by_a_scenario_citing_its_rule() {
     if let Err(diff) = golden::check_runs("faults.txt", Some("bundled-blk.txt"), &runs) {
         panic!("{diff}");
     }
+}
+
+/// The devices of issue 17 whose fault modes this file runs (the others' are in
+/// tests/netrng_bundled.rs and tests/fsvsock_bundled.rs).
+const ISSUE17_DEVICES: &[vhu_mock_backend::cli::DeviceKind] =
+    &[vhu_mock_backend::cli::DeviceKind::Sound];
+
+#[test]
+fn issue17_device_fault_modes_are_caught_by_a_scenario_citing_their_rule() {
+    // The whole suite against `--device D --fault F`: some scenario must fail (or warn, for a
+    // SHOULD rule) with a finding naming the fault's rule.
+    let faults: Vec<_> = vhu_mock_backend::faults::ALL
+        .iter()
+        .filter(|f| {
+            vhu_mock_backend::faults::device(f.0).is_some_and(|d| ISSUE17_DEVICES.contains(&d))
+        })
+        .map(|f| (f.1, f.2))
+        .collect();
+    for d in ISSUE17_DEVICES {
+        let n = faults
+            .iter()
+            .filter(|f| f.0.starts_with(&format!("{}-", d.name())))
+            .count();
+        assert!(
+            n >= 2,
+            "--device {}: {n} fault modes, at least 2 wanted",
+            d.name()
+        );
+    }
+    let missed = three_at_a_time(&faults, |&(name, rule)| {
+        let (_, report, text) = run_suite(Some(name));
+        let caught = report["results"].as_array().unwrap().iter().any(|r| {
+            r["outcome"]
+                .as_str()
+                .is_some_and(|o| o == "fail" || o == "warn")
+                && r["findings"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|f| f["rule"] == rule)
+        });
+        (!caught).then(|| format!("{name} ({rule}):\n{text}"))
+    });
+    assert!(
+        missed.is_empty(),
+        "fault modes not caught with their rule:\n{}",
+        missed.join("\n")
+    );
 }
 
 /// At most `n` characters of `s`, on one line.

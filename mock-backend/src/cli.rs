@@ -80,6 +80,10 @@ pub enum DeviceKind {
     Console,
     /// virtio-input, a keyboard (5.8).
     Input,
+    /// virtio-sound (5.14), a null audio back-end.
+    Sound,
+    /// virtio-gpu (5.7) over the vhost-user-gpu protocol, one scanout, no 3D.
+    Gpu,
 }
 
 impl DeviceKind {
@@ -96,6 +100,8 @@ impl DeviceKind {
             Self::I2c => "i2c",
             Self::Console => "console",
             Self::Input => "input",
+            Self::Sound => "sound",
+            Self::Gpu => "gpu",
         }
     }
 

@@ -39,6 +39,8 @@ pub fn device_for(
         DeviceKind::Scmi => Ok(Box::new(vhu_mock_device::ScmiDevice::new(faults.scmi()))),
         DeviceKind::Console => Ok(Box::new(ConsoleDevice::new(faults.console()))),
         DeviceKind::Input => Ok(Box::new(InputDevice::new(faults.input()))),
+        DeviceKind::Gpu => Ok(Box::new(vhu_mock_device::GpuDevice::new(faults.gpu()))),
+        DeviceKind::Sound => Ok(Box::new(vhu_mock_device::SoundDevice::new(faults.sound()))),
         DeviceKind::Fs => {
             let mut fs = FsDevice::new(args.shared_dir.clone()).map_err(Error::device)?;
             fs.set_faults(faults.fs());
@@ -151,6 +153,14 @@ impl Device {
         match self {
             Self::Blk(b) => b.write_config(offset, data, flags),
             Self::Virtio(d) => d.write_config(offset, data),
+        }
+    }
+
+    /// GPU_SET_SOCKET's socket; `false` when the device is not a gpu.
+    pub fn set_gpu_socket(&mut self, socket: std::os::unix::net::UnixStream) -> bool {
+        match self {
+            Self::Virtio(d) => d.set_gpu_socket(socket),
+            Self::Blk(_) => false,
         }
     }
 

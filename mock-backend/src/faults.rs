@@ -131,6 +131,20 @@ pub enum Fault {
     InputUnknownSelectSize,
     /// input: eventq buffers are used at once with length 0.
     InputEmptyEvents,
+    /// sound: an information request past the announced items is answered OK.
+    SoundBadStartOk,
+    /// sound: control requests are used with length 0, no status written.
+    SoundNoStatus,
+    /// sound: PCM_INFO records carry a non-zero padding byte.
+    SoundPcmPadding,
+    /// sound: a control request of an undefined code is answered OK.
+    SoundUnknownOk,
+    /// gpu: GET_DISPLAY_INFO is answered OK_NODATA.
+    GpuDisplayInfoNodata,
+    /// gpu: the config space says 0 scanouts.
+    GpuZeroScanouts,
+    /// gpu: GET_EDID on the gpu socket without the EDID protocol feature set.
+    GpuEdidUnnegotiated,
     /// fs: replies carry the request's unique + 1.
     FsUniqueNotEchoed,
     /// fs: the out header's len is 8 more than the bytes written.
@@ -584,6 +598,48 @@ pub const ALL: &[(Fault, &str, &str, &str)] = &[
         "--device input: posted eventq buffers are used at once with length 0, nothing written",
     ),
     (
+        Fault::SoundBadStartOk,
+        "sound-bad-start-ok",
+        "R-SND-03",
+        "--device sound: JACK/PCM/CHMAP_INFO past the announced items answered OK with zeroed records",
+    ),
+    (
+        Fault::SoundNoStatus,
+        "sound-no-status",
+        "R-SND-01",
+        "--device sound: control requests are used with length 0, no status code written",
+    ),
+    (
+        Fault::SoundPcmPadding,
+        "sound-pcm-padding",
+        "R-SND-04",
+        "--device sound: PCM_INFO records carry a padding byte of 0xff",
+    ),
+    (
+        Fault::SoundUnknownOk,
+        "sound-unknown-ok",
+        "R-SND-07",
+        "--device sound: a control request of an undefined code is answered OK",
+    ),
+    (
+        Fault::GpuDisplayInfoNodata,
+        "gpu-display-info-nodata",
+        "R-GPU-01",
+        "--device gpu: GET_DISPLAY_INFO answered OK_NODATA, a bare 24-byte header",
+    ),
+    (
+        Fault::GpuZeroScanouts,
+        "gpu-zero-scanouts",
+        "R-GPU-02",
+        "--device gpu: the config space's num_scanouts is 0",
+    ),
+    (
+        Fault::GpuEdidUnnegotiated,
+        "gpu-edid-unnegotiated",
+        "R-GPU-03",
+        "--device gpu: GET_EDID sent on the gpu socket without SET_PROTOCOL_FEATURES of F_EDID",
+    ),
+    (
         Fault::FsUniqueNotEchoed,
         "fs-unique-not-echoed",
         "R-FS-01",
@@ -840,6 +896,10 @@ pub fn device(f: Fault) -> Option<DeviceKind> {
         ScmiTokenNotEchoed | ScmiErrorPadded | ScmiUnknownProtocolSuccess => Some(DeviceKind::Scmi),
         GpioValueUnset | GpioPastEndOk | GpioNamesUnterminated => Some(DeviceKind::Gpio),
         I2cBadStatus | I2cNoZeroLength => Some(DeviceKind::I2c),
+        SoundBadStartOk | SoundNoStatus | SoundPcmPadding | SoundUnknownOk => {
+            Some(DeviceKind::Sound)
+        }
+        GpuDisplayInfoNodata | GpuZeroScanouts | GpuEdidUnnegotiated => Some(DeviceKind::Gpu),
         FsUniqueNotEchoed | FsLenMismatch | FsPositiveErrno | FsForgetReply => Some(DeviceKind::Fs),
         VsockNoRst | VsockBadDstCid | VsockCreditOverrun => Some(DeviceKind::Vsock),
         ConsoleNoDeviceAdd | ConsoleShortControl | ConsoleTxUsedLen | ConsoleMaxPortsZero => {
@@ -1039,6 +1099,25 @@ impl Faults {
             devids_size: self.has(Fault::InputDevidsSize),
             unknown_select_size: self.has(Fault::InputUnknownSelectSize),
             empty_events: self.has(Fault::InputEmptyEvents),
+        }
+    }
+
+    /// The gpu device's share of the faults.
+    pub fn gpu(&self) -> vhu_mock_device::GpuFaults {
+        vhu_mock_device::GpuFaults {
+            display_info_nodata: self.has(Fault::GpuDisplayInfoNodata),
+            zero_scanouts: self.has(Fault::GpuZeroScanouts),
+            edid_unnegotiated: self.has(Fault::GpuEdidUnnegotiated),
+        }
+    }
+
+    /// The sound device's share of the faults.
+    pub fn sound(&self) -> vhu_mock_device::SoundFaults {
+        vhu_mock_device::SoundFaults {
+            bad_start_ok: self.has(Fault::SoundBadStartOk),
+            no_status: self.has(Fault::SoundNoStatus),
+            pcm_padding: self.has(Fault::SoundPcmPadding),
+            unknown_ok: self.has(Fault::SoundUnknownOk),
         }
     }
 

@@ -462,6 +462,7 @@ impl<'a> Session<'a> {
             // R-MISC-03: GPU_SET_SOCKET is a gpu device's message; R-MISC-05: crypto sessions
             // are a crypto device's, with CRYPTO_SESSION (never offered here).
             (GpuSetSocket, _) if self.has(Fault::AcceptGpuSocket) => Outcome::Done,
+            (GpuSetSocket, _) => self.set_gpu_socket(fds),
             (CloseCryptoSession, _) if self.has(Fault::AcceptCryptoSession) => Outcome::Done,
             (GetInflightFd, Body::Inflight(d)) => self.get_inflight_fd(d),
             (SetInflightFd, Body::Inflight(d)) => self.set_inflight_fd(d, fds),
@@ -647,6 +648,23 @@ impl<'a> Session<'a> {
         match self.dev.write_config(h.offset, data, h.flags) {
             Ok(()) => Outcome::Done,
             Err(_) => Outcome::Failed,
+        }
+    }
+
+    /// R-MISC-03: a gpu device takes the socket (one fd) for the vhost-user-gpu protocol;
+    /// any other device refuses it.
+    fn set_gpu_socket(&mut self, mut fds: Vec<OwnedFd>) -> Outcome {
+        match fds.pop() {
+            Some(fd) if fds.is_empty() => {
+                match self
+                    .dev
+                    .set_gpu_socket(std::os::unix::net::UnixStream::from(fd))
+                {
+                    true => Outcome::Done,
+                    false => Outcome::Failed,
+                }
+            }
+            _ => Outcome::Failed,
         }
     }
 

@@ -8,7 +8,6 @@
 
 use std::collections::VecDeque;
 
-
 use crate::blk::ConfigError;
 use crate::chain::Chain;
 use crate::device::VirtioDevice;
@@ -133,9 +132,7 @@ impl VirtioDevice for ConsoleDevice {
     }
 
     fn device_features(&self) -> u64 {
-        crate::device::RING_FEATURES
-            | F_SIZE
-            | F_MULTIPORT
+        crate::device::RING_FEATURES | F_SIZE | F_MULTIPORT
     }
 
     fn config(&self) -> Vec<u8> {

@@ -97,6 +97,11 @@ pub trait VirtioDevice: Send {
     }
     /// Takes what arrived on [`VirtioDevice::input_fds`], without blocking.
     fn on_input(&mut self) {}
+    /// The socket GPU_SET_SOCKET handed over (a gpu device speaks the vhost-user-gpu protocol
+    /// on it); `false` when the device is not a gpu and refuses it.
+    fn set_gpu_socket(&mut self, _socket: std::os::unix::net::UnixStream) -> bool {
+        false
+    }
     /// `queue` was stopped (GET_VRING_BASE): chains kept from it are forgotten, never
     /// completed (its ring may be set up anew; writing into them would be processing a stopped
     /// ring).

@@ -3,7 +3,6 @@
 //! line reads back the value it drives, an input line reads low. The config space is
 //! `virtio_gpio_config`: ngpio, zero padding, gpio_names_size.
 
-
 use crate::blk::iov::Iov;
 use crate::chain::Chain;
 use crate::device::VirtioDevice;
@@ -115,14 +114,12 @@ impl VirtioDevice for GpioDevice {
         1
     }
 
-
     fn config(&self) -> Vec<u8> {
         let mut c = (self.lines.len() as u16).to_le_bytes().to_vec();
         c.extend_from_slice(&[0, 0]);
         c.extend_from_slice(&(self.names().len() as u32).to_le_bytes());
         c
     }
-
 
     /// 5.18.6: an 8-byte request, then the response (status, value) in the writable buffers;
     /// a request shorter than 8 bytes is answered ERR.

@@ -4,7 +4,6 @@
 //! pointer on, both advancing it). Any other address does not answer: ERR, as a NACK on a
 //! real bus. FAIL_NEXT groups fail together. No config space.
 
-
 use crate::blk::iov::Iov;
 use crate::chain::Chain;
 use crate::device::VirtioDevice;
@@ -131,8 +130,6 @@ impl VirtioDevice for I2cDevice {
             rings | F_ZERO_LENGTH_REQUEST
         }
     }
-
-
 
     /// 5.19.6: the status goes in the last writable byte, read data before it; a chain too
     /// short for an out header and a status is used with length 0.

@@ -3,7 +3,6 @@
 //! ID_NAME, ID_SERIAL, ID_DEVIDS, EV_BITS of EV_KEY and EV_LED; anything else has size 0. The
 //! eventq's buffers stay posted (no input); statusq events (LEDs) are consumed.
 
-
 use crate::blk::ConfigError;
 use crate::chain::Chain;
 use crate::device::VirtioDevice;
@@ -108,7 +107,6 @@ impl VirtioDevice for InputDevice {
     fn num_queues(&self) -> u16 {
         2
     }
-
 
     fn config(&self) -> Vec<u8> {
         let answer = self.answer();

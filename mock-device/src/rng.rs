@@ -2,7 +2,6 @@
 //! device-writable buffers with random bytes and reports how many it wrote. No config space,
 //! no device feature bits.
 
-
 use crate::blk::iov::Iov;
 use crate::chain::Chain;
 use crate::device::VirtioDevice;
@@ -91,9 +90,6 @@ impl VirtioDevice for RngDevice {
     fn num_queues(&self) -> u16 {
         1
     }
-
-
-
 
     /// 5.4.6.1: one or more random bytes into the writable buffers (at most
     /// [`RNG_MAX_PER_REQUEST`]); readable buffers are ignored.

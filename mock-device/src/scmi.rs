@@ -4,7 +4,6 @@
 //! (Arm SCMI DEN0056 section 4.2) and nothing else; it offers no notification or delayed
 //! response, so no VIRTIO_SCMI_F_P2A_CHANNELS and no eventq. No config space.
 
-
 use crate::blk::iov::Iov;
 use crate::chain::Chain;
 use crate::device::VirtioDevice;
@@ -99,9 +98,6 @@ impl VirtioDevice for ScmiDevice {
     fn num_queues(&self) -> u16 {
         1
     }
-
-
-
 
     /// 5.17.6.1: the response goes in the same chain's writable buffers; a chain too short for
     /// a header is used with length 0, a response longer than the room is cut.

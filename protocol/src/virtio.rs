@@ -6,7 +6,9 @@
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 pub mod fs;
+pub mod gpu;
 pub mod net;
+pub mod sound;
 pub mod vsock;
 
 /// Descriptor flag: the buffer continues in `next`.

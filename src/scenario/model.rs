@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::DeviceType;
 use crate::rules::RuleId;
+pub use crate::scenario::gpu::{GpuDisplayInfoArgs, GpuResourceArgs};
+pub use crate::scenario::sound::{SoundPcmArgs, SoundQueryArgs, SoundTxArgs, SoundUnknownArgs};
 
 /// How much a failed check of this scenario weighs (checklist legend).
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -349,6 +351,25 @@ actions! {
     "input_post" => InputPost(InputPostArgs),
     /// input: one event (`ev_type`, `code`, `value`) on the statusq: it must be consumed.
     "input_status" => InputStatus(InputStatusArgs),
+    /// sound: the config space (jacks, streams, chmaps), with the CONFIG protocol feature.
+    "sound_config" => SoundConfig(NoArgs),
+    /// sound: JACK_INFO, PCM_INFO or CHMAP_INFO on the control queue, answers checked.
+    "sound_query" => SoundQuery(SoundQueryArgs),
+    /// sound: a PCM command (`set_params`, `prepare`, `start`, `stop`, `release`).
+    "sound_pcm" => SoundPcm(SoundPcmArgs),
+    /// sound: PCM frames for an output stream on the tx queue, each message's status checked.
+    "sound_tx" => SoundTx(SoundTxArgs),
+    /// sound: a control request of an undefined code (`code`): an error status, not a hang.
+    "sound_unknown" => SoundUnknown(SoundUnknownArgs),
+    /// gpu: GPU_SET_SOCKET with one end of a socket pair; the harness serves the vhost-user-gpu
+    /// protocol on the other.
+    "gpu_set_socket" => GpuSetSocket(NoArgs),
+    /// gpu: the config space's num_scanouts, with the CONFIG protocol feature.
+    "gpu_config" => GpuConfig(NoArgs),
+    /// gpu: GET_DISPLAY_INFO on the control queue, then what the back-end sent on the gpu socket.
+    "gpu_display_info" => GpuDisplayInfo(GpuDisplayInfoArgs),
+    /// gpu: RESOURCE_CREATE_2D or RESOURCE_UNREF of `resource_id`: OK_NODATA.
+    "gpu_resource" => GpuResource(GpuResourceArgs),
 }
 
 impl Action {
@@ -384,6 +405,11 @@ impl Action {
             Self::ConsoleControl(a) => a.indirect,
             Self::InputPost(a) => a.indirect,
             Self::InputStatus(a) => a.indirect,
+            Self::SoundQuery(a) => a.indirect,
+            Self::SoundPcm(a) => a.indirect,
+            Self::SoundTx(a) => a.indirect,
+            Self::GpuDisplayInfo(a) => a.indirect,
+            Self::GpuResource(a) => a.indirect,
             _ => None,
         };
         i == Some(true)

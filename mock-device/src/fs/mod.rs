@@ -139,7 +139,6 @@ impl VirtioDevice for FsDevice {
         2
     }
 
-
     /// `struct virtio_fs_config` (5.11.4): the tag, then num_request_queues = 1 (R-FS-05).
     fn config(&self) -> Vec<u8> {
         let mut c = vec![0u8; FS_CONFIG_SIZE];
@@ -147,7 +146,6 @@ impl VirtioDevice for FsDevice {
         c[FS_TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
         c
     }
-
 
     fn serve(&mut self, queue: u16, mem: &dyn GuestMemory, chain: &Chain) -> u32 {
         if queue > FS_REQUEST {

@@ -381,7 +381,6 @@ impl VirtioDevice for VsockDevice {
         3
     }
 
-
     /// `struct virtio_vsock_config`: guest_cid (R-VSOCK-06).
     fn config(&self) -> Vec<u8> {
         self.guest_cid.to_le_bytes().to_vec()

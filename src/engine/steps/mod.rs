@@ -19,6 +19,7 @@ mod console;
 mod datapath;
 mod fs;
 mod gpio;
+mod gpu;
 mod i2c;
 mod input;
 mod iotlb;
@@ -29,6 +30,7 @@ mod scmi;
 mod send;
 mod setup;
 mod shmem;
+mod sound;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -120,6 +122,10 @@ pub struct Ctx<'a> {
     console: console::ConsoleState,
     /// input steps: event buffers posted.
     input: input::InputState,
+    /// sound steps: the config space and stream infos of the session.
+    sound: sound::SoundState,
+    /// gpu steps: the vhost-user-gpu socket's server and the config of the session.
+    gpu: gpu::GpuState,
 }
 
 impl<'a> Ctx<'a> {
@@ -167,6 +173,8 @@ impl<'a> Ctx<'a> {
             gpio: gpio::GpioState::default(),
             console: console::ConsoleState::default(),
             input: input::InputState::default(),
+            sound: sound::SoundState::default(),
+            gpu: gpu::GpuState::default(),
         }
     }
 
@@ -430,6 +438,8 @@ impl<'a> Ctx<'a> {
         self.iotlb = iotlb::IotlbState::default();
         self.console = console::ConsoleState::default();
         self.input = input::InputState::default();
+        self.sound = sound::SoundState::default();
+        self.gpu = gpu::GpuState::default();
         if let Some(s) = self.session.take() {
             if s.received() > 0 {
                 // Every reply the session took passed its framing checks.
@@ -837,6 +847,15 @@ impl<'a> Ctx<'a> {
             Action::InputConfig(a) => self.input_config(step, a),
             Action::InputPost(a) => self.input_post(step, a),
             Action::InputStatus(a) => self.input_status(step, a),
+            Action::SoundConfig(_)
+            | Action::SoundQuery(_)
+            | Action::SoundPcm(_)
+            | Action::SoundTx(_)
+            | Action::SoundUnknown(_) => self.sound_step(step),
+            Action::GpuSetSocket(_)
+            | Action::GpuConfig(_)
+            | Action::GpuDisplayInfo(_)
+            | Action::GpuResource(_) => self.gpu_step(step),
             Action::Sleep(a) => {
                 let left = self.deadline.saturating_duration_since(Instant::now());
                 std::thread::sleep(Duration::from_millis(a.ms).min(left));
