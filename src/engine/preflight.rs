@@ -87,26 +87,40 @@ fn largest_ring(mut s: Session, inst: &mut Instance, offer: &Offer, opts: &RunOp
             // Closed: a new connection (a new process if this one went away) for the next try.
             Err(()) => {
                 drop(s);
-                if inst.is_spawned() && inst.wait_exit(Duration::from_millis(100)).death().is_some()
-                {
-                    match Instance::start(&inst.spec().clone(), opts.connect_timeout) {
-                        Ok(i) => *inst = i,
-                        Err(_) => return n / 2,
-                    }
+                match reconnect(inst, opts) {
+                    Some(fresh) => s = fresh,
+                    // Nothing more can be learnt: the next size down, untested.
+                    None => return n / 2,
                 }
-                let Ok(stream) = inst.connect() else {
-                    return n / 2;
-                };
-                s = session(stream, first_reply_wait(opts));
-                if read_offer(&mut s).is_err() {
-                    return n / 2;
-                }
-                s.set_reply_timeout(opts.step_timeout);
             }
         }
         n /= 2;
     }
     1
+}
+
+/// A new negotiated session after the back-end closed the last one, retried until the connect
+/// timeout: a back-end that serves one front-end at a time may take a moment to listen again
+/// (a rust-vmm daemon re-creates its listener; under load that took long enough for a single
+/// try to fail, and the probe then settled on a size it had not tested).
+fn reconnect(inst: &mut Instance, opts: &RunOptions) -> Option<Session> {
+    let deadline = std::time::Instant::now() + opts.connect_timeout;
+    loop {
+        if inst.is_spawned() && inst.wait_exit(Duration::from_millis(100)).death().is_some() {
+            *inst = Instance::start(&inst.spec().clone(), opts.connect_timeout).ok()?;
+        }
+        if let Ok(stream) = inst.connect() {
+            let mut s = session(stream, first_reply_wait(opts));
+            if read_offer(&mut s).is_ok() {
+                s.set_reply_timeout(opts.step_timeout);
+                return Some(s);
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Whether SET_VRING_NUM `n` for ring 0 is accepted; `Err` when the connection closed.
