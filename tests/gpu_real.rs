@@ -1,11 +1,12 @@
 //! End to end: `vhu-conform --device gpu` against rust-vmm's vhost-device-gpu 0.2 built with
 //! `--no-default-features` (the null renderer; `ci/install-devices.sh gpu`), one fresh process
 //! per scenario. GPU_SET_SOCKET hands it the vhost-user-gpu socket the harness serves; the
-//! control queue answers GET_DISPLAY_INFO and creates and destroys 2D resources; the only FAILs are the departure the README writes up.
+//! control queue answers GET_DISPLAY_INFO and creates and destroys 2D resources; the only FAILs
+//! are the departure the README writes up.
 
-use std::collections::BTreeSet;
-use std::path::Path;
-use std::process::Command;
+#[path = "common/real_target.rs"]
+#[allow(dead_code)]
+mod real_target;
 
 /// The FAILs the README ("What it finds in real back-ends", vhost-device-gpu) writes up: the null
 /// renderer answers GET_DISPLAY_INFO with VIRTIO_GPU_RESP_OK_NODATA, a bare 24-byte header,
@@ -21,78 +22,31 @@ const KNOWN_FAILS: &[(&str, &str)] = &[
 
 #[test]
 fn gpu_socket_and_display_info_against_vhost_device_gpu() {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/vhost-device-gpu.sh");
-    let bin = std::env::var("VHU_TARGETS_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| Path::new(&std::env::var("HOME").unwrap()).join(".cache/vhu-targets"))
-        .join("bin/vhost-device-gpu");
-    assert!(
-        bin.exists(),
-        "missing {}: run ci/install-devices.sh gpu",
-        bin.display()
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_vhu-conform"))
-        .args([
-            "--device",
-            "gpu",
+    let script = real_target::installed_device("vhost-device-gpu", "gpu");
+    let run = real_target::run_spawned(
+        "gpu",
+        &script,
+        "",
+        // The gpu scenarios and device-neutral areas: enough to run 15 and more.
+        &[
             "--queue-size",
             "64",
             "-j",
             "1",
-            "--spawn",
-        ])
-        .arg(format!("{} {{socket}}", script.display()))
-        .arg("--json-report")
-        .arg(&json)
-        // The gpu scenarios and device-neutral areas: enough to run 15 and more.
-        .args([
             "gpu",
             "misc/gpu-*",
             "negotiation",
             "vring",
             "config",
             "session",
-        ])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        "ci/install-devices.sh gpu",
     );
-    assert!(
-        json.exists() && out.status.code() != Some(3),
-        "vhost-device-gpu could not be started (exit {:?}): run ci/install-devices.sh gpu\n{text}",
-        out.status.code()
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let results = report["results"].as_array().unwrap();
-    let outcome = |r: &serde_json::Value| r["outcome"].as_str().unwrap().to_string();
-    let ran = results.iter().filter(|r| outcome(r) != "skip").count();
-    assert!(ran >= 15, "only {ran} scenarios ran (not skipped)\n{text}");
-    for r in results {
-        assert_ne!(
-            outcome(r),
-            "error",
-            "harness error in {}: {}\n{text}",
-            r["id"],
-            r["reason"]
-        );
-    }
-    let passed = |id: &str| {
-        results
-            .iter()
-            .any(|r| r["id"] == id && outcome(r) == "pass")
-    };
-    assert!(
-        passed("gpu/set-socket"),
-        "gpu/set-socket did not pass\n{text}"
-    );
+    run.assert_ran_at_least(15);
+    assert_eq!(run.outcome("gpu/set-socket"), "pass", "{}", run.text);
     // The display info requests were answered on the ring (wrongly typed, not lost).
-    let answered = results
+    let answered = run
+        .results()
         .iter()
         .filter(|r| r["id"].as_str().unwrap().starts_with("gpu/"))
         .filter(|r| {
@@ -105,24 +59,8 @@ fn gpu_socket_and_display_info_against_vhost_device_gpu() {
         .count();
     assert!(
         answered >= 4,
-        "{answered} gpu scenarios got an answer\n{text}"
+        "{answered} gpu scenarios got an answer\n{}",
+        run.text
     );
-    let fails: BTreeSet<(String, String)> = results
-        .iter()
-        .filter(|r| outcome(r) == "fail")
-        .flat_map(|r| {
-            let id = r["id"].as_str().unwrap().to_string();
-            r["findings"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|f| f["level"] == "must")
-                .map(move |f| (id.clone(), f["rule"].as_str().unwrap().to_string()))
-        })
-        .collect();
-    let known: BTreeSet<(String, String)> = KNOWN_FAILS
-        .iter()
-        .map(|(s, r)| (s.to_string(), r.to_string()))
-        .collect();
-    assert_eq!(fails, known, "FAILs differ from the README's\n{text}");
+    run.assert_must_findings_exactly(KNOWN_FAILS);
 }
