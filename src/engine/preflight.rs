@@ -99,28 +99,29 @@ fn largest_ring(mut s: Session, inst: &mut Instance, offer: &Offer, opts: &RunOp
     1
 }
 
-/// A new negotiated session after the back-end closed the last one, retried until the connect
-/// timeout: a back-end that serves one front-end at a time may take a moment to listen again
-/// (a rust-vmm daemon re-creates its listener; under load that took long enough for a single
-/// try to fail, and the probe then settled on a size it had not tested).
+/// A new negotiated session after the back-end closed the last one. The connect is retried
+/// until the connect timeout: a back-end that serves one front-end at a time may take a moment
+/// to listen again (a rust-vmm daemon re-creates its listener; under load a single try was seen
+/// to fail, and the probe then settled on a size it had not tested). A back-end that accepts but
+/// does not answer is not waited for again.
 fn reconnect(inst: &mut Instance, opts: &RunOptions) -> Option<Session> {
     let deadline = std::time::Instant::now() + opts.connect_timeout;
-    loop {
+    let stream = loop {
         if inst.is_spawned() && inst.wait_exit(Duration::from_millis(100)).death().is_some() {
             *inst = Instance::start(&inst.spec().clone(), opts.connect_timeout).ok()?;
         }
-        if let Ok(stream) = inst.connect() {
-            let mut s = session(stream, first_reply_wait(opts));
-            if read_offer(&mut s).is_ok() {
-                s.set_reply_timeout(opts.step_timeout);
-                return Some(s);
+        match inst.connect() {
+            Ok(stream) => break stream,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
             }
+            Err(_) => return None,
         }
-        if std::time::Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    };
+    let mut s = session(stream, first_reply_wait(opts));
+    read_offer(&mut s).ok()?;
+    s.set_reply_timeout(opts.step_timeout);
+    Some(s)
 }
 
 /// Whether SET_VRING_NUM `n` for ring 0 is accepted; `Err` when the connection closed.
