@@ -93,10 +93,7 @@ impl Ctx<'_> {
             return Ok(());
         }
         self.mark(id::R_I2C_03);
-        let order: Vec<usize> = done
-            .iter()
-            .filter_map(|d| ids.iter().position(|&i| i == d.id))
-            .collect();
+        let order = super::used_order(ids, done);
         if order.windows(2).any(|w| w[0] > w[1]) {
             return Err(self.fail(
                 id::R_I2C_03,
