@@ -14,7 +14,7 @@ use vhu_protocol::FrontendReq;
 use vhu_protocol::wire::payload::{Body, LogDesc};
 use vhu_protocol::{ProtocolFeatures, VirtioFeatures};
 
-use super::{Builtin, BuiltinMeta, MEMORY, Needs, default_memory, needs_process, start_queue};
+use super::{Builtin, BuiltinMeta, Needs, default_memory, needs_process, start_queue};
 use crate::engine::{Ctx, StepError};
 
 const PAGE: u64 = 4096;
@@ -39,7 +39,7 @@ fn read_log(m: &memfd::Memfd, len: u64) -> Result<Vec<u8>, StepError> {
 
 /// The log's size covering every page of the default layout (one bit per page, whole bytes).
 fn log_bytes() -> u64 {
-    let end = GuestMemory::default_layout(MEMORY)
+    let end = crate::engine::session::default_layout()
         .iter()
         .map(|r| r.guest_addr + r.size)
         .max()

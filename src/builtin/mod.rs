@@ -188,7 +188,7 @@ fn clean_session(ctx: &mut Ctx<'_>, queue: bool) -> Result<(), StepError> {
 /// The default two-region memory, announced with SET_MEM_TABLE.
 fn default_memory(ctx: &mut Ctx<'_>) -> Result<vhu_mock_frontend::GuestMemory, StepError> {
     use vhu_mock_frontend::GuestMemory;
-    let mem = GuestMemory::new(&GuestMemory::default_layout(MEMORY))
+    let mem = GuestMemory::new(&crate::engine::session::default_layout())
         .map_err(|e| StepError::Harness(crate::engine::chain(&e)))?;
     let r = ctx.session_mut()?.set_mem_table(&mem);
     r.map_err(|e| ctx.setup_error(id::R_MEM_01, e))?;
@@ -217,9 +217,6 @@ fn start_queue(
     r.map_err(|e| ctx.setup_error(rule, e))?;
     Ok(q)
 }
-
-/// Guest memory of the built-ins that drive a ring themselves: the default two-region layout.
-const MEMORY: u64 = 16 << 20;
 
 /// Samples a `/proc/<pid>` count until it settles at or below `bound`, for up to `within`
 /// (a back-end may close or unmap asynchronously); returns the last sample.

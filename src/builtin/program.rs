@@ -11,9 +11,6 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use vhu_mock_frontend::{Session, SessionOptions};
-use vhu_protocol::Connection;
-
 use super::{Builtin, BuiltinMeta, clean_session};
 use crate::engine::{Ctx, StepError};
 
@@ -263,11 +260,7 @@ impl Builtin for InheritedFd {
         let mut child = start(&command, Some(&theirs))?;
         drop(theirs);
         let timeout = ctx.step_timeout().max(Duration::from_secs(2));
-        let opts = SessionOptions {
-            reply_timeout: timeout,
-            auto_need_reply: true,
-        };
-        let mut s = Session::new(Connection::new(ours, Some(timeout)), opts);
+        let mut s = crate::engine::session::open(ours, timeout);
         let r = s.get_features();
         let exited = child.try_wait().ok().flatten();
         stop(&mut child);
@@ -447,11 +440,7 @@ impl Builtin for SocketPathQuietStdio {
             ));
         };
         let timeout = ctx.step_timeout().max(Duration::from_secs(2));
-        let opts = SessionOptions {
-            reply_timeout: timeout,
-            auto_need_reply: true,
-        };
-        let mut s = Session::new(Connection::new(stream, Some(timeout)), opts);
+        let mut s = crate::engine::session::open(stream, timeout);
         let r = s.get_features();
         // A daemon's parent exits once the child serves: give it a moment, then ask again.
         let st = wait(&mut child, DAEMON_WITHIN);

@@ -5,6 +5,7 @@
 mod events;
 mod keep;
 mod run;
+pub(crate) mod session;
 mod steps;
 mod violations;
 

@@ -2,12 +2,11 @@
 //! long it takes to answer its first message, and the largest ring it accepts; and, in spawn
 //! mode, the device type its `--print-capabilities` reports.
 
-use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use vhu_mock_frontend::{Ack, Session, SessionError, SessionOptions};
-use vhu_protocol::{Connection, ProtocolFeatures, VirtioFeatures};
+use vhu_mock_frontend::{Ack, Session, SessionError};
+use vhu_protocol::{ProtocolFeatures, VirtioFeatures};
 
 use super::{DEFAULT_QUEUE_SIZE, Offer, RunOptions, chain};
 use crate::device::{DeviceSource, DeviceType};
@@ -32,7 +31,7 @@ pub fn preflight(spec: &TargetSpec, opts: &RunOptions) -> Result<Offer, Prefligh
         .connect()
         .map_err(|e| PreflightError::Unreachable(chain(&e)))?;
     // The first reply of a starting back-end may take longer than a step (DPDK: ~1 s).
-    let mut s = session(stream, first_reply_wait(opts));
+    let mut s = super::session::open(stream, first_reply_wait(opts));
     let started = Instant::now();
     let mut offer = read_offer(&mut s).map_err(PreflightError::Misbehaved)?;
     offer.first_reply = started.elapsed();
@@ -47,14 +46,6 @@ pub fn preflight(spec: &TargetSpec, opts: &RunOptions) -> Result<Offer, Prefligh
 /// How long a back-end may take to answer the first message on a connection at preflight.
 fn first_reply_wait(opts: &RunOptions) -> Duration {
     (opts.step_timeout + Duration::from_secs(2)).min(opts.connect_timeout)
-}
-
-fn session(stream: UnixStream, timeout: Duration) -> Session {
-    let sopts = SessionOptions {
-        reply_timeout: timeout,
-        auto_need_reply: true,
-    };
-    Session::new(Connection::new(stream, Some(timeout)), sopts)
 }
 
 fn read_offer(s: &mut Session) -> Result<Offer, String> {
@@ -118,7 +109,7 @@ fn reconnect(inst: &mut Instance, opts: &RunOptions) -> Option<Session> {
             Err(_) => return None,
         }
     };
-    let mut s = session(stream, first_reply_wait(opts));
+    let mut s = super::session::open(stream, first_reply_wait(opts));
     read_offer(&mut s).ok()?;
     s.set_reply_timeout(opts.step_timeout);
     Some(s)

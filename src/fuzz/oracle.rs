@@ -8,14 +8,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use vhu_mock_frontend::blk::{blk_read, blk_write};
 use vhu_mock_frontend::{
-    DriverQueue, GuestMemory, Negotiated, RingLayout, Session, SessionError, SessionOptions, Wanted,
+    DriverQueue, GuestMemory, Negotiated, RingLayout, Session, SessionError, Wanted,
 };
-use vhu_protocol::{Connection, FrontendReq, VirtioFeatures};
+use vhu_protocol::{FrontendReq, VirtioFeatures};
 
 use crate::target::{Death, Instance};
-
-/// Bytes of guest memory per session: two regions with a hole (the default layout).
-pub const GUEST_BYTES: u64 = 2 << 20;
 
 /// What went wrong, in the order the oracle checks it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,11 +66,7 @@ impl std::fmt::Display for Failure {
 
 /// A session on a new connection with every wait bounded by `timeout`.
 pub fn session(stream: UnixStream, timeout: Duration) -> Session {
-    let opts = SessionOptions {
-        reply_timeout: timeout,
-        auto_need_reply: true,
-    };
-    Session::new(Connection::new(stream, Some(timeout)), opts)
+    crate::engine::session::open(stream, timeout)
 }
 
 /// A crash, if the process has ended (spawn mode); waits up to `grace` for a dying process.
@@ -147,7 +140,7 @@ impl GuestPool {
                 return Ok(mem);
             }
         }
-        let mem = GuestMemory::new(&GuestMemory::default_layout(GUEST_BYTES))?;
+        let mem = GuestMemory::new(&crate::engine::session::default_layout())?;
         self.origin.get_or_insert(mem.mark());
         Ok(mem)
     }
@@ -446,7 +439,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_sees_writes_outside_the_writable_ranges_in_held_and_untouched_pages() {
-        let mem = GuestMemory::new(&GuestMemory::default_layout(GUEST_BYTES)).unwrap();
+        let mem = GuestMemory::new(&crate::engine::session::default_layout()).unwrap();
         let second = mem.regions()[1].spec.guest_addr;
         mem.write(0x2000, &[7; 64]).unwrap();
         let snap = Snapshot::take(&mem, vec![(0x2010, 16)]);

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use vhu_mock_frontend::blk;
 use vhu_mock_frontend::transcript::{Direction, Entry, render};
-use vhu_mock_frontend::{DriverQueue, GuestMemory, Session, SessionError, SessionOptions};
-use vhu_protocol::Connection;
+use vhu_mock_frontend::{DriverQueue, GuestMemory, Session, SessionError};
 use vhu_protocol::wire::ReplyKind;
 
 mod backend_requests;
@@ -41,9 +40,6 @@ use crate::rules::RuleId;
 use crate::scenario::model::{NoArgs, Step};
 use crate::scenario::{Action, Level, Scenario};
 use crate::target::{Death, Instance, ProcessState};
-
-/// Guest memory size of the named layouts.
-const LAYOUT_BYTES: u64 = 16 << 20;
 
 /// Why a step (or a built-in scenario) stopped the scenario early.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -728,11 +724,7 @@ impl<'a> Ctx<'a> {
 
     /// A session over a new connection, with this run's timeouts.
     fn new_session(&self, stream: std::os::unix::net::UnixStream) -> Session {
-        let sopts = SessionOptions {
-            reply_timeout: self.opts.step_timeout,
-            auto_need_reply: true,
-        };
-        Session::new(Connection::new(stream, Some(self.opts.step_timeout)), sopts)
+        crate::engine::session::open(stream, self.opts.step_timeout)
     }
 
     fn session(&mut self) -> Result<&mut Session, StepError> {

@@ -5,7 +5,7 @@ use crate::rules::id;
 use vhu_mock_frontend::{Ack, DriverQueue, GuestMemory, RegionSpec, RingLayout, Wanted};
 use vhu_protocol::{FrontendReq, VirtioFeatures};
 
-use super::{Ctx, LAYOUT_BYTES, StepError, StepResult};
+use super::{Ctx, StepError, StepResult};
 use crate::engine::chain;
 use crate::features::{protocol_bit, virtio_bit};
 
@@ -82,8 +82,8 @@ impl Ctx<'_> {
         }
         let specs: Vec<RegionSpec> = match (&a.regions, a.layout.unwrap_or_default()) {
             (Some(r), _) => r.iter().copied().map(RegionSpec::from).collect(),
-            (None, Layout::Single) => GuestMemory::single_layout(LAYOUT_BYTES),
-            (None, Layout::Default) => GuestMemory::default_layout(LAYOUT_BYTES),
+            (None, Layout::Single) => crate::engine::session::single_layout(),
+            (None, Layout::Default) => crate::engine::session::default_layout(),
         };
         let mem = GuestMemory::new(&specs).map_err(|e| StepError::Harness(chain(&e)))?;
         self.queues.clear();
