@@ -9,7 +9,7 @@
 
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -178,6 +178,9 @@ impl Shared {
 #[derive(Debug)]
 pub struct BackendChannel {
     shared: Arc<Mutex<Shared>>,
+    /// Signalled (with `shared`'s lock) after each message the thread handled, so waiting for a
+    /// request is a wait with a deadline, not a poll.
+    handled: Arc<Condvar>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -202,14 +205,20 @@ impl BackendChannel {
         iotlb: Option<IotlbLink>,
     ) -> std::io::Result<Self> {
         let shared = Arc::new(Mutex::new(Shared::default()));
+        let handled = Arc::new(Condvar::new());
         let stop = Arc::new(AtomicBool::new(false));
         let conn = Connection::new(stream, Some(Duration::from_millis(50)));
-        let (s, st) = (shared.clone(), stop.clone());
+        let (s, h, st) = (shared.clone(), handled.clone(), stop.clone());
         let thread = std::thread::Builder::new()
             .name("vhu-backend-channel".into())
-            .spawn(move || serve(&conn, &s, &st, epoch, iotlb.as_ref()))?;
+            .spawn(move || {
+                serve(&conn, &s, &h, &st, epoch, iotlb.as_ref());
+                // A wait for a request ends at once once nothing more can come.
+                h.notify_all();
+            })?;
         Ok(Self {
             shared,
+            handled,
             stop,
             thread: Some(thread),
         })
@@ -224,6 +233,33 @@ impl BackendChannel {
     /// Every request received so far.
     pub fn requests(&self) -> Vec<BackendRecord> {
         self.lock().records.clone()
+    }
+
+    /// Waits until `done` holds for the requests received so far, the back-end closes the
+    /// channel or `deadline` passes; the requests at the end, and whether `done` held.
+    pub fn wait_for(
+        &self,
+        deadline: Instant,
+        done: impl Fn(&[BackendRecord]) -> bool,
+    ) -> (Vec<BackendRecord>, bool) {
+        let mut s = self.lock();
+        loop {
+            if done(&s.records) {
+                return (s.records.clone(), true);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero()
+                || s.peer_closed
+                || self.thread.as_ref().is_none_or(|t| t.is_finished())
+            {
+                return (s.records.clone(), false);
+            }
+            s = self
+                .handled
+                .wait_timeout(s, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
     }
 
     /// Requests served but not recorded: more than [`MAX_RECORDS`] arrived.
@@ -302,6 +338,7 @@ impl Drop for BackendChannel {
 fn serve(
     conn: &Connection,
     shared: &Mutex<Shared>,
+    handled: &Condvar,
     stop: &AtomicBool,
     epoch: Instant,
     iotlb: Option<&IotlbLink>,
@@ -313,7 +350,12 @@ fn serve(
             }
         }
         match conn.recv_unchecked() {
-            Ok(msg) => handle(conn, shared, msg, epoch, iotlb),
+            Ok(msg) => {
+                handle(conn, shared, msg, epoch, iotlb);
+                // Taken so a waiter between its check and its wait does not miss this.
+                drop(lock(shared));
+                handled.notify_all();
+            }
             Err(ConnError::Timeout { .. }) => {}
             Err(e) if e.is_peer_gone() => {
                 shared

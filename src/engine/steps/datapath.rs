@@ -116,13 +116,7 @@ impl Ctx<'_> {
 
     /// BACKEND_VRING_CALL requests for ring `idx` received on the back-end channel so far.
     fn inband_calls(&self, idx: u16) -> usize {
-        self.channel_records()
-            .iter()
-            .filter(|r| {
-                r.code == vhu_protocol::BackendReq::VringCall as u32
-                    && r.payload.get(..4) == Some(&u32::from(idx).to_ne_bytes()[..])
-            })
-            .count()
+        inband_calls_in(&self.channel_records(), idx)
     }
 
     /// R-INB-04: a ring without a call fd, with in-band notifications negotiated, is signalled
@@ -136,10 +130,8 @@ impl Ctx<'_> {
         }
         self.mark(id::R_INB_04);
         let deadline = Instant::now() + Duration::from_millis(300);
-        while self.inband_calls(idx) <= before && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if self.inband_calls(idx) > before {
+        let records = self.wait_channel(deadline, |r| inband_calls_in(r, idx) > before);
+        if inband_calls_in(&records, idx) > before {
             return Ok(());
         }
         self.fail(
@@ -345,4 +337,15 @@ impl Ctx<'_> {
         }
         Ok(())
     }
+}
+
+/// How many BACKEND_VRING_CALL requests for ring `idx` are among `records`.
+fn inband_calls_in(records: &[vhu_mock_frontend::channel::BackendRecord], idx: u16) -> usize {
+    records
+        .iter()
+        .filter(|r| {
+            r.code == vhu_protocol::BackendReq::VringCall as u32
+                && r.payload.get(..4) == Some(&u32::from(idx).to_ne_bytes()[..])
+        })
+        .count()
 }

@@ -247,16 +247,9 @@ impl Ctx<'_> {
         let window = window_ms.map_or(self.opts.step_timeout, Duration::from_millis);
         let deadline = Instant::now() + window;
         let mappings = self.session()?.iommu().mappings();
-        let found = loop {
-            let misses = self.misses_since(self.iotlb.since);
-            if let Some(m) = misses.first() {
-                break Some(*m);
-            }
-            if Instant::now() >= deadline {
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let since = self.iotlb.since;
+        let records = self.wait_channel(deadline, |r| !misses_in(r, since).is_empty());
+        let found = misses_in(&records, since).first().copied();
         self.mark(rule);
         let Some(m) = found else {
             let what = if self.iotlb.invalidated {
@@ -285,17 +278,6 @@ impl Ctx<'_> {
             ));
         }
         self.judge_miss_answers()
-    }
-
-    /// The misses and access failures the channel recorded from index `since` on.
-    fn misses_since(&self, since: usize) -> Vec<IotlbMsg> {
-        self.channel_records()
-            .iter()
-            .skip(since)
-            .filter(|r| r.code == BackendReq::IotlbMsg as u32)
-            .filter_map(|r| IotlbMsg::read_from_bytes(&r.payload).ok())
-            .filter(|m| matches!(m.kind, TYPE_MISS | TYPE_ACCESS_FAIL))
-            .collect()
     }
 
     /// Each update sent for a miss was answered with a u64 0 (R-IOTLB-02: always answered,
@@ -363,4 +345,15 @@ fn describe(m: &Mapping) -> String {
 
 fn list(mappings: &[Mapping]) -> String {
     mappings.iter().map(describe).collect::<Vec<_>>().join(", ")
+}
+
+/// The misses and access failures among `records` from index `since` on.
+fn misses_in(records: &[vhu_mock_frontend::channel::BackendRecord], since: usize) -> Vec<IotlbMsg> {
+    records
+        .iter()
+        .skip(since)
+        .filter(|r| r.code == BackendReq::IotlbMsg as u32)
+        .filter_map(|r| IotlbMsg::read_from_bytes(&r.payload).ok())
+        .filter(|m| matches!(m.kind, TYPE_MISS | TYPE_ACCESS_FAIL))
+        .collect()
 }

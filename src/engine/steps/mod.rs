@@ -585,6 +585,19 @@ impl<'a> Ctx<'a> {
             .unwrap_or_default()
     }
 
+    /// Waits (without polling) until `done` holds for the back-end channel's requests, the
+    /// channel closes or `deadline` passes; the requests at the end.
+    fn wait_channel(
+        &self,
+        deadline: Instant,
+        done: impl Fn(&[vhu_mock_frontend::channel::BackendRecord]) -> bool,
+    ) -> Vec<vhu_mock_frontend::channel::BackendRecord> {
+        match self.session.as_ref().and_then(|s| s.channel()) {
+            Some(c) => c.wait_for(deadline, done).0,
+            None => Vec::new(),
+        }
+    }
+
     /// The rule a step's own expectation checks: its `rule`, else the scenario's first (the
     /// scenario's subject). Intrinsic checks (used lengths, wire framing, crashes) cite their own.
     fn rule_of(&self, step: &Step) -> RuleId {

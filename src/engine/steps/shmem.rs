@@ -79,14 +79,18 @@ impl Ctx<'_> {
         // Without NEED_REPLY (R-SHM-11) the device may complete before the channel thread has
         // recorded the request: give it a moment.
         let deadline = std::time::Instant::now() + Duration::from_millis(300);
-        while std::time::Instant::now() < deadline
-            && !self.channel_records()[before..].iter().any(|r| {
-                r.code == BackendReq::ShmemMap as u32 || r.code == BackendReq::ShmemUnmap as u32
+        let mut records = self.wait_channel(deadline, |r| {
+            r.get(before..).is_some_and(|new| {
+                new.iter().any(|r| {
+                    r.code == BackendReq::ShmemMap as u32 || r.code == BackendReq::ShmemUnmap as u32
+                })
             })
-        {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let sent: Vec<_> = self.channel_records().split_off(before);
+        });
+        let sent: Vec<_> = if records.len() > before {
+            records.split_off(before)
+        } else {
+            Vec::new()
+        };
         let what = if map { "SHMEM_MAP" } else { "SHMEM_UNMAP" };
         let code = if map {
             BackendReq::ShmemMap
