@@ -3,8 +3,9 @@
 //! VIRTIO_F_IOMMU_PLATFORM: rings and buffers at IOVAs through the IOTLB, misses on an unmapped
 //! ring and after an invalidation, all pass; the one FAIL is the departure the README writes up.
 
-use std::path::Path;
-use std::process::Command;
+#[path = "common/real_target.rs"]
+#[allow(dead_code)]
+mod real_target;
 
 /// DPDK answers IOTLB_MSG only when it carries NEED_REPLY (an ack-only reading; QEMU always
 /// sets it): "The back-end has to acknowledge the request with sending zero as u64 payload".
@@ -20,79 +21,44 @@ const RACY_FAIL: (&str, &str) = ("iotlb/net-invalidate-then-miss", "R-IOTLB-03")
 
 #[test]
 fn the_iotlb_family_against_dpdk_testpmd_with_iommu_support() {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/dpdk-testpmd-iommu.sh");
-    // The script sources ../shared/targets/_run.sh, or $VHU_TARGETS/_run.sh (another checkout).
-    let targets = std::env::var("VHU_TARGETS").map_or_else(
-        |_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/targets"),
-        std::path::PathBuf::from,
-    );
-    let shared = targets.join("_run.sh");
-    assert!(
-        shared.exists(),
-        "missing {}: run ../shared/targets/install.sh net",
-        shared.display()
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_vhu-conform"))
-        .args(["--device", "net", "-j", "2", "--spawn"])
-        .arg(format!("{} {{socket}}", script.display()))
-        .arg("--json-report")
-        .arg(&json)
-        .arg("iotlb")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        json.exists() && out.status.code() != Some(3),
-        "DPDK testpmd could not be started (exit {:?}): run ../shared/targets/install.sh net\n{text}",
-        out.status.code()
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let results = report["results"].as_array().unwrap();
-    let outcome = |id: &str| {
-        results
-            .iter()
-            .find(|r| r["id"] == id)
-            .and_then(|r| r["outcome"].as_str())
-            .unwrap_or("missing")
-            .to_string()
-    };
+    let install = "../shared/targets/install.sh net";
+    // The script sources the shared targets' _run.sh.
+    real_target::shared_script("_run.sh", install);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/targets/dpdk-testpmd-iommu.sh");
+    let run = real_target::run_spawned("net", &script, "", &["-j", "2", "iotlb"], install);
+    let text = &run.text;
     for id in [
         "iotlb/net-data-path",
         "iotlb/net-miss-on-ring",
         "iotlb/update-outside-memory",
     ] {
-        assert_eq!(outcome(id), "pass", "{id}\n{text}");
+        assert_eq!(run.outcome(id), "pass", "{id}\n{text}");
     }
-    let racy = outcome(RACY_FAIL.0);
+    let racy = run.outcome(RACY_FAIL.0);
     assert!(
         racy == "pass" || racy == "fail",
         "{}: {racy}\n{text}",
         RACY_FAIL.0
     );
     let mut fails = vec![];
-    for r in results {
+    for r in run.results() {
         assert_ne!(r["outcome"], "error", "{}\n{text}", r["id"]);
-        if r["outcome"] == "fail" {
-            for f in r["findings"].as_array().unwrap() {
-                let found = (r["id"].as_str().unwrap(), f["rule"].as_str().unwrap());
-                if found == RACY_FAIL {
-                    // The finding must be the missing miss, not a stale entry used.
-                    let received = f["received"].as_str().unwrap_or_default();
-                    assert!(
-                        received.starts_with("no BACKEND_IOTLB_MSG"),
-                        "{found:?}: {received}\n{text}"
-                    );
-                    continue;
-                }
-                fails.push((found.0.to_string(), found.1.to_string()));
+        if r["outcome"] != "fail" {
+            continue;
+        }
+        for f in r["findings"].as_array().unwrap() {
+            let found = (r["id"].as_str().unwrap(), f["rule"].as_str().unwrap());
+            if found == RACY_FAIL {
+                // The finding must be the missing miss, not a stale entry used.
+                let received = f["received"].as_str().unwrap_or_default();
+                assert!(
+                    received.starts_with("no BACKEND_IOTLB_MSG"),
+                    "{found:?}: {received}\n{text}"
+                );
+                continue;
             }
+            fails.push((found.0.to_string(), found.1.to_string()));
         }
     }
     let known: Vec<(String, String)> = KNOWN_FAILS

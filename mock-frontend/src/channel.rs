@@ -163,6 +163,8 @@ struct Shared {
     refuse: usize,
     /// The back-end closed its end (EOF seen).
     peer_closed: bool,
+    /// The thread stopped serving (the peer left, a fatal receive error, or `stop`).
+    ended: bool,
 }
 
 impl Shared {
@@ -214,6 +216,7 @@ impl BackendChannel {
             .spawn(move || {
                 serve(&conn, &s, &h, &st, epoch, iotlb.as_ref());
                 // A wait for a request ends at once once nothing more can come.
+                lock(&s).ended = true;
                 h.notify_all();
             })?;
         Ok(Self {
@@ -248,10 +251,7 @@ impl BackendChannel {
                 return (s.records.clone(), true);
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero()
-                || s.peer_closed
-                || self.thread.as_ref().is_none_or(|t| t.is_finished())
-            {
+            if left.is_zero() || s.peer_closed || s.ended {
                 return (s.records.clone(), false);
             }
             s = self

@@ -11,7 +11,7 @@
 //! a test can see that a request is not completed without the translation. What was done for
 //! each miss is recorded as a [`MissAnswer`]: facts, no verdicts.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use vhu_protocol::wire::payload::{Body, IotlbMsg};
@@ -116,11 +116,18 @@ struct State {
 /// The IOMMU's mappings and the misses answered, shared by the session and its back-end
 /// channel. Cloning gives another handle on the same state.
 #[derive(Clone, Debug, Default)]
-pub struct Iommu(Arc<Mutex<State>>);
+pub struct Iommu(Arc<Shared>);
+
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled when a miss's answer is recorded, for [`Iommu::settle`].
+    answered: Condvar,
+}
 
 impl Iommu {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.0.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Replaces the mappings a miss is answered from.
@@ -167,14 +174,21 @@ impl Iommu {
     /// whole reply timeout); whether none is.
     pub fn settle(&self, within: Duration) -> bool {
         let deadline = std::time::Instant::now() + within;
+        let mut s = self.lock();
         loop {
-            if self.lock().answering == 0 {
+            if s.answering == 0 {
                 return true;
             }
-            if std::time::Instant::now() >= deadline {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
                 return false;
             }
-            std::thread::sleep(Duration::from_millis(2));
+            s = self
+                .0
+                .answered
+                .wait_timeout(s, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -209,6 +223,8 @@ impl Iommu {
         if s.answers.len() < crate::channel::MAX_RECORDS {
             s.answers.push(a);
         }
+        drop(s);
+        self.0.answered.notify_all();
     }
 }
 

@@ -61,10 +61,8 @@ impl Builtin for ReplacedChannelClosed {
         if reply_ack {
             ctx.mark(id::R_ACK_05);
         }
-        let deadline = Instant::now() + CLOSE_WITHIN;
-        while !old.peer_closed() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        // Nothing is awaited but the close: the wait ends at EOF or the deadline.
+        old.wait_for(Instant::now() + CLOSE_WITHIN, |_| false);
         ctx.mark(id::R_BCH_10);
         if !old.peer_closed() {
             return Err(ctx.fail(

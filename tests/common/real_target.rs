@@ -10,14 +10,17 @@ pub struct Run {
     pub text: String,
 }
 
-/// The target script, or a loud failure naming the install step.
-fn script(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/targets")
-        .join(name);
+/// A start script of ../shared/targets/ (or of `$VHU_TARGETS`, another checkout's), or a loud
+/// failure naming `install`.
+pub fn shared_script(name: &str, install: &str) -> PathBuf {
+    let dir = std::env::var_os("VHU_TARGETS").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/targets"),
+        PathBuf::from,
+    );
+    let p = dir.join(name);
     assert!(
         p.exists(),
-        "{} is missing: the real targets are not set up (run ../shared/targets/install.sh fs vsock)",
+        "{} is missing: the real targets are not set up (run {install})",
         p.display()
     );
     p.canonicalize().unwrap()
@@ -25,12 +28,13 @@ fn script(name: &str) -> PathBuf {
 
 /// Runs every scenario with `--device DEVICE --spawn '<env>SCRIPT {socket}' -j 2`.
 pub fn run_suite(device: &str, script_name: &str, env: &str) -> Run {
+    let install = "../shared/targets/install.sh fs vsock";
     run_spawned(
         device,
-        &script(script_name),
+        &shared_script(script_name, install),
         env,
         &["-j", "2"],
-        "../shared/targets/install.sh fs vsock",
+        install,
     )
 }
 
@@ -164,6 +168,25 @@ impl Run {
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect();
         assert_eq!(got, want, "FAILs differ from the README's\n{}", self.text);
+    }
+
+    /// A pass is earned: every back-end rule a passing scenario cites was checked.
+    pub fn assert_passes_checked_their_rules(&self) {
+        for r in self.results().iter().filter(|r| r["outcome"] == "pass") {
+            let checked = r["checked_rules"].as_array().expect("checked_rules");
+            for rule in r["rules"].as_array().expect("rules") {
+                let id = rule.as_str().unwrap_or("");
+                if vhu_conform::rules::find(id)
+                    .is_some_and(vhu_conform::rules::Rule::is_backend_check)
+                {
+                    assert!(
+                        checked.contains(rule),
+                        "{} passed without checking {id}",
+                        r["id"]
+                    );
+                }
+            }
+        }
     }
 
     /// The FAILs are exactly `want` (scenario, rule of its first finding).
