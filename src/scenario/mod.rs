@@ -30,8 +30,8 @@ pub struct Scenario {
 #[derive(Debug, Error)]
 pub enum LoadErrorKind {
     /// The directory or file cannot be read.
-    #[error("cannot read it")]
-    Io(#[source] std::io::Error),
+    #[error("cannot read it: {0}")]
+    Io(std::io::Error),
     /// TOML syntax or a field of the wrong type or name.
     #[error("{0}")]
     Syntax(String),
@@ -78,8 +78,7 @@ pub struct ScenarioLoadError {
     pub path: PathBuf,
     /// The line, when known.
     pub line: Option<usize>,
-    /// What is wrong.
-    #[source]
+    /// What is wrong (in the message already, so not a `source`: a chain would say it twice).
     pub kind: LoadErrorKind,
 }
 

@@ -12,11 +12,76 @@ use vhu_mock_frontend::{DriverQueue, GuestMemory, WaitError};
 
 use super::{Ctx, StepError, StepResult};
 use crate::engine::{chain, describe_exit};
-use crate::rules::id;
+use crate::rules::{RuleId, id};
 use crate::scenario::model::Step;
 use crate::target::ProcessState;
 
+/// Whether a step's chains go to the ring in one batch (one kick) or one at a time, each
+/// waited for before the next is made available.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Batching {
+    AtOnce,
+    OneAtATime,
+}
+
+impl Batching {
+    /// A step's `at_once` field: one batch when set, one chain at a time otherwise.
+    pub(super) fn from_at_once(at_once: Option<bool>) -> Self {
+        if at_once == Some(true) {
+            Self::AtOnce
+        } else {
+            Self::OneAtATime
+        }
+    }
+}
+
+/// What [`Ctx::exchange_chains`] brought back: the ids the chains were made available under,
+/// in that order, and their completions.
+#[derive(Debug, Default)]
+pub(super) struct Completions {
+    pub ids: Vec<u16>,
+    pub done: Vec<Exchanged>,
+}
+
+impl Completions {
+    /// For each chain used (in used order), its place among those made available: ascending
+    /// when the device used them in the order they were made available.
+    fn used_order(&self) -> Vec<usize> {
+        self.done
+            .iter()
+            .filter_map(|d| self.ids.iter().position(|&i| i == d.id))
+            .collect()
+    }
+}
+
 impl Ctx<'_> {
+    /// A device's in-order rule (`rule`: GPIO messages for one line, I2C requests made
+    /// available together): the chains of `c` were used in the order they were made available.
+    /// `summary` says what was out of order, `expected` what the rule wants.
+    pub(super) fn judge_in_order(
+        &mut self,
+        rule: RuleId,
+        c: &Completions,
+        summary: impl FnOnce() -> String,
+        expected: &str,
+    ) -> StepResult {
+        if c.ids.len() < 2 {
+            return Ok(());
+        }
+        self.mark(rule);
+        let order = c.used_order();
+        if order.windows(2).any(|w| w[0] > w[1]) {
+            let ids = &c.ids;
+            return Err(self.fail(
+                rule,
+                &summary(),
+                expected,
+                format!("submitted {ids:?}, used in the order of submissions {order:?}"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Runs `f` with ring `idx` and the guest memory taken out of the context, putting both back
     /// whatever `f` returns.
     pub(super) fn with_ring<T>(
@@ -45,6 +110,39 @@ impl Ctx<'_> {
     ) -> Result<Vec<Submitted>, StepError> {
         self.with_ring(idx, |_, q, mem| exchange::submit_batch(q, mem, specs))?
             .map_err(|e| StepError::Harness(format!("cannot build the chains: {}", chain(&e))))
+    }
+
+    /// Makes `specs` available on ring `idx` as `batching` says, waits up to the step timeout
+    /// for each batch, then gives back the guest memory the chains took. A batch not completed
+    /// is `step`'s finding ([`not_completed`](Self::not_completed)), naming `lost(n)` for its
+    /// `n` chains.
+    pub(super) fn exchange_chains(
+        &mut self,
+        step: &Step,
+        idx: u16,
+        specs: &[ChainSpec],
+        batching: Batching,
+        lost: impl Fn(usize) -> String,
+    ) -> Result<Completions, StepError> {
+        let mark = self.mem.as_ref().map(|m| m.mark());
+        let batches: Vec<&[ChainSpec]> = match batching {
+            Batching::AtOnce => vec![specs],
+            Batching::OneAtATime => specs.chunks(1).collect(),
+        };
+        let mut out = Completions::default();
+        for batch in batches {
+            let mut pending = self.submit_chains(idx, batch)?;
+            out.ids.extend(pending.iter().map(|p| p.id));
+            let n = pending.len();
+            match self.wait_chains(idx, &mut pending, n, self.opts.step_timeout)? {
+                Ok(d) => out.done.extend(d),
+                Err(e) => return Err(self.not_completed(step, idx, &lost(n), e)),
+            }
+        }
+        if let (Some(m), Some(mark)) = (self.mem.as_mut(), mark) {
+            m.release(mark);
+        }
+        Ok(out)
     }
 
     /// Waits up to `timeout` for `count` of `pending` on ring `idx` to be used.

@@ -16,6 +16,7 @@ use vhu_mock_frontend::console::{self as con, Control};
 use vhu_mock_frontend::exchange::{ChainSpec, Exchanged, Submitted};
 use vhu_protocol::ProtocolFeatures;
 
+use super::chains::{Batching, Completions};
 use super::{Ctx, StepError, StepResult};
 use crate::rules::id;
 use crate::scenario::model::{ConsoleControlArgs, ConsoleReadyArgs, ConsoleWriteArgs, Step};
@@ -431,28 +432,11 @@ impl Ctx<'_> {
         let what = format!("{n} chain(s) of {bytes} bytes of port {port} data");
         self.console.last = Some(format!("{what} on queue {tx}"));
         self.mark(id::R_CONSOLE_03);
-        let mark = self.mem.as_ref().map(|m| m.mark());
-        let mut done = Vec::new();
-        let batches: Vec<&[ChainSpec]> = if a.at_once == Some(true) {
-            vec![&specs[..]]
-        } else {
-            specs.chunks(1).collect()
-        };
-        for batch in batches {
-            let mut pending = self.submit_chains(tx, batch)?;
-            let k = pending.len();
-            match self.wait_chains(tx, &mut pending, k, self.opts.step_timeout)? {
-                Ok(d) => done.extend(d),
-                Err(e) => {
-                    // Port data never consumed breaks R-CONSOLE-03 (unless the step cites another).
-                    let step = &step.clone().citing(step.rule.unwrap_or(id::R_CONSOLE_03));
-                    return Err(self.not_completed(step, tx, &what, e));
-                }
-            }
-        }
-        if let (Some(m), Some(mark)) = (self.mem.as_mut(), mark) {
-            m.release(mark);
-        }
+        // Port data never consumed breaks R-CONSOLE-03 (unless the step cites another).
+        let citing = step.clone().citing(step.rule.unwrap_or(id::R_CONSOLE_03));
+        let batching = Batching::from_at_once(a.at_once);
+        let Completions { done, .. } =
+            self.exchange_chains(&citing, tx, &specs, batching, |_| what.clone())?;
         for d in &done {
             self.console_judge(tx, "a port data chain", d);
         }

@@ -8,6 +8,7 @@ use vhu_mock_frontend::exchange::{Exchanged, WRITABLE_FILL};
 use vhu_mock_frontend::gpio::{self, Config};
 use vhu_protocol::wire::ProtocolFeatures;
 
+use super::chains::{Batching, Completions};
 use super::{Ctx, StepError, StepResult};
 use crate::rules::{RuleId, id};
 use crate::scenario::model::{GpioMessage, GpioRequestArgs, GpioStatus, Step};
@@ -131,48 +132,20 @@ impl Ctx<'_> {
         let count = a.count.unwrap_or(1).clamp(1, MAX_COUNT);
         let spec = gpio::request_chain(kind, line, value, value_len, a.indirect == Some(true));
         let specs = vec![spec; count as usize];
-        let mark = self.mem.as_ref().map(|m| m.mark());
-        let mut pending = self.submit_chains(idx, &specs)?;
-        let ids: Vec<u16> = pending.iter().map(|p| p.id).collect();
-        let n = pending.len();
-        let done = match self.wait_chains(idx, &mut pending, n, self.opts.step_timeout)? {
-            Ok(d) => d,
-            Err(e) => {
-                let what = format!("{n} GPIO message(s) type {kind:#x} for line {line}");
-                return Err(self.not_completed(step, idx, &what, e));
-            }
-        };
-        if let (Some(m), Some(mark)) = (self.mem.as_mut(), mark) {
-            m.release(mark);
-        }
+        let completions = self.exchange_chains(step, idx, &specs, Batching::AtOnce, |n| {
+            format!("{n} GPIO message(s) type {kind:#x} for line {line}")
+        })?;
         let what = format!("GPIO message type {kind:#x} for line {line}");
-        self.gpio_in_order(idx, &what, &ids, &done)?;
+        // R-GPIO-07: messages for one line are answered in the order they were made available.
+        self.judge_in_order(
+            id::R_GPIO_07,
+            &completions,
+            || format!("{count} copies of the {what} on queue {idx} were answered out of order"),
+            "messages for the same line processed sequentially and answered in the order received (virtio 1.2 5.18.6.1)",
+        )?;
+        let Completions { done, .. } = completions;
         for d in &done {
             self.judge_gpio(step, idx, &what, a, config, d)?;
-        }
-        Ok(())
-    }
-
-    /// R-GPIO-07: messages for one line are answered in the order they were made available.
-    fn gpio_in_order(
-        &mut self,
-        idx: u16,
-        what: &str,
-        ids: &[u16],
-        done: &[Exchanged],
-    ) -> StepResult {
-        if ids.len() < 2 {
-            return Ok(());
-        }
-        self.mark(id::R_GPIO_07);
-        let order = super::used_order(ids, done);
-        if order.windows(2).any(|w| w[0] > w[1]) {
-            return Err(self.fail(
-                id::R_GPIO_07,
-                &format!("{} copies of the {what} on queue {idx} were answered out of order", ids.len()),
-                "messages for the same line processed sequentially and answered in the order received (virtio 1.2 5.18.6.1)",
-                format!("submitted {ids:?}, used in the order of submissions {order:?}"),
-            ));
         }
         Ok(())
     }

@@ -13,6 +13,7 @@ use vhu_protocol::virtio::gpu::{self, CONTROL_QUEUE, Config, type_name, vugpu};
 use vhu_protocol::wire::payload::Body;
 use vhu_protocol::{FrontendReq, Message};
 
+use super::chains::{Batching, Completions};
 use super::{Ctx, StepError, StepResult};
 use crate::rules::id;
 use crate::scenario::Action;
@@ -159,16 +160,11 @@ impl Ctx<'_> {
     ) -> Result<vhu_mock_frontend::exchange::Exchanged, StepError> {
         self.sync_unacked(step)?;
         self.gpu.last = Some(what.to_string());
-        let mark = self.mem.as_ref().map(|m| m.mark());
-        let mut pending = self.submit_chains(CONTROL_QUEUE, &[spec])?;
-        let r = self.wait_chains(CONTROL_QUEUE, &mut pending, 1, self.opts.step_timeout)?;
-        let d = match r {
-            Ok(mut d) => d.remove(0),
-            Err(e) => return Err(self.not_completed(step, CONTROL_QUEUE, what, e)),
-        };
-        if let (Some(m), Some(mark)) = (self.mem.as_mut(), mark) {
-            m.release(mark);
-        }
+        let Completions { mut done, .. } =
+            self.exchange_chains(step, CONTROL_QUEUE, &[spec], Batching::AtOnce, |_| {
+                what.to_string()
+            })?;
+        let d = done.remove(0);
         self.judge_common(CONTROL_QUEUE, what, &d)?;
         self.mark_datapath(step, CONTROL_QUEUE);
         Ok(d)

@@ -7,6 +7,7 @@
 use vhu_mock_frontend::exchange::Exchanged;
 use vhu_mock_frontend::i2c::{self, Transfer};
 
+use super::chains::{Batching, Completions};
 use super::{Ctx, StepError, StepResult};
 use crate::rules::id;
 use crate::scenario::model::{GpioStatus, I2cTransferArgs, Step};
@@ -32,22 +33,19 @@ impl Ctx<'_> {
                 specs.push(i2c::request_chain(addr, t, fail_next, indirect));
             }
         }
-        let mark = self.mem.as_ref().map(|m| m.mark());
-        let mut pending = self.submit_chains(idx, &specs)?;
-        let ids: Vec<u16> = pending.iter().map(|p| p.id).collect();
-        let n = pending.len();
-        let done = match self.wait_chains(idx, &mut pending, n, self.opts.step_timeout)? {
-            Ok(d) => d,
-            Err(e) => {
-                let what = format!("{n} I2C request(s) to address {addr:#04x}");
-                return Err(self.not_completed(step, idx, &what, e));
-            }
-        };
-        if let (Some(m), Some(mark)) = (self.mem.as_mut(), mark) {
-            m.release(mark);
-        }
+        let completions = self.exchange_chains(step, idx, &specs, Batching::AtOnce, |n| {
+            format!("{n} I2C request(s) to address {addr:#04x}")
+        })?;
         let what = format!("I2C request(s) {group:?} to address {addr:#04x}");
-        self.i2c_in_order(idx, &what, &ids, &done)?;
+        // R-I2C-03: requests made available together are used in the order made available.
+        let n = completions.ids.len();
+        self.judge_in_order(
+            id::R_I2C_03,
+            &completions,
+            || format!("{n} {what} on queue {idx} were completed out of order"),
+            "requests received at a time processed in order (virtio 1.2 5.19.6.2)",
+        )?;
+        let Completions { done, .. } = completions;
         // In used order, which is the order made available (checked above). After an ERR in
         // a group, the rest of the group is failed whatever its status byte says (5.19.6.1):
         // only judged for what every device owes.
@@ -75,34 +73,6 @@ impl Ctx<'_> {
                 "the device does not offer VIRTIO_I2C_F_ZERO_LENGTH_REQUEST (bit 0)",
                 "feature bit 0 offered: every virtio-i2c device must (virtio 1.2 5.19.6.2)",
                 format!("GET_FEATURES {:#x}", self.offer.features),
-            ));
-        }
-        Ok(())
-    }
-
-    /// R-I2C-03: requests made available together are used in the order they were made
-    /// available.
-    fn i2c_in_order(
-        &mut self,
-        idx: u16,
-        what: &str,
-        ids: &[u16],
-        done: &[Exchanged],
-    ) -> StepResult {
-        if ids.len() < 2 {
-            return Ok(());
-        }
-        self.mark(id::R_I2C_03);
-        let order = super::used_order(ids, done);
-        if order.windows(2).any(|w| w[0] > w[1]) {
-            return Err(self.fail(
-                id::R_I2C_03,
-                &format!(
-                    "{} {what} on queue {idx} were completed out of order",
-                    ids.len()
-                ),
-                "requests received at a time processed in order (virtio 1.2 5.19.6.2)",
-                format!("submitted {ids:?}, used in the order of submissions {order:?}"),
             ));
         }
         Ok(())

@@ -926,11 +926,3 @@ fn shorten(s: &str, max: usize) -> String {
         None => s.to_string(),
     }
 }
-
-/// For each request used (in `done`'s order), its place among the submitted `ids`: ascending when
-/// the device used them in the order they were made available.
-fn used_order(ids: &[u16], done: &[vhu_mock_frontend::exchange::Exchanged]) -> Vec<usize> {
-    done.iter()
-        .filter_map(|d| ids.iter().position(|&i| i == d.id))
-        .collect()
-}

@@ -17,6 +17,7 @@ use vhu_protocol::FrontendReq;
 use vhu_protocol::virtio::net as vnet;
 use vhu_protocol::wire::payload::Body;
 
+use super::chains::{Batching, Completions};
 use super::{Ctx, StepError, StepResult};
 use crate::engine::chain;
 use crate::rules::id;
@@ -88,17 +89,10 @@ impl Ctx<'_> {
                 }
             };
         }
-        let mark = self.mem.as_ref().map(|m| m.mark());
-        let mut pending = self.submit_chains(idx, &specs)?;
-        let done = match self.wait_chains(idx, &mut pending, specs.len(), self.opts.step_timeout)? {
-            Ok(d) => d,
-            Err(e) => {
-                return Err(self.not_completed(step, idx, &format!("{n} transmitted frame(s)"), e));
-            }
-        };
-        if let (Some(m), Some(mark)) = (self.mem.as_mut(), mark) {
-            m.release(mark);
-        }
+        let Completions { done, .. } =
+            self.exchange_chains(step, idx, &specs, Batching::AtOnce, |_| {
+                format!("{n} transmitted frame(s)")
+            })?;
         self.judge_tx(step, idx, &done, frames[0].len())?;
         self.net.sent.entry(idx).or_default().extend(frames);
         self.check_old_call(idx, old_call)

@@ -10,6 +10,7 @@ use vhu_mock_frontend::WaitError;
 use vhu_mock_frontend::exchange::{Exchanged, Submitted};
 use vhu_mock_frontend::rng;
 
+use super::chains::{Batching, Completions};
 use super::{Ctx, StepError, StepResult};
 use crate::rules::id;
 use crate::scenario::Expect;
@@ -50,27 +51,11 @@ impl Ctx<'_> {
                 self.rng_must_wait(step, idx, &specs, window)?;
                 continue;
             }
-            let mark = self.mem.as_ref().map(|m| m.mark());
-            let mut done = Vec::new();
-            if a.at_once == Some(true) {
-                let mut pending = self.submit_chains(idx, &specs)?;
-                let n = pending.len();
-                match self.wait_chains(idx, &mut pending, n, self.opts.step_timeout)? {
-                    Ok(d) => done = d,
-                    Err(e) => return Err(self.rng_lost(step, idx, n, e)),
-                }
-            } else {
-                for spec in &specs {
-                    let mut pending = self.submit_chains(idx, std::slice::from_ref(spec))?;
-                    match self.wait_chains(idx, &mut pending, 1, self.opts.step_timeout)? {
-                        Ok(d) => done.extend(d),
-                        Err(e) => return Err(self.rng_lost(step, idx, 1, e)),
-                    }
-                }
-            }
-            if let (Some(m), Some(mark)) = (self.mem.as_mut(), mark) {
-                m.release(mark);
-            }
+            let batching = Batching::from_at_once(a.at_once);
+            let Completions { done, .. } =
+                self.exchange_chains(step, idx, &specs, batching, |n| {
+                    format!("{n} entropy request(s)")
+                })?;
             for d in &done {
                 self.judge_entropy(idx, d)?;
             }

@@ -7,6 +7,7 @@
 use vhu_mock_frontend::exchange::Exchanged;
 use vhu_mock_frontend::scmi::{self, Header, Response};
 
+use super::chains::{Batching, Completions};
 use super::{Ctx, StepResult};
 use crate::rules::{RuleId, id};
 use crate::scenario::model::{ScmiCommandArgs, ScmiStatus, Step};
@@ -41,29 +42,17 @@ impl Ctx<'_> {
                 )
             })
             .collect();
-        let mark = self.mem.as_ref().map(|m| m.mark());
-        let mut pending = self.submit_chains(idx, &specs)?;
-        let ids: Vec<u16> = pending.iter().map(|p| p.id).collect();
-        let n = pending.len();
-        let done = match self.wait_chains(idx, &mut pending, n, self.opts.step_timeout)? {
-            Ok(d) => d,
-            Err(e) => {
-                let rule = match (a.split == Some(true), n > 1) {
-                    (true, _) => id::R_SCMI_06,
-                    (false, true) => id::R_SCMI_05,
-                    (false, false) => id::R_DEV_03,
-                };
-                let step = Step {
-                    rule: Some(step.rule.unwrap_or(rule)),
-                    ..step.clone()
-                };
-                return Err(self.not_completed(&step, idx, &format!("{n} SCMI command(s)"), e));
-            }
+        let rule = match (a.split == Some(true), specs.len() > 1) {
+            (true, _) => id::R_SCMI_06,
+            (false, true) => id::R_SCMI_05,
+            (false, false) => id::R_DEV_03,
         };
-        if let (Some(m), Some(mark)) = (self.mem.as_mut(), mark) {
-            m.release(mark);
-        }
-        if n > 1 {
+        let citing = step.clone().citing(step.rule.unwrap_or(rule));
+        let Completions { ids, done } =
+            self.exchange_chains(&citing, idx, &specs, Batching::AtOnce, |n| {
+                format!("{n} SCMI command(s)")
+            })?;
+        if specs.len() > 1 {
             self.mark(id::R_SCMI_05);
         }
         if a.split == Some(true) {

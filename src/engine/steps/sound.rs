@@ -13,6 +13,7 @@ use vhu_protocol::virtio::sound::{
     self, CONTROL_QUEUE, ChmapInfo, Config, JackInfo, PcmInfo, TX_QUEUE, request_name, status_name,
 };
 
+use super::chains::{Batching, Completions};
 use super::{Ctx, StepError, StepResult};
 use crate::rules::id;
 use crate::scenario::Action;
@@ -163,16 +164,11 @@ impl Ctx<'_> {
     ) -> Result<(Exchanged, u32), StepError> {
         self.sync_unacked(step)?;
         self.sound.last = Some(what.clone());
-        let mark = self.mem.as_ref().map(|m| m.mark());
-        let mut pending = self.submit_chains(CONTROL_QUEUE, &[spec])?;
-        let r = self.wait_chains(CONTROL_QUEUE, &mut pending, 1, self.opts.step_timeout)?;
-        let d = match r {
-            Ok(mut d) => d.remove(0),
-            Err(e) => return Err(self.not_completed(step, CONTROL_QUEUE, &what, e)),
-        };
-        if let (Some(m), Some(mark)) = (self.mem.as_mut(), mark) {
-            m.release(mark);
-        }
+        let Completions { mut done, .. } =
+            self.exchange_chains(step, CONTROL_QUEUE, &[spec], Batching::AtOnce, |_| {
+                what.clone()
+            })?;
+        let d = done.remove(0);
         self.judge_common(CONTROL_QUEUE, &what, &d)?;
         self.mark_datapath(step, CONTROL_QUEUE);
         self.mark(id::R_SND_01);
@@ -409,24 +405,9 @@ impl Ctx<'_> {
             .collect();
         let what = format!("a PCM I/O message of {period} bytes for stream {stream}");
         self.sound.last = Some(format!("{n} x {what} on the tx queue"));
-        let mark = self.mem.as_ref().map(|m| m.mark());
-        let mut done = Vec::new();
-        let batches: Vec<&[ChainSpec]> = if a.at_once == Some(true) {
-            vec![&specs[..]]
-        } else {
-            specs.chunks(1).collect()
-        };
-        for batch in batches {
-            let mut pending = self.submit_chains(TX_QUEUE, batch)?;
-            let k = pending.len();
-            match self.wait_chains(TX_QUEUE, &mut pending, k, self.opts.step_timeout)? {
-                Ok(d) => done.extend(d),
-                Err(e) => return Err(self.not_completed(step, TX_QUEUE, &what, e)),
-            }
-        }
-        if let (Some(m), Some(mark)) = (self.mem.as_mut(), mark) {
-            m.release(mark);
-        }
+        let batching = Batching::from_at_once(a.at_once);
+        let Completions { done, .. } =
+            self.exchange_chains(step, TX_QUEUE, &specs, batching, |_| what.clone())?;
         for d in &done {
             self.judge_io(&what, d)?;
         }
