@@ -20,6 +20,8 @@ enum Answer {
     Nothing,
     /// Closes the connection.
     Close,
+    /// Writes these bytes as they are (a reply with a header of the script's making).
+    Raw(Vec<u8>),
 }
 
 /// A script: the answer to the `n`-th request (counted per connection from 0) with `code`,
@@ -90,8 +92,23 @@ fn serve(mut s: UnixStream, script: Script, log: &Mutex<Vec<u32>>) {
             }
             Answer::Nothing => {}
             Answer::Close => return,
+            Answer::Raw(bytes) => {
+                if s.write_all(&bytes).is_err() {
+                    return;
+                }
+            }
         }
     }
+}
+
+/// A message with this header and a u64 payload.
+fn raw_u64(code: u32, flags: u32, v: u64) -> Answer {
+    let mut m = Vec::with_capacity(20);
+    m.extend(code.to_ne_bytes());
+    m.extend(flags.to_ne_bytes());
+    m.extend(8u32.to_ne_bytes());
+    m.extend(v.to_ne_bytes());
+    Answer::Raw(m)
 }
 
 fn u64_reply(v: u64) -> Answer {
@@ -232,4 +249,54 @@ fn a_raw_message_the_back_end_survives_is_alive() {
     let r = run(&f, "\"R-ROB-01\"", steps);
     assert_eq!(r.outcome, Outcome::Pass, "{:?}", r.findings);
     assert_eq!(*f.seen.lock().unwrap(), vec![999, GET_FEATURES]);
+}
+
+/// GET_FEATURES, whose reply the tests below break one way each.
+const GET_FEATURES_STEP: &str = "[[step]]\ndo = \"send\"\nrequest = \"GET_FEATURES\"\n";
+
+#[test]
+fn a_reply_under_another_request_code_breaks_the_wire_rule_for_codes() {
+    // GET_PROTOCOL_FEATURES (15) answering GET_FEATURES.
+    let f = fake(|_, code, flags, _| match code {
+        GET_FEATURES => raw_u64(15, 0x5, 1 << 32),
+        _ => plain(code, flags),
+    });
+    let r = run(&f, "\"R-NEG-01\"", GET_FEATURES_STEP);
+    assert_eq!(r.outcome, Outcome::Fail, "{:?}", r.findings);
+    assert_eq!(finding_rules(&r), vec![id::R_WIRE_05]);
+}
+
+#[test]
+fn a_reply_without_the_reply_flag_breaks_the_wire_rule_for_flags() {
+    let f = fake(|_, code, flags, _| match code {
+        GET_FEATURES => raw_u64(GET_FEATURES, 0x1, 1 << 32),
+        _ => plain(code, flags),
+    });
+    let r = run(&f, "\"R-NEG-01\"", GET_FEATURES_STEP);
+    assert_eq!(r.outcome, Outcome::Fail, "{:?}", r.findings);
+    assert_eq!(finding_rules(&r), vec![id::R_WIRE_02]);
+}
+
+#[test]
+fn a_reply_of_another_protocol_version_breaks_the_wire_rule_for_versions() {
+    let f = fake(|_, code, flags, _| match code {
+        GET_FEATURES => raw_u64(GET_FEATURES, 0x6, 1 << 32),
+        _ => plain(code, flags),
+    });
+    let r = run(&f, "\"R-NEG-01\"", GET_FEATURES_STEP);
+    assert_eq!(r.outcome, Outcome::Fail, "{:?}", r.findings);
+    assert_eq!(finding_rules(&r), vec![id::R_WIRE_03]);
+}
+
+#[test]
+fn an_ack_to_a_message_sent_without_need_reply_is_unrequested() {
+    // SET_OWNER (3) without NEED_REPLY, acked anyway; the ack is in the way of the next reply.
+    let f = fake(|_, code, flags, _| match code {
+        3 => u64_reply(0),
+        _ => plain(code, flags),
+    });
+    let steps = format!("[[step]]\ndo = \"send\"\nrequest = \"SET_OWNER\"\n{GET_FEATURES_STEP}");
+    let r = run(&f, "\"R-NEG-01\"", &steps);
+    assert_eq!(r.outcome, Outcome::Fail, "{:?}", r.findings);
+    assert_eq!(finding_rules(&r), vec![id::R_ACK_03]);
 }
