@@ -76,6 +76,19 @@ impl ChainSpec {
         }
     }
 
+    /// `size` device-writable bytes over `segments` descriptors (at least one, at most one a
+    /// byte), the first taking the remainder.
+    pub fn writable_split(size: u32, segments: u32, indirect: bool) -> Self {
+        let segments = segments.clamp(1, size.max(1));
+        let mut sizes = vec![size / segments; segments as usize];
+        sizes[0] += size % segments;
+        Self {
+            writable: sizes,
+            indirect,
+            ..Self::default()
+        }
+    }
+
     /// Total bytes of device-writable buffers.
     pub fn writable_len(&self) -> u64 {
         self.writable.iter().map(|&l| u64::from(l)).sum()

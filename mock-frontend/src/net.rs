@@ -69,14 +69,7 @@ pub fn tx_chain(frame: &[u8], segments: u32, indirect: bool) -> ChainSpec {
 
 /// A receive buffer of `size` device-writable bytes, over `segments` descriptors.
 pub fn rx_chain(size: u32, segments: u32, indirect: bool) -> ChainSpec {
-    let segments = segments.clamp(1, size.max(1));
-    let mut sizes = vec![size / segments; segments as usize];
-    sizes[0] += size % segments;
-    ChainSpec {
-        readable: vec![],
-        writable: sizes,
-        indirect,
-    }
+    ChainSpec::writable_split(size, segments, indirect)
 }
 
 /// Why a receive completion could not be read as a frame.

@@ -6,14 +6,7 @@ use crate::exchange::{ChainSpec, Exchanged};
 
 /// An entropy request of `size` bytes over `segments` descriptors.
 pub fn entropy_chain(size: u32, segments: u32, indirect: bool) -> ChainSpec {
-    let segments = segments.clamp(1, size.max(1));
-    let mut sizes = vec![size / segments; segments as usize];
-    sizes[0] += size % segments;
-    ChainSpec {
-        readable: vec![],
-        writable: sizes,
-        indirect,
-    }
+    ChainSpec::writable_split(size, segments, indirect)
 }
 
 /// The random bytes a completion says it wrote (its used length).
