@@ -9,11 +9,12 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(
     name = "vhu-mock-backend",
-    about = "Reference vhost-user back-end of vhu-conform (blk, net, rng, fs, vsock, console, input), with fault modes"
+    about = "Reference vhost-user back-end of vhu-conform (blk, net, rng, fs, vsock, scmi, gpio, i2c, console, input, sound, gpu), with fault modes"
 )]
 pub struct Args {
     /// The virtio device served: blk (a RAM disk, the default), net (a loopback port), rng,
-    /// fs, vsock, console (one console port), input (a keyboard).
+    /// fs, vsock, scmi, gpio, i2c, console (two ports), input (a keyboard), sound (null audio),
+    /// gpu (one 2D scanout).
     #[arg(long, value_enum, default_value_t = DeviceKind::Blk)]
     pub device: DeviceKind,
     /// Listen on this Unix socket; keep serving front-ends one after another.
@@ -76,7 +77,7 @@ pub enum DeviceKind {
     Gpio,
     /// virtio-i2c, an adapter with one simulated client at 0x20 (5.19).
     I2c,
-    /// virtio-console, one console port with MULTIPORT (5.3).
+    /// virtio-console with MULTIPORT, two ports: a console and a named one (5.3).
     Console,
     /// virtio-input, a keyboard (5.8).
     Input,
