@@ -20,21 +20,21 @@ pub enum ReplyViolation {
     /// A reply carrying another request's code.
     #[error("reply carries request code {got}, not {want}")]
     WrongCode {
-        /// The code received.
+        /// The request code the reply carries.
         got: u32,
-        /// The code of the request answered.
+        /// The code of the request being answered.
         want: u32,
     },
     /// A message without the REPLY flag where a reply was due.
     #[error("message without the REPLY flag (flags {flags:#x})")]
     NoReplyFlag {
-        /// The flags received.
+        /// The header flags of the message received.
         flags: u32,
     },
     /// Header version bits other than 1.
     #[error("version {} in flags {flags:#x}, not 1", flags & 3)]
     BadVersion {
-        /// The flags received.
+        /// The header flags, whose bits 0-1 are the version.
         flags: u32,
     },
     /// A payload of the wrong size for an ack (`ack`) or a fixed-size reply.
@@ -42,39 +42,39 @@ pub enum ReplyViolation {
     WrongSize {
         /// The payload size received.
         got: usize,
-        /// The size required.
+        /// The size the reply must have (8 for an ack).
         want: usize,
-        /// Whether the reply is an ack.
+        /// Whether the reply is an ack (of an ack-only request).
         ack: bool,
     },
     /// A header announcing more payload than any message may carry.
     #[error("reply announces {size} payload bytes (bound {max})")]
     OversizedPayload {
-        /// The size announced.
+        /// The payload size the header announces.
         size: u32,
-        /// The bound.
+        /// The connection's payload bound.
         max: u32,
     },
     /// More fds than any message may carry.
     #[error("reply carries {got} fds")]
     TooManyFds {
-        /// The fds received.
+        /// The number of fds that came with the reply.
         got: usize,
     },
     /// GET_SHMEM_CONFIG's `nregions` does not count the non-zero sizes.
     #[error("reply payload: shmem nregions declares {declared} but {actual} are present")]
     ShmemConfigCount {
-        /// The count declared.
+        /// The `nregions` the reply declares.
         declared: u64,
-        /// The non-zero sizes.
+        /// How many of its sizes are non-zero.
         actual: u64,
     },
     /// A GET_SHMEM_CONFIG region size that is not a multiple of the page size.
     #[error("reply payload: shmem region {index} size {size:#x} is not a multiple of {page:#x}")]
     ShmemSizeUnaligned {
-        /// The region.
+        /// The shmid of the region.
         index: usize,
-        /// Its size.
+        /// The size the reply gives it.
         size: u64,
         /// The host page size.
         page: u64,
@@ -91,7 +91,7 @@ pub enum ReplyViolation {
     /// GET_INFLIGHT_FD's reply carries other than one fd.
     #[error("{got} fds with the inflight area, not 1")]
     InflightFds {
-        /// The fds received.
+        /// The number of fds that came with the reply.
         got: usize,
     },
     /// GET_INFLIGHT_FD's area is unusable (zero, wrapping, too large or small, past the fd).
@@ -105,9 +105,9 @@ pub enum SessionError {
     /// The back-end's reply breaks the wire rules (wrong code, flags, version or size).
     #[error("bad reply to {}: {reason}", during.spec_name())]
     BadReply {
-        /// The request answered.
+        /// The request being answered.
         during: FrontendReq,
-        /// What is wrong with it.
+        /// What is wrong with the reply.
         reason: ReplyViolation,
         /// The reply as received.
         message: Box<Message>,
@@ -121,7 +121,7 @@ pub enum SessionError {
     /// A local resource failed: not the back-end's fault.
     #[error("{what}")]
     Local {
-        /// What failed.
+        /// What the harness was doing (the error's whole message).
         what: String,
         /// The I/O error the system reported.
         #[source]
@@ -133,17 +133,17 @@ pub enum SessionError {
     /// The back-end acked a request with a non-zero value.
     #[error("back-end acked {} with {value} (failure)", during.spec_name())]
     Nack {
-        /// The request.
+        /// The request that was refused.
         during: FrontendReq,
-        /// The ack value.
+        /// The non-zero value of the ack.
         value: u64,
     },
     /// No reply within the timeout.
     #[error("no reply to {} within {waited:?}", during.spec_name())]
     Timeout {
-        /// The request.
+        /// The request whose reply is missing.
         during: FrontendReq,
-        /// How long it waited.
+        /// How long the reply was waited for.
         waited: Duration,
     },
     /// The back-end stopped reading: a message could not be sent whole, its socket buffer
@@ -154,15 +154,15 @@ pub enum SessionError {
         during: Option<FrontendReq>,
         /// How long no byte could be sent.
         waited: Duration,
-        /// Bytes sent.
+        /// Bytes of the message that did go out.
         sent: usize,
-        /// Bytes of the message.
+        /// Bytes of the whole message.
         total: usize,
     },
     /// A message arrived that nobody asked for.
     #[error("unexpected message from the back-end: code {} flags {:#x}", message.header.request, message.header.flags)]
     UnexpectedMessage {
-        /// The message.
+        /// The message, as received.
         message: Box<Message>,
     },
 }

@@ -4,11 +4,11 @@
 use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 
-use vhu_protocol::{FrontendReq, Message};
 use vhu_protocol::wire::payload::{
     Body, ConfigHeader, DeviceStateParams, InflightDesc, IotlbMsg, MemRegion, VringAddr,
     VringState, vring_fd_word,
 };
+use vhu_protocol::{FrontendReq, Message};
 
 use super::{Ack, ReplyViolation, Session, SessionError};
 use crate::channel::{BackendChannel, IotlbLink};
@@ -17,42 +17,43 @@ use crate::iommu::{MainLink, Mapping};
 use crate::memory::{GuestMemory, GuestRegion};
 
 impl Session {
-    /// GET_FEATURES.
+    /// GET_FEATURES: the virtio features the back-end offers (0 if the reply is not a u64).
     pub fn get_features(&mut self) -> Result<u64, SessionError> {
         self.u64_reply(FrontendReq::GetFeatures)
     }
 
-    /// SET_FEATURES.
+    /// SET_FEATURES of `f`; the session records it as the acked virtio features.
     pub fn set_features(&mut self, f: u64) -> Result<Ack, SessionError> {
         self.ack(FrontendReq::SetFeatures, &Body::U64(f), &[])
     }
 
-    /// GET_PROTOCOL_FEATURES.
+    /// GET_PROTOCOL_FEATURES: the protocol features the back-end offers.
     pub fn get_protocol_features(&mut self) -> Result<u64, SessionError> {
         self.u64_reply(FrontendReq::GetProtocolFeatures)
     }
 
-    /// SET_PROTOCOL_FEATURES.
+    /// SET_PROTOCOL_FEATURES of `f`; the session records it as the acked protocol features
+    /// (REPLY_ACK among them turns on NEED_REPLY).
     pub fn set_protocol_features(&mut self, f: u64) -> Result<Ack, SessionError> {
         self.ack(FrontendReq::SetProtocolFeatures, &Body::U64(f), &[])
     }
 
-    /// SET_OWNER.
+    /// SET_OWNER: claims the back-end for this session.
     pub fn set_owner(&mut self) -> Result<Ack, SessionError> {
         self.ack(FrontendReq::SetOwner, &Body::Empty, &[])
     }
 
-    /// RESET_OWNER.
+    /// RESET_OWNER: releases ownership (deprecated by the spec).
     pub fn reset_owner(&mut self) -> Result<Ack, SessionError> {
         self.ack(FrontendReq::ResetOwner, &Body::Empty, &[])
     }
 
-    /// GET_QUEUE_NUM.
+    /// GET_QUEUE_NUM: the largest number of queues the back-end supports (MQ).
     pub fn get_queue_num(&mut self) -> Result<u64, SessionError> {
         self.u64_reply(FrontendReq::GetQueueNum)
     }
 
-    /// GET_MAX_MEM_SLOTS.
+    /// GET_MAX_MEM_SLOTS: how many regions ADD_MEM_REG may install (CONFIGURE_MEM_SLOTS).
     pub fn get_max_mem_slots(&mut self) -> Result<u64, SessionError> {
         self.u64_reply(FrontendReq::GetMaxMemSlots)
     }
@@ -85,17 +86,17 @@ impl Session {
         self.ack(req, &Body::VringState(VringState { index, num }), &[])
     }
 
-    /// SET_VRING_NUM.
+    /// SET_VRING_NUM: the ring size of vring `index`.
     pub fn set_vring_num(&mut self, index: u32, num: u32) -> Result<Ack, SessionError> {
         self.vring_state(FrontendReq::SetVringNum, index, num)
     }
 
-    /// SET_VRING_BASE.
+    /// SET_VRING_BASE: the next avail index the back-end reads on vring `index`.
     pub fn set_vring_base(&mut self, index: u32, base: u32) -> Result<Ack, SessionError> {
         self.vring_state(FrontendReq::SetVringBase, index, base)
     }
 
-    /// SET_VRING_ENABLE.
+    /// SET_VRING_ENABLE: enables or disables vring `index`.
     pub fn set_vring_enable(&mut self, index: u32, enable: bool) -> Result<Ack, SessionError> {
         self.vring_state(FrontendReq::SetVringEnable, index, enable.into())
     }
@@ -131,7 +132,7 @@ impl Session {
         }
     }
 
-    /// SET_VRING_ADDR.
+    /// SET_VRING_ADDR: where vring `addr.index`'s three areas are, as user addresses.
     pub fn set_vring_addr(&mut self, addr: &VringAddr) -> Result<Ack, SessionError> {
         self.ack(FrontendReq::SetVringAddr, &Body::VringAddr(*addr), &[])
     }
@@ -189,7 +190,7 @@ impl Session {
             .expect("explicit reply"))
     }
 
-    /// SET_CONFIG.
+    /// SET_CONFIG: writes `data` at `offset` of the device config space.
     pub fn set_config(
         &mut self,
         offset: u32,
@@ -216,7 +217,7 @@ impl Session {
         self.ack(FrontendReq::SetStatus, &Body::U64(status.into()), &[])
     }
 
-    /// GET_STATUS.
+    /// GET_STATUS: the device status byte, as a u64.
     pub fn get_status(&mut self) -> Result<u64, SessionError> {
         self.u64_reply(FrontendReq::GetStatus)
     }
@@ -344,12 +345,10 @@ impl Session {
             .expect("explicit reply"))
     }
 
-    /// CHECK_DEVICE_STATE.
+    /// CHECK_DEVICE_STATE: the back-end's u64 result of the last state transfer (0 success).
     pub fn check_device_state(&mut self) -> Result<u64, SessionError> {
         self.u64_reply(FrontendReq::CheckDeviceState)
     }
-
-
 
     /// SET_BACKEND_REQ_FD: creates the channel's socketpair, starts serving it, hands one end over.
     pub fn set_backend_req_fd(&mut self) -> Result<Ack, SessionError> {

@@ -123,7 +123,7 @@ impl Session {
         t
     }
 
-    /// The options.
+    /// The options in force (the reply timeout as last set).
     pub fn options(&self) -> &SessionOptions {
         &self.opts
     }
@@ -163,7 +163,6 @@ impl Session {
     pub fn channel(&self) -> Option<&BackendChannel> {
         self.channel.as_ref()
     }
-
 
     /// Takes the back-end channel out of the session (to keep watching it after a new
     /// SET_BACKEND_REQ_FD, or to close it by dropping it).

@@ -8,9 +8,9 @@ use super::{Ack, Session, SessionError};
 /// What the front-end wants to negotiate; the session takes the intersection with the offer.
 #[derive(Copy, Clone, Debug)]
 pub struct Wanted {
-    /// Virtio feature bits.
+    /// Virtio feature bits to ack where offered (bit 30 is acked whenever offered).
     pub features: u64,
-    /// Protocol feature bits.
+    /// Protocol feature bits to ack where offered.
     pub protocol: u64,
 }
 
@@ -40,7 +40,7 @@ impl Wanted {
     }
 }
 
-/// What was negotiated.
+/// What [`Session::negotiate`] agreed with the back-end.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Negotiated {
     /// Virtio features acked with SET_FEATURES.

@@ -250,5 +250,4 @@ impl Session {
             .expect("explicit-reply request");
         Ok(m.u64().unwrap_or_default())
     }
-
 }
