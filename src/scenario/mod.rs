@@ -1,9 +1,7 @@
 //! Scenarios: the file format ([`model`]), loading and checking files (embedded in the binary and
 //! from user directories), and selection by id glob.
 
-pub mod gpu;
 pub mod model;
-pub mod sound;
 
 use std::path::{Path, PathBuf};
 
