@@ -11,7 +11,8 @@ pub const STATUSQ: u16 = 1;
 
 /// Bytes of `struct virtio_input_event`.
 pub const EVENT_SIZE: usize = 8;
-/// Bytes of `struct virtio_input_config`: select, subsel, size, reserved[5], the 128-byte union.
+/// Bytes of `struct virtio_input_config`: select, subsel, size, `reserved[5]`, the 128-byte
+/// union.
 pub const CONFIG_SIZE: u32 = 136;
 /// Offset of the union `u` in the config space.
 pub const UNION_OFFSET: usize = 8;
