@@ -101,10 +101,12 @@ pub const PASSIVE_RULES: &[RuleId] = &[
 pub struct Judge {
     profile: Profile,
     level: Level,
-    /// Per connection.
+    /// What SET_FEATURES acked on this connection ([`Judge::new_connection`] resets it, as
+    /// every field that says "on this connection").
     acked_features: Option<u64>,
     acked_protocol: Option<u64>,
     owner: bool,
+    /// The memory table as SET_MEM_TABLE, ADD_MEM_REG and REM_MEM_REG left it.
     table: Vec<MemRegion>,
     rings: BTreeMap<u32, RingSeen>,
     /// A memory table the back-end refused and nothing acked since (R-FE-06).
@@ -112,7 +114,7 @@ pub struct Judge {
     /// Departures: the first per rule, with how many more followed.
     findings: Vec<(Finding, usize)>,
     checked: BTreeSet<RuleId>,
-    /// Messages judged.
+    /// Messages judged so far, on every connection (a note of the result).
     pub messages: usize,
     /// SET_OWNER or SET_FEATURES came on this connection: the front-end went on past the
     /// offer (R-NEG-17).
