@@ -65,7 +65,7 @@ pub struct Event {
     pub ev_type: u16,
     /// The code within the type.
     pub code: u16,
-    /// The value.
+    /// The event's value (a key's 1 down, 0 up; an LED's state; an axis position).
     pub value: u32,
 }
 

@@ -41,7 +41,7 @@ pub enum LoadErrorKind {
     UnknownFeature {
         /// "virtio" or "protocol".
         kind: &'static str,
-        /// The name.
+        /// The name as the file wrote it.
         name: String,
     },
     /// No rule listed.
@@ -72,7 +72,7 @@ impl LoadErrorKind {
 #[derive(Debug, Error)]
 #[error("{}{}: {kind}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
 pub struct ScenarioLoadError {
-    /// The file.
+    /// The scenario file (or directory) the problem is in.
     pub path: PathBuf,
     /// The line, when known.
     pub line: Option<usize>,
