@@ -3,7 +3,7 @@
 //! `virtio_gpio_request` (le16 type, le16 gpio, le32 value) then the device-writable
 //! `virtio_gpio_response` (u8 status, u8 value; for GET_LINE_NAMES u8 status then
 //! gpio_names_size bytes of names). The config space is `virtio_gpio_config` (le16 ngpio,
-//! u8 padding[2], le32 gpio_names_size). Facts only: the engine judges the reply.
+//! `u8 padding[2]`, le32 gpio_names_size). Facts only: the engine judges the reply.
 
 use crate::exchange::{ChainSpec, Exchanged};
 

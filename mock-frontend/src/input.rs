@@ -11,7 +11,8 @@ pub const STATUSQ: u16 = 1;
 
 /// Bytes of `struct virtio_input_event`.
 pub const EVENT_SIZE: usize = 8;
-/// Bytes of `struct virtio_input_config`: select, subsel, size, reserved[5], the 128-byte union.
+/// Bytes of `struct virtio_input_config`: select, subsel, size, `reserved[5]`, the 128-byte
+/// union.
 pub const CONFIG_SIZE: u32 = 136;
 /// Offset of the union `u` in the config space.
 pub const UNION_OFFSET: usize = 8;
@@ -64,7 +65,7 @@ pub struct Event {
     pub ev_type: u16,
     /// The code within the type.
     pub code: u16,
-    /// The value.
+    /// The event's value (a key's 1 down, 0 up; an LED's state; an axis position).
     pub value: u32,
 }
 

@@ -5,10 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use vhu_protocol::wire::payload::{
-    Body, BodyKind, InflightDesc, MemRegion, VRING_NOFD_MASK, VringAddr,
-};
-use vhu_protocol::{FrontendReq, Message, ProtocolFeatures, VirtioFeatures};
+use vhu_protocol::wire::payload::{Body, InflightDesc, MemRegion, VringAddr};
+use vhu_protocol::{FrontendReq, Message, ProtocolFeatures};
 
 use crate::engine::Finding;
 use crate::rules::{RuleId, id};
@@ -18,6 +16,12 @@ use super::backend::Profile;
 
 mod channel;
 mod features;
+mod layout;
+mod memory;
+mod negotiation;
+mod rings;
+
+use memory::body_regions;
 
 /// What the front-end told us about one ring so far.
 #[derive(Clone, Debug, Default)]
@@ -97,10 +101,12 @@ pub const PASSIVE_RULES: &[RuleId] = &[
 pub struct Judge {
     profile: Profile,
     level: Level,
-    /// Per connection.
+    /// What SET_FEATURES acked on this connection ([`Judge::new_connection`] resets it, as
+    /// every field that says "on this connection").
     acked_features: Option<u64>,
     acked_protocol: Option<u64>,
     owner: bool,
+    /// The memory table as SET_MEM_TABLE, ADD_MEM_REG and REM_MEM_REG left it.
     table: Vec<MemRegion>,
     rings: BTreeMap<u32, RingSeen>,
     /// A memory table the back-end refused and nothing acked since (R-FE-06).
@@ -108,7 +114,7 @@ pub struct Judge {
     /// Departures: the first per rule, with how many more followed.
     findings: Vec<(Finding, usize)>,
     checked: BTreeSet<RuleId>,
-    /// Messages judged.
+    /// Messages judged so far, on every connection (a note of the result).
     pub messages: usize,
     /// SET_OWNER or SET_FEATURES came on this connection: the front-end went on past the
     /// offer (R-NEG-17).
@@ -147,19 +153,6 @@ pub fn describe(m: &Message) -> String {
         m.header.size,
         m.fds.len()
     )
-}
-
-fn overlaps(a: &MemRegion, b: &MemRegion) -> Option<&'static str> {
-    let meet = |s1: u64, s2: u64, n1: u64, n2: u64| {
-        s1 < s2.saturating_add(n2) && s2 < s1.saturating_add(n1)
-    };
-    if meet(a.guest_addr, b.guest_addr, a.size, b.size) {
-        Some("guest")
-    } else if meet(a.user_addr, b.user_addr, a.size, b.size) {
-        Some("user")
-    } else {
-        None
-    }
 }
 
 impl Judge {
@@ -393,349 +386,20 @@ impl Judge {
         self.semantics(req, m, body);
     }
 
-    fn sizes_and_fds(&mut self, req: FrontendReq, m: &Message) {
-        use FrontendReq::*;
-        let len = m.payload.len();
-        let (size_ok, wanted) = match req.request_body() {
-            BodyKind::MemTable => {
-                let n = m
-                    .payload
-                    .get(..4)
-                    .map(|b| u32::from_ne_bytes(b.try_into().unwrap()));
-                let want = n.map(|n| 8 + 32 * n as usize);
-                (
-                    want == Some(len),
-                    want.map_or("at least 8".into(), |w| w.to_string()),
-                )
-            }
-            BodyKind::Config => {
-                let n = m
-                    .payload
-                    .get(4..8)
-                    .map(|b| u32::from_ne_bytes(b.try_into().unwrap()));
-                let want = n.map(|n| 12 + n as usize);
-                (
-                    want == Some(len),
-                    want.map_or("at least 12".into(), |w| w.to_string()),
-                )
-            }
-            k => match k.fixed_size() {
-                Some(f) => (f == len, f.to_string()),
-                None => (true, String::new()),
-            },
-        };
-        self.check(
-            id::R_FE_02,
-            size_ok,
-            m,
-            || {
-                format!(
-                    "{} with a {len}-byte payload, its layout has {wanted}",
-                    req.spec_name()
-                )
-            },
-            "the payload size the request's layout fixes",
-        );
-        let fds = m.fds.len();
-        let (want_min, want_max, what) = match req {
-            SetMemTable => {
-                let n = m
-                    .payload
-                    .get(..4)
-                    .map_or(0, |b| u32::from_ne_bytes(b.try_into().unwrap()) as usize);
-                (n, n, "one fd per region")
-            }
-            SetVringKick | SetVringCall | SetVringErr => {
-                let nofd = m.u64().is_some_and(|w| w & VRING_NOFD_MASK != 0);
-                if nofd {
-                    (0, 0, "no fd with bit 8 (invalid FD) set")
-                } else {
-                    (1, 1, "one fd without bit 8")
-                }
-            }
-            RemMemReg => {
-                // "No file descriptors SHOULD be passed": one is tolerated by the spec (the
-                // back-end MAY accept it), so it is R-MEM-13's SHOULD, not R-FE-02's MUST.
-                self.check(
-                    id::R_MEM_13,
-                    fds == 0,
-                    m,
-                    || format!("REM_MEM_REG with {fds} fds"),
-                    "no fd with REM_MEM_REG",
-                );
-                (0, 1, "no fd (one tolerated)")
-            }
-            other => {
-                let (lo, hi) = other.fd_range();
-                (lo, hi, "the fds its layout fixes")
-            }
-        };
-        self.check(
-            id::R_FE_02,
-            (want_min..=want_max).contains(&fds),
-            m,
-            || format!("{} with {fds} fds", req.spec_name()),
-            what,
-        );
-    }
-
-    fn gates(&mut self, req: FrontendReq, m: &Message) {
-        use FrontendReq::*;
-        let bit30_offered = self.profile.features & VirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
-        if matches!(req, GetProtocolFeatures | SetProtocolFeatures) {
-            self.check(
-                id::R_NEG_04,
-                bit30_offered,
-                m,
-                || {
-                    format!(
-                        "{} although GET_FEATURES did not offer bit 30",
-                        req.spec_name()
-                    )
-                },
-                "GET/SET_PROTOCOL_FEATURES only if bit 30 was offered",
-            );
-        }
-        if let Some(gate) = req.protocol_gate() {
-            let rule = match req {
-                GetQueueNum => id::R_NEG_14,
-                ResetDevice => id::R_RST_02,
-                SetDeviceStateFd | CheckDeviceState => id::R_MIG_01,
-                PostcopyAdvise | PostcopyListen | PostcopyEnd => id::R_PC_01,
-                // SHMEM is bit 22 (R-SHM-01): a front-end that acked bit 21 (GPA_ADDRESSES,
-                // the bit rust-vmm up to 0.16 used for it) is caught here.
-                GetShmemConfig => id::R_SHM_01,
-                // The checklist's gate table (section 2) and R-NEG-14 cover every other gate.
-                _ => id::R_NEG_14,
-            };
-            let ok = self.has_protocol(gate);
-            let acked = self
-                .acked_protocol
-                .map_or("none".into(), |p| format!("{p:#x}"));
-            self.check(
-                rule,
-                ok,
-                m,
-                || {
-                    format!(
-                        "{} before protocol feature {gate:?} was negotiated (acked: {acked})",
-                        req.spec_name(),
-                    )
-                },
-                "a gated request only once SET_PROTOCOL_FEATURES acked its feature",
-            );
-        }
-        if req == SetVringEnable {
-            let ok = self
-                .acked_features
-                .is_some_and(|f| f & VirtioFeatures::PROTOCOL_FEATURES.bits() != 0);
-            // SHOULD twice over: the spec says "should be sent only when
-            // VHOST_USER_F_PROTOCOL_FEATURES has been negotiated", and "negotiated" is
-            // ambiguous: a virtio feature is negotiated by SET_FEATURES, but a front-end may
-            // read it as offered and protocol features set (QEMU's net start-up does).
-            // The gate table gives SET_VRING_ENABLE's gate as "F_30 negotiated": R-NEG-14.
-            self.check_capped(
-                id::R_NEG_14,
-                Level::Should,
-                ok,
-                m,
-                || "SET_VRING_ENABLE before SET_FEATURES acked bit 30 (VHOST_USER_F_PROTOCOL_FEATURES)".into(),
-                "SET_VRING_ENABLE only once VHOST_USER_F_PROTOCOL_FEATURES is negotiated (SET_FEATURES with bit 30)",
-            );
-        }
-        if req == IotlbMsg {
-            let ok = self
-                .acked_features
-                .is_some_and(|f| f & VirtioFeatures::ACCESS_PLATFORM.bits() != 0);
-            self.check(
-                id::R_IOTLB_01,
-                ok,
-                m,
-                || "IOTLB_MSG without VIRTIO_F_IOMMU_PLATFORM negotiated".into(),
-                "IOTLB_MSG only with bit 33",
-            );
-        }
-        if matches!(
-            req,
-            SetMemTable
-                | AddMemReg
-                | SetVringNum
-                | SetVringAddr
-                | SetVringBase
-                | SetVringKick
-                | SetVringCall
-                | SetVringErr
-        ) {
-            let owner = self.owner;
-            self.check(
-                id::R_NEG_09,
-                owner,
-                m,
-                || format!("{} before SET_OWNER on this connection", req.spec_name()),
-                "SET_OWNER on every new connection, before memory and rings",
-            );
-        }
-    }
-
-    fn ring_index(&mut self, req: FrontendReq, m: &Message, index: u32) {
-        let bound = self.profile.device.rings(self.profile.queue_num);
-        self.check(
-            id::R_MQ_02,
-            u64::from(index) < bound,
-            m,
-            || {
-                format!(
-                    "{} for ring {index}; the back-end has {bound}",
-                    req.spec_name()
-                )
-            },
-            "ring indices below the number of rings GET_QUEUE_NUM reported",
-        );
-    }
-
-    /// GET_MAX_MEM_SLOTS's answer where CONFIGURE_MEM_SLOTS is negotiated; `None` without
-    /// it, where the 8-region bound is R-MEM-02's alone (R-FE-04 does not repeat it).
-    fn slots(&self) -> Option<u64> {
-        self.has_protocol(ProtocolFeatures::CONFIGURE_MEM_SLOTS)
-            .then_some(self.profile.max_mem_slots)
-    }
-
+    /// Judges what a request means in the state so far and keeps that state: one handler per
+    /// request, in the module of its concern.
     fn semantics(&mut self, req: FrontendReq, m: &Message, body: Option<Body>) {
         use FrontendReq::*;
         match (req, body) {
-            (SetFeatures, Some(Body::U64(f))) => {
-                let extra = f & !self.profile.features;
-                self.check(
-                    id::R_FE_01,
-                    extra == 0,
-                    m,
-                    || {
-                        format!(
-                            "SET_FEATURES {f:#x} sets {extra:#x}, which GET_FEATURES did not offer"
-                        )
-                    },
-                    "only offered feature bits",
-                );
-                self.acked_features = Some(f);
-                self.negotiated = true;
-            }
-            (SetProtocolFeatures, Some(Body::U64(p))) => {
-                let extra = p & !self.profile.protocol;
-                self.check(
-                    id::R_NEG_04,
-                    extra == 0,
-                    m,
-                    || {
-                        format!(
-                            "SET_PROTOCOL_FEATURES {p:#x} sets {extra:#x}, which was not offered"
-                        )
-                    },
-                    "only offered protocol bits",
-                );
-                let has = |f: ProtocolFeatures| p & f.bits() != 0;
-                if has(ProtocolFeatures::GET_VRING_BASE_SKIP_DRAIN) {
-                    self.check(
-                        id::R_NEG_13,
-                        has(ProtocolFeatures::GET_VRING_BASE_INFLIGHT)
-                            && has(ProtocolFeatures::INFLIGHT_SHMFD),
-                        m,
-                        || "GET_VRING_BASE_SKIP_DRAIN (23) without 20 and 12".into(),
-                        "bit 23 only together with 20 and 12",
-                    );
-                }
-                if has(ProtocolFeatures::INBAND_NOTIFICATIONS) {
-                    self.check(
-                        id::R_INB_01,
-                        has(ProtocolFeatures::BACKEND_REQ) && has(ProtocolFeatures::REPLY_ACK),
-                        m,
-                        || "INBAND_NOTIFICATIONS (14) without BACKEND_REQ and REPLY_ACK".into(),
-                        "bit 14 only with bits 5 and 3 (\"It is also considered an error\")",
-                    );
-                }
-                self.acked_protocol = Some(p);
-            }
+            (SetFeatures, Some(Body::U64(f))) => self.set_features(m, f),
+            (SetProtocolFeatures, Some(Body::U64(p))) => self.set_protocol_features(m, p),
             (SetOwner, _) => {
                 self.owner = true;
                 self.negotiated = true;
             }
-            (SetMemTable, Some(Body::MemTable(regions))) => {
-                let n = regions.len();
-                self.check(
-                    id::R_MEM_02,
-                    n <= 8,
-                    m,
-                    || format!("SET_MEM_TABLE with {n} regions"),
-                    "at most 8 regions on SET_MEM_TABLE",
-                );
-                if let Some(slots) = self.slots() {
-                    self.check(
-                        id::R_FE_04,
-                        n as u64 <= slots,
-                        m,
-                        || {
-                            format!(
-                                "SET_MEM_TABLE with {n} regions; the back-end has {slots} slots"
-                            )
-                        },
-                        "no more regions than GET_MAX_MEM_SLOTS answered",
-                    );
-                }
-                let clash = regions.iter().enumerate().find_map(|(i, a)| {
-                    regions[i + 1..]
-                        .iter()
-                        .find_map(|b| overlaps(a, b).map(|w| (*a, *b, w)))
-                });
-                self.check(
-                    id::R_MEM_04,
-                    clash.is_none(),
-                    m,
-                    || {
-                        let (a, b, w) = clash.unwrap_or_default_pair();
-                        format!("regions {a:x?} and {b:x?} overlap in {w} space")
-                    },
-                    "regions never overlap in guest nor in user space",
-                );
-                self.table = regions;
-            }
-            (AddMemReg, Some(Body::SingleRegion(r))) => {
-                let clash = self
-                    .table
-                    .iter()
-                    .find_map(|b| overlaps(&r, b).map(|w| (*b, w)));
-                self.check(
-                    id::R_MEM_04,
-                    clash.is_none(),
-                    m,
-                    || {
-                        let (b, w) = clash.unwrap_or((MemRegion::default(), ""));
-                        format!("ADD_MEM_REG {r:x?} overlaps {b:x?} in {w} space")
-                    },
-                    "regions never overlap in guest nor in user space; to change one, remove it first",
-                );
-                // ADD_MEM_REG without CONFIGURE_MEM_SLOTS is R-NEG-14's (the gate).
-                if let Some(slots) = self.slots() {
-                    let n = self.table.len() as u64 + 1;
-                    self.check(
-                        id::R_FE_04,
-                        n <= slots,
-                        m,
-                        || {
-                            format!(
-                                "ADD_MEM_REG makes {n} regions; GET_MAX_MEM_SLOTS answered {slots}"
-                            )
-                        },
-                        "no more regions than GET_MAX_MEM_SLOTS answered",
-                    );
-                }
-                self.table.push(r);
-            }
-            (RemMemReg, Some(Body::SingleRegion(r))) => {
-                self.table.retain(|t| {
-                    !(t.guest_addr == r.guest_addr
-                        && t.user_addr == r.user_addr
-                        && t.size == r.size)
-                });
-            }
+            (SetMemTable, Some(Body::MemTable(regions))) => self.set_mem_table(m, regions),
+            (AddMemReg, Some(Body::SingleRegion(r))) => self.add_mem_reg(m, r),
+            (RemMemReg, Some(Body::SingleRegion(r))) => self.rem_mem_reg(r),
             (SetVringNum, Some(Body::VringState(s))) => {
                 self.ring_index(req, m, s.index);
                 self.rings.entry(s.index).or_default().num = Some(s.num);
@@ -744,70 +408,19 @@ impl Judge {
                 self.ring_index(req, m, s.index);
                 self.rings.entry(s.index).or_default().base = true;
             }
-            (SetVringAddr, Some(Body::VringAddr(a))) => {
-                self.ring_index(req, m, a.index);
-                // Ring logging is switched on by VHOST_VRING_F_LOG only together with
-                // VHOST_F_LOG_ALL in the features (R-LOG-01).
-                if a.flags & 1 != 0 {
-                    let log_all = self
-                        .acked_features
-                        .is_some_and(|f| f & VirtioFeatures::LOG_ALL.bits() != 0);
-                    self.check(
-                        id::R_LOG_01,
-                        log_all,
-                        m,
-                        || format!("SET_VRING_ADDR for ring {} with VHOST_VRING_F_LOG while VHOST_F_LOG_ALL (bit 26) is not set", a.index),
-                        "VHOST_VRING_F_LOG only while SET_FEATURES has VHOST_F_LOG_ALL",
-                    );
-                }
-                self.rings.entry(a.index).or_default().addr = Some(a);
-            }
+            (SetVringAddr, Some(Body::VringAddr(a))) => self.set_vring_addr(req, m, a),
             (SetVringEnable, Some(Body::VringState(s))) => self.ring_index(req, m, s.index),
             (GetVringBase | GetVringBaseSkipDrain, Some(Body::VringState(s))) => {
-                self.ring_index(req, m, s.index);
-                self.judge_kicked(s.index);
-                if let Some(r) = self.rings.get_mut(&s.index) {
-                    r.started = false;
-                }
-                self.check(
-                    id::R_VRING_08,
-                    s.num == 0,
-                    m,
-                    || format!("GET_VRING_BASE with num {}", s.num),
-                    "num 0 in GET_VRING_BASE's request",
-                );
+                self.get_vring_base(req, m, s);
             }
             (SetVringCall | SetVringErr, Some(Body::U64(w))) => {
                 self.ring_index(req, m, (w & 0xff) as u32);
             }
-            (SetVringKick, Some(Body::U64(w))) => {
-                let index = (w & 0xff) as u32;
-                self.ring_index(req, m, index);
-                self.inflight_before_start(m, index);
-                self.ring_start(m, index);
-                let r = self.rings.entry(index).or_default();
-                r.started = true;
-                r.kick_fd = w & VRING_NOFD_MASK == 0 && !m.fds.is_empty();
-                r.kicked = false;
-                self.ring_ran = true;
-            }
+            (SetVringKick, Some(Body::U64(w))) => self.set_vring_kick(req, m, w),
             (SetInflightFd, Some(Body::Inflight(d))) => self.inflight_back(m, d),
             (SetDeviceStateFd, _) => self.state_transfer(m),
             (PostcopyAdvise | PostcopyListen | PostcopyEnd, _) => self.postcopy_order(req, m),
-            (VringKick, _) => {
-                // "The front-end is expected to ask for a reply" (spec VHOST_USER_VRING_KICK):
-                // the kick then completes synchronously, as a simulation needs.
-                let asked =
-                    m.header.need_reply() || !self.has_protocol(ProtocolFeatures::REPLY_ACK);
-                self.check_capped(
-                    id::R_INB_05,
-                    Level::Should,
-                    asked,
-                    m,
-                    || "VRING_KICK without NEED_REPLY while REPLY_ACK is negotiated".into(),
-                    "NEED_REPLY on every VRING_KICK",
-                );
-            }
+            (VringKick, _) => self.vring_kick(m),
             (IotlbMsg, Some(Body::Iotlb(t))) if t.kind == 2 => {
                 self.iotlb_updates.push((t.iova, t.size));
             }
@@ -816,90 +429,5 @@ impl Judge {
         if matches!(req, SetMemTable | AddMemReg) {
             self.gpa_regions(req, m, body_regions(req, m));
         }
-    }
-
-    /// SET_VRING_KICK starts the ring: it must be fully described and inside the memory table.
-    fn ring_start(&mut self, m: &Message, index: u32) {
-        let seen = self.rings.get(&index).cloned().unwrap_or_default();
-        let missing: Vec<&str> = [
-            ("SET_VRING_NUM", seen.num.is_none()),
-            ("SET_VRING_BASE", !seen.base),
-            ("SET_VRING_ADDR", seen.addr.is_none()),
-        ]
-        .into_iter()
-        .filter_map(|(n, miss)| miss.then_some(n))
-        .collect();
-        self.check(
-            id::R_VRING_01,
-            missing.is_empty(),
-            m,
-            || {
-                format!(
-                    "SET_VRING_KICK for ring {index} before {}",
-                    missing.join(", ")
-                )
-            },
-            "SET_VRING_NUM, SET_VRING_BASE and SET_VRING_ADDR before the ring starts",
-        );
-        if let (Some(num), Some(a)) = (seen.num, seen.addr) {
-            let iommu = self
-                .acked_features
-                .is_some_and(|f| f & VirtioFeatures::ACCESS_PLATFORM.bits() != 0);
-            // With an IOMMU ring addresses are IOVAs the table cannot judge (R-IOTLB).
-            if !iommu {
-                let n = u64::from(num);
-                let parts = [
-                    ("descriptor table", a.desc, 16 * n),
-                    ("avail ring", a.avail, 6 + 2 * n),
-                    ("used ring", a.used, 6 + 8 * n),
-                ];
-                let outside: Vec<String> = parts
-                    .iter()
-                    .filter(|(_, addr, len)| {
-                        !self.table.iter().any(|r| r.contains_user(*addr, *len))
-                    })
-                    .map(|(what, addr, len)| format!("{what} {addr:#x}+{len:#x}"))
-                    .collect();
-                self.check(
-                    id::R_FE_05,
-                    outside.is_empty(),
-                    m,
-                    || {
-                        format!(
-                            "ring {index} starts with {} outside the memory table",
-                            outside.join(", ")
-                        )
-                    },
-                    "ring areas inside the regions of the memory table (by user address)",
-                );
-            }
-        }
-        let refused = self.table_refused;
-        self.check(
-            id::R_FE_06,
-            !refused,
-            m,
-            || format!("ring {index} starts on a memory table the back-end refused"),
-            "no ring started on a refused memory table",
-        );
-    }
-}
-
-/// The regions a SET_MEM_TABLE or ADD_MEM_REG carries.
-fn body_regions(req: FrontendReq, m: &Message) -> Vec<MemRegion> {
-    match Body::decode(req.request_body(), &m.payload) {
-        Ok(Body::MemTable(r)) => r,
-        Ok(Body::SingleRegion(r)) => vec![r],
-        _ => Vec::new(),
-    }
-}
-
-trait PairDefault {
-    fn unwrap_or_default_pair(self) -> (MemRegion, MemRegion, &'static str);
-}
-
-impl PairDefault for Option<(MemRegion, MemRegion, &'static str)> {
-    fn unwrap_or_default_pair(self) -> (MemRegion, MemRegion, &'static str) {
-        self.unwrap_or((MemRegion::default(), MemRegion::default(), ""))
     }
 }

@@ -1,9 +1,7 @@
 //! Scenarios: the file format ([`model`]), loading and checking files (embedded in the binary and
 //! from user directories), and selection by id glob.
 
-pub mod gpu;
 pub mod model;
-pub mod sound;
 
 use std::path::{Path, PathBuf};
 
@@ -43,7 +41,7 @@ pub enum LoadErrorKind {
     UnknownFeature {
         /// "virtio" or "protocol".
         kind: &'static str,
-        /// The name.
+        /// The name as the file wrote it.
         name: String,
     },
     /// No rule listed.
@@ -74,7 +72,7 @@ impl LoadErrorKind {
 #[derive(Debug, Error)]
 #[error("{}{}: {kind}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
 pub struct ScenarioLoadError {
-    /// The file.
+    /// The scenario file (or directory) the problem is in.
     pub path: PathBuf,
     /// The line, when known.
     pub line: Option<usize>,

@@ -17,7 +17,7 @@ use super::chains::{Batching, Completions};
 use super::{Ctx, StepError, StepResult};
 use crate::rules::id;
 use crate::scenario::Action;
-use crate::scenario::gpu::GpuResourceCommand;
+use crate::scenario::model::GpuResourceCommand;
 use crate::scenario::model::{GpuDisplayInfoArgs, GpuResourceArgs, Step};
 
 /// What the gpu steps keep within a session.

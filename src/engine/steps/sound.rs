@@ -17,8 +17,8 @@ use super::chains::{Batching, Completions};
 use super::{Ctx, StepError, StepResult};
 use crate::rules::id;
 use crate::scenario::Action;
+use crate::scenario::model::{PcmCommand, SoundItem};
 use crate::scenario::model::{SoundPcmArgs, SoundQueryArgs, SoundTxArgs, SoundUnknownArgs, Step};
-use crate::scenario::sound::{PcmCommand, SoundItem};
 
 /// The period size when no `set_params` step gave one.
 const DEFAULT_PERIOD: u32 = 1024;

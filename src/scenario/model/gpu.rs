@@ -3,14 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// `gpu_display_info`: GET_DISPLAY_INFO on the gpu control queue.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GpuDisplayInfoArgs {
-    /// The request goes in an indirect descriptor table.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub indirect: Option<bool>,
-}
+/// `gpu_display_info`: GET_DISPLAY_INFO on the gpu control queue, whose one argument is the
+/// chain's shape.
+pub type GpuDisplayInfoArgs = super::ChainArgs;
 
 /// A 2D resource command of `gpu_resource`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,7 +22,7 @@ pub enum GpuResourceCommand {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GpuResourceArgs {
-    /// The command.
+    /// The 2D resource command sent.
     pub command: GpuResourceCommand,
     /// The resource (default 1).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -59,7 +59,7 @@ pub struct SoundQueryArgs {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SoundPcmArgs {
-    /// The command.
+    /// The PCM command sent.
     pub command: PcmCommand,
     /// The stream (default: the first output stream a PCM_INFO answer showed, else 0).
     #[serde(skip_serializing_if = "Option::is_none")]
