@@ -18,7 +18,7 @@ use super::{Ctx, StepError, StepResult};
 use crate::rules::id;
 use crate::scenario::Action;
 use crate::scenario::model::GpuResourceCommand;
-use crate::scenario::model::{GpuDisplayInfoArgs, GpuResourceArgs, Step};
+use crate::scenario::model::{ChainArgs, GpuResourceArgs, Step};
 
 /// What the gpu steps keep within a session.
 #[derive(Debug, Default)]
@@ -208,7 +208,7 @@ impl Ctx<'_> {
     }
 
     /// GET_DISPLAY_INFO: R-DEV-01..03, R-GPU-01, then R-GPU-03 on the gpu socket.
-    fn gpu_display_info(&mut self, step: &Step, a: &GpuDisplayInfoArgs) -> StepResult {
+    fn gpu_display_info(&mut self, step: &Step, a: &ChainArgs) -> StepResult {
         let spec = drv::display_info_chain(a.indirect == Some(true));
         let d = self.gpu_control(step, spec, "GET_DISPLAY_INFO")?;
         self.mark(id::R_GPU_01);

@@ -3,10 +3,6 @@
 
 use serde::{Deserialize, Serialize};
 
-/// `gpu_display_info`: GET_DISPLAY_INFO on the gpu control queue, whose one argument is the
-/// chain's shape.
-pub type GpuDisplayInfoArgs = super::ChainArgs;
-
 /// A 2D resource command of `gpu_resource`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -38,7 +38,7 @@ pub use console::{ConsoleControlArgs, ConsoleReadyArgs, ConsoleWriteArgs};
 pub use control::{LoadStateArgs, SleepArgs};
 pub use fs::{FsFileArgs, FsGetattrArgs, FsLookupArgs, FsNameArgs, FsReadArgs, FsUnknownArgs};
 pub use gpio::{GpioMessage, GpioRequestArgs, GpioStatus};
-pub use gpu::{GpuDisplayInfoArgs, GpuResourceArgs, GpuResourceCommand};
+pub use gpu::{GpuResourceArgs, GpuResourceCommand};
 pub use i2c::I2cTransferArgs;
 pub use input::{InputConfigArgs, InputPostArgs, InputStatusArgs};
 pub use iotlb::{IotlbArgs, IotlbOp};
@@ -417,7 +417,7 @@ actions! {
     /// gpu: the config space's num_scanouts, with the CONFIG protocol feature.
     "gpu_config" => GpuConfig(NoArgs),
     /// gpu: GET_DISPLAY_INFO on the control queue, then what the back-end sent on the gpu socket.
-    "gpu_display_info" => GpuDisplayInfo(GpuDisplayInfoArgs),
+    "gpu_display_info" => GpuDisplayInfo(ChainArgs),
     /// gpu: RESOURCE_CREATE_2D or RESOURCE_UNREF of `resource_id`: OK_NODATA.
     "gpu_resource" => GpuResource(GpuResourceArgs),
 }
