@@ -308,3 +308,25 @@ fn shmem_map_requests_map_the_fd_into_the_declared_region_and_bad_ones_are_refus
         "{acks:?}"
     );
 }
+
+#[test]
+fn leaving_waits_for_the_back_end_to_close_its_end_and_no_longer() {
+    // A back-end that reads to EOF, sends a last message, then closes: `leave` sees it close.
+    let (s, be) = pair();
+    let backend = std::thread::spawn(move || {
+        let r = be.recv();
+        let _ = be.send_reply(FrontendReq::GetFeatures as u32, &Body::U64(0), &[]);
+        drop(be);
+        r
+    });
+    let start = std::time::Instant::now();
+    assert!(s.leave(Duration::from_secs(2)));
+    assert!(start.elapsed() < Duration::from_secs(1));
+    assert!(backend.join().unwrap().is_err(), "the back-end read EOF");
+    // One that keeps its end open: `leave` gives up after its bound.
+    let (s, be) = pair();
+    let start = std::time::Instant::now();
+    assert!(!s.leave(Duration::from_millis(100)));
+    assert!(start.elapsed() >= Duration::from_millis(100));
+    drop(be);
+}

@@ -111,4 +111,36 @@ impl Session {
             }
         }
     }
+
+    /// Ends the session as a front-end that leaves: shuts down the sending side, then waits up
+    /// to `within` for the back-end to close its end (EOF or a reset), discarding what it still
+    /// sends; whether it did. The back-end's disconnect handling runs in between, so when this
+    /// returns `true` a teardown that crashes has had its chance to.
+    pub fn leave(self, within: Duration) -> bool {
+        use std::io::Read;
+        let conn = self.conn();
+        let mut stream = conn.stream();
+        if stream.shutdown(std::net::Shutdown::Write).is_err() {
+            return true;
+        }
+        let deadline = std::time::Instant::now() + within;
+        let mut sink = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+                return false;
+            }
+            match stream.read(&mut sink) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    );
+                }
+            }
+        }
+    }
 }

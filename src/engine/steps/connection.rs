@@ -9,7 +9,9 @@ impl Ctx<'_> {
         self.session()
     }
 
-    pub(super) fn archive_session(&mut self) {
+    /// Forgets the session's rings and device state and keeps its transcript; the session, for
+    /// a caller that ends it otherwise than by dropping it.
+    pub(super) fn archive_session(&mut self) -> Option<Session> {
         self.queues.clear();
         self.pending.clear();
         self.idle.clear();
@@ -41,7 +43,9 @@ impl Ctx<'_> {
                     e.seq += base;
                     e
                 }));
+            return Some(s);
         }
+        None
     }
 
     pub(super) fn transcript_tail(&self, n: usize) -> Vec<Entry> {

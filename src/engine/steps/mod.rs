@@ -43,6 +43,10 @@ use crate::scenario::model::{NoArgs, Step};
 use crate::scenario::{Action, Level, Scenario};
 use crate::target::{Death, Instance, ProcessState};
 
+/// How long the end of a scenario waits for the back-end to close the connection the
+/// front-end left (most close it within a millisecond; one that keeps it costs this).
+const LEAVE_WITHIN: Duration = Duration::from_millis(250);
+
 /// Why a step (or a built-in scenario) stopped the scenario early.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StepError {
@@ -252,7 +256,11 @@ impl<'a> Ctx<'a> {
     pub(super) fn finish(mut self) -> (Vec<Finding>, Vec<String>, Vec<Entry>, Vec<RuleId>) {
         self.report_guest_addr_write();
         self.report_channel_violations();
-        self.archive_session();
+        if let Some(s) = self.archive_session() {
+            // Leave as a front-end does and let the back-end handle it: a teardown that
+            // crashes has then crashed by the engine's short watch, however loaded the machine.
+            s.leave(LEAVE_WITHIN);
+        }
         let checked = self.checked.into_iter().collect();
         (self.findings, self.notes, self.archive, checked)
     }
