@@ -51,7 +51,7 @@ pub enum TargetError {
         path: PathBuf,
         /// A hint for the user.
         hint: Option<&'static str>,
-        /// Why.
+        /// What connect said.
         #[source]
         source: std::io::Error,
     },
@@ -68,7 +68,7 @@ pub enum TargetError {
     Spawn {
         /// The command.
         command: String,
-        /// Why.
+        /// What the system said when starting it.
         #[source]
         source: std::io::Error,
     },

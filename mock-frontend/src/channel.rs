@@ -30,7 +30,7 @@ pub enum ChannelViolation {
     BadFlags {
         /// The request code.
         code: u32,
-        /// The flags.
+        /// The header flags it carried.
         flags: u32,
     },
     /// A request code no spec or vendor defines.

@@ -77,7 +77,7 @@ pub enum InflightError {
     OutOfBounds {
         /// Offset in the area.
         at: u64,
-        /// Length.
+        /// Bytes of the access.
         len: u64,
         /// mmap_size.
         size: u64,

@@ -46,7 +46,7 @@ pub enum MemoryError {
     Unmapped {
         /// Guest address.
         gpa: u64,
-        /// Length.
+        /// Bytes of the range.
         len: u64,
     },
 }

@@ -35,7 +35,7 @@ pub enum ShmemRefusal {
     /// Flags other than bit 0.
     #[error("flags {flags:#x} set bits other than bit 0")]
     BadFlags {
-        /// The flags.
+        /// The request's flags field.
         flags: u64,
     },
     /// The kernel refused the mapping (a bad fd, a read-only fd mapped writable...).
@@ -56,7 +56,7 @@ pub enum ShmemRefusal {
         shmid: u8,
         /// Offset in the region.
         offset: u64,
-        /// Length.
+        /// Bytes asked for.
         len: u64,
     },
     /// The range leaves its region.
@@ -66,7 +66,7 @@ pub enum ShmemRefusal {
         shmid: u8,
         /// Offset in the region.
         offset: u64,
-        /// Length.
+        /// Bytes asked for.
         len: u64,
         /// The region's size.
         size: u64,
@@ -78,7 +78,7 @@ pub enum ShmemRefusal {
         shmid: u8,
         /// Offset in the region.
         offset: u64,
-        /// Length.
+        /// Bytes asked for.
         len: u64,
     },
     /// The shmid names no declared region.
@@ -107,7 +107,7 @@ pub struct ShmemMapping {
     pub shmid: u8,
     /// Offset in the region.
     pub shm_offset: u64,
-    /// Length.
+    /// Bytes mapped.
     pub len: u64,
     /// Offset in the back-end's fd.
     pub fd_offset: u64,

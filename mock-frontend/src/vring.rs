@@ -36,7 +36,7 @@ pub enum RingLayout {
 pub struct Buffer {
     /// Guest address.
     pub gpa: u64,
-    /// Length.
+    /// Its size in bytes.
     pub len: u32,
     /// Device-writable.
     pub writable: bool,

@@ -45,7 +45,7 @@ pub enum FrontendError {
     Map {
         /// The region.
         region: MemRegion,
-        /// Why.
+        /// What mmap said.
         why: String,
     },
     /// A local resource failed (socket, temp dir, spawn).

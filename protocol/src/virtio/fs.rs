@@ -61,7 +61,7 @@ pub struct InHeader {
     pub pid: u32,
     /// Extension bytes after the body, in 8-byte units.
     pub total_extlen: u16,
-    /// Padding.
+    /// Reserved: zero.
     pub padding: u16,
 }
 
@@ -175,7 +175,7 @@ impl Attr {
 pub struct GetattrIn {
     /// `FUSE_GETATTR_FH` when `fh` is set.
     pub getattr_flags: u32,
-    /// Padding.
+    /// Reserved: zero.
     pub dummy: u32,
     /// File handle.
     pub fh: u64,
@@ -191,7 +191,7 @@ pub struct AttrOut {
     pub attr_valid: u64,
     /// Cache validity (ns).
     pub attr_valid_nsec: u32,
-    /// Padding.
+    /// Reserved: zero.
     pub dummy: u32,
     /// The attributes.
     pub attr: Attr,
@@ -263,7 +263,7 @@ pub struct ReadIn {
     pub lock_owner: u64,
     /// `open(2)` flags.
     pub flags: u32,
-    /// Padding.
+    /// Reserved: zero.
     pub padding: u32,
 }
 
