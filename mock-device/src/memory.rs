@@ -16,6 +16,7 @@ use vm_memory::{
     Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
     GuestRegionMmap, MemoryRegionAddress,
 };
+use zerocopy::IntoBytes;
 
 /// Why a guest memory access failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -52,19 +53,20 @@ pub trait GuestMemory {
     fn check_range(&self, gpa: u64, len: u64) -> Result<(), MemError>;
 
     /// Loads the little-endian `u16` at `gpa` with `order` (ring indices, packed flags). The
-    /// default is one [`GuestMemory::read`] followed by a fence of that order.
+    /// default is one [`GuestMemory::read`] followed by a fence of that order; the buffer is a
+    /// `u16`, so vm-memory's volatile copy of an aligned index is one 2-byte access, never torn.
     fn load_u16(&self, gpa: u64, order: Ordering) -> Result<u16, MemError> {
-        let mut b = [0u8; 2];
-        self.read(gpa, &mut b)?;
+        let mut v = 0u16;
+        self.read(gpa, v.as_mut_bytes())?;
         acquire_fence(order);
-        Ok(u16::from_le_bytes(b))
+        Ok(u16::from_le(v))
     }
 
     /// Stores `v` little-endian at `gpa` with `order`. The default is a fence of that order
-    /// followed by one [`GuestMemory::write`].
+    /// followed by one [`GuestMemory::write`] (from a `u16`, as in [`GuestMemory::load_u16`]).
     fn store_u16(&self, gpa: u64, v: u16, order: Ordering) -> Result<(), MemError> {
         release_fence(order);
-        self.write(gpa, &v.to_le_bytes())
+        self.write(gpa, v.to_le().as_bytes())
     }
 }
 
