@@ -13,6 +13,7 @@
 //! the ring is tried again after the next update, or the next kick.
 
 use std::cell::Cell;
+use std::sync::atomic::Ordering;
 
 use vhu_mock_device::memory::end_of;
 use vhu_mock_device::{GuestMemory, MemError, Queue, RingConfig};
@@ -121,7 +122,9 @@ impl Iotlb {
 
 /// Guest memory as a device behind the IOMMU sees it: addresses are IOVAs, translated through
 /// the IOTLB to user addresses and through the memory table's user addresses to the mappings.
-/// The first access no entry allows is remembered as the miss to report.
+/// The first access no entry allows is remembered as the miss to report. Ring index loads and
+/// stores are the trait's default (a copy through the translation and a fence): an index may
+/// straddle two IOTLB entries.
 #[derive(Debug)]
 pub struct IommuView<'a> {
     mem: &'a Memory,
@@ -261,6 +264,20 @@ impl GuestMemory for Dma<'_> {
         match self {
             Self::Direct(m) => m.check_range(addr, len),
             Self::Iommu(v) => v.check_range(addr, len),
+        }
+    }
+
+    fn load_u16(&self, addr: u64, order: Ordering) -> Result<u16, MemError> {
+        match self {
+            Self::Direct(m) => m.load_u16(addr, order),
+            Self::Iommu(v) => v.load_u16(addr, order),
+        }
+    }
+
+    fn store_u16(&self, addr: u64, v: u16, order: Ordering) -> Result<(), MemError> {
+        match self {
+            Self::Direct(m) => m.store_u16(addr, v, order),
+            Self::Iommu(view) => view.store_u16(addr, v, order),
         }
     }
 }

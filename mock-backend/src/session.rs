@@ -383,7 +383,7 @@ impl<'a> Session<'a> {
             Err(e) => {
                 if req == SetMemTable && self.has(Fault::MemTableDroppedOnRefusal) {
                     // The fault half-executes the message: the old table goes first.
-                    self.mem.regions.clear();
+                    self.mem.replace_regions(vec![]);
                 }
                 self.why = Some(format!("malformed payload: {e}"));
                 self.take_fds(&mut msg, 0);
@@ -545,15 +545,15 @@ impl<'a> Session<'a> {
         let Some(fd) = fds.pop().filter(|_| fds.is_empty()) else {
             return Outcome::Failed;
         };
-        let overlaps = self.mem.regions.iter().any(|o| o.overlaps(&r));
-        let full =
-            self.mem.regions.len() as u64 >= MAX_MEM_SLOTS && !self.has(Fault::AcceptPastMaxSlots);
+        let overlaps = self.mem.regions().iter().any(|o| o.overlaps(&r));
+        let full = self.mem.regions().len() as u64 >= MAX_MEM_SLOTS
+            && !self.has(Fault::AcceptPastMaxSlots);
         if overlaps || full {
             return Outcome::Failed; // R-MEM-04, R-MEM-10
         }
         match Region::map(r, fd) {
             Ok(region) => {
-                self.mem.regions.push(region);
+                self.mem.add_region(region);
                 self.retranslate();
                 Outcome::Done
             }
@@ -563,7 +563,7 @@ impl<'a> Session<'a> {
 
     fn rem_mem_reg(&mut self, r: MemRegion) -> Outcome {
         let lax = self.has(Fault::LaxRemMemReg);
-        let pos = self.mem.regions.iter().position(|o| {
+        let pos = self.mem.regions().iter().position(|o| {
             o.desc.guest_addr == r.guest_addr
                 && o.desc.size == r.size
                 && (lax || o.desc.user_addr == r.user_addr)
@@ -572,7 +572,7 @@ impl<'a> Session<'a> {
             Some(_) if self.has(Fault::IgnoreRemMemReg) => Outcome::Done,
             // R-MEM-11: dropping the region unmaps it and closes its fd.
             Some(i) => {
-                self.mem.regions.remove(i);
+                self.mem.remove_region(i);
                 self.retranslate();
                 Outcome::Done
             }

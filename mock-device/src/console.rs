@@ -205,12 +205,12 @@ impl VirtioDevice for ConsoleDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::VecMemory;
+    use crate::memory::anonymous;
     use crate::sg::testing::{chain_at as chain, read_at as read};
 
     #[test]
     fn device_ready_is_answered_with_device_add_then_console_port() {
-        let mem = VecMemory::with_region(0, 0x4000);
+        let mem = anonymous(0, 0x4000);
         let mut dev = ConsoleDevice::new(ConsoleFaults::default());
         assert!(!dev.ready(CTRL_RX));
         mem.write(0, &[0, 0, 0, 0, 0, 0, 1, 0]).unwrap();
@@ -245,7 +245,7 @@ mod tests {
 
     #[test]
     fn port_data_is_consumed_and_faults_break_it() {
-        let mem = VecMemory::with_region(0, 0x4000);
+        let mem = anonymous(0, 0x4000);
         let tx = chain(&[(0, 10, false), (0x100, 6, false)]);
         let mut dev = ConsoleDevice::new(ConsoleFaults::default());
         assert_eq!(dev.serve(TX0, &mem, &tx), 0);

@@ -150,11 +150,11 @@ impl VirtioDevice for GpioDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::VecMemory;
+    use crate::memory::anonymous;
     use crate::sg::testing::{chain_at as chain, read_at as read};
 
     fn run(dev: &mut GpioDevice, kind: u16, gpio: u16, value: u32, resp: u32) -> Vec<u8> {
-        let mem = VecMemory::with_region(0, 0x1000);
+        let mem = anonymous(0, 0x1000);
         let mut req = kind.to_le_bytes().to_vec();
         req.extend_from_slice(&gpio.to_le_bytes());
         req.extend_from_slice(&value.to_le_bytes());

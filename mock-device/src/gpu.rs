@@ -209,10 +209,11 @@ impl VirtioDevice for GpuDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::VecMemory;
+    use crate::memory::anonymous;
     use crate::sg::testing::{chain_at as chain, read_at as read};
+    use vm_memory::GuestMemoryMmap;
 
-    fn display_info(dev: &mut GpuDevice, mem: &VecMemory) -> (u32, Vec<u8>) {
+    fn display_info(dev: &mut GpuDevice, mem: &GuestMemoryMmap) -> (u32, Vec<u8>) {
         mem.write(0, &hdr(gpu::CMD_GET_DISPLAY_INFO)).unwrap();
         let c = chain(&[(0, 24, false), (0x1000, 408, true)]);
         let used = dev.serve(gpu::CONTROL_QUEUE, mem, &c);
@@ -221,7 +222,7 @@ mod tests {
 
     #[test]
     fn display_info_comes_from_the_front_end_over_the_gpu_socket() {
-        let mem = VecMemory::with_region(0, 0x4000);
+        let mem = anonymous(0, 0x4000);
         let mut dev = GpuDevice::new(GpuFaults::default());
         assert_eq!(
             display_info(&mut dev, &mem).0,

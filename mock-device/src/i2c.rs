@@ -151,7 +151,7 @@ impl VirtioDevice for I2cDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::VecMemory;
+    use crate::memory::anonymous;
     use crate::sg::testing::{chain_at as chain, read_at as read};
 
     fn hdr(addr: u16, flags: u32) -> Vec<u8> {
@@ -163,7 +163,7 @@ mod tests {
 
     #[test]
     fn a_write_then_a_read_come_back_and_other_addresses_fail() {
-        let mem = VecMemory::with_region(0, 0x1000);
+        let mem = anonymous(0, 0x1000);
         let mut dev = I2cDevice::new(I2cFaults::default());
         mem.write(0, &hdr(0x20, 0)).unwrap();
         mem.write(8, &[0x10, 0xaa, 0xbb]).unwrap();
@@ -186,7 +186,7 @@ mod tests {
 
     #[test]
     fn a_failed_request_fails_the_next_of_its_group_and_faults_break_it() {
-        let mem = VecMemory::with_region(0, 0x1000);
+        let mem = anonymous(0, 0x1000);
         let mut dev = I2cDevice::new(I2cFaults::default());
         mem.write(0, &hdr(0x50, FLAGS_FAIL_NEXT)).unwrap();
         mem.write(0x40, &hdr(0x20, FLAGS_M_RD)).unwrap();

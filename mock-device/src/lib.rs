@@ -19,7 +19,7 @@
 //!   passthrough directory; [`VsockDevice`]: hybrid virtio-vsock (5.10) whose host ports are Unix
 //!   sockets `<uds path>_<port>`. Each has fault flags ([`FsFaults`], [`VsockFaults`]).
 //! - [`GuestMemory`]: the only way the crate touches guest memory; the back-end implements it
-//!   over its mmapped regions (see [`memory`] for the volatile-copy requirement).
+//!   over `vm_memory::GuestMemoryMmap` regions (see [`memory`] for the ordering of ring accesses).
 
 mod blk;
 mod chain;
@@ -55,7 +55,7 @@ pub use gpio::{GPIO_DEVICE_ID, GPIO_LINES, GpioDevice, GpioFaults};
 pub use gpu::{GpuDevice, GpuFaults};
 pub use i2c::{I2C_BAD_STATUS, I2C_CLIENT_ADDR, I2C_DEVICE_ID, I2cDevice, I2cFaults};
 pub use input::{INPUT_CONFIG_SIZE, INPUT_DEVICE_ID, InputDevice, InputFaults};
-pub use memory::{GuestMemory, MemError, VecMemory};
+pub use memory::{GuestMemory, MemError, anonymous};
 pub use net::{
     NET_BACKLOG, NET_CONFIG_SIZE, NET_CTRL, NET_DEVICE_ID, NET_ERR, NET_HDR_LEN, NET_MAC, NET_MTU,
     NET_OK, NET_RX, NET_TX, NetDevice, NetFaults,
@@ -65,4 +65,6 @@ pub use rng::{RNG_DEVICE_ID, RNG_MAX_PER_REQUEST, RNG_PAST_BUFFER, RngDevice, Rn
 pub use run::{ChainHandler, QueueRun, process_queue, process_queue_with};
 pub use scmi::{SCMI_DEVICE_ID, ScmiDevice, ScmiFaults};
 pub use sound::{SoundDevice, SoundFaults};
+/// rust-vmm's guest memory, which every [`GuestMemory`] view ends in.
+pub use vm_memory;
 pub use vsock::{VsockDevice, VsockError, VsockFaults};

@@ -358,7 +358,8 @@ impl VirtioDevice for NetDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::VecMemory;
+    use crate::memory::anonymous;
+    use vm_memory::GuestMemoryMmap;
 
     use crate::sg::testing::{chain_at as chain, read_at as read};
 
@@ -368,7 +369,7 @@ mod tests {
 
     #[test]
     fn with_mrg_rxbuf_a_frame_spans_the_fewest_chains_in_order() {
-        let mem = VecMemory::with_region(0, 0x10000);
+        let mem = anonymous(0, 0x10000);
         let mut dev = NetDevice::new(NetFaults::default());
         dev.set_features(F_MRG_RXBUF);
         let frame: Vec<u8> = (0..=255u8).cycle().take(600).collect();
@@ -392,7 +393,7 @@ mod tests {
     }
 
     /// Transmits `frame` (header at 0, frame at 0x100).
-    fn send(dev: &mut NetDevice, mem: &VecMemory, frame: &[u8]) -> u32 {
+    fn send(dev: &mut NetDevice, mem: &GuestMemoryMmap, frame: &[u8]) -> u32 {
         mem.write(0, &[0; NET_HDR_LEN]).unwrap();
         mem.write(0x100, frame).unwrap();
         let tx = chain(&[
@@ -405,7 +406,7 @@ mod tests {
 
     #[test]
     fn a_transmitted_frame_comes_back_behind_a_v1_header() {
-        let mem = VecMemory::with_region(0, 0x10000);
+        let mem = anonymous(0, 0x10000);
         let mut dev = NetDevice::new(NetFaults::default());
         assert!(!dev.ready(NET_RX));
         let frame: Vec<u8> = (0..60u8).collect();
@@ -426,7 +427,7 @@ mod tests {
 
     #[test]
     fn frames_wait_for_a_chain_they_fit_and_the_backlog_is_bounded() {
-        let mem = VecMemory::with_region(0, 0x20000);
+        let mem = anonymous(0, 0x20000);
         let mut dev = NetDevice::new(NetFaults::default());
         send(&mut dev, &mem, &[1; 100]);
         send(&mut dev, &mem, &[2; 10]);
@@ -474,7 +475,7 @@ mod tests {
 
     #[test]
     fn control_commands_are_acked_in_the_last_writable_byte() {
-        let mem = VecMemory::with_region(0, 0x10000);
+        let mem = anonymous(0, 0x10000);
         let mut dev = NetDevice::new(NetFaults::default());
         dev.set_features(F_CTRL_VQ | F_CTRL_RX);
         let mut ask = |cmd: &[u8]| {
@@ -499,7 +500,7 @@ mod tests {
         assert_eq!(c.len(), NET_CONFIG_SIZE);
         assert_eq!(&c[..6], &NET_MAC);
         assert_eq!(c[6..], [1, 0, 1, 0, 0xDC, 0x05]);
-        let mem = VecMemory::with_region(0, 0x10000);
+        let mem = anonymous(0, 0x10000);
         let faults = NetFaults {
             rx_legacy_header: true,
             tx_used_len: true,

@@ -12,7 +12,7 @@ use vhu_protocol::virtio::{
 use zerocopy::IntoBytes;
 
 use crate::chain::{Chain, ChainBuilder, RingError, indirect_entries};
-use crate::memory::{GuestMemory, read_obj, read_u16, write_u16};
+use crate::memory::{GuestMemory, read_obj};
 use crate::queue::RingConfig;
 
 /// Event suppression flags (virtio 2.8.10).
@@ -104,7 +104,9 @@ impl PackedRing {
 
     /// Whether the descriptor at the avail position is available (virtio 2.8.1).
     pub(crate) fn has_available(&self, mem: &dyn GuestMemory) -> Result<bool, RingError> {
-        let flags = read_u16(mem, self.slot(self.avail.idx) + 14)
+        // Acquire pairs with the driver's release before it set the first descriptor's flags.
+        let flags = mem
+            .load_u16(self.slot(self.avail.idx) + 14, Ordering::Acquire)
             .map_err(RingError::mem("descriptor ring"))?;
         let avail = flags & VIRTQ_DESC_F_AVAIL != 0;
         let used = flags & VIRTQ_DESC_F_USED != 0;
@@ -116,8 +118,6 @@ impl PackedRing {
         if !self.has_available(mem)? {
             return Ok(None);
         }
-        // Pairs with the driver's release before it set the first descriptor's flags.
-        fence(Ordering::Acquire);
         let chain = self.walk(mem)?;
         self.avail.advance(chain.descriptors, self.cfg.size);
         Ok(Some(chain))
@@ -175,14 +175,14 @@ impl PackedRing {
         len_id[4..].copy_from_slice(&chain.id.to_le_bytes());
         mem.write(at + 8, &len_id)
             .map_err(RingError::mem("descriptor ring"))?;
-        // id and len must be visible before the flags that hand the descriptor back.
-        fence(Ordering::Release);
         let flags = if self.used.wrap {
             VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED
         } else {
             0
         };
-        write_u16(mem, at + 14, flags).map_err(RingError::mem("descriptor ring"))?;
+        // Release: id and len must be visible before the flags that hand the descriptor back.
+        mem.store_u16(at + 14, flags, Ordering::Release)
+            .map_err(RingError::mem("descriptor ring"))?;
         self.used.advance(chain.descriptors.max(1), self.cfg.size);
         self.pushed = true;
         Ok(())
@@ -208,7 +208,6 @@ impl PackedRing {
             at.push((slot, pos.wrap));
             pos.advance(chain.descriptors.max(1), self.cfg.size);
         }
-        fence(Ordering::Release);
         let flags = |wrap: bool| {
             if wrap {
                 VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED
@@ -216,12 +215,11 @@ impl PackedRing {
                 0
             }
         };
-        for &(slot, wrap) in at.iter().skip(1) {
-            write_u16(mem, slot + 14, flags(wrap)).map_err(RingError::mem("descriptor ring"))?;
-        }
-        if let Some(&(slot, wrap)) = at.first() {
-            fence(Ordering::Release);
-            write_u16(mem, slot + 14, flags(wrap)).map_err(RingError::mem("descriptor ring"))?;
+        // Release on every flags store: the ids and lengths before any flags, the other flags
+        // before the first's.
+        for &(slot, wrap) in at.iter().skip(1).chain(at.first()) {
+            mem.store_u16(slot + 14, flags(wrap), Ordering::Release)
+                .map_err(RingError::mem("descriptor ring"))?;
         }
         self.used = pos;
         self.pushed |= !done.is_empty();

@@ -118,13 +118,13 @@ impl VirtioDevice for RngDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::VecMemory;
+    use crate::memory::anonymous;
 
     use crate::sg::testing::{chain_at as chain, read_at as read};
 
     #[test]
     fn writable_buffers_get_random_bytes_and_readable_ones_stay() {
-        let mem = VecMemory::with_region(0, 0x4000);
+        let mem = anonymous(0, 0x4000);
         mem.write(0, &[0xAB; 16]).unwrap();
         let mut dev = RngDevice::new(RngFaults::default());
         let c = chain(&[(0, 16, false), (0x100, 100, true), (0x1000, 4000, true)]);
@@ -143,7 +143,7 @@ mod tests {
 
     #[test]
     fn a_huge_buffer_gets_part_of_it_and_faults_break_it() {
-        let mem = VecMemory::with_region(0, 0x40000);
+        let mem = anonymous(0, 0x40000);
         let big = chain(&[(0, 0x30000, true)]);
         let mut dev = RngDevice::new(RngFaults::default());
         assert_eq!(dev.serve(0, &mem, &big), RNG_MAX_PER_REQUEST);

@@ -136,11 +136,11 @@ impl VirtioDevice for ScmiDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::VecMemory;
+    use crate::memory::anonymous;
     use crate::sg::testing::{chain_at as chain, read_at as read};
 
     fn run(dev: &mut ScmiDevice, cmd: &[u8]) -> Vec<u8> {
-        let mem = VecMemory::with_region(0, 0x1000);
+        let mem = anonymous(0, 0x1000);
         mem.write(0, cmd).unwrap();
         let c = chain(&[(0, cmd.len() as u32, false), (0x100, 64, true)]);
         let n = dev.serve(0, &mem, &c);

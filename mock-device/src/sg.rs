@@ -56,9 +56,10 @@ pub(crate) fn write_writable(
 
 #[cfg(test)]
 pub(crate) mod testing {
-    //! Hand-built chains over a [`VecMemory`] for the device tests.
+    //! Hand-built chains over a [`GuestMemoryMmap`] for the device tests.
     use crate::chain::{Chain, Segment};
-    use crate::memory::{GuestMemory, VecMemory};
+    use crate::memory::{GuestMemory, anonymous};
+    use vm_memory::GuestMemoryMmap;
 
     /// A chain of `(gpa, len, writable)` segments at fixed addresses.
     pub(crate) fn chain_at(segments: &[(u64, u32, bool)]) -> Chain {
@@ -72,7 +73,7 @@ pub(crate) mod testing {
     }
 
     /// `len` bytes of `mem` at `gpa`.
-    pub(crate) fn read_at(mem: &VecMemory, gpa: u64, len: usize) -> Vec<u8> {
+    pub(crate) fn read_at(mem: &GuestMemoryMmap, gpa: u64, len: usize) -> Vec<u8> {
         let mut b = vec![0; len];
         mem.read(gpa, &mut b).unwrap();
         b
@@ -80,7 +81,7 @@ pub(crate) mod testing {
 
     /// Lays buffers out one after another in one region and builds chains over them.
     pub(crate) struct Builder {
-        pub(crate) mem: VecMemory,
+        pub(crate) mem: GuestMemoryMmap,
         next: u64,
     }
 
@@ -88,7 +89,7 @@ pub(crate) mod testing {
         /// 1 MiB of guest memory at 0x10000.
         pub(crate) fn new() -> Self {
             Self {
-                mem: VecMemory::with_region(0x10000, 1 << 20),
+                mem: anonymous(0x10000, 1 << 20),
                 next: 0x10000,
             }
         }

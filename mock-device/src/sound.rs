@@ -344,10 +344,11 @@ impl VirtioDevice for SoundDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::VecMemory;
+    use crate::memory::anonymous;
     use crate::sg::testing::{chain_at as chain, read_at as read};
+    use vm_memory::GuestMemoryMmap;
 
-    fn ask(dev: &mut SoundDevice, mem: &VecMemory, req: &[u8], room: u32) -> (u32, Vec<u8>) {
+    fn ask(dev: &mut SoundDevice, mem: &GuestMemoryMmap, req: &[u8], room: u32) -> (u32, Vec<u8>) {
         mem.write(0, req).unwrap();
         let c = chain(&[(0, req.len() as u32, false), (0x1000, room, true)]);
         let used = dev.serve(snd::CONTROL_QUEUE, mem, &c);
@@ -371,7 +372,7 @@ mod tests {
 
     #[test]
     fn queries_answer_records_in_range_and_bad_msg_past_it() {
-        let mem = VecMemory::with_region(0, 0x4000);
+        let mem = anonymous(0, 0x4000);
         let mut dev = SoundDevice::new(SoundFaults::default());
         let (st, recs) = ask(&mut dev, &mem, &query(snd::R_PCM_INFO, 0, 2, 32), 68);
         assert_eq!((st, recs.len()), (snd::S_OK, 64));
@@ -394,7 +395,7 @@ mod tests {
 
     #[test]
     fn the_lifecycle_runs_in_order_and_refuses_skipped_steps() {
-        let mem = VecMemory::with_region(0, 0x4000);
+        let mem = anonymous(0, 0x4000);
         let mut dev = SoundDevice::new(SoundFaults::default());
         let hdr = |code| PcmHdr { code, stream_id: 0 }.as_bytes().to_vec();
         assert_eq!(

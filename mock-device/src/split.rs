@@ -13,7 +13,7 @@ use vhu_protocol::virtio::{
 use zerocopy::IntoBytes;
 
 use crate::chain::{Chain, ChainBuilder, RingError, indirect_entries};
-use crate::memory::{GuestMemory, read_obj, read_u16, write_u16};
+use crate::memory::{GuestMemory, read_obj};
 use crate::queue::RingConfig;
 
 /// Where a descriptor is read from: the ring's table or an indirect table.
@@ -68,7 +68,10 @@ impl SplitRing {
     }
 
     fn avail_idx(&self, mem: &dyn GuestMemory) -> Result<u16, RingError> {
-        read_u16(mem, self.cfg.driver + 2).map_err(RingError::mem("avail ring"))
+        // Acquire pairs with the driver's release before it stored avail idx: ring entries and
+        // descriptors it published are visible after this.
+        mem.load_u16(self.cfg.driver + 2, Ordering::Acquire)
+            .map_err(RingError::mem("avail ring"))
     }
 
     /// Reads the used idx from the ring once, before the first use of the ring.
@@ -86,7 +89,9 @@ impl SplitRing {
 
     /// Adopts the used idx found in the used ring (reconnect: the ring may be ahead of base).
     pub(crate) fn sync_used_idx(&mut self, mem: &dyn GuestMemory) -> Result<u16, RingError> {
-        let idx = read_u16(mem, self.cfg.device + 2).map_err(RingError::mem("used ring"))?;
+        let idx = mem
+            .load_u16(self.cfg.device + 2, Ordering::Relaxed)
+            .map_err(RingError::mem("used ring"))?;
         self.next_used = Wrapping(idx);
         self.signalled_used = None;
         self.used_synced = true;
@@ -108,9 +113,6 @@ impl SplitRing {
     pub(crate) fn pop(&mut self, mem: &dyn GuestMemory) -> Result<Option<Chain>, RingError> {
         self.ensure_used_synced(mem)?;
         let avail_idx = self.avail_idx(mem)?;
-        // Pairs with the driver's release before it stored avail idx: ring entries and
-        // descriptors it published are visible after this.
-        fence(Ordering::Acquire);
         let pending = (Wrapping(avail_idx) - self.next_avail).0;
         if pending == 0 {
             return Ok(None);
@@ -123,8 +125,9 @@ impl SplitRing {
             });
         }
         let slot = u64::from(self.next_avail.0 % self.cfg.size);
-        let head =
-            read_u16(mem, self.cfg.driver + 4 + 2 * slot).map_err(RingError::mem("avail ring"))?;
+        let head = mem
+            .load_u16(self.cfg.driver + 4 + 2 * slot, Ordering::Relaxed)
+            .map_err(RingError::mem("avail ring"))?;
         let chain = self.walk(mem, head)?;
         self.next_avail += 1;
         Ok(Some(chain))
@@ -188,11 +191,11 @@ impl SplitRing {
         };
         mem.write(self.cfg.device + 4 + 8 * slot, elem.as_bytes())
             .map_err(RingError::mem("used ring"))?;
-        // The element must be visible before the index that publishes it.
-        fence(Ordering::Release);
         self.next_used += 1;
         self.pushed = true;
-        write_u16(mem, self.cfg.device + 2, self.next_used.0).map_err(RingError::mem("used ring"))
+        // Release: the element must be visible before the index that publishes it.
+        mem.store_u16(self.cfg.device + 2, self.next_used.0, Ordering::Release)
+            .map_err(RingError::mem("used ring"))
     }
 
     /// Publishes several used elements with one used idx store, so the driver sees all of
@@ -212,11 +215,11 @@ impl SplitRing {
             mem.write(self.cfg.device + 4 + 8 * slot, elem.as_bytes())
                 .map_err(RingError::mem("used ring"))?;
         }
-        // Every element must be visible before the index that publishes them.
-        fence(Ordering::Release);
         self.next_used += Wrapping(done.len() as u16);
         self.pushed = true;
-        write_u16(mem, self.cfg.device + 2, self.next_used.0).map_err(RingError::mem("used ring"))
+        // Release: every element must be visible before the index that publishes them.
+        mem.store_u16(self.cfg.device + 2, self.next_used.0, Ordering::Release)
+            .map_err(RingError::mem("used ring"))
     }
 
     /// Whether the driver wants an interrupt for what was published since the last call.
@@ -229,10 +232,16 @@ impl SplitRing {
             return Ok(false);
         }
         if !self.cfg.event_idx {
-            let flags = read_u16(mem, self.cfg.driver).map_err(RingError::mem("avail ring"))?;
+            let flags = mem
+                .load_u16(self.cfg.driver, Ordering::Relaxed)
+                .map_err(RingError::mem("avail ring"))?;
             return Ok(flags & VIRTQ_AVAIL_F_NO_INTERRUPT == 0);
         }
-        let used_event = read_u16(mem, self.cfg.driver + 4 + 2 * u64::from(self.cfg.size))
+        let used_event = mem
+            .load_u16(
+                self.cfg.driver + 4 + 2 * u64::from(self.cfg.size),
+                Ordering::Relaxed,
+            )
             .map_err(RingError::mem("avail ring used_event"))?;
         Ok(old.is_none_or(|old| need_event(used_event, new.0, old.0)))
     }
@@ -241,10 +250,11 @@ impl SplitRing {
     pub(crate) fn enable_notifications(&mut self, mem: &dyn GuestMemory) -> Result<(), RingError> {
         if self.cfg.event_idx {
             let at = self.cfg.device + 4 + 8 * u64::from(self.cfg.size);
-            write_u16(mem, at, self.next_avail.0)
+            mem.store_u16(at, self.next_avail.0, Ordering::Relaxed)
                 .map_err(RingError::mem("used ring avail_event"))?;
         } else {
-            write_u16(mem, self.cfg.device, 0).map_err(RingError::mem("used ring"))?;
+            mem.store_u16(self.cfg.device, 0, Ordering::Relaxed)
+                .map_err(RingError::mem("used ring"))?;
         }
         // The driver must see the request before the device re-reads avail idx.
         fence(Ordering::SeqCst);
@@ -256,7 +266,8 @@ impl SplitRing {
         if self.cfg.event_idx {
             return Ok(());
         }
-        write_u16(mem, self.cfg.device, VIRTQ_USED_F_NO_NOTIFY).map_err(RingError::mem("used ring"))
+        mem.store_u16(self.cfg.device, VIRTQ_USED_F_NO_NOTIFY, Ordering::Relaxed)
+            .map_err(RingError::mem("used ring"))
     }
 }
 

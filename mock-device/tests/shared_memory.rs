@@ -4,9 +4,6 @@
 
 mod common;
 
-use std::num::NonZeroUsize;
-use std::os::fd::AsFd;
-use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -14,11 +11,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{BlkReq, Guest, PackedDriver, RAM_BASE, RAM_SIZE, SplitDriver, pattern};
-use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
-use vhu_mock_device::{
-    BlkDevice, DataPathFaults, GuestMemory, MemError, Queue, RingConfig, memory::end_of,
-    process_queue,
-};
+use vhu_mock_device::vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+use vhu_mock_device::{BlkDevice, DataPathFaults, Queue, RingConfig, process_queue};
 use vhu_protocol::virtio::blk;
 
 /// Requests each test pushes through the ring.
@@ -28,87 +22,19 @@ const DEPTH: usize = 4;
 /// Bound on every test: nothing may hang.
 const DEADLINE: Duration = Duration::from_secs(20);
 
-/// One shared mapping of the guest memfd, copied with volatile accesses.
-struct SharedMem {
-    base: NonNull<u8>,
-}
+/// One shared mapping of the guest memfd: rust-vmm's guest memory over it, as the back-end
+/// keeps its regions (volatile copies, atomic idx/flags accesses).
+type SharedMem = GuestMemoryMmap;
 
-// SAFETY: the mapping is plain shared memory valid until drop; every access is volatile and
-// the ring protocol (fences around idx/flags) orders what both sides see.
-unsafe impl Send for SharedMem {}
-
-impl SharedMem {
-    fn map(fd: &memfd::Memfd) -> Self {
-        let len = NonZeroUsize::new(RAM_SIZE).unwrap();
-        let prot = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
-        // SAFETY: a fresh shared mapping of a memfd sized to RAM_SIZE; nothing else aliases the
-        // returned address range in this process.
-        let p = unsafe {
-            mmap(
-                None,
-                len,
-                prot,
-                MapFlags::MAP_SHARED,
-                fd.as_file().as_fd(),
-                0,
-            )
-        };
-        Self {
-            base: p.expect("mmap guest memory").cast(),
-        }
-    }
-
-    /// The host pointer of `len` bytes at `gpa`, if inside the mapping.
-    fn ptr(&self, gpa: u64, len: usize) -> Result<*mut u8, MemError> {
-        let end = end_of(gpa, len as u64)?;
-        if gpa < RAM_BASE || end > RAM_BASE + RAM_SIZE as u64 {
-            return Err(MemError::Unmapped {
-                gpa,
-                len: len as u64,
-            });
-        }
-        // SAFETY: the offset was just checked to lie inside the RAM_SIZE mapping.
-        Ok(unsafe { self.base.as_ptr().add((gpa - RAM_BASE) as usize) })
-    }
-}
-
-impl Drop for SharedMem {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `map`, unmapped once, with no reference outliving self.
-        let _ = unsafe { munmap(self.base.cast(), RAM_SIZE) };
-    }
-}
-
-impl GuestMemory for SharedMem {
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        let p = self.ptr(gpa, buf.len())?;
-        if buf.len() == 2 && p.align_offset(2) == 0 {
-            // SAFETY: 2 aligned bytes inside the mapping; one access, as ring idx reads need.
-            let v = unsafe { p.cast::<u16>().read_volatile() };
-            buf.copy_from_slice(&v.to_ne_bytes());
-            return Ok(());
-        }
-        for (i, b) in buf.iter_mut().enumerate() {
-            // SAFETY: byte i of a range checked to lie inside the mapping.
-            *b = unsafe { p.add(i).read_volatile() };
-        }
-        Ok(())
-    }
-
-    fn write(&self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
-        let p = self.ptr(gpa, data.len())?;
-        if data.len() == 2 && p.align_offset(2) == 0 {
-            let v = u16::from_ne_bytes([data[0], data[1]]);
-            // SAFETY: 2 aligned bytes inside the mapping; one access, as idx/flags stores need.
-            unsafe { p.cast::<u16>().write_volatile(v) };
-            return Ok(());
-        }
-        for (i, b) in data.iter().enumerate() {
-            // SAFETY: byte i of a range checked to lie inside the mapping.
-            unsafe { p.add(i).write_volatile(*b) };
-        }
-        Ok(())
-    }
+/// Maps the guest memfd at RAM_BASE.
+fn map(fd: &memfd::Memfd) -> SharedMem {
+    let file = fd.as_file().try_clone().expect("dup memfd");
+    let range = (
+        GuestAddress(RAM_BASE),
+        RAM_SIZE,
+        Some(FileOffset::new(file, 0)),
+    );
+    GuestMemoryMmap::from_ranges_with_files([range]).expect("map guest memory")
 }
 
 fn guest_memfd() -> memfd::Memfd {
@@ -125,7 +51,7 @@ fn device_thread(
     cfg: mpsc::Receiver<(RingConfig, u32)>,
     stop: Arc<AtomicBool>,
 ) -> thread::JoinHandle<(usize, BlkDevice)> {
-    let mem = SharedMem::map(fd);
+    let mem = map(fd);
     thread::spawn(move || {
         let (cfg, base) = cfg.recv_timeout(DEADLINE).expect("ring config");
         let mut q = Queue::try_new(cfg, base).unwrap();
@@ -168,7 +94,7 @@ fn split_ring_serves_a_concurrent_driver_on_shared_memory() {
     let (tx, rx) = mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
     let device = device_thread(&fd, rx, stop.clone());
-    let mut g = Guest::with_memory(SharedMem::map(&fd));
+    let mut g = Guest::with_memory(map(&fd));
     let mut drv = SplitDriver::new(&mut g, 16, 65500);
     drv.cfg.event_idx = true;
     tx.send((drv.cfg, 65500)).unwrap();
@@ -212,7 +138,7 @@ fn packed_ring_serves_a_concurrent_driver_on_shared_memory() {
     let (tx, rx) = mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
     let device = device_thread(&fd, rx, stop.clone());
-    let mut g = Guest::with_memory(SharedMem::map(&fd));
+    let mut g = Guest::with_memory(map(&fd));
     let mut drv = PackedDriver::new(&mut g, 13);
     tx.send((drv.cfg, 1 << 15 | 1 << 31)).unwrap();
     let mut pending = std::collections::HashMap::new();

@@ -89,7 +89,7 @@ impl Iov {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::VecMemory;
+    use crate::memory::anonymous;
 
     fn seg(gpa: u64, len: u32) -> Segment {
         Segment {
@@ -101,7 +101,7 @@ mod tests {
 
     #[test]
     fn stream_crosses_segment_boundaries() {
-        let mem = VecMemory::with_region(0, 0x100);
+        let mem = anonymous(0, 0x100);
         let iov = Iov::of(&[seg(0x10, 3), seg(0x40, 0), seg(0x80, 5)]);
         assert_eq!(iov.len(), 8);
         iov.write(&mem, b"abcdefgh").unwrap();

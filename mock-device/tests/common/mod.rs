@@ -8,7 +8,8 @@
 use std::num::Wrapping;
 use std::sync::atomic::{Ordering, fence};
 
-use vhu_mock_device::{GuestMemory, RingConfig, VecMemory};
+use vhu_mock_device::vm_memory::GuestMemoryMmap;
+use vhu_mock_device::{GuestMemory, RingConfig, anonymous};
 use vhu_protocol::virtio::{
     BlkReqHeader, PackedDesc, SplitDesc, UsedElem, VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_AVAIL,
     VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_USED, VIRTQ_DESC_F_WRITE,
@@ -51,7 +52,7 @@ pub fn wo(gpa: u64, len: u32) -> Buf {
 
 /// Guest memory plus a bump allocator that surrounds buffers with canaries and remembers the
 /// contents of driver-readable buffers.
-pub struct Guest<M: GuestMemory = VecMemory> {
+pub struct Guest<M: GuestMemory = GuestMemoryMmap> {
     pub mem: M,
     next: u64,
     guards: Vec<u64>,
@@ -60,7 +61,7 @@ pub struct Guest<M: GuestMemory = VecMemory> {
 
 impl Guest {
     pub fn new() -> Self {
-        Self::with_memory(VecMemory::with_region(RAM_BASE, RAM_SIZE))
+        Self::with_memory(anonymous(RAM_BASE, RAM_SIZE))
     }
 }
 
