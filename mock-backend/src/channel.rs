@@ -77,7 +77,7 @@ pub struct ShmemReq {
     pub shmid: u8,
     /// Offset into the region.
     pub offset: u64,
-    /// Length.
+    /// Bytes to map.
     pub len: u64,
 }
 

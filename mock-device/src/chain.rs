@@ -59,7 +59,7 @@ pub enum RingError {
     BadBuffer {
         /// Start address.
         gpa: u64,
-        /// Length.
+        /// Its length in bytes.
         len: u32,
         /// The cause.
         #[source]
@@ -80,7 +80,7 @@ pub enum RingError {
     /// A descriptor index (head, avail entry or `next`) is not below the queue size.
     #[error("descriptor index {index} out of range for queue size {size}")]
     DescIndexOutOfRange {
-        /// The index.
+        /// The index read.
         index: u16,
         /// Queue size.
         size: u16,
@@ -91,7 +91,7 @@ pub enum RingError {
     /// A `next` inside an indirect table points out of the table.
     #[error("next {next} inside an indirect table of {entries} entries")]
     IndirectNextOutOfTable {
-        /// The index.
+        /// The `next` read.
         next: u16,
         /// Entries in the table.
         entries: u32,
@@ -102,7 +102,7 @@ pub enum RingError {
     /// The indirect table length is zero, not a multiple of 16 or too large.
     #[error("indirect table of {len} bytes")]
     IndirectTableLen {
-        /// The length.
+        /// The table's length in bytes.
         len: u32,
     },
     /// The ring configuration itself is invalid (size, base).

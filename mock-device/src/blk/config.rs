@@ -30,23 +30,23 @@ pub enum ConfigError {
     BadValue {
         /// Field offset.
         offset: u32,
-        /// The value.
+        /// The byte written.
         value: u8,
     },
     /// A guest write (flags 0) touching a read-only field.
     #[error("config range at {offset} of {len} bytes is not guest-writable")]
     NotWritable {
-        /// Offset.
+        /// Where the write starts in the config space.
         offset: u32,
-        /// Length.
+        /// Bytes written.
         len: usize,
     },
     /// The range leaves the config space.
     #[error("config range at {offset} of {len} bytes is beyond the {CONFIG_SIZE}-byte space")]
     OutOfRange {
-        /// Offset.
+        /// Where the access starts in the config space.
         offset: u32,
-        /// Length.
+        /// Bytes asked for.
         len: usize,
     },
 }

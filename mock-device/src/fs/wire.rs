@@ -93,7 +93,7 @@ pub struct InHeader {
     pub pid: u32,
     /// Extension length in 8-byte units (7.36; zero for 7.31).
     pub total_extlen: u16,
-    /// Padding.
+    /// Reserved: zero.
     pub padding: u16,
 }
 
@@ -209,7 +209,7 @@ pub struct AttrOut {
     pub attr_valid: u64,
     /// Cache timeout, nanoseconds.
     pub attr_valid_nsec: u32,
-    /// Padding.
+    /// Reserved: zero.
     pub dummy: u32,
     /// The attributes.
     pub attr: Attr,
@@ -259,7 +259,7 @@ pub struct OpenOut {
     pub fh: u64,
     /// `FOPEN_*` flags.
     pub open_flags: u32,
-    /// Padding.
+    /// Reserved: zero.
     pub padding: u32,
 }
 
@@ -281,7 +281,7 @@ pub struct ReadIn {
     pub lock_owner: u64,
     /// `open(2)` flags.
     pub flags: u32,
-    /// Padding.
+    /// Reserved: zero.
     pub padding: u32,
 }
 
@@ -319,7 +319,7 @@ pub struct ForgetIn {
 pub struct BatchForgetIn {
     /// Entries that follow.
     pub count: u32,
-    /// Padding.
+    /// Reserved: zero.
     pub dummy: u32,
 }
 
@@ -357,7 +357,7 @@ pub struct StatfsOut {
     pub namelen: u32,
     /// Fragment size.
     pub frsize: u32,
-    /// Padding.
+    /// Reserved: zero.
     pub padding: u32,
     /// Spare.
     pub spare: [u32; 6],

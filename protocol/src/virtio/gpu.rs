@@ -120,7 +120,7 @@ pub struct DisplayOne {
     pub r: Rect,
     /// 1 when a display is connected.
     pub enabled: u32,
-    /// Flags.
+    /// Per-scanout flags (none defined; zero).
     pub flags: u32,
 }
 

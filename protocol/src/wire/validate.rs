@@ -47,9 +47,9 @@ pub enum Violation {
     Overflow {
         /// The fields added.
         field: &'static str,
-        /// The base.
+        /// Where the range starts.
         base: u64,
-        /// The length.
+        /// Bytes of the range.
         len: u64,
     },
     /// Reserved bits of a payload field are set.
