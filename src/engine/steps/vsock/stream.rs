@@ -179,33 +179,26 @@ impl Ctx<'_> {
             .map(|(l, _)| l.wait_received(before + n, self.opts.step_timeout))
             .unwrap_or_default()
             .split_off(before);
-        if host != data {
-            let at = first_difference(&host, &data);
-            return Err(self.fail(
-                rule,
-                &format!(
-                    "the host side read {} of the {n} bytes sent, differing from byte {at}",
-                    host.len()
-                ),
-                "every RW payload byte delivered to the host side, in order",
-                format!("{} bytes", host.len()),
-            ));
-        }
+        self.same_stream(
+            rule,
+            &host,
+            &data,
+            |got, at| {
+                format!("the host side read {got} of the {n} bytes sent, differing from byte {at}")
+            },
+            "every RW payload byte delivered to the host side, in order",
+        )?;
         // The host echoes: the same bytes must come back through the rx queue.
         let back = self.collect_rx(step, port, n)?;
-        if back != data {
-            let at = first_difference(&back, &data);
-            return Err(self.fail(
-                rule,
-                &format!(
-                    "the host's echo came back as {} of {n} bytes, differing from byte {at}",
-                    back.len()
-                ),
-                "the host side's bytes delivered in RW packets, in order",
-                format!("{} bytes", back.len()),
-            ));
-        }
-        Ok(())
+        self.same_stream(
+            rule,
+            &back,
+            &data,
+            |got, at| {
+                format!("the host's echo came back as {got} of {n} bytes, differing from byte {at}")
+            },
+            "the host side's bytes delivered in RW packets, in order",
+        )
     }
 
     pub(super) fn vsock_recv(&mut self, step: &Step, port: u32) -> StepResult {
@@ -221,19 +214,40 @@ impl Ctx<'_> {
         let got = self.collect_rx(step, port, n)?;
         let rule = step.rule.unwrap_or(id::R_VSOCK_03);
         self.mark(rule);
-        if got.get(..n) != want.get(..n) {
-            let at = first_difference(&got, &want[..n]);
-            return Err(self.fail(
-                rule,
-                &format!(
-                    "{} of the {n} bytes the host side wrote arrived, differing from byte {at}",
-                    got.len()
-                ),
-                "every byte the host side wrote, in RW packets, in order, as credit allows",
-                format!("{} bytes", got.len()),
-            ));
+        // Bytes past the n asked for belong to a later step.
+        self.same_stream(
+            rule,
+            &got[..got.len().min(n)],
+            &want[..n],
+            |got, at| {
+                format!(
+                    "{got} of the {n} bytes the host side wrote arrived, differing from byte {at}"
+                )
+            },
+            "every byte the host side wrote, in RW packets, in order, as credit allows",
+        )
+    }
+
+    /// `rule`'s check that a stream arrived whole and in order: `got` is `want`. `summary` is
+    /// given how many bytes arrived and the first that differs.
+    fn same_stream(
+        &mut self,
+        rule: RuleId,
+        got: &[u8],
+        want: &[u8],
+        summary: impl FnOnce(usize, usize) -> String,
+        expected: &str,
+    ) -> StepResult {
+        if got == want {
+            return Ok(());
         }
-        Ok(())
+        let at = first_difference(got, want);
+        Err(self.fail(
+            rule,
+            &summary(got.len(), at),
+            expected,
+            format!("{} bytes", got.len()),
+        ))
     }
 
     pub(super) fn vsock_credit_request(&mut self, step: &Step, port: u32) -> StepResult {
