@@ -10,6 +10,9 @@ use std::sync::Mutex;
 
 #[path = "common/golden.rs"]
 mod golden;
+#[path = "common/report.rs"]
+#[allow(dead_code)]
+mod report;
 
 /// Step timeout of the fault runs: short, since many faults make steps time out.
 const STEP_TIMEOUT_MS: u32 = 400;
@@ -52,35 +55,24 @@ fn try_run_suite_on(
     fault: Option<&str>,
     step_timeout_ms: u32,
 ) -> (Option<i32>, Result<serde_json::Value, String>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
     let exe = env!("CARGO_BIN_EXE_vhu-conform");
     let fault_arg = fault.map(|f| format!(" --fault {f}")).unwrap_or_default();
     // SHMEM is blk's; another device is named (its faults need it) and has no region.
     let device_arg = device.map_or(" --shmem 0:0x100000".to_string(), |d| {
         format!(" --device {d}")
     });
-    let out = Command::new(exe)
-        .arg("--spawn")
-        .arg(format!(
-            "'{exe}' mock-backend --socket-path {{socket}}{device_arg}{fault_arg}"
-        ))
-        .arg("--step-timeout-ms")
-        .arg(step_timeout_ms.to_string())
-        // One scenario at a time: the fault-mode tests already run three suites at once.
-        .args(["-j", "1", "--scenario-timeout-ms", "8000", "--json-report"])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let ran = report::run_with_report(
+        Command::new(exe)
+            .arg("--spawn")
+            .arg(format!(
+                "'{exe}' mock-backend --socket-path {{socket}}{device_arg}{fault_arg}"
+            ))
+            .arg("--step-timeout-ms")
+            .arg(step_timeout_ms.to_string())
+            // One scenario at a time: the fault-mode tests already run three suites at once.
+            .args(["-j", "1", "--scenario-timeout-ms", "8000"]),
     );
-    let report = std::fs::read_to_string(&json)
-        .map_err(|e| format!("no report ({e})"))
-        .and_then(|j| serde_json::from_str(&j).map_err(|e| format!("bad report ({e})")));
-    (out.status.code(), report, text)
+    (ran.code, ran.report, ran.text)
 }
 
 #[test]
@@ -165,10 +157,15 @@ fn every_fault_mode_is_caught_by_a_scenario_citing_its_rule() {
         .map(|f| (f.1, f.2))
         .collect();
     let runs = Mutex::new(BTreeMap::new());
+    let reports = Mutex::new(BTreeMap::new());
     let missed = three_at_a_time(&faults, |&(name, rule)| {
         let (_, report, text) = run_suite(Some(name));
         let verdicts = golden::verdicts(&report);
         runs.lock().unwrap().insert(name.to_string(), verdicts);
+        reports
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), report.clone());
         // A crash is always a failure; other rules may only warn (SHOULD, robustness).
         let verdicts: &[&str] = if rule == "R-CRASH-01" {
             &["fail"]
@@ -193,8 +190,37 @@ fn every_fault_mode_is_caught_by_a_scenario_citing_its_rule() {
     // Each fault's run gives the verdicts it gave before (what differs from the run without one).
     let runs = runs.into_inner().unwrap();
     if let Err(diff) = golden::check_runs("faults.txt", Some("bundled-blk.txt"), &runs) {
-        panic!("{diff}");
+        let reports = reports.into_inner().unwrap();
+        panic!("{diff}\n{}", findings_behind(&diff, &reports));
     }
+}
+
+/// For each `[fault] scenario:` line of a golden diff, the findings that scenario had in that
+/// fault's run (a verdict that changed once in CI is diagnosed from the log alone).
+fn findings_behind(diff: &str, reports: &BTreeMap<String, serde_json::Value>) -> String {
+    let mut out = String::new();
+    for line in diff.lines() {
+        let Some((fault, rest)) = line
+            .trim()
+            .strip_prefix('[')
+            .and_then(|l| l.split_once("] "))
+        else {
+            continue;
+        };
+        let Some((id, _)) = rest.split_once(':') else {
+            continue;
+        };
+        let results = reports.get(fault).and_then(|r| r["results"].as_array());
+        for r in results.into_iter().flatten().filter(|r| r["id"] == id) {
+            for f in r["findings"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "  [{fault}] {id}: {}: {}; sent {}; received {}\n",
+                    f["rule"], f["summary"], f["sent"], f["received"]
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// The devices of issue 17 whose fault modes this file runs (the others' are in
@@ -399,31 +425,18 @@ fn the_reference_simple_devices_fail_nothing_and_their_faults_are_caught() {
 
 /// As [`try_run_suite_on`] with only the scenarios `filter` selects, two at a time.
 fn run_area(device: &str, fault: Option<&str>, filter: &str) -> (serde_json::Value, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
     let exe = env!("CARGO_BIN_EXE_vhu-conform");
     let fault_arg = fault.map(|f| format!(" --fault {f}")).unwrap_or_default();
-    let out = Command::new(exe)
-        .args(["--device", device, "--spawn"])
-        .arg(format!(
-            "'{exe}' mock-backend --socket-path {{socket}} --device {device}{fault_arg}"
-        ))
-        .args(["--step-timeout-ms", &STEP_TIMEOUT_MS.to_string()])
-        .args(["-j", "2", "--json-report"])
-        .arg(&json)
-        .arg(filter)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = std::fs::read_to_string(&json)
-        .ok()
-        .and_then(|j| serde_json::from_str(&j).ok())
-        .unwrap_or_else(|| panic!("no report: {text}"));
-    (report, text)
+    report::run_with_report(
+        Command::new(exe)
+            .args(["--device", device, "--spawn"])
+            .arg(format!(
+                "'{exe}' mock-backend --socket-path {{socket}} --device {device}{fault_arg}"
+            ))
+            .args(["--step-timeout-ms", &STEP_TIMEOUT_MS.to_string()])
+            .args(["-j", "2", filter]),
+    )
+    .expect_report("no report")
 }
 
 #[test]

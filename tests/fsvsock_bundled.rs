@@ -6,6 +6,10 @@
 
 use std::process::Command;
 
+#[path = "common/report.rs"]
+#[allow(dead_code)]
+mod report;
+
 const EXE: &str = env!("CARGO_BIN_EXE_vhu-conform");
 
 /// The spawn command of the bundled back-end as `device`, with `--fault` when given.
@@ -20,25 +24,13 @@ fn spawn(device: &str, fault: Option<&str>) -> String {
 
 /// Runs the `device/*` scenarios; the report and the console text.
 fn run(device: &str, fault: Option<&str>) -> (serde_json::Value, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
-    let out = Command::new(EXE)
-        .args(["--device", device, "--spawn", &spawn(device, fault)])
-        .args(["-j", "2", "--step-timeout-ms", "1000", "--json-report"])
-        .arg(&json)
-        .arg(format!("{device}/*"))
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = std::fs::read_to_string(&json)
-        .ok()
-        .and_then(|j| serde_json::from_str(&j).ok())
-        .unwrap_or_else(|| panic!("no report for {device} {fault:?}: {text}"));
-    (report, text)
+    report::run_with_report(
+        Command::new(EXE)
+            .args(["--device", device, "--spawn", &spawn(device, fault)])
+            .args(["-j", "2", "--step-timeout-ms", "1000"])
+            .arg(format!("{device}/*")),
+    )
+    .expect_report(&format!("no report for {device} {fault:?}"))
 }
 
 /// The fault modes the back-end lists for `device` (`NAME  RULE  --device DEVICE: ...`).

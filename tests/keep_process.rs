@@ -10,6 +10,10 @@ use std::process::Command;
 
 use serde_json::Value;
 
+#[path = "common/report.rs"]
+#[allow(dead_code)]
+mod report;
+
 const EXE: &str = env!("CARGO_BIN_EXE_vhu-conform");
 
 /// The bundled back-end behind a wrapper that counts its starts in `starts` (one line each),
@@ -25,26 +29,14 @@ fn counted_spawn(starts: &Path, extra: &str, after: &str) -> String {
 /// Runs the suite (or the scenarios `filters` select) with `--spawn command` and `args`: the
 /// JSON report and the output for assertion messages.
 fn run(command: &str, filters: &[&str], args: &[&str]) -> (Value, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
-    let out = Command::new(EXE)
-        .arg("--spawn")
-        .arg(command)
-        .args(filters)
-        .args(args)
-        .args(["--json-report", json.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = std::fs::read_to_string(&json)
-        .ok()
-        .and_then(|j| serde_json::from_str(&j).ok())
-        .unwrap_or_else(|| panic!("no JSON report: {text}"));
-    (report, text)
+    report::run_with_report(
+        Command::new(EXE)
+            .arg("--spawn")
+            .arg(command)
+            .args(filters)
+            .args(args),
+    )
+    .expect_report("no JSON report")
 }
 
 /// Per scenario, in report order: id, outcome, and the rules its findings cite.

@@ -67,7 +67,7 @@ impl Default for RunOptions {
 
 /// A departure from the spec, tied to the rule of the check that found it and to what was
 /// exchanged.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Finding {
     /// The rule the failed check verifies (`R-MEM-11`).
     pub rule: RuleId,

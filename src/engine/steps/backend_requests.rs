@@ -63,7 +63,7 @@ impl Ctx<'_> {
             if problems.is_empty() || !seen.insert((r.code, problems.clone())) {
                 continue;
             }
-            self.fail(
+            self.report(
                 rule,
                 &format!("{name} on the back-end channel: {}", problems.join("; ")),
                 "each back-end request only with its protocol feature and with its payload layout",
@@ -82,7 +82,7 @@ impl Ctx<'_> {
         if self.protocol & ProtocolFeatures::SHMEM.bits() != 0 {
             self.mark(id::R_SHM_01);
         } else if self.protocol & gpa != 0 {
-            self.fail(
+            self.report(
                 id::R_SHM_01,
                 "a SHMEM request after protocol bit 21 (GPA_ADDRESSES) was negotiated, not bit 22 (SHMEM): the pre-standard numbering of rust-vmm 0.16 and earlier",
                 "SHMEM requests only with protocol bit 22 negotiated",

@@ -175,13 +175,12 @@ impl Ctx<'_> {
                     chain(&e),
                     describe_exit(&st, &self.inst().stderr_tail(400))
                 );
-                self.fail(
+                Err(self.fail(
                     step.rule.unwrap_or(id::R_ROB_09),
                     "the back-end does not accept a new connection after a disconnect",
                     "a new front-end connection is served",
                     received,
-                );
-                Err(StepError::Finding)
+                ))
             }
         }
     }

@@ -78,8 +78,7 @@ impl Ctx<'_> {
         self.console.last = None;
         let r = run(self);
         let sent = self.console.last.clone();
-        self.data_path_sent(before, sent);
-        r
+        self.data_path_sent(before, sent, r)
     }
 
     fn multiport(&self) -> bool {
@@ -177,7 +176,8 @@ impl Ctx<'_> {
         if self.console.reported.contains(&idx) {
             return;
         }
-        if self.judge_common(idx, what, d).is_err() {
+        if let Err(e) = self.judge_common(idx, what, d) {
+            self.record(e);
             self.console.reported.insert(idx);
         }
     }

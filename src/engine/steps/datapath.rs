@@ -134,13 +134,12 @@ impl Ctx<'_> {
         if inband_calls_in(&records, idx) > before {
             return Ok(());
         }
-        self.fail(
+        Err(self.fail(
             id::R_INB_04,
             &format!("queue {idx} completed a request without BACKEND_VRING_CALL"),
             "without a call fd and with in-band notifications, BACKEND_VRING_CALL (num 0) on the back-end channel",
             format!("no BACKEND_VRING_CALL for the ring within 300 ms of step {}'s completion", step.action.name()),
-        );
-        Err(StepError::Finding)
+        ))
     }
 
     /// Submits a request that the back-end must not complete (ring disabled or stopped); it
@@ -165,8 +164,7 @@ impl Ctx<'_> {
                 blk::blk_release(mem, pending);
                 self.mark(self.rule_of(step));
                 let (summary, expected) = self.completed_anyway(idx, step.action.name());
-                self.finding(step, &summary, expected, format!("{o:?}"));
-                Err(StepError::Finding)
+                Err(self.finding(step, &summary, expected, format!("{o:?}")))
             }
             Err(e) => Err(StepError::Harness(chain(&e))),
         }
@@ -224,14 +222,13 @@ impl Ctx<'_> {
                 }
                 // Announced by a VRING_KICK message, the request not completing is that
                 // message not processing the ring (R-INB-02).
-                self.fail(
+                return Err(self.fail(
                     step.rule
                         .unwrap_or(if inband { id::R_INB_02 } else { id::R_RING_07 }),
                     &format!("{what} was not completed"),
                     "the request completes (used ring entry and a call)",
                     received,
-                );
-                return Err(StepError::Finding);
+                ));
             }
         };
         let mut problems = Vec::new();
@@ -266,8 +263,7 @@ impl Ctx<'_> {
             return Ok(());
         }
         let rule = step.rule.unwrap_or(id::R_RING_07);
-        self.fail(rule, &format!("{what}: {}", problems.join("; ")), "status OK, used length = bytes written, only writable buffers touched, the data written", format!("{o:?}"));
-        Err(StepError::Finding)
+        Err(self.fail(rule, &format!("{what}: {}", problems.join("; ")), "status OK, used length = bytes written, only writable buffers touched, the data written", format!("{o:?}")))
     }
 
     /// The rules a completed request checks: the ring was read where SET_VRING_ADDR put it
@@ -326,13 +322,12 @@ impl Ctx<'_> {
             self.mark(id::R_RING_15);
             self.mark(id::R_WIRE_08);
             if old.read().is_ok() {
-                self.finding(
+                return Err(self.finding(
                     step,
                     &format!("queue {idx}: a completion was signalled on the replaced call fd"),
                     "after SET_VRING_CALL, calls go to the new eventfd only",
                     "the old eventfd was written".into(),
-                );
-                return Err(StepError::Finding);
+                ));
             }
         }
         Ok(())

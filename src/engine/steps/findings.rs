@@ -5,9 +5,11 @@
 use super::*;
 
 impl Ctx<'_> {
-    /// Records a finding of the check of `rule` that failed, at the scenario's level capped by
-    /// the rule's; returns [`StepError::Finding`] so a check can `return Err(ctx.fail(..))`.
-    /// This is the one way a finding is made.
+    /// The finding of the check of `rule` that failed, at the scenario's level capped by the
+    /// rule's, as the [`StepError`] that stops the scenario: `return Err(ctx.fail(..))`. A
+    /// check that lets the scenario go on records it with [`Ctx::record`] instead. This is the
+    /// one way a finding is made.
+    #[must_use = "a finding stops the scenario (return it) or is recorded (Ctx::record)"]
     pub fn fail(
         &mut self,
         rule: RuleId,
@@ -17,10 +19,8 @@ impl Ctx<'_> {
     ) -> StepError {
         // Behind the IOMMU, a write where only an IOVA taken for a guest address leads
         // explains whatever failed: the device did not translate through the IOTLB (R-MEM-19).
+        // Recorded once: `push` drops a second R-MEM-19.
         if let Some(write) = self.guest_addr_write().filter(|_| rule != id::R_MEM_19) {
-            if self.findings.iter().any(|f| f.rule == id::R_MEM_19) {
-                return StepError::Finding;
-            }
             return self.fail(
                 id::R_MEM_19,
                 &format!("{summary}: the device reached guest memory through the region guest addresses"),
@@ -28,18 +28,30 @@ impl Ctx<'_> {
                 format!("{received}; {write}"),
             );
         }
-        let sent = self.last_sent();
-        let finding = Finding {
+        StepError::Finding(Box::new(Finding {
             level: self.level_for(rule),
             rule,
             summary: format!("step {}: {summary}", self.step_no),
-            sent,
+            sent: self.last_sent(),
             received,
             expected: expected.into(),
             crash: None,
-        };
-        self.push(finding);
-        StepError::Finding
+        }))
+    }
+
+    /// Records the finding a failed check made and lets the scenario go on; any other
+    /// [`StepError`] is dropped (a check that goes on past its own failure has nothing else
+    /// to stop).
+    pub fn record(&mut self, e: StepError) {
+        if let StepError::Finding(f) = e {
+            self.push(*f);
+        }
+    }
+
+    /// Records the finding of a failed check of `rule` and goes on: [`Ctx::fail`], recorded.
+    pub fn report(&mut self, rule: RuleId, summary: &str, expected: &str, received: String) {
+        let e = self.fail(rule, summary, expected, received);
+        self.record(e);
     }
 
     /// Behind the IOMMU, a write into the decoy region no check reported yet (R-MEM-19).
@@ -48,7 +60,7 @@ impl Ctx<'_> {
             return;
         }
         if let Some(write) = self.guest_addr_write() {
-            self.fail(
+            self.report(
                 id::R_MEM_19,
                 "with ACCESS_PLATFORM, the device reached guest memory through the region guest addresses",
                 "every ring and buffer access through the IOTLB; the region guest addresses unused",
@@ -72,7 +84,7 @@ impl Ctx<'_> {
             if !seen.insert(text.clone()) {
                 continue;
             }
-            self.fail(
+            self.report(
                 crate::engine::violations::channel_rule(&v),
                 &format!("on the back-end channel: {text}"),
                 "back-end requests framed, flagged and sized as the spec says, with the fds their code takes",
@@ -87,8 +99,13 @@ impl Ctx<'_> {
         self.checked.insert(rule);
     }
 
+    /// Adds a finding to the scenario's; a second R-MEM-19 is dropped (the first explains
+    /// every later failure behind the IOMMU).
     pub(super) fn push(&mut self, f: Finding) {
         self.checked.insert(f.rule);
+        if f.rule == id::R_MEM_19 && self.findings.iter().any(|g| g.rule == id::R_MEM_19) {
+            return;
+        }
         self.findings.push(f);
     }
 
@@ -169,14 +186,13 @@ impl Ctx<'_> {
         match death {
             Death::Crash { .. } => {
                 self.crash_finding(&death, &format!("after {after}"), trigger.to_string());
-                self.fail(
+                let e = self.fail(
                     rule,
                     "the back-end crashed instead of handling the message",
                     "the message is refused (or handled) and the back-end keeps running",
                     describe_exit(&st, &tail),
                 );
-                self.findings.last_mut().expect("just pushed").sent = trigger.to_string();
-                Some(StepError::Finding)
+                Some(e.about(trigger.to_string()))
             }
             Death::Exit(code) => {
                 let panic = if code == 101 {
@@ -195,15 +211,12 @@ impl Ctx<'_> {
                     }
                 )))
             }
-            Death::Killed(_) => {
-                self.fail(
-                    rule,
-                    "the back-end process was killed by a signal",
-                    "the back-end keeps running",
-                    describe_exit(&st, &tail),
-                );
-                Some(StepError::Finding)
-            }
+            Death::Killed(_) => Some(self.fail(
+                rule,
+                "the back-end process was killed by a signal",
+                "the back-end keeps running",
+                describe_exit(&st, &tail),
+            )),
         }
     }
 
@@ -225,9 +238,17 @@ impl Ctx<'_> {
         if cited { spec.level.min(cap) } else { cap }
     }
 
-    pub(super) fn finding(&mut self, step: &Step, summary: &str, expected: &str, received: String) {
+    /// [`Ctx::fail`] citing the rule `step` checks.
+    #[must_use = "a finding stops the scenario (return it) or is recorded (Ctx::record)"]
+    pub(super) fn finding(
+        &mut self,
+        step: &Step,
+        summary: &str,
+        expected: &str,
+        received: String,
+    ) -> StepError {
         let rule = self.rule_of(step);
-        self.fail(rule, summary, expected, received);
+        self.fail(rule, summary, expected, received)
     }
 
     /// Whether `step` only sets the stage for the scenario's checks (no expectation or rule of
@@ -251,7 +272,7 @@ impl Ctx<'_> {
     pub(super) fn refused_setup(&mut self, step: &Step, what: String) -> StepError {
         let after = self.last_sent();
         if let Some(e) = self.gone(self.rule_of(step), Duration::from_millis(200), &after) {
-            if matches!(e, StepError::Finding) {
+            if matches!(e, StepError::Finding(_)) {
                 return e;
             }
         }
@@ -275,7 +296,7 @@ impl Ctx<'_> {
         if closed {
             let after = self.last_sent();
             match self.gone(self.rule_of(step), Duration::from_millis(200), &after) {
-                Some(StepError::Finding) => return StepError::Finding,
+                Some(e @ StepError::Finding(_)) => return e,
                 // The connection made after the front-end left was closed by a process that
                 // was exiting: the policy R-ROB-09 allows, not this step's failure.
                 Some(StepError::Ended(_)) if self.reconnected => {
@@ -305,8 +326,7 @@ impl Ctx<'_> {
             SessionError::Stalled { .. } => "the back-end reads what it is sent",
             _ => "a well-formed reply to the request",
         };
-        self.fail(rule, &e.to_string(), expected, received);
-        StepError::Finding
+        self.fail(rule, &e.to_string(), expected, received)
     }
 
     pub(super) fn describe_failure(&mut self, e: &SessionError) -> String {

@@ -102,20 +102,31 @@ impl Ctx<'_> {
             _ => self.fuse(step),
         };
         let sent = self.fs.last.clone();
-        self.data_path_sent(before, sent);
-        r
+        self.data_path_sent(before, sent, r)
     }
 
     /// A data-path finding's `sent` is the request on the ring (the last vhost-user message,
-    /// what `fail` records, follows it).
-    pub(super) fn data_path_sent(&mut self, before: usize, sent: Option<String>) {
-        let Some(sent) = sent else { return };
+    /// what `fail` records, follows it): in the findings recorded since `before` and in the
+    /// one `r` stops the scenario with.
+    pub(super) fn data_path_sent(
+        &mut self,
+        before: usize,
+        sent: Option<String>,
+        mut r: StepResult,
+    ) -> StepResult {
+        let Some(sent) = sent else { return r };
+        let stopping = match &mut r {
+            Err(StepError::Finding(f)) => Some(&mut **f),
+            _ => None,
+        };
         for f in self.findings[before..]
             .iter_mut()
+            .chain(stopping)
             .filter(|f| f.crash.is_none())
         {
             f.sent = format!("{sent} (last vhost-user message: {})", f.sent);
         }
+        r
     }
 
     fn fs_file(&mut self, a: &FsFileArgs) -> StepResult {

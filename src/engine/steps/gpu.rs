@@ -93,8 +93,7 @@ impl Ctx<'_> {
             _ => Ok(()),
         };
         let sent = self.gpu.last.clone();
-        self.data_path_sent(before, sent);
-        r
+        self.data_path_sent(before, sent, r)
     }
 
     /// R-MISC-03: a gpu back-end takes GPU_SET_SOCKET with one socket fd (a non-zero ack is a

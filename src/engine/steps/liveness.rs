@@ -38,15 +38,12 @@ impl Ctx<'_> {
         self.mem = Some(mem);
         match r {
             Ok(o) if o.status == vhu_protocol::virtio::blk::S_OK => Ok(()),
-            other => {
-                self.finding(
-                    step,
-                    &format!("the data path stopped working on queue {idx} after {trigger}"),
-                    "a rejected message leaves running rings working: a GET_ID request completes",
-                    format!("{other:?}"),
-                );
-                Err(super::StepError::Finding)
-            }
+            other => Err(self.finding(
+                step,
+                &format!("the data path stopped working on queue {idx} after {trigger}"),
+                "a rejected message leaves running rings working: a GET_ID request completes",
+                format!("{other:?}"),
+            )),
         }
     }
 }

@@ -50,9 +50,9 @@ const LEAVE_WITHIN: Duration = Duration::from_millis(250);
 /// Why a step (or a built-in scenario) stopped the scenario early.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StepError {
-    /// A finding was recorded; the scenario cannot go on meaningfully.
-    #[error("a finding was recorded")]
-    Finding,
+    /// A check failed: its finding, which stops the scenario (the interpreter records it).
+    #[error("{}: {}", .0.rule, .0.summary)]
+    Finding(Box<Finding>),
     /// The harness could not judge (a local failure, never the back-end's fault).
     #[error("the harness could not judge: {0}")]
     Harness(String),
@@ -64,6 +64,18 @@ pub enum StepError {
     /// the scenario ends with what its checks found so far, and a note saying so.
     #[error("the back-end went away: {0}")]
     Ended(String),
+}
+
+impl StepError {
+    /// The finding names `sent` as the message its check is about (rather than the last one
+    /// sent, e.g. a probe sent since).
+    #[must_use]
+    pub fn about(mut self, sent: String) -> Self {
+        if let StepError::Finding(f) = &mut self {
+            f.sent = sent;
+        }
+        self
+    }
 }
 
 type StepResult = Result<(), StepError>;
@@ -184,8 +196,11 @@ impl<'a> Ctx<'a> {
     /// a scenario that does not apply.
     pub(super) fn run_all(&mut self) -> Result<(), StepError> {
         if let Some(b) = self.scenario.builtin {
-            let r = b.run(self);
-            if r.is_ok() {
+            let mut r = b.run(self);
+            if let Err(StepError::Finding(f)) = r {
+                self.push(*f);
+                r = Ok(());
+            } else if r.is_ok() {
                 // A built-in's body is its check: having run to the end, it checked its rules.
                 for &rule in b.meta().rules {
                     self.mark(rule);
@@ -193,7 +208,7 @@ impl<'a> Ctx<'a> {
             }
             self.check_process();
             return match r {
-                Ok(()) | Err(StepError::Finding) => Ok(()),
+                Ok(()) => Ok(()),
                 Err(StepError::Ended(note)) => {
                     self.notes.push(note);
                     Ok(())
@@ -220,17 +235,21 @@ impl<'a> Ctx<'a> {
     fn run_file_step(&mut self, step: &Step, left: usize) -> Result<bool, StepError> {
         for _ in 0..step.times() {
             if Instant::now() >= self.deadline {
-                self.finding(
+                let e = self.finding(
                     step,
                     "scenario deadline passed before this step: the back-end is too slow or hangs",
                     "every step within the deadline",
                     "time ran out".into(),
                 );
+                self.record(e);
                 return Ok(false);
             }
             match self.step_inner(step).and_then(|()| self.liveness(step)) {
                 Ok(()) => {}
-                Err(StepError::Finding) => return Ok(false),
+                Err(StepError::Finding(f)) => {
+                    self.push(*f);
+                    return Ok(false);
+                }
                 Err(StepError::Ended(note)) => {
                     self.notes.push(if left > 0 {
                         format!("{note}; the {left} step(s) after it did not run")

@@ -84,8 +84,7 @@ impl Ctx<'_> {
                 Err(WaitError::Memory(e)) => Err(StepError::Harness(chain(&e))),
                 other => {
                     let (summary, expected) = self.completed_anyway(idx, "a transmitted frame");
-                    self.finding(step, &summary, expected, format!("{other:?}"));
-                    Err(StepError::Finding)
+                    Err(self.finding(step, &summary, expected, format!("{other:?}")))
                 }
             };
         }
@@ -238,13 +237,12 @@ impl Ctx<'_> {
                     None => foreign += 1,
                     Some(_) if no_reply => {
                         self.mark(self.rule_of(step));
-                        self.finding(
+                        break Err(self.finding(
                             step,
                             &format!("a frame came back on RX queue {idx} although the ring must not deliver it"),
                             "no frame delivered while the ring is disabled (\"without side effects\")",
                             format!("{} bytes, num_buffers {}", f.frame.len(), f.hdr.num_buffers),
-                        );
-                        break Err(StepError::Finding);
+                        ));
                     }
                     Some(_) => {
                         seen += 1;

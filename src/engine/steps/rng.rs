@@ -93,8 +93,7 @@ impl Ctx<'_> {
             Err(WaitError::Memory(e)) => Err(StepError::Harness(crate::engine::chain(&e))),
             other => {
                 let (summary, expected) = self.completed_anyway(idx, "an entropy request");
-                self.finding(step, &summary, expected, format!("{other:?}"));
-                Err(StepError::Finding)
+                Err(self.finding(step, &summary, expected, format!("{other:?}")))
             }
         }
     }

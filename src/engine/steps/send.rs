@@ -65,8 +65,7 @@ impl Ctx<'_> {
                         return Err(self.session_failed(step, e));
                     }
                     Err(e) => {
-                        self.finding(step, "a message arrived although no reply was due", "no reply at all without NEED_REPLY", e.to_string());
-                        return Err(StepError::Finding);
+                        return Err(self.finding(step, "a message arrived although no reply was due", "no reply at all without NEED_REPLY", e.to_string()));
                     }
                 }
             }
@@ -191,13 +190,12 @@ impl Ctx<'_> {
         if problems.is_empty() {
             return Ok(());
         }
-        self.finding(
+        Err(self.finding(
             step,
             &problems.join("; "),
             "the reply the rule describes",
             format!("header {:?}, payload {:02x?}", m.header, m.payload),
-        );
-        Err(StepError::Finding)
+        ))
     }
 
     pub(super) fn check_fd_closed(
@@ -218,17 +216,17 @@ impl Ctx<'_> {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                self.finding(
+                let mut e = self.finding(
                     step,
                     "the back-end kept the fd it was sent (never closed: a leak)",
                     "the fd is closed (EOF on our pipe's read end)",
                     format!("no EOF within {:?}", self.opts.step_timeout),
                 );
                 // Name the message that carried the fd, not a probe sent since.
-                if let (Some(code), Some(f)) = (code, self.findings.len().checked_sub(1)) {
-                    self.findings[f].sent = self.sent_of(code);
+                if let Some(code) = code {
+                    e = e.about(self.sent_of(code));
                 }
-                return Err(StepError::Finding);
+                return Err(e);
             }
         }
     }
@@ -308,13 +306,7 @@ impl Ctx<'_> {
         }
         // A finding names the message before the probe, not the probe itself.
         let trigger = self.last_sent();
-        let r = self.alive_probe(step);
-        if r.is_err()
-            && let Some(f) = self.findings.last_mut()
-        {
-            f.sent = trigger;
-        }
-        r
+        self.alive_probe(step).map_err(|e| e.about(trigger))
     }
 
     pub(super) fn alive_probe(&mut self, step: &Step) -> StepResult {
@@ -341,8 +333,7 @@ impl Ctx<'_> {
                 "the back-end no longer answers (liveness probe failed)",
                 "a GET_FEATURES round trip answers after the message",
                 why,
-            );
-            StepError::Finding
+            )
         })
     }
 
@@ -373,41 +364,38 @@ impl Ctx<'_> {
                 );
                 if closed {
                     self.archive_session();
-                    if let Some(StepError::Finding) =
+                    if let Some(e @ StepError::Finding(_)) =
                         self.gone(rule, Duration::from_millis(200), &trigger)
                     {
-                        return Err(StepError::Finding);
+                        return Err(e);
                     }
-                    self.fail(
+                    let e = self.fail(
                         crate::rules::id::R_ACK_04,
                         "the back-end acked 0 (success) and then closed the connection: it refused the message but its ack said it succeeded",
                         "a non-zero ack for a refused message",
                         "ack 0, then the connection closed".into(),
                     );
-                    self.findings.last_mut().expect("just pushed").sent = trigger;
-                    return Err(StepError::Finding);
+                    return Err(e.about(trigger));
                 }
-                self.finding(
+                let e = self.finding(
                     step,
                     "the back-end acked 0 (success) where the rule requires a failure",
                     "a non-zero ack, or the connection closed",
                     "ack 0".into(),
                 );
                 // Name the message acked, not the probe sent since.
-                self.findings.last_mut().expect("just pushed").sent = trigger;
-                Err(StepError::Finding)
+                Err(e.about(trigger))
             }
             Ok(Ack::Failed(v)) if !wants_failure && expect != Expect::Alive => {
                 if Self::is_setup(step) {
                     return Err(self.refused_setup(step, format!("ack {v}")));
                 }
-                self.finding(
+                Err(self.finding(
                     step,
                     &format!("the back-end acked {v} (failure) for a valid request"),
                     "an ack of 0",
                     format!("ack {v}"),
-                );
-                Err(StepError::Finding)
+                ))
             }
             Ok(Ack::NotRequested) if wants_failure => {
                 // Without an ack, a refusal shows only as the connection closing: a round
@@ -424,14 +412,13 @@ impl Ctx<'_> {
                         Ok(())
                     }
                     Ok(_) if expect == Expect::Closed => {
-                        self.finding(
+                        let e = self.finding(
                             step,
                             "the connection stayed open",
                             "the back-end closes the connection",
                             "no ack could be asked for (REPLY_ACK not negotiated), and a GET_FEATURES after it was answered".into(),
                         );
-                        self.findings.last_mut().expect("just pushed").sent = trigger;
-                        Err(StepError::Finding)
+                        Err(e.about(trigger))
                     }
                     Ok(_) => {
                         self.notes.push(format!("step {}: no ack could be asked for (REPLY_ACK not negotiated) and the connection stayed open; a rejection is not observable", self.step_no));
@@ -441,15 +428,12 @@ impl Ctx<'_> {
                 }
             }
             Ok(_) if expect == Expect::Alive => self.alive(step),
-            Ok(_) if expect == Expect::Closed => {
-                self.finding(
-                    step,
-                    "the connection stayed open",
-                    "the back-end closes the connection",
-                    "an ack".into(),
-                );
-                Err(StepError::Finding)
-            }
+            Ok(_) if expect == Expect::Closed => Err(self.finding(
+                step,
+                "the connection stayed open",
+                "the back-end closes the connection",
+                "an ack".into(),
+            )),
             Ok(_) => Ok(()),
             Err(SessionError::Closed { .. }) if wants_failure || expect == Expect::Alive => {
                 let trigger = self.last_sent();

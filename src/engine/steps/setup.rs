@@ -271,7 +271,7 @@ impl Ctx<'_> {
             None => None,
         };
         if state.index != u32::from(idx) {
-            self.fail(
+            return Err(self.fail(
                 id::R_VRING_08,
                 &format!(
                     "GET_VRING_BASE reply names ring {}, asked {idx}",
@@ -279,8 +279,7 @@ impl Ctx<'_> {
                 ),
                 "the reply's index equals the requested ring",
                 format!("{state:?}"),
-            );
-            return Err(StepError::Finding);
+            ));
         }
         self.mark(crate::rules::id::R_VRING_08);
         if want.is_some() {
@@ -288,7 +287,7 @@ impl Ctx<'_> {
             self.mark(self.rule_of(step));
         }
         if let Some(w) = want.filter(|&w| w != state.num) {
-            self.finding(
+            return Err(self.finding(
                 step,
                 &format!(
                     "GET_VRING_BASE returned {}, the ring reached {w}",
@@ -296,8 +295,7 @@ impl Ctx<'_> {
                 ),
                 &format!("num = {w}, the next avail index the back-end would process"),
                 format!("{state:?}"),
-            );
-            return Err(StepError::Finding);
+            ));
         }
         Ok(())
     }

@@ -104,13 +104,12 @@ impl Ctx<'_> {
         if let Some(refused) = sent.iter().find_map(|r| r.refused.clone()) {
             let rule = super::super::violations::refusal_rule(&refused)
                 .unwrap_or_else(|| self.rule_of(step));
-            self.fail(
+            return Err(self.fail(
                 rule,
                 &format!("the back-end's {what} was refused: {refused}"),
                 "a request that names a declared region, lies inside it, and is well formed",
                 format!("{body:?} asked; the back-end sent {}", describe(&sent)),
-            );
-            return Err(StepError::Finding);
+            ));
         }
         match outcome {
             Some(S_UNSUPP) => Err(StepError::NotApplicable(format!(
@@ -121,15 +120,12 @@ impl Ctx<'_> {
                 self.check_need_reply(&sent, code)?;
                 self.check_mapping(step, map, body)
             }
-            other => {
-                self.finding(
-                    step,
-                    &format!("the device request for {what} did not lead to an accepted {what}"),
-                    &format!("one {what} on the back-end channel, acked 0, then status OK"),
-                    format!("status {other:?}; the back-end sent {}", describe(&sent)),
-                );
-                Err(StepError::Finding)
-            }
+            other => Err(self.finding(
+                step,
+                &format!("the device request for {what} did not lead to an accepted {what}"),
+                &format!("one {what} on the back-end channel, acked 0, then status OK"),
+                format!("status {other:?}; the back-end sent {}", describe(&sent)),
+            )),
         }
     }
 
@@ -154,13 +150,12 @@ impl Ctx<'_> {
             )));
         }
         if !map && live {
-            self.finding(
+            return Err(self.finding(
                 step,
                 "SHMEM_UNMAP was accepted but the mapping is still there",
                 "the whole mapping removed",
                 format!("{body:?}"),
-            );
-            return Err(StepError::Finding);
+            ));
         }
         Ok(())
     }
@@ -179,13 +174,12 @@ impl Ctx<'_> {
             .iter()
             .find(|r| r.code == code && r.flags & NEED_REPLY == 0);
         if let (true, Some(r)) = (reply_ack, unconfirmed) {
-            self.fail(
+            return Err(self.fail(
                 id::R_SHM_11,
                 "the back-end sent a SHMEM request without NEED_REPLY although REPLY_ACK is negotiated",
                 "NEED_REPLY set, and the mapping used only after the front-end's ack",
                 format!("flags {:#x}", r.flags),
-            );
-            return Err(StepError::Finding);
+            ));
         }
         Ok(())
     }
@@ -219,13 +213,12 @@ impl Ctx<'_> {
         let sent: Vec<_> = self.channel_records().split_off(before);
         let shmem = [BackendReq::ShmemMap as u32, BackendReq::ShmemUnmap as u32];
         if sent.iter().any(|r| shmem.contains(&r.code)) {
-            self.fail(
+            return Err(self.fail(
                 id::R_SHM_10,
                 "the back-end sent a SHMEM request although SHMEM was not negotiated",
                 "no SHMEM_MAP / SHMEM_UNMAP unless SHMEM and BACKEND_REQ are negotiated",
                 format!("the back-end sent {}", describe(&sent)),
-            );
-            return Err(StepError::Finding);
+            ));
         }
         Ok(())
     }

@@ -113,8 +113,7 @@ impl Ctx<'_> {
             _ => Ok(()),
         };
         let sent = self.sound.last.clone();
-        self.data_path_sent(before, sent);
-        r
+        self.data_path_sent(before, sent, r)
     }
 
     /// R-SND-02: GET_CONFIG of the 12-byte config space.

@@ -170,32 +170,29 @@ impl Ctx<'_> {
         match r {
             Ok(Saved::Eof) => {}
             Ok(Saved::TooLarge) => {
-                self.fail(
+                return Err(self.fail(
                     id::R_MIG_06,
                     &format!("the saved state exceeds {MAX_STATE_BYTES} bytes without ending"),
                     "the back-end writes its state and closes its end (R-MIG-06), within the \
                      harness's bound",
                     format!("more than {MAX_STATE_BYTES} bytes, no EOF"),
-                );
-                return Err(StepError::Finding);
+                ));
             }
             Ok(Saved::Deadline) => {
-                self.fail(
+                return Err(self.fail(
                     id::R_MIG_06,
                     "the saved state never ended (no EOF on the pipe)",
                     "the back-end writes its state and closes its end (R-MIG-06)",
                     format!("no EOF within {timeout:?} ({} bytes read)", state.len()),
-                );
-                return Err(StepError::Finding);
+                ));
             }
             Err(e) if theirs => {
-                self.fail(
+                return Err(self.fail(
                     id::R_MIG_06,
                     "the state channel the back-end returned cannot be read",
                     "a readable fd, written to EOF (R-MIG-06)",
                     format!("{e}"),
-                );
-                return Err(StepError::Finding);
+                ));
             }
             Err(e) => return Err(StepError::Harness(format!("reading the state: {e}"))),
         }
@@ -234,7 +231,7 @@ impl Ctx<'_> {
         match r {
             Ok(Loaded::Done) => {}
             Ok(Loaded::Deadline) => {
-                self.fail(
+                return Err(self.fail(
                     id::R_MIG_07,
                     "the back-end did not read the state from the pipe",
                     "the back-end reads the state until EOF (R-MIG-07)",
@@ -242,8 +239,7 @@ impl Ctx<'_> {
                         "{} of {len} bytes not consumed within {timeout:?}",
                         len - written
                     ),
-                );
-                return Err(StepError::Finding);
+                ));
             }
             Ok(Loaded::Closed(e)) => self.notes.push(format!(
                 "step {}: writing the state stopped early after {written} of {len} bytes: {e} \
@@ -251,13 +247,12 @@ impl Ctx<'_> {
                 self.step_no
             )),
             Err(e) if theirs => {
-                self.fail(
+                return Err(self.fail(
                     id::R_MIG_07,
                     "the state channel the back-end returned cannot be written",
                     "a writable fd, read to EOF (R-MIG-07)",
                     format!("{e}"),
-                );
-                return Err(StepError::Finding);
+                ));
             }
             Err(e) => return Err(StepError::Harness(format!("writing the state: {e}"))),
         }
@@ -277,22 +272,20 @@ impl Ctx<'_> {
         self.mark(id::R_MIG_05);
         let v = reply.u64().unwrap_or(u64::MAX);
         if v & 0xff == 0 {
-            self.finding(
+            return Err(self.finding(
                 step,
                 "SET_DEVICE_STATE_FD was accepted although it must be refused",
                 "bits 0-7 of the reply non-zero",
                 format!("value {v:#x}"),
-            );
-            return Err(StepError::Finding);
+            ));
         }
         if !reply.fds.is_empty() {
-            self.fail(
+            return Err(self.fail(
                 id::R_MIG_05,
                 "SET_DEVICE_STATE_FD reports an error and returns an fd in the same reply",
                 "no fd with an error",
                 format!("value {v:#x} with {} fds", reply.fds.len()),
-            );
-            return Err(StepError::Finding);
+            ));
         }
         Ok(())
     }
@@ -300,13 +293,12 @@ impl Ctx<'_> {
     fn check_transfer_reply(&mut self, step: &Step, reply: &Message) -> StepResult {
         let v = reply.u64().unwrap_or(u64::MAX);
         if v & 0xff != 0 || (v & 0x100 == 0) != (reply.fds.len() == 1) {
-            self.fail(
+            return Err(self.fail(
                 step.rule.unwrap_or(id::R_MIG_04),
                 "SET_DEVICE_STATE_FD was refused or its reply is inconsistent",
                 "bits 0-7 = 0, and bit 8 set exactly when no fd is returned",
                 format!("value {v:#x} with {} fds", reply.fds.len()),
-            );
-            return Err(StepError::Finding);
+            ));
         }
         self.mark(step.rule.unwrap_or(id::R_MIG_04));
         // A well-formed direction and phase were accepted as the layout says.
@@ -330,26 +322,20 @@ impl Ctx<'_> {
         // CHECK_DEVICE_STATE's answer itself is judged here (R-MIG-08).
         self.mark(id::R_MIG_08);
         match r {
-            Ok(0) if must_fail => {
-                self.fail(
-                    rule,
-                    &format!("CHECK_DEVICE_STATE after the {what} reports success"),
-                    "non-zero: the state was truncated or corrupt",
-                    "0".into(),
-                );
-                Err(StepError::Finding)
-            }
+            Ok(0) if must_fail => Err(self.fail(
+                rule,
+                &format!("CHECK_DEVICE_STATE after the {what} reports success"),
+                "non-zero: the state was truncated or corrupt",
+                "0".into(),
+            )),
             Ok(_) if must_fail => Ok(()),
             Ok(0) => Ok(()),
-            Ok(v) => {
-                self.fail(
-                    rule,
-                    &format!("CHECK_DEVICE_STATE after the {what} reports failure ({v})"),
-                    "0: the transfer and its processing succeeded",
-                    format!("{v}"),
-                );
-                Err(StepError::Finding)
-            }
+            Ok(v) => Err(self.fail(
+                rule,
+                &format!("CHECK_DEVICE_STATE after the {what} reports failure ({v})"),
+                "0: the transfer and its processing succeeded",
+                format!("{v}"),
+            )),
             Err(e) => Err(self.session_failed(step, e)),
         }
     }

@@ -165,8 +165,7 @@ impl Ctx<'_> {
         self.vsock.last = None;
         let r = self.vsock_inner(step);
         let sent = self.vsock.last.clone();
-        self.data_path_sent(before, sent);
-        r
+        self.data_path_sent(before, sent, r)
     }
 
     fn vsock_inner(&mut self, step: &Step) -> StepResult {
