@@ -167,7 +167,6 @@ fn drive(
                 log,
                 end: None,
             };
-            let mut stop = || false;
             let mut until = Instant::now() + opts.connect_timeout;
             loop {
                 let mut gone = || sp.poll().is_some();
@@ -188,7 +187,6 @@ fn drive(
                 }
                 // A front-end may reconnect: give it as long as it takes to start.
                 until = Instant::now() + opts.connect_timeout;
-                let _ = &mut stop;
             }
             // The connection is over; give the process a moment to exit on its own (a
             // front-end that gives up after a refusal), then end it.

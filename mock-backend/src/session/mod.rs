@@ -1,7 +1,8 @@
 //! One front-end connection (checklist 4.1 to 4.10): negotiated state, the memory table, and a
 //! flat dispatcher whose arms each call one handler. REPLY_ACK bookkeeping (R-ACK-01..04) and
-//! the reply header (R-WIRE-03/04/05) live in [`Session::finish`] only. Ring handlers are in
-//! `rings`, device state transfer in `state`, inflight tracking in `inflight`.
+//! the reply header (R-WIRE-03/04/05) live in [`Session::finish`] only. Beside this module, the
+//! crate's `rings` holds the ring handlers, `state` device state transfer and `inflight`
+//! inflight tracking.
 //!
 //! The session's state and its constructor live here; reading a message, dispatching it and
 //! sending its reply are in `dispatch`, and the handlers by family of messages in `features`
