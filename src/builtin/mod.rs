@@ -92,7 +92,8 @@ impl BuiltinMeta {
 pub trait Builtin: Sync + std::fmt::Debug {
     /// What it declares ([`BuiltinMeta`]).
     fn meta(&self) -> &'static BuiltinMeta;
-    /// The procedure. A check that fails returns its finding (`Err(ctx.fail(..))`) and stops the scenario; one that lets it go on records it (`ctx.record`, `ctx.report`).
+    /// The procedure. A check that fails returns its finding (`Err(ctx.fail(..))`) and stops
+    /// the scenario; one that lets it go on records it (`ctx.record`, `ctx.report`).
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError>;
 }
 

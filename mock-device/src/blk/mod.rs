@@ -10,6 +10,7 @@
 mod config;
 pub(crate) mod iov;
 mod state;
+mod touched;
 mod vendor;
 
 use vhu_protocol::virtio::{BlkReqHeader, blk};
@@ -20,6 +21,7 @@ use crate::chain::Chain;
 use crate::memory::GuestMemory;
 use config::BlkConfig;
 use iov::Iov;
+use touched::Touched;
 
 pub use config::{CONFIG_SIZE, ConfigError, FLAGS_GUEST_WRITE, FLAGS_MIGRATION, SEG_MAX};
 pub use state::StateError;
@@ -60,6 +62,8 @@ pub struct Completion {
 #[derive(Clone, Debug)]
 pub struct BlkDevice {
     disk: Vec<u8>,
+    /// The blocks of `disk` that may hold a non-zero byte.
+    touched: Touched,
     config: BlkConfig,
     num_queues: u16,
 }
@@ -99,8 +103,10 @@ impl BlkDevice {
     /// only touched when written), so the caller bounds `capacity_bytes`.
     pub fn new(capacity_bytes: u64, num_queues: u16) -> Self {
         let num_queues = num_queues.max(1);
+        let disk = vec![0; usize::try_from(capacity_bytes).unwrap_or(usize::MAX)];
         Self {
-            disk: vec![0; usize::try_from(capacity_bytes).unwrap_or(usize::MAX)],
+            touched: Touched::new(disk.len()),
+            disk,
             config: BlkConfig::new(capacity_bytes, num_queues),
             num_queues,
         }
@@ -159,6 +165,7 @@ impl BlkDevice {
 
     /// The disk contents, for tests and tools that preload data.
     pub fn disk_mut(&mut self) -> &mut [u8] {
+        self.touched.mark_all();
         &mut self.disk
     }
 
@@ -297,7 +304,8 @@ impl BlkDevice {
         let range = self.disk_range(req.header.sector, req.out.len())?;
         let mut buf = vec![0u8; range.len()];
         req.out.read(mem, &mut buf).map_err(|_| Fail::IoErr)?;
-        self.disk[range].copy_from_slice(&buf);
+        self.disk[range.clone()].copy_from_slice(&buf);
+        self.touched.mark(range);
         Ok(0)
     }
 
