@@ -35,7 +35,7 @@ pub trait VirtioDevice: Send {
     fn num_queues(&self) -> u16;
     /// The virtio feature bits offered (device bits and the ring bits the device supports;
     /// the back-end adds PROTOCOL_FEATURES and the vhost-user bits). Default: no device bit,
-    /// every ring layout the queue code drives ([`RING_FEATURES`]).
+    /// every ring layout the queue code drives (`RING_FEATURES`).
     fn device_features(&self) -> u64 {
         RING_FEATURES
     }

@@ -10,7 +10,7 @@ use crate::memory::GuestMemory;
 
 /// The virtio device id of an input device (virtio 1.2 section 5).
 pub const INPUT_DEVICE_ID: u32 = 18;
-/// Bytes of the config space: select, subsel, size, reserved[5], the 128-byte union.
+/// Bytes of the config space: select, subsel, size, `reserved[5]`, the 128-byte union.
 pub const INPUT_CONFIG_SIZE: usize = 136;
 
 const EVENTQ: u16 = 0;

@@ -40,7 +40,7 @@ const HDR_NUM_BUFFERS: usize = 10;
 /// `VIRTIO_NET_HDR_F_DATA_VALID` (5.1.6): what the `rx_csum_flag` fault sets.
 const HDR_F_DATA_VALID: u8 = 2;
 
-/// The config space (5.1.4): mac[6], status u16, max_virtqueue_pairs u16, mtu u16.
+/// The config space (5.1.4): `mac[6]`, status u16, max_virtqueue_pairs u16, mtu u16.
 pub const NET_CONFIG_SIZE: usize = 12;
 /// The MAC address: locally administered (bit 1 of the first octet), unicast.
 pub const NET_MAC: [u8; 6] = [0x02, 0x76, 0x68, 0x75, 0x00, 0x01];

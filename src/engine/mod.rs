@@ -46,8 +46,8 @@ pub struct RunOptions {
     pub queue_size: Option<u16>,
     /// Host-side context for fs and vsock scenarios (`--fs-dir`, `--vsock-uds`).
     pub host: crate::target::HostContext,
-    /// Spawn mode: keep a healthy back-end process for the next scenario (`--keep-process`,
-    /// [`keep`]) instead of a fresh one each.
+    /// Spawn mode: keep a healthy back-end process for the next scenario (`--keep-process`;
+    /// the README says what is given up) instead of a fresh one each.
     pub keep_process: bool,
 }
 

@@ -145,7 +145,7 @@ impl Judge {
         );
     }
 
-    /// [`Misbehave::ChannelBlock`](super::backend::Misbehave::ChannelBlock): the judging
+    /// [`Misbehave::ChannelBlock`](crate::frontend::backend::Misbehave::ChannelBlock): the judging
     /// back-end held its reply to `awaited` and blocked on channel request `code`; `reply` is
     /// what came. No reply means the front-end served neither: a deadlock (R-BCH-07).
     pub fn channel_blocked(&mut self, code: u32, awaited: FrontendReq, reply: Option<&Message>) {
