@@ -12,11 +12,14 @@ use vhu_mock_frontend::transcript::{Direction, Entry, render};
 use vhu_mock_frontend::{DriverQueue, GuestMemory, Session, SessionError};
 use vhu_protocol::wire::ReplyKind;
 
+mod ack;
 mod backend_requests;
+mod body;
 mod chains;
 mod connection;
 mod console;
 mod datapath;
+mod extra_fds;
 mod findings;
 mod fs;
 mod gpio;
