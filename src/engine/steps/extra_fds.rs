@@ -10,6 +10,9 @@ use super::{Ctx, StepError, StepResult};
 use crate::scenario::model::{FdKind, Step};
 
 impl Ctx<'_> {
+    /// The back-end closed the fd it was sent (a pipe's write end): EOF on `read_end` within
+    /// the step timeout, else a leak found against the step's rule, naming the message `code`
+    /// that carried it.
     pub(super) fn check_fd_closed(
         &mut self,
         step: &Step,
