@@ -2,7 +2,7 @@
 //! spawned per scenario, or awaited with `--listen`), and the result the judge's findings,
 //! notes and transcript make.
 
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -126,15 +126,7 @@ fn drive(
             let mut until = Instant::now() + opts.connect_timeout;
             // One front-end: its first connection, and reconnects that follow within 1 s.
             while let Some(stream) = accept(&listener, until.min(deadline), &mut never) {
-                let end = be.serve(
-                    Connection::new(stream, Some(Duration::from_secs(2))),
-                    deadline,
-                    &mut never,
-                );
-                note_end(&end, notes);
-                be.judge
-                    .connection_ended(end == End::FrontendClosed, judged_by_us(&end));
-                if matches!(end, End::Stopped | End::Hung) {
+                if !serve_connection(be, stream, deadline, &mut never, notes) {
                     break;
                 }
                 until = Instant::now() + Duration::from_secs(1);
@@ -174,15 +166,7 @@ fn drive(
                     break;
                 };
                 let mut gone = || sp.poll().is_some();
-                let end = be.serve(
-                    Connection::new(stream, Some(Duration::from_secs(2))),
-                    deadline,
-                    &mut gone,
-                );
-                note_end(&end, notes);
-                be.judge
-                    .connection_ended(end == End::FrontendClosed, judged_by_us(&end));
-                if matches!(end, End::Stopped | End::Hung) {
+                if !serve_connection(be, stream, deadline, &mut gone, notes) {
                     break;
                 }
                 // A front-end may reconnect: give it as long as it takes to start.
@@ -199,6 +183,26 @@ fn drive(
             Ok(())
         }
     }
+}
+
+/// Serves one connection of the front-end and tells the judge how it ended; `false` when
+/// the scenario stops there (the judging back-end stopped, or the front-end hung).
+fn serve_connection(
+    be: &mut JudgingBackend,
+    stream: UnixStream,
+    deadline: Instant,
+    stop: &mut dyn FnMut() -> bool,
+    notes: &mut Vec<String>,
+) -> bool {
+    let end = be.serve(
+        Connection::new(stream, Some(Duration::from_secs(2))),
+        deadline,
+        stop,
+    );
+    note_end(&end, notes);
+    be.judge
+        .connection_ended(end == End::FrontendClosed, judged_by_us(&end));
+    !matches!(end, End::Stopped | End::Hung)
 }
 
 fn note_end(end: &End, notes: &mut Vec<String>) {

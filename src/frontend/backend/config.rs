@@ -17,7 +17,7 @@ impl JudgingBackend {
     ) {
         use FrontendReq::*;
         let code = msg.header.request;
-        let p = self.profile.clone();
+        let p = &self.profile;
         match (req, body) {
             (GetConfig, Some(Body::Config(h, _))) => {
                 let mut bytes = vec![0u8; h.size as usize];
